@@ -1,0 +1,39 @@
+from pathlib import Path
+
+from setuptools import find_packages, setup
+
+here = Path(__file__).parent
+version = {}
+exec((here / "dalle2_md" / "version.py").read_text(), version)
+
+setup(
+    name="dalle2-md",
+    version=version["__version__"],
+    description="User-conditioned DALLE2-style generation of radar micro-Doppler gait spectrograms",
+    long_description=(here / "README.md").read_text(encoding="utf-8"),
+    long_description_content_type="text/markdown",
+    license="MIT",
+    packages=find_packages(include=["dalle2_md", "dalle2_md.*"]),
+    python_requires=">=3.10",
+    install_requires=[
+        # the user's choice of stack
+        "torch>=2.1",
+        "dalle2-pytorch==1.15.6",
+        "accelerate>=0.25",
+        "torchmetrics>=1.0",
+        "einops>=0.7",
+        "x-clip>=0.14",
+        "pillow>=10.0",
+        "numpy>=1.24",
+        "tensorboard>=2.14",
+        "click>=8.1",
+        # added: STFT/resampling (scipy), code-free weight files (safetensors),
+        # the jet lookup table and report plots (matplotlib), progress bars (tqdm)
+        "scipy>=1.10",
+        "safetensors>=0.4",
+        "matplotlib>=3.7",
+        "tqdm>=4.60",
+    ],
+    extras_require={"test": ["pytest>=7.4"]},
+    entry_points={"console_scripts": ["dalle2-md = dalle2_md.cli:main"]},
+)
