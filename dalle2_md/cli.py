@@ -28,6 +28,57 @@ def cli():
     """Generate radar micro-Doppler gait spectrograms for chosen users (DALLE2-style)."""
 
 
+@cli.command("inspect-data")
+@click.argument("data_root", type=click.Path(path_type=str))
+@click.option("--image-size", default=64, help="Side of the square images the data is decoded to.")
+@click.option("--colormap", default="jet", help="Colormap to invert into one channel, or 'none' to keep RGB.")
+@click.option("--num-users", type=int, default=None, help="Expected number of users (checked).")
+@click.option("--split-file", type=click.Path(path_type=str), default=None, help="Show this split's sizes (created if missing).")
+@click.option("--split-seed", default=0, help="Seed for a new split.")
+def inspect_data(data_root, image_size, colormap, num_users, split_file, split_seed):
+    """Decode a data set and print its layout, users, images per user, labels and skipped files.
+
+    DATA_ROOT holds one folder per user (user_0/, ID_1/, ...) or images/ + metadata.json.
+    """
+    import warnings
+
+    from .data import MicroDopplerDataset, resolve_split
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        ds = MicroDopplerDataset(data_root, image_size=image_size, colormap=colormap, num_users=num_users)
+        split = None
+        if split_file is not None:
+            split = resolve_split(ds.index, split_file, split_seed)
+    lm = ds.label_map
+    click.echo(f"data root: {ds.root}")
+    click.echo(f"layout:    {ds.layout}")
+    click.echo(f"images:    {len(ds)} decoded to {ds.channels}x{ds.image_size}x{ds.image_size} (colormap: {ds.colormap or 'none'})")
+    if ds.residual is not None:
+        click.echo(f"colormap residual: {ds.residual:.2f}/255 (mean over colour images; ~0 for true {ds.colormap} images)")
+    click.echo(f"users:     {len(lm)}")
+    counts = ds.counts()
+    in_split = {}
+    if split is not None:
+        rel_label = {ds.index.relpath(f): int(u) for f, u in zip(ds.files, ds.user_ids)}
+        for k in ("train", "val", "test"):
+            in_split[k] = [0] * len(lm)
+            for rel in split[k]:
+                if rel in rel_label:
+                    in_split[k][rel_label[rel]] += 1
+        click.echo(f"split:     {split_file} (seed {split.get('seed')}, fractions {split.get('fractions')})")
+    click.echo("index  label  images" + ("  train/val/test" if split is not None else "") + "  file stem")
+    for i, name in enumerate(lm.names):
+        extra = f"  {in_split['train'][i]}/{in_split['val'][i]}/{in_split['test'][i]}" if split is not None else ""
+        click.echo(f"{i:>5}  {name:<6} {counts[i]:>6}{extra}  {lm.file_stem(i)}")
+    click.echo(f"skipped:   {len(ds.skipped)}")
+    for path, why in ds.skipped:
+        click.echo(f"  {path}: {why}")
+    others = [str(w.message) for w in caught if not str(w.message).startswith("skipped ")]
+    for msg in others:
+        click.echo(f"warning: {msg}")
+
+
 def main():
     cli()
 
