@@ -45,17 +45,6 @@ def _distinct_colours(name: str) -> tuple[np.ndarray, np.ndarray]:
     return colours.astype(np.float32), index_of.astype(np.float32)
 
 
-@lru_cache(maxsize=8)
-def _inverse_table(name: str) -> np.ndarray:
-    """Dense 32^3 RGB cube -> LUT index, so inverting an image is one gather instead of a
-    nearest-neighbour search per pixel. Exact for colours on the table's quantisation grid,
-    which is all a colormap image can contain up to 8-bit rounding."""
-    colours, _ = _distinct_colours(name)
-    levels = np.arange(0, 256, 8, dtype=np.float32) + 3.5
-    cube = np.stack(np.meshgrid(levels, levels, levels, indexing="ij"), axis=-1).reshape(-1, 3)
-    return _nearest(cube, colours).reshape(32, 32, 32).astype(np.int16)
-
-
 def _nearest(colours: np.ndarray, lut: np.ndarray, chunk: int = 65536) -> np.ndarray:
     out = np.empty(len(colours), dtype=np.int64)
     lut_sq = (lut**2).sum(1)
@@ -73,7 +62,7 @@ def scalar_to_rgb(values: np.ndarray, name: str = "jet") -> np.ndarray:
     return np.rint(lut[idx.astype(np.int64)]).astype(np.uint8)
 
 
-def rgb_to_scalar(rgb: np.ndarray, name: str = "jet", *, exact: bool = True) -> tuple[np.ndarray, float]:
+def rgb_to_scalar(rgb: np.ndarray, name: str = "jet") -> tuple[np.ndarray, float]:
     """Invert a colormap: uint8 RGB (..., 3) -> (scalars in [0, 1] of shape (...), residual).
 
     The residual is the mean RGB distance (0-255) between each pixel and the colour its scalar
@@ -82,21 +71,15 @@ def rgb_to_scalar(rgb: np.ndarray, name: str = "jet", *, exact: bool = True) -> 
     Args:
         rgb: uint8 or float array in [0, 255] whose last axis is RGB.
         name: matplotlib colormap name.
-        exact: search the whole table per distinct colour (exact); otherwise use a 32^3 cube
-            lookup (faster, off by at most one table entry on colours between grid cells).
     """
     rgb = np.asarray(rgb)
     if rgb.shape[-1] != 3:
         raise ValueError(f"expected an RGB array with last axis 3, got shape {rgb.shape}")
     colours, index_of = _distinct_colours(name)
     flat = rgb.reshape(-1, 3)
-    if exact:
-        # spectrograms hold few distinct colours: solve once per colour
-        seen, inverse = np.unique(flat.astype(np.uint8), axis=0, return_inverse=True)
-        idx = _nearest(seen.astype(np.float32), colours)[inverse.reshape(-1)]
-    else:
-        q = (flat.astype(np.int64) >> 3).clip(0, 31)
-        idx = _inverse_table(name)[q[:, 0], q[:, 1], q[:, 2]].astype(np.int64)
+    # spectrograms hold few distinct colours: solve once per colour
+    seen, inverse = np.unique(flat.astype(np.uint8), axis=0, return_inverse=True)
+    idx = _nearest(seen.astype(np.float32), colours)[inverse.reshape(-1)]
     residual = float(np.linalg.norm(colours[idx] - flat.astype(np.float32), axis=1).mean())
     scalars = (index_of[idx] / (LUT_SIZE - 1)).reshape(rgb.shape[:-1])
     return scalars, residual

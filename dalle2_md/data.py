@@ -221,6 +221,9 @@ class DataIndex:
         return np.bincount(np.asarray(self.labels, dtype=np.int64), minlength=len(self.label_map)).tolist()
 
 
+OWN_ARTEFACTS = frozenset({"contact_sheet.png"})
+
+
 def _is_image_name(path: Path) -> bool:
     return path.suffix.lower() in IMAGE_EXTENSIONS and not path.name.startswith(".")
 
@@ -245,7 +248,10 @@ def _scan_hierarchical(root: Path) -> tuple[list[str], dict[str, list[Path]]]:
         if not child.is_dir() or child.name.startswith("."):
             continue
         (user_dirs if USER_DIR_RE.match(child.name) else others).append(child)
-    loose = [p.name for p in root.iterdir() if p.is_file() and _is_image_name(p)]
+    # the simulator's own contact sheet sits beside the user folders and is not a sample
+    loose = [
+        p.name for p in root.iterdir() if p.is_file() and _is_image_name(p) and p.name not in OWN_ARTEFACTS
+    ]
     if not user_dirs:
         hint = f" (found {len(loose)} images directly in it: put each user's images in its own folder)" if loose else ""
         raise DataError(
