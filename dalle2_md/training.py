@@ -1,0 +1,620 @@
+"""The one training loop every stage (embedding, prior, decoder, VQGAN) runs through.
+
+A stage hands in a module whose `forward(*batch)` returns a scalar loss and a dataset whose items
+are tuples of tensors; this module owns everything around that: optimizer, warmup schedule, EMA,
+gradient accumulation and mixed precision (through accelerate), TensorBoard logging, sample
+grids, the NaN guard, and plain-typed checkpoints that resume exactly.
+
+Data order is a stream: epoch e visits the dataset in the permutation drawn from (seed, e), and
+each optimizer micro-step takes the next `batch_size * num_processes` positions of that stream
+(rank r takes its own slice). The stream position alone therefore says where training stands,
+so a resumed run continues mid-epoch with the very same batches, on one process or several.
+
+Checkpoint layout (`run_dir/checkpoints/step_000100.pt`, read with `weights_only=True`):
+
+    {"format": "dalle2-md", "format_version": 1, "kind": "checkpoint", "stage": "decoder",
+     "config": {...model constructor arguments (model_config)...}, "state_dict": {...},
+     "ema": {...}, "optimizer": {...}, "scheduler": {...}, "scaler": {...} | None,
+     "step": 100, "position": 1600, "epoch": 3, "rng": [{...per process...}],
+     "train_config": {...TrainConfig...}, "versions": {...}, "label_map": None, "meta": {}}
+
+The bundle header keys mean `bundle.load_bundle(path, kind="checkpoint")` also reads these files
+(`config` + `state_dict` are the raw, non-EMA weights).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import re
+import time
+import warnings
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from .bundle import FORMAT, FORMAT_VERSION, load_bundle
+from .utils import BundleError, UserError, atomic_write, exists, package_versions, seed_everything
+
+CHECKPOINT_DIR = "checkpoints"
+LATEST = "latest.json"
+_CKPT_NAME = re.compile(r"^step_(\d+)\.pt$")
+_MIXED = ("no", "fp16", "bf16")
+_SCHEDULES = ("constant", "cosine")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """How to train one stage. Exactly one of `max_steps` / `epochs` is set; `epochs` becomes a
+    step count from the dataset size (one step = one optimizer update of
+    `batch_size * num_processes * gradient_accumulation_steps` samples)."""
+
+    max_steps: int | None = None
+    epochs: int | None = None
+    batch_size: int = 16  # per process and per micro-step
+    lr: float = 3e-4
+    weight_decay: float = 0.0
+    warmup_steps: int = 0
+    lr_schedule: str = "constant"  # constant | cosine (decays to 0 at the last step), after warmup
+    max_grad_norm: float | None = 1.0
+    ema_decay: float = 0.995
+    ema_update_every: int = 1
+    ema_start_step: int = 0
+    mixed_precision: str = "no"  # no | fp16 | bf16
+    gradient_accumulation_steps: int = 1
+    seed: int = 0
+    log_every: int = 10
+    sample_every: int = 0  # 0 = never (a final grid is still drawn when sample_fn is given)
+    checkpoint_every: int = 0  # 0 = only at the end
+    keep_last: int = 3  # 0 = keep every checkpoint
+    num_workers: int = 0
+
+    def __post_init__(self):
+        if (self.max_steps is None) == (self.epochs is None):
+            raise UserError("give exactly one of --max-steps or --epochs to set how long to train.")
+        for name in ("max_steps", "epochs"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise UserError(f"--{name.replace('_', '-')} must be at least 1 (got {value}).")
+        if self.batch_size < 1 or self.gradient_accumulation_steps < 1:
+            raise UserError("--batch-size and --gradient-accumulation-steps must be at least 1.")
+        if self.mixed_precision not in _MIXED:
+            raise UserError(f"--mixed-precision must be one of {', '.join(_MIXED)} (got {self.mixed_precision!r}).")
+        if self.lr_schedule not in _SCHEDULES:
+            raise UserError(f"--lr-schedule must be one of {', '.join(_SCHEDULES)} (got {self.lr_schedule!r}).")
+        if not 0.0 <= self.ema_decay <= 1.0:
+            raise UserError(f"--ema-decay must lie in [0, 1] (got {self.ema_decay}).")
+        if self.lr <= 0:
+            raise UserError(f"--lr must be positive (got {self.lr}).")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TrainConfig":
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in known})
+
+
+@dataclass
+class TrainResult:
+    model: nn.Module  # unwrapped raw weights
+    ema_model: nn.Module  # the EMA copy: use this one to sample
+    step: int  # optimizer steps done in total (including those before a resume)
+    losses: list[float]  # one per optimizer step of this call (mean over micro-steps and processes)
+    seconds: float
+    start_step: int = 0  # step this call resumed from (0 for a fresh run)
+    checkpoint: Path | None = None  # the last checkpoint written (None on non-main processes)
+    samples: list[Path] = field(default_factory=list)
+
+
+# ----------------------------------------------------------------------------- data order
+
+
+def _epoch_permutation(n: int, seed: int, epoch: int) -> Tensor:
+    # a private generator: data order depends only on (seed, epoch), never on the global RNG
+    g = torch.Generator().manual_seed((seed * 1_000_003 + epoch) % (2**63 - 1))
+    return torch.randperm(n, generator=g)
+
+
+class StreamBatchSampler(torch.utils.data.Sampler):
+    """Endless batches of dataset indices for one process, starting at stream `position`.
+
+    Micro-step k covers stream positions [position + k*B*P, position + (k+1)*B*P); rank r takes
+    the r-th block of B of them. A batch may span an epoch boundary (tiny data sets need that).
+    """
+
+    def __init__(self, n: int, *, batch_size: int, num_processes: int, rank: int, seed: int, position: int):
+        if n < 1:
+            raise UserError("the training data set is empty; check the data folder.")
+        self.n, self.batch_size, self.num_processes, self.rank = n, batch_size, num_processes, rank
+        self.seed, self.position = seed, position
+
+    def __iter__(self):
+        cache: dict[int, Tensor] = {}
+        global_batch = self.batch_size * self.num_processes
+        start = self.position
+        while True:
+            first = start + self.rank * self.batch_size
+            idx = []
+            for p in range(first, first + self.batch_size):
+                epoch = p // self.n
+                if epoch not in cache:
+                    cache.clear()
+                    cache[epoch] = _epoch_permutation(self.n, self.seed, epoch)
+                # a batch spanning two epochs evicts and re-draws; cheap next to a training step
+                idx.append(int(cache[epoch][p % self.n]))
+            yield idx
+            start += global_batch
+
+    def __len__(self):  # endless; DataLoader only asks for len() when someone calls len(loader)
+        raise TypeError("StreamBatchSampler is endless")
+
+
+# ----------------------------------------------------------------------------- RNG state as plain types
+
+
+def _rng_state() -> dict:
+    np_state = np.random.get_state()
+    py_version, py_state, py_gauss = random.getstate()
+    state = {
+        "torch": torch.get_rng_state(),
+        "numpy": {"keys": torch.from_numpy(np_state[1].astype(np.int64)), "pos": int(np_state[2]),
+                  "has_gauss": int(np_state[3]), "cached_gaussian": float(np_state[4])},
+        "python": {"version": py_version, "state": torch.tensor(py_state, dtype=torch.int64), "gauss": py_gauss},
+        "cuda": torch.cuda.get_rng_state() if torch.cuda.is_available() else None,
+    }
+    return state
+
+
+def _set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    n = state["numpy"]
+    keys = n["keys"].numpy().astype(np.uint32)
+    np.random.set_state(("MT19937", keys, n["pos"], n["has_gauss"], n["cached_gaussian"]))
+    p = state["python"]
+    random.setstate((p["version"], tuple(int(v) for v in p["state"].tolist()), p["gauss"]))
+    if exists(state.get("cuda")) and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["cuda"])
+
+
+# ----------------------------------------------------------------------------- checkpoints
+
+
+def checkpoint_dir(run_dir: str | Path) -> Path:
+    return Path(run_dir) / CHECKPOINT_DIR
+
+
+def _list_checkpoints(run_dir: str | Path) -> list[tuple[int, Path]]:
+    folder = checkpoint_dir(run_dir)
+    if not folder.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in folder.iterdir() if (m := _CKPT_NAME.match(p.name))]
+    return sorted(found)
+
+
+def latest_checkpoint(run_dir: str | Path) -> Path | None:
+    """The newest checkpoint of a run: the one `checkpoints/latest.json` names, or, if that
+    pointer is missing or names a file that is gone, the highest-numbered `step_*.pt`.
+
+    Args:
+        run_dir: the folder `train` wrote into.
+    """
+    pointer = checkpoint_dir(run_dir) / LATEST
+    if pointer.is_file():
+        try:
+            target = checkpoint_dir(run_dir) / json.loads(pointer.read_text())["file"]
+            if target.is_file():
+                return target
+        except (ValueError, KeyError, TypeError):
+            pass
+    found = _list_checkpoints(run_dir)
+    return found[-1][1] if found else None
+
+
+def load_checkpoint(path: str | Path, *, stage: str | None = None) -> dict:
+    """Read a training checkpoint with `weights_only=True` (nothing in it can run code).
+
+    Args:
+        path: a `step_*.pt` file written by `train`.
+        stage: if given, the stage the checkpoint must belong to.
+
+    Returns the checkpoint dict (layout in this module's docstring). Raises `BundleError` for a
+    missing, truncated, foreign or wrong-stage file.
+    """
+    path = Path(path)
+    ckpt = load_bundle(path, kind="checkpoint")
+    needed = ("stage", "step", "position", "ema", "optimizer", "scheduler", "train_config")
+    missing = [k for k in needed if k not in ckpt]
+    if missing:
+        raise BundleError(f"{path}: is not a complete training checkpoint (no {', '.join(missing)}); "
+                          "resume from another checkpoint or start a new run.")
+    if exists(stage) and ckpt["stage"] != stage:
+        raise BundleError(f"{path}: is a checkpoint of the {ckpt['stage']!r} stage, not of {stage!r}; "
+                          "give a checkpoint from this stage's run folder.")
+    return ckpt
+
+
+def _resolve_resume(resume: str | Path, run_dir: Path) -> Path | None:
+    if str(resume) != "latest":
+        return Path(resume)
+    return latest_checkpoint(run_dir)
+
+
+def _all_finite(model: nn.Module) -> bool:
+    return all(bool(torch.isfinite(t).all()) for t in model.state_dict().values() if t.is_floating_point())
+
+
+def _nonfinite_error(step: int, what: str, last: Path | None) -> UserError:
+    kept = f"the last good checkpoint is {last}" if exists(last) else "no checkpoint was written before it"
+    return UserError(
+        f"training diverged at step {step}: {what} is not finite (NaN/inf). Stopped without saving "
+        f"these weights; {kept}. Try a lower --lr, full precision (--mixed-precision no), and gradient "
+        "clipping (--max-grad-norm 1.0), then resume or restart."
+    )
+
+
+# ----------------------------------------------------------------------------- schedule
+
+
+def _lr_lambda(config: TrainConfig, total_steps: int) -> Callable[[int], float]:
+    warmup, schedule = config.warmup_steps, config.lr_schedule
+
+    def factor(step: int) -> float:
+        # LambdaLR counts finished steps; step s runs with factor(s), so the first step is not at lr 0
+        if step < warmup:
+            return (step + 1) / warmup
+        if schedule == "cosine":
+            progress = min(1.0, (step - warmup) / max(1, total_steps - warmup))
+            return 0.5 * (1.0 + math.cos(math.pi * progress))
+        return 1.0
+
+    return factor
+
+
+def _to_image_grid(images: Tensor) -> Tensor:
+    from torchvision.utils import make_grid
+
+    images = images.detach().float().cpu().clamp(0, 1)
+    if images.ndim == 3:
+        images = images.unsqueeze(1)  # (B, H, W) -> (B, 1, H, W)
+    return make_grid(images, nrow=max(1, math.ceil(math.sqrt(images.shape[0]))), padding=2, pad_value=1.0)
+
+
+# ----------------------------------------------------------------------------- the loop
+
+
+def _call(model: nn.Module, batch) -> Tensor:
+    if isinstance(batch, dict):
+        return model(**batch)
+    if isinstance(batch, (list, tuple)):
+        return model(*batch)
+    return model(batch)
+
+
+def _make_accelerator(config: TrainConfig, run_dir: Path):
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState
+
+    state = AcceleratorState._shared_state
+    if state and state.get("_mixed_precision") != config.mixed_precision and state.get("num_processes", 1) == 1:
+        # accelerate keeps its precision in a process-wide singleton; a second stage trained in
+        # the same single-process Python session with another precision would be refused
+        AcceleratorState._reset_state()
+    return Accelerator(
+        mixed_precision=config.mixed_precision,
+        gradient_accumulation_steps=config.gradient_accumulation_steps,
+        log_with="tensorboard",
+        project_dir=str(run_dir),
+    )
+
+
+def train(
+    model: nn.Module,
+    dataset: torch.utils.data.Dataset,
+    config: TrainConfig,
+    *,
+    run_dir: str | Path,
+    stage: str,
+    resume: str | Path | None = None,
+    sample_fn: Callable[[nn.Module, int], Tensor | None] | None = None,
+    model_config: dict | None = None,
+    progress: bool = True,
+) -> TrainResult:
+    """Train `model` on `dataset` until `config.max_steps` (or `config.epochs`) is reached.
+
+    Runs unchanged on one device or under `accelerate launch --num_processes N`.
+
+    Args:
+        model: a module whose `forward(*batch)` returns a scalar loss; `batch` is the dataset item
+            tuple collated over the batch (a dict item is passed as keywords).
+        dataset: map-style dataset with `__len__`.
+        config: the training settings.
+        run_dir: folder for `checkpoints/`, `tensorboard/` and `samples/`.
+        stage: stage name stored in checkpoints and checked on resume ("prior", "decoder", ...).
+        resume: None for a fresh run, "latest" to continue from the newest checkpoint in
+            `run_dir` (fresh if there is none), or the path of a checkpoint.
+        sample_fn: called as `sample_fn(ema_model, step)` on the main process every
+            `config.sample_every` steps and at the end, under a fixed seed and `no_grad`; returns
+            images in [0, 1] shaped (B, C, H, W) (or None) for a TensorBoard grid and a PNG.
+        model_config: the model's constructor arguments, stored in every checkpoint.
+        progress: show a tqdm bar on the main process.
+    """
+    from ema_pytorch import EMA
+    from tqdm.auto import tqdm
+
+    started = time.time()
+    run_dir = Path(run_dir)
+    accelerator = _make_accelerator(config, run_dir)
+    main = accelerator.is_main_process
+    world, rank = accelerator.num_processes, accelerator.process_index
+    n = len(dataset)
+    per_step = config.batch_size * world * config.gradient_accumulation_steps
+    total_steps = config.max_steps if exists(config.max_steps) else math.ceil(config.epochs * n / per_step)
+
+    # ---- resume point (read before building anything, so a bad file fails fast)
+    ckpt = None
+    if exists(resume):
+        path = _resolve_resume(resume, run_dir)
+        if path is None:
+            accelerator.print(f"no checkpoint in {checkpoint_dir(run_dir)}; starting a new run.")
+        else:
+            try:
+                ckpt = load_checkpoint(path, stage=stage)
+            except BundleError as e:
+                # a damaged newest checkpoint is reported, not skipped: silently going back in
+                # time would hide lost steps; the user picks the older file explicitly
+                older = [p for _, p in _list_checkpoints(run_dir) if p != path]
+                if str(resume) != "latest" or not older:
+                    raise
+                raise BundleError(f"{e} The newest checkpoint cannot be used; to continue from the one "
+                                  f"before it, resume from {older[-1]}.") from None
+            ckpt["_path"] = path
+            _warn_config_change(ckpt["train_config"], config, path)
+    elif main and _list_checkpoints(run_dir):
+        warnings.warn(f"{checkpoint_dir(run_dir)} already holds checkpoints; this fresh run will overwrite "
+                      "them step by step (resume='latest' continues the old run instead).", stacklevel=2)
+
+    seed_everything(config.seed + rank)
+    unwrapped = model
+    if ckpt is not None:
+        try:
+            unwrapped.load_state_dict(ckpt["state_dict"])
+        except RuntimeError as e:
+            raise BundleError(f"{ckpt['_path']}: its weights do not fit this model "
+                              f"({str(e).splitlines()[0][:200]}); was it trained with another model config?"
+                              ) from None
+    unwrapped.train()
+
+    optimizer = torch.optim.AdamW(unwrapped.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    model, optimizer = accelerator.prepare(unwrapped, optimizer)
+    unwrapped = accelerator.unwrap_model(model)
+    # not prepared: accelerate's scheduler wrapper steps once per process, which would stretch warmup
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer.optimizer, _lr_lambda(config, total_steps))
+    ema = EMA(unwrapped, beta=config.ema_decay, update_every=config.ema_update_every,
+              update_after_step=config.ema_start_step, include_online_model=False)
+    ema.ema_model.eval()
+
+    step, position = 0, 0
+    if ckpt is not None:
+        optimizer.load_state_dict(ckpt["optimizer"])
+        scheduler.load_state_dict(ckpt["scheduler"])
+        ema.load_state_dict(ckpt["ema"])
+        if exists(ckpt.get("scaler")) and exists(accelerator.scaler):
+            accelerator.scaler.load_state_dict(ckpt["scaler"])
+        step, position = int(ckpt["step"]), int(ckpt["position"])
+    start_step = step
+
+    sampler = StreamBatchSampler(n, batch_size=config.batch_size, num_processes=world, rank=rank,
+                                 seed=config.seed, position=position)
+    loader = torch.utils.data.DataLoader(
+        dataset, batch_sampler=sampler, num_workers=config.num_workers,
+        pin_memory=accelerator.device.type == "cuda",
+        # own generator: creating the iterator must not draw from the global RNG that we restore
+        generator=torch.Generator().manual_seed(config.seed + position),
+    )
+    batches = iter(loader)
+
+    if ckpt is not None:
+        states = ckpt.get("rng") or []
+        if len(states) == world:
+            _set_rng_state(states[rank])
+        else:
+            accelerator.print(f"checkpoint has RNG state for {len(states)} processes, this run has {world}; "
+                              "random draws will differ from an uninterrupted run.")
+
+    if main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    accelerator.init_trackers("tensorboard")
+    writer = accelerator.get_tracker("tensorboard", unwrap=True) if main else None
+    if main and start_step == 0:
+        described = json.dumps({"stage": stage, "train": config.to_dict(), "model": model_config}, indent=2)
+        writer.add_text("config", f"```\n{described}\n```", 0)
+
+    last_ckpt = ckpt["_path"] if ckpt is not None else latest_checkpoint(run_dir)
+    written: Path | None = None
+    samples: list[Path] = []
+    losses: list[float] = []
+    window: list[float] = []
+    window_start, window_samples = time.time(), 0
+    acc_loss = torch.zeros((), device=accelerator.device)
+
+    def save(now_step: int) -> Path:
+        nonlocal written
+        if not _all_finite(unwrapped):
+            raise _nonfinite_error(now_step, "a model weight", last_ckpt)
+        rng = _gather_rng(accelerator)
+        if not main:
+            return None
+        path = _write_checkpoint(
+            run_dir, stage=stage, step=now_step, position=position, n=n, unwrapped=unwrapped, ema=ema,
+            optimizer=optimizer, scheduler=scheduler, scaler=accelerator.scaler, rng=rng,
+            config=config, model_config=model_config,
+        )
+        written = path
+        return path
+
+    # no clipping still logs the norm: an infinite threshold measures without changing anything
+    clip = float("inf") if config.max_grad_norm is None else config.max_grad_norm
+    bar = tqdm(total=total_steps, initial=step, disable=not (progress and main), desc=stage, dynamic_ncols=True)
+    try:
+        while step < total_steps:
+            batch = next(batches)
+            batch = _to_device(batch, accelerator.device)
+            position += config.batch_size * world
+            with accelerator.accumulate(model):
+                loss = _call(model, batch)
+                if loss.ndim != 0:
+                    raise TypeError(f"the {stage} model's forward must return a scalar loss, "
+                                    f"got shape {tuple(loss.shape)}")
+                accelerator.backward(loss)
+                acc_loss += loss.detach().float() / config.gradient_accumulation_steps
+                if accelerator.sync_gradients:
+                    # one collective per optimizer step; every process sees the same value, so all
+                    # stop together on NaN instead of one hanging in the next all-reduce
+                    step_loss = accelerator.reduce(acc_loss, reduction="mean").item()
+                    acc_loss.zero_()
+                    if not math.isfinite(step_loss):
+                        raise _nonfinite_error(step + 1, "the loss", last_ckpt)
+                    grad_norm = accelerator.clip_grad_norm_(unwrapped.parameters(), clip)
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+
+            if not accelerator.sync_gradients:
+                continue
+            scheduler.step()
+            ema.update()
+            step += 1
+            losses.append(step_loss)
+            window.append(step_loss)
+            window_samples += per_step
+            bar.update(1)
+            bar.set_postfix(loss=f"{step_loss:.4g}", refresh=False)
+
+            if step % max(1, config.log_every) == 0 or step == total_steps:
+                seconds = max(time.time() - window_start, 1e-9)
+                accelerator.log({
+                    "loss": sum(window) / len(window),
+                    "lr": scheduler.get_last_lr()[0],
+                    "grad_norm": float(grad_norm) if exists(grad_norm) else float("nan"),
+                    "samples_per_s": window_samples / seconds,
+                    "epoch": position / n,
+                }, step=step)
+                window, window_start, window_samples = [], time.time(), 0
+
+            if exists(sample_fn) and main and (
+                (config.sample_every and step % config.sample_every == 0) or step == total_steps
+            ):
+                out = _sample(sample_fn, ema.ema_model, step, config.seed, writer, run_dir)
+                if exists(out):
+                    samples.append(out)
+
+            if (config.checkpoint_every and step % config.checkpoint_every == 0) or step == total_steps:
+                if (path := save(step)) is not None:
+                    last_ckpt = path
+                    if config.keep_last:
+                        _prune(run_dir, config.keep_last)
+                accelerator.wait_for_everyone()
+    finally:
+        bar.close()
+        accelerator.end_training()
+
+    if step == start_step and step > 0 and main and written is None:
+        # resumed at or past the end: nothing to do, the checkpoint we came from is the last one
+        written = last_ckpt
+    return TrainResult(model=unwrapped, ema_model=ema.ema_model, step=step, losses=losses,
+                       seconds=time.time() - started, start_step=start_step, checkpoint=written, samples=samples)
+
+
+def _to_device(batch, device):
+    from accelerate.utils import send_to_device
+
+    return send_to_device(batch, device, non_blocking=device.type == "cuda")
+
+
+def _gather_rng(accelerator) -> list[dict]:
+    if accelerator.num_processes == 1:
+        return [_rng_state()]
+    from accelerate.utils import gather_object
+
+    return gather_object([_rng_state()])
+
+
+def _sample(sample_fn, ema_model: nn.Module, step: int, seed: int, writer, run_dir: Path) -> Path | None:
+    from torchvision.utils import save_image
+
+    # fixed seed: grids from different steps show the same noise, and sampling never shifts the
+    # training RNG (so sample_every does not change the training run)
+    saved = _rng_state()
+    try:
+        seed_everything(seed)
+        with torch.no_grad():
+            images = sample_fn(ema_model, step)
+    finally:
+        _set_rng_state(saved)
+    if images is None:
+        return None
+    grid = _to_image_grid(images)
+    writer.add_image("samples", grid, step)
+    path = run_dir / "samples" / f"step_{step:06d}.png"
+    with atomic_write(path) as f:
+        save_image(grid, f, format="png")
+    return path
+
+
+def _write_checkpoint(run_dir: Path, *, stage, step, position, n, unwrapped, ema, optimizer, scheduler, scaler,
+                      rng, config: TrainConfig, model_config) -> Path:
+    def cpu(state: dict) -> dict:
+        return {k: v.detach().cpu() if torch.is_tensor(v) else v for k, v in state.items()}
+
+    payload = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "kind": "checkpoint",
+        "stage": stage,
+        "config": json.loads(json.dumps(model_config or {})),
+        "state_dict": cpu(unwrapped.state_dict()),
+        "ema": cpu(ema.state_dict()),
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(),
+        "scaler": scaler.state_dict() if exists(scaler) else None,
+        "step": step,
+        "position": position,
+        "epoch": position // n,
+        "rng": rng,
+        "train_config": config.to_dict(),
+        "versions": package_versions(),
+        "label_map": None,
+        "meta": {},
+    }
+    folder = checkpoint_dir(run_dir)
+    path = folder / f"step_{step:06d}.pt"
+    with atomic_write(path) as f:
+        torch.save(payload, f)
+    # the pointer moves only once the file it names is complete
+    with atomic_write(folder / LATEST, "w") as f:
+        json.dump({"file": path.name, "step": step, "stage": stage}, f)
+    return path
+
+
+def _prune(run_dir: Path, keep_last: int) -> None:
+    found = _list_checkpoints(run_dir)
+    latest = latest_checkpoint(run_dir)
+    for _, path in found[:-keep_last]:
+        if path != latest:
+            path.unlink(missing_ok=True)
+
+
+def _warn_config_change(old: dict, new: TrainConfig, path: Path) -> None:
+    # length of training may change on resume; anything else changes the run it continues
+    ignore = {"max_steps", "epochs", "log_every", "sample_every", "checkpoint_every", "keep_last", "num_workers"}
+    changed = [f"{k}: {old.get(k)!r} -> {v!r}"
+               for k, v in new.to_dict().items() if k not in ignore and old.get(k) != v]
+    if changed:
+        warnings.warn(f"resuming from {path} with changed settings ({'; '.join(changed)}); optimizer "
+                      "hyper-parameters come from the checkpoint.", stacklevel=3)

@@ -1,0 +1,248 @@
+"""The generic training loop, exercised with a tiny regression model instead of a real stage."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from dalle2_md.training import (
+    TrainConfig,
+    latest_checkpoint,
+    load_checkpoint,
+    train,
+)
+from dalle2_md.utils import BundleError, UserError
+
+
+class ToyRegression(nn.Module):
+    """forward(x, y) -> MSE loss. Dropout and input noise make the loss depend on the global RNG,
+    so resume tests also check that RNG state travels with the checkpoint."""
+
+    def __init__(self, dim: int = 4, hidden: int = 16, dropout: float = 0.1, noise: float = 0.01):
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(dim, hidden), nn.SiLU(), nn.Dropout(dropout), nn.Linear(hidden, 1))
+        self.noise = noise
+        self.calls = 0
+        self.nan_after: int | None = None
+
+    def forward(self, x, y):
+        self.calls += 1
+        x = x + self.noise * torch.randn_like(x)
+        loss = nn.functional.mse_loss(self.net(x).squeeze(-1), y)
+        if self.nan_after is not None and self.calls > self.nan_after:
+            loss = loss * float("nan")
+        return loss
+
+
+def toy_data(n: int = 22, dim: int = 4) -> torch.utils.data.TensorDataset:
+    g = torch.Generator().manual_seed(123)
+    x = torch.randn(n, dim, generator=g)
+    w = torch.randn(dim, generator=g)
+    return torch.utils.data.TensorDataset(x, x @ w + 0.5)
+
+
+def make_model(**kw) -> ToyRegression:
+    torch.manual_seed(7)
+    return ToyRegression(**kw)
+
+
+def cfg(**kw) -> TrainConfig:
+    base = dict(batch_size=4, lr=1e-2, log_every=2, seed=3, ema_decay=0.9)
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def weights(module: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().cpu().clone() for k, v in module.state_dict().items()}
+
+
+def run(tmp: Path, config: TrainConfig, model=None, **kw):
+    return train(model or make_model(), toy_data(), config, run_dir=tmp, stage="toy", progress=False,
+                 model_config={"dim": 4, "hidden": 16}, **kw)
+
+
+def test_loss_decreases_ema_returned_and_checkpoints_pruned(tmp_path):
+    res = run(tmp_path, cfg(max_steps=60, checkpoint_every=10, keep_last=2))
+    assert res.step == 60 and len(res.losses) == 60
+    first, last = sum(res.losses[:5]) / 5, sum(res.losses[-5:]) / 5
+    assert last < 0.3 * first, (first, last)
+
+    raw, ema = weights(res.model), weights(res.ema_model)
+    assert raw.keys() == ema.keys()
+    assert any(not torch.equal(raw[k], ema[k]) for k in raw)
+    assert res.ema_model is not res.model
+
+    files = sorted(p.name for p in (tmp_path / "checkpoints").glob("step_*.pt"))
+    assert files == ["step_000050.pt", "step_000060.pt"]
+    assert latest_checkpoint(tmp_path) == tmp_path / "checkpoints" / "step_000060.pt" == res.checkpoint
+    assert json.loads((tmp_path / "checkpoints" / "latest.json").read_text())["step"] == 60
+
+    ckpt = torch.load(res.checkpoint, map_location="cpu", weights_only=True)
+    assert ckpt["step"] == 60 and ckpt["stage"] == "toy" and ckpt["config"] == {"dim": 4, "hidden": 16}
+    assert ckpt["train_config"]["max_steps"] == 60
+    assert ckpt["optimizer"]["state"] and ckpt["scheduler"]["last_epoch"] == 60
+    for k, v in raw.items():
+        assert torch.equal(ckpt["state_dict"][k], v)
+        assert torch.equal(ckpt["ema"][f"ema_model.{k}"], ema[k])
+    assert isinstance(ckpt["rng"][0]["torch"], torch.Tensor)
+    assert "torch" in ckpt["versions"]
+
+
+def test_resume_continues_exactly_mid_epoch(tmp_path):
+    # 22 samples / batch 4 -> step 10 ends mid-epoch; warmup makes the scheduler state matter
+    common = dict(checkpoint_every=10, warmup_steps=5)
+    straight = run(tmp_path / "a", cfg(max_steps=20, **common))
+
+    first = run(tmp_path / "b", cfg(max_steps=10, **common))
+    assert first.step == 10
+    second = run(tmp_path / "b", cfg(max_steps=20, **common), resume="latest")
+
+    assert second.start_step == 10 and second.step == 20 == straight.step
+    assert first.losses + second.losses == pytest.approx(straight.losses, abs=1e-6, rel=0)
+    for a, b in ((straight.model, second.model), (straight.ema_model, second.ema_model)):
+        wa, wb = weights(a), weights(b)
+        for k in wa:
+            torch.testing.assert_close(wa[k], wb[k], atol=1e-6, rtol=0)
+    a = load_checkpoint(straight.checkpoint)
+    b = load_checkpoint(second.checkpoint)
+    assert a["position"] == b["position"] == 20 * 4
+
+
+def test_tensorboard_scalars_and_sample_grid(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    def sample_fn(ema_model, step):
+        assert not ema_model.training and not torch.is_grad_enabled()
+        return torch.rand(3, 1, 8, 8)
+
+    res = run(tmp_path, cfg(max_steps=4, sample_every=2), sample_fn=sample_fn)
+    events = list((tmp_path / "tensorboard").rglob("events.out.tfevents.*"))
+    assert events
+    acc = EventAccumulator(str(events[0].parent), size_guidance={"images": 0, "scalars": 0})
+    acc.Reload()
+    tags = acc.Tags()
+    assert {"loss", "lr", "grad_norm", "samples_per_s"} <= set(tags["scalars"])
+    assert [e.step for e in acc.Scalars("loss")] == [2, 4]
+    assert acc.Scalars("lr")[-1].value == pytest.approx(1e-2)
+    assert "samples" in tags["images"] and [e.step for e in acc.Images("samples")] == [2, 4]
+    pngs = sorted(p.name for p in (tmp_path / "samples").glob("*.png"))
+    assert pngs == ["step_000002.png", "step_000004.png"] and len(res.samples) == 2
+    assert (tmp_path / "samples" / "step_000004.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
+    model = make_model()
+    model.nan_after = 12  # the 13th forward returns NaN
+    with pytest.raises(UserError) as err:
+        run(tmp_path, cfg(max_steps=30, checkpoint_every=5), model=model)
+    msg = str(err.value)
+    assert "step 13" in msg and "--lr" in msg and "--mixed-precision no" in msg and "step_000010.pt" in msg
+    files = sorted(p.name for p in (tmp_path / "checkpoints").glob("step_*.pt"))
+    assert files == ["step_000005.pt", "step_000010.pt"]
+    ckpt = load_checkpoint(latest_checkpoint(tmp_path), stage="toy")
+    assert ckpt["step"] == 10
+    assert all(torch.isfinite(v).all() for v in ckpt["state_dict"].values())
+
+
+def test_gradient_accumulation_matches_bigger_batch(tmp_path):
+    # no dropout/noise: two micro-batches of 4 average to the same gradient as one batch of 8
+    accumulated = make_model(dropout=0.0, noise=0.0)
+    res_acc = run(tmp_path / "acc", cfg(max_steps=5, batch_size=4, gradient_accumulation_steps=2), model=accumulated)
+    res_big = run(tmp_path / "big", cfg(max_steps=5, batch_size=8), model=make_model(dropout=0.0, noise=0.0))
+    assert accumulated.calls == 10 and res_acc.step == 5 and len(res_acc.losses) == 5
+    assert res_acc.losses == pytest.approx(res_big.losses, rel=1e-5)
+    wa, wb = weights(res_acc.model), weights(res_big.model)
+    for k in wa:
+        torch.testing.assert_close(wa[k], wb[k], atol=1e-5, rtol=1e-5)
+    assert load_checkpoint(res_acc.checkpoint)["position"] == 5 * 8
+
+
+def test_epochs_set_step_count(tmp_path):
+    res = run(tmp_path, cfg(epochs=2, batch_size=4))  # ceil(2 * 22 / 4) = 11
+    assert res.step == 11
+    with pytest.raises(UserError):
+        TrainConfig(max_steps=5, epochs=1)
+
+
+def test_corrupt_or_foreign_checkpoint_is_bundle_error(tmp_path):
+    res = run(tmp_path, cfg(max_steps=2))
+    path = res.checkpoint
+    with pytest.raises(BundleError, match="not of 'decoder'"):
+        load_checkpoint(path, stage="decoder")
+    with pytest.raises(BundleError, match="'toy' stage"):
+        train(make_model(), toy_data(), cfg(max_steps=4), run_dir=tmp_path, stage="prior", resume="latest",
+              progress=False)
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(BundleError, match="step_000002.pt"):
+        load_checkpoint(path)
+    with pytest.raises(BundleError, match="truncated"):
+        run(tmp_path, cfg(max_steps=4), resume="latest")
+
+
+def test_corrupt_latest_names_the_previous_checkpoint(tmp_path):
+    run(tmp_path, cfg(max_steps=4, checkpoint_every=2))
+    latest = latest_checkpoint(tmp_path)
+    latest.write_bytes(b"not a checkpoint")
+    with pytest.raises(BundleError, match="resume from .*step_000002.pt"):
+        run(tmp_path, cfg(max_steps=6), resume="latest")
+    resumed = run(tmp_path, cfg(max_steps=6), resume=tmp_path / "checkpoints" / "step_000002.pt")
+    assert resumed.start_step == 2 and resumed.step == 6
+
+
+def test_mixed_precision_switch_in_one_process(tmp_path):
+    # bf16 autocast on CPU, then full precision again: accelerate's process-wide state must allow it
+    bf16 = run(tmp_path / "bf16", cfg(max_steps=3, mixed_precision="bf16"))
+    fp32 = run(tmp_path / "fp32", cfg(max_steps=3))
+    assert len(bf16.losses) == len(fp32.losses) == 3
+    assert all(torch.isfinite(torch.tensor(bf16.losses)))
+    assert bf16.losses != fp32.losses  # bf16 rounding shows in the loss
+    assert all(v.dtype == torch.float32 for v in bf16.model.state_dict().values())
+
+
+MULTI = """
+import sys, torch
+from pathlib import Path
+sys.path.insert(0, {tests!r})
+from test_training import make_model, toy_data, cfg
+from dalle2_md.training import train
+from accelerate import PartialState
+res = train(make_model(), toy_data(), cfg(max_steps=6, gradient_accumulation_steps=2, checkpoint_every=3),
+            run_dir=Path({run!r}), stage="toy", progress=False)
+flat = torch.cat([p.detach().flatten() for p in res.model.parameters()])
+rank = PartialState().process_index
+out = {{"weights": flat, "losses": res.losses, "step": res.step, "world": PartialState().num_processes}}
+torch.save(out, Path({run!r}) / f"rank{{rank}}.pt")
+"""
+
+
+def test_same_loop_under_accelerate_launch_two_cpu_processes(tmp_path):
+    script = tmp_path / "multi.py"
+    run_dir = tmp_path / "run"
+    script.write_text(MULTI.format(tests=str(Path(__file__).parent), run=str(run_dir)))
+    launcher = Path(sys.executable).parent / "accelerate"
+    # `accelerate launch --cpu` starts a single process (accelerate 1.x); the torchrun-based
+    # launcher plus ACCELERATE_USE_CPU gives two gloo processes on CPU
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "ACCELERATE_USE_CPU": "true", "CUDA_VISIBLE_DEVICES": ""}
+    proc = subprocess.run(
+        [str(launcher), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+         "--mixed_precision", "no", "--dynamo_backend", "no", str(script)],
+        capture_output=True, text=True, timeout=120, env=env,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    r0 = torch.load(run_dir / "rank0.pt", weights_only=True)
+    r1 = torch.load(run_dir / "rank1.pt", weights_only=True)
+    assert r0["world"] == r1["world"] == 2 and r0["step"] == r1["step"] == 6
+    assert torch.equal(r0["weights"], r1["weights"])  # DDP kept both replicas identical
+    assert r0["losses"] == r1["losses"]  # losses are reduced across processes
+    ckpt = load_checkpoint(latest_checkpoint(run_dir), stage="toy")
+    assert ckpt["step"] == 6 and len(ckpt["rng"]) == 2
+    assert ckpt["position"] == 6 * 2 * 4 * 2  # steps * accumulation * batch * processes
+    assert sorted(p.name for p in (run_dir / "checkpoints").glob("*.pt")) == ["step_000003.pt", "step_000006.pt"]
