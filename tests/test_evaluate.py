@@ -1,0 +1,265 @@
+"""Tests for dalle2_md.evaluate: the recogniser (training, determinism, bundle, cache), identity
+accuracy, domain FID, diversity, memorisation, kinematic fidelity, reading generated folders
+and the files `evaluate_samples` writes. Data: a tiny simulated set (4 users, 32 px)."""
+
+from __future__ import annotations
+
+import json
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from dalle2_md.bundle import load_bundle, state_fingerprint
+from dalle2_md.colormap import scalar_to_rgb
+from dalle2_md.data import DataWarning, MicroDopplerDataset
+from dalle2_md.evaluate import (
+    Recogniser,
+    RecogniserConfig,
+    RecogniserTrainConfig,
+    accuracy,
+    cached_recogniser,
+    diversity,
+    domain_fid,
+    evaluate_samples,
+    extract_features,
+    kinematic_fidelity,
+    load_generated_folder,
+    memorisation,
+    predict,
+    to_scalar_images,
+    train_recogniser,
+)
+from dalle2_md.synth import make_users, sample_rng, simulate_spectrogram, synthesize_dataset
+from dalle2_md.utils import DataError, UserError
+
+NUM_USERS, PER_USER, SIZE, SEED = 4, 20, 32, 0
+TINY = RecogniserConfig(num_users=NUM_USERS, channels=1, image_size=SIZE, widths=(8, 16, 32), feature_dim=16)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    # the test machine is shared: two torch threads fighting other jobs run ~10x slower than one
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("synth")
+    synthesize_dataset(root, num_users=NUM_USERS, images_per_user=PER_USER, image_size=SIZE, seed=SEED, progress=False)
+    # no val split: 12 train + 8 test images per user, so FID (needs > 16 images) fits both sets
+    kw = dict(image_size=SIZE, split_fractions=(0.6, 0.0, 0.4))
+    with warnings.catch_warnings():  # e.g. a contact sheet beside the user folders
+        warnings.simplefilter("ignore", DataWarning)
+        train = MicroDopplerDataset(root, split="train", **kw)
+        test = MicroDopplerDataset(root, split="test", **kw)
+    return {"root": root, "train": train.tensors(), "test": test.tensors(), "label_map": train.label_map}
+
+
+@pytest.fixture(scope="module")
+def recogniser(data):
+    return train_recogniser(*data["train"], config=TINY, train=RecogniserTrainConfig(steps=100, seed=0))
+
+
+def fresh_samples(per_user: int = 8) -> tuple[torch.Tensor, torch.Tensor]:
+    """New walks of the same simulated users (sample indices never written to disk)."""
+    images, ids = [], []
+    for user in make_users(NUM_USERS, SEED):
+        for i in range(100, 100 + per_user):
+            img, _ = simulate_spectrogram(user, sample_rng(SEED, user.user_id, i), image_size=SIZE)
+            images.append(np.round(img * 255) / 255 * 2 - 1)  # the 8-bit steps a PNG round trip gives
+            ids.append(user.user_id)
+    return torch.tensor(np.stack(images), dtype=torch.float32)[:, None], torch.tensor(ids)
+
+
+# -- recogniser --------------------------------------------------------------------------------
+
+
+def test_recogniser_tells_users_apart(data, recogniser):
+    overall, per_user = accuracy(recogniser, *data["test"])
+    # chance is 0.25; measured 1.0 on these 32 held-out images
+    assert overall >= 0.8
+    assert set(per_user) == set(range(NUM_USERS))
+    fresh_acc, _ = accuracy(recogniser, *fresh_samples())
+    assert fresh_acc >= 0.8
+
+
+def test_accuracy_is_consistent(data, recogniser):
+    images, ids = data["test"]
+    overall, per_user = accuracy(recogniser, images, ids)
+    manual = (predict(recogniser, images) == ids).float().mean().item()
+    assert overall == pytest.approx(manual)
+    counts = torch.bincount(ids, minlength=NUM_USERS).tolist()
+    weighted = sum(per_user[u] * counts[u] for u in per_user) / len(ids)
+    assert overall == pytest.approx(weighted)
+    # batch size must not matter (GroupNorm: no batch statistics)
+    assert accuracy(recogniser, images, ids, batch_size=3) == (overall, per_user)
+    assert torch.allclose(extract_features(recogniser, images, batch_size=5), extract_features(recogniser, images), atol=1e-5)
+
+
+def test_wrong_image_shape_is_a_user_error(data, recogniser):
+    images, ids = data["test"]
+    with pytest.raises(UserError, match="trained on"):
+        accuracy(recogniser, images[:, :, :16, :16], ids)
+
+
+def test_training_is_deterministic_and_bundle_round_trips(data, tmp_path):
+    images, ids = data["train"]
+    short = RecogniserTrainConfig(steps=4, seed=3)
+    a = train_recogniser(images, ids, config=TINY, train=short)
+    b = train_recogniser(images, ids, config=TINY, train=short)
+    c = train_recogniser(images, ids, config=TINY, train=RecogniserTrainConfig(steps=4, seed=4))
+    assert state_fingerprint(a.state_dict()) == state_fingerprint(b.state_dict())
+    assert state_fingerprint(a.state_dict()) != state_fingerprint(c.state_dict())
+
+    path = a.save(tmp_path / "rec.pt", label_map=data["label_map"].to_dict())
+    assert load_bundle(path, kind="recogniser")["kind"] == "recogniser"
+    loaded = Recogniser.load(path)
+    assert loaded.config == TINY
+    assert loaded.label_map == data["label_map"].to_dict()
+    assert torch.allclose(loaded.features(images[:5]), a.features(images[:5]))
+
+
+def test_cached_recogniser_reuses_only_a_matching_model(data, tmp_path):
+    images, ids = data["train"]
+    path = tmp_path / "rec.pt"
+    short = RecogniserTrainConfig(steps=3)
+    first = cached_recogniser(path, images, ids, config=TINY, train=short)
+    assert first.meta["from_cache"] is False and path.is_file()
+    again = cached_recogniser(path, images, ids, config=TINY, train=short)
+    assert again.meta["from_cache"] is True
+    assert state_fingerprint(again.state_dict()) == state_fingerprint(first.state_dict())
+    # other settings or other training images: retrained
+    other = cached_recogniser(path, images, ids, config=TINY, train=RecogniserTrainConfig(steps=3, seed=1))
+    assert other.meta["from_cache"] is False
+    changed = cached_recogniser(path, images[1:], ids[1:], config=TINY, train=RecogniserTrainConfig(steps=3, seed=1))
+    assert changed.meta["from_cache"] is False
+    # a damaged cache file is replaced, not fatal
+    path.write_bytes(b"not a bundle")
+    assert cached_recogniser(path, images, ids, config=TINY, train=short).meta["from_cache"] is False
+
+
+# -- FID, diversity, memorisation --------------------------------------------------------------
+
+
+def test_fid_is_zero_on_itself_and_grows_with_noise(data, recogniser):
+    images = torch.cat([data["train"][0], data["test"][0]])
+    assert domain_fid(recogniser, images, images) < 1e-6
+    g = torch.Generator().manual_seed(0)
+    noise = torch.randn(images.shape, generator=g)
+    fids = [domain_fid(recogniser, images, (images + s * noise).clamp(-1, 1)) for s in (0.05, 0.1, 0.2, 0.4)]
+    assert fids[0] > 0
+    assert all(b > a for a, b in zip(fids, fids[1:])), fids
+
+
+def test_fid_refuses_too_few_samples(data, recogniser):
+    images = data["test"][0]
+    with pytest.raises(UserError, match="at least 17"):
+        domain_fid(recogniser, images, images[:10])
+
+
+def test_diversity_measures_within_user_spread():
+    feats = torch.tensor([[0.0, 0.0], [3.0, 4.0], [1.0, 1.0], [1.0, 1.0], [9.0, 9.0]])
+    ids = torch.tensor([0, 0, 1, 1, 2])
+    out = diversity(feats, ids)
+    assert out["per_user"] == {0: pytest.approx(5.0), 1: pytest.approx(0.0)}  # user 2 has 1 sample
+    assert out["mean"] == pytest.approx(2.5)
+
+
+def test_memorisation_flags_copies_not_fresh_samples(data, recogniser):
+    train, test = data["train"][0], data["test"][0]
+    fresh, _ = fresh_samples()
+    copies = memorisation(train[:24], train, test)
+    assert copies["copy_fraction"] == 1.0
+    assert copies["gen_nn_median"] == 0.0 and copies["nn_ratio"] == 0.0
+    new = memorisation(fresh, train, test)
+    assert new["copy_fraction"] <= 0.25  # measured 0.09 (quantile 0.05)
+    assert 0.7 < new["nn_ratio"] < 1.4  # measured 1.03
+    f_train, f_test = extract_features(recogniser, train), extract_features(recogniser, test)
+    assert memorisation(f_train[:24], f_train, f_test)["copy_fraction"] == 1.0
+    assert memorisation(extract_features(recogniser, fresh), f_train, f_test)["copy_fraction"] <= 0.25
+
+
+# -- kinematics --------------------------------------------------------------------------------
+
+
+def test_kinematic_errors_small_between_real_halves_and_large_when_shifted(data):
+    images = torch.cat([data["train"][0], data["test"][0]])
+    ids = torch.cat([data["train"][1], data["test"][1]])
+    scalars = to_scalar_images(images)
+    assert scalars.shape == (len(images), SIZE, SIZE) and 0 <= scalars.min() and scalars.max() <= 1
+    half = np.arange(len(ids)) % 2 == 0
+    same = kinematic_fidelity(scalars[half], ids[half], scalars[~half], ids[~half])
+    assert set(same["per_user"]) == set(range(NUM_USERS))
+    # measured: torso 0.017, max envelope 0.040, cadence 0.047
+    for k, limit in {"torso": 0.08, "max_envelope": 0.12, "cadence": 0.15}.items():
+        assert same["mean_rel_error"][k] < limit, (k, same["mean_rel_error"])
+    # moving every generated spectrogram up 2 rows (faster walkers) must show as torso error
+    faster = np.roll(scalars[~half], -2, axis=1)
+    moved = kinematic_fidelity(scalars[half], ids[half], faster, ids[~half])
+    assert moved["mean_rel_error"]["torso"] > 0.3  # measured 0.68
+    assert moved["mean_rel_error"]["max_envelope"] > 2 * same["mean_rel_error"]["max_envelope"]
+
+
+def test_rgb_inputs_are_inverted_through_the_colormap(data):
+    images = data["test"][0][:4]
+    rgb = scalar_to_rgb(((images[:, 0] + 1) / 2).numpy(), "jet")  # (N, H, W, 3) uint8
+    back = to_scalar_images(rgb, "jet")
+    assert np.abs(back - to_scalar_images(images)).max() < 2.5 / 255
+
+
+# -- generated folders and the whole evaluation ------------------------------------------------
+
+
+def test_load_generated_folder(data, tmp_path):
+    images, ids = data["test"]
+    lm = data["label_map"]
+    for k, (img, uid) in enumerate(zip(images[:6], ids[:6])):
+        rgb = scalar_to_rgb(((img[0] + 1) / 2).numpy(), "jet")
+        name = f"{lm.file_stem(int(uid))}_{k:03d}.png" if k % 2 else f"{lm.ids[int(uid)]}_{k:03d}.png"
+        Image.fromarray(rgb).save(tmp_path / name)
+    loaded, got_ids, files = load_generated_folder(tmp_path, lm, SIZE, "jet")
+    order = np.argsort([int(f.stem.rsplit("_", 1)[1]) for f in files])
+    assert torch.equal(got_ids[order], ids[:6])
+    assert (loaded[order] - images[:6]).abs().max() < 4 / 255
+    (tmp_path / "stranger_001.png").write_bytes((tmp_path / files[0].name).read_bytes())
+    with pytest.raises(DataError, match="stranger_001.png"):
+        load_generated_folder(tmp_path, lm, SIZE, "jet")
+    with pytest.raises(DataError, match="does not exist"):
+        load_generated_folder(tmp_path / "missing", lm, SIZE, "jet")
+
+
+def test_evaluate_samples_writes_metrics_report_and_plots(data, recogniser, tmp_path):
+    generated = fresh_samples()
+    out = tmp_path / "eval"
+    m = evaluate_samples(data["train"], data["test"], generated, recogniser=recogniser, out_dir=out, label_map=data["label_map"])
+    for name in ("metrics.json", "report.md", "accuracy_per_user.png", "kinematics.png", "samples_grid.png"):
+        assert (out / name).is_file(), name
+    for png in ("accuracy_per_user.png", "kinematics.png", "samples_grid.png"):
+        with Image.open(out / png) as im:
+            assert im.size[0] > 200 and im.size[1] > 150
+    saved = json.loads((out / "metrics.json").read_text())
+    assert {"identity", "fid", "diversity", "memorisation", "kinematics", "counts", "notes"} <= set(saved)
+    assert {"A_real", "A_gen", "A_gen_over_A_real", "per_user_real", "per_user_gen"} <= set(saved["identity"])
+    assert set(saved["identity"]["per_user_gen"]) == {str(u) for u in range(NUM_USERS)}
+    assert {"torso", "max_envelope", "cadence"} == set(saved["kinematics"]["gen"]["mean_rel_error"])
+    # A_real in the report is the recogniser's plain accuracy on real test
+    assert m["identity"]["A_real"] == accuracy(recogniser, *data["test"])[0]
+    assert m["identity"]["A_gen"] == accuracy(recogniser, *generated)[0]
+    assert saved["fid"]["gen_vs_test"] is not None and saved["fid"]["train_vs_test"] is not None
+    assert saved["memorisation"]["pixels"]["copy_fraction"] < 0.5
+    report = (out / "report.md").read_text()
+    assert "A_gen" in report and "user_3" in report and "floor" in report
+
+
+def test_evaluate_samples_records_fid_it_cannot_compute(data, recogniser, tmp_path):
+    gen_images, gen_ids = fresh_samples(per_user=2)  # 8 images: too few for 16-dim FID
+    m = evaluate_samples(data["train"], data["test"], (gen_images, gen_ids), recogniser=recogniser, out_dir=tmp_path)
+    assert m["fid"]["gen_vs_test"] is None and m["fid"]["train_vs_test"] is not None
+    assert any("FID" in n for n in m["notes"])
+    assert "## Notes" in (tmp_path / "report.md").read_text()
