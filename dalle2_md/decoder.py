@@ -1,0 +1,480 @@
+"""The decoder stage: a diffusion U-Net that turns an image embedding (from our embedding model)
+into a spectrogram, in pixel space or over a VQGAN latent; its config, DDIM sampler and bundle.
+
+Built from dalle2-pytorch's `Unet` and `Decoder` (one U-Net, no CLIP inside: the caller passes
+precomputed `image_embed` tensors). What we add around them:
+
+- image range: our data layer gives images in [-1, 1]. dalle2-pytorch's `auto_normalize_img`
+  would map [0, 1] -> [-1, 1] on the way in and back on the way out, and in its DDIM loop it
+  also "unnormalises" latents before the VQGAN decodes them. We build the `Decoder` with
+  `auto_normalize_img=False`, so it sees [-1, 1] pixels or raw latents throughout, and convert
+  to [0, 1] ourselves at the very end of `sample`.
+- latents: `Decoder.forward` re-encodes every batch through the VQGAN. We call its `p_losses`
+  directly instead, so latent training can run on latents cached once (`encode_latents`), and
+  scale them to about unit variance (`latent_scale`, fitted once) as the diffusion assumes.
+- cond_dim: when `cond_dim == image_embed_dim`, `Unet.image_to_tokens` turns into an identity
+  and `forward` crashes (or, when the batch equals num_image_tokens, silently mixes samples).
+  `unet_cond_dim` then widens cond_dim by 8 so the projection to tokens is always built.
+- sampling: our own DDIM loop (`ddim_sample`) with an explicit noise tensor or a seeded
+  `torch.Generator`, so seeded samples are reproducible and the global RNG is never touched.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields, replace
+from pathlib import Path
+from typing import Callable
+
+import torch
+from torch import nn
+
+from .bundle import load_bundle, save_bundle
+from .utils import BundleError, UserError, exists
+from .vqgan import VQGanConfig, build_vqgan, encode_latents, load_vqgan, nearby_multiples
+
+
+@dataclass(frozen=True)
+class DecoderConfig:
+    """Constructor arguments of the decoder.
+
+    Args:
+        image_size: side of the square output images, in pixels.
+        channels: 1 (scalar spectrogram, colormap applied later) or 3 (RGB).
+        image_embed_dim: D, the size of the embeddings the decoder is conditioned on.
+        dim: U-Net base width (the seed used 128; 32 is a laptop-CPU size).
+        dim_mults: width multipliers per U-Net stage; the U-Net halves the resolution
+            len(dim_mults) - 1 times, so the diffused size must be divisible by that power of 2.
+        cond_dim: width of the conditioning tokens (default: dim; see `unet_cond_dim`).
+        num_image_tokens: tokens the image embedding is projected to for cross-attention.
+        num_resnet_blocks: residual blocks per U-Net stage.
+        attn_heads, attn_dim_head: attention shape in the U-Net.
+        timesteps: diffusion steps in training (and for full sampling).
+        sample_timesteps: DDIM steps used by `sample` when no count is given.
+        cond_drop_prob: probability of dropping the image embedding in training, which makes
+            classifier-free guidance (`cond_scale` != 1) possible.
+        beta_schedule: "cosine" or "linear" (dalle2-pytorch's names).
+        loss_type: "l1", "l2" or "huber".
+        learned_variance: also learn the variance (improved DDPM); DDIM does not use it.
+        ddim_eta: 0 for deterministic DDIM; 1 for DDPM-like noise at every step.
+        use_vqgan: diffuse over a VQGAN latent instead of pixels.
+        vqgan: the VQGAN's config (filled from `vqgan_path` when that is given).
+        vqgan_path: a "vqgan" bundle whose trained weights `build_decoder` loads; the decoder
+            bundle later carries those weights, so this path is not needed to load it.
+    """
+
+    image_size: int = 64
+    channels: int = 1
+    image_embed_dim: int = 512
+    dim: int = 128
+    dim_mults: tuple[int, ...] = (1, 2, 4, 8)
+    cond_dim: int | None = None
+    num_image_tokens: int = 4
+    num_resnet_blocks: int = 2
+    attn_heads: int = 16
+    attn_dim_head: int = 32
+    timesteps: int = 1000
+    sample_timesteps: int = 50
+    cond_drop_prob: float = 0.1
+    beta_schedule: str = "cosine"
+    loss_type: str = "l2"
+    learned_variance: bool = False
+    ddim_eta: float = 0.0
+    use_vqgan: bool = False
+    vqgan: VQGanConfig | None = None
+    vqgan_path: str | None = None
+
+    def __post_init__(self):
+        if self.channels not in (1, 3):
+            raise UserError(f"decoder channels must be 1 or 3, got {self.channels}.")
+        if not 1 <= self.sample_timesteps <= self.timesteps:
+            raise UserError(
+                f"sample_timesteps {self.sample_timesteps} must be between 1 and timesteps {self.timesteps}."
+            )
+        if not 0.0 <= self.cond_drop_prob < 1.0:
+            raise UserError(f"cond_drop_prob must be in [0, 1), got {self.cond_drop_prob}.")
+        if self.use_vqgan and self.vqgan is not None:
+            if (self.vqgan.image_size, self.vqgan.channels) != (self.image_size, self.channels):
+                raise UserError(
+                    f"the VQGAN is for {self.vqgan.channels}-channel {self.vqgan.image_size} px images "
+                    f"but the decoder is for {self.channels}-channel {self.image_size} px; "
+                    "train a VQGAN on the decoder's image size and channels."
+                )
+        factor = 2 ** (len(self.dim_mults) - 1)
+        if self.use_vqgan and self.vqgan is not None:
+            size = self.vqgan.latent_size
+            if size % factor:
+                raise UserError(
+                    f"the VQGAN latent is {size} px ({self.image_size} px / 2**{self.vqgan.layers}), "
+                    f"not divisible by 2**(len(dim_mults)-1) = {factor} for dim_mults {self.dim_mults}; "
+                    f"use image_size {nearby_multiples(self.image_size, factor * 2**self.vqgan.layers)} "
+                    "or fewer dim_mults."
+                )
+        elif self.image_size % factor:
+            raise UserError(
+                f"image_size {self.image_size} is not divisible by 2**(len(dim_mults)-1) = {factor} "
+                f"for dim_mults {self.dim_mults}; use image_size {nearby_multiples(self.image_size, factor)} "
+                "or fewer dim_mults."
+            )
+
+    @property
+    def unet_cond_dim(self) -> int:
+        """cond_dim as given to the Unet: never equal to image_embed_dim (see module docstring)."""
+        cond_dim = self.cond_dim if exists(self.cond_dim) else self.dim
+        return cond_dim + 8 if cond_dim == self.image_embed_dim else cond_dim
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["vqgan"] = self.vqgan.to_dict() if exists(self.vqgan) else None
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "DecoderConfig":
+        known = {f.name for f in fields(cls)}
+        unknown = set(d) - known
+        if unknown:
+            raise BundleError(f"decoder config has unknown keys {sorted(unknown)}; written by a newer dalle2-md?")
+        d = dict(d)
+        d["dim_mults"] = tuple(d.get("dim_mults", cls.dim_mults))
+        if d.get("vqgan") is not None:
+            d["vqgan"] = VQGanConfig.from_dict(d["vqgan"])
+        return cls(**d)
+
+
+@torch.no_grad()
+def ddim_sample(
+    model_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    noise: torch.Tensor,
+    alphas_cumprod: torch.Tensor,
+    steps: int,
+    *,
+    eta: float = 0.0,
+    clip_x_start: float | None = 1.0,
+    generator: torch.Generator | None = None,
+    callback: Callable[[int, int], None] | None = None,
+) -> torch.Tensor:
+    """DDIM sampling (Song, Meng & Ermon 2021, "Denoising Diffusion Implicit Models").
+
+    Args:
+        model_fn: (x_t, t as (B,) long) -> predicted noise, same shape as x_t.
+        noise: x_T, the starting Gaussian noise (B, C, H, W).
+        alphas_cumprod: (T,) cumulative products of (1 - beta) of the training schedule.
+        steps: number of denoising steps, 1..T; T gives every training timestep.
+        eta: 0 = deterministic; > 0 adds fresh noise each step (drawn from `generator`).
+        clip_x_start: clamp the predicted x_0 to [-c, c] (pixels); None for latents.
+        generator: RNG for the per-step noise when eta > 0.
+        callback: called as callback(step_index, steps) after each step.
+
+    Returns:
+        x_0 estimate, same shape as `noise`.
+    """
+    total = alphas_cumprod.shape[0]
+    if not 1 <= steps <= total:
+        raise UserError(f"sampling steps must be between 1 and {total}, got {steps}.")
+    # evenly spaced timesteps from T-1 down to 0; alpha_bar of "after the last step" is 1
+    times = torch.linspace(total - 1, 0, steps).round().long().tolist()
+    x = noise
+    batch = x.shape[0]
+    for i, t in enumerate(times):
+        a_t = alphas_cumprod[t]
+        a_next = alphas_cumprod[times[i + 1]] if i + 1 < steps else alphas_cumprod.new_tensor(1.0)
+        eps = model_fn(x, torch.full((batch,), t, device=x.device, dtype=torch.long))
+        x0 = (x - (1 - a_t).sqrt() * eps) / a_t.sqrt()
+        if exists(clip_x_start):
+            x0 = x0.clamp(-clip_x_start, clip_x_start)
+            eps = (x - a_t.sqrt() * x0) / (1 - a_t).sqrt()  # keep eps consistent with clamped x0
+        sigma = eta * ((1 - a_next) / (1 - a_t) * (1 - a_t / a_next)).clamp(min=0).sqrt()
+        x = a_next.sqrt() * x0 + (1 - a_next - sigma**2).clamp(min=0).sqrt() * eps
+        if eta > 0 and i + 1 < steps:
+            x = x + sigma * torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+        if exists(callback):
+            callback(i, steps)
+    return x
+
+
+class MicroDopplerDecoder(nn.Module):
+    """Image-embedding-conditioned diffusion decoder.
+
+    `loss = decoder(images, image_embeds)` trains it (images in [-1, 1]);
+    `decoder.sample(image_embeds)` returns images in [0, 1].
+    """
+
+    def __init__(self, *, config: DecoderConfig, vqgan: nn.Module | None = None):
+        super().__init__()
+        from dalle2_pytorch import Decoder, Unet
+
+        if config.use_vqgan and config.vqgan is None:
+            raise UserError("use_vqgan is set but no VQGAN config or path was given; give vqgan or vqgan_path.")
+        self.config = config
+        if config.use_vqgan:
+            vqgan = vqgan if exists(vqgan) else build_vqgan(config.vqgan)
+        unet = Unet(
+            dim=config.dim,
+            image_embed_dim=config.image_embed_dim,
+            cond_dim=config.unet_cond_dim,
+            num_image_tokens=config.num_image_tokens,
+            channels=config.channels,
+            dim_mults=config.dim_mults,
+            num_resnet_blocks=config.num_resnet_blocks,
+            attn_heads=config.attn_heads,
+            attn_dim_head=config.attn_dim_head,
+        )
+        self.decoder = Decoder(
+            unet=unet,
+            image_size=config.image_size,
+            channels=config.channels,
+            vae=vqgan if config.use_vqgan else tuple(),
+            timesteps=config.timesteps,
+            sample_timesteps=config.sample_timesteps,
+            image_cond_drop_prob=config.cond_drop_prob,
+            text_cond_drop_prob=0.0,
+            loss_type=config.loss_type,
+            beta_schedule=config.beta_schedule,
+            learned_variance=config.learned_variance,
+            auto_normalize_img=False,
+        )
+        if config.use_vqgan:
+            # the VQGAN is trained beforehand and stays frozen while the decoder trains
+            self.decoder.vaes[0].requires_grad_(False)
+        # latents are multiplied by this before diffusion and divided after; 1 until fitted
+        self.register_buffer("latent_scale", torch.tensor(1.0))
+        self.meta: dict = {}  # the bundle's meta after `load` (e.g. clip_fingerprint)
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        if self.config.use_vqgan:
+            self.vqgan.eval()  # frozen: its codebook's moving averages must not drift
+        return self
+
+    # --- parts -------------------------------------------------------------------------
+
+    @property
+    def unet(self):
+        return self.decoder.unets[0]
+
+    @property
+    def vqgan(self):
+        """The VQGAN (dalle2-pytorch's eval copy inside `Decoder`), or None in pixel space."""
+        return self.decoder.vaes[0] if self.config.use_vqgan else None
+
+    @property
+    def noise_scheduler(self):
+        return self.decoder.noise_schedulers[0]
+
+    @property
+    def diffused_shape(self) -> tuple[int, int, int]:
+        """(channels, size, size) of what the U-Net denoises: pixels or latents."""
+        c = self.config
+        if c.use_vqgan:
+            return (c.vqgan.latent_channels, c.vqgan.latent_size, c.vqgan.latent_size)
+        return (c.channels, c.image_size, c.image_size)
+
+    # --- latents -----------------------------------------------------------------------
+
+    @torch.no_grad()
+    def encode_latents(self, images: torch.Tensor, *, batch_size: int = 64) -> torch.Tensor:
+        """Scaled latents of images in [-1, 1], to cache once and pass as `latents=` to forward.
+
+        Args:
+            images: (N, C, H, W) in [-1, 1].
+            batch_size: images per encoder call.
+        """
+        self._require_vqgan("encode_latents")
+        self._check_images(images)
+        return encode_latents(self.vqgan, images, batch_size=batch_size) * self.latent_scale
+
+    @torch.no_grad()
+    def fit_latent_scale(self, images: torch.Tensor) -> float:
+        """Set `latent_scale` to 1 / std of the VQGAN latents of `images` (call once, before
+        training the latent decoder, on a few hundred training images); returns the scale."""
+        self._require_vqgan("fit_latent_scale")
+        self._check_images(images)
+        std = encode_latents(self.vqgan, images).std().item()
+        self.latent_scale.fill_(1.0 / max(std, 1e-8))
+        return self.latent_scale.item()
+
+    def _require_vqgan(self, what: str) -> None:
+        if not self.config.use_vqgan:
+            raise UserError(f"{what} needs a latent decoder (use_vqgan); this one works on pixels.")
+
+    # --- training ----------------------------------------------------------------------
+
+    def forward(
+        self,
+        images: torch.Tensor | None,
+        image_embeds: torch.Tensor,
+        *,
+        latents: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Diffusion training loss of one batch.
+
+        Args:
+            images: (B, C, H, W) in [-1, 1]; may be None when `latents` is given.
+            image_embeds: (B, D) embeddings of those images.
+            latents: (B, *diffused_shape) cached output of `encode_latents` (latent decoder
+                only); skips re-encoding the images.
+
+        Returns:
+            scalar loss.
+        """
+        if exists(latents):
+            self._require_vqgan("latents=")
+            x_start = latents
+        else:
+            if images is None:
+                raise UserError("forward needs images or latents.")
+            self._check_images(images)
+            x_start = self.encode_latents(images) if self.config.use_vqgan else images
+        if tuple(x_start.shape[1:]) != self.diffused_shape:
+            raise UserError(f"latents have shape {tuple(x_start.shape)}, expected (B, {self.diffused_shape}).")
+        self._check_embeds(image_embeds, x_start.shape[0])
+        times = torch.randint(0, self.config.timesteps, (x_start.shape[0],), device=x_start.device)
+        return self.decoder.p_losses(
+            self.unet,
+            x_start,
+            times,
+            image_embed=image_embeds,
+            noise_scheduler=self.noise_scheduler,
+            learned_variance=self.config.learned_variance,
+            is_latent_diffusion=self.config.use_vqgan,
+        )
+
+    # --- sampling ----------------------------------------------------------------------
+
+    @torch.no_grad()
+    def sample(
+        self,
+        image_embeds: torch.Tensor,
+        *,
+        cond_scale: float = 1.0,
+        timesteps: int | None = None,
+        seed: int | None = None,
+        noise: torch.Tensor | None = None,
+        eta: float | None = None,
+        callback: Callable[[int, int], None] | None = None,
+    ) -> torch.Tensor:
+        """Generate one image per embedding with DDIM.
+
+        Args:
+            image_embeds: (B, D) embeddings to condition on.
+            cond_scale: classifier-free guidance scale on the embedding (1 = none).
+            timesteps: DDIM steps (default config.sample_timesteps; config.timesteps = all).
+            seed: seeds the starting noise (and per-step noise if eta > 0) through a private
+                generator; the global RNG is left untouched. None uses the global RNG.
+            noise: explicit starting noise of shape (B, *diffused_shape); overrides seed for x_T.
+            eta: DDIM eta (default config.ddim_eta).
+            callback: called as callback(step_index, steps) after each step.
+
+        Returns:
+            (B, C, H, W) images in [0, 1].
+        """
+        c = self.config
+        batch = image_embeds.shape[0]
+        self._check_embeds(image_embeds, batch)
+        if cond_scale != 1.0 and c.cond_drop_prob == 0:
+            raise UserError("cond_scale != 1 needs a decoder trained with cond_drop_prob > 0.")
+        device = image_embeds.device
+        generator = None
+        if exists(seed):
+            generator = torch.Generator(device=device).manual_seed(int(seed))
+            # anything inside the libraries that draws from the global RNG (e.g. the codebook's
+            # k-means init of a never-trained VQGAN) is seeded too, then the RNG is restored
+            cuda = [device] if device.type == "cuda" else []
+            with torch.random.fork_rng(devices=cuda):
+                torch.manual_seed(int(seed))
+                return self._sample(image_embeds, cond_scale, timesteps, generator, noise, eta, callback)
+        return self._sample(image_embeds, cond_scale, timesteps, generator, noise, eta, callback)
+
+    def _sample(self, image_embeds, cond_scale, timesteps, generator, noise, eta, callback):
+        c = self.config
+        batch, device = image_embeds.shape[0], image_embeds.device
+        shape = (batch, *self.diffused_shape)
+        if exists(noise):
+            if tuple(noise.shape) != shape:
+                raise UserError(f"noise has shape {tuple(noise.shape)}, expected {shape}.")
+        else:
+            noise = torch.randn(shape, generator=generator, device=device)
+        unet = self.unet
+        was_training = self.training
+        self.eval()
+
+        def model_fn(x, t):
+            out = unet.forward_with_cond_scale(x, t, image_embed=image_embeds, cond_scale=cond_scale)
+            return out[:, : x.shape[1]]  # drop the variance half when learned_variance
+
+        out = ddim_sample(
+            model_fn,
+            noise,
+            self.noise_scheduler.alphas_cumprod,
+            timesteps if exists(timesteps) else c.sample_timesteps,
+            eta=c.ddim_eta if eta is None else eta,
+            clip_x_start=None if c.use_vqgan else 1.0,
+            generator=generator,
+            callback=callback,
+        )
+        if c.use_vqgan:
+            out = self.vqgan.decode(out / self.latent_scale)
+        self.train(was_training)
+        return ((out.clamp(-1, 1) + 1) / 2).contiguous()
+
+    # --- checks ------------------------------------------------------------------------
+
+    def _check_images(self, images: torch.Tensor) -> None:
+        c = self.config
+        expected = (c.channels, c.image_size, c.image_size)
+        if images.ndim != 4 or tuple(images.shape[1:]) != expected:
+            raise UserError(
+                f"images have shape {tuple(images.shape)}, but this decoder takes (B, {expected[0]}, "
+                f"{expected[1]}, {expected[2]}); check the data's image size and channels."
+            )
+
+    def _check_embeds(self, image_embeds: torch.Tensor, batch: int) -> None:
+        d = self.config.image_embed_dim
+        if image_embeds.ndim != 2 or image_embeds.shape != (batch, d):
+            raise UserError(
+                f"image embeddings have shape {tuple(image_embeds.shape)}, expected ({batch}, {d}); "
+                "the decoder was built for another embedding model or batch."
+            )
+
+    # --- bundle ------------------------------------------------------------------------
+
+    def save(self, path: str | Path, *, meta: dict | None = None) -> Path:
+        """Write a "decoder" bundle: config + all weights (the VQGAN's included).
+
+        Args:
+            path: destination .pt file.
+            meta: plain-typed extras, e.g. {"clip_fingerprint": ...} of the embedding model.
+        """
+        return save_bundle(path, kind="decoder", config=self.config.to_dict(), state_dict=self.state_dict(), meta=meta)
+
+    @classmethod
+    def load(cls, path: str | Path) -> "MicroDopplerDecoder":
+        """Rebuild a decoder from its bundle alone (eval mode); its meta is in `.meta`.
+
+        Args:
+            path: a .pt file written by `save`.
+        """
+        payload = load_bundle(path, kind="decoder")
+        config = DecoderConfig.from_dict(payload["config"])
+        model = cls(config=config)
+        try:
+            model.load_state_dict(payload["state_dict"])
+        except RuntimeError as e:
+            raise BundleError(
+                f"{path}: weights do not fit its own config ({str(e).splitlines()[0][:200]}); the file is damaged."
+            ) from None
+        model.meta = payload.get("meta", {})
+        return model.eval()
+
+
+def build_decoder(config: DecoderConfig) -> MicroDopplerDecoder:
+    """A fresh decoder; with `use_vqgan` and `vqgan_path`, the trained VQGAN is loaded from that
+    bundle and its config replaces `config.vqgan`.
+
+    Args:
+        config: the decoder's shape.
+    """
+    vqgan = None
+    if config.use_vqgan and exists(config.vqgan_path):
+        vqgan, vq_config = load_vqgan(config.vqgan_path)
+        config = replace(config, vqgan=vq_config)
+    return MicroDopplerDecoder(config=config, vqgan=vqgan)

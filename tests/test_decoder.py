@@ -1,0 +1,203 @@
+"""Decoder and VQGAN: shapes, the cond_dim == image_embed_dim workaround, seeding, guidance,
+bundles, size checks, and a two-user learning test (tiny models, CPU)."""
+
+import pytest
+import torch
+
+from dalle2_md.bundle import load_bundle
+from dalle2_md.decoder import DecoderConfig, MicroDopplerDecoder, build_decoder
+from dalle2_md.utils import UserError
+from dalle2_md.vqgan import (
+    VQGanConfig,
+    encode_latents,
+    load_vqgan,
+    psnr,
+    reconstruct,
+    save_vqgan,
+    train_vqgan,
+)
+
+D = 16
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    # the CPU is shared; one thread is faster than two fighting other processes
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def tiny(channels=1, use_vqgan=False, **kw):
+    vq = VQGanConfig(image_size=16, channels=channels, dim=8, layers=1, codebook_size=32, codebook_dim=8)
+    args = dict(
+        image_size=16, channels=channels, image_embed_dim=D, dim=16, dim_mults=(1, 2),
+        attn_heads=2, attn_dim_head=8, num_resnet_blocks=1, timesteps=100, sample_timesteps=4,
+        use_vqgan=use_vqgan, vqgan=vq if use_vqgan else None,
+    )
+    args.update(kw)
+    torch.manual_seed(0)
+    return MicroDopplerDecoder(config=DecoderConfig(**args))
+
+
+def images(n, channels=1, size=16, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.rand(n, channels, size, size, generator=g) * 2 - 1
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+@pytest.mark.parametrize("use_vqgan", [False, True])
+def test_shapes_loss_and_sample(channels, use_vqgan):
+    m = tiny(channels, use_vqgan)
+    x, e = images(3, channels), torch.randn(3, D)
+    loss = m(x, e)
+    assert loss.ndim == 0 and torch.isfinite(loss)
+    loss.backward()
+    assert m.unet.init_conv.convs[0].weight.grad is not None
+    if use_vqgan:
+        # the frozen VQGAN gets no gradient; cached latents give a loss too
+        assert all(p.grad is None for p in m.vqgan.parameters())
+        assert m.diffused_shape == (8, 8, 8)
+        assert torch.isfinite(m(None, e, latents=m.encode_latents(x)))
+    out = m.sample(e, timesteps=2, seed=0)
+    assert out.shape == (3, channels, 16, 16)
+    assert out.min() >= 0 and out.max() <= 1
+
+
+@pytest.mark.parametrize("cond_dim", [None, D])
+def test_cond_dim_equal_to_embed_dim(cond_dim):
+    # dim == image_embed_dim, or cond_dim given equal to it: dalle2-pytorch's Unet would make
+    # image_to_tokens an Identity and crash (batch 3) or mix samples (batch 4 == tokens)
+    m = tiny(dim=D, cond_dim=cond_dim)
+    assert m.config.unet_cond_dim != D
+    assert isinstance(m.unet.image_to_tokens[0], torch.nn.Linear)
+    for b in (3, 4):
+        assert torch.isfinite(m(images(b), torch.randn(b, D)))
+    torch.nn.init.normal_(m.unet.to_out.weight)  # the last conv starts at zero
+    x, t, e = images(4), torch.full((4,), 50), torch.randn(4, D)
+    e2 = e.clone()
+    e2[3] = torch.randn(D)
+    with torch.no_grad():
+        a, b = m.unet(x, t, image_embed=e), m.unet(x, t, image_embed=e2)
+    assert torch.equal(a[:3], b[:3])  # each sample sees only its own embedding
+    assert not torch.allclose(a[3], b[3])
+
+
+def test_seed_reproducible_and_global_rng_untouched():
+    m = tiny()
+    e = torch.randn(2, D)
+    torch.manual_seed(123)
+    state = torch.get_rng_state()
+    a = m.sample(e, timesteps=3, seed=7)
+    assert torch.equal(torch.get_rng_state(), state)
+    assert torch.equal(a, m.sample(e, timesteps=3, seed=7))
+    assert not torch.equal(a, m.sample(e, timesteps=3, seed=8))
+    noise = torch.randn(2, 1, 16, 16)
+    assert torch.equal(m.sample(e, timesteps=3, noise=noise), m.sample(e, timesteps=3, noise=noise))
+    # eta > 0 draws per-step noise from the same private generator
+    assert torch.equal(m.sample(e, timesteps=3, seed=7, eta=1.0), m.sample(e, timesteps=3, seed=7, eta=1.0))
+
+
+def test_embedding_and_guidance_change_output(two_users):
+    m, centres = two_users["model"], two_users["centres"]
+    a = m.sample(centres[[0, 0]], timesteps=4, seed=0)
+    assert not torch.allclose(a, m.sample(centres[[1, 1]], timesteps=4, seed=0), atol=1e-3)
+    assert not torch.allclose(a, m.sample(centres[[0, 0]], timesteps=4, seed=0, cond_scale=3.0), atol=1e-3)
+    with pytest.raises(UserError, match="cond_drop_prob"):
+        tiny(cond_drop_prob=0.0).sample(centres, cond_scale=2.0)
+    with pytest.raises(UserError, match=r"expected \(2, 16\)"):
+        m.sample(torch.randn(2, D + 1))
+
+
+@pytest.mark.parametrize("use_vqgan", [False, True])
+def test_save_load_identical_samples(tmp_path, two_users, use_vqgan):
+    if use_vqgan:
+        vq_config = VQGanConfig(image_size=16, channels=1, dim=8, layers=1, codebook_size=32, codebook_dim=8)
+        vq, _ = train_vqgan(two_users["x"], vq_config, steps=5, batch_size=16, seed=0)
+        m = MicroDopplerDecoder(config=tiny(use_vqgan=True).config, vqgan=vq)
+        m.fit_latent_scale(two_users["x"])
+        assert m.latent_scale.item() != 1.0
+    else:
+        m = two_users["model"]
+    e = two_users["centres"]
+    path = m.save(tmp_path / "decoder.pt", meta={"clip_fingerprint": "0123456789abcdef"})
+    loaded = MicroDopplerDecoder.load(path)
+    assert loaded.config == m.config
+    assert loaded.meta["clip_fingerprint"] == "0123456789abcdef"
+    assert torch.equal(loaded.latent_scale, m.latent_scale)
+    assert torch.equal(m.sample(e, timesteps=3, seed=5), loaded.sample(e, timesteps=3, seed=5))
+    assert load_bundle(path, kind="decoder")["kind"] == "decoder"
+
+
+def test_image_size_not_divisible():
+    with pytest.raises(UserError, match=r"image_size 20 .* use image_size 16 or 24"):
+        DecoderConfig(image_size=20, dim_mults=(1, 2, 4, 8))
+    vq = VQGanConfig(image_size=24, layers=2)  # 6 px latent
+    with pytest.raises(UserError, match=r"latent is 6 px.*use image_size 16 or 32"):
+        DecoderConfig(image_size=24, dim_mults=(1, 2, 4), use_vqgan=True, vqgan=vq)
+    with pytest.raises(UserError, match="divisible by 2\\*\\*layers"):
+        VQGanConfig(image_size=18, layers=2)
+
+
+def test_vqgan_train_save_load_and_decoder_from_path(tmp_path):
+    cfg = VQGanConfig(image_size=16, channels=1, dim=8, layers=1, codebook_size=32, codebook_dim=8)
+    x = images(32)
+    state = torch.get_rng_state()
+    vq, losses = train_vqgan(x, cfg, steps=30, batch_size=8, lr=1e-3, seed=0)
+    assert torch.equal(torch.get_rng_state(), state)
+    assert sum(losses[-5:]) < sum(losses[:5])
+    assert encode_latents(vq, x).shape == (32, cfg.latent_channels, 8, 8)
+    path = save_vqgan(tmp_path / "vq.pt", vq, cfg)
+    vq2, cfg2 = load_vqgan(path)
+    assert cfg2 == cfg
+    assert torch.equal(reconstruct(vq, x), reconstruct(vq2, x))
+    assert psnr(x, x) == float("inf")
+
+    dcfg = tiny(use_vqgan=True).config
+    m = build_decoder(DecoderConfig(**{**dcfg.__dict__, "vqgan": None, "vqgan_path": str(path)}))
+    assert m.config.vqgan == cfg
+    assert torch.equal(m.encode_latents(x), encode_latents(vq, x))
+
+
+@pytest.fixture(scope="module")
+def two_users():
+    """Two users: a bright band near the top vs near the bottom (with noise); embeddings are two
+    fixed vectors plus small noise. A tiny pixel decoder trained briefly with plain Adam."""
+    g = torch.Generator().manual_seed(0)
+
+    def user_images(n, user):
+        im = torch.full((n, 1, 16, 16), -0.8)
+        im[:, :, (slice(2, 5) if user == 0 else slice(11, 14)), :] = 0.8
+        return (im + 0.15 * torch.randn(im.shape, generator=g)).clamp(-1, 1)
+
+    x = torch.cat([user_images(32, 0), user_images(32, 1)])
+    y = torch.tensor([0] * 32 + [1] * 32)
+    centres = torch.randn(2, D, generator=g)
+    e = centres[y] + 0.05 * torch.randn(64, D, generator=g)
+
+    torch.set_num_threads(1)
+    m = tiny(timesteps=100, sample_timesteps=10)
+    opt = torch.optim.Adam(m.parameters(), lr=2e-3)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        for _ in range(100):
+            idx = torch.randint(0, 64, (16,))
+            loss = m(x[idx], e[idx])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    return dict(model=m.eval(), x=x, y=y, centres=centres, generator=g)
+
+
+def test_learns_two_users(two_users):
+    """The trained decoder draws each user's band: a nearest-centroid classifier fitted on the
+    real images labels the generated samples with the user they were conditioned on."""
+    m, x, y, centres, g = (two_users[k] for k in ("model", "x", "y", "centres", "generator"))
+    q = torch.arange(2).repeat_interleave(8)
+    eq = centres[q] + 0.05 * torch.randn(16, D, generator=g)
+    generated = m.sample(eq, seed=3) * 2 - 1
+    real_centroids = torch.stack([x[y == k].mean(0).flatten() for k in (0, 1)])
+    predicted = torch.cdist(generated.flatten(1), real_centroids).argmin(1)
+    accuracy = (predicted == q).float().mean().item()
+    assert accuracy >= 0.8, accuracy
