@@ -15,7 +15,7 @@ precomputed `image_embed` tensors). What we add around them:
 - cond_dim: when `cond_dim == image_embed_dim`, `Unet.image_to_tokens` turns into an identity
   and `forward` crashes (or, when the batch equals num_image_tokens, silently mixes samples).
   `unet_cond_dim` then widens cond_dim by 8 so the projection to tokens is always built.
-- sampling: our own DDIM loop (`ddim_sample`) with an explicit noise tensor or a seeded
+- sampling: the shared DDIM loop (`sampling.sample_ddim`) with an explicit noise tensor or a seeded
   `torch.Generator`, so seeded samples are reproducible and the global RNG is never touched.
 """
 
@@ -29,6 +29,7 @@ import torch
 from torch import nn
 
 from .bundle import load_bundle, save_bundle
+from .sampling import sample_ddim
 from .utils import BundleError, UserError, exists
 from .vqgan import VQGanConfig, build_vqgan, encode_latents, load_vqgan, nearby_multiples
 
@@ -138,57 +139,6 @@ class DecoderConfig:
         if d.get("vqgan") is not None:
             d["vqgan"] = VQGanConfig.from_dict(d["vqgan"])
         return cls(**d)
-
-
-@torch.no_grad()
-def ddim_sample(
-    model_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
-    noise: torch.Tensor,
-    alphas_cumprod: torch.Tensor,
-    steps: int,
-    *,
-    eta: float = 0.0,
-    clip_x_start: float | None = 1.0,
-    generator: torch.Generator | None = None,
-    callback: Callable[[int, int], None] | None = None,
-) -> torch.Tensor:
-    """DDIM sampling (Song, Meng & Ermon 2021, "Denoising Diffusion Implicit Models").
-
-    Args:
-        model_fn: (x_t, t as (B,) long) -> predicted noise, same shape as x_t.
-        noise: x_T, the starting Gaussian noise (B, C, H, W).
-        alphas_cumprod: (T,) cumulative products of (1 - beta) of the training schedule.
-        steps: number of denoising steps, 1..T; T gives every training timestep.
-        eta: 0 = deterministic; > 0 adds fresh noise each step (drawn from `generator`).
-        clip_x_start: clamp the predicted x_0 to [-c, c] (pixels); None for latents.
-        generator: RNG for the per-step noise when eta > 0.
-        callback: called as callback(step_index, steps) after each step.
-
-    Returns:
-        x_0 estimate, same shape as `noise`.
-    """
-    total = alphas_cumprod.shape[0]
-    if not 1 <= steps <= total:
-        raise UserError(f"sampling steps must be between 1 and {total}, got {steps}.")
-    # evenly spaced timesteps from T-1 down to 0; alpha_bar of "after the last step" is 1
-    times = torch.linspace(total - 1, 0, steps).round().long().tolist()
-    x = noise
-    batch = x.shape[0]
-    for i, t in enumerate(times):
-        a_t = alphas_cumprod[t]
-        a_next = alphas_cumprod[times[i + 1]] if i + 1 < steps else alphas_cumprod.new_tensor(1.0)
-        eps = model_fn(x, torch.full((batch,), t, device=x.device, dtype=torch.long))
-        x0 = (x - (1 - a_t).sqrt() * eps) / a_t.sqrt()
-        if exists(clip_x_start):
-            x0 = x0.clamp(-clip_x_start, clip_x_start)
-            eps = (x - a_t.sqrt() * x0) / (1 - a_t).sqrt()  # keep eps consistent with clamped x0
-        sigma = eta * ((1 - a_next) / (1 - a_t) * (1 - a_t / a_next)).clamp(min=0).sqrt()
-        x = a_next.sqrt() * x0 + (1 - a_next - sigma**2).clamp(min=0).sqrt() * eps
-        if eta > 0 and i + 1 < steps:
-            x = x + sigma * torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
-        if exists(callback):
-            callback(i, steps)
-    return x
 
 
 class MicroDopplerDecoder(nn.Module):
@@ -350,7 +300,7 @@ class MicroDopplerDecoder(nn.Module):
         seed: int | None = None,
         noise: torch.Tensor | None = None,
         eta: float | None = None,
-        callback: Callable[[int, int], None] | None = None,
+        callback: Callable[[dict], None] | None = None,
     ) -> torch.Tensor:
         """Generate one image per embedding with DDIM.
 
@@ -362,7 +312,7 @@ class MicroDopplerDecoder(nn.Module):
                 generator; the global RNG is left untouched. None uses the global RNG.
             noise: explicit starting noise of shape (B, *diffused_shape); overrides seed for x_T.
             eta: DDIM eta (default config.ddim_eta).
-            callback: called as callback(step_index, steps) after each step.
+            callback: per-step hook, see `sampling.sample_ddim`.
 
         Returns:
             (B, C, H, W) images in [0, 1].
@@ -397,17 +347,21 @@ class MicroDopplerDecoder(nn.Module):
         was_training = self.training
         self.eval()
 
+        scheduler = self.noise_scheduler
+
         def model_fn(x, t):
             out = unet.forward_with_cond_scale(x, t, image_embed=image_embeds, cond_scale=cond_scale)
-            return out[:, : x.shape[1]]  # drop the variance half when learned_variance
+            eps = out[:, : x.shape[1]]  # drop the variance half when learned_variance
+            x_start = scheduler.predict_start_from_noise(x, t=t, noise=eps)
+            # pixels live in [-1, 1]; latents are unbounded
+            return x_start if c.use_vqgan else x_start.clamp(-1.0, 1.0)
 
-        out = ddim_sample(
+        out = sample_ddim(
             model_fn,
             noise,
-            self.noise_scheduler.alphas_cumprod,
+            scheduler.alphas_cumprod,
             timesteps if exists(timesteps) else c.sample_timesteps,
             eta=c.ddim_eta if eta is None else eta,
-            clip_x_start=None if c.use_vqgan else 1.0,
             generator=generator,
             callback=callback,
         )

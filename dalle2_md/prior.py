@@ -2,7 +2,7 @@
 
 Owns `PriorConfig`, the network `UserConditionedPriorNetwork`, the diffusion wrapper
 `UserConditionedDiffusionPrior` (training loss, guided few-step sampling, bundles) and the
-plain-function sampler `sample_ddim`. Both classes subclass dalle2-pytorch 1.15.6's
+plain-function sampler `sampling.sample_ddim`. Both classes subclass dalle2-pytorch 1.15.6's
 `DiffusionPriorNetwork` / `DiffusionPrior`; the causal transformer, noise schedule and loss are
 theirs.
 
@@ -49,6 +49,7 @@ from einops.layers.torch import Rearrange
 from torch import nn
 
 from .bundle import load_bundle, save_bundle
+from .sampling import sample_ddim
 from .utils import BundleError, UserError, exists
 
 PREDICTS = ("x_start", "noise", "v")
@@ -233,72 +234,11 @@ class UserConditionedPriorNetwork(DiffusionPriorNetwork):
         return null + (cond - null) * cond_scale
 
 
-def ddim_timesteps(num_train_timesteps: int, steps: int) -> list[int]:
-    """`steps` evenly spaced integer times from T-1 down to 0 (descending, unique)."""
-    times = torch.linspace(num_train_timesteps - 1, 0, steps).round().long().tolist()
-    return list(dict.fromkeys(times))
-
-
 def _randn(shape, generator, device):
     # draw where the generator lives (a CPU generator may drive a CUDA model), then move
     noise = torch.randn(shape, generator=generator, device=generator.device if exists(generator) else device)
     return noise.to(device)
 
-
-@torch.no_grad()
-def sample_ddim(
-    model_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
-    shape: tuple[int, ...],
-    alphas_cumprod: torch.Tensor,
-    timesteps: int | Sequence[int],
-    eta: float = 0.0,
-    generator: torch.Generator | None = None,
-    *,
-    noise: torch.Tensor | None = None,
-    device: torch.device | str | None = None,
-    callback: Callable[[dict], None] | None = None,
-) -> torch.Tensor:
-    """DDIM sampling (Song et al. 2020, "Denoising Diffusion Implicit Models").
-
-    Args:
-        model_fn: (x_t (B, ...), t (B,) long) -> estimate of x_0.
-        shape: shape of the sample batch.
-        alphas_cumprod: (T,) cumulative alpha products of the training schedule, indexed by t.
-        timesteps: number of steps (spread evenly over 0..T-1) or the descending times.
-        eta: 0 = deterministic DDIM; 1 = DDPM-like ancestral noise.
-        generator: RNG for the initial noise and eta noise; None uses the global RNG.
-        noise: explicit x_T (skips drawing it); with eta=0 the result depends on nothing else.
-        device: where to sample when `noise` is not given.
-        callback: called with {"i", "t", "x", "x_start"} after each step.
-    Returns:
-        x_0 estimate after the last step, shape `shape`.
-    """
-    total = alphas_cumprod.shape[0]
-    times = ddim_timesteps(total, timesteps) if isinstance(timesteps, int) else [int(t) for t in timesteps]
-    if exists(noise):
-        if tuple(noise.shape) != tuple(shape):
-            raise ValueError(f"noise has shape {tuple(noise.shape)}, expected {tuple(shape)}")
-        x = noise.to(device=device if exists(device) else noise.device, dtype=torch.float32)
-    else:
-        x = _randn(shape, generator, device)
-    alphas_cumprod = alphas_cumprod.to(x.device, torch.float64)
-    batch = shape[0]
-
-    for i, t in enumerate(times):
-        t_next = times[i + 1] if i + 1 < len(times) else None
-        a_t = alphas_cumprod[t]
-        a_next = alphas_cumprod[t_next] if exists(t_next) else torch.ones((), dtype=torch.float64, device=x.device)
-        x_start = model_fn(x, torch.full((batch,), t, device=x.device, dtype=torch.long))
-        # noise implied by (x_t, x_0): x_t = sqrt(a_t) x_0 + sqrt(1 - a_t) eps
-        eps = (x - a_t.sqrt().float() * x_start) / (1 - a_t).sqrt().float()
-        sigma = eta * ((1 - a_next) / (1 - a_t) * (1 - a_t / a_next)).clamp(min=0).sqrt()
-        dir_coef = (1 - a_next - sigma**2).clamp(min=0).sqrt()
-        x = a_next.sqrt().float() * x_start + dir_coef.float() * eps
-        if eta > 0 and exists(t_next):
-            x = x + sigma.float() * _randn(x.shape, generator, x.device)
-        if exists(callback):
-            callback({"i": i, "t": t, "x": x, "x_start": x_start})
-    return x
 
 
 class UserConditionedDiffusionPrior(DiffusionPrior):
@@ -435,10 +375,16 @@ class UserConditionedDiffusionPrior(DiffusionPrior):
 
         was_training = self.training
         self.eval()
+        if exists(noise):
+            if tuple(noise.shape) != shape:
+                raise ValueError(f"noise has shape {tuple(noise.shape)}, expected {shape}")
+            noise = noise.to(self.device)
+        else:
+            noise = _randn(shape, generator, self.device)
         try:
             x = sample_ddim(
-                model_fn, shape, self.noise_scheduler.alphas_cumprod, timesteps, eta, generator,
-                noise=noise, device=self.device, callback=callback,
+                model_fn, noise, self.noise_scheduler.alphas_cumprod, timesteps,
+                eta=eta, generator=generator, callback=callback,
             )
         finally:
             self.train(was_training)

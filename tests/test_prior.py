@@ -5,7 +5,8 @@ import torch
 import torch.nn.functional as F
 
 from dalle2_md.bundle import save_bundle
-from dalle2_md.prior import PriorConfig, UserConditionedDiffusionPrior, sample_ddim
+from dalle2_md.prior import PriorConfig, UserConditionedDiffusionPrior
+from dalle2_md.sampling import sample_ddim
 from dalle2_md.utils import BundleError, UserError
 
 DIM = 16
@@ -159,7 +160,8 @@ def test_sample_ddim_reproduces_gaussian_data_with_exact_denoiser():
 
     for eta in (0.0, 1.0):
         g = torch.Generator().manual_seed(0)
-        out = sample_ddim(denoiser, (4000, 8), alphas, 1000, eta, g)
+        noise = torch.randn((4000, 8), generator=g)
+        out = sample_ddim(denoiser, noise, alphas, 1000, eta=eta, generator=g)
         assert abs(out.std().item() - s) < 0.01, (eta, out.std().item())
 
 
