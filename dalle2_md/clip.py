@@ -240,8 +240,12 @@ class LatentInstanceContrast(nn.Module):
         self.augment = augment
         self.temperature = temperature
 
-    def forward(self, x):
-        queries = _l2norm(self.net(self.augment(x)))
+    def forward(self, x, latents: torch.Tensor | None = None):
+        """Args: x: images; latents: their unit-norm latents if the caller already has them.
+
+        Given the clean view's latents, only one augmented view is encoded: the clean image
+        serves as the other view, which saves a third of the encoder passes per step."""
+        queries = latents if latents is not None else _l2norm(self.net(self.augment(x)))
         keys = _l2norm(self.net(self.augment(x)))
         return nt_xent_loss(queries, keys, temperature=self.temperature)
 
@@ -329,9 +333,10 @@ class MicroDopplerClip(nn.Module):
         user_ids = user_ids.long()
         c = self.config
         all_users = torch.arange(c.num_users, device=images.device)
-        text_latents, image_latents = self.clip(
-            user_tokens(all_users, seq_len=c.text_seq_len), images, return_latents=True
-        )  # (U, d), (B, d), both unit norm
+        # the same latents x-clip's CLIP(..., return_latents=True) computes, taken apart so the
+        # SSL head can reuse the image latents instead of encoding the batch again
+        text_latents = self.embed_users(all_users)                         # (U, d) unit norm
+        image_latents, _ = self.encode_image(images)                       # (B, d) unit norm
         scale = self.clip.temperature.exp().clamp(max=MAX_LOGIT_SCALE)
         logits = image_latents @ text_latents.t() * scale                # (B, U)
         image_to_user = F.cross_entropy(logits, user_ids)
@@ -344,7 +349,9 @@ class MicroDopplerClip(nn.Module):
 
         loss = (image_to_user + user_to_image) / 2
         if c.use_visual_ssl and c.ssl_weight > 0:
-            loss = loss * (1 - c.ssl_weight) + self.clip.visual_ssl(images) * c.ssl_weight
+            ssl = self.clip.visual_ssl
+            ssl_loss = ssl(images, image_latents) if isinstance(ssl, LatentInstanceContrast) else ssl(images)
+            loss = loss * (1 - c.ssl_weight) + ssl_loss * c.ssl_weight
         return loss
 
     def _check_inputs(self, images, user_ids=None):
