@@ -69,9 +69,9 @@ def peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def _child(fn_name: str, threads: int, kwargs: dict) -> dict:
+def _child(fn, threads: int, kwargs: dict) -> dict:
     torch.set_num_threads(threads)
-    result = globals()[fn_name](**kwargs)
+    result = (globals()[fn] if isinstance(fn, str) else fn)(**kwargs)
     return dict(result=result, process_peak_rss_mib=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
 
 
@@ -80,10 +80,15 @@ def _baseline() -> dict:
     return dict(result=None, process_peak_rss_mib=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
 
 
-def isolated(fn_name: str, **kwargs):
-    """Run one of this module's timing functions in a fresh process, so the peak memory it
-    reports belongs to that measurement alone (freed memory is not handed back to the OS, so
-    measurements in one process would inherit each other's peaks).
+def isolated(fn, /, **kwargs):
+    """Run a timing function in a fresh process, so the peak memory it reports belongs to that
+    measurement alone (freed memory is not handed back to the OS, so measurements in one
+    process would inherit each other's peaks).
+
+    Args:
+        fn: the name of one of this module's functions, or any module-level function (it is
+            pickled by reference, so the child must be able to import its module).
+        kwargs: the function's keyword arguments (picklable).
 
     Returns:
         (the function's result, that process's peak RSS in MiB).
@@ -93,10 +98,10 @@ def isolated(fn_name: str, **kwargs):
 
     ctx = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(max_workers=1, mp_context=ctx) as pool:
-        if fn_name == "_baseline":
+        if fn == "_baseline":
             out = pool.submit(_baseline).result()
         else:
-            out = pool.submit(_child, fn_name, torch.get_num_threads(), kwargs).result()
+            out = pool.submit(_child, fn, torch.get_num_threads(), kwargs).result()
     return out["result"], out["process_peak_rss_mib"]
 
 
