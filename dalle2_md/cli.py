@@ -7,6 +7,7 @@ Commands stay thin (options -> config -> build -> run); heavy imports happen ins
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 import click
 
@@ -112,8 +113,361 @@ def synth(num_users, images_per_user, image_size, layout, out, seed, progress):
     click.echo(f"contact sheet: {s['contact_sheet']}")
 
 
-def main():
-    cli()
+# ------------------------------------------------------------------------------------------
+# training, generation, demo and self-check commands (thin: options -> workflows.*)
+
+# argparse-style list flags (`--user_ids 0 1 2`) are joined into one value before click parses
+VARIADIC_FLAGS = ("--user_ids", "--user-ids", "--dim_mults", "--dim-mults", "--clip_widths", "--clip-widths")
+
+
+def join_variadic(argv):
+    """Rewrite `--user_ids 0 1 2` as `--user_ids 0,1,2` (click takes one value per option).
+
+    Args:
+        argv: command-line words after the program name.
+    """
+    out, i = [], 0
+    argv = list(argv)
+    while i < len(argv):
+        word = argv[i]
+        out.append(word)
+        i += 1
+        if word in VARIADIC_FLAGS:
+            values = []
+            while i < len(argv) and not argv[i].startswith("-"):
+                values.append(argv[i])
+                i += 1
+            if values:
+                out.append(",".join(values))
+    return out
+
+
+def _opt(name, **kw):
+    """An option spelled `--data_root` (the seed's) and `--data-root`, default shown in --help."""
+    dashed = "--" + name.replace("_", "-")
+    spellings = [f"--{name}"] + ([dashed] if dashed != f"--{name}" else [])
+    kw.setdefault("show_default", True)
+    return click.option(*spellings, name, **kw)
+
+
+def _apply(*decorators):
+    def wrap(f):
+        for d in reversed(decorators):
+            f = d(f)
+        return f
+
+    return wrap
+
+
+def _int_tuple(ctx, param, value):
+    if value is None:
+        return None
+    try:
+        return tuple(int(v) for v in str(value).replace(",", " ").split())
+    except ValueError:
+        raise click.BadParameter(f"expected integers such as '1 2 4 8' or 1,2,4,8, got {value!r}") from None
+
+
+def _str_list(ctx, param, value):
+    if value is None:
+        return None
+    return [v for v in str(value).replace(",", " ").split() if v]
+
+
+_data_options = _apply(
+    _opt("data_root", required=True, type=click.Path(path_type=str),
+         help="Folder of user folders (user_0/, ID_1/, ...) or images/ + metadata.json."),
+    _opt("num_users", type=int, default=None, help="Expected number of users, checked against the data (default: as found)."),
+    _opt("image_size", type=int, default=64, help="Side of the square images the models see (data is resized)."),
+    _opt("colormap", type=click.Choice(["jet", "none"]), default="jet",
+         help="Invert this colormap into one channel; 'none' trains on RGB."),
+    _opt("flat_structure", is_flag=True, default=False, help="Require the flat layout (images/ + metadata.json)."),
+    _opt("split_seed", type=int, default=0, help="Seed of the per-user train/val/test split (80/10/10)."),
+    _opt("cache_dir", type=click.Path(path_type=str), default=None,
+         help="Cache of decoded images and embeddings [default: <output_dir>/.cache]."),
+)
+
+
+def _train_options(*, output_dir, experiment_name, batch_size):
+    return _apply(
+        _opt("output_dir", type=click.Path(path_type=str), default=output_dir, help="Parent folder of the run folder."),
+        _opt("experiment_name", default=experiment_name, help="Run folder name: outputs go to <output_dir>/<experiment_name>/."),
+        _opt("batch_size", type=int, default=batch_size, help="Samples per process and micro-step."),
+        _opt("epochs", type=int, default=100, help="Passes over the training split."),
+        _opt("max_steps", type=int, default=None, help="Optimizer steps; overrides --epochs."),
+        _opt("lr", type=float, default=3e-4, help="Peak learning rate (AdamW)."),
+        _opt("warmup_steps", type=int, default=0, help="Linear learning-rate warmup steps."),
+        _opt("max_grad_norm", type=float, default=1.0, help="Gradient clipping norm; 0 turns clipping off."),
+        _opt("ema_decay", type=float, default=0.995, help="EMA decay of the weights used for sampling and saved."),
+        _opt("mixed_precision", type=click.Choice(["no", "fp16", "bf16"]), default="no", help="Mixed precision (accelerate)."),
+        _opt("gradient_accumulation_steps", type=int, default=1, help="Micro-steps per optimizer step."),
+        _opt("seed", type=int, default=0, help="Seeds weights, data order and noise."),
+        _opt("log_every", type=int, default=10, help="TensorBoard scalars every N steps."),
+        _opt("checkpoint_every", type=int, default=1000, help="Checkpoint every N steps (0: only at the end)."),
+        _opt("sample_every", type=int, default=1000, help="Sample grid every N steps (0: only at the end)."),
+        _opt("keep_last", type=int, default=3, help="Checkpoints kept per stage (0: all)."),
+        _opt("num_workers", type=int, default=0, help="DataLoader workers (data is held in memory; 0 is usually best)."),
+        _opt("resume", default=None, help="Continue training: 'latest' or a checkpoint path."),
+        _opt("overwrite", is_flag=True, default=False, help="Replace existing *_final.pt files of this run."),
+        click.option("--progress/--no-progress", "progress", default=True, show_default=True, help="Show progress bars."),
+    )
+
+
+_clip_options = _apply(
+    _opt("clip_dim", type=int, default=64, help="Embedding size of the embedding model (the prior's width)."),
+    _opt("clip_widths", default="32,64,128,128", callback=_int_tuple,
+         help="Channels of the embedding model's conv stages, e.g. 32 64 128 128."),
+    _opt("clip_dim_image", type=int, default=128, help="Width of the embedding model's image tokens."),
+)
+
+
+def _clip_sizes(kw):
+    widths, dim, dim_image = kw.pop("clip_widths"), kw.pop("clip_dim"), kw.pop("clip_dim_image")
+    return dict(dim_latent=dim, dim_text=dim, dim_image=dim_image, encoder_widths=widths)
+
+
+def _common(kw):
+    """Pop the data and training options shared by the train-* commands."""
+    from .training import TrainConfig
+    from .workflows import DataOptions
+
+    run_dir = Path(kw.pop("output_dir")) / kw.pop("experiment_name")
+    cache_dir = kw.pop("cache_dir") or str(run_dir.parent / ".cache")
+    data = DataOptions(data_root=kw.pop("data_root"), num_users=kw.pop("num_users"), image_size=kw.pop("image_size"),
+                       colormap=kw.pop("colormap"), flat_structure=kw.pop("flat_structure"),
+                       split_seed=kw.pop("split_seed"), cache_dir=cache_dir)
+    epochs, max_steps, grad = kw.pop("epochs"), kw.pop("max_steps"), kw.pop("max_grad_norm")
+    config = TrainConfig(
+        max_steps=max_steps, epochs=None if max_steps else epochs, batch_size=kw.pop("batch_size"), lr=kw.pop("lr"),
+        warmup_steps=kw.pop("warmup_steps"), max_grad_norm=grad if grad and grad > 0 else None,
+        ema_decay=kw.pop("ema_decay"), mixed_precision=kw.pop("mixed_precision"),
+        gradient_accumulation_steps=kw.pop("gradient_accumulation_steps"), seed=kw.pop("seed"),
+        log_every=kw.pop("log_every"), checkpoint_every=kw.pop("checkpoint_every"),
+        sample_every=kw.pop("sample_every"), keep_last=kw.pop("keep_last"), num_workers=kw.pop("num_workers"),
+    )
+    run = dict(resume=kw.pop("resume"), overwrite=kw.pop("overwrite"), progress=kw.pop("progress"))
+    return dict(data=data, run_dir=run_dir, config=config, **run)
+
+
+@cli.command("train-clip")
+@_data_options
+@_train_options(output_dir="./outputs/clip", experiment_name="clip_v1", batch_size=32)
+@_clip_options
+def train_clip_cmd(**kw):
+    """Train the embedding model (x-clip: spectrogram <-> user token) alone; writes
+    <output_dir>/<experiment_name>/clip_final.pt. train-decoder does this itself unless given --clip_path."""
+    from .workflows import run_train_clip
+
+    sizes = _clip_sizes(kw)
+    done = run_train_clip(sizes=sizes, **_common(kw))
+    click.echo(f"embedding model: {done.final}")
+
+
+@cli.command("train-decoder")
+@_data_options
+@_train_options(output_dir="./outputs/decoder", experiment_name="decoder_v1", batch_size=16)
+@_opt("dim", type=int, default=128, help="Base U-Net width.")
+@_opt("dim_mults", default="1,2,4,8", callback=_int_tuple, help="U-Net width multipliers, e.g. 1 2 4 8.")
+@_opt("num_resnet_blocks", type=int, default=2, help="Residual blocks per U-Net stage.")
+@_opt("attn_heads", type=int, default=16, help="U-Net attention heads.")
+@_opt("attn_dim_head", type=int, default=32, help="U-Net attention head width.")
+@_opt("timesteps", type=int, default=1000, help="Diffusion timesteps in training.")
+@_opt("sample_timesteps", type=int, default=50, help="DDIM steps when sampling (training grids and default for generate).")
+@_opt("cond_drop_prob", type=float, default=0.1, help="Embedding dropout, enables classifier-free guidance.")
+@_opt("use_vqgan", is_flag=True, default=False, help="Diffuse over a VQGAN latent (trains the VQGAN first unless --vqgan_path).")
+@_opt("vqgan_path", type=click.Path(path_type=str), default=None, help="A trained vqgan_final.pt to use with --use_vqgan.")
+@_opt("vqgan_dim", type=int, default=32, help="VQGAN width.")
+@_opt("vqgan_layers", type=int, default=2, help="VQGAN downsamplings: latents are image_size / 2**layers.")
+@_opt("vqgan_codebook_size", type=int, default=512, help="VQGAN codebook entries.")
+@_opt("vqgan_epochs", type=int, default=20, help="VQGAN training epochs (--max_steps applies to it too).")
+@_opt("vqgan_max_steps", type=int, default=None, help="VQGAN training steps; overrides the other lengths.")
+@_opt("clip_path", type=click.Path(path_type=str), default=None,
+      help="Use this trained embedding model instead of training one into <run>/clip_final.pt.")
+@_opt("clip_epochs", type=int, default=20, help="Embedding-model epochs (--max_steps applies to it too).")
+@_opt("clip_max_steps", type=int, default=None, help="Embedding-model steps; overrides the other lengths.")
+@_clip_options
+def train_decoder_cmd(**kw):
+    """Stage 1: train the embedding model (unless --clip_path), the VQGAN (with --use_vqgan) and
+    the decoder; writes clip_final.pt and decoder_final.pt in <output_dir>/<experiment_name>/."""
+    from .workflows import run_train_decoder
+
+    clip_sizes = _clip_sizes(kw)
+    sizes = {k: kw.pop(k) for k in ("dim", "dim_mults", "num_resnet_blocks", "attn_heads", "attn_dim_head",
+                                    "timesteps", "sample_timesteps", "cond_drop_prob")}
+    vqgan_sizes = dict(dim=kw.pop("vqgan_dim"), layers=kw.pop("vqgan_layers"), codebook_size=kw.pop("vqgan_codebook_size"))
+    vqgan_sizes["resnet_groups"] = 8 if vqgan_sizes["dim"] % 8 == 0 else 1
+    paths = run_train_decoder(
+        sizes=sizes, clip_path=kw.pop("clip_path"), clip_sizes=clip_sizes, clip_max_steps=kw.pop("clip_max_steps"),
+        clip_epochs=kw.pop("clip_epochs"), use_vqgan=kw.pop("use_vqgan"), vqgan_path=kw.pop("vqgan_path"),
+        vqgan_sizes=vqgan_sizes, vqgan_max_steps=kw.pop("vqgan_max_steps"), vqgan_epochs=kw.pop("vqgan_epochs"),
+        **_common(kw),
+    )
+    for name, path in paths.items():
+        click.echo(f"{name}: {path}")
+
+
+@cli.command("train-prior")
+@_data_options
+@_train_options(output_dir="./outputs/prior", experiment_name="prior_v1", batch_size=32)
+@_opt("clip_path", type=click.Path(path_type=str), default=None,
+      help="The embedding model the decoder was trained with (<decoder run>/clip_final.pt) "
+           "[default: <output_dir>/<experiment_name>/clip_final.pt if present].")
+@_opt("dim", type=int, default=None, help="Prior width; must equal the embedding size [default: that of --clip_path].")
+@_opt("depth", type=int, default=6, help="Transformer depth.")
+@_opt("heads", type=int, default=8, help="Attention heads.")
+@_opt("dim_head", type=int, default=64, help="Attention head width.")
+@_opt("timesteps", type=int, default=1000, help="Diffusion timesteps in training.")
+@_opt("sample_timesteps", type=int, default=64, help="DDIM steps when sampling (default for generate).")
+@_opt("cond_drop_prob", type=float, default=0.2, help="User-ID dropout for classifier-free guidance.")
+def train_prior_cmd(**kw):
+    """Stage 2: train the user-conditioned diffusion prior on the embedding model's image
+    embeddings; writes <output_dir>/<experiment_name>/prior_final.pt."""
+    from .workflows import run_train_prior
+
+    sizes = {k: kw.pop(k) for k in ("depth", "heads", "dim_head", "timesteps", "sample_timesteps", "cond_drop_prob")}
+    if kw["dim"] is not None:
+        sizes["dim"] = kw["dim"]
+    kw.pop("dim")
+    paths = run_train_prior(sizes=sizes, clip_path=kw.pop("clip_path"), **_common(kw))
+    click.echo(f"prior: {paths['prior']}")
+
+
+_model_options = _apply(
+    _opt("decoder_path", type=click.Path(path_type=str), default=None, help="decoder_final.pt of a decoder run."),
+    _opt("prior_path", type=click.Path(path_type=str), default=None, help="prior_final.pt of a prior run."),
+    _opt("clip_path", type=click.Path(path_type=str), default=None, help="Optional: the embedding model, checked against both."),
+    _opt("model_path", type=click.Path(path_type=str), default=None, help="A chained 'dalle2' bundle instead of the parts."),
+    _opt("output_dir", type=click.Path(path_type=str), default="./generated_images", help="Folder to write images into."),
+    _opt("cond_scale", type=float, default=1.0, help="Decoder guidance on the embedding (1 = none)."),
+    _opt("prior_cond_scale", type=float, default=1.0, help="Prior guidance on the user (1 = none)."),
+    _opt("sample_steps", type=int, default=None, help="Decoder DDIM steps [default: the decoder's sample_timesteps]."),
+    _opt("prior_steps", type=int, default=None, help="Prior DDIM steps [default: the prior's sample_timesteps]."),
+    _opt("seed", type=int, default=0, help="Same seed, same images."),
+    _opt("device", default="auto", help="cpu, cuda, cuda:N, or auto (cuda when available)."),
+)
+
+
+def _load_model(kw):
+    from .workflows import load_generator
+
+    return load_generator(model_path=kw.pop("model_path"), prior_path=kw.pop("prior_path"),
+                          decoder_path=kw.pop("decoder_path"), clip_path=kw.pop("clip_path"), device=kw.pop("device"))
+
+
+def _sampling(kw):
+    return {k: kw.pop(k) for k in ("cond_scale", "prior_cond_scale", "sample_steps", "prior_steps", "seed")}
+
+
+@cli.command("generate")
+@_model_options
+@_opt("user_ids", default=None, callback=_str_list,
+      help="Users by original label (ID_5, user_5 or 5), e.g. --user_ids 0 1 2 [default: all users].")
+@_opt("num_samples_per_user", type=int, default=4, help="Images per user.")
+@_opt("batch_size", type=int, default=64, help="Most images sampled at once.")
+@_opt("save_npy", is_flag=True, default=False, help="Also save each scalar spectrogram as .npy (values in [0, 1]).")
+@_opt("interpolate", is_flag=True, default=False, help="Also (or, without --user_ids, only) write an interpolation strip.")
+@_opt("interp_user_1", default=None, help="First user of the interpolation (original label).")
+@_opt("interp_user_2", default=None, help="Second user of the interpolation (original label).")
+@_opt("interp_steps", type=int, default=8, help="Interpolation frames, ends included.")
+def generate_cmd(**kw):
+    """Generate spectrograms per user (PNG per sample named with the user's label, grid.png with
+    one row per user) and optionally a user-to-user interpolation strip."""
+    from .workflows import generate, interpolate_users
+
+    interp = {k: kw.pop(k) for k in ("interpolate", "interp_user_1", "interp_user_2", "interp_steps")}
+    if interp["interpolate"] and not (interp["interp_user_1"] and interp["interp_user_2"]):
+        raise UserError("--interpolate needs --interp_user_1 and --interp_user_2 (original labels, e.g. 0 and 5).")
+    model, out, sampling = _load_model(kw), kw.pop("output_dir"), _sampling(kw)
+    if kw["user_ids"] or not interp["interpolate"]:
+        made = generate(model, out, users=kw["user_ids"], num_samples_per_user=kw["num_samples_per_user"],
+                        batch_size=kw["batch_size"], save_npy=kw["save_npy"], **sampling)
+        click.echo(f"wrote {len(made['images'])} images and {made['grid']}")
+    if interp["interpolate"]:
+        made = interpolate_users(model, out, user_a=interp["interp_user_1"], user_b=interp["interp_user_2"],
+                                 steps=interp["interp_steps"], **sampling)
+        click.echo(f"wrote {made['strip']} and {len(made['frames'])} frames")
+
+
+@cli.command("interpolate")
+@_model_options
+@_opt("interp_user_1", required=True, help="First user (original label).")
+@_opt("interp_user_2", required=True, help="Second user (original label).")
+@_opt("interp_steps", type=int, default=8, help="Frames, ends included.")
+def interpolate_cmd(**kw):
+    """Write interpolation_<a>_<b>.png: frames between two users' sampled embeddings, decoded
+    from the same noise (and each frame in interpolation_<a>_<b>/)."""
+    from .workflows import interpolate_users
+
+    model, out, sampling = _load_model(kw), kw.pop("output_dir"), _sampling(kw)
+    made = interpolate_users(model, out, user_a=kw["interp_user_1"], user_b=kw["interp_user_2"],
+                             steps=kw["interp_steps"], **sampling)
+    click.echo(f"wrote {made['strip']} and {len(made['frames'])} frames")
+
+
+@cli.command("demo")
+@_opt("output_dir", type=click.Path(path_type=str), default="outputs/demo", help="Demo folder (its earlier outputs are replaced).")
+@_opt("quick", is_flag=True, default=False, help="Tiny sizes for a smoke test (about a minute on 2 CPU cores).")
+@_opt("seed", type=int, default=0, help="Seed of the data, training and samples.")
+@click.option("--progress/--no-progress", "progress", default=True, show_default=True, help="Show progress bars.")
+def demo_cmd(output_dir, quick, seed, progress):
+    """Simulate a small data set, train embedding -> decoder -> prior, generate a per-user grid and
+    an interpolation strip, and write <output_dir>/report.md with pictures, settings and timings."""
+    from .workflows import DemoConfig, run_demo
+
+    done = run_demo(output_dir, DemoConfig.quick() if quick else DemoConfig(), seed=seed, progress=progress)
+    for stage, seconds in done["timings"].items():
+        click.echo(f"{stage:<12} {seconds:7.1f}s")
+    click.echo(f"peak RSS {done['peak_rss_mb']:.0f} MiB; report: {done['report']}")
+
+
+@cli.command("check")
+@_opt("create_dummy", is_flag=True, default=False, help="Check on a simulated data set (not your data).")
+@_opt("data_root", type=click.Path(path_type=str), default=None, help="Check your own data set instead.")
+@_opt("num_users", type=int, default=5, help="Users to simulate, or the number expected in --data_root.")
+@_opt("image_size", type=int, default=None, help="Image side for the check [default: 32 simulated, 64 own data].")
+@_opt("flat_structure", is_flag=True, default=False, help="Require (or simulate) the flat layout.")
+@_opt("steps", type=int, default=2, help="Training steps per stage.")
+@_opt("work_dir", type=click.Path(path_type=str), default=None, help="Keep the check's files here [default: a temporary folder].")
+def check_cmd(create_dummy, data_root, num_users, image_size, flat_structure, steps, work_dir):
+    """Run every stage for a few steps and sample once; prints one PASS/FAIL line per check and
+    exits 1 if any failed (what test_micro_doppler.py runs)."""
+    import tempfile
+
+    from .workflows import run_checks
+
+    if create_dummy == (data_root is not None):
+        raise UserError("give either --create_dummy (simulated data) or --data_root PATH (your data).")
+    with tempfile.TemporaryDirectory(prefix="dalle2md-check-") as tmp:
+        checks = run_checks(work_dir or tmp, data_root=data_root, num_users=num_users, image_size=image_size,
+                            steps=steps, flat_structure=flat_structure)
+    click.echo("")
+    for c in checks:
+        click.echo(f"{'PASS' if c.ok else 'FAIL'}  {c.name}: {c.detail}")
+    failed = sum(not c.ok for c in checks)
+    click.echo(f"{len(checks) - failed}/{len(checks)} checks passed")
+    if failed:
+        sys.exit(1)
+
+
+def run_command(name, argv=None, prog_name=None):
+    """Run one subcommand as a program of its own (the seed's top-level scripts).
+
+    Args:
+        name: subcommand name, e.g. "train-decoder".
+        argv: words after the program name (default sys.argv[1:]).
+        prog_name: name shown in usage lines.
+    """
+    command = cli.commands[name]
+    try:
+        command.main(args=join_variadic(sys.argv[1:] if argv is None else argv), prog_name=prog_name,
+                     help_option_names=["-h", "--help"])
+    except UserError as e:
+        click.echo(f"Error: {e}", err=True)
+        sys.exit(2)
+
+
+def main(argv=None):
+    cli.main(args=join_variadic(sys.argv[1:] if argv is None else argv), prog_name="dalle2-md")
 
 
 if __name__ == "__main__":

@@ -1,0 +1,283 @@
+"""Workflows and the training / generation subcommands: resume, TensorBoard, file naming, user
+errors, overwrite protection, mismatched parts, the chained bundle and the quick demo.
+
+Everything runs on a 3-user x 6-image, 16 px simulated set with tiny models and 2-4 steps."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+from PIL import Image
+
+from dalle2_md.cli import cli, join_variadic
+from dalle2_md.training import TrainConfig
+from dalle2_md.utils import UserError
+from dalle2_md.workflows import (
+    DataOptions,
+    check_can_write,
+    load_train_data,
+    sub_schedule,
+    train_clip_stage,
+    train_prior_stage,
+)
+
+TINY_CLIP = ["--clip_dim", "16", "--clip_widths", "8", "16", "--clip_dim_image", "32"]
+TINY_DECODER = ["--dim", "16", "--dim_mults", "1", "2", "--attn_heads", "2", "--attn_dim_head", "8",
+                "--num_resnet_blocks", "1", "--timesteps", "50", "--sample_timesteps", "4", *TINY_CLIP]
+TINY_PRIOR = ["--depth", "1", "--heads", "2", "--dim_head", "8", "--timesteps", "50", "--sample_timesteps", "4"]
+QUIET = ["--image_size", "16", "--no-progress"]
+PRIOR_SIZES = dict(depth=1, heads=2, dim_head=8, timesteps=50, sample_timesteps=4)
+CLIP_SIZES = dict(dim_latent=16, dim_text=16, dim_image=32, encoder_widths=(8, 16))
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    # 2 shared cores: one thread per process is faster than two fighting other processes
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def invoke(*args, ok=True):
+    result = CliRunner().invoke(cli, join_variadic([str(a) for a in args]))
+    if ok and result.exit_code != 0:
+        raise AssertionError(f"exit {result.exit_code}: {result.output}\n{result.exception!r}")
+    return result
+
+
+@pytest.fixture(scope="module")
+def work(tmp_path_factory):
+    from dalle2_md.synth import synthesize_dataset
+
+    root = tmp_path_factory.mktemp("wf")
+    synthesize_dataset(root / "data", num_users=3, images_per_user=6, image_size=16, layout="kaggle", progress=False)
+    return root
+
+
+@pytest.fixture(scope="module")
+def trained(work):
+    """A decoder run (embedding model + decoder) and a prior run on its embedding model."""
+    data = work / "data"
+    invoke("train-decoder", "--data_root", data, "--output_dir", work / "out", "--experiment_name", "dec",
+           "--max_steps", 2, *TINY_DECODER, *QUIET)
+    clip = work / "out" / "dec" / "clip_final.pt"
+    invoke("train-prior", "--data_root", data, "--output_dir", work / "out", "--experiment_name", "pri",
+           "--max_steps", 2, "--clip_path", clip, *TINY_PRIOR, *QUIET)
+    return {"clip": clip, "decoder": work / "out" / "dec" / "decoder_final.pt",
+            "prior": work / "out" / "pri" / "prior_final.pt"}
+
+
+def test_every_option_has_help_and_shows_default():
+    for name, command in cli.commands.items():
+        if name in ("synth", "inspect-data"):
+            continue  # not this module's commands
+        for param in command.params:
+            if param.param_type_name == "option" and param.name != "help":
+                assert param.help, f"{name} --{param.name} has no help"
+                assert param.show_default, f"{name} --{param.name} hides its default"
+        result = invoke(name, "--help")
+        assert "[default:" in result.output
+
+
+def test_variadic_flags_are_joined_and_comma_lists_parse():
+    argv = ["generate", "--user_ids", "0", "1", "ID_3", "--num_samples_per_user", "2", "--dim-mults", "1", "2"]
+    assert join_variadic(argv) == ["generate", "--user_ids", "0,1,ID_3", "--num_samples_per_user", "2",
+                                   "--dim-mults", "1,2"]
+    from dalle2_md.cli import _int_tuple, _str_list
+
+    assert _int_tuple(None, None, "1,2,4,8") == (1, 2, 4, 8)
+    assert _str_list(None, None, "0,ID_5") == ["0", "ID_5"]
+
+
+def test_sub_schedule_follows_max_steps_unless_told_otherwise():
+    run = TrainConfig(epochs=100)
+    assert sub_schedule(run, max_steps=None, epochs=20).epochs == 20
+    assert sub_schedule(run, max_steps=7, epochs=20).max_steps == 7
+    short = TrainConfig(max_steps=3)
+    assert sub_schedule(short, max_steps=None, epochs=20).max_steps == 3
+
+
+def test_decoder_run_layout_and_bundle_meta(trained, work):
+    from dalle2_md.bundle import load_bundle
+
+    run = work / "out" / "dec"
+    for stage in ("clip", "decoder"):
+        assert (run / stage / "checkpoints" / "latest.json").is_file()
+        assert list((run / stage / "tensorboard").glob("events.out.tfevents.*"))
+    assert list((run / "decoder" / "samples").glob("step_*.png"))
+    assert json.loads((run / "label_map.json").read_text())["names"] == ["ID_1", "ID_2", "ID_3"]
+    assert set(json.loads((run / "split.json").read_text())) >= {"train", "val", "test"}
+    clip = load_bundle(trained["clip"], kind="clip")
+    decoder = load_bundle(trained["decoder"], kind="decoder")
+    prior = load_bundle(trained["prior"], kind="prior")
+    assert decoder["meta"]["clip_fingerprint"] == clip["meta"]["fingerprint"] == prior["meta"]["clip_fingerprint"]
+    assert decoder["meta"]["colormap"] == "jet" and decoder["meta"]["image_size"] == 16
+    assert prior["label_map"]["names"] == ["ID_1", "ID_2", "ID_3"]
+
+
+def _event_tags(folder):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    files = list(Path(folder).glob("events.out.tfevents.*"))
+    assert files, f"no event file in {folder}"
+    acc = EventAccumulator(str(files[0]), size_guidance={"images": 0, "scalars": 0})
+    acc.Reload()
+    return acc.Tags()
+
+
+def test_tensorboard_has_scalars_and_sample_grids(trained, work):
+    tags = _event_tags(work / "out" / "pri" / "prior" / "tensorboard")
+    assert {"loss", "lr", "grad_norm", "samples_per_s"} <= set(tags["scalars"])
+    tags = _event_tags(work / "out" / "dec" / "decoder" / "tensorboard")
+    assert "loss" in tags["scalars"] and "samples" in tags["images"]
+
+
+def test_resume_continues_the_step_count_and_reproduces_the_loss(trained, work):
+    from dalle2_md.clip import MicroDopplerClip
+
+    data = DataOptions(data_root=str(work / "data"), image_size=16, cache_dir=str(work / "cache"))
+    clip = MicroDopplerClip.load(trained["clip"])
+    runs = {}
+    for name in ("whole", "split"):
+        run = work / "resume" / name
+        ds = load_train_data(data, run)
+        if name == "whole":
+            runs[name] = train_prior_stage(run, ds, clip, TrainConfig(max_steps=4, batch_size=4, checkpoint_every=1),
+                                           sizes=PRIOR_SIZES, cache_dir=work / "cache", progress=False)
+        else:
+            first = train_prior_stage(run, ds, clip, TrainConfig(max_steps=2, batch_size=4, checkpoint_every=1),
+                                      sizes=PRIOR_SIZES, cache_dir=work / "cache", progress=False)
+            runs[name] = train_prior_stage(run, ds, clip, TrainConfig(max_steps=4, batch_size=4, checkpoint_every=1),
+                                           sizes=PRIOR_SIZES, cache_dir=work / "cache", resume="latest", progress=False)
+    whole, second = runs["whole"].train, runs["split"].train
+    assert first.train.step == 2 and second.start_step == 2 and second.step == 4
+    assert np.allclose(first.train.losses + second.losses, whole.losses, rtol=1e-5, atol=1e-6)
+    a, b = runs["whole"].model.state_dict(), runs["split"].model.state_dict()
+    assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
+
+
+def test_resumed_decoder_run_reuses_its_embedding_model(trained, work):
+    run = work / "out" / "dec"
+    before = (run / "clip_final.pt").stat().st_mtime_ns
+    invoke("train-decoder", "--data_root", work / "data", "--output_dir", work / "out", "--experiment_name", "dec",
+           "--max_steps", 3, "--resume", "latest", *TINY_DECODER, *QUIET)
+    assert (run / "clip_final.pt").stat().st_mtime_ns == before
+    assert json.loads((run / "decoder" / "checkpoints" / "latest.json").read_text())["step"] == 3
+
+
+def test_finished_bundles_are_not_overwritten_without_flag(trained, work):
+    prior = trained["prior"]
+    before = prior.stat().st_mtime_ns
+    args = ["train-prior", "--data_root", work / "data", "--output_dir", work / "out", "--experiment_name", "pri",
+            "--max_steps", 1, "--clip_path", trained["clip"], *TINY_PRIOR, *QUIET]
+    result = invoke(*args, ok=False)
+    assert result.exit_code == 2 and "--overwrite" in result.output and "prior_final.pt" in result.output
+    assert prior.stat().st_mtime_ns == before
+    with pytest.raises(UserError):
+        check_can_write(prior, overwrite=False, resume=None)
+
+
+def test_prior_without_clip_path_names_the_flag_and_file(trained, work):
+    result = invoke("train-prior", "--data_root", work / "data", "--output_dir", work / "out", "--experiment_name",
+                    "lonely", "--max_steps", 1, *QUIET, ok=False)
+    assert result.exit_code == 2
+    assert "--clip_path" in result.output and "clip_final.pt" in result.output
+    assert "Traceback" not in result.output
+
+
+def test_prior_dim_must_match_the_embedding(trained, work):
+    result = invoke("train-prior", "--data_root", work / "data", "--output_dir", work / "out", "--experiment_name",
+                    "wide", "--max_steps", 1, "--clip_path", trained["clip"], "--dim", 512, *TINY_PRIOR, *QUIET,
+                    ok=False)
+    assert result.exit_code == 2 and "--dim 512" in result.output
+
+
+def test_generate_names_files_by_label_and_saves_npy(trained, work):
+    out = work / "gen"
+    invoke("generate", "--decoder_path", trained["decoder"], "--prior_path", trained["prior"], "--clip_path",
+           trained["clip"], "--user_ids", "ID_2", "3", "--num_samples_per_user", 2, "--sample_steps", 3,
+           "--prior_steps", 3, "--save_npy", "--output_dir", out, "--device", "cpu")
+    names = sorted(p.name for p in out.glob("*.png"))
+    assert names == ["ID_2_000.png", "ID_2_001.png", "ID_3_000.png", "ID_3_001.png", "grid.png"]
+    array = np.load(out / "ID_3_001.npy")
+    assert array.shape == (16, 16) and 0 <= array.min() and array.max() <= 1
+    assert np.asarray(Image.open(out / "ID_2_000.png")).shape == (16, 16, 3)
+    grid = Image.open(out / "grid.png")
+    assert grid.size == (2 + 2 * 18, 2 + 2 * 18)  # 2 samples per row, one row per user, 2 px padding
+
+
+def test_unknown_user_lists_the_valid_labels(trained, work):
+    result = invoke("generate", "--decoder_path", trained["decoder"], "--prior_path", trained["prior"],
+                    "--user_ids", "9", "--output_dir", work / "gen_bad", ok=False)
+    assert result.exit_code == 2 and "ID_1, ID_2, ID_3" in result.output
+
+
+def test_interpolate_writes_strip_and_frames(trained, work):
+    out = work / "interp"
+    invoke("interpolate", "--decoder_path", trained["decoder"], "--prior_path", trained["prior"],
+           "--interp_user_1", "ID_1", "--interp_user_2", "3", "--interp_steps", 3, "--sample_steps", 3,
+           "--output_dir", out)
+    assert (out / "interpolation_ID_1_ID_3.png").is_file()
+    assert len(list((out / "interpolation_ID_1_ID_3").glob("frame_*.png"))) == 3
+
+
+def test_chained_bundle_generates(trained, work):
+    from dalle2_md.model import MicroDopplerDALLE2
+
+    path = MicroDopplerDALLE2.from_parts(prior_path=trained["prior"], decoder_path=trained["decoder"]).save(
+        work / "chain.pt")
+    out = work / "gen_chain"
+    invoke("generate", "--model_path", path, "--user_ids", "1", "--num_samples_per_user", 1, "--sample_steps", 2,
+           "--output_dir", out)
+    assert (out / "ID_1_000.png").is_file()
+
+
+def test_mismatched_prior_and_decoder_are_refused(trained, work):
+    data, out = work / "data", work / "out"
+    invoke("train-clip", "--data_root", data, "--output_dir", out, "--experiment_name", "clip2", "--seed", 1,
+           "--max_steps", 1, *TINY_CLIP, *QUIET)
+    invoke("train-prior", "--data_root", data, "--output_dir", out, "--experiment_name", "clip2", "--max_steps", 1,
+           *TINY_PRIOR, *QUIET)  # no --clip_path: this run folder's own clip_final.pt is used
+    result = invoke("generate", "--decoder_path", trained["decoder"], "--prior_path", out / "clip2" / "prior_final.pt",
+                    "--output_dir", work / "gen_mix", ok=False)
+    assert result.exit_code == 2 and "different embedding models" in result.output
+    assert not (work / "gen_mix").exists()
+
+
+def test_latent_decoder_trains_vqgan_first(trained, work):
+    run = work / "out" / "latent"
+    invoke("train-decoder", "--data_root", work / "data", "--output_dir", work / "out", "--experiment_name", "latent",
+           "--max_steps", 2, "--clip_path", trained["clip"], "--use_vqgan", "--vqgan_dim", 8, "--vqgan_layers", 1,
+           "--vqgan_codebook_size", 16, *TINY_DECODER, "--dim-mults", "1,2", *QUIET)
+    from dalle2_md.decoder import MicroDopplerDecoder
+
+    assert (run / "vqgan_final.pt").is_file() and not (run / "clip_final.pt").exists()
+    decoder = MicroDopplerDecoder.load(run / "decoder_final.pt")
+    assert decoder.config.use_vqgan and decoder.diffused_shape[1:] == (8, 8)
+
+
+def test_flat_structure_is_required_when_asked(tmp_path, work):
+    from dalle2_md.synth import synthesize_dataset
+
+    result = invoke("train-clip", "--data-root", work / "data", "--output-dir", tmp_path, "--flat-structure",
+                    "--max_steps", 1, *QUIET, ok=False)
+    assert result.exit_code == 2 and "metadata.json" in result.output
+    synthesize_dataset(tmp_path / "flat", num_users=2, images_per_user=3, image_size=16, layout="flat", progress=False)
+    train = load_train_data(DataOptions(data_root=str(tmp_path / "flat"), image_size=16, flat_structure=True),
+                            tmp_path / "run")
+    done = train_clip_stage(tmp_path / "run", train, TrainConfig(max_steps=1, batch_size=4), sizes=CLIP_SIZES,
+                            progress=False)
+    assert done.final.is_file() and train.layout == "flat"
+
+
+def test_quick_demo_writes_report(tmp_path):
+    result = invoke("demo", "--quick", "--output_dir", tmp_path / "demo", "--no-progress")
+    report = (tmp_path / "demo" / "report.md").read_text()
+    assert "## Timings" in report and "peak" in report.lower()
+    for picture in ("samples/grid.png", "samples/interpolation_user_0_user_2.png"):
+        assert picture in report and (tmp_path / "demo" / picture).is_file()
+    assert "peak RSS" in result.output
