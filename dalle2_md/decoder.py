@@ -141,6 +141,29 @@ class DecoderConfig:
         return cls(**d)
 
 
+def _resize_cross_attention(unet: nn.Module, *, heads: int, dim_head: int) -> None:
+    """Give every ResnetBlock's cross-attention the U-Net's attention shape.
+
+    dalle2-pytorch builds them with its CrossAttention defaults (8 heads x 64 = 512 wide) at
+    every resolution but the first, whatever the U-Net's width: at dim 16 and 64 px those
+    layers alone took most of a training step on a CPU (a (16, 8, 1024, 64) attention at 32 px
+    for 32-channel features). Rebuilding them with `attn_heads` x `attn_dim_head` keeps the
+    conditioning path and sizes it to the network.
+    """
+    from dalle2_pytorch.dalle2_pytorch import CrossAttention, ResnetBlock
+
+    for block in unet.modules():
+        if isinstance(block, ResnetBlock) and block.cross_attn is not None:
+            old = block.cross_attn
+            block.cross_attn = CrossAttention(
+                dim=old.to_q.in_features,
+                context_dim=old.to_kv.in_features,
+                heads=heads,
+                dim_head=dim_head,
+                cosine_sim=old.cosine_sim,
+            )
+
+
 class MicroDopplerDecoder(nn.Module):
     """Image-embedding-conditioned diffusion decoder.
 
@@ -182,6 +205,8 @@ class MicroDopplerDecoder(nn.Module):
             learned_variance=config.learned_variance,
             auto_normalize_img=False,
         )
+        # after Decoder(): it rebuilds its U-Nets from their constructor arguments
+        _resize_cross_attention(self.decoder.unets[0], heads=config.attn_heads, dim_head=config.attn_dim_head)
         if config.use_vqgan:
             # the VQGAN is trained beforehand and stays frozen while the decoder trains
             self.decoder.vaes[0].requires_grad_(False)
