@@ -330,6 +330,7 @@ class MicroDopplerClip(nn.Module):
         the batch's images with all that user's images counted as positives.
         """
         self._check_inputs(images, user_ids)
+        images = self._resize(images)  # once, so the SSL views are made at the model's size too
         user_ids = user_ids.long()
         c = self.config
         all_users = torch.arange(c.num_users, device=images.device)

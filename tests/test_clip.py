@@ -53,15 +53,6 @@ def toy_spectrograms(n_per_user, seed, size=SIZE):
     return images, torch.tensor(users)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # Tiny models on a shared 2-core machine: a second intra-op thread only adds contention
-    # (measured ~8x slower per step with 2 threads under load).
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 @pytest.fixture(scope="module")
 def toy():

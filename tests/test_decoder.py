@@ -20,14 +20,6 @@ from dalle2_md.vqgan import (
 D = 16
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # the CPU is shared; one thread is faster than two fighting other processes
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 def tiny(channels=1, use_vqgan=False, **kw):
     vq = VQGanConfig(image_size=16, channels=channels, dim=8, layers=1, codebook_size=32, codebook_dim=8)

@@ -39,14 +39,6 @@ NUM_USERS, PER_USER, SIZE, SEED = 4, 20, 32, 0
 TINY = RecogniserConfig(num_users=NUM_USERS, channels=1, image_size=SIZE, widths=(8, 16, 32), feature_dim=16)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # the test machine is shared: two torch threads fighting other jobs run ~10x slower than one
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):

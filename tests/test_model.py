@@ -13,14 +13,6 @@ from dalle2_md.utils import BundleError, UserError
 D = 16
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # tiny models: a second thread only adds contention
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
 
 def make_model(seed=0, clip_fingerprint="aaaa", label_map=None):
     torch.manual_seed(seed)

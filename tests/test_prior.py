@@ -12,14 +12,6 @@ from dalle2_md.utils import BundleError, UserError
 DIM = 16
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # the CI box is 2 shared cores: two OpenMP threads per process thrash (measured 20x slower)
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
 
 def make_prior(**kw):
     torch.manual_seed(0)

@@ -33,14 +33,6 @@ PRIOR_SIZES = dict(depth=1, heads=2, dim_head=8, timesteps=50, sample_timesteps=
 CLIP_SIZES = dict(dim_latent=16, dim_text=16, dim_image=32, encoder_widths=(8, 16))
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # 2 shared cores: one thread per process is faster than two fighting other processes
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 def invoke(*args, ok=True):
     result = CliRunner().invoke(cli, join_variadic([str(a) for a in args]))
