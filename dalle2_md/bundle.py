@@ -16,7 +16,6 @@ from __future__ import annotations
 import hashlib
 import json
 import pickle
-import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -79,9 +78,10 @@ def load_bundle(path: str | Path, kind: str | tuple[str, ...] | None = None) -> 
             f"({str(e).splitlines()[0][:200]}). dalle2-md only loads files it wrote itself; "
             "re-save the model with dalle2-md."
         ) from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as e:
+    except Exception as e:  # noqa: BLE001 - a damaged or foreign file fails in many ways (KeyError from old pickles)
+        first = str(e).splitlines()[0].split(". ")[0][:160] if str(e) else "empty"
         raise BundleError(
-            f"{path}: cannot be read ({type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else 'empty'}); "
+            f"{path}: cannot be read ({type(e).__name__}: {first}); "
             "the file is truncated or not a PyTorch file. Use an earlier checkpoint or retrain."
         ) from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:

@@ -238,7 +238,7 @@ def _common(kw):
                        split_seed=kw.pop("split_seed"), cache_dir=cache_dir)
     epochs, max_steps, grad = kw.pop("epochs"), kw.pop("max_steps"), kw.pop("max_grad_norm")
     config = TrainConfig(
-        max_steps=max_steps, epochs=None if max_steps else epochs, batch_size=kw.pop("batch_size"), lr=kw.pop("lr"),
+        max_steps=max_steps, epochs=None if max_steps is not None else epochs, batch_size=kw.pop("batch_size"), lr=kw.pop("lr"),
         warmup_steps=kw.pop("warmup_steps"), max_grad_norm=grad if grad and grad > 0 else None,
         ema_decay=kw.pop("ema_decay"), mixed_precision=kw.pop("mixed_precision"),
         gradient_accumulation_steps=kw.pop("gradient_accumulation_steps"), seed=kw.pop("seed"),

@@ -89,8 +89,8 @@ class TrainConfig:
             raise UserError(f"--lr-schedule must be one of {', '.join(_SCHEDULES)} (got {self.lr_schedule!r}).")
         if not 0.0 <= self.ema_decay <= 1.0:
             raise UserError(f"--ema-decay must lie in [0, 1] (got {self.ema_decay}).")
-        if self.lr <= 0:
-            raise UserError(f"--lr must be positive (got {self.lr}).")
+        if not (math.isfinite(self.lr) and self.lr > 0):
+            raise UserError(f"--lr must be a positive number (got {self.lr}).")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -408,6 +408,12 @@ def train(
         if exists(ckpt.get("scaler")) and exists(accelerator.scaler):
             accelerator.scaler.load_state_dict(ckpt["scaler"])
         step, position = int(ckpt["step"]), int(ckpt["position"])
+        if ckpt["train_config"].get("lr") != config.lr:
+            # a lower --lr is the usual cure for a diverged run, so resuming must apply it
+            scheduler.base_lrs = [config.lr] * len(scheduler.base_lrs)
+            for group in optimizer.optimizer.param_groups:
+                group["initial_lr"] = config.lr
+                group["lr"] = config.lr * scheduler.lr_lambdas[0](scheduler.last_epoch)
     start_step = step
 
     sampler = StreamBatchSampler(n, batch_size=config.batch_size, num_processes=world, rank=rank,
@@ -482,7 +488,13 @@ def train(
                     if not math.isfinite(step_loss):
                         raise _nonfinite_error(step + 1, "the loss", last_ckpt)
                     grad_norm = accelerator.clip_grad_norm_(unwrapped.parameters(), clip)
-                optimizer.step()
+                try:
+                    optimizer.step()
+                except RuntimeError as e:
+                    # an absurd --lr overflows inside AdamW before the loss can turn NaN
+                    if "overflow" not in str(e):
+                        raise
+                    raise _nonfinite_error(step + 1, "the weight update", last_ckpt) from None
                 optimizer.zero_grad(set_to_none=True)
 
             if not accelerator.sync_gradients:
@@ -616,5 +628,5 @@ def _warn_config_change(old: dict, new: TrainConfig, path: Path) -> None:
     changed = [f"{k}: {old.get(k)!r} -> {v!r}"
                for k, v in new.to_dict().items() if k not in ignore and old.get(k) != v]
     if changed:
-        warnings.warn(f"resuming from {path} with changed settings ({'; '.join(changed)}); optimizer "
-                      "hyper-parameters come from the checkpoint.", stacklevel=3)
+        warnings.warn(f"resuming from {path} with changed settings ({'; '.join(changed)}); a new lr "
+                      "applies from here, other optimizer settings come from the checkpoint.", stacklevel=3)

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import resource
 import sys
 import time
@@ -32,10 +33,16 @@ from .training import TrainConfig, TrainResult, train
 from .utils import DataError, UserError, exists
 
 STAGES = ("clip", "vqgan", "decoder", "prior")
+CLIP_MAX_IMAGE_SIZE = 64
 
 
 def log(message: str) -> None:
-    print(message, flush=True)
+    # under `accelerate launch` every process runs the workflow; one copy of each line is enough.
+    # The rank is read from the launcher's environment: creating accelerate's state here, before
+    # the training loop's Accelerator, would pin it to a single process
+    rank = next((os.environ[k] for k in ("RANK", "PMI_RANK", "OMPI_COMM_WORLD_RANK") if k in os.environ), "0")
+    if int(rank) == 0:
+        print(message, flush=True)
 
 
 def final_path(run_dir: str | Path, stage: str) -> Path:
@@ -96,6 +103,10 @@ def load_train_data(data: DataOptions, run_dir: str | Path):
     ds.label_map.save(run_dir / "label_map.json")
     log(f"data: {ds.root} ({ds.layout}), {len(ds.label_map)} users, {len(ds)} training images "
         f"at {ds.channels}x{ds.image_size}x{ds.image_size}")
+    if ds.skipped:
+        names = ", ".join(f"{Path(p).name} ({why})" for p, why in ds.skipped[:10])
+        more = f", ... {len(ds.skipped) - 10} more" if len(ds.skipped) > 10 else ""
+        log(f"data: skipped {len(ds.skipped)} unreadable file(s): {names}{more}")
     return ds
 
 
@@ -128,12 +139,31 @@ class StageResult:
 
 
 def check_can_write(path: Path, *, overwrite: bool, resume: str | None) -> None:
-    """Refuse to replace a finished bundle unless asked to (`--overwrite`) or continuing (`--resume`)."""
-    if path.exists() and not overwrite and resume is None:
+    """Refuse to replace a finished bundle `<run>/<stage>_final.pt`, or the checkpoints of an
+    interrupted run in `<run>/<stage>/checkpoints/`, unless asked to (`--overwrite`, which then
+    deletes that stage's old checkpoints so two runs never mix) or continuing (`--resume`)."""
+    from .training import _list_checkpoints
+
+    path = Path(path)
+    if resume is not None:
+        return
+    if path.exists() and not overwrite:
         raise UserError(
             f"{path} already exists; pass --overwrite to replace it, --resume latest to continue its "
             "training, or pick another --output_dir / --experiment_name."
         )
+    stage_dir = path.parent / path.name.removesuffix("_final.pt")
+    old = _list_checkpoints(stage_dir)
+    if old and not overwrite:
+        raise UserError(
+            f"{stage_dir / 'checkpoints'} holds the checkpoints of an earlier run (newest: {old[-1][1].name}); "
+            "pass --resume latest to continue it, --overwrite to start again (deletes them), or pick another "
+            "--output_dir / --experiment_name."
+        )
+    if old and overwrite:
+        for _, ckpt in old:
+            ckpt.unlink(missing_ok=True)
+        (stage_dir / "checkpoints" / "latest.json").unlink(missing_ok=True)
 
 
 def sub_schedule(config: TrainConfig, *, max_steps: int | None, epochs: int | None) -> TrainConfig:
@@ -197,8 +227,11 @@ def train_clip_stage(run_dir, ds, config: TrainConfig, *, sizes: dict | None = N
 
     run_dir, final = Path(run_dir), final_path(run_dir, "clip")
     check_can_write(final, overwrite=overwrite, resume=resume)
-    clip_config = ClipConfig(num_users=len(ds.label_map), image_size=ds.image_size, channels=ds.channels,
-                             **(sizes or {}))
+    # the embedding model sees images downsampled to at most CLIP_MAX_IMAGE_SIZE (unless sizes
+    # say otherwise): identity lives in coarse structure (torso line, cadence, swing height),
+    # and its strided convs cost 16x less at 64 px than at 256 px
+    clip_config = ClipConfig(**{"image_size": min(ds.image_size, CLIP_MAX_IMAGE_SIZE), **(sizes or {}),
+                                "num_users": len(ds.label_map), "channels": ds.channels})
     if len(ds) < 2:
         raise UserError(f"the embedding model needs at least 2 training images; {ds.root} has {len(ds)}.")
     torch.manual_seed(config.seed)
@@ -428,7 +461,12 @@ def run_train_decoder(*, data: DataOptions, run_dir, config: TrainConfig, sizes:
     (with `use_vqgan`, unless `vqgan_path`) -> decoder. Returns the written bundle paths."""
     run_dir = Path(run_dir)
     check_can_write(final_path(run_dir, "decoder"), overwrite=overwrite, resume=resume)
+    if exists(resume) and str(resume) != "latest":
+        from .training import load_checkpoint
+
+        load_checkpoint(resume, stage="decoder")
     ds = load_train_data(data, run_dir)
+    _check_decoder_sizes(ds, sizes, use_vqgan=use_vqgan, vqgan_path=vqgan_path, vqgan_sizes=vqgan_sizes)
     cache = _cache_dir(data, run_dir)
     out = {}
     if exists(clip_path):
@@ -453,6 +491,22 @@ def run_train_decoder(*, data: DataOptions, run_dir, config: TrainConfig, sizes:
                                resume=resume, overwrite=overwrite, progress=progress)
     out["decoder"] = done.final
     return out
+
+
+def _check_decoder_sizes(ds, sizes, *, use_vqgan, vqgan_path, vqgan_sizes) -> None:
+    # the U-Net's size rules, checked before the embedding model and VQGAN train: a bad
+    # --image_size then fails at once instead of after earlier stages wrote their bundles
+    from .bundle import load_bundle
+    from .decoder import DecoderConfig
+    from .vqgan import VQGanConfig
+
+    vq = None
+    if use_vqgan and exists(vqgan_path):
+        vq = VQGanConfig.from_dict(load_bundle(vqgan_path, kind="vqgan")["config"])
+    elif use_vqgan:
+        vq = VQGanConfig(image_size=ds.image_size, channels=ds.channels, **(vqgan_sizes or {}))
+    DecoderConfig(image_size=ds.image_size, channels=ds.channels, image_embed_dim=1, use_vqgan=use_vqgan, vqgan=vq,
+                  **(sizes or {}))
 
 
 def missing_clip_message(output_dir: str | Path) -> str:
@@ -517,7 +571,14 @@ def load_generator(*, model_path=None, prior_path=None, decoder_path=None, clip_
         model = MicroDopplerDALLE2.from_parts(prior_path=prior_path, decoder_path=decoder_path, clip_path=clip_path)
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
-    return model.to(device).eval()
+    try:
+        where = torch.device(device)
+    except RuntimeError:
+        raise UserError(f"--device {device!r} is not a device; use cpu, cuda, cuda:N or auto.") from None
+    if where.type == "cuda" and (not torch.cuda.is_available() or (where.index or 0) >= torch.cuda.device_count()):
+        raise UserError(f"--device {device}: no such CUDA GPU here ({torch.cuda.device_count()} visible); "
+                        "use --device cpu or auto.")
+    return model.to(where).eval()
 
 
 def _label_map(model):
@@ -560,6 +621,9 @@ def generate(model, output_dir, *, users: Sequence[str] | None = None, num_sampl
     """
     import numpy as np
 
+    if num_samples_per_user < 1 or batch_size < 1:
+        raise UserError(f"--num_samples_per_user and --batch_size must be at least 1 (got {num_samples_per_user} "
+                        f"and {batch_size}).")
     lm = _label_map(model)
     indices = [model.user_index(u) for u in users] if users else list(range(model.num_users))
     out = Path(output_dir)
