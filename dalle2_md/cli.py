@@ -466,6 +466,135 @@ def run_command(name, argv=None, prog_name=None):
         sys.exit(2)
 
 
+@cli.command("evaluate")
+@click.option("--data_root", "--data-root", "data_root", required=True, type=click.Path(path_type=str), help="Real data the generator was trained on.")
+@click.option("--split_file", "--split-file", "split_file", default=None, type=click.Path(path_type=str),
+              help="The training run's split.json [default: split.json beside the model, else the recomputed default split].")
+@click.option("--split_seed", "--split-seed", "split_seed", default=0, type=int, help="Seed of a recomputed split.")
+@click.option("--model_path", "--model-path", "model_path", default=None, type=click.Path(path_type=str),
+              help="Chained 'dalle2' bundle, or a single-stage baseline bundle.")
+@click.option("--decoder_path", "--decoder-path", "decoder_path", default=None, type=click.Path(path_type=str), help="decoder_final.pt (with --prior_path).")
+@click.option("--prior_path", "--prior-path", "prior_path", default=None, type=click.Path(path_type=str), help="prior_final.pt (with --decoder_path).")
+@click.option("--generated_dir", "--generated-dir", "generated_dir", default=None, type=click.Path(path_type=str),
+              help="Folder of generated PNGs named <label>_<nnn>.png, instead of a model.")
+@click.option("--output_dir", "--output-dir", "output_dir", default="./evaluation", type=click.Path(path_type=str),
+              help="Folder for metrics.json, report.md, plots and the cached recogniser.")
+@click.option("--image_size", "--image-size", "image_size", default=None, type=int,
+              help="Image side [default: the model's, or the first generated PNG's].")
+@click.option("--colormap", default="jet", help="Colormap of the data ('none' for RGB models).")
+@click.option("--num_samples_per_user", "--num-samples-per-user", "num_samples_per_user", default=32, type=int,
+              help="Samples per user drawn from the model.")
+@click.option("--sample_steps", "--sample-steps", "sample_steps", default=None, type=int, help="Decoder DDIM steps [default: the decoder's].")
+@click.option("--prior_steps", "--prior-steps", "prior_steps", default=None, type=int, help="Prior DDIM steps [default: the prior's].")
+@click.option("--cond_scale", "--cond-scale", "cond_scale", default=1.0, type=float, help="Decoder guidance (1 = none).")
+@click.option("--prior_cond_scale", "--prior-cond-scale", "prior_cond_scale", default=1.0, type=float, help="Prior guidance (1 = none).")
+@click.option("--seed", default=0, type=int, help="Sampling seed.")
+@click.option("--recogniser_steps", "--recogniser-steps", "recogniser_steps", default=300, type=int, help="Recogniser training steps.")
+def evaluate_cmd(data_root, split_file, split_seed, model_path, decoder_path, prior_path, generated_dir, output_dir,
+                 image_size, colormap, num_samples_per_user, sample_steps, prior_steps, cond_scale, prior_cond_scale,
+                 seed, recogniser_steps):
+    """Judge generated spectrograms against the real held-out split: identity accuracy, domain
+    FID, diversity, memorisation, kinematic fidelity (metrics.json, report.md, plots)."""
+    from .augment import GeneratorBudget, generate, load_splits
+    from .evaluate import RecogniserTrainConfig, cached_recogniser, evaluate_samples, load_generated_folder
+
+    sources = [model_path is not None, decoder_path is not None or prior_path is not None, generated_dir is not None]
+    if sum(sources) != 1 or (sources[1] and (decoder_path is None or prior_path is None)):
+        raise UserError("give exactly one of --model_path, --decoder_path with --prior_path, or --generated_dir.")
+    model = None
+    if model_path is not None:
+        from .baseline import SingleStageBaseline, is_baseline_bundle
+        from .model import MicroDopplerDALLE2
+
+        model = SingleStageBaseline.load(model_path) if is_baseline_bundle(model_path) else MicroDopplerDALLE2.load(model_path)
+    elif decoder_path is not None:
+        from .model import MicroDopplerDALLE2
+
+        model = MicroDopplerDALLE2.from_parts(prior_path=prior_path, decoder_path=decoder_path)
+    if model is not None:
+        image_size = image_size or model.decoder.config.image_size
+        colormap = model.colormap
+        near = Path(model_path or decoder_path).parent / "split.json"
+        split_file = split_file or (str(near) if near.is_file() else None)
+    elif image_size is None:
+        from PIL import Image
+
+        pngs = sorted(Path(generated_dir).rglob("*.png")) if Path(generated_dir).is_dir() else []
+        if not pngs:
+            raise UserError(f"{generated_dir} holds no PNGs named <label>_<nnn>.png; pass the folder the generate command wrote.")
+        with Image.open(pngs[0]) as im:
+            image_size = im.size[0]
+    label_map = getattr(model, "label_map", None)
+    sets = load_splits(data_root, image_size=image_size, colormap=colormap, split_file=split_file,
+                       split_seed=split_seed, label_map=label_map, must_exist=True)
+    lm = sets["train"].label_map
+    out = Path(output_dir)
+    recogniser = cached_recogniser(out / "recogniser.pt", *sets["train"].tensors(), num_users=len(lm),
+                                   train=RecogniserTrainConfig(steps=recogniser_steps),
+                                   val=sets["val"].tensors() if sets["val"] is not None else None, label_map=lm.to_dict())
+    if model is not None:
+        budget = GeneratorBudget(sample_steps=sample_steps, prior_sample_steps=prior_steps, cond_scale=cond_scale,
+                                 prior_cond_scale=prior_cond_scale)
+        generated = generate(model, list(range(len(lm))), num_samples_per_user, seed=seed, budget=budget)
+    else:
+        generated = load_generated_folder(generated_dir, lm, image_size, colormap)[:2]
+    m = evaluate_samples(sets["train"].tensors(), sets["test"].tensors(), generated, recogniser=recogniser,
+                         out_dir=out, label_map=lm, colormap=colormap)
+    ident, fid = m["identity"], m["fid"]
+    click.echo(f"split: {split_file or f'recomputed (seed {split_seed})'}")
+    click.echo(f"A_real {ident['A_real']:.3f}  A_gen {ident['A_gen']:.3f}  FID {fid['gen_vs_test']}  floor {fid['train_vs_test']}")
+    click.echo(f"wrote {out / 'metrics.json'}, {out / 'report.md'} and plots")
+
+
+@cli.command("augment-eval")
+@click.option("--data_root", "--data-root", "data_root", required=True, type=click.Path(path_type=str), help="Real data set.")
+@click.option("--split_file", "--split-file", "split_file", default=None, type=click.Path(path_type=str),
+              help="Split JSON (reused if it exists, written if not) [default: recomputed from --split_seed].")
+@click.option("--split_seed", "--split-seed", "split_seed", default=0, type=int, help="Seed of a new split.")
+@click.option("--image_size", "--image-size", "image_size", default=64, type=int, help="Image side.")
+@click.option("--colormap", default="jet", help="Colormap of the data ('none' keeps RGB).")
+@click.option("--k", "k", default=10, type=int, help="Real train images per user (the generator sees only these).")
+@click.option("--m", "m", default=100, type=int, help="Generated images per user added to the K real.")
+@click.option("--seeds", default="0,1,2", help="Comma-separated seeds, one repetition each (>= 3 for a std).")
+@click.option("--generator", type=click.Choice(["two_stage", "baseline"]), default="two_stage", help="Which generator to train.")
+@click.option("--clip_steps", "--clip-steps", "clip_steps", default=300, type=int, help="Embedding-model steps.")
+@click.option("--decoder_steps", "--decoder-steps", "decoder_steps", default=600, type=int, help="Decoder steps.")
+@click.option("--prior_steps", "--prior-steps", "prior_steps", default=1000, type=int, help="Prior steps.")
+@click.option("--sample_steps", "--sample-steps", "sample_steps", default=25, type=int, help="Decoder DDIM steps when generating.")
+@click.option("--recogniser_steps", "--recogniser-steps", "recogniser_steps", default=300, type=int, help="Steps of each recogniser.")
+@click.option("--output_dir", "--output-dir", "output_dir", default="./augment_eval", type=click.Path(path_type=str),
+              help="Folder for augment.json, augment.md and the generators' runs.")
+@click.option("--progress/--no-progress", default=True, help="Show progress bars.")
+def augment_eval_cmd(data_root, split_file, split_seed, image_size, colormap, k, m, seeds, generator, clip_steps,
+                     decoder_steps, prior_steps, sample_steps, recogniser_steps, output_dir, progress):
+    """Augmentation gain: recognisers trained on K real images per user vs K real + M generated
+    (generator trained on those K only), both tested on real test; mean ± std over seeds."""
+    import json
+
+    from .augment import GeneratorBudget, augmentation_gain, load_splits, write_augment_report
+    from .evaluate import RecogniserTrainConfig, _plain_floats
+
+    try:
+        seed_list = [int(s) for s in seeds.replace(" ", "").split(",") if s]
+    except ValueError:
+        raise UserError(f"--seeds must be comma-separated integers, e.g. 0,1,2 (got {seeds!r}).") from None
+    sets = load_splits(data_root, image_size=image_size, colormap=colormap, split_file=split_file, split_seed=split_seed)
+    train, test = sets["train"], sets["test"]
+    budget = GeneratorBudget(clip_steps=clip_steps, decoder_steps=decoder_steps, prior_steps=prior_steps,
+                             sample_steps=sample_steps)
+    out = Path(output_dir)
+    result = augmentation_gain(
+        train.tensors(), test.tensors(), num_users=len(train.label_map), work_dir=out / "runs", k=k, m=m,
+        seeds=seed_list, generator=generator, budget=budget, recogniser_train=RecogniserTrainConfig(steps=recogniser_steps),
+        train_files=[train.index.relpath(f) for f in train.files], test_files=[test.index.relpath(f) for f in test.files],
+        label_map=train.label_map.to_dict(), colormap=train.colormap or "none", log=click.echo, progress=progress)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "augment.json").write_text(json.dumps(_plain_floats(result), indent=1))
+    report = write_augment_report(result, out / "augment.md")
+    g = result["gain_points"]
+    click.echo(f"gain {g['mean']:+.1f} ± {g['std']:.1f} points at K={k}, M={m}; wrote {out / 'augment.json'} and {report}")
+
+
 def main(argv=None):
     cli.main(args=join_variadic(sys.argv[1:] if argv is None else argv), prog_name="dalle2-md")
 

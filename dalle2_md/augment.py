@@ -1,0 +1,439 @@
+"""Augmentation gain (protocol: shared/micro-doppler.md §4): does adding generated spectrograms
+to a few real ones train a better recogniser?
+
+Owns: `GeneratorBudget` (sizes and step counts of a generator trained from tensors),
+`train_generator` (either the two-stage chain embedding -> decoder -> prior, or the single-stage
+baseline, trained through `training.train` on exactly the tensors it is given), `generate`
+(model-space samples per user), `kshot_indices` (the seeded K-per-user pick from the train split)
+and `augmentation_gain`, the harness behind `dalle2-md augment-eval`.
+
+Leakage: for each seed the harness picks K real images per user from the TRAIN split and hands
+only those tensors to `train_generator`; the generator never receives a path, a data set or an
+index into one, so it cannot see anything else. The relative paths of the picked files are
+recorded per seed in the result.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+
+from .training import TrainConfig, train
+from .utils import UserError, exists
+
+GENERATORS = ("two_stage", "baseline")
+
+
+@dataclass(frozen=True, kw_only=True)
+class GeneratorBudget:
+    """How big a generator is and how long each part trains (the same for both kinds, so the
+    baseline's decoder gets exactly the two-stage decoder's shape and step budget).
+
+    Args:
+        clip_steps, decoder_steps, prior_steps: optimiser steps per stage (the baseline trains
+            only its decoder, for `decoder_steps`).
+        batch_size: batch of the embedding model and the prior.
+        decoder_batch_size: batch of the decoders (their steps cost the most).
+        lr: learning rate of every stage.
+        warmup_steps: linear warmup of every stage (capped at a tenth of its steps).
+        clip, decoder, prior: size fields of ClipConfig / DecoderConfig / PriorConfig (without
+            num_users, image size, channels and embedding width, which follow the data).
+        sample_steps, prior_sample_steps: DDIM steps when generating.
+        cond_scale, prior_cond_scale: classifier-free guidance when generating (1 = none).
+    """
+
+    clip_steps: int = 300
+    decoder_steps: int = 600
+    prior_steps: int = 1000
+    batch_size: int = 32
+    decoder_batch_size: int = 16
+    lr: float = 1e-3
+    warmup_steps: int = 50
+    clip: dict = field(default_factory=lambda: dict(
+        dim_latent=32, dim_image=64, dim_text=32, encoder_widths=(16, 32, 64), token_grid=2,
+        text_heads=2, text_dim_head=16, ssl_dim=32, ssl_hidden=64))
+    decoder: dict = field(default_factory=lambda: dict(
+        dim=16, dim_mults=(1, 2, 4), num_resnet_blocks=1, attn_heads=2, attn_dim_head=16,
+        timesteps=1000, sample_timesteps=25, num_image_tokens=2))
+    prior: dict = field(default_factory=lambda: dict(depth=2, heads=2, dim_head=16, timesteps=1000, sample_timesteps=16))
+    sample_steps: int = 25
+    prior_sample_steps: int = 16
+    cond_scale: float = 1.0
+    prior_cond_scale: float = 1.0
+
+    def schedule(self, steps: int, batch_size: int, seed: int) -> TrainConfig:
+        """The `TrainConfig` of one stage."""
+        return TrainConfig(max_steps=steps, batch_size=batch_size, lr=self.lr, seed=seed,
+                           warmup_steps=min(self.warmup_steps, steps // 10), log_every=max(1, steps // 10))
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        for part in ("clip", "decoder"):
+            d[part] = {k: list(v) if isinstance(v, tuple) else v for k, v in d[part].items()}
+        return d
+
+
+@dataclass
+class TrainedGenerator:
+    """A generator trained by `train_generator` and what it cost."""
+
+    kind: str  # "two_stage" | "baseline"
+    model: torch.nn.Module  # MicroDopplerDALLE2 | SingleStageBaseline, eval mode, EMA weights
+    seconds: dict[str, float]  # per stage
+    num_train_images: int
+    final_losses: dict[str, float]  # mean loss over the last tenth of each stage's steps
+
+
+def _final_loss(losses: list[float]) -> float:
+    tail = losses[-max(1, len(losses) // 10):]
+    return float(np.mean(tail)) if tail else float("nan")
+
+
+def _check_tensors(images, user_ids, num_users: int) -> tuple[torch.Tensor, torch.Tensor]:
+    images, user_ids = torch.as_tensor(images).float(), torch.as_tensor(user_ids).long().reshape(-1)
+    if images.ndim != 4 or len(images) != len(user_ids) or len(images) < 2:
+        raise UserError(f"generator training needs (N, C, H, W) images and N user ids with N >= 2, "
+                        f"got {tuple(images.shape)} and {tuple(user_ids.shape)}")
+    if int(user_ids.min()) < 0 or int(user_ids.max()) >= num_users:
+        raise UserError(f"user ids span {int(user_ids.min())}..{int(user_ids.max())} but num_users is {num_users}")
+    return images, user_ids
+
+
+def train_generator(
+    images: torch.Tensor,
+    user_ids: torch.Tensor,
+    *,
+    num_users: int,
+    kind: str = "two_stage",
+    budget: GeneratorBudget = GeneratorBudget(),
+    seed: int = 0,
+    run_dir: str | Path,
+    label_map: dict | None = None,
+    colormap: str | None = "jet",
+    progress: bool = False,
+) -> TrainedGenerator:
+    """Train a generator on exactly these images (and nothing else).
+
+    Two-stage: the embedding model (x-clip) on the images and user ids, then the decoder on
+    (image, embedding) pairs and the prior on (embedding, user id) pairs. Baseline: one decoder
+    on (image, user id) pairs with a learned user table, same decoder shape and steps.
+
+    Args:
+        images: (N, C, H, W) in [-1, 1].
+        user_ids: (N,) user indices in 0..num_users-1.
+        num_users: number of users the generator knows.
+        kind: "two_stage" or "baseline".
+        budget: sizes and step counts.
+        seed: seeds every stage.
+        run_dir: folder for the training loop's checkpoints and logs (one subfolder per stage).
+        label_map, colormap: stored with the model.
+        progress: progress bars.
+    """
+    from .baseline import train_baseline
+    from .clip import ClipConfig, MicroDopplerClip, compute_image_embeds
+    from .decoder import DecoderConfig, MicroDopplerDecoder
+    from .model import MicroDopplerDALLE2
+    from .prior import PriorConfig, UserConditionedDiffusionPrior
+
+    if kind not in GENERATORS:
+        raise UserError(f"unknown generator {kind!r}; use one of {', '.join(GENERATORS)}")
+    images, user_ids = _check_tensors(images, user_ids, num_users)
+    run_dir = Path(run_dir)
+    _, channels, size, _ = images.shape
+    seconds, losses = {}, {}
+
+    if kind == "baseline":
+        dec_config = DecoderConfig(image_size=size, channels=channels, image_embed_dim=budget.clip["dim_latent"],
+                                   **budget.decoder)
+        start = time.perf_counter()
+        model, result = train_baseline(images, user_ids, num_users=num_users, decoder_config=dec_config,
+                                       train_config=budget.schedule(budget.decoder_steps, budget.decoder_batch_size, seed),
+                                       run_dir=run_dir / "baseline", label_map=label_map, colormap=colormap,
+                                       progress=progress)
+        seconds["decoder"], losses["decoder"] = time.perf_counter() - start, _final_loss(result.losses)
+        return TrainedGenerator(kind=kind, model=model, seconds=seconds, num_train_images=len(images), final_losses=losses)
+
+    def stage(name: str, module, data, steps: int, batch: int):
+        start = time.perf_counter()
+        result = train(module, data, budget.schedule(steps, batch, seed), run_dir=run_dir / name, stage=name,
+                       progress=progress)
+        seconds[name], losses[name] = time.perf_counter() - start, _final_loss(result.losses)
+        return result.ema_model.eval()
+
+    clip_config = ClipConfig(num_users=num_users, image_size=size, channels=channels, **budget.clip)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        clip = MicroDopplerClip(clip_config)
+        clip = stage("clip", clip, torch.utils.data.TensorDataset(images, user_ids), budget.clip_steps, budget.batch_size)
+        embeds = compute_image_embeds(clip, images)
+        torch.manual_seed(seed)
+        decoder = MicroDopplerDecoder(config=DecoderConfig(image_size=size, channels=channels,
+                                                           image_embed_dim=clip_config.dim_latent, **budget.decoder))
+        decoder = stage("decoder", decoder, torch.utils.data.TensorDataset(images, embeds), budget.decoder_steps,
+                        budget.decoder_batch_size)
+        torch.manual_seed(seed)
+        prior = UserConditionedDiffusionPrior(PriorConfig(num_users=num_users, dim=clip_config.dim_latent, **budget.prior))
+        prior = stage("prior", prior, torch.utils.data.TensorDataset(embeds, user_ids), budget.prior_steps, budget.batch_size)
+    fingerprint = {"clip_fingerprint": clip.fingerprint}
+    decoder.meta, prior.meta = dict(fingerprint), dict(fingerprint)
+    model = MicroDopplerDALLE2(prior=prior, decoder=decoder, clip=clip, label_map=label_map, colormap=colormap).eval()
+    return TrainedGenerator(kind=kind, model=model, seconds=seconds, num_train_images=len(images), final_losses=losses)
+
+
+@torch.no_grad()
+def generate(
+    model: torch.nn.Module,
+    users: Sequence[int],
+    num_samples_per_user: int,
+    *,
+    seed: int = 0,
+    budget: GeneratorBudget = GeneratorBudget(),
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Samples of either generator kind, in model space, one user at a time (bounded memory;
+    the noise conventions make a user's samples independent of the others anyway).
+
+    Args:
+        model: a `MicroDopplerDALLE2` or `SingleStageBaseline`.
+        users: user indices.
+        num_samples_per_user: images per user.
+        seed: sampling seed.
+        budget: DDIM steps and guidance scales.
+    Returns:
+        (images (len(users) * n, C, H, W) in [-1, 1], user ids), user-major.
+    """
+    from .baseline import SingleStageBaseline
+
+    out = []
+    for u in users:
+        if isinstance(model, SingleStageBaseline):
+            x = model.sample([u], num_samples_per_user=num_samples_per_user, cond_scale=budget.cond_scale,
+                             steps=budget.sample_steps, seed=seed)
+        else:
+            x = model.sample([u], num_samples_per_user=num_samples_per_user, cond_scale=budget.cond_scale,
+                             prior_cond_scale=budget.prior_cond_scale, prior_steps=budget.prior_sample_steps,
+                             decoder_steps=budget.sample_steps, seed=seed, colorize=False)
+        out.append(x.cpu() * 2.0 - 1.0)
+    ids = torch.tensor([u for u in users for _ in range(num_samples_per_user)], dtype=torch.long)
+    return torch.cat(out), ids
+
+
+def kshot_indices(user_ids: torch.Tensor, k: int, seed: int) -> torch.Tensor:
+    """K indices per user into a labelled set, drawn without replacement, seeded per (seed, user)
+    so one user's pick does not depend on the others. Sorted.
+
+    Args:
+        user_ids: (N,) user indices of the (train) set to pick from.
+        k: images per user.
+        seed: pick seed.
+    """
+    user_ids = torch.as_tensor(user_ids).long().reshape(-1)
+    if k < 1:
+        raise UserError(f"K must be at least 1, got {k}")
+    picked = []
+    for u in torch.unique(user_ids).tolist():
+        pool = torch.nonzero(user_ids == u).reshape(-1)
+        if len(pool) < k:
+            raise UserError(f"user {u} has {len(pool)} training images, fewer than K={k}; lower --k")
+        g = torch.Generator().manual_seed(int(seed) * 1_000_003 + int(u))
+        picked.append(pool[torch.randperm(len(pool), generator=g)[:k]])
+    return torch.cat(picked).sort().values
+
+
+def _mean_std(values: list[float]) -> dict:
+    arr = np.asarray(values, dtype=np.float64)
+    std = float(arr.std(ddof=1)) if len(arr) > 1 else float("nan")
+    return {"mean": float(arr.mean()), "std": std, "values": arr.tolist()}
+
+
+def augmentation_gain(
+    train: tuple[torch.Tensor, torch.Tensor],
+    test: tuple[torch.Tensor, torch.Tensor],
+    *,
+    num_users: int,
+    work_dir: str | Path,
+    k: int = 10,
+    m: int = 100,
+    seeds: Sequence[int] = (0, 1, 2),
+    generator: str = "two_stage",
+    budget: GeneratorBudget = GeneratorBudget(),
+    recogniser_train=None,
+    train_files: Sequence[str] | None = None,
+    test_files: Sequence[str] | None = None,
+    label_map: dict | None = None,
+    colormap: str | None = "jet",
+    log: Callable[[str], None] | None = None,
+    progress: bool = False,
+) -> dict:
+    """Recogniser accuracy on real test when trained on K real images per user vs on those K plus
+    M generated per user, the generator trained on the same K only; mean ± std over seeds.
+
+    Args:
+        train: (images (N, C, H, W) in [-1, 1], user ids) of the real TRAIN split.
+        test: (images, user ids) of the real TEST split (only ever used to score recognisers).
+        num_users: number of users.
+        work_dir: scratch folder for the generators' training runs.
+        k: real images per user.
+        m: generated images per user.
+        seeds: one repetition per seed (K-shot pick, generator, sampling and recognisers).
+        generator: "two_stage" or "baseline".
+        budget: the generator's sizes and steps.
+        recogniser_train: `evaluate.RecogniserTrainConfig` (its seed is replaced per repetition).
+        train_files, test_files: relative paths of the train / test images (same order as the
+            tensors); with them the picked files are recorded and checked disjoint from test.
+        label_map, colormap: passed to the generator.
+        log: called with one line per finished repetition.
+        progress: progress bars.
+    Returns:
+        {"k", "m", "generator", "seeds", "per_seed": [...], "acc_real", "acc_aug",
+         "gain_points" (each {"mean", "std" (sample std over seeds), "values"}), "budget", "seconds"}.
+    """
+    from .evaluate import RecogniserTrainConfig, accuracy, train_recogniser
+
+    recogniser_train = recogniser_train or RecogniserTrainConfig()
+    images, user_ids = torch.as_tensor(train[0]).float(), torch.as_tensor(train[1]).long()
+    test_images, test_ids = torch.as_tensor(test[0]).float(), torch.as_tensor(test[1]).long()
+    if exists(train_files) and len(train_files) != len(images):
+        raise UserError(f"{len(train_files)} train file names for {len(images)} train images")
+    if exists(train_files) and exists(test_files):
+        overlap = set(train_files) & set(test_files)
+        if overlap:
+            raise UserError(f"the train and test splits share {len(overlap)} file(s) (e.g. {sorted(overlap)[0]}); "
+                            "fix the split file")
+    if len(seeds) < 1:
+        raise UserError("give at least one seed")
+    started = time.perf_counter()
+    per_seed = []
+    for seed in seeds:
+        t0 = time.perf_counter()
+        idx = kshot_indices(user_ids, k, seed)
+        # the generator gets copies of the K-shot tensors and nothing else
+        shot_images, shot_ids = images[idx].clone(), user_ids[idx].clone()
+        gen = train_generator(shot_images, shot_ids, num_users=num_users, kind=generator, budget=budget, seed=seed,
+                              run_dir=Path(work_dir) / f"seed_{seed}", label_map=label_map, colormap=colormap,
+                              progress=progress)
+        t_gen = time.perf_counter()
+        fake, fake_ids = generate(gen.model, sorted(torch.unique(shot_ids).tolist()), m, seed=seed, budget=budget)
+        t_sample = time.perf_counter()
+        rec_cfg = replace(recogniser_train, seed=int(seed))
+        rec_real = train_recogniser(shot_images, shot_ids, num_users=num_users, train=rec_cfg)
+        rec_aug = train_recogniser(torch.cat([shot_images, fake]), torch.cat([shot_ids, fake_ids]),
+                                   num_users=num_users, train=rec_cfg)
+        acc_real, per_real = accuracy(rec_real, test_images, test_ids)
+        acc_aug, per_aug = accuracy(rec_aug, test_images, test_ids)
+        # how recognisable the samples are to a recogniser that saw only the K real images
+        a_gen_kshot, _ = accuracy(rec_real, fake, fake_ids)
+        row = {
+            "seed": int(seed),
+            "acc_real": acc_real,
+            "acc_aug": acc_aug,
+            "gain_points": 100.0 * (acc_aug - acc_real),
+            "per_user_real": per_real,
+            "per_user_aug": per_aug,
+            "a_gen_kshot_recogniser": a_gen_kshot,
+            "num_kshot": len(idx),
+            "num_generated": len(fake),
+            "generator_seconds": gen.seconds,
+            "generator_final_losses": gen.final_losses,
+            "seconds": {"generator": t_gen - t0, "sample": t_sample - t_gen, "recognisers": time.perf_counter() - t_sample},
+        }
+        if exists(train_files):
+            row["kshot_files"] = [train_files[i] for i in idx.tolist()]
+        per_seed.append(row)
+        if log:
+            log(f"[augment] seed {seed}: K real {acc_real:.3f}, K real + M generated {acc_aug:.3f} "
+                f"(gain {row['gain_points']:+.1f} points), {time.perf_counter() - t0:.0f}s")
+    return {
+        "k": k,
+        "m": m,
+        "generator": generator,
+        "seeds": [int(s) for s in seeds],
+        "num_test": len(test_images),
+        "per_seed": per_seed,
+        "acc_real": _mean_std([r["acc_real"] for r in per_seed]),
+        "acc_aug": _mean_std([r["acc_aug"] for r in per_seed]),
+        "gain_points": _mean_std([r["gain_points"] for r in per_seed]),
+        "a_gen_kshot_recogniser": _mean_std([r["a_gen_kshot_recogniser"] for r in per_seed]),
+        "budget": budget.to_dict(),
+        "recogniser_train": asdict(recogniser_train),
+        "seconds": time.perf_counter() - started,
+    }
+
+
+def load_splits(
+    data_root: str | Path,
+    *,
+    image_size: int,
+    colormap: str | None = "jet",
+    split_file: str | Path | None = None,
+    split_seed: int = 0,
+    label_map: dict | None = None,
+    must_exist: bool = False,
+) -> dict:
+    """The train / val / test data sets of a data root under one split (used by the
+    `evaluate` and `augment-eval` commands).
+
+    Args:
+        data_root: folder of user folders, or images/ + metadata.json.
+        image_size: side the images are decoded to.
+        colormap: colormap inverted into one channel, or "none".
+        split_file: a saved split (a training run's split.json); None recomputes the default
+            split from `split_seed` (the same one training computes for the same files).
+        split_seed: seed of a recomputed split.
+        label_map: a trained model's label map, so class indices match the model's.
+        must_exist: refuse a `split_file` that does not exist (instead of creating it).
+    Returns:
+        {"train", "val", "test": MicroDopplerDataset}
+    """
+    from .data import MicroDopplerDataset
+
+    if exists(split_file) and must_exist and not Path(split_file).is_file():
+        raise UserError(f"split file {split_file} does not exist; pass the split.json of the training run "
+                        "(it lies in the run folder) or leave out --split_file to recompute the default split")
+    out = {}
+    for split in ("train", "val", "test"):
+        try:
+            out[split] = MicroDopplerDataset(data_root, image_size=image_size, colormap=colormap, split=split,
+                                             split_file=split_file, split_seed=split_seed, label_map=label_map)
+        except UserError as e:
+            if split == "val" and "no readable images" in str(e):
+                out[split] = None  # tiny data sets may have no validation images; the recogniser then keeps its last weights
+                continue
+            raise
+    return out
+
+
+def write_augment_report(result: dict, path: str | Path) -> Path:
+    """A short markdown table of an `augmentation_gain` result."""
+    from .utils import atomic_write
+
+    def ms(d, scale=1.0, digits=3):
+        std = d["std"]
+        return f"{scale * d['mean']:.{digits}f} ± {scale * std:.{digits}f}" if std is not None and math.isfinite(std) \
+            else f"{scale * d['mean']:.{digits}f}"
+
+    lines = [
+        f"# Augmentation gain (K={result['k']} real + M={result['m']} generated per user, {result['generator']})",
+        "",
+        f"Seeds {result['seeds']}; recognisers tested on {result['num_test']} real test images; mean ± sample std.",
+        "",
+        "| recogniser trained on | real-test accuracy |",
+        "|---|---|",
+        f"| K real | {ms(result['acc_real'])} |",
+        f"| K real + M generated | {ms(result['acc_aug'])} |",
+        f"| gain (points) | {ms(result['gain_points'], digits=1)} |",
+        "",
+        "| seed | K real | K real + M generated | gain (points) | generator s |",
+        "|---|---|---|---|---|",
+    ]
+    for r in result["per_seed"]:
+        lines.append(f"| {r['seed']} | {r['acc_real']:.3f} | {r['acc_aug']:.3f} | {r['gain_points']:+.1f} | "
+                     f"{r['seconds']['generator']:.0f} |")
+    with atomic_write(path, "w") as f:
+        f.write("\n".join(lines) + "\n")
+    return Path(path)

@@ -1,0 +1,162 @@
+"""Augmentation harness keeps its split and the generator only ever sees the K-shot images;
+the `evaluate` command writes its metrics for a folder of generated PNGs."""
+
+import json
+import shutil
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+from dalle2_md import augment
+from dalle2_md.augment import GeneratorBudget, augmentation_gain, kshot_indices, load_splits
+from dalle2_md.cli import cli
+from dalle2_md.evaluate import RecogniserTrainConfig
+from dalle2_md.synth import synthesize_dataset
+from dalle2_md.utils import UserError
+
+SIZE = 16
+USERS = 3
+TINY = GeneratorBudget(
+    clip_steps=2, decoder_steps=2, prior_steps=2, batch_size=8, decoder_batch_size=4, warmup_steps=0,
+    clip=dict(dim_latent=8, dim_image=16, dim_text=8, encoder_widths=(8,), token_grid=2, text_heads=1,
+              text_dim_head=8, ssl_dim=8, ssl_hidden=16),
+    decoder=dict(dim=8, dim_mults=(1, 2), num_resnet_blocks=1, attn_heads=1, attn_dim_head=8, timesteps=20,
+                 sample_timesteps=2, num_image_tokens=1),
+    prior=dict(depth=1, heads=1, dim_head=8, timesteps=20, sample_timesteps=2),
+    sample_steps=2, prior_sample_steps=2)
+
+
+@pytest.fixture(scope="module")
+def data_root(tmp_path_factory):
+    root = tmp_path_factory.mktemp("augment") / "data"
+    synthesize_dataset(root, num_users=USERS, images_per_user=12, image_size=SIZE, seed=0, progress=False)
+    return root
+
+
+def test_kshot_indices_are_k_per_user_and_seeded():
+    ids = torch.tensor([0] * 7 + [1] * 5 + [2] * 9)
+    a, b, c = kshot_indices(ids, 4, 0), kshot_indices(ids, 4, 0), kshot_indices(ids, 4, 1)
+    assert torch.equal(a, b) and not torch.equal(a, c)
+    assert len(set(a.tolist())) == 12
+    assert torch.bincount(ids[a]).tolist() == [4, 4, 4]
+    with pytest.raises(UserError, match="fewer than K=6"):
+        kshot_indices(ids, 6, 0)
+
+
+def _rows(images: torch.Tensor) -> set[bytes]:
+    return {x.contiguous().numpy().tobytes() for x in images.float()}
+
+
+def test_generator_sees_only_the_kshot_images(data_root, tmp_path, monkeypatch):
+    sets = load_splits(data_root, image_size=SIZE, split_file=tmp_path / "split.json")
+    train, test = sets["train"], sets["test"]
+    train_files = [train.index.relpath(f) for f in train.files]
+    test_files = [test.index.relpath(f) for f in test.files]
+    train_images, _ = train.tensors()
+    calls, loop_datasets = [], []
+    real_train_generator, real_loop = augment.train_generator, augment.train
+
+    def spy_generator(images, user_ids, **kw):
+        calls.append((images.clone(), user_ids.clone()))
+        return real_train_generator(images, user_ids, **kw)
+
+    def spy_loop(model, dataset, config, **kw):
+        loop_datasets.append(dataset.tensors)
+        return real_loop(model, dataset, config, **kw)
+
+    monkeypatch.setattr(augment, "train_generator", spy_generator)
+    monkeypatch.setattr(augment, "train", spy_loop)
+    k = 3
+    result = augmentation_gain(train.tensors(), test.tensors(), num_users=USERS, work_dir=tmp_path / "runs", k=k, m=2,
+                               seeds=(0, 1), budget=TINY, recogniser_train=RecogniserTrainConfig(steps=3, batch_size=8),
+                               train_files=train_files, test_files=test_files)
+    assert len(calls) == 2 and len(result["per_seed"]) == 2
+    assert len(loop_datasets) == 6  # embedding model, decoder, prior per seed
+    for (images, ids), row in zip(calls, result["per_seed"]):
+        kshot = row["kshot_files"]
+        assert len(kshot) == len(set(kshot)) == k * USERS
+        assert set(kshot) <= set(train_files) and not set(kshot) & set(test_files)
+        # the generator got exactly the K-shot images, and nothing else
+        picked = [train_files.index(f) for f in kshot]
+        assert _rows(images) == _rows(train_images[picked])
+        assert torch.bincount(ids, minlength=USERS).tolist() == [k] * USERS
+    assert calls[0][0].shape == calls[1][0].shape and result["per_seed"][0]["kshot_files"] != result["per_seed"][1]["kshot_files"]
+    # every image tensor the training loop saw lies in that seed's K-shot set
+    for i, tensors in enumerate(loop_datasets):
+        allowed = _rows(calls[i // 3][0])
+        for t in tensors:
+            if t.ndim == 4:
+                assert _rows(t) <= allowed
+    for key in ("acc_real", "acc_aug", "gain_points"):
+        assert set(result[key]) == {"mean", "std", "values"} and len(result[key]["values"]) == 2
+    row = result["per_seed"][0]
+    assert row["num_generated"] == 2 * USERS and 0.0 <= row["acc_real"] <= 1.0
+    assert row["gain_points"] == pytest.approx(100 * (row["acc_aug"] - row["acc_real"]))
+
+
+def test_harness_refuses_a_split_that_shares_files(data_root):
+    images, ids = torch.zeros(6, 1, SIZE, SIZE), torch.tensor([0, 0, 1, 1, 2, 2])
+    files = [f"user_{i}.png" for i in range(6)]
+    with pytest.raises(UserError, match="share 1 file"):
+        augmentation_gain((images, ids), (images[:1], ids[:1]), num_users=USERS, work_dir="unused", k=1,
+                          train_files=files, test_files=files[:1])
+
+
+def test_evaluate_cli_on_a_generated_folder(data_root, tmp_path):
+    # "generated" images: another simulator draw of the same users, named <label>_<nnn>.png
+    other = tmp_path / "other"
+    synthesize_dataset(other, num_users=USERS, images_per_user=4, image_size=SIZE, seed=7, progress=False)
+    gen_dir = tmp_path / "generated"
+    gen_dir.mkdir()
+    for user_dir in sorted(p for p in other.iterdir() if p.is_dir()):
+        for n, png in enumerate(sorted(user_dir.glob("*.png"))):
+            shutil.copy(png, gen_dir / f"{user_dir.name}_{n:03d}.png")
+    out = tmp_path / "eval"
+    result = CliRunner().invoke(cli, ["evaluate", "--data_root", str(data_root), "--generated_dir", str(gen_dir),
+                                      "--output_dir", str(out), "--recogniser_steps", "20"])
+    assert result.exit_code == 0, result.output
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert {"counts", "identity", "fid", "diversity", "memorisation", "kinematics", "notes"} <= set(metrics)
+    assert metrics["counts"]["generated"] == 4 * USERS and metrics["counts"]["users"] == USERS
+    assert {"A_real", "A_gen", "A_gen_over_A_real", "per_user_gen"} <= set(metrics["identity"])
+    assert 0.0 <= metrics["identity"]["A_gen"] <= 1.0
+    assert {"torso", "max_envelope", "cadence"} == set(metrics["kinematics"]["gen"]["mean_rel_error"])
+    for name in ("report.md", "samples_grid.png", "accuracy_per_user.png", "kinematics.png", "recogniser.pt"):
+        assert (out / name).is_file()
+
+
+def test_evaluate_cli_needs_exactly_one_source(data_root, tmp_path):
+    result = CliRunner().invoke(cli, ["evaluate", "--data_root", str(data_root), "--generated_dir", str(tmp_path),
+                                      "--model_path", str(tmp_path / "m.pt")])
+    assert result.exit_code == 2
+    assert "exactly one of" in result.output
+
+
+def test_augment_eval_cli_writes_its_result(data_root, tmp_path):
+    out = tmp_path / "aug"
+    result = CliRunner().invoke(cli, [
+        "augment-eval", "--data_root", str(data_root), "--image_size", str(SIZE), "--k", "2", "--m", "1",
+        "--seeds", "0,1", "--clip_steps", "2", "--decoder_steps", "1", "--prior_steps", "2", "--sample_steps", "1",
+        "--recogniser_steps", "2", "--output_dir", str(out), "--no-progress"])
+    assert result.exit_code == 0, result.output
+    saved = json.loads((out / "augment.json").read_text())
+    assert saved["k"] == 2 and saved["seeds"] == [0, 1] and len(saved["per_seed"]) == 2
+    assert all(len(r["kshot_files"]) == 2 * USERS for r in saved["per_seed"])
+    assert "gain (points)" in (out / "augment.md").read_text()
+
+
+def test_evaluate_cli_samples_a_baseline_bundle(data_root, tmp_path):
+    from dalle2_md.baseline import SingleStageBaseline
+    from dalle2_md.decoder import DecoderConfig
+
+    config = DecoderConfig(image_size=SIZE, channels=1, image_embed_dim=8, **TINY.decoder)
+    path = SingleStageBaseline(num_users=USERS, config=config).save(tmp_path / "baseline.pt")
+    out = tmp_path / "eval"
+    result = CliRunner().invoke(cli, ["evaluate", "--data_root", str(data_root), "--model_path", str(path),
+                                      "--output_dir", str(out), "--num_samples_per_user", "2", "--sample_steps", "1",
+                                      "--recogniser_steps", "5"])
+    assert result.exit_code == 0, result.output
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["counts"]["generated"] == 2 * USERS
+    assert sorted(metrics["identity"]["per_user_gen"]) == [str(u) for u in range(USERS)]
