@@ -830,7 +830,8 @@ def to_display_rgb(images_minus1_1, colormap: str | None = "jet") -> np.ndarray:
     return scalar_to_rgb(unit[:, 0], cmap)
 
 
-def save_image_grid(images, path: str | Path, nrow: int = 8, colormap: str | None = "jet", padding: int = 2) -> Path:
+def save_image_grid(images, path: str | Path, nrow: int = 8, colormap: str | None = "jet", padding: int = 2,
+                    min_tile: int = 0) -> Path:
     """Save images as one PNG grid.
 
     Args:
@@ -839,8 +840,13 @@ def save_image_grid(images, path: str | Path, nrow: int = 8, colormap: str | Non
         nrow: images per row.
         colormap: as in to_display_rgb.
         padding: white pixels between images.
+        min_tile: enlarge tiles smaller than this by a whole factor (nearest neighbour, so no
+            pixel is invented), for grids of 16-32 px images a person has to look at.
     """
     rgb = to_display_rgb(images, colormap)
+    factor = max(1, math.ceil(min_tile / rgb.shape[1])) if min_tile else 1
+    if factor > 1:
+        rgb = rgb.repeat(factor, axis=1).repeat(factor, axis=2)
     n, h, w, _ = rgb.shape
     ncol = max(1, min(int(nrow), n))
     rows = math.ceil(n / ncol)

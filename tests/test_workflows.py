@@ -200,7 +200,10 @@ def test_generate_names_files_by_label_and_saves_npy(trained, work):
     assert array.shape == (16, 16) and 0 <= array.min() and array.max() <= 1
     assert np.asarray(Image.open(out / "ID_2_000.png")).shape == (16, 16, 3)
     grid = Image.open(out / "grid.png")
-    assert grid.size == (2 + 2 * 18, 2 + 2 * 18)  # 2 samples per row, one row per user, 2 px padding
+    tile = 16 * 6  # 16 px samples enlarged 6x to reach GRID_MIN_TILE = 96
+    assert grid.size == (2 + 2 * (tile + 2), 2 + 2 * (tile + 2))  # 2 samples per row, one row per user, 2 px padding
+    top_left = np.asarray(grid)[2 : 2 + tile, 2 : 2 + tile]
+    assert (top_left[::6, ::6] == np.asarray(Image.open(out / "ID_2_000.png"))).all()
 
 
 def test_unknown_user_lists_the_valid_labels(trained, work):
