@@ -721,6 +721,8 @@ class DemoConfig:
     prior: dict = field(default_factory=lambda: dict(
         depth=2, heads=2, dim_head=16, timesteps=1000, sample_timesteps=16))
     samples_per_user: int = 4
+    eval_samples_per_user: int = 8
+    recogniser_steps: int = 300
     sample_steps: int = 25
     prior_sample_steps: int = 16
     interp_steps: int = 8
@@ -737,6 +739,7 @@ class DemoConfig:
                          timesteps=100, sample_timesteps=8, num_image_tokens=2),
             prior=dict(depth=1, heads=2, dim_head=8, timesteps=100, sample_timesteps=8),
             samples_per_user=3, sample_steps=8, prior_sample_steps=8, interp_steps=5,
+            eval_samples_per_user=6, recogniser_steps=30,
         )
 
     def to_dict(self) -> dict:
@@ -801,14 +804,50 @@ def run_demo(out_dir: str | Path = "outputs/demo", config: DemoConfig | None = N
     strip = timed("interpolate", lambda: interpolate_users(
         model, samples, user_a=names[0], user_b=names[-1], steps=config.interp_steps, seed=seed,
         sample_steps=config.sample_steps, prior_steps=config.prior_sample_steps))["strip"]
+    metrics = timed("evaluate", lambda: demo_metrics(model, ds, data, run_dir, config, seed))
     rss = peak_rss_mb()
-    report = _write_demo_report(out, config, timings, rss, made["grid"], strip, data_dir, names)
+    report = _write_demo_report(out, config, timings, rss, made["grid"], strip, data_dir, names, metrics)
     log(f"demo: wrote {report} ({sum(timings.values()):.0f}s, peak RSS {rss:.0f} MiB)")
-    return {"report": report, "timings": timings, "peak_rss_mb": rss, "grid": made["grid"], "strip": strip}
+    return {"report": report, "timings": timings, "peak_rss_mb": rss, "grid": made["grid"], "strip": strip,
+            "metrics": metrics}
+
+
+def demo_metrics(model, train_ds, data: DataOptions, run_dir: Path, config: DemoConfig, seed: int) -> dict:
+    """Identity accuracy and domain FID of the demo's own samples: a small recogniser trained on
+    the real train split judges real test images (A_real) and fresh samples (A_gen), and its
+    features give the FID of samples vs real test and the floor of real train vs real test."""
+    from .data import MicroDopplerDataset
+    from .evaluate import (RecogniserConfig, RecogniserTrainConfig, accuracy, domain_fid, min_fid_samples,
+                           train_recogniser)
+
+    test = MicroDopplerDataset(data.data_root, image_size=data.image_size, colormap=data.colormap, split="test",
+                               split_file=run_dir / "split.json", label_map=train_ds.label_map)
+    train_images, train_ids = train_ds.tensors()
+    test_images, test_ids = test.tensors()
+    num_users = len(train_ds.label_map)
+    recogniser = train_recogniser(
+        train_images, train_ids, num_users=num_users,
+        config=RecogniserConfig(num_users=num_users, channels=train_ds.channels, image_size=train_ds.image_size,
+                                widths=(8, 16, 32), feature_dim=16),
+        train=RecogniserTrainConfig(steps=config.recogniser_steps, batch_size=32, seed=seed),
+    )
+    users = list(range(num_users))
+    # the model's own channels (scalars for jet data), in the data layer's [-1, 1]
+    fake = model.sample(users, num_samples_per_user=config.eval_samples_per_user, seed=seed + 1,
+                        decoder_steps=config.sample_steps, prior_steps=config.prior_sample_steps, colorize=False) * 2 - 1
+    fake_ids = torch.arange(num_users).repeat_interleave(config.eval_samples_per_user)
+    a_real, _ = accuracy(recogniser, test_images, test_ids)
+    a_gen, _ = accuracy(recogniser, fake, fake_ids)
+    metrics = {"a_real": a_real, "a_gen": a_gen, "chance": 1 / num_users, "test_images": len(test_ids),
+               "generated_images": len(fake_ids), "fid": None, "fid_floor": None}
+    if min(len(test_ids), len(fake_ids)) >= min_fid_samples(recogniser):
+        metrics["fid"] = domain_fid(recogniser, test_images, fake)
+        metrics["fid_floor"] = domain_fid(recogniser, test_images, train_images)
+    return metrics
 
 
 def _write_demo_report(out: Path, config: DemoConfig, timings: dict, rss: float, grid: Path, strip: Path,
-                       data_dir: Path, names) -> Path:
+                       data_dir: Path, names, metrics: dict) -> Path:
     from .utils import atomic_write, package_versions
 
     rel = lambda p: Path(p).relative_to(out).as_posix()
@@ -825,6 +864,16 @@ def _write_demo_report(out: Path, config: DemoConfig, timings: dict, rss: float,
         f"## Interpolation {names[0]} -> {names[-1]}",
         "",
         f"![interpolation]({rel(strip)})",
+        "",
+        "## How recognisable the samples are",
+        "",
+        f"A small recogniser trained on the real train split (chance {metrics['chance']:.2f}) identifies "
+        f"{metrics['a_real']:.2f} of {metrics['test_images']} real test images (A_real) and "
+        f"{metrics['a_gen']:.2f} of {metrics['generated_images']} generated ones (A_gen).",
+        "",
+        (f"Domain FID on its features, generated vs real test: {metrics['fid']:.2f} (floor, real train vs real "
+         f"test: {metrics['fid_floor']:.2f})." if metrics["fid"] is not None else
+         "Domain FID: too few test images for the recogniser's feature size."),
         "",
         "## Timings",
         "",

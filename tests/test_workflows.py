@@ -277,3 +277,22 @@ def test_quick_demo_writes_report(tmp_path):
     for picture in ("samples/grid.png", "samples/interpolation_user_0_user_2.png"):
         assert picture in report and (tmp_path / "demo" / picture).is_file()
     assert "peak RSS" in result.output
+    assert "(A_real)" in report and "(A_gen)" in report
+
+
+def test_demo_metrics_judge_real_and_generated_images(trained, work):
+    """The demo's identity accuracy and FID, on the tiny trained model of this module."""
+    from dalle2_md.model import MicroDopplerDALLE2
+    from dalle2_md.workflows import DataOptions, DemoConfig, demo_metrics, load_train_data
+
+    run_dir = work / "metrics_run"
+    data = DataOptions(data_root=str(work / "data"), image_size=16)
+    ds = load_train_data(data, run_dir)
+    model = MicroDopplerDALLE2.from_parts(prior_path=trained["prior"], decoder_path=trained["decoder"])
+    config = DemoConfig.quick()
+    metrics = demo_metrics(model, ds, data, run_dir, config, seed=0)
+    num_users = len(ds.label_map)
+    assert metrics["generated_images"] == num_users * config.eval_samples_per_user
+    assert metrics["chance"] == 1 / num_users
+    for key in ("a_real", "a_gen"):
+        assert 0.0 <= metrics[key] <= 1.0
