@@ -146,7 +146,8 @@ def test_generate_command_writes_one_png_per_sample_and_a_grid(site, prior_run):
         for j in range(4):
             assert (out / f"user_{user}_{j:03d}.png").is_file()
     width, height = Image.open(out / "grid.png").size
-    assert (width, height) == (2 + 4 * 18, 2 + 5 * 18)  # 4 samples per row, one row per user
+    tile = 16 * 6  # 16 px samples enlarged 6x to the grid's 96 px minimum tile
+    assert (width, height) == (2 + 4 * (tile + 2), 2 + 5 * (tile + 2))  # 4 samples per row, one row per user
 
 
 def test_basic_generation_and_interpolation_commands(site, prior_run):
