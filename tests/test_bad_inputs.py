@@ -34,14 +34,6 @@ SAMPLE = ["--sample_steps", "2", "--prior_steps", "2", "--num_samples_per_user",
 TRAIN_ENTRIES = ("train-decoder", "train-prior", "train-clip", "inspect-data")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # 2 shared cores: one thread per process is faster than two fighting other processes
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 def invoke(*args):
     return CliRunner().invoke(cli, join_variadic([str(a) for a in args]))

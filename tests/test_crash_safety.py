@@ -62,13 +62,6 @@ main(sys.argv[1:])
 '''
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 def invoke(*args):
     return CliRunner().invoke(cli, join_variadic([str(a) for a in args]))

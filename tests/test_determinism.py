@@ -17,13 +17,6 @@ TINY_PRIOR = ["--depth", "1", "--heads", "2", "--dim_head", "8", "--timesteps", 
 QUICK = ["--image_size", "16", "--max_steps", "3", "--batch_size", "4", "--log_every", "1", "--no-progress"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 def invoke(*args):
     result = CliRunner().invoke(cli, join_variadic([str(a) for a in args]))

@@ -45,13 +45,6 @@ def plant(path: Path, marker: Path, kind: str = "decoder", legacy: bool = False)
     return path
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 def invoke(*args):
     return CliRunner().invoke(cli, join_variadic([str(a) for a in args]))
