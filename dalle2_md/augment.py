@@ -49,7 +49,7 @@ class GeneratorBudget:
     """
 
     clip_steps: int = 300
-    decoder_steps: int = 600
+    decoder_steps: int = 1500
     prior_steps: int = 1000
     batch_size: int = 32
     decoder_batch_size: int = 16
