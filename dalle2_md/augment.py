@@ -26,6 +26,7 @@ import torch
 
 from .training import TrainConfig, train
 from .utils import UserError, exists
+from .workflows import CPU_CLIP_SIZES, CPU_DECODER_SIZES, CPU_PRIOR_SIZES
 
 GENERATORS = ("two_stage", "baseline")
 
@@ -55,13 +56,9 @@ class GeneratorBudget:
     decoder_batch_size: int = 16
     lr: float = 1e-3
     warmup_steps: int = 50
-    clip: dict = field(default_factory=lambda: dict(
-        dim_latent=32, dim_image=64, dim_text=32, encoder_widths=(16, 32, 64), token_grid=2,
-        text_heads=2, text_dim_head=16, ssl_dim=32, ssl_hidden=64))
-    decoder: dict = field(default_factory=lambda: dict(
-        dim=16, dim_mults=(1, 2, 4), num_resnet_blocks=1, attn_heads=2, attn_dim_head=16,
-        timesteps=1000, sample_timesteps=25, num_image_tokens=2))
-    prior: dict = field(default_factory=lambda: dict(depth=2, heads=2, dim_head=16, timesteps=1000, sample_timesteps=16))
+    clip: dict = field(default_factory=lambda: dict(CPU_CLIP_SIZES))
+    decoder: dict = field(default_factory=lambda: dict(CPU_DECODER_SIZES))
+    prior: dict = field(default_factory=lambda: dict(CPU_PRIOR_SIZES))
     sample_steps: int = 25
     prior_sample_steps: int = 16
     cond_scale: float = 1.0
