@@ -22,7 +22,7 @@ from torch import nn
 
 from .bundle import load_bundle, save_bundle
 from .decoder import DecoderConfig, MicroDopplerDecoder
-from .model import _DECODER_STREAM, _noise
+from .model import decode_with_shared_noise
 from .training import TrainConfig, TrainResult, train
 from .utils import BundleError, UserError
 
@@ -97,11 +97,9 @@ class SingleStageBaseline(nn.Module):
         if num_samples_per_user < 1:
             raise UserError(f"num_samples_per_user must be at least 1, got {num_samples_per_user}.")
         ids = self._ids(user_ids)
-        device = self.user_embed.weight.device
         embeds = self.embed(ids).repeat_interleave(num_samples_per_user, dim=0)
-        noise = _noise(seed, _DECODER_STREAM, (num_samples_per_user, *self.decoder.diffused_shape), device)
-        noise = noise.repeat(len(ids), 1, 1, 1)
-        return self.decoder.sample(embeds, cond_scale=cond_scale, timesteps=steps, noise=noise, eta=0.0)
+        return decode_with_shared_noise(self.decoder, embeds, num_samples_per_user=num_samples_per_user, seed=seed,
+                                        cond_scale=cond_scale, steps=steps)
 
     # bundle
 

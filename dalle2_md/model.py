@@ -51,6 +51,16 @@ def _noise(seed: int, stream: int, shape: tuple[int, ...], device) -> torch.Tens
     return torch.randn(shape, generator=generator).to(device)
 
 
+def decode_with_shared_noise(decoder, image_embeds: torch.Tensor, *, num_samples_per_user: int = 1, seed: int = 0,
+                             cond_scale: float = 1.0, steps: int | None = None) -> torch.Tensor:
+    """Decode user-major embeddings (groups of `num_samples_per_user`) to images in [0, 1]:
+    sample j of every group starts from decoder noise j of `seed`, so a user's samples do not
+    depend on which other users are in the batch. Shared by the chain and the baseline."""
+    noise = _noise(seed, _DECODER_STREAM, (num_samples_per_user, *decoder.diffused_shape), image_embeds.device)
+    noise = noise.repeat(image_embeds.shape[0] // num_samples_per_user, 1, 1, 1)
+    return decoder.sample(image_embeds, cond_scale=cond_scale, timesteps=steps, noise=noise, eta=0.0)
+
+
 class MicroDopplerDALLE2(nn.Module):
     """Prior and decoder trained on the same embedding model, chained.
 
@@ -142,10 +152,8 @@ class MicroDopplerDALLE2(nn.Module):
                seed: int = 0, num_samples_per_user: int | None = None, colorize: bool = True) -> torch.Tensor:
         """Decode embeddings to images in [0, 1]; sample j of each group of
         `num_samples_per_user` starts from decoder noise j (default: every embedding gets noise 0)."""
-        n = num_samples_per_user or 1
-        noise = _noise(seed, _DECODER_STREAM, (n, *self.decoder.diffused_shape), self.device)
-        noise = noise.repeat(image_embeds.shape[0] // n, 1, 1, 1)
-        images = self.decoder.sample(image_embeds, cond_scale=cond_scale, timesteps=decoder_steps, noise=noise, eta=0.0)
+        images = decode_with_shared_noise(self.decoder, image_embeds, num_samples_per_user=num_samples_per_user or 1,
+                                          seed=seed, cond_scale=cond_scale, steps=decoder_steps)
         return self.colorize(images) if colorize else images
 
     @torch.no_grad()
@@ -212,10 +220,8 @@ class MicroDopplerDALLE2(nn.Module):
         )
         positions = np.linspace(0.0, 1.0, steps)
         embeds = torch.stack([slerp(ends[0], ends[1], float(t)) for t in positions])
-        noise = _noise(seed, _DECODER_STREAM, (1, *self.decoder.diffused_shape), self.device)
-        images = self.decoder.sample(embeds, cond_scale=cond_scale, timesteps=decoder_steps,
-                                     noise=noise.repeat(steps, 1, 1, 1), eta=0.0)
-        return self.colorize(images) if colorize else images
+        # every frame starts from the same decoder noise: that of sample 0 of `sample`
+        return self.decode(embeds, cond_scale=cond_scale, decoder_steps=decoder_steps, seed=seed, colorize=colorize)
 
     def colorize(self, images: torch.Tensor) -> torch.Tensor:
         """Scalar images (B, 1, H, W) in [0, 1] -> RGB through the colormap; RGB passes through."""
