@@ -34,6 +34,10 @@ setup(
         "matplotlib>=3.7",
         "tqdm>=4.60",
     ],
-    extras_require={"test": ["pytest>=7.4"]},
+    extras_require={
+        "test": ["pytest>=7.4"],
+        # the held-out second data set of benchmarks/identity_stages.py (scikit-learn's bundled digits)
+        "bench": ["scikit-learn>=1.3"],
+    },
     entry_points={"console_scripts": ["dalle2-md = dalle2_md.cli:main"]},
 )

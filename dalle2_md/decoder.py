@@ -57,6 +57,13 @@ class DecoderConfig:
         loss_type: "l1", "l2" or "huber".
         learned_variance: also learn the variance (improved DDPM); DDIM does not use it.
         ddim_eta: 0 for deterministic DDIM; 1 for DDPM-like noise at every step.
+        embed_noise_std: in training, Gaussian noise about this fraction of its length is added
+            to each embedding, which is then put back on its sphere: the decoder learns to read a
+            neighbourhood of each real embedding, as the prior's samples land near, not on, them.
+        p2_loss_weight_gamma: P2 weighting of the loss over noise levels (Choi et al. 2022,
+            "Perception Prioritized Training of Diffusion Models"); 0 = uniform, 1 = their choice.
+            Weighting towards high noise is where a sample's coarse content, and so its
+            identity, is decided.
         use_vqgan: diffuse over a VQGAN latent instead of pixels.
         vqgan: the VQGAN's config (filled from `vqgan_path` when that is given).
         vqgan_path: a "vqgan" bundle whose trained weights `build_decoder` loads; the decoder
@@ -80,6 +87,8 @@ class DecoderConfig:
     loss_type: str = "l2"
     learned_variance: bool = False
     ddim_eta: float = 0.0
+    embed_noise_std: float = 0.3
+    p2_loss_weight_gamma: float = 0.0
     use_vqgan: bool = False
     vqgan: VQGanConfig | None = None
     vqgan_path: str | None = None
@@ -204,6 +213,7 @@ class MicroDopplerDecoder(nn.Module):
             beta_schedule=config.beta_schedule,
             learned_variance=config.learned_variance,
             auto_normalize_img=False,
+            p2_loss_weight_gamma=config.p2_loss_weight_gamma,
         )
         # after Decoder(): it rebuilds its U-Nets from their constructor arguments
         _resize_cross_attention(self.decoder.unets[0], heads=config.attn_heads, dim_head=config.attn_dim_head)
@@ -302,6 +312,7 @@ class MicroDopplerDecoder(nn.Module):
         if tuple(x_start.shape[1:]) != self.diffused_shape:
             raise UserError(f"latents have shape {tuple(x_start.shape)}, expected (B, {self.diffused_shape}).")
         self._check_embeds(image_embeds, x_start.shape[0])
+        image_embeds = self._noised_embeds(image_embeds)
         times = torch.randint(0, self.config.timesteps, (x_start.shape[0],), device=x_start.device)
         return self.decoder.p_losses(
             self.unet,
@@ -312,6 +323,16 @@ class MicroDopplerDecoder(nn.Module):
             learned_variance=self.config.learned_variance,
             is_latent_diffusion=self.config.use_vqgan,
         )
+
+    def _noised_embeds(self, image_embeds: torch.Tensor) -> torch.Tensor:
+        std = self.config.embed_noise_std
+        if not self.training or std <= 0:
+            return image_embeds
+        norm = image_embeds.norm(dim=-1, keepdim=True)
+        # per-dimension std / sqrt(D): the perturbation's length is about std x the embedding's
+        noise = torch.randn_like(image_embeds) * (std / image_embeds.shape[-1] ** 0.5)
+        noised = image_embeds + noise * norm
+        return noised / noised.norm(dim=-1, keepdim=True).clamp(min=1e-8) * norm
 
     # --- sampling ----------------------------------------------------------------------
 

@@ -1,0 +1,152 @@
+"""Identity stage by stage, and what makes the decoder obey its embedding.
+
+Trains the embedding model and prior once per data set, then one decoder per variant (same data,
+same seed, same step budget), and measures for each: embedding accuracy (nearest real centroid),
+prior accuracy (its samples, nearest real centroid) and decoder accuracy on the TRUE embeddings
+of real test images (recogniser on the decoded images), each per guidance scale; and A_gen of the
+full chain. Prints a table, writes benchmarks/results/identity_stages_<data>.json.
+
+    python benchmarks/identity_stages.py --data sim                 # the simulator (tuning set)
+    python benchmarks/identity_stages.py --data digits              # held-out second data set
+    python benchmarks/identity_stages.py --data sim --variants base,embed_noise
+
+Data sets: "sim" = `dalle2-md synth` (default profile, or --profile gait31 when available);
+"digits" = scikit-learn's bundled 8x8 handwritten digits (10 classes, ~180 images each) upscaled
+to 32 px, greyscale; nothing is downloaded. "digits" is kept out of tuning and only reported.
+"""
+
+import os
+
+for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ.setdefault(var, "1")
+
+import argparse  # noqa: E402
+import json  # noqa: E402
+import tempfile  # noqa: E402
+import time  # noqa: E402
+from dataclasses import replace  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+
+from dalle2_md.augment import GeneratorBudget, generate, train_generator  # noqa: E402
+from dalle2_md.evaluate import RecogniserTrainConfig, accuracy, train_recogniser  # noqa: E402
+from dalle2_md.stage_identity import stage_identity  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# decoder variants: overrides of GeneratorBudget (decoder sizes under "decoder")
+VARIANTS = {
+    "base": {},
+    "embed_noise": {"decoder": {"embed_noise_std": 0.3}},
+    "p2": {"decoder": {"p2_loss_weight_gamma": 1.0}},
+    "drop20": {"decoder": {"cond_drop_prob": 0.2}},
+    "tokens4": {"decoder": {"num_image_tokens": 4}},
+    "lr2x": {"lr": 2e-3},
+    "p2_noise": {"decoder": {"p2_loss_weight_gamma": 1.0, "embed_noise_std": 0.3}},
+}
+
+
+def split_per_user(images, labels, test_fraction=0.25, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    train_idx, test_idx = [], []
+    for u in labels.unique():
+        idx = (labels == u).nonzero().flatten()
+        idx = idx[torch.randperm(len(idx), generator=g)]
+        n_test = max(1, int(round(test_fraction * len(idx))))
+        test_idx += idx[:n_test].tolist()
+        train_idx += idx[n_test:].tolist()
+    tr, te = torch.tensor(train_idx), torch.tensor(test_idx)
+    return (images[tr], labels[tr]), (images[te], labels[te])
+
+
+def load_digits(size: int):
+    from sklearn.datasets import load_digits as sk_digits
+
+    d = sk_digits()
+    x = torch.tensor(d.images, dtype=torch.float32)[:, None] / 16.0  # (N, 1, 8, 8) in [0, 1]
+    x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
+    return x * 2 - 1, torch.tensor(d.target, dtype=torch.long)
+
+
+def load_sim(size: int, num_users: int, per_user: int, profile: str, seed: int = 0):
+    from dalle2_md.data import MicroDopplerDataset
+    from dalle2_md.synth import synthesize_dataset
+
+    root = Path(tempfile.mkdtemp(prefix="idstages_"))
+    kwargs = dict(num_users=num_users, images_per_user=per_user, image_size=size, seed=seed, progress=False)
+    if profile != "default":
+        kwargs["profile"] = profile
+    synthesize_dataset(root, **kwargs)
+    ds = MicroDopplerDataset(root, image_size=size, colormap="jet", split=None)
+    return ds.tensors()
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data", choices=["sim", "digits"], default="sim")
+    ap.add_argument("--profile", default="default", help="simulator profile (sim only)")
+    ap.add_argument("--image_size", type=int, default=32)
+    ap.add_argument("--num_users", type=int, default=8)
+    ap.add_argument("--images_per_user", type=int, default=60)
+    ap.add_argument("--variants", default="base")
+    ap.add_argument("--clip_steps", type=int, default=300)
+    ap.add_argument("--decoder_steps", type=int, default=800)
+    ap.add_argument("--prior_steps", type=int, default=600)
+    ap.add_argument("--recogniser_steps", type=int, default=600)
+    ap.add_argument("--guidance", default="1,2,3,4")
+    ap.add_argument("--samples_per_user", type=int, default=16)
+    ap.add_argument("--max_decoded", type=int, default=96)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--out", default=None)
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+
+    if args.data == "digits":
+        images, labels = load_digits(args.image_size)
+        colormap = "none"
+    else:
+        images, labels = load_sim(args.image_size, args.num_users, args.images_per_user, args.profile)
+        colormap = "jet"
+    train, test = split_per_user(images, labels)
+    num_users = int(labels.max()) + 1
+    print(f"data {args.data}: {num_users} users, train {len(train[0])}, test {len(test[0])}, {tuple(images.shape[1:])}")
+    t0 = time.time()
+    recogniser = train_recogniser(*train, num_users=num_users, train=RecogniserTrainConfig(steps=args.recogniser_steps))
+    a_real, _ = accuracy(recogniser, *test)
+    print(f"recogniser: A_real {a_real:.3f} ({time.time() - t0:.0f} s)")
+    scales = [float(s) for s in args.guidance.split(",")]
+
+    results = {"args": vars(args), "A_real": a_real, "variants": {}}
+    for name in args.variants.split(","):
+        over = dict(VARIANTS[name])
+        dec_over = over.pop("decoder", {})
+        base = GeneratorBudget(clip_steps=args.clip_steps, decoder_steps=args.decoder_steps, prior_steps=args.prior_steps)
+        budget = replace(base, decoder={**base.decoder, **dec_over}, **over)
+        t0 = time.time()
+        with tempfile.TemporaryDirectory() as run_dir:
+            gen = train_generator(*train, num_users=num_users, budget=budget, seed=0, run_dir=run_dir, colormap=colormap)
+        train_s = time.time() - t0
+        stages = stage_identity(gen.model, recogniser, train, test, guidance_scales=scales,
+                                num_samples_per_user=args.samples_per_user, max_decoded=args.max_decoded)
+        a_gen = {}
+        for s in scales:
+            b = replace(budget, cond_scale=s)
+            x, ids = generate(gen.model, list(range(num_users)), args.samples_per_user, seed=1234, budget=b)
+            a_gen[s] = accuracy(recogniser, x, ids)[0]
+        results["variants"][name] = {"budget": budget.to_dict(), "train_seconds": train_s, "stages": stages,
+                                     "A_gen": a_gen, "seconds": time.time() - t0}
+        dec = " ".join(f"g{s:g}:{v:.2f}" for s, v in stages["decoder"].items())
+        pri = " ".join(f"g{s:g}:{v:.2f}" for s, v in stages["prior"].items())
+        ag = " ".join(f"g{s:g}:{v:.2f}" for s, v in a_gen.items())
+        print(f"{name:>14} | emb {stages['embedding']:.2f} | prior {pri} | decoder(true emb) {dec} | A_gen {ag} "
+              f"| {train_s:.0f}+{time.time() - t0 - train_s:.0f} s", flush=True)
+    out = Path(args.out or ROOT / "benchmarks" / "results" / f"identity_stages_{args.data}.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=1, default=str))
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,156 @@
+"""Augmentation recipes: how generated spectrograms are drawn, filtered and mixed with a few real
+ones to train a recogniser.
+
+Owns `AugmentRecipe` (one row of the ablation: source, guidance, eta, filter, synthetic-to-real
+ratio, mixing), `draw_synthetic` (samples for every user, optionally drawn in excess and filtered
+by a recogniser trained on the generator's own real images) and `train_augmented` (the
+recogniser trained on real + synthetic by the recipe's mixing rule). `augment.augmentation_gain`
+runs one trained generator per seed through several recipes.
+
+Mixing rules (the real batches are the same in every rule, see `evaluate.train_recogniser`):
+- "separate": each step one real batch and one synthetic batch, the synthetic loss weighted by
+  `synthetic_weight`;
+- "concat": real and synthetic pooled into one set (the old harness: a larger set means fewer
+  passes over the real images);
+- "pretrain": the recogniser first trains on synthetic images only, then on the real ones from
+  those weights.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, replace
+
+import torch
+
+from .utils import UserError
+
+SOURCES = ("prior", "variations")
+MIXING = ("separate", "concat", "pretrain")
+RECIPE_FILTERS = ("none", "recogniser")
+
+
+@dataclass(frozen=True, kw_only=True)
+class AugmentRecipe:
+    """One way to turn a trained generator into recogniser training data.
+
+    Args:
+        name: row name in reports.
+        source: "prior" (user -> prior -> decoder) or "variations" (the embeddings of the real
+            K-shot images, decoded from fresh noise: DALL-E 2's image variations).
+        m_per_k: generated images per user = round(m_per_k * K).
+        cond_scale, prior_cond_scale: decoder / prior classifier-free guidance.
+        eta: DDIM eta (0 deterministic; 1 ancestral).
+        filter: "none", or "recogniser": keep a sample when a recogniser trained on the K real
+            images gives its intended user at least `min_confidence`.
+        min_confidence: softmax threshold of the recogniser filter.
+        oversample: candidates drawn per kept image when filtering (the first passing ones by
+            sample index are kept; fewer are kept when too few pass).
+        mixing: "separate", "concat" or "pretrain" (see the module docstring).
+        synthetic_weight: loss weight of the synthetic batch under "separate".
+    """
+
+    name: str = "default"
+    source: str = "prior"
+    m_per_k: float = 3.0
+    cond_scale: float = 3.0
+    prior_cond_scale: float = 1.0
+    eta: float = 0.0
+    filter: str = "recogniser"
+    min_confidence: float = 0.5
+    oversample: float = 2.0
+    mixing: str = "separate"
+    synthetic_weight: float = 0.5
+
+    def __post_init__(self):
+        for value, allowed, what in ((self.source, SOURCES, "source"), (self.mixing, MIXING, "mixing"),
+                                     (self.filter, RECIPE_FILTERS, "filter")):
+            if value not in allowed:
+                raise UserError(f"recipe {what} {value!r} is not one of {', '.join(allowed)}")
+        if self.m_per_k <= 0 or self.oversample < 1:
+            raise UserError(f"recipe {self.name}: m_per_k must be > 0 and oversample >= 1")
+
+    def num_per_user(self, k: int) -> int:
+        return max(1, int(round(self.m_per_k * k)))
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@torch.no_grad()
+def _confidence(recogniser, images: torch.Tensor, user_ids: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
+    recogniser.eval()
+    probs = [recogniser(images[i : i + batch_size]).softmax(-1) for i in range(0, len(images), batch_size)]
+    return torch.cat(probs).gather(1, user_ids[:, None]).squeeze(1)
+
+
+def _candidates(model, recipe: AugmentRecipe, budget, users, shot: tuple[torch.Tensor, torch.Tensor], count: int,
+                seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    from .augment import generate
+
+    budget = replace(budget, cond_scale=recipe.cond_scale, prior_cond_scale=recipe.prior_cond_scale, eta=recipe.eta)
+    if recipe.source == "prior":
+        return generate(model, users, count, seed=seed, budget=budget)
+    from .variations import variations_of
+
+    images, ids = [], []
+    for u in users:
+        own = shot[0][shot[1] == u]
+        per_image = math.ceil(count / len(own))
+        x = variations_of(model, own, n=per_image, seed=seed + 7919 * u, cond_scale=recipe.cond_scale,
+                          steps=budget.sample_steps)[:count]
+        images.append(x.cpu() * 2 - 1)
+        ids.append(torch.full((len(x),), u, dtype=torch.long))
+    return torch.cat(images), torch.cat(ids)
+
+
+def draw_synthetic(model, recipe: AugmentRecipe, budget, shot: tuple[torch.Tensor, torch.Tensor], *, seed: int,
+                   filter_recogniser=None) -> dict:
+    """Synthetic training images for every user of the K-shot set.
+
+    Args:
+        model: the trained generator (a `MicroDopplerDALLE2`, or the baseline for source "prior").
+        recipe: how to draw and filter.
+        budget: the generator's `GeneratorBudget` (sampling steps, sampler).
+        shot: the K-shot (images, user ids) the generator was trained on.
+        seed: sampling seed.
+        filter_recogniser: a recogniser trained on `shot` only (needed by filter "recogniser").
+    Returns:
+        {"images", "user_ids", "acceptance" (kept / drawn per user), "num_drawn"}.
+    """
+    users = sorted(torch.unique(shot[1]).tolist())
+    k = min(int((shot[1] == u).sum()) for u in users)
+    wanted = recipe.num_per_user(k)
+    if recipe.filter == "none":
+        images, ids = _candidates(model, recipe, budget, users, shot, wanted, seed)
+        return {"images": images, "user_ids": ids, "acceptance": {u: 1.0 for u in users}, "num_drawn": len(images)}
+    if filter_recogniser is None:
+        raise UserError("the recogniser filter needs a recogniser trained on the generator's own real images")
+    drawn = int(math.ceil(wanted * recipe.oversample))
+    images, ids = _candidates(model, recipe, budget, users, shot, drawn, seed)
+    keep = _confidence(filter_recogniser, images, ids) >= recipe.min_confidence
+    kept_images, kept_ids, acceptance = [], [], {}
+    for u in users:
+        mine = torch.nonzero((ids == u) & keep).flatten()[:wanted]
+        acceptance[u] = float(((ids == u) & keep).sum()) / max(1, int((ids == u).sum()))
+        kept_images.append(images[mine])
+        kept_ids.append(ids[mine])
+    return {"images": torch.cat(kept_images), "user_ids": torch.cat(kept_ids), "acceptance": acceptance,
+            "num_drawn": len(images)}
+
+
+def train_augmented(recipe: AugmentRecipe, real: tuple[torch.Tensor, torch.Tensor],
+                    synthetic: tuple[torch.Tensor, torch.Tensor], *, num_users: int, train_config):
+    """A recogniser trained on real + synthetic images by the recipe's mixing rule."""
+    from .evaluate import train_recogniser
+
+    if len(synthetic[0]) == 0:
+        return train_recogniser(*real, num_users=num_users, train=train_config)
+    if recipe.mixing == "concat":
+        return train_recogniser(torch.cat([real[0], synthetic[0]]), torch.cat([real[1], synthetic[1]]),
+                                num_users=num_users, train=train_config)
+    if recipe.mixing == "separate":
+        return train_recogniser(*real, num_users=num_users, synthetic=synthetic,
+                                train=replace(train_config, synthetic_weight=recipe.synthetic_weight))
+    pretrained = train_recogniser(*synthetic, num_users=num_users, train=train_config)
+    return train_recogniser(*real, num_users=num_users, train=train_config, init=pretrained)

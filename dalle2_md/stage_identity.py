@@ -1,0 +1,120 @@
+"""Identity stage by stage: where along user -> prior -> embedding -> decoder -> image a user's
+signature is kept or lost.
+
+Owns the three stage accuracies that `dalle2-md evaluate` reports beside A_gen:
+
+- embedding: real test images embedded by the embedding model, classified by the nearest user
+  centroid of the real *train* embeddings (cosine);
+- prior: the prior's samples for each user, classified the same way (per prior guidance scale);
+- decoder: the *true* embeddings of real test images decoded to images and classified by the
+  recogniser (per decoder guidance scale). This isolates the decoder: if it fails here, the
+  prior cannot be blamed.
+
+All three are fractions in [0, 1]; chance is 1 / num_users.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+
+from .utils import UserError
+
+
+def user_centroids(embeds: torch.Tensor, user_indices: torch.Tensor, num_users: int) -> torch.Tensor:
+    """(num_users, D) unit-norm mean embedding per user; a user without embeddings gets zeros."""
+    embeds = F.normalize(embeds.float(), dim=-1)
+    sums = torch.zeros(num_users, embeds.shape[1]).index_add_(0, user_indices.long(), embeds)
+    return F.normalize(sums, dim=-1)
+
+
+def nearest_centroid_accuracy(embeds: torch.Tensor, user_indices: torch.Tensor, centroids: torch.Tensor) -> float:
+    """Fraction of embeddings whose most similar centroid (cosine) is their own user's."""
+    if len(embeds) == 0:
+        raise UserError("nearest-centroid accuracy needs at least one embedding")
+    predicted = (F.normalize(embeds.float(), dim=-1) @ centroids.T).argmax(-1)
+    return (predicted == user_indices.long()).float().mean().item()
+
+
+@torch.no_grad()
+def prior_accuracy(prior, centroids: torch.Tensor, *, num_samples_per_user: int = 16, cond_scale: float = 1.0,
+                   steps: int | None = None, seed: int = 0) -> float:
+    """Nearest-centroid accuracy of the prior's samples for every user it knows."""
+    users = list(range(prior.config.num_users))
+    samples = prior.sample(users, num_samples_per_user, cond_scale=cond_scale, timesteps=steps, seed=seed)
+    labels = torch.arange(len(users)).repeat_interleave(num_samples_per_user)
+    return nearest_centroid_accuracy(samples.cpu(), labels, centroids)
+
+
+@torch.no_grad()
+def decoder_accuracy(decoder, recogniser, image_embeds: torch.Tensor, user_indices: torch.Tensor, *,
+                     cond_scale: float = 1.0, steps: int | None = None, seed: int = 0, batch_size: int = 64) -> float:
+    """Recogniser accuracy on images decoded from given (true) embeddings."""
+    from .evaluate import predict
+
+    correct = 0
+    for start in range(0, len(image_embeds), batch_size):
+        embeds = image_embeds[start : start + batch_size]
+        images = decoder.sample(embeds, cond_scale=cond_scale, timesteps=steps, seed=seed + start) * 2.0 - 1.0
+        correct += (predict(recogniser, images.cpu()) == user_indices[start : start + batch_size]).sum().item()
+    return correct / max(1, len(image_embeds))
+
+
+def stage_identity(
+    model,
+    recogniser,
+    real_train: tuple[torch.Tensor, torch.Tensor],
+    real_test: tuple[torch.Tensor, torch.Tensor],
+    *,
+    guidance_scales: Sequence[float] = (1.0, 2.0, 3.0),
+    num_samples_per_user: int = 16,
+    max_decoded: int = 256,
+    decoder_steps: int | None = None,
+    prior_steps: int | None = None,
+    seed: int = 0,
+) -> dict:
+    """Embedding, prior and decoder identity accuracies of a chained model.
+
+    Args:
+        model: a `MicroDopplerDALLE2` whose `clip` is set (the embedding model both stages use).
+        recogniser: trained on `real_train`; judges decoded images.
+        real_train, real_test: (images in [-1, 1], user indices).
+        guidance_scales: prior and decoder guidance scales to measure (each stage separately).
+        num_samples_per_user: prior samples per user and scale.
+        max_decoded: at most this many real test embeddings are decoded per scale (evenly spread).
+        decoder_steps, prior_steps: sampling steps (default: each stage's own).
+        seed: sampling seed.
+    Returns:
+        {"embedding": acc, "prior": {scale: acc}, "decoder": {scale: acc}, "chance": 1/U}.
+    """
+    from .clip import compute_image_embeds
+
+    if getattr(model, "clip", None) is None:
+        raise UserError("stage-by-stage identity needs the embedding model: load the chain with its clip "
+                        "(a 'dalle2' bundle, or from_parts(..., clip_path=...)).")
+    num_users = model.num_users
+    train_embeds = compute_image_embeds(model.clip, real_train[0])
+    test_embeds = compute_image_embeds(model.clip, real_test[0])
+    centroids = user_centroids(train_embeds, real_train[1], num_users)
+    pick = torch.linspace(0, len(test_embeds) - 1, min(max_decoded, len(test_embeds))).round().long().unique()
+    can_guide_prior = model.prior.can_classifier_guidance
+    can_guide_decoder = model.decoder.config.cond_drop_prob > 0
+    result = {
+        "embedding": nearest_centroid_accuracy(test_embeds, real_test[1], centroids),
+        "prior": {},
+        "decoder": {},
+        "chance": 1.0 / num_users,
+        "num_decoded": len(pick),
+    }
+    for scale in guidance_scales:
+        if scale == 1.0 or can_guide_prior:
+            result["prior"][float(scale)] = prior_accuracy(
+                model.prior, centroids, num_samples_per_user=num_samples_per_user, cond_scale=scale,
+                steps=prior_steps, seed=seed)
+        if scale == 1.0 or can_guide_decoder:
+            result["decoder"][float(scale)] = decoder_accuracy(
+                model.decoder, recogniser, test_embeds[pick].to(model.device), real_test[1][pick],
+                cond_scale=scale, steps=decoder_steps, seed=seed)
+    return result
