@@ -47,6 +47,14 @@ class SamplingDefaults:
 DEFAULTS = SamplingDefaults()
 
 
+def resolve_sampler(sampler: str | None, eta: float = 0.0) -> str:
+    """The sampler to run: the one asked for, else DDIM when eta > 0 (the only stochastic one),
+    else `DEFAULTS.sampler`; checked by `check_sampler`."""
+    if sampler is None:
+        sampler = "ddim" if eta > 0 else DEFAULTS.sampler
+    return check_sampler(sampler, eta)
+
+
 def check_sampler(sampler: str, eta: float = 0.0) -> str:
     """The sampler's name, or a UserError naming the flag and the choices."""
     if sampler not in SAMPLERS:
@@ -212,7 +220,7 @@ def sample_dpmpp_2m(
 
 
 def run_sampler(
-    sampler: str,
+    sampler: str | None,
     model_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
     noise: torch.Tensor,
     alphas_cumprod: torch.Tensor,
@@ -222,8 +230,8 @@ def run_sampler(
     generator: Generators = None,
     callback: Callable[[dict], None] | None = None,
 ) -> torch.Tensor:
-    """Dispatch to `sample_ddim` or `sample_dpmpp_2m` by name (UserError on a bad name, or on
-    eta > 0 with a deterministic sampler)."""
-    check_sampler(sampler, eta)
+    """Dispatch to `sample_ddim` or `sample_dpmpp_2m` by name (None: see `resolve_sampler`);
+    UserError on a bad name, or on eta > 0 with a deterministic sampler."""
+    sampler = resolve_sampler(sampler, eta)
     fn = sample_ddim if sampler == "ddim" else sample_dpmpp_2m
     return fn(model_fn, noise, alphas_cumprod, timesteps, eta=eta, generator=generator, callback=callback)
