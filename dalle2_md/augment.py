@@ -24,6 +24,7 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
+from .defaults import DEFAULTS
 from .training import TrainConfig, train
 from .utils import UserError, exists
 from .workflows import CPU_CLIP_SIZES, CPU_DECODER_SIZES, CPU_PRIOR_SIZES
@@ -47,6 +48,7 @@ class GeneratorBudget:
             num_users, image size, channels and embedding width, which follow the data).
         sample_steps, prior_sample_steps: DDIM steps when generating.
         cond_scale, prior_cond_scale: classifier-free guidance when generating (1 = none).
+        sampler, eta: sampler and DDIM eta when generating (see `sampling.resolve_sampler`).
     """
 
     clip_steps: int = 300
@@ -61,8 +63,10 @@ class GeneratorBudget:
     prior: dict = field(default_factory=lambda: dict(CPU_PRIOR_SIZES))
     sample_steps: int = 25
     prior_sample_steps: int = 16
-    cond_scale: float = 1.0
-    prior_cond_scale: float = 1.0
+    cond_scale: float = DEFAULTS.cond_scale
+    prior_cond_scale: float = DEFAULTS.prior_cond_scale
+    sampler: str | None = None
+    eta: float = DEFAULTS.eta
 
     def schedule(self, steps: int, batch_size: int, seed: int) -> TrainConfig:
         """The `TrainConfig` of one stage."""
@@ -210,11 +214,12 @@ def generate(
     for u in users:
         if isinstance(model, SingleStageBaseline):
             x = model.sample([u], num_samples_per_user=num_samples_per_user, cond_scale=budget.cond_scale,
-                             steps=budget.sample_steps, seed=seed)
+                             steps=budget.sample_steps, seed=seed, eta=budget.eta, sampler=budget.sampler)
         else:
             x = model.sample([u], num_samples_per_user=num_samples_per_user, cond_scale=budget.cond_scale,
                              prior_cond_scale=budget.prior_cond_scale, prior_steps=budget.prior_sample_steps,
-                             decoder_steps=budget.sample_steps, seed=seed, colorize=False)
+                             decoder_steps=budget.sample_steps, seed=seed, eta=budget.eta, sampler=budget.sampler,
+                             colorize=False)
         out.append(x.cpu() * 2.0 - 1.0)
     ids = torch.tensor([u for u in users for _ in range(num_samples_per_user)], dtype=torch.long)
     return torch.cat(out), ids

@@ -1,50 +1,23 @@
-"""Samplers as plain functions (k-diffusion style), shared by the prior and the decoder, and
-the one place where sampling defaults live.
+"""Samplers as plain functions (k-diffusion style), shared by the prior and the decoder.
 
 A sampler gets a `model_fn(x_t, t) -> x_0 estimate`, the starting noise and the training
 schedule's cumulative alphas; it knows nothing about users, embeddings or images. Owns: DDIM,
 DPM-Solver++(2M), the sampler registry, per-sample noise generators keyed by (seed, stream,
-key), and `SamplingDefaults`.
+key); the defaults themselves are in `defaults` (no torch import, for the CLI).
 """
 
 from __future__ import annotations
 
 import hashlib
 import math
-from dataclasses import dataclass
 from typing import Callable, Sequence
 
 import torch
 
+from .defaults import DEFAULTS, SAMPLERS, SamplingDefaults  # noqa: F401  (re-exported)
 from .utils import UserError, exists
 
-SAMPLERS = ("ddim", "dpmpp_2m")
-
 Generators = torch.Generator | Sequence[torch.Generator] | None
-
-
-@dataclass(frozen=True)
-class SamplingDefaults:
-    """Defaults of every command and API that samples (the one place to change them).
-
-    Args:
-        sampler: "ddim" or "dpmpp_2m" (chosen by `benchmarks/bench_sampling.py`).
-        decoder_steps, prior_steps: network evaluations per stage when a command is not given
-            a count and a model's own `sample_timesteps` is not used (see `generate`).
-        eta: DDIM stochasticity (0 = deterministic; > 0 needs the ddim sampler).
-        cond_scale: decoder guidance on the image embedding (1 = none).
-        prior_cond_scale: prior guidance on the user (1 = none).
-    """
-
-    sampler: str = "dpmpp_2m"
-    decoder_steps: int | None = None
-    prior_steps: int | None = None
-    eta: float = 0.0
-    cond_scale: float = 1.0
-    prior_cond_scale: float = 1.0
-
-
-DEFAULTS = SamplingDefaults()
 
 
 def resolve_sampler(sampler: str | None, eta: float = 0.0) -> str:
