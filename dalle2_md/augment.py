@@ -46,7 +46,7 @@ class GeneratorBudget:
         warmup_steps: linear warmup of every stage (capped at a tenth of its steps).
         clip, decoder, prior: size fields of ClipConfig / DecoderConfig / PriorConfig (without
             num_users, image size, channels and embedding width, which follow the data).
-        sample_steps, prior_sample_steps: DDIM steps when generating.
+        sample_steps, prior_sample_steps: network evaluations when generating.
         cond_scale, prior_cond_scale: classifier-free guidance when generating (1 = none).
         sampler, eta: sampler and DDIM eta when generating (see `sampling.resolve_sampler`).
     """
@@ -61,8 +61,8 @@ class GeneratorBudget:
     clip: dict = field(default_factory=lambda: dict(CPU_CLIP_SIZES))
     decoder: dict = field(default_factory=lambda: dict(CPU_DECODER_SIZES))
     prior: dict = field(default_factory=lambda: dict(CPU_PRIOR_SIZES))
-    sample_steps: int = 25
-    prior_sample_steps: int = 16
+    sample_steps: int = DEFAULTS.sample_timesteps
+    prior_sample_steps: int = DEFAULTS.sample_timesteps
     cond_scale: float = DEFAULTS.cond_scale
     prior_cond_scale: float = DEFAULTS.prior_cond_scale
     sampler: str | None = None

@@ -273,7 +273,8 @@ def train_clip_cmd(**kw):
 @_opt("attn_heads", type=int, default=16, help="U-Net attention heads.")
 @_opt("attn_dim_head", type=int, default=32, help="U-Net attention head width.")
 @_opt("timesteps", type=int, default=1000, help="Diffusion timesteps in training.")
-@_opt("sample_timesteps", type=int, default=50, help="DDIM steps when sampling (training grids and default for generate).")
+@_opt("sample_timesteps", type=int, default=DEFAULTS.sample_timesteps,
+      help="Network evaluations when sampling (training grids and default for generate).")
 @_opt("cond_drop_prob", type=float, default=0.1, help="Embedding dropout, enables classifier-free guidance.")
 @_opt("use_vqgan", is_flag=True, default=False, help="Diffuse over a VQGAN latent (trains the VQGAN first unless --vqgan_path).")
 @_opt("vqgan_path", type=click.Path(path_type=str), default=None, help="A trained vqgan_final.pt to use with --use_vqgan.")
@@ -318,7 +319,7 @@ def train_decoder_cmd(**kw):
 @_opt("heads", type=int, default=8, help="Attention heads.")
 @_opt("dim_head", type=int, default=64, help="Attention head width.")
 @_opt("timesteps", type=int, default=1000, help="Diffusion timesteps in training.")
-@_opt("sample_timesteps", type=int, default=64, help="DDIM steps when sampling (default for generate).")
+@_opt("sample_timesteps", type=int, default=DEFAULTS.sample_timesteps, help="Network evaluations when sampling (default for generate).")
 @_opt("cond_drop_prob", type=float, default=0.2, help="User-ID dropout for classifier-free guidance.")
 def train_prior_cmd(**kw):
     """Stage 2: train the user-conditioned diffusion prior on the embedding model's image

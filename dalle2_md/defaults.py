@@ -15,6 +15,9 @@ class SamplingDefaults:
 
     Args:
         sampler: "ddim" or "dpmpp_2m" (chosen by `benchmarks/bench_sampling.py`).
+        sample_timesteps: network evaluations per stage that newly trained models store as
+            their `sample_timesteps` (the train commands' and CPU sizes' default; chosen by
+            `benchmarks/bench_sampling.py`: the fewest with quality no worse than 1000 steps).
         decoder_steps, prior_steps: network evaluations per stage when a command is given no
             count; None = each model's own `sample_timesteps` (set when it was trained).
         eta: DDIM stochasticity (0 = deterministic; > 0 needs the ddim sampler).
@@ -23,6 +26,7 @@ class SamplingDefaults:
     """
 
     sampler: str = "dpmpp_2m"
+    sample_timesteps: int = 25
     decoder_steps: int | None = None
     prior_steps: int | None = None
     eta: float = 0.0

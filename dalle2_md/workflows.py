@@ -729,8 +729,8 @@ def interpolate_users(model, output_dir, *, user_a: str, user_b: str, steps: int
 CPU_CLIP_SIZES = dict(dim_latent=32, dim_image=64, dim_text=32, encoder_widths=(16, 32, 64), token_grid=2,
                       text_heads=2, text_dim_head=16, ssl_dim=32, ssl_hidden=64)
 CPU_DECODER_SIZES = dict(dim=16, dim_mults=(1, 2, 4), num_resnet_blocks=1, attn_heads=2, attn_dim_head=16,
-                         timesteps=1000, sample_timesteps=25, num_image_tokens=2)
-CPU_PRIOR_SIZES = dict(depth=2, heads=2, dim_head=16, timesteps=1000, sample_timesteps=16)
+                         timesteps=1000, sample_timesteps=DEFAULTS.sample_timesteps, num_image_tokens=2)
+CPU_PRIOR_SIZES = dict(depth=2, heads=2, dim_head=16, timesteps=1000, sample_timesteps=DEFAULTS.sample_timesteps)
 
 
 @dataclass(frozen=True)
@@ -746,7 +746,7 @@ class DemoConfig:
         lr: learning rate of every stage.
         clip, decoder, prior: size fields of ClipConfig / DecoderConfig / PriorConfig.
         samples_per_user: images per user in the grid.
-        sample_steps, prior_sample_steps: DDIM steps when generating.
+        sample_steps, prior_sample_steps: network evaluations per stage when generating.
         interp_steps: frames of the interpolation strip.
     """
 
@@ -765,8 +765,8 @@ class DemoConfig:
     samples_per_user: int = 4
     eval_samples_per_user: int = 8
     recogniser_steps: int = 300
-    sample_steps: int = 25
-    prior_sample_steps: int = 16
+    sample_steps: int = DEFAULTS.sample_timesteps
+    prior_sample_steps: int = DEFAULTS.sample_timesteps
     interp_steps: int = 8
 
     @classmethod
