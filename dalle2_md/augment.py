@@ -24,6 +24,7 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
+from .defaults import DEFAULTS
 from .training import TrainConfig, train
 from .utils import UserError, exists
 from .workflows import CPU_CLIP_SIZES, CPU_DECODER_SIZES, CPU_PRIOR_SIZES
@@ -45,8 +46,9 @@ class GeneratorBudget:
         warmup_steps: linear warmup of every stage (capped at a tenth of its steps).
         clip, decoder, prior: size fields of ClipConfig / DecoderConfig / PriorConfig (without
             num_users, image size, channels and embedding width, which follow the data).
-        sample_steps, prior_sample_steps: DDIM steps when generating.
+        sample_steps, prior_sample_steps: network evaluations when generating.
         cond_scale, prior_cond_scale: classifier-free guidance when generating (1 = none).
+        sampler, eta: sampler and DDIM eta when generating (see `sampling.resolve_sampler`).
     """
 
     clip_steps: int = 300
@@ -59,10 +61,12 @@ class GeneratorBudget:
     clip: dict = field(default_factory=lambda: dict(CPU_CLIP_SIZES))
     decoder: dict = field(default_factory=lambda: dict(CPU_DECODER_SIZES))
     prior: dict = field(default_factory=lambda: dict(CPU_PRIOR_SIZES))
-    sample_steps: int = 25
-    prior_sample_steps: int = 16
-    cond_scale: float = 1.0
-    prior_cond_scale: float = 1.0
+    sample_steps: int = DEFAULTS.sample_timesteps
+    prior_sample_steps: int = DEFAULTS.sample_timesteps
+    cond_scale: float = DEFAULTS.cond_scale
+    prior_cond_scale: float = DEFAULTS.prior_cond_scale
+    sampler: str | None = None
+    eta: float = DEFAULTS.eta
 
     def schedule(self, steps: int, batch_size: int, seed: int) -> TrainConfig:
         """The `TrainConfig` of one stage."""
@@ -210,11 +214,12 @@ def generate(
     for u in users:
         if isinstance(model, SingleStageBaseline):
             x = model.sample([u], num_samples_per_user=num_samples_per_user, cond_scale=budget.cond_scale,
-                             steps=budget.sample_steps, seed=seed)
+                             steps=budget.sample_steps, seed=seed, eta=budget.eta, sampler=budget.sampler)
         else:
             x = model.sample([u], num_samples_per_user=num_samples_per_user, cond_scale=budget.cond_scale,
                              prior_cond_scale=budget.prior_cond_scale, prior_steps=budget.prior_sample_steps,
-                             decoder_steps=budget.sample_steps, seed=seed, colorize=False)
+                             decoder_steps=budget.sample_steps, seed=seed, eta=budget.eta, sampler=budget.sampler,
+                             colorize=False)
         out.append(x.cpu() * 2.0 - 1.0)
     ids = torch.tensor([u for u in users for _ in range(num_samples_per_user)], dtype=torch.long)
     return torch.cat(out), ids

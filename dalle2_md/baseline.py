@@ -22,7 +22,8 @@ from torch import nn
 
 from .bundle import load_bundle, save_bundle
 from .decoder import DecoderConfig, MicroDopplerDecoder
-from .model import decode_with_shared_noise
+from .model import decode_with_keyed_noise, sample_keys, user_labels
+from .sampling import DEFAULTS
 from .training import TrainConfig, TrainResult, train
 from .utils import BundleError, UserError
 
@@ -77,20 +78,23 @@ class SingleStageBaseline(nn.Module):
         user_ids: Sequence[int],
         *,
         num_samples_per_user: int = 1,
-        cond_scale: float = 1.0,
-        steps: int | None = None,
+        cond_scale: float = DEFAULTS.cond_scale,
+        steps: int | None = DEFAULTS.decoder_steps,
         seed: int = 0,
+        eta: float = DEFAULTS.eta,
+        sampler: str | None = None,
     ) -> torch.Tensor:
         """Generate spectrograms for users (same noise convention as `MicroDopplerDALLE2`: sample
-        j of every user starts from decoder noise j of `seed`, so a user's samples do not depend
-        on which other users are in the batch).
+        j of user u gets the decoder noise keyed by (seed, u's label, j), so samples are
+        independent across users and a user's samples do not depend on the batch).
 
         Args:
             user_ids: contiguous user indices.
             num_samples_per_user: images per listed user.
             cond_scale: guidance on the user embedding (1 = none).
-            steps: DDIM steps (default the decoder's `sample_timesteps`).
+            steps: network evaluations (default the decoder's `sample_timesteps`).
             seed: same seed, same images.
+            eta, sampler: as for `MicroDopplerDALLE2.sample`.
         Returns:
             (len(user_ids) * num_samples_per_user, C, H, W) in [0, 1], user-major.
         """
@@ -98,8 +102,9 @@ class SingleStageBaseline(nn.Module):
             raise UserError(f"num_samples_per_user must be at least 1, got {num_samples_per_user}.")
         ids = self._ids(user_ids)
         embeds = self.embed(ids).repeat_interleave(num_samples_per_user, dim=0)
-        return decode_with_shared_noise(self.decoder, embeds, num_samples_per_user=num_samples_per_user, seed=seed,
-                                        cond_scale=cond_scale, steps=steps)
+        keys = sample_keys(user_labels(self.label_map, ids.tolist()), num_samples_per_user)
+        return decode_with_keyed_noise(self.decoder, embeds, keys, seed=seed, cond_scale=cond_scale, steps=steps,
+                                       eta=eta, sampler=sampler)
 
     # bundle
 

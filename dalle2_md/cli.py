@@ -11,6 +11,7 @@ from pathlib import Path
 
 import click
 
+from .defaults import DEFAULTS, SAMPLERS
 from .utils import UserError
 
 
@@ -272,7 +273,8 @@ def train_clip_cmd(**kw):
 @_opt("attn_heads", type=int, default=16, help="U-Net attention heads.")
 @_opt("attn_dim_head", type=int, default=32, help="U-Net attention head width.")
 @_opt("timesteps", type=int, default=1000, help="Diffusion timesteps in training.")
-@_opt("sample_timesteps", type=int, default=50, help="DDIM steps when sampling (training grids and default for generate).")
+@_opt("sample_timesteps", type=int, default=DEFAULTS.sample_timesteps,
+      help="Network evaluations when sampling (training grids and default for generate).")
 @_opt("cond_drop_prob", type=float, default=0.1, help="Embedding dropout, enables classifier-free guidance.")
 @_opt("use_vqgan", is_flag=True, default=False, help="Diffuse over a VQGAN latent (trains the VQGAN first unless --vqgan_path).")
 @_opt("vqgan_path", type=click.Path(path_type=str), default=None, help="A trained vqgan_final.pt to use with --use_vqgan.")
@@ -317,7 +319,7 @@ def train_decoder_cmd(**kw):
 @_opt("heads", type=int, default=8, help="Attention heads.")
 @_opt("dim_head", type=int, default=64, help="Attention head width.")
 @_opt("timesteps", type=int, default=1000, help="Diffusion timesteps in training.")
-@_opt("sample_timesteps", type=int, default=64, help="DDIM steps when sampling (default for generate).")
+@_opt("sample_timesteps", type=int, default=DEFAULTS.sample_timesteps, help="Network evaluations when sampling (default for generate).")
 @_opt("cond_drop_prob", type=float, default=0.2, help="User-ID dropout for classifier-free guidance.")
 def train_prior_cmd(**kw):
     """Stage 2: train the user-conditioned diffusion prior on the embedding model's image
@@ -338,10 +340,14 @@ _model_options = _apply(
     _opt("clip_path", type=click.Path(path_type=str), default=None, help="Optional: the embedding model, checked against both."),
     _opt("model_path", type=click.Path(path_type=str), default=None, help="A chained 'dalle2' bundle instead of the parts."),
     _opt("output_dir", type=click.Path(path_type=str), default="./generated_images", help="Folder to write images into."),
-    _opt("cond_scale", type=float, default=1.0, help="Decoder guidance on the embedding (1 = none)."),
-    _opt("prior_cond_scale", type=float, default=1.0, help="Prior guidance on the user (1 = none)."),
-    _opt("sample_steps", type=int, default=None, help="Decoder DDIM steps [default: the decoder's sample_timesteps]."),
-    _opt("prior_steps", type=int, default=None, help="Prior DDIM steps [default: the prior's sample_timesteps]."),
+    _opt("cond_scale", type=float, default=DEFAULTS.cond_scale, help="Decoder guidance on the embedding (1 = none)."),
+    _opt("prior_cond_scale", type=float, default=DEFAULTS.prior_cond_scale, help="Prior guidance on the user (1 = none)."),
+    _opt("sampler", type=click.Choice(SAMPLERS), default=None,
+         help=f"Sampler of both stages [default: {DEFAULTS.sampler}; ddim when --eta > 0]."),
+    _opt("sample_steps", type=int, default=DEFAULTS.decoder_steps,
+         help="Decoder network evaluations [default: the decoder's sample_timesteps]."),
+    _opt("prior_steps", type=int, default=DEFAULTS.prior_steps,
+         help="Prior network evaluations [default: the prior's sample_timesteps]."),
     _opt("seed", type=int, default=0, help="Same seed, same images."),
     _opt("device", default="auto", help="cpu, cuda, cuda:N, or auto (cuda when available)."),
 )
@@ -355,7 +361,13 @@ def _load_model(kw):
 
 
 def _sampling(kw):
-    return {k: kw.pop(k) for k in ("cond_scale", "prior_cond_scale", "sample_steps", "prior_steps", "seed")}
+    return {k: kw.pop(k) for k in ("cond_scale", "prior_cond_scale", "sample_steps", "prior_steps", "seed", "sampler")}
+
+
+def _fast_paths(kw):
+    from .fastpath import FastPaths
+
+    return FastPaths(bf16=kw.pop("bf16"), channels_last=kw.pop("channels_last"), compile=kw.pop("compile"))
 
 
 @cli.command("generate")
@@ -363,7 +375,12 @@ def _sampling(kw):
 @_opt("user_ids", default=None, callback=_str_list,
       help="Users by original label (ID_5, user_5 or 5), e.g. --user_ids 0 1 2 [default: all users].")
 @_opt("num_samples_per_user", type=int, default=4, help="Images per user.")
-@_opt("batch_size", type=int, default=64, help="Most images sampled at once.")
+@_opt("batch_size", type=int, default=64, help="Most images sampled at once (users and samples mixed; bounds memory).")
+@_opt("eta", type=float, default=DEFAULTS.eta, help="DDIM eta of both stages (0 = deterministic; > 0 uses --sampler ddim).")
+@_opt("bf16", is_flag=True, default=False, help="bf16 autocast while sampling (CUDA; falls back to fp32 elsewhere).")
+@_opt("channels_last", is_flag=True, default=False, help="channels_last U-Net (CUDA; ignored elsewhere).")
+@_opt("compile", is_flag=True, default=False, help="torch.compile the networks (CUDA; ignored elsewhere).")
+@click.option("--progress/--no-progress", "progress", default=True, show_default=True, help="Show a progress bar.")
 @_opt("save_npy", is_flag=True, default=False, help="Also save each scalar spectrogram as .npy (values in [0, 1]).")
 @_opt("interpolate", is_flag=True, default=False, help="Also (or, without --user_ids, only) write an interpolation strip.")
 @_opt("interp_user_1", default=None, help="First user of the interpolation (original label).")
@@ -380,8 +397,9 @@ def generate_cmd(**kw):
     model, out, sampling = _load_model(kw), kw.pop("output_dir"), _sampling(kw)
     if kw["user_ids"] or not interp["interpolate"]:
         made = generate(model, out, users=kw["user_ids"], num_samples_per_user=kw["num_samples_per_user"],
-                        batch_size=kw["batch_size"], save_npy=kw["save_npy"], **sampling)
-        click.echo(f"wrote {len(made['images'])} images and {made['grid']}")
+                        batch_size=kw["batch_size"], save_npy=kw["save_npy"], eta=kw["eta"], fast=_fast_paths(kw),
+                        progress=kw["progress"], **sampling)
+        click.echo(f"wrote {len(made['images'])} images and {made['grid']} ({made['images_per_s']:.2f} images/s)")
     if interp["interpolate"]:
         made = interpolate_users(model, out, user_a=interp["interp_user_1"], user_b=interp["interp_user_2"],
                                  steps=interp["interp_steps"], **sampling)
@@ -484,15 +502,17 @@ def run_command(name, argv=None, prog_name=None):
 @click.option("--colormap", default="jet", help="Colormap of the data ('none' for RGB models).")
 @click.option("--num_samples_per_user", "--num-samples-per-user", "num_samples_per_user", default=32, type=int,
               help="Samples per user drawn from the model.")
-@click.option("--sample_steps", "--sample-steps", "sample_steps", default=None, type=int, help="Decoder DDIM steps [default: the decoder's].")
-@click.option("--prior_steps", "--prior-steps", "prior_steps", default=None, type=int, help="Prior DDIM steps [default: the prior's].")
-@click.option("--cond_scale", "--cond-scale", "cond_scale", default=1.0, type=float, help="Decoder guidance (1 = none).")
-@click.option("--prior_cond_scale", "--prior-cond-scale", "prior_cond_scale", default=1.0, type=float, help="Prior guidance (1 = none).")
+@click.option("--sample_steps", "--sample-steps", "sample_steps", default=DEFAULTS.decoder_steps, type=int, help="Decoder network evaluations [default: the decoder's].")
+@click.option("--prior_steps", "--prior-steps", "prior_steps", default=DEFAULTS.prior_steps, type=int, help="Prior network evaluations [default: the prior's].")
+@click.option("--cond_scale", "--cond-scale", "cond_scale", default=DEFAULTS.cond_scale, type=float, help="Decoder guidance (1 = none).")
+@click.option("--prior_cond_scale", "--prior-cond-scale", "prior_cond_scale", default=DEFAULTS.prior_cond_scale, type=float, help="Prior guidance (1 = none).")
+@click.option("--sampler", type=click.Choice(SAMPLERS), default=None, help=f"Sampler [default: {DEFAULTS.sampler}; ddim when --eta > 0].")
+@click.option("--eta", default=DEFAULTS.eta, type=float, help="DDIM eta (0 = deterministic).")
 @click.option("--seed", default=0, type=int, help="Sampling seed.")
 @click.option("--recogniser_steps", "--recogniser-steps", "recogniser_steps", default=300, type=int, help="Recogniser training steps.")
 def evaluate_cmd(data_root, split_file, split_seed, model_path, decoder_path, prior_path, generated_dir, output_dir,
                  image_size, colormap, num_samples_per_user, sample_steps, prior_steps, cond_scale, prior_cond_scale,
-                 seed, recogniser_steps):
+                 sampler, eta, seed, recogniser_steps):
     """Judge generated spectrograms against the real held-out split: identity accuracy, domain
     FID, diversity, memorisation, kinematic fidelity (metrics.json, report.md, plots)."""
     from .augment import GeneratorBudget, generate, load_splits
@@ -534,7 +554,7 @@ def evaluate_cmd(data_root, split_file, split_seed, model_path, decoder_path, pr
                                    val=sets["val"].tensors() if sets["val"] is not None else None, label_map=lm.to_dict())
     if model is not None:
         budget = GeneratorBudget(sample_steps=sample_steps, prior_sample_steps=prior_steps, cond_scale=cond_scale,
-                                 prior_cond_scale=prior_cond_scale)
+                                 prior_cond_scale=prior_cond_scale, sampler=sampler, eta=eta)
         generated = generate(model, list(range(len(lm))), num_samples_per_user, seed=seed, budget=budget)
     else:
         generated = load_generated_folder(generated_dir, lm, image_size, colormap)[:2]
@@ -560,13 +580,15 @@ def evaluate_cmd(data_root, split_file, split_seed, model_path, decoder_path, pr
 @click.option("--clip_steps", "--clip-steps", "clip_steps", default=300, type=int, help="Embedding-model steps.")
 @click.option("--decoder_steps", "--decoder-steps", "decoder_steps", default=1500, type=int, help="Decoder steps.")
 @click.option("--prior_steps", "--prior-steps", "prior_steps", default=1000, type=int, help="Prior steps.")
-@click.option("--sample_steps", "--sample-steps", "sample_steps", default=25, type=int, help="Decoder DDIM steps when generating.")
+@click.option("--sample_steps", "--sample-steps", "sample_steps", default=25, type=int, help="Decoder network evaluations when generating.")
+@click.option("--sampler", type=click.Choice(SAMPLERS), default=None, help=f"Sampler [default: {DEFAULTS.sampler}; ddim when --eta > 0].")
+@click.option("--eta", default=DEFAULTS.eta, type=float, help="DDIM eta when generating (0 = deterministic).")
 @click.option("--recogniser_steps", "--recogniser-steps", "recogniser_steps", default=300, type=int, help="Steps of each recogniser.")
 @click.option("--output_dir", "--output-dir", "output_dir", default="./augment_eval", type=click.Path(path_type=str),
               help="Folder for augment.json, augment.md and the generators' runs.")
 @click.option("--progress/--no-progress", default=True, help="Show progress bars.")
 def augment_eval_cmd(data_root, split_file, split_seed, image_size, colormap, k, m, seeds, generator, clip_steps,
-                     decoder_steps, prior_steps, sample_steps, recogniser_steps, output_dir, progress):
+                     decoder_steps, prior_steps, sample_steps, sampler, eta, recogniser_steps, output_dir, progress):
     """Augmentation gain: recognisers trained on K real images per user vs K real + M generated
     (generator trained on those K only), both tested on real test; mean ± std over seeds."""
     import json
@@ -581,7 +603,7 @@ def augment_eval_cmd(data_root, split_file, split_seed, image_size, colormap, k,
     sets = load_splits(data_root, image_size=image_size, colormap=colormap, split_file=split_file, split_seed=split_seed)
     train, test = sets["train"], sets["test"]
     budget = GeneratorBudget(clip_steps=clip_steps, decoder_steps=decoder_steps, prior_steps=prior_steps,
-                             sample_steps=sample_steps)
+                             sample_steps=sample_steps, sampler=sampler, eta=eta)
     out = Path(output_dir)
     result = augmentation_gain(
         train.tensors(), test.tensors(), num_users=len(train.label_map), work_dir=out / "runs", k=k, m=m,

@@ -15,8 +15,11 @@ precomputed `image_embed` tensors). What we add around them:
 - cond_dim: when `cond_dim == image_embed_dim`, `Unet.image_to_tokens` turns into an identity
   and `forward` crashes (or, when the batch equals num_image_tokens, silently mixes samples).
   `unet_cond_dim` then widens cond_dim by 8 so the projection to tokens is always built.
-- sampling: the shared DDIM loop (`sampling.sample_ddim`) with an explicit noise tensor or a seeded
-  `torch.Generator`, so seeded samples are reproducible and the global RNG is never touched.
+- sampling: the shared samplers (`sampling`: DDIM, DPM-Solver++(2M)) with an explicit noise
+  tensor, a seeded `torch.Generator` or one generator per image, so seeded samples are
+  reproducible and the global RNG is never touched. Classifier-free guidance runs the
+  conditional and the null halves as one batch of 2B (`guided_unet_forward`), not as the two
+  forwards of dalle2-pytorch's `Unet.forward_with_cond_scale`.
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ import torch
 from torch import nn
 
 from .bundle import load_bundle, save_bundle
-from .sampling import sample_ddim
+from .sampling import Generators, randn, run_sampler
 from .utils import BundleError, UserError, exists
 from .vqgan import VQGanConfig, build_vqgan, encode_latents, load_vqgan, nearby_multiples
 
@@ -171,6 +174,49 @@ def _resize_cross_attention(unet: nn.Module, *, heads: int, dim_head: int) -> No
                 dim_head=dim_head,
                 cosine_sim=old.cosine_sim,
             )
+
+
+def guided_unet_forward(unet: nn.Module, x: torch.Tensor, t: torch.Tensor, image_embeds: torch.Tensor,
+                        cond_scale: float) -> torch.Tensor:
+    """Classifier-free guidance, null + (cond - null) * cond_scale, in one U-Net call of 2B.
+
+    dalle2-pytorch's `Unet.forward` drops conditioning for a whole call (its keep mask comes
+    from one probability), so its `forward_with_cond_scale` runs the U-Net twice. Here the
+    second half of a doubled batch gets the null conditioning instead: forward hooks replace
+    the outputs of `image_to_tokens` (cross-attention tokens) and `to_image_hiddens` (the
+    embedding added to the time hiddens) with the U-Net's learned nulls for those rows -- the
+    values its own dropout would put there.
+
+    Args:
+        unet: a dalle2-pytorch `Unet` conditioned on image embeddings.
+        x: (B, C, H, W) noised input; t: (B,) times; image_embeds: (B, D).
+        cond_scale: 1 runs the conditional branch alone.
+    Returns:
+        the U-Net output for x, (B, C', H, W).
+    """
+    if cond_scale == 1:
+        return unet(x, t, image_embed=image_embeds)
+    batch, hooked = x.shape[0], []
+
+    def null_second_half(null):
+        def hook(module, inputs, output):
+            hooked.append(module)
+            null_rows = null.to(output.dtype).expand(batch, *output.shape[1:])
+            return torch.cat((output[:batch], null_rows), dim=0)
+        return hook
+
+    handles = [unet.image_to_tokens.register_forward_hook(null_second_half(unet.null_image_embed))]
+    if exists(getattr(unet, "to_image_hiddens", None)):
+        handles.append(unet.to_image_hiddens.register_forward_hook(null_second_half(unet.null_image_hiddens)))
+    try:
+        out = unet(torch.cat((x, x)), torch.cat((t, t)), image_embed=torch.cat((image_embeds, image_embeds)))
+    finally:
+        for handle in handles:
+            handle.remove()
+    if not hooked:
+        raise RuntimeError("the U-Net never projected the image embedding; guidance would not null anything")
+    cond, null = out[:batch], out[batch:]
+    return null + (cond - null) * cond_scale
 
 
 class MicroDopplerDecoder(nn.Module):
@@ -347,18 +393,23 @@ class MicroDopplerDecoder(nn.Module):
         noise: torch.Tensor | None = None,
         eta: float | None = None,
         callback: Callable[[dict], None] | None = None,
+        sampler: str | None = None,
+        generator: Generators = None,
     ) -> torch.Tensor:
-        """Generate one image per embedding with DDIM.
+        """Generate one image per embedding.
 
         Args:
             image_embeds: (B, D) embeddings to condition on.
             cond_scale: classifier-free guidance scale on the embedding (1 = none).
-            timesteps: DDIM steps (default config.sample_timesteps; config.timesteps = all).
+            timesteps: network evaluations (default config.sample_timesteps; config.timesteps = all).
             seed: seeds the starting noise (and per-step noise if eta > 0) through a private
                 generator; the global RNG is left untouched. None uses the global RNG.
             noise: explicit starting noise of shape (B, *diffused_shape); overrides seed for x_T.
             eta: DDIM eta (default config.ddim_eta).
             callback: per-step hook, see `sampling.sample_ddim`.
+            sampler: "ddim" or "dpmpp_2m" (default: `sampling.resolve_sampler`).
+            generator: one generator per image (or one for all) for the starting and per-step
+                noise; exclusive with `seed`.
 
         Returns:
             (B, C, H, W) images in [0, 1].
@@ -369,7 +420,8 @@ class MicroDopplerDecoder(nn.Module):
         if cond_scale != 1.0 and c.cond_drop_prob == 0:
             raise UserError("cond_scale != 1 needs a decoder trained with cond_drop_prob > 0.")
         device = image_embeds.device
-        generator = None
+        if exists(seed) and exists(generator):
+            raise ValueError("give seed or generator, not both")
         if exists(seed):
             generator = torch.Generator(device=device).manual_seed(int(seed))
             # anything inside the libraries that draws from the global RNG (e.g. the codebook's
@@ -377,10 +429,10 @@ class MicroDopplerDecoder(nn.Module):
             cuda = [device] if device.type == "cuda" else []
             with torch.random.fork_rng(devices=cuda):
                 torch.manual_seed(int(seed))
-                return self._sample(image_embeds, cond_scale, timesteps, generator, noise, eta, callback)
-        return self._sample(image_embeds, cond_scale, timesteps, generator, noise, eta, callback)
+                return self._sample(image_embeds, cond_scale, timesteps, generator, noise, eta, callback, sampler)
+        return self._sample(image_embeds, cond_scale, timesteps, generator, noise, eta, callback, sampler)
 
-    def _sample(self, image_embeds, cond_scale, timesteps, generator, noise, eta, callback):
+    def _sample(self, image_embeds, cond_scale, timesteps, generator, noise, eta, callback, sampler):
         c = self.config
         batch, device = image_embeds.shape[0], image_embeds.device
         shape = (batch, *self.diffused_shape)
@@ -388,7 +440,7 @@ class MicroDopplerDecoder(nn.Module):
             if tuple(noise.shape) != shape:
                 raise UserError(f"noise has shape {tuple(noise.shape)}, expected {shape}.")
         else:
-            noise = torch.randn(shape, generator=generator, device=device)
+            noise = randn(shape, generator, device)
         unet = self.unet
         was_training = self.training
         self.eval()
@@ -396,13 +448,14 @@ class MicroDopplerDecoder(nn.Module):
         scheduler = self.noise_scheduler
 
         def model_fn(x, t):
-            out = unet.forward_with_cond_scale(x, t, image_embed=image_embeds, cond_scale=cond_scale)
+            out = guided_unet_forward(unet, x, t, image_embeds, cond_scale)
             eps = out[:, : x.shape[1]]  # drop the variance half when learned_variance
             x_start = scheduler.predict_start_from_noise(x, t=t, noise=eps)
             # pixels live in [-1, 1]; latents are unbounded
             return x_start if c.use_vqgan else x_start.clamp(-1.0, 1.0)
 
-        out = sample_ddim(
+        out = run_sampler(
+            sampler,
             model_fn,
             noise,
             scheduler.alphas_cumprod,

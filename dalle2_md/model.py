@@ -1,9 +1,12 @@
 """`MicroDopplerDALLE2`: the chain user ID -> prior -> image embedding -> decoder -> spectrogram.
 
-Owns sampling with exact counts, guidance scales and step counts per stage, seeded noise that
-depends only on (seed, sample index) so one user's samples do not change with the other users in
-the batch, user-to-user interpolation, re-colouring scalar spectrograms, and the chained bundle
-(kind "dalle2") or loading from the prior and decoder files the seed's scripts write.
+Owns sampling with exact counts, sampler, guidance scales, eta and step counts per stage, and
+the noise convention: the prior and the decoder noise of a sample (its start and, with eta > 0,
+every step) come from a generator keyed by (seed, stream, user label, sample index), so samples
+of one user are independent of each other and of every other user's, and a user's samples do
+not change with the other users in the batch or with the batch size. Also user-to-user
+interpolation, re-colouring scalar spectrograms, and the chained bundle (kind "dalle2") or
+loading from the prior and decoder files the seed's scripts write.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from .clip import ClipConfig, MicroDopplerClip
 from .colormap import scalar_to_rgb
 from .decoder import DecoderConfig, MicroDopplerDecoder
 from .prior import PriorConfig, UserConditionedDiffusionPrior
+from .sampling import DEFAULTS, keyed_generators, randn
 from .utils import BundleError, UserError, exists
 
 # offsets that make the prior's and the decoder's noise streams independent for one seed
@@ -46,19 +50,37 @@ def slerp(a: torch.Tensor, b: torch.Tensor, t: float) -> torch.Tensor:
     return direction * ((1 - t) * norm_a + t * norm_b)
 
 
-def _noise(seed: int, stream: int, shape: tuple[int, ...], device) -> torch.Tensor:
-    generator = torch.Generator().manual_seed(int(seed) * 2 + stream)
-    return torch.randn(shape, generator=generator).to(device)
+def user_labels(label_map: dict | None, user_indices: Sequence[int]) -> list[str]:
+    """The original labels ("ID_5") of contiguous user indices; their decimal strings when no
+    label map is known. These name a user in the noise keys (see module docstring)."""
+    if not exists(label_map):
+        return [str(int(u)) for u in user_indices]
+    from .data import LabelMap
+
+    lm = LabelMap.from_dict(label_map)
+    return [lm.name_of(int(u)) for u in user_indices]
 
 
-def decode_with_shared_noise(decoder, image_embeds: torch.Tensor, *, num_samples_per_user: int = 1, seed: int = 0,
-                             cond_scale: float = 1.0, steps: int | None = None) -> torch.Tensor:
-    """Decode user-major embeddings (groups of `num_samples_per_user`) to images in [0, 1]:
-    sample j of every group starts from decoder noise j of `seed`, so a user's samples do not
-    depend on which other users are in the batch. Shared by the chain and the baseline."""
-    noise = _noise(seed, _DECODER_STREAM, (num_samples_per_user, *decoder.diffused_shape), image_embeds.device)
-    noise = noise.repeat(image_embeds.shape[0] // num_samples_per_user, 1, 1, 1)
-    return decoder.sample(image_embeds, cond_scale=cond_scale, timesteps=steps, noise=noise, eta=0.0)
+def sample_keys(labels: Sequence[str], num_samples_per_user: int, first_sample: int = 0) -> list[tuple[str, int]]:
+    """User-major (label, sample index) keys: samples first_sample.. of each label in turn."""
+    return [(label, first_sample + j) for label in labels for j in range(num_samples_per_user)]
+
+
+def decode_with_keyed_noise(decoder, image_embeds: torch.Tensor, keys: Sequence, *, seed: int = 0,
+                            cond_scale: float = DEFAULTS.cond_scale, steps: int | None = None,
+                            eta: float = DEFAULTS.eta, sampler: str | None = None) -> torch.Tensor:
+    """Decode embeddings to images in [0, 1]; row i's noise (start and per-step) comes from the
+    decoder stream of (seed, keys[i]) only. Shared by the chain and the baseline.
+
+    Args:
+        decoder: a `MicroDopplerDecoder`.
+        image_embeds: (B, D).
+        keys: B hashables, e.g. `sample_keys(...)`; equal keys give equal noise.
+        seed, cond_scale, steps, eta, sampler: as for `MicroDopplerDALLE2.sample`.
+    """
+    generators = keyed_generators(seed, _DECODER_STREAM, keys)
+    return decoder.sample(image_embeds, cond_scale=cond_scale, timesteps=steps, generator=generators, eta=eta,
+                          sampler=sampler)
 
 
 class MicroDopplerDALLE2(nn.Module):
@@ -124,36 +146,58 @@ class MicroDopplerDALLE2(nn.Module):
             raise UserError(f"user indices {bad} out of range: this model knows 0..{self.num_users - 1}.")
         return ids
 
+    def labels_of(self, user_ids: Sequence[int]) -> list[str]:
+        """Original labels of contiguous user indices (decimal strings without a label map)."""
+        return user_labels(self.label_map, user_ids)
+
     @torch.no_grad()
     def sample_image_embeds(
         self,
         user_ids: Sequence[int],
         *,
         num_samples_per_user: int = 1,
-        prior_cond_scale: float = 1.0,
-        prior_steps: int | None = None,
+        prior_cond_scale: float = DEFAULTS.prior_cond_scale,
+        prior_steps: int | None = DEFAULTS.prior_steps,
         seed: int = 0,
+        eta: float = DEFAULTS.eta,
+        sampler: str | None = None,
+        sample_indices: Sequence[int] | None = None,
     ) -> torch.Tensor:
-        """(len(user_ids) * num_samples_per_user, D) embeddings, user-major. Sample j of every
-        user starts from the same prior noise, so a user's samples do not depend on the batch."""
-        ids = self._check_users(user_ids)
-        noise = _noise(seed, _PRIOR_STREAM, (num_samples_per_user, self.prior.image_embed_dim), self.device)
+        """(len(user_ids) * num_samples_per_user, D) embeddings, user-major; sample j of user u
+        starts from the prior noise keyed by (seed, u's label, j).
+
+        Args:
+            sample_indices: instead of `num_samples_per_user`, one sample index per entry of
+                `user_ids` (then the output has len(user_ids) rows, in that order).
+            others: as for `sample`.
+        """
+        ids, keys = self._pairs(user_ids, num_samples_per_user, sample_indices)
         return self.prior.sample(
-            ids,
-            num_samples_per_user,
-            cond_scale=prior_cond_scale,
-            timesteps=prior_steps,
-            eta=0.0,
-            noise=noise.repeat(len(ids), 1),
+            ids, 1, cond_scale=prior_cond_scale, timesteps=prior_steps, eta=eta, sampler=sampler,
+            generator=keyed_generators(seed, _PRIOR_STREAM, keys),
         )
 
+    def _pairs(self, user_ids, num_samples_per_user, sample_indices) -> tuple[list[int], list[tuple[str, int]]]:
+        """(one user index per output row, one noise key per output row)."""
+        ids = self._check_users(user_ids)
+        if exists(sample_indices):
+            if len(sample_indices) != len(ids):
+                raise ValueError(f"{len(sample_indices)} sample indices for {len(ids)} users")
+            return ids, list(zip(self.labels_of(ids), (int(j) for j in sample_indices)))
+        if num_samples_per_user < 1:
+            raise UserError(f"num_samples_per_user must be at least 1, got {num_samples_per_user}.")
+        rows = [u for u in ids for _ in range(num_samples_per_user)]
+        return rows, sample_keys(self.labels_of(ids), num_samples_per_user)
+
     @torch.no_grad()
-    def decode(self, image_embeds: torch.Tensor, *, cond_scale: float = 1.0, decoder_steps: int | None = None,
-               seed: int = 0, num_samples_per_user: int | None = None, colorize: bool = True) -> torch.Tensor:
-        """Decode embeddings to images in [0, 1]; sample j of each group of
-        `num_samples_per_user` starts from decoder noise j (default: every embedding gets noise 0)."""
-        images = decode_with_shared_noise(self.decoder, image_embeds, num_samples_per_user=num_samples_per_user or 1,
-                                          seed=seed, cond_scale=cond_scale, steps=decoder_steps)
+    def decode(self, image_embeds: torch.Tensor, *, cond_scale: float = DEFAULTS.cond_scale,
+               decoder_steps: int | None = DEFAULTS.decoder_steps, seed: int = 0, keys: Sequence | None = None,
+               eta: float = DEFAULTS.eta, sampler: str | None = None, colorize: bool = True) -> torch.Tensor:
+        """Decode embeddings to images in [0, 1]; row i starts from the decoder noise keyed by
+        (seed, keys[i]) (default keys: the row numbers, so every row gets its own noise)."""
+        keys = list(keys) if exists(keys) else [("row", i) for i in range(image_embeds.shape[0])]
+        images = decode_with_keyed_noise(self.decoder, image_embeds, keys, seed=seed, cond_scale=cond_scale,
+                                         steps=decoder_steps, eta=eta, sampler=sampler)
         return self.colorize(images) if colorize else images
 
     @torch.no_grad()
@@ -162,35 +206,41 @@ class MicroDopplerDALLE2(nn.Module):
         user_ids: Sequence[int],
         *,
         num_samples_per_user: int = 1,
-        cond_scale: float = 1.0,
-        prior_cond_scale: float = 1.0,
-        prior_steps: int | None = None,
-        decoder_steps: int | None = None,
+        cond_scale: float = DEFAULTS.cond_scale,
+        prior_cond_scale: float = DEFAULTS.prior_cond_scale,
+        prior_steps: int | None = DEFAULTS.prior_steps,
+        decoder_steps: int | None = DEFAULTS.decoder_steps,
         seed: int = 0,
+        eta: float = DEFAULTS.eta,
+        sampler: str | None = None,
+        sample_indices: Sequence[int] | None = None,
         colorize: bool = True,
     ) -> torch.Tensor:
         """Generate spectrograms for users.
 
         Args:
             user_ids: contiguous user indices (use `user_index` to turn labels into indices).
-            num_samples_per_user: images per listed user.
+            num_samples_per_user: images per listed user (samples 0..n-1 of each).
             cond_scale: decoder guidance on the image embedding (1 = none).
             prior_cond_scale: prior guidance on the user ID (1 = none).
-            prior_steps, decoder_steps: DDIM steps (default: each stage's `sample_timesteps`).
+            prior_steps, decoder_steps: network evaluations per stage (default: each stage's
+                `sample_timesteps`).
             seed: same seed, same images.
+            eta: DDIM eta of both stages (0 = deterministic; > 0 selects the ddim sampler).
+            sampler: "ddim" or "dpmpp_2m" for both stages (default `sampling.DEFAULTS.sampler`).
+            sample_indices: instead of `num_samples_per_user`, the sample index of each entry
+                of `user_ids` (for batches that mix users and samples: `user_ids=[0, 0, 3]`,
+                `sample_indices=[5, 6, 0]` gives exactly those rows of the full sets).
             colorize: re-apply the data set's colormap to scalar models (RGB output).
         Returns:
             (len(user_ids) * num_samples_per_user, C, H, W) in [0, 1], user-major (all samples
             of user_ids[0] first); C = 3 when colorized, else the model's channels.
         """
-        if num_samples_per_user < 1:
-            raise UserError(f"num_samples_per_user must be at least 1, got {num_samples_per_user}.")
-        embeds = self.sample_image_embeds(
-            user_ids, num_samples_per_user=num_samples_per_user, prior_cond_scale=prior_cond_scale,
-            prior_steps=prior_steps, seed=seed,
-        )
-        return self.decode(embeds, cond_scale=cond_scale, decoder_steps=decoder_steps, seed=seed,
-                           num_samples_per_user=num_samples_per_user, colorize=colorize)
+        ids, keys = self._pairs(user_ids, num_samples_per_user, sample_indices)
+        embeds = self.sample_image_embeds(ids, sample_indices=[j for _, j in keys], prior_cond_scale=prior_cond_scale,
+                                          prior_steps=prior_steps, seed=seed, eta=eta, sampler=sampler)
+        return self.decode(embeds, cond_scale=cond_scale, decoder_steps=decoder_steps, seed=seed, keys=keys, eta=eta,
+                           sampler=sampler, colorize=colorize)
 
     @torch.no_grad()
     def interpolate(
@@ -200,28 +250,35 @@ class MicroDopplerDALLE2(nn.Module):
         *,
         steps: int = 8,
         seed: int = 0,
-        cond_scale: float = 1.0,
-        prior_cond_scale: float = 1.0,
-        prior_steps: int | None = None,
-        decoder_steps: int | None = None,
+        cond_scale: float = DEFAULTS.cond_scale,
+        prior_cond_scale: float = DEFAULTS.prior_cond_scale,
+        prior_steps: int | None = DEFAULTS.prior_steps,
+        decoder_steps: int | None = DEFAULTS.decoder_steps,
+        sampler: str | None = None,
         colorize: bool = True,
     ) -> torch.Tensor:
-        """Frames along the great circle between two users' sampled embeddings, all decoded from
-        the same noise; frame 0 equals `sample([user_a], seed=seed)` and the last frame
-        `sample([user_b], seed=seed)`.
+        """Frames between sample 0 of two users: the embeddings move along the great circle
+        between the two users' sampled embeddings and the decoder's starting noise along the
+        great circle between the two samples' noises, so frame 0 equals
+        `sample([user_a], seed=seed)` and the last frame `sample([user_b], seed=seed)`.
+        Deterministic (eta = 0): per-step noise has no path between the two samples.
 
         Returns:
             (steps, C, H, W) in [0, 1].
         """
         if steps < 2:
             raise UserError(f"interpolation needs at least 2 steps, got {steps}.")
-        ends = self.sample_image_embeds(
-            [user_a, user_b], prior_cond_scale=prior_cond_scale, prior_steps=prior_steps, seed=seed
-        )
-        positions = np.linspace(0.0, 1.0, steps)
-        embeds = torch.stack([slerp(ends[0], ends[1], float(t)) for t in positions])
-        # every frame starts from the same decoder noise: that of sample 0 of `sample`
-        return self.decode(embeds, cond_scale=cond_scale, decoder_steps=decoder_steps, seed=seed, colorize=colorize)
+        ends = self.sample_image_embeds([user_a, user_b], prior_cond_scale=prior_cond_scale, prior_steps=prior_steps,
+                                        seed=seed, sampler=sampler)
+        keys = sample_keys(self.labels_of([user_a, user_b]), 1)
+        shape = (2, *self.decoder.diffused_shape)
+        noise_a, noise_b = randn(shape, keyed_generators(seed, _DECODER_STREAM, keys), self.device).flatten(1)
+        positions = [float(t) for t in np.linspace(0.0, 1.0, steps)]
+        embeds = torch.stack([slerp(ends[0], ends[1], t) for t in positions])
+        noise = torch.stack([slerp(noise_a, noise_b, t) for t in positions]).view(steps, *shape[1:])
+        images = self.decoder.sample(embeds, cond_scale=cond_scale, timesteps=decoder_steps, noise=noise, eta=0.0,
+                                     sampler=sampler)
+        return self.colorize(images) if colorize else images
 
     def colorize(self, images: torch.Tensor) -> torch.Tensor:
         """Scalar images (B, 1, H, W) in [0, 1] -> RGB through the colormap; RGB passes through."""

@@ -1,10 +1,10 @@
 """The prior stage: a diffusion model over embedding-space vectors, conditioned on a user ID.
 
 Owns `PriorConfig`, the network `UserConditionedPriorNetwork`, the diffusion wrapper
-`UserConditionedDiffusionPrior` (training loss, guided few-step sampling, bundles) and the
-plain-function sampler `sampling.sample_ddim`. Both classes subclass dalle2-pytorch 1.15.6's
-`DiffusionPriorNetwork` / `DiffusionPrior`; the causal transformer, noise schedule and loss are
-theirs.
+`UserConditionedDiffusionPrior` (training loss, guided few-step sampling, bundles) and uses
+the plain-function samplers of `sampling` (DDIM, DPM-Solver++(2M)). Both classes subclass
+dalle2-pytorch 1.15.6's `DiffusionPriorNetwork` / `DiffusionPrior`; the causal transformer,
+noise schedule and loss are theirs.
 
 Why the stock prior trains slowly (measured on the 2-core CPU, dim 64, depth 4, heads 4,
 dim_head 16, batch 64, forward+backward+Adam, median of 8 steps):
@@ -49,7 +49,7 @@ from einops.layers.torch import Rearrange
 from torch import nn
 
 from .bundle import load_bundle, save_bundle
-from .sampling import sample_ddim
+from .sampling import Generators, randn, run_sampler
 from .utils import BundleError, UserError, exists
 
 PREDICTS = ("x_start", "noise", "v")
@@ -234,12 +234,6 @@ class UserConditionedPriorNetwork(DiffusionPriorNetwork):
         return null + (cond - null) * cond_scale
 
 
-def _randn(shape, generator, device):
-    # draw where the generator lives (a CPU generator may drive a CUDA model), then move
-    noise = torch.randn(shape, generator=generator, device=generator.device if exists(generator) else device)
-    return noise.to(device)
-
-
 
 class UserConditionedDiffusionPrior(DiffusionPrior):
     """Diffusion prior p(image embedding | user ID).
@@ -330,9 +324,10 @@ class UserConditionedDiffusionPrior(DiffusionPrior):
         timesteps: int | None = None,
         eta: float | None = None,
         seed: int | None = None,
-        generator: torch.Generator | None = None,
+        generator: Generators = None,
         noise: torch.Tensor | None = None,
         callback: Callable[[dict], None] | None = None,
+        sampler: str | None = None,
     ) -> torch.Tensor:
         """Draw image embeddings for users.
 
@@ -340,13 +335,15 @@ class UserConditionedDiffusionPrior(DiffusionPrior):
             user_ids: user IDs (list or 1-D tensor).
             num_samples_per_user: samples per listed user.
             cond_scale: classifier-free guidance scale (1 = plain conditional).
-            timesteps: DDIM steps; default `config.sample_timesteps`.
+            timesteps: network evaluations; default `config.sample_timesteps`.
             eta: DDIM eta; default `config.ddim_eta`.
             seed: seeds a private generator (global RNG untouched); exclusive with `generator`.
-            generator: torch.Generator to draw noise from.
+            generator: torch.Generator to draw noise from, or one per output row (each row's
+                noise then depends on its generator only).
             noise: explicit initial noise (N, dim) in the diffusion's unit-variance space; the
                 same user + same noise gives the same sample when eta = 0.
-            callback: per-step hook, see `sample_ddim`.
+            callback: per-step hook, see `sampling.sample_ddim`.
+            sampler: "ddim" or "dpmpp_2m" (default: `sampling.resolve_sampler`).
         Returns:
             (len(user_ids) * num_samples_per_user, dim) embeddings, user-major: all samples of
             user_ids[0] first.
@@ -380,10 +377,10 @@ class UserConditionedDiffusionPrior(DiffusionPrior):
                 raise ValueError(f"noise has shape {tuple(noise.shape)}, expected {shape}")
             noise = noise.to(self.device)
         else:
-            noise = _randn(shape, generator, self.device)
+            noise = randn(shape, generator, self.device)
         try:
-            x = sample_ddim(
-                model_fn, noise, self.noise_scheduler.alphas_cumprod, timesteps,
+            x = run_sampler(
+                sampler, model_fn, noise, self.noise_scheduler.alphas_cumprod, timesteps,
                 eta=eta, generator=generator, callback=callback,
             )
         finally:

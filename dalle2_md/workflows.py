@@ -29,6 +29,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
+from .sampling import DEFAULTS
 from .training import TrainConfig, TrainResult, train
 from .utils import DataError, UserError, exists
 
@@ -601,11 +602,26 @@ def _save_png(image01: torch.Tensor, path: Path) -> Path:
     return path
 
 
+GRID_SAMPLES_PER_USER = 8  # grid.png shows at most this many samples of each user (bounded memory)
+
+
+def _sampling_kwargs(*, cond_scale, prior_cond_scale, sample_steps, prior_steps, seed, eta, sampler) -> dict:
+    from .sampling import resolve_sampler
+
+    resolve_sampler(sampler, eta)  # a bad name or combination stops here, before any work
+    return dict(cond_scale=cond_scale, prior_cond_scale=prior_cond_scale, decoder_steps=sample_steps,
+                prior_steps=prior_steps, seed=seed, eta=eta, sampler=sampler)
+
+
 def generate(model, output_dir, *, users: Sequence[str] | None = None, num_samples_per_user: int = 4,
-             cond_scale: float = 1.0, prior_cond_scale: float = 1.0, sample_steps: int | None = None,
-             prior_steps: int | None = None, seed: int = 0, batch_size: int = 64, save_npy: bool = False) -> dict:
+             cond_scale: float = DEFAULTS.cond_scale, prior_cond_scale: float = DEFAULTS.prior_cond_scale,
+             sample_steps: int | None = DEFAULTS.decoder_steps, prior_steps: int | None = DEFAULTS.prior_steps,
+             seed: int = 0, batch_size: int = 64, save_npy: bool = False, eta: float = DEFAULTS.eta,
+             sampler: str | None = None, fast: "FastPaths | None" = None, progress: bool = False) -> dict:
     """Sample spectrograms for users and write them as PNGs named with the original labels
-    (`ID_5_000.png`), plus `grid.png` with one row per user.
+    (`ID_5_000.png`) as each batch finishes, plus `grid.png` with one row per user (its first
+    `GRID_SAMPLES_PER_USER` samples). Batches mix users and samples up to `batch_size` images;
+    memory is bounded by the batch, not by the number of images.
 
     Args:
         model: a `MicroDopplerDALLE2`.
@@ -613,65 +629,88 @@ def generate(model, output_dir, *, users: Sequence[str] | None = None, num_sampl
         users: original labels ("ID_5", "5"); None = every user the model knows.
         num_samples_per_user: images per user.
         cond_scale, prior_cond_scale: decoder / prior guidance (1 = none).
-        sample_steps, prior_steps: DDIM steps of the decoder / prior (None: the model's default).
-        seed: same seed, same images (a user's images do not depend on the other users asked for).
+        sample_steps, prior_steps: network evaluations of the decoder / prior (None: the
+            model's `sample_timesteps`).
+        seed: same seed, same images; an image depends only on (seed, user label, sample index)
+            and the settings, never on the other users asked for or on `batch_size`.
         batch_size: most images sampled at once.
         save_npy: also save each scalar spectrogram (H, W) in [0, 1] as .npy.
+        eta: DDIM eta (> 0 selects the ddim sampler).
+        sampler: "ddim" or "dpmpp_2m" (default `sampling.DEFAULTS.sampler`).
+        fast: GPU fast paths (`fastpath.FastPaths`); each falls back on a CPU with one line.
+        progress: show a progress bar.
     Returns:
-        {"images": [paths], "grid": path, "npy": [paths]}
+        {"images": [paths], "grid": path, "npy": [paths], "seconds": float, "images_per_s": float}
     """
     import numpy as np
+    from tqdm.auto import tqdm
+
+    from .data import save_image_grid
+    from .fastpath import FastPaths, apply_fast_paths
 
     if num_samples_per_user < 1 or batch_size < 1:
         raise UserError(f"--num_samples_per_user and --batch_size must be at least 1 (got {num_samples_per_user} "
                         f"and {batch_size}).")
+    sampling = _sampling_kwargs(cond_scale=cond_scale, prior_cond_scale=prior_cond_scale, sample_steps=sample_steps,
+                                prior_steps=prior_steps, seed=seed, eta=eta, sampler=sampler)
     lm = _label_map(model)
     indices = [model.user_index(u) for u in users] if users else list(range(model.num_users))
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    per_chunk = max(1, batch_size // num_samples_per_user)
-    chunks = []
-    for start in range(0, len(indices), per_chunk):
-        chunks.append(model.sample(indices[start:start + per_chunk], num_samples_per_user=num_samples_per_user,
-                                   cond_scale=cond_scale, prior_cond_scale=prior_cond_scale, prior_steps=prior_steps,
-                                   decoder_steps=sample_steps, seed=seed, colorize=False).cpu())
-    raw = torch.cat(chunks)
-    shown = model.colorize(raw)
-    written, npys = [], []
-    for k, index in enumerate(indices):
-        stem = lm.file_stem(index)
-        for j in range(num_samples_per_user):
-            n = k * num_samples_per_user + j
-            written.append(_save_png(shown[n], out / f"{stem}_{j:03d}.png"))
-            if save_npy and raw.shape[1] == 1:
-                npys.append(out / f"{stem}_{j:03d}.npy")
-                np.save(npys[-1], raw[n, 0].numpy().astype(np.float32))
-    from .data import save_image_grid
-
-    grid = save_image_grid(shown * 2 - 1, out / "grid.png", nrow=num_samples_per_user, colormap="none",
+    context = apply_fast_paths(model, model.device, fast or FastPaths(), say=log)
+    pairs = [(index, j) for index in indices for j in range(num_samples_per_user)]
+    grid_per_user = min(num_samples_per_user, GRID_SAMPLES_PER_USER)
+    written, npys, grid_tiles = [], [], []
+    start = time.perf_counter()
+    with tqdm(total=len(pairs), unit="img", desc="generate", disable=not progress) as bar:
+        for first in range(0, len(pairs), batch_size):
+            batch = pairs[first:first + batch_size]
+            with context:
+                raw = model.sample([u for u, _ in batch], sample_indices=[j for _, j in batch], colorize=False,
+                                   **sampling)
+            raw = raw.float().cpu()
+            shown = model.colorize(raw)
+            for (index, j), scalar, image in zip(batch, raw, shown):
+                stem = f"{lm.file_stem(index)}_{j:03d}"
+                written.append(_save_png(image, out / f"{stem}.png"))
+                if save_npy and scalar.shape[0] == 1:
+                    npys.append(out / f"{stem}.npy")
+                    np.save(npys[-1], scalar[0].numpy().astype(np.float32))
+                if j < grid_per_user:
+                    grid_tiles.append(image)
+            bar.update(len(batch))
+    seconds = time.perf_counter() - start
+    rate = len(pairs) / max(seconds, 1e-9)
+    log(f"generate: {len(pairs)} images in {seconds:.1f} s ({rate:.2f} images/s, batches of up to {batch_size})")
+    grid = save_image_grid(torch.stack(grid_tiles) * 2 - 1, out / "grid.png", nrow=grid_per_user, colormap="none",
                            min_tile=GRID_MIN_TILE)
-    return {"images": written, "grid": grid, "npy": npys}
+    return {"images": written, "grid": grid, "npy": npys, "seconds": seconds, "images_per_s": rate}
 
 
 def interpolate_users(model, output_dir, *, user_a: str, user_b: str, steps: int = 8, seed: int = 0,
-                      cond_scale: float = 1.0, prior_cond_scale: float = 1.0, sample_steps: int | None = None,
-                      prior_steps: int | None = None) -> dict:
-    """Frames between two users' sampled embeddings, decoded from the same noise: a strip
-    `interpolation_<a>_<b>.png` and its frames in `interpolation_<a>_<b>/frame_000.png`.
+                      cond_scale: float = DEFAULTS.cond_scale, prior_cond_scale: float = DEFAULTS.prior_cond_scale,
+                      sample_steps: int | None = DEFAULTS.decoder_steps, prior_steps: int | None = DEFAULTS.prior_steps,
+                      sampler: str | None = None) -> dict:
+    """Frames between sample 0 of two users (ends equal to those plain samples, see
+    `MicroDopplerDALLE2.interpolate`): a strip `interpolation_<a>_<b>.png` and its frames in
+    `interpolation_<a>_<b>/frame_000.png`.
 
     Args:
         model: a `MicroDopplerDALLE2`.
         output_dir: folder to write into.
         user_a, user_b: original labels of the two users.
         steps: frames, ends included.
-        seed, cond_scale, prior_cond_scale, sample_steps, prior_steps: as for `generate`.
+        seed, cond_scale, prior_cond_scale, sample_steps, prior_steps, sampler: as for `generate`
+            (always deterministic: eta = 0).
     """
     from .data import save_image_grid
 
+    _sampling_kwargs(cond_scale=cond_scale, prior_cond_scale=prior_cond_scale, sample_steps=sample_steps,
+                     prior_steps=prior_steps, seed=seed, eta=0.0, sampler=sampler)
     lm = _label_map(model)
     a, b = model.user_index(user_a), model.user_index(user_b)
     frames = model.interpolate(a, b, steps=steps, seed=seed, cond_scale=cond_scale, prior_cond_scale=prior_cond_scale,
-                               prior_steps=prior_steps, decoder_steps=sample_steps).cpu()
+                               prior_steps=prior_steps, decoder_steps=sample_steps, sampler=sampler).cpu()
     name = f"interpolation_{lm.name_of(a)}_{lm.name_of(b)}"
     out = Path(output_dir)
     paths = [_save_png(f, out / name / f"frame_{i:03d}.png") for i, f in enumerate(frames)]
@@ -690,8 +729,8 @@ def interpolate_users(model, output_dir, *, user_a: str, user_b: str, steps: int
 CPU_CLIP_SIZES = dict(dim_latent=32, dim_image=64, dim_text=32, encoder_widths=(16, 32, 64), token_grid=2,
                       text_heads=2, text_dim_head=16, ssl_dim=32, ssl_hidden=64)
 CPU_DECODER_SIZES = dict(dim=16, dim_mults=(1, 2, 4), num_resnet_blocks=1, attn_heads=2, attn_dim_head=16,
-                         timesteps=1000, sample_timesteps=25, num_image_tokens=2)
-CPU_PRIOR_SIZES = dict(depth=2, heads=2, dim_head=16, timesteps=1000, sample_timesteps=16)
+                         timesteps=1000, sample_timesteps=DEFAULTS.sample_timesteps, num_image_tokens=2)
+CPU_PRIOR_SIZES = dict(depth=2, heads=2, dim_head=16, timesteps=1000, sample_timesteps=DEFAULTS.sample_timesteps)
 
 
 @dataclass(frozen=True)
@@ -707,7 +746,7 @@ class DemoConfig:
         lr: learning rate of every stage.
         clip, decoder, prior: size fields of ClipConfig / DecoderConfig / PriorConfig.
         samples_per_user: images per user in the grid.
-        sample_steps, prior_sample_steps: DDIM steps when generating.
+        sample_steps, prior_sample_steps: network evaluations per stage when generating.
         interp_steps: frames of the interpolation strip.
     """
 
@@ -726,8 +765,8 @@ class DemoConfig:
     samples_per_user: int = 4
     eval_samples_per_user: int = 8
     recogniser_steps: int = 300
-    sample_steps: int = 25
-    prior_sample_steps: int = 16
+    sample_steps: int = DEFAULTS.sample_timesteps
+    prior_sample_steps: int = DEFAULTS.sample_timesteps
     interp_steps: int = 8
 
     @classmethod

@@ -59,6 +59,33 @@ def test_same_seed_same_images_and_batch_composition_does_not_matter():
     assert not torch.allclose(model.sample([0], seed=8), a[:1])
 
 
+def test_users_samples_have_independent_noise_even_unconditionally():
+    """Guidance 0 makes both stages ignore the user, so any difference between sample 0 of two
+    users can only come from their noise: with noise shared by sample index they were equal."""
+    model = make_model()
+    fit_decoder_briefly(model)
+    embeds = model.sample_image_embeds([0, 1, 0], prior_cond_scale=0.0, sample_indices=[0, 0, 0], seed=3)
+    assert not torch.allclose(embeds[0], embeds[1], atol=1e-4)
+    torch.testing.assert_close(embeds[0], embeds[2])  # the same (user, sample, seed): the same noise
+    images = model.sample([0, 1], cond_scale=0.0, prior_cond_scale=0.0, seed=3, colorize=False)
+    assert (images[0] - images[1]).abs().max() > 1e-3
+
+
+def test_stochastic_samples_do_not_depend_on_the_batch_either():
+    model = make_model()
+    a = model.sample([0, 1, 2], num_samples_per_user=2, seed=7, eta=1.0, colorize=False)
+    alone = model.sample([1], num_samples_per_user=2, seed=7, eta=1.0, colorize=False)
+    torch.testing.assert_close(alone, a[2:4], atol=1e-5, rtol=0)
+    assert not torch.allclose(a, model.sample([0, 1, 2], num_samples_per_user=2, seed=7, colorize=False), atol=1e-4)
+
+
+def test_mixed_batches_of_users_and_sample_indices_give_the_same_rows():
+    model = make_model()
+    full = model.sample([0, 2], num_samples_per_user=3, seed=5, colorize=False)
+    mixed = model.sample([2, 0, 2], sample_indices=[2, 1, 0], seed=5, colorize=False)
+    torch.testing.assert_close(mixed, full[[5, 1, 3]], atol=1e-5, rtol=0)
+
+
 def fit_decoder_briefly(model, steps=15):
     """An untrained U-Net predicts huge noise, so every pixel clamps to 0 or 1 whatever the
     embedding; a few steps on smooth images bring its outputs into range."""

@@ -1,0 +1,138 @@
+"""Throughput and memory of `generate`: images/s at 32, 64 and 128 px, the old path (the main
+branch's code: one call per chunk of users, noise shared by sample index, DDIM) against this
+one, and peak RSS for 31 users x 200 images at 64 px.
+
+Models are untrained (random weights cost the same per step as trained ones) with the CPU
+sizes of `workflows.CPU_*_SIZES`; each measurement runs in a child process with its own
+PYTHONPATH (OLD = a checkout of the old code, default /work/main; NEW = this repository), so
+peak RSS is that child's alone. Rows:
+
+    old      main's generate, DDIM, the CPU sizes' default steps (decoder 25, prior 16)
+    new      this generate, same sampler and steps (what batching and the new code change)
+    new-dpm  this generate, DPM-Solver++(2M) at --dpm_steps (the measured default)
+
+    python benchmarks/bench_generate.py --threads 1
+    python benchmarks/bench_generate.py --skip_rss        # throughput only
+"""
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+CHILD = r"""
+import json, resource, sys, time, torch
+spec = json.loads(sys.argv[1])
+torch.set_num_threads(spec["threads"])
+from dalle2_md.workflows import load_generator, generate
+model = load_generator(model_path=spec["bundle"], device="cpu")
+extra = {"sampler": spec["sampler"]} if spec.get("sampler") else {}
+generate(model, spec["out"] + "_warm", users=spec["users"][:1], num_samples_per_user=1, sample_steps=2, prior_steps=2)
+start = time.perf_counter()
+generate(model, spec["out"], users=spec["users"], num_samples_per_user=spec["n"], sample_steps=spec["steps"],
+         prior_steps=spec["prior_steps"], seed=0, batch_size=spec["batch_size"], **extra)
+seconds = time.perf_counter() - start
+print("RESULT " + json.dumps({"seconds": seconds, "images": len(spec["users"]) * spec["n"],
+                              "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+"""
+
+
+def build_bundle(path: Path, image_size: int, num_users: int, tiny: bool = False) -> Path:
+    import torch
+
+    from dalle2_md.decoder import DecoderConfig, MicroDopplerDecoder
+    from dalle2_md.model import MicroDopplerDALLE2
+    from dalle2_md.prior import PriorConfig, UserConditionedDiffusionPrior
+    from dalle2_md.workflows import CPU_CLIP_SIZES, CPU_DECODER_SIZES, CPU_PRIOR_SIZES
+
+    torch.manual_seed(0)
+    dim = CPU_CLIP_SIZES["dim_latent"]
+    sizes = dict(CPU_DECODER_SIZES, dim=8, dim_mults=(1, 2)) if tiny else CPU_DECODER_SIZES
+    prior = UserConditionedDiffusionPrior(PriorConfig(num_users=num_users, dim=dim, **CPU_PRIOR_SIZES))
+    decoder = MicroDopplerDecoder(config=DecoderConfig(image_size=image_size, channels=1, image_embed_dim=dim, **sizes))
+    return MicroDopplerDALLE2(prior=prior, decoder=decoder).save(path)
+
+
+def run_child(code_root: Path, spec: dict) -> dict:
+    env = dict(os.environ, PYTHONPATH=str(code_root), OMP_NUM_THREADS=str(spec["threads"]))
+    proc = subprocess.run([sys.executable, "-c", CHILD, json.dumps(spec)], capture_output=True, text=True, env=env)
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
+    if proc.returncode != 0 or not lines:
+        sys.exit(f"child failed ({code_root}):\n{proc.stdout[-1500:]}\n{proc.stderr[-1500:]}")
+    return json.loads(lines[-1][len("RESULT "):])
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--old", default="/work/main", help="checkout of the old code")
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--dpm_steps", type=int, default=10, help="steps of the new-dpm row (both stages)")
+    ap.add_argument("--sizes", default="32,64,128")
+    ap.add_argument("--skip_rss", action="store_true")
+    ap.add_argument("--out", default="benchmarks/results/bench_generate.json")
+    args = ap.parse_args()
+    old_root, new_root = Path(args.old), REPO
+    # images per size: enough batches to time, few enough for a busy 2-core machine
+    plan = {32: (8, 4), 64: (4, 4), 128: (2, 2)}
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="bench-gen-") as tmp:
+        tmp = Path(tmp)
+        for size in [int(s) for s in args.sizes.split(",")]:
+            users, n = plan.get(size, (2, 2))
+            bundle = build_bundle(tmp / f"chain{size}.pt", size, num_users=31)
+            base = dict(bundle=str(bundle), users=[str(u) for u in range(users)], n=n, threads=args.threads,
+                        batch_size=64)
+            variants = {
+                "old": (old_root, dict(base, steps=25, prior_steps=16)),
+                "new": (new_root, dict(base, steps=25, prior_steps=16, sampler="ddim")),
+                "new-dpm": (new_root, dict(base, steps=args.dpm_steps, prior_steps=args.dpm_steps, sampler="dpmpp_2m")),
+            }
+            for name, (root, spec) in variants.items():
+                r = run_child(root, dict(spec, out=str(tmp / f"{name}{size}")))
+                row = {"size": size, "space": "pixel", "path": name, "steps": spec["steps"],
+                       "prior_steps": spec["prior_steps"], **r, "images_per_s": r["images"] / r["seconds"]}
+                rows.append(row)
+                print(f"{size:4d} px {name:8s}: {row['images_per_s']:.3f} images/s ({r['images']} images, "
+                      f"{r['seconds']:.1f}s, peak RSS {r['peak_rss_mib']:.0f} MiB)", flush=True)
+        rss = []
+        if not args.skip_rss:
+            bundle = build_bundle(tmp / "rss64.pt", 64, num_users=31, tiny=True)
+            spec = dict(bundle=str(bundle), users=[str(u) for u in range(31)], n=200, threads=args.threads,
+                        batch_size=64, steps=1, prior_steps=1)
+            for name, root, extra in (("old", old_root, {}), ("new", new_root, {"sampler": "ddim"})):
+                start = time.perf_counter()
+                r = run_child(root, dict(spec, out=str(tmp / f"rss_{name}"), **extra))
+                rss.append({"path": name, **r, "wall_s": time.perf_counter() - start})
+                print(f"31 x 200 at 64 px, {name}: peak RSS {r['peak_rss_mib']:.0f} MiB ({r['seconds']:.0f}s)", flush=True)
+
+    print()
+    print("| size | path | steps (decoder/prior) | images/s | ratio to old | peak RSS MiB |")
+    print("|---:|---|---|---:|---:|---:|")
+    for r in rows:
+        old = next(o for o in rows if o["size"] == r["size"] and o["path"] == "old")
+        print(f"| {r['size']} | {r['path']} | {r['steps']}/{r['prior_steps']} | {r['images_per_s']:.3f} | "
+              f"{r['images_per_s'] / old['images_per_s']:.2f}x | {r['peak_rss_mib']:.0f} |")
+    if rss:
+        print()
+        print("| 31 users x 200 images, 64 px (1 step per stage, dim-8 U-Net) | peak RSS MiB | seconds |")
+        print("|---|---:|---:|")
+        for r in rss:
+            print(f"| {r['path']} | {r['peak_rss_mib']:.0f} | {r['seconds']:.0f} |")
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    import torch
+
+    out.write_text(json.dumps({"threads": args.threads, "torch": torch.__version__, "untrained_models": True,
+                               "throughput": rows, "rss_31x200_64px": rss}, indent=1))
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,37 @@
+"""Sampling defaults of every command and API that samples, in one place (no torch import, so
+the command line can show them in --help cheaply). Set from `benchmarks/bench_sampling.py`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+SAMPLERS = ("ddim", "dpmpp_2m")
+
+
+@dataclass(frozen=True)
+class SamplingDefaults:
+    """Defaults of every command and API that samples (the one place to change them).
+
+    Args:
+        sampler: "ddim" or "dpmpp_2m" (chosen by `benchmarks/bench_sampling.py`).
+        sample_timesteps: network evaluations per stage that newly trained models store as
+            their `sample_timesteps` (the train commands' and CPU sizes' default; chosen by
+            `benchmarks/bench_sampling.py`: the fewest with quality no worse than 1000 steps).
+        decoder_steps, prior_steps: network evaluations per stage when a command is given no
+            count; None = each model's own `sample_timesteps` (set when it was trained).
+        eta: DDIM stochasticity (0 = deterministic; > 0 needs the ddim sampler).
+        cond_scale: decoder guidance on the image embedding (1 = none).
+        prior_cond_scale: prior guidance on the user (1 = none).
+    """
+
+    sampler: str = "dpmpp_2m"
+    sample_timesteps: int = 25
+    decoder_steps: int | None = None
+    prior_steps: int | None = None
+    eta: float = 0.0
+    cond_scale: float = 1.0
+    prior_cond_scale: float = 1.0
+
+
+DEFAULTS = SamplingDefaults()
