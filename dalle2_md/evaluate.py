@@ -56,6 +56,9 @@ class RecogniserConfig:
         feature_dim: size of the penultimate feature vector (FID, diversity, memorisation).
             FID needs more images per set than this (see `domain_fid`).
         pool_rows: Doppler rows kept by the final pooling (time is averaged away entirely).
+        time_pool: average the input over this many time columns before the first conv (1: off).
+            Identity lives mostly along Doppler; 4 keeps 16 columns of a 64 px, 3 s image
+            (cadence, ~2 steps/s, is still resolved) and makes training ~4x cheaper on CPU.
     """
 
     num_users: int
@@ -64,10 +67,11 @@ class RecogniserConfig:
     widths: tuple[int, ...] = (16, 32, 64)
     feature_dim: int = 64
     pool_rows: int = 4
+    time_pool: int = 1
 
     def __post_init__(self):
         object.__setattr__(self, "widths", tuple(int(w) for w in self.widths))
-        if self.num_users < 1 or self.feature_dim < 1 or self.pool_rows < 1 or not self.widths:
+        if self.num_users < 1 or self.feature_dim < 1 or self.pool_rows < 1 or self.time_pool < 1 or not self.widths:
             raise UserError(f"invalid recogniser config {self}")
 
 
@@ -98,6 +102,8 @@ class Recogniser(nn.Module):
     def __init__(self, *, config: RecogniserConfig):
         super().__init__()
         self.config = config
+        # no parameters either way, so bundles without `time_pool` load unchanged
+        self.time_pool = nn.AvgPool2d((1, config.time_pool)) if config.time_pool > 1 else nn.Identity()
         blocks, dim_in, size = [], config.channels, config.image_size
         for i, width in enumerate(config.widths):
             down = i < len(config.widths) - 1 and size >= 2 * config.pool_rows
@@ -115,7 +121,7 @@ class Recogniser(nn.Module):
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """(N, C, H, W) in [-1, 1] -> (N, feature_dim) penultimate features."""
-        h = self.pool(self.blocks(x))  # (N, C', pool_rows, 1)
+        h = self.pool(self.blocks(self.time_pool(x)))  # (N, C', pool_rows, 1)
         return self.to_features(rearrange(h, "n c r 1 -> n (c r)"))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -182,30 +188,34 @@ class RecogniserTrainConfig:
         eval_every: with validation data, evaluate every this many steps (0: steps // 10) and
             keep the weights with the best validation accuracy.
 
-    The defaults are the strong real-only baseline, measured on the gait31 profile at 64 px
-    (`benchmarks/kshot.py`); `LEGACY_RECOGNISER_TRAIN` keeps the earlier settings.
+    The defaults are the strong real-only baseline, picked on the validation split of gait31 at
+    64 px (data seed 0, K = 10 and 90, widths (8, 16, 32), time_pool 4): lr 3e-3 beat 5e-3
+    (val 0.77 vs 0.51 at K = 10), mixup 0.2 beat none at K = 10 (0.77 vs 0.70) and tied at K = 90,
+    validation accuracy still rose up to 2000 steps at K = 90, hence 2500.
+    `LEGACY_RECOGNISER_TRAIN` keeps the earlier settings (shift and noise only, 300 steps).
     """
 
-    steps: int = 300
+    steps: int = 2500
     batch_size: int = 32
-    lr: float = 2e-3
+    lr: float = 3e-3
     weight_decay: float = 1e-4
     seed: int = 0
     augment: bool = True
     max_shift: float = 0.25
     noise_std: float = 0.03
-    time_masks: int = 0
-    time_mask_width: float = 0.0
-    freq_masks: int = 0
-    freq_mask_width: float = 0.0
-    mixup_alpha: float = 0.0
+    time_masks: int = 1
+    time_mask_width: float = 0.1
+    freq_masks: int = 1
+    freq_mask_width: float = 0.06
+    mixup_alpha: float = 0.2
     synthetic_weight: float = 1.0
     synthetic_batch_size: int = 0
     eval_every: int = 0
 
 
 # the recogniser settings before SpecAugment masks and mixup (for comparisons and old results)
-LEGACY_RECOGNISER_TRAIN = RecogniserTrainConfig(steps=300, lr=2e-3)
+LEGACY_RECOGNISER_TRAIN = RecogniserTrainConfig(steps=300, lr=2e-3, time_masks=0, time_mask_width=0.0, freq_masks=0,
+                                               freq_mask_width=0.0, mixup_alpha=0.0)
 
 
 def _band_masks(n: int, size: int, count: int, max_frac: float, g: torch.Generator) -> torch.Tensor:

@@ -16,17 +16,19 @@ Profiles (`PROFILES`, `dalle2-md synth --profile NAME`):
   jitter, +-15 deg aspect, 10-30 dB SNR, clutter and the start phase vary; every walker comes
   towards the radar. A handful of images per user tells the users apart.
 - `gait31`: a benchmark with headroom, shaped like a real recorded data set: 31 users `ID_1..ID_31`
-  (Kaggle layout), 100 recordings each, 64 px. Users are drawn from `user_spread` of the default
-  population ranges, so neighbours overlap, and each recording varies as real walks do
-  (`RecordingVariation`, ranges are its defaults):
-  * walking speed: uniform +-`speed_jitter` (12 %) around the person's own mean. Self-selected
+  (Kaggle layout), 100 recordings each, 64 px. 31 users share the default population ranges, so
+  neighbours are close in every single parameter (e.g. mean speeds ~0.03 m/s apart) and the
+  recording-to-recording variation below is wider than that spacing: users overlap parameter by
+  parameter and are told apart only by the combination. Each recording varies as real walks do
+  (`RecordingVariation`; ranges are its defaults, calibrated with `benchmarks/kshot.py`):
+  * walking speed: uniform +-`speed_jitter` (6 %) around the person's own mean. Self-selected
     speed changes from walk to walk (hurry, fatigue, floor); cadence follows through Boulic's
-    cycle time T = 1.346 / sqrt(RV), plus a +-`cadence_jitter` (3 %) of its own.
-  * swing amplitudes: arm and knee swing scaled by +-`swing_jitter` (10 %): footwear, clothing
+    cycle time T = 1.346 / sqrt(RV), plus a +-`cadence_jitter` (2 %) of its own.
+  * swing amplitudes: arm and knee swing scaled by +-`swing_jitter` (5 %): footwear, clothing
     and mood change how much the limbs swing.
   * aspect angle: |angle| between the walking direction and the radar line of sight uniform in
-    `aspect_deg` (0-40 deg), either side. Radial velocity is v cos(angle), so the whole Doppler
-    picture shrinks by up to cos 40 deg = 0.77 and a slow walker seen head-on looks like a fast
+    `aspect_deg` (0-25 deg), either side. Radial velocity is v cos(angle), so the whole Doppler
+    picture shrinks by up to cos 25 deg = 0.91: a slow walker seen head-on looks like a faster
     one seen obliquely.
   * towards or away: with probability `away_prob` (0.5) the person walks away; radial velocity
     changes sign, so the torso line and the limb flashes appear below zero Doppler.
@@ -38,7 +40,7 @@ Profiles (`PROFILES`, `dalle2-md synth --profile NAME`):
     `snr_spread_db` (3 dB) Gaussian for body orientation and multipath: about 11 dB at 12 m.
   * static clutter: walls and furniture return a constant echo at zero Doppler, `clutter_db`
     (-20 to +6 dB) relative to the torso.
-  * carried object: with probability `carry_prob` (0.15) one arm (either side) holds something
+  * carried object: with probability `carry_prob` (0.10) one arm (either side) holds something
     and stops swinging (swing and elbow motion x `carry_swing`, 0.1); the arm flashes on that
     side's half cycle disappear.
 """
@@ -164,17 +166,17 @@ class RecordingVariation:
         carry_swing: swing left on a carrying arm (fraction of the normal swing).
     """
 
-    speed_jitter: float = 0.12
-    cadence_jitter: float = 0.03
-    swing_jitter: float = 0.10
-    aspect_deg: tuple[float, float] = (0.0, 40.0)
+    speed_jitter: float = 0.06
+    cadence_jitter: float = 0.02
+    swing_jitter: float = 0.05
+    aspect_deg: tuple[float, float] = (0.0, 25.0)
     away_prob: float = 0.5
     range_m: tuple[float, float] = (3.0, 12.0)
     snr_ref_db: float = 28.0
     snr_ref_range_m: float = 4.0
     snr_spread_db: float = 3.0
     clutter_db: tuple[float, float] = (-20.0, 6.0)
-    carry_prob: float = 0.15
+    carry_prob: float = 0.10
     carry_swing: float = 0.1
 
 
@@ -204,7 +206,7 @@ class SimProfile:
 PROFILES = {
     "default": SimProfile(name="default", num_users=8, images_per_user=20),
     "gait31": SimProfile(
-        name="gait31", num_users=31, images_per_user=100, layout="kaggle", user_spread=0.7,
+        name="gait31", num_users=31, images_per_user=100, layout="kaggle",
         variation=RecordingVariation(), sheet_label="ID_{n}",
     ),
 }

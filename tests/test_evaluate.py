@@ -265,9 +265,8 @@ def test_masks_keep_shape_and_fill_a_band_with_the_image_mean():
     from dalle2_md.evaluate import _augment
 
     x = torch.rand(6, 1, 16, 16) * 2 - 1
-    off = dict(max_shift=0.0, noise_std=0.0)
-    for cfg, axis in ((RecogniserTrainConfig(time_masks=1, time_mask_width=0.5, **off), 3),
-                      (RecogniserTrainConfig(freq_masks=1, freq_mask_width=0.5, **off), 2)):
+    off = RecogniserTrainConfig(max_shift=0.0, noise_std=0.0, time_masks=0, freq_masks=0)
+    for cfg, axis in ((replace(off, time_masks=1, time_mask_width=0.5), 3), (replace(off, freq_masks=1, freq_mask_width=0.5), 2)):
         y = _augment(x, cfg, torch.Generator().manual_seed(0))
         assert y.shape == x.shape and not torch.equal(y, x)
         fill = x.mean(dim=(2, 3), keepdim=True)
@@ -276,7 +275,7 @@ def test_masks_keep_shape_and_fill_a_band_with_the_image_mean():
         assert band.any(-1).sum() >= 3 and band.sum(-1).max() <= 8
         changed = (y != x).any(dim=5 - axis)
         assert torch.equal(changed, band)
-    same = _augment(x, RecogniserTrainConfig(**off), torch.Generator().manual_seed(0))
+    same = _augment(x, off, torch.Generator().manual_seed(0))
     assert torch.equal(same, x)
 
 
@@ -308,8 +307,11 @@ def _train_as_before(images, ids, cfg):
 
 
 def test_real_only_training_is_unchanged_by_the_synthetic_option(data):
+    from dalle2_md.evaluate import LEGACY_RECOGNISER_TRAIN
+
     images, ids = data["train"]
-    cfg = RecogniserTrainConfig(steps=5, batch_size=8, seed=2)
+    # the settings that existed before (shift + noise): the new options, off, draw nothing
+    cfg = replace(LEGACY_RECOGNISER_TRAIN, steps=5, batch_size=8, seed=2)
     new = train_recogniser(images, ids, config=TINY, train=cfg, synthetic=None)
     old, losses = _train_as_before(images, ids, cfg)
     assert state_fingerprint(new.state_dict()) == state_fingerprint(old.state_dict())
@@ -344,3 +346,17 @@ def test_cache_key_covers_synthetic_data_and_new_settings(data, tmp_path):
     assert cached_recogniser(path, images, ids, config=TINY, train=short, synthetic=syn).meta["from_cache"] is True
     masked = replace(short, freq_masks=1, freq_mask_width=0.1)
     assert cached_recogniser(path, images, ids, config=TINY, train=masked, synthetic=syn).meta["from_cache"] is False
+
+
+def test_time_pooled_recogniser_trains_and_round_trips(data, tmp_path):
+    images, ids = data["train"]
+    pooled = replace(TINY, time_pool=4)
+    model = train_recogniser(images, ids, config=pooled, train=RecogniserTrainConfig(steps=2, batch_size=4))
+    assert set(model.state_dict()) == set(Recogniser(config=TINY).state_dict())  # no new weights
+    loaded = Recogniser.load(model.save(tmp_path / "rec.pt"))
+    assert loaded.config.time_pool == 4
+    assert torch.allclose(loaded.features(images[:3]), model.features(images[:3]))
+    # the same weights without the pooling see other inputs
+    unpooled = Recogniser(config=TINY)
+    unpooled.load_state_dict(model.state_dict())
+    assert not torch.allclose(unpooled.eval().features(images[:3]), model.features(images[:3]))

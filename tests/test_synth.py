@@ -218,10 +218,25 @@ def test_gait31_profile_has_31_users_and_real_within_user_variation(tmp_path):
     assert np.mean(near) > np.mean(far) + 10
 
 
-def test_gait31_users_overlap_more_than_default_users():
+def test_user_spread_packs_users_closer():
     default, packed = make_users(31, seed=0), make_users(31, seed=0, spread=0.7)
     spread = lambda users: np.ptp([u.speed_mps for u in users])  # noqa: E731
     assert spread(packed) == pytest.approx(0.7 * spread(default), rel=0.1)
+    with pytest.raises(UserError, match="spread"):
+        make_users(3, spread=0.0)
+
+
+def test_gait31_neighbours_overlap_in_speed():
+    """One user's recordings spread wider in speed than the gap to the next user's mean."""
+    from dalle2_md.synth import get_profile
+
+    prof = get_profile("gait31")
+    users = sorted(make_users(31, seed=0, spread=prof.user_spread), key=lambda u: u.speed_mps)
+    gaps = np.diff([u.speed_mps for u in users])
+    u = users[15]
+    radial = [simulate_spectrogram(u, sample_rng(0, u.user_id, i), image_size=16, variation=prof.variation)[1]["radial_speed_mps"]
+              for i in range(12)]
+    assert np.ptp(np.abs(radial)) > 2 * gaps.max()
 
 
 def test_default_profile_keeps_its_documented_draws(tmp_path):
