@@ -100,7 +100,7 @@ def markdown(rows: list[dict], meta: dict) -> str:
     lines.append("")
     lines.append(f"Real-only test accuracy (mean ± std over seeds {meta['seeds']}), gait31 profile, "
                  f"{meta['num_users']} users, {meta['image_size']} px, {meta['num_test_per_user']} test images per user "
-                 f"(chance {1 / meta['num_users']:.3f}); recogniser widths {meta['recogniser']['widths']}; "
+                 f"(chance {1 / meta['num_users']:.3f}); recogniser widths {meta['recogniser']['widths']}, time pool {meta['recogniser'].get('time_pool', 1)}; "
                  f"{meta['train_configs'].get(ARM_NAMES['strong'], {}).get('steps', '?')} steps for the strong arm; "
                  + (f"`python benchmarks/kshot.py` split over {len(meta['merged_from'])} processes and merged "
                     f"(longest part {meta['seconds']:.0f} s, all parts {meta['seconds_total_cpu_processes']:.0f} s"
