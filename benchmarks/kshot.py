@@ -14,7 +14,10 @@ The defaults were picked on data seed 0's validation split, so the table uses da
 shared CPU the work can be split over processes and merged:
 
     python benchmarks/kshot.py --ks 5 10 --out /tmp/a.json & python benchmarks/kshot.py --ks 20 50 0 --arms strong --out /tmp/b.json
-    python benchmarks/kshot.py --merge /tmp/a.json /tmp/b.json
+    python benchmarks/kshot.py --merge /tmp/a.json /tmp/b.json [/tmp/c.log]
+
+(a run's log may stand in for its JSON when it was cut short: its finished seeds are used, and
+cells with fewer than 3 seeds say so).
 """
 
 import os
@@ -25,6 +28,7 @@ for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMEX
 import argparse  # noqa: E402
 import json  # noqa: E402
 import platform  # noqa: E402
+import re  # noqa: E402
 import time  # noqa: E402
 from dataclasses import asdict, replace  # noqa: E402
 from pathlib import Path  # noqa: E402
@@ -80,7 +84,7 @@ def run_arm(name, train_cfg, rec_cfg, images, ids, parts, ks, seeds, pool):
             acc, _ = accuracy(model, images[parts["test"]], ids[parts["test"]])
             accs.append(acc)
             print(f"  {name} K={k if k < pool else f'all ({pool})'} seed={seed}: test acc {acc:.3f} ({secs[-1]:.0f}s)", flush=True)
-        rows.append({"arm": name, "k": k if k < pool else pool, "all": k >= pool, "acc": accs,
+        rows.append({"arm": name, "k": k if k < pool else pool, "all": k >= pool, "acc": accs, "seeds": list(seeds),
                      "mean": float(np.mean(accs)), "std": float(np.std(accs, ddof=1)) if len(accs) > 1 else float("nan"),
                      "train_seconds_mean": float(np.mean(secs))})
     return rows
@@ -94,8 +98,12 @@ def markdown(rows: list[dict], meta: dict) -> str:
     for arm in arms:
         cells = []
         for k, a in ks:
-            r = next(r for r in rows if r["arm"] == arm and r["k"] == k and r["all"] == a)
-            cells.append(f"{r['mean']:.3f} ± {r['std']:.3f}")
+            r = next((r for r in rows if r["arm"] == arm and r["k"] == k and r["all"] == a), None)
+            if r is None:
+                cells.append("not run")
+                continue
+            n = len(r["acc"])
+            cells.append(f"{r['mean']:.3f} ± {r['std']:.3f}" + ("" if n >= 3 else f" (n={n})"))
         lines.append(f"| {arm} | " + " | ".join(cells) + " |")
     lines.append("")
     lines.append(f"Real-only test accuracy (mean ± std over seeds {meta['seeds']}), gait31 profile, "
@@ -159,19 +167,55 @@ def write(meta: dict, rows: list[dict], out: Path) -> None:
     print(f"wrote {out} and {out.with_suffix('.md')}")
 
 
+LOG_LINE = re.compile(r"^\s+(?P<arm>.+) K=(?:all \((?P<pool>\d+)\)|(?P<k>\d+)) seed=(?P<seed>\d+): test acc (?P<acc>[0-9.]+) \((?P<s>\d+)s\)")
+
+
+def _rows_from_log(path: str) -> list[dict]:
+    """Per-seed rows from the lines a (possibly unfinished) run printed."""
+    rows = []
+    for line in Path(path).read_text().splitlines():
+        m = LOG_LINE.match(line)
+        if m:
+            rows.append({"arm": m["arm"], "k": int(m["pool"] or m["k"]), "all": m["pool"] is not None,
+                         "acc": [float(m["acc"])], "seeds": [int(m["seed"])], "train_seconds_mean": float(m["s"])})
+    return rows
+
+
 def merge(paths: list[str], out: Path) -> None:
-    """One table from split runs (same data, seeds and recogniser); wall time is the longest part."""
-    parts = [json.loads(Path(p).read_text()) for p in paths]
-    same = ("data_seed", "seeds", "per_user", "image_size", "recogniser")
+    """One table from split runs (result JSONs, or the logs of runs cut short, on the same data
+    and recogniser): per (arm, K) the accuracies of every seed found, each seed once."""
+    parts = [json.loads(Path(p).read_text()) for p in paths if p.endswith(".json")]
+    if not parts:
+        raise SystemExit("give at least one result JSON (for the data and recogniser settings)")
+    same = ("data_seed", "per_user", "image_size", "recogniser")
     for part in parts[1:]:
         if any(part[k] != parts[0][k] for k in same):
             raise SystemExit(f"cannot merge: the runs differ in one of {same}")
+    per_seed = []
+    for part in parts:
+        for r in part["rows"]:
+            per_seed += [{**r, "acc": [a], "seeds": [s]} for a, s in zip(r["acc"], r.get("seeds", part["seeds"]))]
+    for path in paths:
+        if not path.endswith(".json"):
+            per_seed += _rows_from_log(path)
+    cells: dict = {}
+    for r in per_seed:
+        cell = cells.setdefault((r["arm"], r["k"], r["all"]), {"arm": r["arm"], "k": r["k"], "all": r["all"], "acc": [], "seeds": []})
+        if r["seeds"][0] not in cell["seeds"]:
+            cell["seeds"].append(r["seeds"][0])
+            cell["acc"].append(r["acc"][0])
+    rows = []
+    for cell in cells.values():
+        acc = cell["acc"]
+        rows.append({**cell, "mean": float(np.mean(acc)), "std": float(np.std(acc, ddof=1)) if len(acc) > 1 else float("nan")})
     meta = {k: v for k, v in parts[0].items() if k != "rows"}
+    meta["seeds"] = sorted({s for r in rows for s in r["seeds"]})
     meta["seconds"] = max(p["seconds"] for p in parts)
     meta["seconds_total_cpu_processes"] = sum(p["seconds"] for p in parts)
     meta["merged_from"] = paths
     meta["train_configs"] = {k: v for p in parts for k, v in p["train_configs"].items()}
-    write(meta, [r for p in parts for r in p["rows"]], out)
+    meta["train_configs"].setdefault(ARM_NAMES["strong"], asdict(RecogniserTrainConfig()))
+    write(meta, rows, out)
 
 
 if __name__ == "__main__":
