@@ -4,7 +4,8 @@ Measures `simulate_spectrogram` alone and the full per-image path of `synthesize
 (simulate, jet colour, PNG encode). CPU time is reported beside wall time because a shared
 machine stretches wall time while the single-thread CPU cost stays put.
 
-    python benchmarks/bench_synth.py [--sizes 64 256] [--n 100] [--out benchmarks/results/bench_synth.json]
+    python benchmarks/bench_synth.py [--sizes 64 256] [--n 100] [--profile default|gait31]
+        [--out benchmarks/results/bench_synth.json]
 """
 
 import os
@@ -24,7 +25,7 @@ import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from dalle2_md.colormap import scalar_to_rgb  # noqa: E402
-from dalle2_md.synth import PNG_COMPRESS_LEVEL, make_users, sample_rng, simulate_spectrogram  # noqa: E402
+from dalle2_md.synth import PNG_COMPRESS_LEVEL, get_profile, make_users, sample_rng, simulate_spectrogram  # noqa: E402
 
 
 def _timed(fn, n):
@@ -34,10 +35,10 @@ def _timed(fn, n):
     return time.perf_counter() - w0, time.process_time() - c0
 
 
-def bench(size: int, n: int, users) -> dict:
+def bench(size: int, n: int, users, variation=None) -> dict:
     def sim(i):
         u = users[i % len(users)]
-        return simulate_spectrogram(u, sample_rng(0, u.user_id, i), image_size=size)
+        return simulate_spectrogram(u, sample_rng(0, u.user_id, i), image_size=size, variation=variation)
 
     def full(i):
         img, _ = sim(i)
@@ -56,11 +57,13 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sizes", type=int, nargs="+", default=[64, 256], help="image sizes (default: 64 256)")
     ap.add_argument("--n", type=int, default=100, help="images per size and path (default: 100)")
+    ap.add_argument("--profile", default="default", help="simulator profile (default: default)")
     ap.add_argument("--out", default="benchmarks/results/bench_synth.json", help="JSON results file")
     args = ap.parse_args()
 
-    users = make_users(8, seed=0)
-    rows = [bench(s, args.n, users) for s in args.sizes]
+    profile = get_profile(args.profile)
+    users = make_users(profile.num_users, seed=0, spread=profile.user_spread)
+    rows = [bench(s, args.n, users, profile.variation) for s in args.sizes]
     print("| size | simulate img/s (wall) | simulate img/s (cpu) | +jet+PNG img/s (wall) | +jet+PNG img/s (cpu) |")
     print("|---:|---:|---:|---:|---:|")
     for r in rows:
@@ -72,6 +75,7 @@ def main():
     out.parent.mkdir(parents=True, exist_ok=True)
     result = {
         "benchmark": "bench_synth",
+        "profile": profile.name,
         "threads": 1,
         "python": platform.python_version(),
         "numpy": np.__version__,

@@ -82,19 +82,27 @@ def inspect_data(data_root, image_size, colormap, num_users, split_file, split_s
 
 
 @cli.command("synth")
-@click.option("--num_users", "--num-users", "num_users", default=8, type=int, help="Number of simulated walkers.")
-@click.option("--images_per_user", "--images-per-user", "images_per_user", default=20, type=int, help="Spectrograms per walker.")
+@click.option(
+    "--profile",
+    type=click.Choice(["default", "gait31"]),
+    default="default",
+    help="default: 8 easy users (8 x 20, hierarchical); gait31: 31 users ID_1..ID_31 (31 x 100, kaggle) "
+    "with recording-to-recording variation (speed, aspect, towards/away, range SNR, clutter, carried arm).",
+)
+@click.option("--num_users", "--num-users", "num_users", default=None, type=int, help="Number of simulated walkers (default: 8, gait31: 31).")
+@click.option("--images_per_user", "--images-per-user", "images_per_user", default=None, type=int,
+              help="Spectrograms per walker (default: 20, gait31: 100).")
 @click.option("--image_size", "--image-size", "image_size", default=64, type=int, help="Side of the square images in pixels.")
 @click.option(
     "--layout",
     type=click.Choice(["hierarchical", "kaggle", "flat"]),
-    default="hierarchical",
-    help="user_0/..., ID_1/..., or images/ + metadata.json.",
+    default=None,
+    help="user_0/..., ID_1/..., or images/ + metadata.json (default: hierarchical, gait31: kaggle).",
 )
 @click.option("--out", default="./data/synthetic", type=click.Path(path_type=str), help="Folder to write into.")
 @click.option("--seed", default=0, type=int, help="Same seed, byte-identical data set.")
 @click.option("--progress/--no-progress", default=True, help="Show a progress bar.")
-def synth(num_users, images_per_user, image_size, layout, out, seed, progress):
+def synth(profile, num_users, images_per_user, image_size, layout, out, seed, progress):
     """Simulate per-user gait micro-Doppler spectrograms (jet PNGs) with their ground truth."""
     from .synth import synthesize_dataset
 
@@ -106,8 +114,10 @@ def synth(num_users, images_per_user, image_size, layout, out, seed, progress):
         layout=layout,
         seed=seed,
         progress=progress,
+        profile=profile,
     )
-    click.echo(f"wrote {s['num_images']} images ({num_users} users, {image_size}px, {layout}) to {s['out_dir']} in {s['seconds']:.1f}s")
+    click.echo(f"wrote {s['num_images']} images ({s['num_users']} users, {image_size}px, {s['layout']}, profile {profile}) "
+               f"to {s['out_dir']} in {s['seconds']:.1f}s")
     if s["metadata"]:
         click.echo(f"metadata:      {s['metadata']}")
     click.echo(f"ground truth:  {s['ground_truth']}")

@@ -1,13 +1,48 @@
 """Physics-based gait micro-Doppler simulator: per-user walkers -> radar return -> jet spectrogram.
 
 Owns the body model (point scatterers at Winter segment centres), the Boulic-style walking
-kinematics, the per-user identity and per-sample variation, the radar signal and STFT, and the
-writing of whole synthetic data sets in the layouts the data loader reads (hierarchical
-`user_0/`, Kaggle `ID_1/`, flat `images/` + `metadata.json`), each with its ground truth.
+kinematics, the per-user identity and per-sample variation, the radar signal and STFT, the named
+simulator profiles, and the writing of whole synthetic data sets in the layouts the data loader
+reads (hierarchical `user_0/`, Kaggle `ID_1/`, flat `images/` + `metadata.json`), each with its
+ground truth.
 
 Image convention (shared with `kinematics`): rows are Doppler with positive radial velocity
 (towards the radar) at the top and zero Doppler at row `image_size // 2`; columns are time.
 Values are dB relative to the image peak, clipped to [-dynamic_range_db, 0] and mapped to [0, 1].
+
+Profiles (`PROFILES`, `dalle2-md synth --profile NAME`):
+
+- `default`: 8 easy users (hierarchical layout, 20 images each). Per recording only a +-5 % speed
+  jitter, +-15 deg aspect, 10-30 dB SNR, clutter and the start phase vary; every walker comes
+  towards the radar. A handful of images per user tells the users apart.
+- `gait31`: a benchmark with headroom, shaped like a real recorded data set: 31 users `ID_1..ID_31`
+  (Kaggle layout), 100 recordings each, 64 px. 31 users share the default population ranges, so
+  neighbours are close in every single parameter (e.g. mean speeds ~0.03 m/s apart) and the
+  recording-to-recording variation below is wider than that spacing: users overlap parameter by
+  parameter and are told apart only by the combination. Each recording varies as real walks do
+  (`RecordingVariation`; ranges are its defaults, calibrated with `benchmarks/kshot.py`):
+  * walking speed: uniform +-`speed_jitter` (6 %) around the person's own mean. Self-selected
+    speed changes from walk to walk (hurry, fatigue, floor); cadence follows through Boulic's
+    cycle time T = 1.346 / sqrt(RV), plus a +-`cadence_jitter` (2 %) of its own.
+  * swing amplitudes: arm and knee swing scaled by +-`swing_jitter` (5 %): footwear, clothing
+    and mood change how much the limbs swing.
+  * aspect angle: |angle| between the walking direction and the radar line of sight uniform in
+    `aspect_deg` (0-25 deg), either side. Radial velocity is v cos(angle), so the whole Doppler
+    picture shrinks by up to cos 25 deg = 0.91: a slow walker seen head-on looks like a faster
+    one seen obliquely.
+  * towards or away: with probability `away_prob` (0.5) the person walks away; radial velocity
+    changes sign, so the torso line and the limb flashes appear below zero Doppler.
+  * range and window start: the distance at the centre of the observation window is uniform in
+    `range_m` (3-12 m) and the gait phase at the window start is uniform over the cycle: the
+    recording is cut from a longer walk at a random moment.
+  * range-dependent SNR: the radar equation gives received power ~ 1 / R^4, so the SNR is
+    `snr_ref_db` (28 dB) at `snr_ref_range_m` (4 m) minus 40 log10(R / 4 m), plus a
+    `snr_spread_db` (3 dB) Gaussian for body orientation and multipath: about 11 dB at 12 m.
+  * static clutter: walls and furniture return a constant echo at zero Doppler, `clutter_db`
+    (-20 to +6 dB) relative to the torso.
+  * carried object: with probability `carry_prob` (0.10) one arm (either side) holds something
+    and stops swinging (swing and elbow motion x `carry_swing`, 0.1); the arm flashes on that
+    side's half cycle disappear.
 """
 
 from __future__ import annotations
@@ -15,7 +50,7 @@ from __future__ import annotations
 import json
 import math
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -112,6 +147,79 @@ class RadarConfig:
 
 
 @dataclass(frozen=True)
+class RecordingVariation:
+    """Recording-to-recording variation of one walker (the gait31 profile; see the module
+    docstring for the physical reason behind each range).
+
+    Args:
+        speed_jitter: relative walking-speed change, uniform +-.
+        cadence_jitter: relative cadence change on top of Boulic's speed-cadence law, uniform +-.
+        swing_jitter: relative change of arm and knee swing amplitudes, uniform +-.
+        aspect_deg: (min, max) |angle| between walking direction and line of sight; either side.
+        away_prob: probability that the walker moves away from the radar.
+        range_m: (min, max) distance at the centre of the observation window.
+        snr_ref_db: SNR at `snr_ref_range_m`; it falls as 40 log10(R / ref) with range R.
+        snr_ref_range_m: reference range of `snr_ref_db`.
+        snr_spread_db: std of a Gaussian added to the range-derived SNR.
+        clutter_db: (min, max) zero-Doppler clutter amplitude relative to the torso.
+        carry_prob: probability that one arm carries something and does not swing.
+        carry_swing: swing left on a carrying arm (fraction of the normal swing).
+    """
+
+    speed_jitter: float = 0.06
+    cadence_jitter: float = 0.02
+    swing_jitter: float = 0.05
+    aspect_deg: tuple[float, float] = (0.0, 25.0)
+    away_prob: float = 0.5
+    range_m: tuple[float, float] = (3.0, 12.0)
+    snr_ref_db: float = 28.0
+    snr_ref_range_m: float = 4.0
+    snr_spread_db: float = 3.0
+    clutter_db: tuple[float, float] = (-20.0, 6.0)
+    carry_prob: float = 0.10
+    carry_swing: float = 0.1
+
+
+@dataclass(frozen=True)
+class SimProfile:
+    """A named simulator set-up: data set defaults, user population and recording variation.
+
+    Args:
+        name: what `--profile` calls it.
+        num_users, images_per_user, image_size, layout: data set defaults (overridable).
+        user_spread: fraction of the population ranges the users span around their centres
+            (1.0: the full ranges of `make_users`; smaller: users overlap more).
+        variation: per-recording variation; None keeps the default profile's original draws.
+        sheet_label: contact-sheet row label, formatted with `id` (0-based) and `n` (1-based).
+    """
+
+    name: str
+    num_users: int
+    images_per_user: int
+    image_size: int = 64
+    layout: str = "hierarchical"
+    user_spread: float = 1.0
+    variation: RecordingVariation | None = None
+    sheet_label: str = "user {id}"
+
+
+PROFILES = {
+    "default": SimProfile(name="default", num_users=8, images_per_user=20),
+    "gait31": SimProfile(
+        name="gait31", num_users=31, images_per_user=100, layout="kaggle",
+        variation=RecordingVariation(), sheet_label="ID_{n}",
+    ),
+}
+
+
+def get_profile(name: str) -> SimProfile:
+    """The profile called `name`; a UserError lists the known ones."""
+    if name not in PROFILES:
+        raise UserError(f"unknown simulator profile {name!r}: use one of {', '.join(PROFILES)}")
+    return PROFILES[name]
+
+
+@dataclass(frozen=True)
 class _Frame:
     """STFT geometry for one image size."""
 
@@ -159,29 +267,40 @@ def _spread(rng: np.random.Generator, n: int, lo: float, hi: float) -> np.ndarra
     return lo + (rng.permutation(n) + rng.uniform(0.1, 0.9, n)) / n * (hi - lo)
 
 
-def make_users(num_users: int, seed: int = 0) -> list[UserGait]:
+def make_users(num_users: int, seed: int = 0, *, spread: float = 1.0) -> list[UserGait]:
     """Draw `num_users` walkers with distinct identities, reproducibly for a seed.
 
     Args:
         num_users: how many users (ids 0 .. num_users - 1).
         seed: the same seed always gives the same users.
+        spread: fraction of each population range the users span, around its centre (1.0: the
+            full range; smaller values pack users closer so that their recordings overlap).
     """
     if num_users < 1:
         raise UserError(f"num_users must be at least 1, got {num_users}")
+    if not 0.0 < spread <= 1.0:
+        raise UserError(f"user spread must be in (0, 1], got {spread}")
     rng = np.random.default_rng([seed, 0x5EED])
     n = num_users
+
+    def span(lo: float, hi: float) -> tuple[float, float]:
+        if spread == 1.0:  # the exact original bounds: default-profile users stay bit-identical
+            return lo, hi
+        mid, half = 0.5 * (lo + hi), 0.5 * (hi - lo) * spread
+        return mid - half, mid + half
+
     cols = {
-        "height_m": _spread(rng, n, 1.55, 1.95),
-        "speed_mps": _spread(rng, n, 0.85, 1.85),
-        "cadence_factor": _spread(rng, n, 0.85, 1.15),
-        "hip_factor": _spread(rng, n, 0.75, 0.95),
-        "arm_swing_deg": _spread(rng, n, 10.0, 40.0),
-        "elbow_flex_deg": _spread(rng, n, 15.0, 40.0),
-        "knee_swing_deg": _spread(rng, n, 45.0, 72.0),
-        "asymmetry": rng.uniform(-0.12, 0.12, n),
-        "asym_phase": rng.uniform(-0.03, 0.03, n),
-        "torso_sway": _spread(rng, n, 0.6, 1.4),
-        "torso_rcs": _spread(rng, n, 0.8, 1.25),
+        "height_m": _spread(rng, n, *span(1.55, 1.95)),
+        "speed_mps": _spread(rng, n, *span(0.85, 1.85)),
+        "cadence_factor": _spread(rng, n, *span(0.85, 1.15)),
+        "hip_factor": _spread(rng, n, *span(0.75, 0.95)),
+        "arm_swing_deg": _spread(rng, n, *span(10.0, 40.0)),
+        "elbow_flex_deg": _spread(rng, n, *span(15.0, 40.0)),
+        "knee_swing_deg": _spread(rng, n, *span(45.0, 72.0)),
+        "asymmetry": rng.uniform(*span(-0.12, 0.12), n),
+        "asym_phase": rng.uniform(*span(-0.03, 0.03), n),
+        "torso_sway": _spread(rng, n, *span(0.6, 1.4)),
+        "torso_rcs": _spread(rng, n, *span(0.8, 1.25)),
     }
     return [UserGait(user_id=i, **{k: float(v[i]) for k, v in cols.items()}) for i in range(n)]
 
@@ -216,10 +335,13 @@ def _hip_profile(p: np.ndarray) -> np.ndarray:
     return _HIP_TABLE[i] * (1 - frac) + _HIP_TABLE[(i + 1) % len(_HIP_TABLE)] * frac
 
 
-def _body_points(user: UserGait, p: np.ndarray, speed: float, t: np.ndarray, cycle_s: float) -> np.ndarray:
+def _body_points(
+    user: UserGait, p: np.ndarray, speed: float, t: np.ndarray, cycle_s: float, arm_scale: np.ndarray | None = None
+) -> np.ndarray:
     """Scatterer positions in the walker's frame (forward, left, up) -> (12, 3, N) metres.
 
-    p: gait phase of the right leg in cycles (heel strike at 0), shape (N,)."""
+    p: gait phase of the right leg in cycles (heel strike at 0), shape (N,).
+    arm_scale: optional (2, 1) swing factor of the (right, left) arm; a carrying arm hangs still."""
     H = user.height_m
     leg = HIP_HEIGHT * H
     rv = speed / leg
@@ -246,6 +368,9 @@ def _body_points(user: UserGait, p: np.ndarray, speed: float, t: np.ndarray, cyc
     # arms swing against the same-side hip; the elbow bends more on the forward swing
     shoulder = np.deg2rad(3.0) - side_scale * np.deg2rad(user.arm_swing_deg) * np.cos(w)
     elbow = np.deg2rad(10.0 + user.elbow_flex_deg * 0.5 * (1 - np.cos(w)))
+    if arm_scale is not None:
+        shoulder = np.deg2rad(3.0) - arm_scale * side_scale * np.deg2rad(user.arm_swing_deg) * np.cos(w)
+        elbow = np.deg2rad(10.0 + arm_scale * user.elbow_flex_deg * 0.5 * (1 - np.cos(w)))
     fore_ang = shoulder + elbow
 
     def seg(angle, length):  # (forward, up) vector of a segment hanging at `angle`
@@ -287,8 +412,65 @@ def cycle_time(user: UserGait, speed: float) -> float:
     return user.cadence_factor * 1.346 / math.sqrt(speed / (HIP_HEIGHT * user.height_m))
 
 
+@dataclass(frozen=True)
+class _Recording:
+    """What one recording draws: the walker as walked that day and the scene."""
+
+    user: UserGait  # identity with this recording's swing / cadence changes
+    speed: float
+    phase0: float
+    aspect_deg: float
+    towards: bool
+    range_m: float  # start range (default profile) or range at the window centre (variation)
+    snr_db: float
+    clutter_db: float
+    arm_scale: np.ndarray | None  # (2, 1) swing of the (right, left) arm, None: both swing
+    carrying: str  # "none", "R" or "L"
+
+
+def _draw_default(user: UserGait, rng: np.random.Generator, radar: RadarConfig) -> _Recording:
+    # the original draw order: changing it would change every default-profile image
+    speed = user.speed_mps * (1.0 + rng.uniform(-radar.speed_jitter, radar.speed_jitter))
+    phase0 = rng.uniform(0.0, 1.0)
+    aspect = rng.uniform(-radar.aspect_deg, radar.aspect_deg)
+    snr_db = rng.uniform(*radar.snr_db)
+    clutter_db = rng.uniform(*radar.clutter_db)
+    r0 = rng.uniform(*radar.range_m)
+    return _Recording(user, speed, phase0, aspect, True, r0, snr_db, clutter_db, None, "none")
+
+
+def _draw_recording(user: UserGait, rng: np.random.Generator, var: RecordingVariation) -> _Recording:
+    def jitter(rel: float) -> float:
+        return 1.0 + rng.uniform(-rel, rel)
+
+    speed = user.speed_mps * jitter(var.speed_jitter)
+    walked = replace(
+        user,
+        cadence_factor=user.cadence_factor * jitter(var.cadence_jitter),
+        arm_swing_deg=user.arm_swing_deg * jitter(var.swing_jitter),
+        knee_swing_deg=user.knee_swing_deg * jitter(var.swing_jitter),
+    )
+    phase0 = rng.uniform(0.0, 1.0)
+    aspect = rng.uniform(*var.aspect_deg) * rng.choice([-1.0, 1.0])
+    towards = bool(rng.uniform() >= var.away_prob)
+    range_m = rng.uniform(*var.range_m)
+    # radar equation: received power ~ 1 / R^4
+    snr_db = var.snr_ref_db - 40.0 * math.log10(range_m / var.snr_ref_range_m) + var.snr_spread_db * rng.standard_normal()
+    clutter_db = rng.uniform(*var.clutter_db)
+    carrying, arm_scale = "none", None
+    if rng.uniform() < var.carry_prob:
+        carrying = "R" if rng.uniform() < 0.5 else "L"
+        arm_scale = np.array([[var.carry_swing], [1.0]]) if carrying == "R" else np.array([[1.0], [var.carry_swing]])
+    return _Recording(walked, speed, phase0, aspect, towards, range_m, snr_db, clutter_db, arm_scale, carrying)
+
+
 def simulate_spectrogram(
-    user: UserGait, rng: np.random.Generator, *, image_size: int = 64, radar: RadarConfig = RadarConfig()
+    user: UserGait,
+    rng: np.random.Generator,
+    *,
+    image_size: int = 64,
+    radar: RadarConfig = RadarConfig(),
+    variation: RecordingVariation | None = None,
 ) -> tuple[np.ndarray, dict]:
     """One walk of `user` seen by the radar, as a scalar spectrogram and its ground truth.
 
@@ -297,10 +479,13 @@ def simulate_spectrogram(
         rng: draws this sample's variation (speed jitter, phase, aspect, SNR, clutter, noise).
         image_size: output is (image_size, image_size); rows Doppler (positive on top), columns time.
         radar: radar and processing settings.
+        variation: recording-to-recording variation (gait31 profile); None: the default
+            profile's draws from `radar` (speed jitter, aspect, SNR, clutter, start range).
 
     Returns:
         (image float32 in [0, 1], ground-truth dict with speed, cadence, height, aspect, SNR and
-        the image axes from `image_axes`).
+        the image axes from `image_axes`; with `variation` also direction, carried arm, range
+        and the recording's swing amplitudes).
     """
     from scipy.signal import stft
 
@@ -309,26 +494,27 @@ def simulate_spectrogram(
     fr = _frame(image_size, radar)
     lam = radar.wavelength_m
 
-    speed = user.speed_mps * (1.0 + rng.uniform(-radar.speed_jitter, radar.speed_jitter))
-    phase0 = rng.uniform(0.0, 1.0)
-    aspect = rng.uniform(-radar.aspect_deg, radar.aspect_deg)
-    snr_db = rng.uniform(*radar.snr_db)
-    clutter_db = rng.uniform(*radar.clutter_db)
-    r0 = rng.uniform(*radar.range_m)
-    cycle_s = cycle_time(user, speed)
+    rec = _draw_default(user, rng, radar) if variation is None else _draw_recording(user, rng, variation)
+    speed, walker = rec.speed, rec.user
+    cycle_s = cycle_time(walker, speed)
 
     # body motion is smooth (well under 50 Hz), so positions are computed on a grid KINE_STEP
     # times coarser and the ranges interpolated linearly: the phase error stays below ~0.05 rad
     n_coarse = (fr.num_samples - 1) // KINE_STEP + 2
     t = np.arange(n_coarse) * (KINE_STEP / radar.fs_hz)
-    body = _body_points(user, phase0 + t / cycle_s, speed, t, cycle_s)  # (12, 3, M) walker frame
+    body = _body_points(walker, rec.phase0 + t / cycle_s, speed, t, cycle_s, rec.arm_scale)  # (12, 3, M)
 
-    # walker starts at (r0, 0) and walks towards the radar, `aspect` off the line of sight
-    a = np.deg2rad(aspect)
-    fwd_dir = np.array([-np.cos(a), np.sin(a)])
-    left_dir = np.array([-np.sin(a), -np.cos(a)])
-    gx = r0 + body[:, 0] * fwd_dir[0] + body[:, 1] * left_dir[0]
+    # the walker moves `aspect` off the line of sight, towards (default) or away from the radar
+    a = np.deg2rad(rec.aspect_deg)
+    sgn = -1.0 if rec.towards else 1.0
+    fwd_dir = np.array([sgn * np.cos(a), np.sin(a)])
+    left_dir = np.array([-np.sin(a), sgn * np.cos(a)])
+    gx = rec.range_m + body[:, 0] * fwd_dir[0] + body[:, 1] * left_dir[0]
     gy = body[:, 0] * fwd_dir[1] + body[:, 1] * left_dir[1]
+    if variation is not None:  # range_m is where the walker is at the centre of the window
+        half_walk = speed * fr.num_samples / radar.fs_hz / 2
+        gx = gx - half_walk * fwd_dir[0]
+        gy = gy - half_walk * fwd_dir[1]
     gz = body[:, 2] - radar.radar_height_m
     coarse = np.sqrt(gx * gx + gy * gy + gz * gz)  # (12, M)
     frac = np.arange(KINE_STEP) / KINE_STEP
@@ -336,16 +522,16 @@ def simulate_spectrogram(
     rng_m = rng_m.reshape(len(coarse), -1)[:, : fr.num_samples]  # (12, N)
 
     amps = np.array([AMPLITUDES[n.rsplit("_", 1)[0] if n[-2:] in ("_R", "_L") else n] for n in SCATTERERS])
-    amps[1] *= user.torso_rcs
+    amps[1] *= walker.torso_rcs
     # phase wrapped in float64, then float32 trig (vectorised, ~30x faster than complex exp)
-    phase = np.remainder((4 * np.pi / lam) * (rng_m - r0), 2 * np.pi).astype(np.float32)
+    phase = np.remainder((4 * np.pi / lam) * (rng_m - rec.range_m), 2 * np.pi).astype(np.float32)
     amps32 = amps.astype(np.float32)
     signal = (amps32 @ np.cos(phase)).astype(np.float64) - 1j * (amps32 @ np.sin(phase))  # (N,) baseband
 
     # noise relative to the walker's mean power; clutter is a static return at zero Doppler
     p_sig = float(np.mean(np.abs(signal) ** 2))
-    noise_std = math.sqrt(p_sig / 10 ** (snr_db / 10) / 2)
-    signal = signal + amps[1] * 10 ** (clutter_db / 20) * np.exp(1j * rng.uniform(0, 2 * np.pi))
+    noise_std = math.sqrt(p_sig / 10 ** (rec.snr_db / 10) / 2)
+    signal = signal + amps[1] * 10 ** (rec.clutter_db / 20) * np.exp(1j * rng.uniform(0, 2 * np.pi))
     signal = signal + noise_std * (rng.standard_normal(fr.num_samples) + 1j * rng.standard_normal(fr.num_samples))
 
     _, _, spec = stft(
@@ -374,17 +560,26 @@ def simulate_spectrogram(
     truth = {
         "user_id": user.user_id,
         "speed_mps": speed,
-        "radial_speed_mps": speed * math.cos(a),
+        "radial_speed_mps": -sgn * speed * math.cos(a),
         "cadence_steps_per_s": 2.0 / cycle_s,
         "cycle_s": cycle_s,
         "height_m": user.height_m,
-        "aspect_deg": aspect,
-        "snr_db": snr_db,
-        "clutter_db": clutter_db,
-        "start_range_m": r0,
-        "start_phase": phase0,
+        "aspect_deg": rec.aspect_deg,
+        "snr_db": rec.snr_db,
+        "clutter_db": rec.clutter_db,
+        "start_range_m": rec.range_m if variation is None else rec.range_m - sgn * speed * fr.num_samples / radar.fs_hz / 2,
+        "start_phase": rec.phase0,
         "axes": axes,
     }
+    if variation is not None:
+        truth.update(
+            direction="towards" if rec.towards else "away",
+            centre_range_m=rec.range_m,
+            carrying=rec.carrying,
+            arm_swing_deg=walker.arm_swing_deg,
+            knee_swing_deg=walker.knee_swing_deg,
+            cadence_factor=walker.cadence_factor,
+        )
     return img, truth
 
 
@@ -433,28 +628,30 @@ def contact_sheet(rows: list[list[np.ndarray]], labels: list[str], *, tile: int)
 def synthesize_dataset(
     out_dir,
     *,
-    num_users: int = 8,
-    images_per_user: int = 20,
-    image_size: int = 64,
-    layout: str = "hierarchical",
+    num_users: int | None = None,
+    images_per_user: int | None = None,
+    image_size: int | None = None,
+    layout: str | None = None,
     seed: int = 0,
     progress: bool = True,
     radar: RadarConfig = RadarConfig(),
     contact_columns: int = 6,
+    profile: str = "default",
 ) -> dict:
     """Write a synthetic per-user micro-Doppler data set as jet PNGs.
 
     Args:
         out_dir: folder to write into (created).
-        num_users: number of simulated walkers.
-        images_per_user: spectrograms per walker.
-        image_size: side of the square images in pixels.
+        num_users: number of simulated walkers (default: the profile's, 8 or 31).
+        images_per_user: spectrograms per walker (default: the profile's, 20 or 100).
+        image_size: side of the square images in pixels (default: the profile's, 64).
         layout: "hierarchical" (user_0/image_001.png), "kaggle" (ID_1/image_001.png) or
-            "flat" (images/user0_001.png + metadata.json).
+            "flat" (images/user0_001.png + metadata.json) (default: the profile's).
         seed: the same seed gives byte-identical files.
         progress: show a tqdm progress bar.
         radar: radar and processing settings.
         contact_columns: samples per user on contact_sheet.png.
+        profile: simulator profile, a key of `PROFILES` ("default" or "gait31").
 
     Returns:
         Summary dict: out_dir, layout, num_images, image_size, ground_truth and contact_sheet
@@ -463,19 +660,25 @@ def synthesize_dataset(
     from PIL import Image
     from tqdm import tqdm
 
+    prof = get_profile(profile)
+    num_users = prof.num_users if num_users is None else num_users
+    images_per_user = prof.images_per_user if images_per_user is None else images_per_user
+    image_size = prof.image_size if image_size is None else image_size
+    layout = prof.layout if layout is None else layout
     if layout not in LAYOUTS:
         raise UserError(f"unknown layout {layout!r}: use one of {', '.join(LAYOUTS)}")
     if images_per_user < 1:
         raise UserError(f"images_per_user must be at least 1, got {images_per_user}")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    users = make_users(num_users, seed)
+    users = make_users(num_users, seed, spread=prof.user_spread)
     start = time.perf_counter()
 
     records, metadata, sheet_rows = [], [], [[] for _ in users]
     jobs = [(u, i) for u in users for i in range(images_per_user)]
     for user, i in tqdm(jobs, desc="synth", unit="img", disable=not progress):
-        img, truth = simulate_spectrogram(user, sample_rng(seed, user.user_id, i), image_size=image_size, radar=radar)
+        rng = sample_rng(seed, user.user_id, i)
+        img, truth = simulate_spectrogram(user, rng, image_size=image_size, radar=radar, variation=prof.variation)
         rgb = scalar_to_rgb(img, "jet")
         rel = _relative_path(layout, user.user_id, i)
         path = out / rel
@@ -491,6 +694,7 @@ def synthesize_dataset(
         (out / "metadata.json").write_text(json.dumps(metadata, indent=2))
     gt = {
         "seed": seed,
+        **({} if prof.variation is None else {"profile": prof.name, "variation": asdict(prof.variation), "user_spread": prof.user_spread}),
         "layout": layout,
         "image_size": image_size,
         "radar": asdict(radar),
@@ -498,11 +702,12 @@ def synthesize_dataset(
         "samples": records,
     }
     (out / "ground_truth.json").write_text(json.dumps(gt, indent=1))
-    sheet = contact_sheet(sheet_rows, [f"user {u.user_id}" for u in users], tile=max(image_size, 64))
+    sheet = contact_sheet(sheet_rows, [prof.sheet_label.format(id=u.user_id, n=u.user_id + 1) for u in users], tile=max(image_size, 64))
     sheet.save(out / "contact_sheet.png", format="PNG")
     return {
         "out_dir": str(out),
         "layout": layout,
+        "profile": prof.name,
         "num_users": num_users,
         "num_images": len(records),
         "image_size": image_size,

@@ -5,6 +5,7 @@ and the files `evaluate_samples` writes. Data: a tiny simulated set (4 users, 32
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 import warnings
 
 import numpy as np
@@ -255,3 +256,107 @@ def test_evaluate_samples_records_fid_it_cannot_compute(data, recogniser, tmp_pa
     assert m["fid"]["gen_vs_test"] is None and m["fid"]["train_vs_test"] is not None
     assert any("FID" in n for n in m["notes"])
     assert "## Notes" in (tmp_path / "report.md").read_text()
+
+
+# -- augmentations and the synthetic arm -------------------------------------------------------
+
+
+def test_masks_keep_shape_and_fill_a_band_with_the_image_mean():
+    from dalle2_md.evaluate import _augment
+
+    x = torch.rand(6, 1, 16, 16) * 2 - 1
+    off = RecogniserTrainConfig(max_shift=0.0, noise_std=0.0, time_masks=0, freq_masks=0)
+    for cfg, axis in ((replace(off, time_masks=1, time_mask_width=0.5), 3), (replace(off, freq_masks=1, freq_mask_width=0.5), 2)):
+        y = _augment(x, cfg, torch.Generator().manual_seed(0))
+        assert y.shape == x.shape and not torch.equal(y, x)
+        fill = x.mean(dim=(2, 3), keepdim=True)
+        # a masked column (time) or row (Doppler) holds only the image's mean
+        band = ((y - fill).abs() < 1e-6).all(dim=5 - axis)  # (N, 1, W) or (N, 1, H)
+        assert band.any(-1).sum() >= 3 and band.sum(-1).max() <= 8
+        changed = (y != x).any(dim=5 - axis)
+        assert torch.equal(changed, band)
+    same = _augment(x, off, torch.Generator().manual_seed(0))
+    assert torch.equal(same, x)
+
+
+def _train_as_before(images, ids, cfg):
+    """The real-only training loop as it was before masks, mixup and the synthetic arm."""
+    import math
+
+    import torch.nn.functional as F
+
+    from dalle2_md.evaluate import _augment
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg.seed)
+        model = Recogniser(config=TINY)
+    g = torch.Generator().manual_seed(cfg.seed)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(s, cfg.steps) / cfg.steps)))
+    losses = []
+    for _ in range(cfg.steps):
+        model.train()
+        idx = torch.randint(0, len(images), (min(cfg.batch_size, len(images)),), generator=g)
+        loss = F.cross_entropy(model(_augment(images[idx], cfg, g)), ids[idx])
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        losses.append(loss.item())
+    return model, losses
+
+
+def test_real_only_training_is_unchanged_by_the_synthetic_option(data):
+    from dalle2_md.evaluate import LEGACY_RECOGNISER_TRAIN
+
+    images, ids = data["train"]
+    # the settings that existed before (shift + noise): the new options, off, draw nothing
+    cfg = replace(LEGACY_RECOGNISER_TRAIN, steps=5, batch_size=8, seed=2)
+    new = train_recogniser(images, ids, config=TINY, train=cfg, synthetic=None)
+    old, losses = _train_as_before(images, ids, cfg)
+    assert state_fingerprint(new.state_dict()) == state_fingerprint(old.state_dict())
+    assert new.meta["final_loss"] == losses[-1] and new.meta["num_synthetic_images"] == 0
+
+
+def test_synthetic_arm_sees_the_same_real_batches(data):
+    images, ids = data["train"]
+    fake = (images.flip(-1)[:10], ids[:10])  # any labelled images of the right shape
+    cfg = RecogniserTrainConfig(steps=5, batch_size=8, seed=1, time_masks=1, time_mask_width=0.2, freq_masks=1,
+                                freq_mask_width=0.1, mixup_alpha=0.4, synthetic_batch_size=4)
+    real = train_recogniser(images, ids, config=TINY, train=cfg)
+    mixed = train_recogniser(images, ids, config=TINY, train=cfg, synthetic=fake)
+    assert mixed.meta["real_batches_sha"] == real.meta["real_batches_sha"]
+    assert mixed.meta["num_synthetic_images"] == 10
+    assert state_fingerprint(mixed.state_dict()) != state_fingerprint(real.state_dict())
+    # with zero weight the synthetic batch changes nothing: the real part is drawn identically
+    ignored = train_recogniser(images, ids, config=TINY, train=replace(cfg, synthetic_weight=0.0), synthetic=fake)
+    assert state_fingerprint(ignored.state_dict()) == state_fingerprint(
+        train_recogniser(images, ids, config=TINY, train=replace(cfg, synthetic_weight=0.0)).state_dict())
+    with pytest.raises(UserError, match="synthetic"):
+        train_recogniser(images, ids, config=TINY, train=cfg, synthetic=(images[:4, :, :16, :16], ids[:4]))
+
+
+def test_cache_key_covers_synthetic_data_and_new_settings(data, tmp_path):
+    images, ids = data["train"]
+    path, short = tmp_path / "rec.pt", RecogniserTrainConfig(steps=2, batch_size=4)
+    assert cached_recogniser(path, images, ids, config=TINY, train=short).meta["from_cache"] is False
+    assert cached_recogniser(path, images, ids, config=TINY, train=short).meta["from_cache"] is True
+    syn = (images[:6], ids[:6])
+    assert cached_recogniser(path, images, ids, config=TINY, train=short, synthetic=syn).meta["from_cache"] is False
+    assert cached_recogniser(path, images, ids, config=TINY, train=short, synthetic=syn).meta["from_cache"] is True
+    masked = replace(short, freq_masks=1, freq_mask_width=0.1)
+    assert cached_recogniser(path, images, ids, config=TINY, train=masked, synthetic=syn).meta["from_cache"] is False
+
+
+def test_time_pooled_recogniser_trains_and_round_trips(data, tmp_path):
+    images, ids = data["train"]
+    pooled = replace(TINY, time_pool=4)
+    model = train_recogniser(images, ids, config=pooled, train=RecogniserTrainConfig(steps=2, batch_size=4))
+    assert set(model.state_dict()) == set(Recogniser(config=TINY).state_dict())  # no new weights
+    loaded = Recogniser.load(model.save(tmp_path / "rec.pt"))
+    assert loaded.config.time_pool == 4
+    assert torch.allclose(loaded.features(images[:3]), model.features(images[:3]))
+    # the same weights without the pooling see other inputs
+    unpooled = Recogniser(config=TINY)
+    unpooled.load_state_dict(model.state_dict())
+    assert not torch.allclose(unpooled.eval().features(images[:3]), model.features(images[:3]))

@@ -185,3 +185,80 @@ def test_cli_synth(tmp_path):
     help_text = CliRunner().invoke(cli, ["synth", "--help"]).output
     for flag in ("--num_users", "--images_per_user", "--image_size", "--layout", "--out", "--seed", "./data/synthetic"):
         assert flag in help_text
+
+
+# -- profiles ----------------------------------------------------------------------------------
+
+
+def test_gait31_profile_has_31_users_and_real_within_user_variation(tmp_path):
+    kw = dict(images_per_user=4, image_size=16, seed=2, progress=False, profile="gait31")
+    s = synthesize_dataset(tmp_path / "a", **kw)
+    assert s["num_users"] == 31 and s["layout"] == "kaggle" and s["num_images"] == 124
+    assert sorted(p.name for p in (tmp_path / "a").iterdir() if p.is_dir()) == sorted(f"ID_{i}" for i in range(1, 32))
+    synthesize_dataset(tmp_path / "b", **kw)
+    assert _pngs(tmp_path / "a") == _pngs(tmp_path / "b")
+    gt = json.loads((tmp_path / "a" / "ground_truth.json").read_text())
+    assert gt["profile"] == "gait31" and len(gt["users"]) == 31
+    samples = gt["samples"]
+    by_user = {}
+    for rec in samples:
+        by_user.setdefault(rec["label"], []).append(rec)
+    # the same person walks at different speeds, angles and ranges from recording to recording
+    for recs in by_user.values():
+        for key in ("speed_mps", "aspect_deg", "centre_range_m", "arm_swing_deg"):
+            assert len({round(r[key], 6) for r in recs}) == len(recs)
+    assert {r["direction"] for r in samples} == {"towards", "away"}
+    for r in samples:  # away: negative radial velocity
+        assert (r["radial_speed_mps"] > 0) == (r["direction"] == "towards")
+    carrying = [r["carrying"] for r in samples]
+    assert 0 < sum(c != "none" for c in carrying) < len(samples) // 2
+    # farther walkers have a lower SNR (radar equation), up to a few dB of spread
+    near = [r["snr_db"] for r in samples if r["centre_range_m"] < 5]
+    far = [r["snr_db"] for r in samples if r["centre_range_m"] > 10]
+    assert np.mean(near) > np.mean(far) + 10
+
+
+def test_user_spread_packs_users_closer():
+    default, packed = make_users(31, seed=0), make_users(31, seed=0, spread=0.7)
+    spread = lambda users: np.ptp([u.speed_mps for u in users])  # noqa: E731
+    assert spread(packed) == pytest.approx(0.7 * spread(default), rel=0.1)
+    with pytest.raises(UserError, match="spread"):
+        make_users(3, spread=0.0)
+
+
+def test_gait31_neighbours_overlap_in_speed():
+    """One user's recordings spread wider in speed than the gap to the next user's mean."""
+    from dalle2_md.synth import get_profile
+
+    prof = get_profile("gait31")
+    users = sorted(make_users(31, seed=0, spread=prof.user_spread), key=lambda u: u.speed_mps)
+    gaps = np.diff([u.speed_mps for u in users])
+    u = users[15]
+    radial = [simulate_spectrogram(u, sample_rng(0, u.user_id, i), image_size=16, variation=prof.variation)[1]["radial_speed_mps"]
+              for i in range(12)]
+    assert np.ptp(np.abs(radial)) > 2 * gaps.max()
+
+
+def test_default_profile_keeps_its_documented_draws(tmp_path):
+    synthesize_dataset(tmp_path / "a", num_users=2, images_per_user=3, image_size=16, seed=1, progress=False)
+    synthesize_dataset(tmp_path / "b", num_users=2, images_per_user=3, image_size=16, seed=1, progress=False, profile="default")
+    assert _pngs(tmp_path / "a") == _pngs(tmp_path / "b")
+    gt = json.loads((tmp_path / "a" / "ground_truth.json").read_text())
+    assert "profile" not in gt and make_users(2, seed=1) == make_users(2, seed=1, spread=1.0)
+    for rec in gt["samples"]:  # every default walker comes towards the radar, nobody carries
+        assert rec["radial_speed_mps"] > 0 and abs(rec["aspect_deg"]) <= 15
+        assert "direction" not in rec and "carrying" not in rec
+
+
+def test_cli_synth_profile(tmp_path):
+    out = tmp_path / "g31"
+    result = CliRunner().invoke(
+        cli, ["synth", "--profile", "gait31", "--num_users", "3", "--images_per_user", "2", "--image_size", "16",
+              "--out", str(out), "--no-progress"],
+    )
+    assert result.exit_code == 0, result.output
+    assert "profile gait31" in result.output and (out / "ID_3" / "image_002.png").is_file()
+    bad = CliRunner().invoke(cli, ["synth", "--profile", "gait99", "--out", str(tmp_path / "x")])
+    assert bad.exit_code == 2 and "gait99" in bad.output
+    with pytest.raises(UserError, match="profile"):
+        synthesize_dataset(tmp_path / "y", profile="gait99", progress=False)
