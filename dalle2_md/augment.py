@@ -260,10 +260,11 @@ def augmentation_gain(
     num_users: int,
     work_dir: str | Path,
     k: int = 10,
-    m: int = 100,
+    m: int | None = None,
     seeds: Sequence[int] = (0, 1, 2),
     generator: str = "two_stage",
     budget: GeneratorBudget = GeneratorBudget(),
+    recipes: Sequence = (),
     recogniser_train=None,
     train_files: Sequence[str] | None = None,
     test_files: Sequence[str] | None = None,
@@ -281,10 +282,12 @@ def augmentation_gain(
         num_users: number of users.
         work_dir: scratch folder for the generators' training runs.
         k: real images per user.
-        m: generated images per user.
+        m: generated images per user for every recipe (default: each recipe's m_per_k x K).
         seeds: one repetition per seed (K-shot pick, generator, sampling and recognisers).
         generator: "two_stage" or "baseline".
         budget: the generator's sizes and steps.
+        recipes: `recipe.AugmentRecipe`s run on each seed's one trained generator (default: the
+            default recipe); the first one's figures also appear at the top level.
         recogniser_train: `evaluate.RecogniserTrainConfig` (its seed is replaced per repetition).
         train_files, test_files: relative paths of the train / test images (same order as the
             tensors); with them the picked files are recorded and checked disjoint from test.
@@ -293,9 +296,10 @@ def augmentation_gain(
         progress: progress bars.
     Returns:
         {"k", "m", "generator", "seeds", "per_seed": [...], "acc_real", "acc_aug",
-         "gain_points" (each {"mean", "std" (sample std over seeds), "values"}), "budget", "seconds"}.
+         "gain_points" (each {"mean", "std" (sample std over seeds), "values"}; the first recipe's),
+         "recipes" ({name: the same per recipe, with acceptance}), "budget", "seconds"}.
     """
-    from .evaluate import RecogniserTrainConfig, accuracy, train_recogniser
+    from .evaluate import RecogniserTrainConfig
 
     recogniser_train = recogniser_train or RecogniserTrainConfig()
     images, user_ids = torch.as_tensor(train[0]).float(), torch.as_tensor(train[1]).long()
@@ -309,62 +313,98 @@ def augmentation_gain(
                             "fix the split file")
     if len(seeds) < 1:
         raise UserError("give at least one seed")
+    from .recipe import AugmentRecipe
+
+    recipes = list(recipes) or [AugmentRecipe()]
+    if exists(m):
+        recipes = [replace(r, m_per_k=m / k) for r in recipes]
+    if len({r.name for r in recipes}) != len(recipes):
+        raise UserError("recipe names must be unique")
     started = time.perf_counter()
     per_seed = []
     for seed in seeds:
-        t0 = time.perf_counter()
-        idx = kshot_indices(user_ids, k, seed)
-        # the generator gets copies of the K-shot tensors and nothing else
-        shot_images, shot_ids = images[idx].clone(), user_ids[idx].clone()
-        gen = train_generator(shot_images, shot_ids, num_users=num_users, kind=generator, budget=budget, seed=seed,
-                              run_dir=Path(work_dir) / f"seed_{seed}", label_map=label_map, colormap=colormap,
-                              progress=progress)
-        t_gen = time.perf_counter()
-        fake, fake_ids = generate(gen.model, sorted(torch.unique(shot_ids).tolist()), m, seed=seed, budget=budget)
-        t_sample = time.perf_counter()
-        rec_cfg = replace(recogniser_train, seed=int(seed))
-        rec_real = train_recogniser(shot_images, shot_ids, num_users=num_users, train=rec_cfg)
-        rec_aug = train_recogniser(torch.cat([shot_images, fake]), torch.cat([shot_ids, fake_ids]),
-                                   num_users=num_users, train=rec_cfg)
-        acc_real, per_real = accuracy(rec_real, test_images, test_ids)
-        acc_aug, per_aug = accuracy(rec_aug, test_images, test_ids)
-        # how recognisable the samples are to a recogniser that saw only the K real images
-        a_gen_kshot, _ = accuracy(rec_real, fake, fake_ids)
-        row = {
-            "seed": int(seed),
-            "acc_real": acc_real,
-            "acc_aug": acc_aug,
-            "gain_points": 100.0 * (acc_aug - acc_real),
-            "per_user_real": per_real,
-            "per_user_aug": per_aug,
-            "a_gen_kshot_recogniser": a_gen_kshot,
-            "num_kshot": len(idx),
-            "num_generated": len(fake),
-            "generator_seconds": gen.seconds,
-            "generator_final_losses": gen.final_losses,
-            "seconds": {"generator": t_gen - t0, "sample": t_sample - t_gen, "recognisers": time.perf_counter() - t_sample},
-        }
+        per_seed.append(_one_seed(images, user_ids, (test_images, test_ids), seed=int(seed), k=k, recipes=recipes,
+                                  num_users=num_users, generator=generator, budget=budget,
+                                  recogniser_train=recogniser_train, work_dir=Path(work_dir), label_map=label_map,
+                                  colormap=colormap, progress=progress, log=log))
         if exists(train_files):
-            row["kshot_files"] = [train_files[i] for i in idx.tolist()]
-        per_seed.append(row)
-        if log:
-            log(f"[augment] seed {seed}: K real {acc_real:.3f}, K real + M generated {acc_aug:.3f} "
-                f"(gain {row['gain_points']:+.1f} points), {time.perf_counter() - t0:.0f}s")
+            per_seed[-1]["kshot_files"] = [train_files[i] for i in per_seed[-1].pop("kshot_indices")]
+    by_recipe = {}
+    for r in recipes:
+        rows = [s_["recipes"][r.name] for s_ in per_seed]
+        by_recipe[r.name] = {
+            "recipe": r.to_dict(),
+            "acc_aug": _mean_std([x["acc_aug"] for x in rows]),
+            "gain_points": _mean_std([x["gain_points"] for x in rows]),
+            "a_gen_kshot_recogniser": _mean_std([x["a_gen_kshot_recogniser"] for x in rows]),
+            "num_generated_per_user": _mean_std([x["num_generated"] / num_users for x in rows]),
+            "acceptance": _mean_std([x["mean_acceptance"] for x in rows]),
+        }
+    first = by_recipe[recipes[0].name]
     return {
         "k": k,
-        "m": m,
+        "m": recipes[0].num_per_user(k),
         "generator": generator,
-        "seeds": [int(s) for s in seeds],
+        "seeds": [int(s_) for s_ in seeds],
         "num_test": len(test_images),
         "per_seed": per_seed,
         "acc_real": _mean_std([r["acc_real"] for r in per_seed]),
-        "acc_aug": _mean_std([r["acc_aug"] for r in per_seed]),
-        "gain_points": _mean_std([r["gain_points"] for r in per_seed]),
-        "a_gen_kshot_recogniser": _mean_std([r["a_gen_kshot_recogniser"] for r in per_seed]),
+        "acc_aug": first["acc_aug"],
+        "gain_points": first["gain_points"],
+        "a_gen_kshot_recogniser": first["a_gen_kshot_recogniser"],
+        "recipes": by_recipe,
         "budget": budget.to_dict(),
         "recogniser_train": asdict(recogniser_train),
         "seconds": time.perf_counter() - started,
     }
+
+
+def _one_seed(images, user_ids, test, *, seed, k, recipes, num_users, generator, budget, recogniser_train, work_dir,
+              label_map, colormap, progress, log) -> dict:
+    """One repetition: K-shot pick, one generator, the real-only recogniser, then every recipe."""
+    from .evaluate import accuracy, train_recogniser
+    from .recipe import draw_synthetic, train_augmented
+
+    t0 = time.perf_counter()
+    idx = kshot_indices(user_ids, k, seed)
+    # the generator gets copies of the K-shot tensors and nothing else
+    shot = (images[idx].clone(), user_ids[idx].clone())
+    gen = train_generator(*shot, num_users=num_users, kind=generator, budget=budget, seed=seed,
+                          run_dir=work_dir / f"seed_{seed}", label_map=label_map, colormap=colormap, progress=progress)
+    t_gen = time.perf_counter()
+    rec_cfg = replace(recogniser_train, seed=seed)
+    # trained on the K-shot images only: the real-only arm, and the filter of every recipe
+    rec_real = train_recogniser(*shot, num_users=num_users, train=rec_cfg)
+    acc_real, per_real = accuracy(rec_real, *test)
+    row = {"seed": seed, "acc_real": acc_real, "per_user_real": per_real, "num_kshot": len(idx),
+           "kshot_indices": idx.tolist(), "generator_seconds": gen.seconds, "generator_final_losses": gen.final_losses,
+           "seconds": {"generator": t_gen - t0}, "recipes": {}}
+    for recipe in recipes:
+        t1 = time.perf_counter()
+        drawn = draw_synthetic(gen.model, recipe, budget, shot, seed=seed, filter_recogniser=rec_real)
+        fake = (drawn["images"], drawn["user_ids"])
+        t2 = time.perf_counter()
+        rec_aug = train_augmented(recipe, shot, fake, num_users=num_users, train_config=rec_cfg)
+        acc_aug, per_aug = accuracy(rec_aug, *test)
+        # how recognisable the kept samples are to the recogniser that saw only the K real images
+        a_gen = accuracy(rec_real, *fake)[0] if len(fake[0]) else float("nan")
+        acceptance = list(drawn["acceptance"].values())
+        row["recipes"][recipe.name] = {
+            "acc_aug": acc_aug, "gain_points": 100.0 * (acc_aug - acc_real), "per_user_aug": per_aug,
+            "a_gen_kshot_recogniser": a_gen, "num_generated": len(fake[0]), "num_drawn": drawn["num_drawn"],
+            "mean_acceptance": float(np.mean(acceptance)), "min_acceptance": float(np.min(acceptance)),
+            "seconds": {"sample": t2 - t1, "recogniser": time.perf_counter() - t2},
+        }
+        if log:
+            log(f"[augment] seed {seed} {recipe.name}: K real {acc_real:.3f}, + generated {acc_aug:.3f} "
+                f"(gain {100 * (acc_aug - acc_real):+.1f} points, kept {len(fake[0])}/{drawn['num_drawn']}), "
+                f"{time.perf_counter() - t1:.0f}s")
+    # the first recipe's figures at the top level, as before recipes existed
+    first = row["recipes"][recipes[0].name]
+    row.update(acc_aug=first["acc_aug"], gain_points=first["gain_points"],
+               a_gen_kshot_recogniser=first["a_gen_kshot_recogniser"], num_generated=first["num_generated"])
+    row["seconds"]["total"] = time.perf_counter() - t0
+    return row
 
 
 def load_splits(

@@ -309,6 +309,7 @@ def train_recogniser(
     train: RecogniserTrainConfig = RecogniserTrainConfig(),
     val: tuple[torch.Tensor, torch.Tensor] | None = None,
     synthetic: tuple[torch.Tensor, torch.Tensor] | None = None,
+    init: Recogniser | None = None,
     progress: bool = False,
 ) -> Recogniser:
     """Train an identity recogniser on real images, optionally beside synthetic ones.
@@ -329,6 +330,8 @@ def train_recogniser(
         val: optional (images, user_ids); the weights with the best validation accuracy are kept.
         synthetic: optional (images, user_ids) of generated images, trained on as a separate
             batch of `train.synthetic_batch_size` per step.
+        init: a recogniser of the same shape to start from (fine-tuning, e.g. after
+            pre-training on synthetic images); default fresh weights from `train.seed`.
         progress: show a tqdm bar.
     Returns:
         The trained recogniser in eval mode; `.meta` holds the training config and history, and
@@ -356,6 +359,10 @@ def train_recogniser(
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(train.seed)
         model = Recogniser(config=config)
+    if init is not None:
+        if init.config != config:
+            raise UserError(f"the recogniser to start from has shape {init.config}, not {config}")
+        model.load_state_dict(init.state_dict())
     model.check_images(images, "recogniser training images")
     g = torch.Generator().manual_seed(train.seed)
     # a stream of its own for the synthetic batches: the real stream is the same in both arms

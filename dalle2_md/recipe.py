@@ -21,9 +21,9 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass, replace
 
-import torch
-
 from .utils import UserError
+
+# torch is imported inside the functions: the command line reads AugmentRecipe's defaults for --help
 
 SOURCES = ("prior", "variations")
 MIXING = ("separate", "concat", "pretrain")
@@ -77,15 +77,20 @@ class AugmentRecipe:
         return asdict(self)
 
 
-@torch.no_grad()
-def _confidence(recogniser, images: torch.Tensor, user_ids: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
+def _confidence(recogniser, images, user_ids, batch_size: int = 256):
+    """Softmax probability of each image's intended user, (N,)."""
+    import torch
+
     recogniser.eval()
-    probs = [recogniser(images[i : i + batch_size]).softmax(-1) for i in range(0, len(images), batch_size)]
+    with torch.no_grad():
+        probs = [recogniser(images[i : i + batch_size]).softmax(-1) for i in range(0, len(images), batch_size)]
     return torch.cat(probs).gather(1, user_ids[:, None]).squeeze(1)
 
 
-def _candidates(model, recipe: AugmentRecipe, budget, users, shot: tuple[torch.Tensor, torch.Tensor], count: int,
-                seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+def _candidates(model, recipe: AugmentRecipe, budget, users, shot, count: int, seed: int):
+    """`count` samples per user: (images in [-1, 1], user ids), user-major."""
+    import torch
+
     from .augment import generate
 
     budget = replace(budget, cond_scale=recipe.cond_scale, prior_cond_scale=recipe.prior_cond_scale, eta=recipe.eta)
@@ -104,20 +109,21 @@ def _candidates(model, recipe: AugmentRecipe, budget, users, shot: tuple[torch.T
     return torch.cat(images), torch.cat(ids)
 
 
-def draw_synthetic(model, recipe: AugmentRecipe, budget, shot: tuple[torch.Tensor, torch.Tensor], *, seed: int,
-                   filter_recogniser=None) -> dict:
+def draw_synthetic(model, recipe: AugmentRecipe, budget, shot, *, seed: int, filter_recogniser=None) -> dict:
     """Synthetic training images for every user of the K-shot set.
 
     Args:
         model: the trained generator (a `MicroDopplerDALLE2`, or the baseline for source "prior").
         recipe: how to draw and filter.
         budget: the generator's `GeneratorBudget` (sampling steps, sampler).
-        shot: the K-shot (images, user ids) the generator was trained on.
+        shot: the K-shot (images (N, C, H, W) in [-1, 1], user ids) the generator was trained on.
         seed: sampling seed.
         filter_recogniser: a recogniser trained on `shot` only (needed by filter "recogniser").
     Returns:
         {"images", "user_ids", "acceptance" (kept / drawn per user), "num_drawn"}.
     """
+    import torch
+
     users = sorted(torch.unique(shot[1]).tolist())
     k = min(int((shot[1] == u).sum()) for u in users)
     wanted = recipe.num_per_user(k)
@@ -139,9 +145,10 @@ def draw_synthetic(model, recipe: AugmentRecipe, budget, shot: tuple[torch.Tenso
             "num_drawn": len(images)}
 
 
-def train_augmented(recipe: AugmentRecipe, real: tuple[torch.Tensor, torch.Tensor],
-                    synthetic: tuple[torch.Tensor, torch.Tensor], *, num_users: int, train_config):
+def train_augmented(recipe: AugmentRecipe, real, synthetic, *, num_users: int, train_config):
     """A recogniser trained on real + synthetic images by the recipe's mixing rule."""
+    import torch
+
     from .evaluate import train_recogniser
 
     if len(synthetic[0]) == 0:
