@@ -2,7 +2,8 @@
 branch's code: one call per chunk of users, noise shared by sample index, DDIM) against this
 one, and peak RSS for 31 users x 200 images at 64 px.
 
-Models are untrained (random weights cost the same per step as trained ones) with the CPU
+Both paths run without guidance (cond_scale 1, the old default), so they do the same network
+evaluations. Models are untrained (random weights cost the same per step as trained ones) with the CPU
 sizes of `workflows.CPU_*_SIZES`; each measurement runs in a child process with its own
 PYTHONPATH (OLD = a checkout of the old code, default /work/main; NEW = this repository), so
 peak RSS is that child's alone. Rows:
@@ -13,6 +14,7 @@ peak RSS is that child's alone. Rows:
 
     python benchmarks/bench_generate.py --threads 1
     python benchmarks/bench_generate.py --skip_rss        # throughput only
+    python benchmarks/bench_generate.py --skip_throughput --rss_paths new   # one RSS row
 """
 
 import argparse
@@ -37,7 +39,8 @@ extra = {"sampler": spec["sampler"]} if spec.get("sampler") else {}
 generate(model, spec["out"] + "_warm", users=spec["users"][:1], num_samples_per_user=1, sample_steps=2, prior_steps=2)
 start = time.perf_counter()
 generate(model, spec["out"], users=spec["users"], num_samples_per_user=spec["n"], sample_steps=spec["steps"],
-         prior_steps=spec["prior_steps"], seed=0, batch_size=spec["batch_size"], **extra)
+         prior_steps=spec["prior_steps"], seed=0, batch_size=spec["batch_size"], cond_scale=1.0, prior_cond_scale=1.0,
+         **extra)
 seconds = time.perf_counter() - start
 print("RESULT " + json.dumps({"seconds": seconds, "images": len(spec["users"]) * spec["n"],
                               "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
@@ -76,6 +79,8 @@ def main():
     ap.add_argument("--dpm_steps", type=int, default=10, help="steps of the new-dpm row (both stages)")
     ap.add_argument("--sizes", default="32,64,128")
     ap.add_argument("--skip_rss", action="store_true")
+    ap.add_argument("--skip_throughput", action="store_true")
+    ap.add_argument("--rss_paths", default="old,new", help="which paths get the 31 x 200 RSS run")
     ap.add_argument("--out", default="benchmarks/results/bench_generate.json")
     args = ap.parse_args()
     old_root, new_root = Path(args.old), REPO
@@ -84,7 +89,7 @@ def main():
     rows = []
     with tempfile.TemporaryDirectory(prefix="bench-gen-") as tmp:
         tmp = Path(tmp)
-        for size in [int(s) for s in args.sizes.split(",")]:
+        for size in [] if args.skip_throughput else [int(s) for s in args.sizes.split(",")]:
             users, n = plan.get(size, (2, 2))
             bundle = build_bundle(tmp / f"chain{size}.pt", size, num_users=31)
             base = dict(bundle=str(bundle), users=[str(u) for u in range(users)], n=n, threads=args.threads,
@@ -106,7 +111,8 @@ def main():
             bundle = build_bundle(tmp / "rss64.pt", 64, num_users=31, tiny=True)
             spec = dict(bundle=str(bundle), users=[str(u) for u in range(31)], n=200, threads=args.threads,
                         batch_size=64, steps=1, prior_steps=1)
-            for name, root, extra in (("old", old_root, {}), ("new", new_root, {"sampler": "ddim"})):
+            paths = (("old", old_root, {}), ("new", new_root, {"sampler": "ddim"}))
+            for name, root, extra in [p for p in paths if p[0] in args.rss_paths.split(",")]:
                 start = time.perf_counter()
                 r = run_child(root, dict(spec, out=str(tmp / f"rss_{name}"), **extra))
                 rss.append({"path": name, **r, "wall_s": time.perf_counter() - start})
