@@ -5,6 +5,9 @@ and mixing); the real-only arm is the strong recogniser (`RecogniserTrainConfig`
 
     python benchmarks/augment_ablation.py --k 10 --seeds 0 1 2                     # every recipe
     python benchmarks/augment_ablation.py --k 5 --recipes default,old --seeds 0 1 2
+    # one seed per process on a multi-core machine, then merged:
+    python benchmarks/augment_ablation.py --k 10 --seeds 0 --out /tmp/s0.json & ...
+    python benchmarks/augment_ablation.py --merge /tmp/s0.json /tmp/s1.json /tmp/s2.json
 
 Prints one line per (seed, recipe) and a table; writes benchmarks/results/augment_ablation_k<K>.json
 and .md. One torch thread per process. Data: gait31 (data seed 1, the seed the recogniser's
@@ -28,7 +31,7 @@ import torch  # noqa: E402
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from kshot import simulate, split  # noqa: E402
 
-from dalle2_md.augment import GeneratorBudget, augmentation_gain  # noqa: E402
+from dalle2_md.augment import GeneratorBudget, augmentation_gain, summarise_seeds  # noqa: E402
 from dalle2_md.evaluate import RecogniserTrainConfig, _plain_floats  # noqa: E402
 from dalle2_md.recipe import AugmentRecipe  # noqa: E402
 from dalle2_md.synth import get_profile  # noqa: E402
@@ -71,6 +74,27 @@ def markdown(result: dict, args) -> str:
     return "\n".join(lines) + "\n"
 
 
+def write(result: dict, args, out: str | None) -> None:
+    out = Path(out or ROOT / "benchmarks" / "results" / f"augment_ablation_k{result['k']}.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(_plain_floats(result), indent=1))
+    table = markdown(result, args)
+    out.with_suffix(".md").write_text(table)
+    print(table)
+    print(f"wrote {out} and {out.with_suffix('.md')}")
+
+
+def merge(paths: list[str], out: str | None) -> None:
+    parts = [json.loads(Path(p).read_text()) for p in paths]
+    first = parts[0]
+    recipes = [AugmentRecipe(**r["recipe"]) for r in first["recipes"].values()]
+    per_seed = sorted((row for part in parts for row in part["per_seed"]), key=lambda row: row["seed"])
+    result = {**first, **summarise_seeds(per_seed, recipes, num_users=get_profile("gait31").num_users)}
+    result["wall_seconds"] = max(part["wall_seconds"] for part in parts)
+    result["merged_from"] = [str(p) for p in paths]
+    write(result, argparse.Namespace(**first["args"]), out)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--k", type=int, default=10)
@@ -86,8 +110,11 @@ def main():
     ap.add_argument("--sample_steps", type=int, default=15)
     ap.add_argument("--recogniser_steps", type=int, default=None)
     ap.add_argument("--out", default=None)
+    ap.add_argument("--merge", nargs="+", default=None, help="merge the JSONs of single-seed runs of the same settings")
     args = ap.parse_args()
     torch.set_num_threads(1)
+    if args.merge:
+        return merge(args.merge, args.out)
 
     profile = get_profile("gait31")
     num_users = profile.num_users
@@ -109,13 +136,8 @@ def main():
                                log=lambda line: print(line, flush=True))
     result["args"] = vars(args)
     result["wall_seconds"] = time.time() - started
-    out = Path(args.out or ROOT / "benchmarks" / "results" / f"augment_ablation_k{args.k}.json")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(_plain_floats(result), indent=1))
-    table = markdown(result, args)
-    out.with_suffix(".md").write_text(table)
-    print(table)
-    print(f"wrote {out} and {out.with_suffix('.md')} in {result['wall_seconds'] / 60:.1f} min")
+    write(result, args, args.out)
+    print(f"{result['wall_seconds'] / 60:.1f} min")
 
 
 if __name__ == "__main__":

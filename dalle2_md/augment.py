@@ -329,6 +329,14 @@ def augmentation_gain(
                                   colormap=colormap, progress=progress, log=log))
         if exists(train_files):
             per_seed[-1]["kshot_files"] = [train_files[i] for i in per_seed[-1].pop("kshot_indices")]
+    result = summarise_seeds(per_seed, recipes, num_users=num_users)
+    return {**result, "k": k, "m": recipes[0].num_per_user(k), "generator": generator, "num_test": len(test_images), "budget": budget.to_dict(),
+            "recogniser_train": asdict(recogniser_train), "seconds": time.perf_counter() - started}
+
+
+def summarise_seeds(per_seed: list[dict], recipes: Sequence, *, num_users: int) -> dict:
+    """Mean ± std over seeds of every recipe (used by `augmentation_gain`, and to merge runs of
+    single seeds made in separate processes)."""
     by_recipe = {}
     for r in recipes:
         rows = [s_["recipes"][r.name] for s_ in per_seed]
@@ -342,20 +350,13 @@ def augmentation_gain(
         }
     first = by_recipe[recipes[0].name]
     return {
-        "k": k,
-        "m": recipes[0].num_per_user(k),
-        "generator": generator,
-        "seeds": [int(s_) for s_ in seeds],
-        "num_test": len(test_images),
+        "seeds": [int(s_["seed"]) for s_ in per_seed],
         "per_seed": per_seed,
         "acc_real": _mean_std([r["acc_real"] for r in per_seed]),
         "acc_aug": first["acc_aug"],
         "gain_points": first["gain_points"],
         "a_gen_kshot_recogniser": first["a_gen_kshot_recogniser"],
         "recipes": by_recipe,
-        "budget": budget.to_dict(),
-        "recogniser_train": asdict(recogniser_train),
-        "seconds": time.perf_counter() - started,
     }
 
 

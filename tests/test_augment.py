@@ -11,7 +11,8 @@ from click.testing import CliRunner
 from dalle2_md import augment
 from dalle2_md.augment import GeneratorBudget, augmentation_gain, kshot_indices, load_splits
 from dalle2_md.cli import cli
-from dalle2_md.evaluate import RecogniserTrainConfig
+from dalle2_md.evaluate import RecogniserTrainConfig, accuracy, train_recogniser
+from dalle2_md.recipe import AugmentRecipe, draw_synthetic, train_augmented
 from dalle2_md.synth import synthesize_dataset
 from dalle2_md.utils import UserError
 
@@ -70,7 +71,8 @@ def test_generator_sees_only_the_kshot_images(data_root, tmp_path, monkeypatch):
     k = 3
     result = augmentation_gain(train.tensors(), test.tensors(), num_users=USERS, work_dir=tmp_path / "runs", k=k, m=2,
                                seeds=(0, 1), budget=TINY, recogniser_train=RecogniserTrainConfig(steps=3, batch_size=8),
-                               train_files=train_files, test_files=test_files)
+                               train_files=train_files, test_files=test_files,
+                               recipes=[AugmentRecipe(filter="none")])
     assert len(calls) == 2 and len(result["per_seed"]) == 2
     assert len(loop_datasets) == 6  # embedding model, decoder, prior per seed
     for (images, ids), row in zip(calls, result["per_seed"]):
@@ -160,3 +162,79 @@ def test_evaluate_cli_samples_a_baseline_bundle(data_root, tmp_path):
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["counts"]["generated"] == 2 * USERS
     assert sorted(metrics["identity"]["per_user_gen"]) == [str(u) for u in range(USERS)]
+
+
+def test_real_only_arm_is_a_plain_recogniser_run_and_filters_see_only_kshot(data_root, tmp_path, monkeypatch):
+    import dalle2_md.evaluate as evaluate_module
+
+    sets = load_splits(data_root, image_size=SIZE, split_file=tmp_path / "split.json")
+    train, test = sets["train"].tensors(), sets["test"].tensors()
+    rec_cfg = RecogniserTrainConfig(steps=15, batch_size=8)
+    # the harness and the recipes import train_recogniser when called, so they call this spy
+    seen, original = [], evaluate_module.train_recogniser
+
+    def spy(images, user_ids, **kw):
+        seen.append(torch.cat([images] + ([kw["synthetic"][0]] if kw.get("synthetic") is not None else [])))
+        return original(images, user_ids, **kw)
+
+    monkeypatch.setattr(evaluate_module, "train_recogniser", spy)
+    recipes = [AugmentRecipe(name="filtered", min_confidence=0.0), AugmentRecipe(name="pre", filter="none", mixing="pretrain")]
+    result = augmentation_gain(train, test, num_users=USERS, work_dir=tmp_path / "runs", k=3, seeds=(0,), budget=TINY,
+                               recipes=recipes, recogniser_train=rec_cfg)
+    row = result["per_seed"][0]
+    # the harness's real-only arm is exactly a plain recogniser run on the same K-shot images
+    shot = kshot_indices(train[1], 3, 0)
+    plain = original(train[0][shot], train[1][shot], num_users=USERS, train=rec_cfg)
+    assert row["acc_real"] == pytest.approx(accuracy(plain, *test)[0])
+    # no recogniser (the filter included: it is the real-only arm) ever trained on a test image
+    test_rows = _rows(test[0])
+    assert seen and all(not (_rows(images) & test_rows) for images in seen)
+    assert set(result["recipes"]) == {"filtered", "pre"}
+    # min_confidence 0 keeps every candidate up to M per user
+    assert row["recipes"]["filtered"]["num_generated"] == AugmentRecipe().num_per_user(3) * USERS
+
+
+class _ByBrightness(torch.nn.Module):
+    """A stand-in recogniser: user 0 for dark images, user 1 for bright ones."""
+
+    def forward(self, x):
+        level = x.mean(dim=(1, 2, 3))
+        return torch.stack([-8 * level, 8 * level], dim=1)
+
+
+def test_recogniser_filter_keeps_confident_samples_first_by_index(monkeypatch):
+    from dalle2_md import augment as augment_module
+
+    def fake_generate(model, users, count, *, seed, budget):
+        # per user: alternating bright and dark candidates
+        levels = torch.tensor([0.9 if i % 2 == 0 else -0.9 for i in range(count)])
+        images = torch.cat([levels[:, None, None, None].expand(count, 1, 4, 4) for _ in users])
+        return images, torch.tensor([u for u in users for _ in range(count)])
+
+    monkeypatch.setattr(augment_module, "generate", fake_generate)
+    shot = (torch.zeros(4, 1, 4, 4), torch.tensor([0, 0, 1, 1]))
+    recipe = AugmentRecipe(m_per_k=1.0, oversample=2.0, min_confidence=0.9)
+    drawn = draw_synthetic(None, recipe, TINY, shot, seed=0, filter_recogniser=_ByBrightness())
+    # user 1 wants bright images: candidates 0 and 2 of 4 pass, both kept; user 0 wants dark ones: 1 and 3
+    assert drawn["num_drawn"] == 8 and drawn["acceptance"] == {0: 0.5, 1: 0.5}
+    kept = drawn["images"].mean(dim=(1, 2, 3))
+    assert drawn["user_ids"].tolist() == [0, 0, 1, 1]
+    assert (kept[:2] < 0).all() and (kept[2:] > 0).all()
+    with pytest.raises(UserError, match="needs a recogniser"):
+        draw_synthetic(None, recipe, TINY, shot, seed=0)
+
+
+def test_mixing_rules_train_different_recognisers():
+    g = torch.Generator().manual_seed(0)
+    real = (torch.randn(12, 1, 16, 16, generator=g), torch.arange(3).repeat(4))
+    synthetic = (torch.randn(12, 1, 16, 16, generator=g), torch.arange(3).repeat(4))
+    cfg = RecogniserTrainConfig(steps=5, batch_size=6)
+    weights = {}
+    for mixing in ("separate", "concat", "pretrain"):
+        model = train_augmented(AugmentRecipe(mixing=mixing), real, synthetic, num_users=3, train_config=cfg)
+        weights[mixing] = torch.cat([p.flatten() for p in model.parameters()])
+    separate = train_recogniser(*real, num_users=3, synthetic=synthetic,
+                                train=RecogniserTrainConfig(steps=5, batch_size=6, synthetic_weight=0.5))
+    assert torch.equal(weights["separate"], torch.cat([p.flatten() for p in separate.parameters()]))
+    assert not torch.equal(weights["separate"], weights["concat"])
+    assert not torch.equal(weights["separate"], weights["pretrain"])
