@@ -29,7 +29,7 @@ from pathlib import Path  # noqa: E402
 import torch  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from kshot import simulate, split  # noqa: E402
+from kshot import KSHOT_RECOGNISER, simulate, split  # noqa: E402
 
 from dalle2_md.augment import GeneratorBudget, augmentation_gain, summarise_seeds  # noqa: E402
 from dalle2_md.evaluate import RecogniserTrainConfig, _plain_floats  # noqa: E402
@@ -109,12 +109,15 @@ def main():
     ap.add_argument("--prior_steps", type=int, default=1000)
     ap.add_argument("--sample_steps", type=int, default=15)
     ap.add_argument("--recogniser_steps", type=int, default=None)
+    ap.add_argument("--time_pool", type=int, default=None,
+                    help="recogniser time pooling [default: image_size / 16, the K-shot benchmark's 64 px / 4]")
     ap.add_argument("--out", default=None)
     ap.add_argument("--merge", nargs="+", default=None, help="merge the JSONs of single-seed runs of the same settings")
     args = ap.parse_args()
     torch.set_num_threads(1)
     if args.merge:
         return merge(args.merge, args.out)
+    args.time_pool = args.time_pool or max(1, args.image_size // 16)
 
     profile = get_profile("gait31")
     num_users = profile.num_users
@@ -133,6 +136,7 @@ def main():
     work = Path(f"/tmp/augment_ablation_k{args.k}_{os.getpid()}")
     result = augmentation_gain(train, test, num_users=num_users, work_dir=work, k=args.k, seeds=args.seeds,
                                budget=budget, recipes=recipes, recogniser_train=rec_train, colormap="jet",
+                               recogniser_shape={**KSHOT_RECOGNISER, "time_pool": args.time_pool},
                                log=lambda line: print(line, flush=True))
     result["args"] = vars(args)
     result["wall_seconds"] = time.time() - started

@@ -266,6 +266,7 @@ def augmentation_gain(
     budget: GeneratorBudget = GeneratorBudget(),
     recipes: Sequence = (),
     recogniser_train=None,
+    recogniser_shape: dict | None = None,
     train_files: Sequence[str] | None = None,
     test_files: Sequence[str] | None = None,
     label_map: dict | None = None,
@@ -289,6 +290,8 @@ def augmentation_gain(
         recipes: `recipe.AugmentRecipe`s run on each seed's one trained generator (default: the
             default recipe); the first one's figures also appear at the top level.
         recogniser_train: `evaluate.RecogniserTrainConfig` (its seed is replaced per repetition).
+        recogniser_shape: `RecogniserConfig` fields other than num_users / channels / image_size
+            (e.g. the small time-pooled recogniser of benchmarks/kshot.py); default the standard one.
         train_files, test_files: relative paths of the train / test images (same order as the
             tensors); with them the picked files are recorded and checked disjoint from test.
         label_map, colormap: passed to the generator.
@@ -325,7 +328,8 @@ def augmentation_gain(
     for seed in seeds:
         per_seed.append(_one_seed(images, user_ids, (test_images, test_ids), seed=int(seed), k=k, recipes=recipes,
                                   num_users=num_users, generator=generator, budget=budget,
-                                  recogniser_train=recogniser_train, work_dir=Path(work_dir), label_map=label_map,
+                                  recogniser_train=recogniser_train, recogniser_shape=recogniser_shape,
+                                  work_dir=Path(work_dir), label_map=label_map,
                                   colormap=colormap, progress=progress, log=log))
         if exists(train_files):
             per_seed[-1]["kshot_files"] = [train_files[i] for i in per_seed[-1].pop("kshot_indices")]
@@ -360,11 +364,11 @@ def summarise_seeds(per_seed: list[dict], recipes: Sequence, *, num_users: int) 
     }
 
 
-def _one_seed(images, user_ids, test, *, seed, k, recipes, num_users, generator, budget, recogniser_train, work_dir,
-              label_map, colormap, progress, log) -> dict:
+def _one_seed(images, user_ids, test, *, seed, k, recipes, num_users, generator, budget, recogniser_train,
+              recogniser_shape, work_dir, label_map, colormap, progress, log) -> dict:
     """One repetition: K-shot pick, one generator, the real-only recogniser, then every recipe."""
-    from .evaluate import accuracy, train_recogniser
-    from .recipe import draw_synthetic, train_augmented
+    from .evaluate import RecogniserConfig, accuracy, train_recogniser
+    from .recipe import candidates_needed, draw_candidates, draw_synthetic, sampling_key, train_augmented
 
     t0 = time.perf_counter()
     idx = kshot_indices(user_ids, k, seed)
@@ -374,18 +378,29 @@ def _one_seed(images, user_ids, test, *, seed, k, recipes, num_users, generator,
                           run_dir=work_dir / f"seed_{seed}", label_map=label_map, colormap=colormap, progress=progress)
     t_gen = time.perf_counter()
     rec_cfg = replace(recogniser_train, seed=seed)
+    shape = RecogniserConfig(num_users=num_users, channels=images.shape[1], image_size=images.shape[-1],
+                             **(recogniser_shape or {}))
     # trained on the K-shot images only: the real-only arm, and the filter of every recipe
-    rec_real = train_recogniser(*shot, num_users=num_users, train=rec_cfg)
+    rec_real = train_recogniser(*shot, num_users=num_users, config=shape, train=rec_cfg)
     acc_real, per_real = accuracy(rec_real, *test)
     row = {"seed": seed, "acc_real": acc_real, "per_user_real": per_real, "num_kshot": len(idx),
            "kshot_indices": idx.tolist(), "generator_seconds": gen.seconds, "generator_final_losses": gen.final_losses,
            "seconds": {"generator": t_gen - t0}, "recipes": {}}
+    # one draw per sampling setting, as large as the hungriest recipe that shares it
+    counts = {}
+    for recipe in recipes:
+        counts[sampling_key(recipe)] = max(counts.get(sampling_key(recipe), 0), candidates_needed(recipe, k))
+    pools = {}
     for recipe in recipes:
         t1 = time.perf_counter()
-        drawn = draw_synthetic(gen.model, recipe, budget, shot, seed=seed, filter_recogniser=rec_real)
+        key = sampling_key(recipe)
+        if key not in pools:
+            pools[key] = draw_candidates(gen.model, recipe, budget, shot, counts[key], seed=seed)
+        drawn = draw_synthetic(gen.model, recipe, budget, shot, seed=seed, filter_recogniser=rec_real,
+                               candidates=pools[key])
         fake = (drawn["images"], drawn["user_ids"])
         t2 = time.perf_counter()
-        rec_aug = train_augmented(recipe, shot, fake, num_users=num_users, train_config=rec_cfg)
+        rec_aug = train_augmented(recipe, shot, fake, num_users=num_users, train_config=rec_cfg, config=shape)
         acc_aug, per_aug = accuracy(rec_aug, *test)
         # how recognisable the kept samples are to the recogniser that saw only the K real images
         a_gen = accuracy(rec_real, *fake)[0] if len(fake[0]) else float("nan")

@@ -109,7 +109,28 @@ def _candidates(model, recipe: AugmentRecipe, budget, users, shot, count: int, s
     return torch.cat(images), torch.cat(ids)
 
 
-def draw_synthetic(model, recipe: AugmentRecipe, budget, shot, *, seed: int, filter_recogniser=None) -> dict:
+def sampling_key(recipe: AugmentRecipe) -> tuple:
+    """Recipes with the same key draw the same candidates (sample j of user u depends only on
+    the seed, u and j), so one draw of the largest count serves them all."""
+    return (recipe.source, recipe.cond_scale, recipe.prior_cond_scale, recipe.eta)
+
+
+def candidates_needed(recipe: AugmentRecipe, k: int) -> int:
+    """Candidates per user the recipe looks at."""
+    wanted = recipe.num_per_user(k)
+    return wanted if recipe.filter == "none" else int(math.ceil(wanted * recipe.oversample))
+
+
+def draw_candidates(model, recipe: AugmentRecipe, budget, shot, count: int, *, seed: int):
+    """`count` candidates per user of the K-shot set: (images in [-1, 1], user ids), user-major."""
+    import torch
+
+    users = sorted(torch.unique(shot[1]).tolist())
+    return _candidates(model, recipe, budget, users, shot, count, seed)
+
+
+def draw_synthetic(model, recipe: AugmentRecipe, budget, shot, *, seed: int, filter_recogniser=None,
+                   candidates=None) -> dict:
     """Synthetic training images for every user of the K-shot set.
 
     Args:
@@ -119,22 +140,30 @@ def draw_synthetic(model, recipe: AugmentRecipe, budget, shot, *, seed: int, fil
         shot: the K-shot (images (N, C, H, W) in [-1, 1], user ids) the generator was trained on.
         seed: sampling seed.
         filter_recogniser: a recogniser trained on `shot` only (needed by filter "recogniser").
+        candidates: (images, user ids) from `draw_candidates` with at least
+            `candidates_needed(recipe, K)` per user, drawn with the same sampling key and seed
+            (default: drawn here).
     Returns:
-        {"images", "user_ids", "acceptance" (kept / drawn per user), "num_drawn"}.
+        {"images", "user_ids", "acceptance" (kept / looked at, per user), "num_drawn"}.
     """
     import torch
 
     users = sorted(torch.unique(shot[1]).tolist())
     k = min(int((shot[1] == u).sum()) for u in users)
-    wanted = recipe.num_per_user(k)
-    if recipe.filter == "none":
-        images, ids = _candidates(model, recipe, budget, users, shot, wanted, seed)
-        return {"images": images, "user_ids": ids, "acceptance": {u: 1.0 for u in users}, "num_drawn": len(images)}
-    if filter_recogniser is None:
+    wanted, needed = recipe.num_per_user(k), candidates_needed(recipe, k)
+    if recipe.filter != "none" and filter_recogniser is None:
         raise UserError("the recogniser filter needs a recogniser trained on the generator's own real images")
-    drawn = int(math.ceil(wanted * recipe.oversample))
-    images, ids = _candidates(model, recipe, budget, users, shot, drawn, seed)
-    keep = _confidence(filter_recogniser, images, ids) >= recipe.min_confidence
+    images, ids = candidates if candidates is not None else draw_candidates(model, recipe, budget, shot, needed, seed=seed)
+    # the first `needed` candidates of each user (a larger shared draw holds them as its prefix)
+    rank = torch.zeros(len(ids), dtype=torch.long)
+    for u in users:
+        mine = torch.nonzero(ids == u).flatten()
+        rank[mine] = torch.arange(len(mine))
+    looked = rank < needed
+    images, ids = images[looked], ids[looked]
+    keep = torch.ones(len(ids), dtype=torch.bool)
+    if recipe.filter == "recogniser":
+        keep = _confidence(filter_recogniser, images, ids) >= recipe.min_confidence
     kept_images, kept_ids, acceptance = [], [], {}
     for u in users:
         mine = torch.nonzero((ids == u) & keep).flatten()[:wanted]
@@ -145,19 +174,24 @@ def draw_synthetic(model, recipe: AugmentRecipe, budget, shot, *, seed: int, fil
             "num_drawn": len(images)}
 
 
-def train_augmented(recipe: AugmentRecipe, real, synthetic, *, num_users: int, train_config):
-    """A recogniser trained on real + synthetic images by the recipe's mixing rule."""
+def train_augmented(recipe: AugmentRecipe, real, synthetic, *, num_users: int, train_config, config=None):
+    """A recogniser trained on real + synthetic images by the recipe's mixing rule.
+
+    Args:
+        config: the recogniser's `RecogniserConfig` (default: the standard one for the images).
+    """
     import torch
 
     from .evaluate import train_recogniser
 
+    common = dict(num_users=num_users, config=config)
     if len(synthetic[0]) == 0:
-        return train_recogniser(*real, num_users=num_users, train=train_config)
+        return train_recogniser(*real, train=train_config, **common)
     if recipe.mixing == "concat":
         return train_recogniser(torch.cat([real[0], synthetic[0]]), torch.cat([real[1], synthetic[1]]),
-                                num_users=num_users, train=train_config)
+                                train=train_config, **common)
     if recipe.mixing == "separate":
-        return train_recogniser(*real, num_users=num_users, synthetic=synthetic,
-                                train=replace(train_config, synthetic_weight=recipe.synthetic_weight))
-    pretrained = train_recogniser(*synthetic, num_users=num_users, train=train_config)
-    return train_recogniser(*real, num_users=num_users, train=train_config, init=pretrained)
+        return train_recogniser(*real, synthetic=synthetic, train=replace(train_config, synthetic_weight=recipe.synthetic_weight),
+                                **common)
+    pretrained = train_recogniser(*synthetic, train=train_config, **common)
+    return train_recogniser(*real, train=train_config, init=pretrained, **common)
