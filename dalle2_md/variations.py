@@ -172,7 +172,7 @@ def read_image(path: str | Path, *, image_size: int, colormap: str | None, resiz
         array, _ = _decode(path, image_size, _normalise_colormap(colormap))
     except (OSError, UnidentifiedImageError, ValueError) as e:
         raise UserError(f"--image {path} is not a readable image ({str(e)[:120]}).") from None
-    return torch.from_numpy(array).permute(2, 0, 1)[None].float() * 2.0 - 1.0
+    return torch.from_numpy(array)[None].float() * 2.0 - 1.0  # (1, C, H, W)
 
 
 def load_embedding_decoder(*, model_path=None, decoder_path=None, clip_path=None, prior_path=None, device: str = "cpu"):
