@@ -476,8 +476,7 @@ def curate_dataset(
         p = done[label]
         while p.kept < num_samples_per_user and p.drawn < cap:
             indices = list(range(p.drawn, min(p.drawn + batch_size, cap)))
-            images = generate_fn(user, indices, seed).float()
-            scores, passed = filter_fn(images, user) if exists(filter_fn) else ({}, np.ones(len(images), dtype=bool))
+            images, scores, passed = _judge_block(generate_fn, filter_fn, user, indices, seed)
             rgb = to_display_rgb(images, colormap)
             records = []
             for j, index in enumerate(indices):
@@ -512,6 +511,43 @@ def curate_dataset(
     for message in result.short:
         log(message)
     return result
+
+
+def _judge_block(generate_fn: GenerateFn, filter_fn: FilterFn | None, user: int, indices: list[int], seed: int):
+    images = generate_fn(user, indices, seed).float()
+    scores, passed = filter_fn(images, user) if exists(filter_fn) else ({}, np.ones(len(images), dtype=bool))
+    return images, scores, np.asarray(passed, dtype=bool)
+
+
+def curate_tensors(generate_fn: GenerateFn, *, users: Sequence[int], num_samples_per_user: int, seed: int = 0,
+                   filter_fn: FilterFn | None = None, batch_size: int = 32,
+                   max_draws_per_user: int | None = None) -> tuple[torch.Tensor, torch.Tensor, dict]:
+    """The in-memory form of `curate_dataset` for the augmentation harness: the same draws and
+    the same kept samples, returned instead of written.
+
+    Returns:
+        (images (M, C, H, W) in [-1, 1], user indices (M,), {user: {"kept", "drawn"}}), user-major;
+        M < len(users) * num_samples_per_user when a user hits the cap (default 10 x N).
+    """
+    cap = max_draws_per_user if exists(max_draws_per_user) else 10 * num_samples_per_user
+    kept_images, kept_ids, stats = [], [], {}
+    for user in users:
+        kept = drawn = 0
+        while kept < num_samples_per_user and drawn < cap:
+            indices = list(range(drawn, min(drawn + batch_size, cap)))
+            images, _, passed = _judge_block(generate_fn, filter_fn, user, indices, seed)
+            for j in range(len(indices)):
+                if kept >= num_samples_per_user:
+                    break
+                drawn += 1
+                if passed[j]:
+                    kept_images.append(images[j])
+                    kept_ids.append(user)
+                    kept += 1
+        stats[int(user)] = {"kept": kept, "drawn": drawn}
+    if not kept_images:
+        return torch.empty(0), torch.empty(0, dtype=torch.long), stats
+    return torch.stack(kept_images), torch.tensor(kept_ids, dtype=torch.long), stats
 
 
 def _plain(v):

@@ -302,3 +302,15 @@ def test_cli_bad_curation_inputs_are_one_clear_error(bundle, extra, message):
                     bundle["root"] / "bad", *extra, *data)
     assert result.exit_code == 2, result.output
     assert message in result.output and "Traceback" not in result.output
+
+
+def test_in_memory_curation_keeps_the_same_samples_as_the_written_set(tmp_path):
+    run(tmp_path / "out", fake_generator(), num_samples_per_user=4)
+    images, ids, stats = curate.curate_tensors(fake_generator(), users=[0, 1, 2], num_samples_per_user=4, seed=3,
+                                               filter_fn=mean_filter, batch_size=4)
+    manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    kept = [r for r in manifest["samples"] if r["status"] == "kept"]
+    assert ids.tolist() == [r["user_index"] for r in kept]
+    expected = torch.cat([fake_generator()(r["user_index"], [r["sample_index"]], 3) for r in kept])
+    torch.testing.assert_close(images, expected)
+    assert {u: s["drawn"] for u, s in stats.items()} == {i: v["drawn"] for i, v in enumerate(manifest["users"].values())}
