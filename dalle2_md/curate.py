@@ -232,7 +232,8 @@ def chain_sampler(model, settings: SamplingSettings = SamplingSettings()) -> Gen
     (with eta > 0 the per-step noise is keyed on the block's first index as well).
 
     This is the one place that turns the chain into per-sample draws: when the chain gains its
-    own per-(user, sample index, seed) noise API, only this function changes.
+    own per-(user, sample index, seed) noise API (branch `sampling`: `model.sample([u] * n,
+    sample_indices=indices, seed=seed, eta=..., colorize=False)`), only `draw` changes.
     """
     from .workflows import _label_map
 
