@@ -396,7 +396,7 @@ _curation_options = _apply(
     _opt("split_seed", type=int, default=0, help="Seed of a recomputed split."),
     _opt("min_confidence", type=float, default=0.5, help="Recogniser probability of the intended user needed to keep a sample."),
     _opt("kinematic_margin", type=float, default=0.1,
-         help="Widening of each user's real kinematic range, as a fraction of its width, at each end."),
+         help="Widening of each user's real kinematic range at each end, as a fraction of the quantity's spread over all users."),
     _opt("recogniser_steps", type=int, default=300, help="Training steps of the filter's recogniser."),
     _opt("max_draws_per_user", type=int, default=None, help="Cap on samples drawn per user [default: 10 x --num_samples_per_user]."),
     _opt("overwrite", is_flag=True, default=False, help="Delete an earlier curated set in --output_dir and start again."),

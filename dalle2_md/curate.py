@@ -70,19 +70,24 @@ class KinematicRanges:
 
     Args:
         low, high: (num_users, len(KINEMATIC_FIELDS)) arrays, quantities in KINEMATIC_FIELDS order.
+        spread: (len(KINEMATIC_FIELDS),) range of each quantity over all users' images: the unit
+            of the margin.
     """
 
     low: np.ndarray
     high: np.ndarray
+    spread: np.ndarray
 
     def bounds(self, user_index: int, margin: float) -> tuple[np.ndarray, np.ndarray]:
-        """The user's range widened by `margin` times its width at each end."""
-        lo, hi = self.low[user_index], self.high[user_index]
-        pad = margin * (hi - lo)
-        return lo - pad, hi + pad
+        """The user's range widened at each end by `margin` times the quantity's spread over all
+        users. Not the user's own width: from a few dozen images that can be a tenth of a pixel
+        (measured at 32 px, benchmarks/bench_curate.py), which no fraction of it would widen."""
+        pad = margin * self.spread
+        return self.low[user_index] - pad, self.high[user_index] + pad
 
     def to_dict(self) -> dict:
-        return {k: {"low": self.low[:, i].tolist(), "high": self.high[:, i].tolist()} for i, k in enumerate(KINEMATIC_FIELDS)}
+        return {k: {"low": self.low[:, i].tolist(), "high": self.high[:, i].tolist(), "spread": float(self.spread[i])}
+                for i, k in enumerate(KINEMATIC_FIELDS)}
 
 
 def scalar_spectrograms(images: torch.Tensor, colormap: str | None) -> np.ndarray:
@@ -109,13 +114,15 @@ def kinematic_ranges(images: torch.Tensor, user_ids: torch.Tensor, *, num_users:
         if len(mine):
             with np.errstate(all="ignore"):
                 low[u], high[u] = np.nanmin(mine, axis=0), np.nanmax(mine, axis=0)
-    return KinematicRanges(low=low, high=high)
+    with np.errstate(all="ignore"):
+        spread = np.nan_to_num(np.nanmax(table, axis=0) - np.nanmin(table, axis=0))
+    return KinematicRanges(low=low, high=high, spread=spread)
 
 
 @dataclass(frozen=True)
 class KinematicFilter:
     """Keeps a sample whose torso velocity, max envelope and cadence all lie inside its user's
-    real range widened by `margin` (a fraction of the range's width at each end)."""
+    real range widened at each end by `margin` times the quantity's spread over all users."""
 
     ranges: KinematicRanges
     margin: float = 0.1
@@ -168,7 +175,8 @@ def build_filter(
         train_user_ids: (N,) user indices.
         num_users: users the generator knows.
         min_confidence: recogniser probability of the intended user needed to keep a sample.
-        kinematic_margin: widening of each user's kinematic range, as a fraction of its width.
+        kinematic_margin: widening of each user's kinematic range at each end, as a fraction of
+            the quantity's spread over all users' training images.
         colormap: colormap of the images (kinematics read scalar spectrograms).
         recogniser_train: how the recogniser is trained.
         recogniser_cache: bundle path to reuse a recogniser trained on exactly these images.

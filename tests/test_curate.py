@@ -46,8 +46,10 @@ def test_kinematic_filter_keeps_samples_inside_the_users_real_range_and_margin_w
     assert passed.tolist() == [True, False, False, False]
     assert scores["torso"] == pytest.approx([8, 14, 8, 10], abs=0.01)
     assert tight(samples, 1)[1].tolist() == [False, True, False, False]  # the 14-row walker is user 1's
-    # a margin of one range width (1 px of torso, 1 px of envelope) takes in the 10-row torso
-    assert curate.KinematicFilter(ranges, margin=1.0)(samples, 0)[1].tolist() == [True, False, False, True]
+    # the margin's unit is the spread over all users (torso 8..15 rows): 0.2 of it (1.4 rows) takes
+    # in the 10-row torso, not user 1's 14 rows
+    assert ranges.spread[0] == pytest.approx(7, abs=0.01)
+    assert curate.KinematicFilter(ranges, margin=0.2)(samples, 0)[1].tolist() == [True, False, False, True]
 
 
 class MeanLogits(torch.nn.Module):
