@@ -411,8 +411,8 @@ def _generate_dataset(kw, batch_size):
     model = _load_model(kw)
     near = Path(paths["model_path"] or paths["decoder_path"]).parent / "split.json"
     split_file = kw["split_file"] or (str(near) if kw["data_root"] and near.is_file() else None)
-    sampling = SamplingSettings(cond_scale=kw["cond_scale"], prior_cond_scale=kw["prior_cond_scale"], eta=kw.get("eta") or 0.0,
-                                sample_steps=kw["sample_steps"], prior_steps=kw["prior_steps"])
+    sampling = SamplingSettings(cond_scale=kw["cond_scale"], prior_cond_scale=kw["prior_cond_scale"], eta=kw["eta"],
+                                sampler=kw["sampler"], sample_steps=kw["sample_steps"], prior_steps=kw["prior_steps"])
     model_id = {**{k: str(Path(v).resolve()) for k, v in paths.items() if v},
                 "clip_fingerprint": (getattr(model.decoder, "meta", None) or {}).get("clip_fingerprint")}
     done = generate_dataset(
@@ -435,7 +435,7 @@ def _generate_dataset(kw, batch_size):
 @_opt("user_ids", default=None, callback=_str_list, help="Users by original label [default: all users].")
 @_opt("num_samples_per_user", type=int, default=100, help="Kept images per user.")
 @_opt("batch_size", type=int, default=32, help="Samples drawn at once (memory holds one batch).")
-@_opt("eta", type=float, default=0.0, help="DDIM eta of both stages (0 = deterministic).")
+@_opt("eta", type=float, default=DEFAULTS.eta, help="DDIM eta of both stages (0 = deterministic; > 0 uses --sampler ddim).")
 @_curation_options
 @click.option("--progress/--no-progress", "progress", default=True, show_default=True, help="Show a progress bar.")
 def generate_dataset_cmd(**kw):
@@ -502,14 +502,17 @@ def generate_cmd(**kw):
 @_opt("decoder_path", type=click.Path(path_type=str), default=None, help="decoder_final.pt (with --clip_path).")
 @_opt("clip_path", type=click.Path(path_type=str), default=None, help="clip_final.pt of the decoder run.")
 @_opt("output_dir", type=click.Path(path_type=str), default="./variations", help="Folder to write into.")
-@_opt("cond_scale", type=float, default=1.0, help="Decoder guidance on the embedding (1 = none).")
-@_opt("sample_steps", type=int, default=None, help="Decoder DDIM steps [default: the decoder's sample_timesteps].")
-@_opt("eta", type=float, default=0.0, help="DDIM eta (0 = deterministic).")
+@_opt("cond_scale", type=float, default=DEFAULTS.cond_scale, help="Decoder guidance on the embedding (1 = none).")
+@_opt("sample_steps", type=int, default=DEFAULTS.decoder_steps,
+      help="Decoder network evaluations [default: the decoder's sample_timesteps]; SDEdit runs the part below --strength.")
+@_opt("sampler", type=click.Choice(SAMPLERS), default=None,
+      help=f"Sampler of the variations [default: {DEFAULTS.sampler}; ddim when --eta > 0]; SDEdit always runs DDIM.")
+@_opt("eta", type=float, default=DEFAULTS.eta, help="DDIM eta (0 = deterministic).")
 @_opt("seed", type=int, default=0, help="Same seed, same images.")
 @_opt("resize", is_flag=True, default=False, help="Resize images of another size to the model's, as training data is.")
 @_opt("device", default="auto", help="cpu, cuda, cuda:N, or auto.")
-def variations_cmd(image_paths, n, strength, model_path, decoder_path, clip_path, output_dir, cond_scale, sample_steps, eta,
-                   seed, resize, device):
+def variations_cmd(image_paths, n, strength, model_path, decoder_path, clip_path, output_dir, cond_scale, sample_steps,
+                   sampler, eta, seed, resize, device):
     """Variations of real spectrograms (DALL-E 2's feature): embed each image with the embedding
     model and decode that embedding from --n noises; with --strength, SDEdit from the noised image.
     Writes <stem>_variation_NNN.png (or _sdedit_) and <stem>_grid.png (input first)."""
@@ -517,7 +520,7 @@ def variations_cmd(image_paths, n, strength, model_path, decoder_path, clip_path
 
     model = load_embedding_decoder(model_path=model_path, decoder_path=decoder_path, clip_path=clip_path, device=device)
     made = write_variations(model, image_paths, output_dir, n=n, seed=seed, strength=strength, cond_scale=cond_scale,
-                            steps=sample_steps, eta=eta, resize=resize)
+                            steps=sample_steps, eta=eta, sampler=sampler, resize=resize)
     click.echo(f"wrote {len(made['images'])} images and {', '.join(str(g) for g in made['grids'])}")
 
 

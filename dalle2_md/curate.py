@@ -20,7 +20,6 @@ continues where the journal ends when re-run with the same settings.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from dataclasses import asdict, dataclass, field
@@ -30,6 +29,7 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
+from .defaults import DEFAULTS
 from .evaluate import KINEMATIC_FIELDS, RecogniserTrainConfig, cached_recogniser, read_kinematics_batch, to_scalar_images, train_recogniser
 from .synth import LAYOUTS, layout_relpath
 from .utils import UserError, atomic_write, exists
@@ -205,58 +205,33 @@ def build_filter(
 
 
 # --------------------------------------------------------------------------------------------
-# noise keyed on (seed, user label, sample index)
-
-
-def keyed_seed(*parts) -> int:
-    """A 63-bit seed from any tuple of plain values (stable across runs and machines)."""
-    digest = hashlib.sha256("|".join(str(p) for p in parts).encode()).digest()
-    return int.from_bytes(digest[:8], "little") >> 1
-
-
-def keyed_noise(shape: Sequence[int], seed: int, user_label: str, sample_indices: Sequence[int], stream: str) -> torch.Tensor:
-    """(len(sample_indices), *shape) Gaussian noise; row j depends only on (seed, user label,
-    sample_indices[j], stream), so users' sets are independent and a sample never depends on
-    which other samples are drawn with it."""
-    rows = [torch.randn(tuple(shape), generator=torch.Generator().manual_seed(keyed_seed(seed, user_label, int(i), stream)))
-            for i in sample_indices]
-    return torch.stack(rows) if rows else torch.empty(0, *shape)
+# the chain as a per-sample generator
 
 
 @dataclass(frozen=True, kw_only=True)
 class SamplingSettings:
-    """How the chain samples (recorded in the manifest)."""
+    """How the chain samples (recorded in the manifest); None = the model's / `DEFAULTS`' choice."""
 
-    cond_scale: float = 1.0
-    prior_cond_scale: float = 1.0
-    eta: float = 0.0
-    sample_steps: int | None = None
-    prior_steps: int | None = None
+    cond_scale: float = DEFAULTS.cond_scale
+    prior_cond_scale: float = DEFAULTS.prior_cond_scale
+    eta: float = DEFAULTS.eta
+    sampler: str | None = None
+    sample_steps: int | None = DEFAULTS.decoder_steps
+    prior_steps: int | None = DEFAULTS.prior_steps
 
 
 def chain_sampler(model, settings: SamplingSettings = SamplingSettings()) -> GenerateFn:
-    """A `GenerateFn` over a `MicroDopplerDALLE2`: prior noise and decoder noise of sample i of a
-    user come from (seed, user label, i), so sample i is the same whichever block it is drawn in
-    (with eta > 0 the per-step noise is keyed on the block's first index as well).
-
-    This is the one place that turns the chain into per-sample draws: when the chain gains its
-    own per-(user, sample index, seed) noise API (branch `sampling`: `model.sample([u] * n,
-    sample_indices=indices, seed=seed, eta=..., colorize=False)`), only `draw` changes.
-    """
-    from .workflows import _label_map
-
-    labels = _label_map(model)
+    """A `GenerateFn` over a `MicroDopplerDALLE2`: sample i of a user is the chain's sample keyed
+    by (seed, user label, i) (its prior and decoder noise, start and per-step), so it is the same
+    image whichever block, batch or other users it is drawn with."""
 
     @torch.no_grad()
     def draw(user_index: int, sample_indices: Sequence[int], seed: int) -> torch.Tensor:
-        label, n, device = labels.name_of(user_index), len(sample_indices), model.device
-        block = keyed_seed(seed, label, int(sample_indices[0]), "block") % (2**31)
-        prior_noise = keyed_noise((model.prior.image_embed_dim,), seed, label, sample_indices, "prior").to(device)
-        embeds = model.prior.sample([user_index], n, cond_scale=settings.prior_cond_scale, timesteps=settings.prior_steps,
-                                    eta=settings.eta, noise=prior_noise, seed=block)
-        decoder_noise = keyed_noise(model.decoder.diffused_shape, seed, label, sample_indices, "decoder").to(device)
-        images = model.decoder.sample(embeds, cond_scale=settings.cond_scale, timesteps=settings.sample_steps,
-                                      noise=decoder_noise, eta=settings.eta, seed=block + 1)
+        indices = [int(i) for i in sample_indices]
+        images = model.sample([user_index] * len(indices), sample_indices=indices, seed=seed,
+                              cond_scale=settings.cond_scale, prior_cond_scale=settings.prior_cond_scale,
+                              prior_steps=settings.prior_steps, decoder_steps=settings.sample_steps, eta=settings.eta,
+                              sampler=settings.sampler, colorize=False)
         return images.cpu() * 2.0 - 1.0
 
     return draw

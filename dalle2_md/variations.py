@@ -20,8 +20,8 @@ from typing import Sequence
 
 import torch
 
-from .curate import keyed_noise, keyed_seed
-from .sampling import ddim_timesteps
+from .defaults import DEFAULTS
+from .sampling import ddim_timesteps, keyed_generators, randn
 from .utils import BundleError, UserError, exists
 
 
@@ -59,15 +59,20 @@ def embed(model, images: torch.Tensor) -> torch.Tensor:
     return compute_image_embeds(model.clip, images).to(images.device)
 
 
-def _variation_noise(shape, seed: int, n_images: int, n: int) -> torch.Tensor:
-    # variation j of image i starts from noise keyed on (seed, i, j): it does not depend on the
-    # other images asked for at the same time
-    return torch.cat([keyed_noise(shape, seed, f"image{i}", range(n), "variation") for i in range(n_images)])
+# keys the variation noise apart from the chain's prior (0) and decoder (1) streams
+_VARIATION_STREAM = 2
+
+
+def _generators(seed: int, n_images: int, n: int) -> list[torch.Generator]:
+    # output j of image i draws its noise (start and per-step) from (seed, i, j) alone: it does
+    # not depend on the other images asked for at the same time, nor on the batch size
+    return keyed_generators(seed, _VARIATION_STREAM, [("image", i, j) for i in range(n_images) for j in range(n)])
 
 
 @torch.no_grad()
-def variations_of(model, images: torch.Tensor, n: int = 8, seed: int = 0, *, cond_scale: float = 1.0,
-                  steps: int | None = None, eta: float = 0.0, batch_size: int = 64) -> torch.Tensor:
+def variations_of(model, images: torch.Tensor, n: int = 8, seed: int = 0, *, cond_scale: float = DEFAULTS.cond_scale,
+                  steps: int | None = DEFAULTS.decoder_steps, eta: float = DEFAULTS.eta, sampler: str | None = None,
+                  batch_size: int = 64) -> torch.Tensor:
     """Decode each image's own embedding from `n` different noises.
 
     Args:
@@ -76,8 +81,9 @@ def variations_of(model, images: torch.Tensor, n: int = 8, seed: int = 0, *, con
         n: variations per image.
         seed: same seed, same variations.
         cond_scale: decoder guidance on the embedding (1 = none).
-        steps: DDIM steps (default the decoder's).
+        steps: network evaluations (default the decoder's `sample_timesteps`).
         eta: DDIM eta.
+        sampler: "ddim" or "dpmpp_2m" (default `DEFAULTS.sampler`; ddim when eta > 0).
         batch_size: images decoded at once.
     Returns:
         (N * n, C, H, W) in [-1, 1], image-major (the n variations of image 0 first).
@@ -85,9 +91,9 @@ def variations_of(model, images: torch.Tensor, n: int = 8, seed: int = 0, *, con
     if n < 1:
         raise UserError(f"--n must be at least 1, got {n}")
     embeds = embed(model, images).repeat_interleave(n, dim=0)
-    noise = _variation_noise(model.decoder.diffused_shape, seed, len(images), n).to(embeds.device)
-    out = [model.decoder.sample(embeds[s:s + batch_size], cond_scale=cond_scale, timesteps=steps, noise=noise[s:s + batch_size],
-                                eta=eta, seed=keyed_seed(seed, s, "variation-steps") % (2**31))
+    gens = _generators(seed, len(images), n)
+    out = [model.decoder.sample(embeds[s:s + batch_size], cond_scale=cond_scale, timesteps=steps, eta=eta, sampler=sampler,
+                                generator=gens[s:s + batch_size])
            for s in range(0, len(embeds), batch_size)]
     return torch.cat(out).cpu() * 2.0 - 1.0
 
@@ -104,8 +110,9 @@ def sdedit_timesteps(num_train_timesteps: int, strength: float, steps: int) -> l
 
 
 @torch.no_grad()
-def sdedit(model, images: torch.Tensor, strength: float = 0.5, seed: int = 0, *, n: int = 1, cond_scale: float = 1.0,
-           steps: int | None = None, eta: float = 0.0, batch_size: int = 64) -> torch.Tensor:
+def sdedit(model, images: torch.Tensor, strength: float = 0.5, seed: int = 0, *, n: int = 1,
+           cond_scale: float = DEFAULTS.cond_scale, steps: int | None = DEFAULTS.decoder_steps, eta: float = DEFAULTS.eta,
+           batch_size: int = 64) -> torch.Tensor:
     """SDEdit from real images: noise each to the step `strength` of the way into the decoder's
     schedule, then denoise with DDIM over the remaining steps, conditioned on its own embedding.
 
@@ -118,7 +125,9 @@ def sdedit(model, images: torch.Tensor, strength: float = 0.5, seed: int = 0, *,
         strength: fraction of the schedule to noise to, in [0, 1].
         seed: same seed, same outputs.
         n: outputs per image (different noise each).
-        cond_scale, steps, eta, batch_size: as in `variations_of`.
+        cond_scale, eta, batch_size: as in `variations_of`.
+        steps: DDIM steps of a full schedule; SDEdit runs those below its start (about
+            strength x steps of them).
     Returns:
         (N * n, C, H, W) in [-1, 1], image-major.
     """
@@ -133,11 +142,13 @@ def sdedit(model, images: torch.Tensor, strength: float = 0.5, seed: int = 0, *,
     embeds = embed(model, x).repeat_interleave(n, dim=0)
     x_start = decoder.encode_latents(x) if c.use_vqgan else x
     x_start = x_start.repeat_interleave(n, dim=0)
-    noise = _variation_noise(decoder.diffused_shape, seed, len(images), n).to(x.device)
+    gens = _generators(seed, len(images), n)
+    noise = randn(x_start.shape, gens, x.device)
     a_t = decoder.noise_scheduler.alphas_cumprod[times[0]].float().to(x.device)
     x_t = a_t.sqrt() * x_start + (1 - a_t).sqrt() * noise  # q(x_t | x_0)
+    # DDIM over the explicit remaining times; the generators go on to the per-step noise (eta > 0)
     out = [decoder.sample(embeds[s:s + batch_size], cond_scale=cond_scale, timesteps=times, noise=x_t[s:s + batch_size],
-                          eta=eta, seed=keyed_seed(seed, s, "sdedit-steps") % (2**31))
+                          eta=eta, sampler="ddim", generator=gens[s:s + batch_size])
            for s in range(0, len(embeds), batch_size)]
     return torch.cat(out).cpu() * 2.0 - 1.0
 
@@ -203,8 +214,8 @@ def load_embedding_decoder(*, model_path=None, decoder_path=None, clip_path=None
 
 
 def write_variations(model, image_paths: Sequence[str | Path], output_dir: str | Path, *, n: int = 8, seed: int = 0,
-                     strength: float | None = None, cond_scale: float = 1.0, steps: int | None = None, eta: float = 0.0,
-                     resize: bool = False) -> dict:
+                     strength: float | None = None, cond_scale: float = DEFAULTS.cond_scale, steps: int | None = None,
+                     eta: float = DEFAULTS.eta, sampler: str | None = None, resize: bool = False) -> dict:
     """For each image: `<stem>_variation_000.png ...` (or `<stem>_sdedit_000.png` with a
     strength) and `<stem>_grid.png`, the input first, then its n outputs.
 
@@ -223,7 +234,8 @@ def write_variations(model, image_paths: Sequence[str | Path], output_dir: str |
         if exists(strength):
             made, kind = sdedit(model, real, strength, seed, n=n, cond_scale=cond_scale, steps=steps, eta=eta), "sdedit"
         else:
-            made, kind = variations_of(model, real, n, seed, cond_scale=cond_scale, steps=steps, eta=eta), "variation"
+            made = variations_of(model, real, n, seed, cond_scale=cond_scale, steps=steps, eta=eta, sampler=sampler)
+            kind = "variation"
         stem = Path(path).stem
         for j, rgb in enumerate(to_display_rgb(made, model.colormap)):
             target = out / f"{stem}_{kind}_{j:03d}.png"

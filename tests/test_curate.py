@@ -14,6 +14,7 @@ import dalle2_md.curate as curate
 import dalle2_md.evaluate as evaluate
 from dalle2_md.cli import cli, join_variadic
 from dalle2_md.data import LabelMap, MicroDopplerDataset
+from dalle2_md.sampling import keyed_generators, randn
 from dalle2_md.utils import UserError
 
 H = 64
@@ -88,7 +89,8 @@ def fake_generator(calls=None, fail_after=None):
             calls.append((user, list(indices)))
         if fail_after is not None and calls is not None and len(calls) > fail_after:
             raise KeyboardInterrupt
-        noise = curate.keyed_noise((1, 16, 16), seed, LABELS.name_of(user), indices, "test")
+        gens = keyed_generators(seed, 9, [(LABELS.name_of(user), i) for i in indices])
+        noise = randn((len(indices), 1, 16, 16), gens, "cpu")
         return torch.tanh(noise + 0.3 * noise.mean(dim=(2, 3), keepdim=True) * 8)
 
     return draw
@@ -219,14 +221,12 @@ def tiny_chain(label_map: dict):
 
 def test_chain_samples_depend_only_on_seed_user_and_index():
     model = tiny_chain(LABELS.to_dict())
-    draw = curate.chain_sampler(model)
-    block = draw(1, [0, 1, 2, 3], 5)
-    assert block.shape == (4, 1, 16, 16) and block.min() >= -1 and block.max() <= 1
-    torch.testing.assert_close(draw(1, [2, 3], 5), block[2:], atol=1e-5, rtol=0)
-    a = curate.keyed_noise((4,), 5, "ID_1", [0, 1], "decoder")
-    b = curate.keyed_noise((4,), 5, "ID_2", [0, 1], "decoder")
-    assert not torch.allclose(a[0], b[0]) and not torch.allclose(a[0], a[1])
-    assert torch.equal(a, curate.keyed_noise((4,), 5, "ID_1", [0, 1], "decoder"))
+    for settings in (curate.SamplingSettings(), curate.SamplingSettings(eta=1.0, sampler="ddim")):
+        draw = curate.chain_sampler(model, settings)
+        block = draw(1, [0, 1, 2, 3], 5)
+        assert block.shape == (4, 1, 16, 16) and block.min() >= -1 and block.max() <= 1
+        torch.testing.assert_close(draw(1, [2, 3], 5), block[2:], atol=1e-5, rtol=0)
+        assert not torch.allclose(draw(1, [2, 3], 6), block[2:])
 
 
 @pytest.fixture(scope="module")
