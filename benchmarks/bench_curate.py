@@ -54,6 +54,7 @@ def main():
     ap.add_argument("--decoder_steps", type=int, default=600)
     ap.add_argument("--prior_steps", type=int, default=400)
     ap.add_argument("--guidance", type=float, nargs="+", default=[1.0, 3.0], help="decoder guidance scales")
+    ap.add_argument("--sampler", default=None, help="ddim or dpmpp_2m [default: DEFAULTS.sampler]")
     ap.add_argument("--min_confidence", type=float, default=0.5)
     ap.add_argument("--margin", type=float, default=0.1)
     ap.add_argument("--out", default="benchmarks/results/bench_curate.json")
@@ -73,7 +74,8 @@ def main():
     test_x, test_y = sets["test"].tensors()
     budget = GeneratorBudget(clip_steps=args.clip_steps, decoder_steps=args.decoder_steps, prior_steps=args.prior_steps)
     t0 = time.perf_counter()
-    if args.generator and Path(args.generator).is_file():
+    loaded = bool(args.generator and Path(args.generator).is_file())
+    if loaded:
         model = MicroDopplerDALLE2.load(args.generator)
     else:
         model = train_generator(train_x, train_y, num_users=len(lm), budget=budget, run_dir=work / "gen",
@@ -90,7 +92,7 @@ def main():
                                             kinematic_margin=args.margin, recogniser_train=RecogniserTrainConfig(steps=300))[0]
     rows = []
     for guidance in args.guidance:
-        draw = cached_draws(curate.chain_sampler(model, curate.SamplingSettings(cond_scale=guidance)))
+        draw = cached_draws(curate.chain_sampler(model, curate.SamplingSettings(cond_scale=guidance, sampler=args.sampler)))
         for kind, filter_fn in filters.items():
             t0 = time.perf_counter()
             out = work / f"set_g{guidance}_{kind}"
@@ -110,19 +112,21 @@ def main():
 
     # one row per real test image: the image, 4 variations, SDEdit at strength 0.3 and 0.6
     picks = test_x[[int((test_y == u).nonzero()[0]) for u in range(min(3, len(lm)))]]
-    rows_img = [torch.cat([x[None], variations_of(model, x[None], 4, seed=0), sdedit(model, x[None], 0.3, seed=0),
+    rows_img = [torch.cat([x[None], variations_of(model, x[None], 4, seed=0, sampler=args.sampler), sdedit(model, x[None], 0.3, seed=0),
                            sdedit(model, x[None], 0.6, seed=0)]) for x in picks]
     save_image_grid(torch.cat(rows_img), args.grid, nrow=7, colormap="jet", min_tile=64)
-    a_var = accuracy(judge, variations_of(model, test_x, 4, seed=0), test_y.repeat_interleave(4))[0]
+    a_var = accuracy(judge, variations_of(model, test_x, 4, seed=0, sampler=args.sampler), test_y.repeat_interleave(4))[0]
     a_sd = accuracy(judge, sdedit(model, test_x, 0.6, seed=0), test_y)[0]
     print(f"variations of real test images: A = {a_var:.3f}; SDEdit 0.6: A = {a_sd:.3f}; grid {args.grid}")
 
-    print(f"A_real (judge, real test split) = {a_real:.3f}; generator trained in {train_seconds:.0f}s")
+    how = f"loaded from {args.generator}" if loaded else f"trained in {train_seconds:.0f}s"
+    print(f"A_real (judge, real test split) = {a_real:.3f}; generator {how}")
     print(f"{'guidance':>8} {'filter':>10} {'kept':>5} {'drawn':>6} {'accept':>7} {'short':>5} {'A_gen':>6}")
     for r in rows:
         print(f"{r['guidance']:>8.1f} {r['filter']:>10} {r['kept']:>5} {r['drawn']:>6} {r['acceptance']:>7.2f} "
               f"{r['users_short']:>5} {r['A_gen_judge']:>6.3f}")
-    result = {"args": vars(args), "A_real_judge": a_real, "A_variations_judge": a_var, "A_sdedit_0.6_judge": a_sd, "generator_train_seconds": train_seconds,
+    result = {"args": vars(args), "A_real_judge": a_real, "A_variations_judge": a_var, "A_sdedit_0.6_judge": a_sd, "generator_train_seconds": None if loaded else train_seconds,
+              "generator_loaded_from": args.generator if loaded else None,
               "num_train_images": len(train_x), "num_test_images": len(test_x), "rows": rows,
               "seconds": time.perf_counter() - start, "machine": platform.platform(), "threads": 1}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)

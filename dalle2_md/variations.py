@@ -190,7 +190,7 @@ def load_embedding_decoder(*, model_path=None, decoder_path=None, clip_path=None
     """A chained bundle, or a decoder with its embedding model (a prior is not needed)."""
     from .clip import MicroDopplerClip
     from .decoder import MicroDopplerDecoder
-    from .model import MicroDopplerDALLE2, check_same_embedding
+    from .model import check_same_embedding
     from .workflows import load_generator
 
     if exists(model_path) or exists(prior_path):
