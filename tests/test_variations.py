@@ -122,3 +122,17 @@ def test_cli_bad_inputs_are_one_clear_error(files, args, message):
 def test_cli_decoder_without_its_embedding_model_is_one_clear_error(files):
     r = invoke("variations", "--decoder_path", files["decoder"], "--image", files["root"] / "real.png")
     assert r.exit_code == 2 and "--clip_path" in r.output
+
+
+def test_the_augmentation_recipe_gets_model_space_variations_of_each_users_own_images(model_and_images):
+    from dalle2_md.augment import GeneratorBudget
+    from dalle2_md.recipe import AugmentRecipe, _candidates
+
+    model, images = model_and_images
+    shot = (images, torch.tensor([0, 0, 2]))
+    recipe = AugmentRecipe(source="variations", filter="none", cond_scale=1.0)
+    x, ids = _candidates(model, recipe, GeneratorBudget(sample_steps=3), [0, 2], shot, 3, seed=5)
+    assert ids.tolist() == [0, 0, 0, 2, 2, 2]
+    assert x.shape == (6, 1, 16, 16) and x.min() >= -1 and x.max() <= 1
+    torch.testing.assert_close(x[3:], variations_of(model, images[2:], n=3, seed=5 + 7919 * 2, cond_scale=1.0, steps=3),
+                               atol=2e-4, rtol=0)
