@@ -383,6 +383,69 @@ def _fast_paths(kw):
     return FastPaths(bf16=kw.pop("bf16"), channels_last=kw.pop("channels_last"), compile=kw.pop("compile"))
 
 
+_curation_options = _apply(
+    _opt("filter", type=click.Choice(["none", "recogniser", "kinematic", "both"]), default=None,
+         help="Write a curated data set (see generate-dataset): keep samples the recogniser gives their user with "
+              "--min_confidence, and/or whose kinematics lie in the user's real range."),
+    _opt("layout", type=click.Choice(["kaggle", "hierarchical", "flat"]), default=None,
+         help="Write a data set in this layout with manifest.json (see generate-dataset) [default: the input's layout]."),
+    _opt("data_root", type=click.Path(path_type=str), default=None,
+         help="Real data the generator was trained on; its train split fits the filters."),
+    _opt("split_file", type=click.Path(path_type=str), default=None,
+         help="The training run's split.json [default: split.json beside the model, else recomputed from --split_seed]."),
+    _opt("split_seed", type=int, default=0, help="Seed of a recomputed split."),
+    _opt("min_confidence", type=float, default=0.5, help="Recogniser probability of the intended user needed to keep a sample."),
+    _opt("kinematic_margin", type=float, default=0.1,
+         help="Widening of each user's real kinematic range at each end, as a fraction of the quantity's spread over all users."),
+    _opt("recogniser_steps", type=int, default=300, help="Training steps of the filter's recogniser."),
+    _opt("max_draws_per_user", type=int, default=None, help="Cap on samples drawn per user [default: 10 x --num_samples_per_user]."),
+    _opt("overwrite", is_flag=True, default=False, help="Delete an earlier curated set in --output_dir and start again."),
+)
+
+
+def _generate_dataset(kw, batch_size):
+    """The curated-set path of `generate` and `generate-dataset`."""
+    from .curate import SamplingSettings, generate_dataset
+
+    paths = {k: kw.get(k) for k in ("model_path", "decoder_path", "prior_path", "clip_path")}
+    model = _load_model(kw)
+    near = Path(paths["model_path"] or paths["decoder_path"]).parent / "split.json"
+    split_file = kw["split_file"] or (str(near) if kw["data_root"] and near.is_file() else None)
+    sampling = SamplingSettings(cond_scale=kw["cond_scale"], prior_cond_scale=kw["prior_cond_scale"], eta=kw["eta"],
+                                sampler=kw["sampler"], sample_steps=kw["sample_steps"], prior_steps=kw["prior_steps"])
+    model_id = {**{k: str(Path(v).resolve()) for k, v in paths.items() if v},
+                "clip_fingerprint": (getattr(model.decoder, "meta", None) or {}).get("clip_fingerprint")}
+    done = generate_dataset(
+        model, kw["output_dir"], users=kw["user_ids"], num_samples_per_user=kw["num_samples_per_user"],
+        filter=kw["filter"] or "none", data_root=kw["data_root"], split_file=split_file, split_seed=kw["split_seed"],
+        min_confidence=kw["min_confidence"], kinematic_margin=kw["kinematic_margin"], recogniser_steps=kw["recogniser_steps"],
+        layout=kw["layout"], sampling=sampling, seed=kw["seed"], batch_size=batch_size,
+        max_draws_per_user=kw["max_draws_per_user"], model_id=model_id, overwrite=kw["overwrite"],
+        progress=kw.get("progress", True), log=lambda m: click.echo(f"warning: {m}", err=True))
+    kept = sum(u["kept"] for u in done.users.values())
+    drawn = sum(u["drawn"] for u in done.users.values())
+    click.echo(f"kept {kept} of {drawn} drawn ({kept / max(1, drawn):.1%}) for {len(done.users)} users; "
+               f"wrote {done.output_dir} and {done.manifest}")
+    if done.short:
+        sys.exit(1)
+
+
+@cli.command("generate-dataset")
+@_model_options
+@_opt("user_ids", default=None, callback=_str_list, help="Users by original label [default: all users].")
+@_opt("num_samples_per_user", type=int, default=100, help="Kept images per user.")
+@_opt("batch_size", type=int, default=32, help="Samples drawn at once (memory holds one batch).")
+@_opt("eta", type=float, default=DEFAULTS.eta, help="DDIM eta of both stages (0 = deterministic; > 0 uses --sampler ddim).")
+@_curation_options
+@click.option("--progress/--no-progress", "progress", default=True, show_default=True, help="Show a progress bar.")
+def generate_dataset_cmd(**kw):
+    """Draw samples per user until --num_samples_per_user pass --filter, and write them as a data
+    set in the input's layout (original labels) with manifest.json (every draw: file, user, sample
+    index, seed, guidance, eta, filter scores, kept or dropped). Re-running continues an
+    interrupted run; exits 1 when a user's acceptance is too low to reach the target."""
+    _generate_dataset(kw, kw.pop("batch_size"))
+
+
 @cli.command("generate")
 @_model_options
 @_opt("user_ids", default=None, callback=_str_list,
@@ -399,10 +462,20 @@ def _fast_paths(kw):
 @_opt("interp_user_1", default=None, help="First user of the interpolation (original label).")
 @_opt("interp_user_2", default=None, help="Second user of the interpolation (original label).")
 @_opt("interp_steps", type=int, default=8, help="Interpolation frames, ends included.")
+@_curation_options
 def generate_cmd(**kw):
     """Generate spectrograms per user (PNG per sample named with the user's label, grid.png with
-    one row per user) and optionally a user-to-user interpolation strip."""
+    one row per user) and optionally a user-to-user interpolation strip. With --filter or
+    --layout: a curated data set instead (what generate-dataset does)."""
     from .workflows import generate, interpolate_users
+
+    if kw["filter"] is not None or kw["layout"] is not None:
+        if kw["interpolate"] or kw["save_npy"]:
+            raise UserError("--filter/--layout write a data set; leave out --interpolate and --save_npy there.")
+        return _generate_dataset(kw, kw["batch_size"])
+    for k in ("filter", "layout", "data_root", "split_file", "split_seed", "min_confidence", "kinematic_margin",
+              "recogniser_steps", "max_draws_per_user", "overwrite"):
+        kw.pop(k)
 
     interp = {k: kw.pop(k) for k in ("interpolate", "interp_user_1", "interp_user_2", "interp_steps")}
     if interp["interpolate"] and not (interp["interp_user_1"] and interp["interp_user_2"]):
@@ -417,6 +490,38 @@ def generate_cmd(**kw):
         made = interpolate_users(model, out, user_a=interp["interp_user_1"], user_b=interp["interp_user_2"],
                                  steps=interp["interp_steps"], **sampling)
         click.echo(f"wrote {made['strip']} and {len(made['frames'])} frames")
+
+
+@cli.command("variations")
+@click.option("--image", "image_paths", multiple=True, required=True, type=click.Path(path_type=str),
+              help="A real spectrogram PNG (repeat the flag for several).")
+@_opt("n", type=int, default=8, help="Variations per image.")
+@_opt("strength", type=float, default=None,
+      help="SDEdit: noise the image this far into the schedule (0..1) and denoise from there [default: plain variations].")
+@_opt("model_path", type=click.Path(path_type=str), default=None, help="A chained 'dalle2' bundle (carries the embedding model).")
+@_opt("decoder_path", type=click.Path(path_type=str), default=None, help="decoder_final.pt (with --clip_path).")
+@_opt("clip_path", type=click.Path(path_type=str), default=None, help="clip_final.pt of the decoder run.")
+@_opt("output_dir", type=click.Path(path_type=str), default="./variations", help="Folder to write into.")
+@_opt("cond_scale", type=float, default=DEFAULTS.cond_scale, help="Decoder guidance on the embedding (1 = none).")
+@_opt("sample_steps", type=int, default=DEFAULTS.decoder_steps,
+      help="Decoder network evaluations [default: the decoder's sample_timesteps]; SDEdit runs the part below --strength.")
+@_opt("sampler", type=click.Choice(SAMPLERS), default=None,
+      help=f"Sampler of the variations [default: {DEFAULTS.sampler}; ddim when --eta > 0]; SDEdit always runs DDIM.")
+@_opt("eta", type=float, default=DEFAULTS.eta, help="DDIM eta (0 = deterministic).")
+@_opt("seed", type=int, default=0, help="Same seed, same images.")
+@_opt("resize", is_flag=True, default=False, help="Resize images of another size to the model's, as training data is.")
+@_opt("device", default="auto", help="cpu, cuda, cuda:N, or auto.")
+def variations_cmd(image_paths, n, strength, model_path, decoder_path, clip_path, output_dir, cond_scale, sample_steps,
+                   sampler, eta, seed, resize, device):
+    """Variations of real spectrograms (DALL-E 2's feature): embed each image with the embedding
+    model and decode that embedding from --n noises; with --strength, SDEdit from the noised image.
+    Writes <stem>_variation_NNN.png (or _sdedit_) and <stem>_grid.png (input first)."""
+    from .variations import load_embedding_decoder, write_variations
+
+    model = load_embedding_decoder(model_path=model_path, decoder_path=decoder_path, clip_path=clip_path, device=device)
+    made = write_variations(model, image_paths, output_dir, n=n, seed=seed, strength=strength, cond_scale=cond_scale,
+                            steps=sample_steps, eta=eta, sampler=sampler, resize=resize)
+    click.echo(f"wrote {len(made['images'])} images and {', '.join(str(g) for g in made['grids'])}")
 
 
 @cli.command("interpolate")

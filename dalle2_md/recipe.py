@@ -104,7 +104,7 @@ def _candidates(model, recipe: AugmentRecipe, budget, users, shot, count: int, s
         per_image = math.ceil(count / len(own))
         x = variations_of(model, own, n=per_image, seed=seed + 7919 * u, cond_scale=recipe.cond_scale,
                           steps=budget.sample_steps)[:count]
-        images.append(x.cpu() * 2 - 1)
+        images.append(x.cpu())  # variations_of returns model space, [-1, 1]
         ids.append(torch.full((len(x),), u, dtype=torch.long))
     return torch.cat(images), torch.cat(ids)
 

@@ -589,12 +589,22 @@ def sample_rng(seed: int, user_id: int, index: int) -> np.random.Generator:
     return np.random.default_rng([seed, user_id, index])
 
 
+def layout_relpath(layout: str, user_number: int, index: int, *, folder: str | None = None) -> str:
+    """Relative path of image `index` (0-based) of the user numbered `user_number` in a layout:
+    `user_<n>/image_001.png`, `ID_<n>/image_001.png` or `images/user<n>_001.png`; `folder`
+    replaces the user folder's name in the two folder layouts (to keep a data set's own names).
+    Shared by the simulator and the curated generated sets (`curate`)."""
+    if layout not in LAYOUTS:
+        raise UserError(f"unknown layout {layout!r}: use one of {', '.join(LAYOUTS)}")
+    if layout == "flat":
+        return f"images/user{user_number}_{index + 1:03d}.png"
+    folder = folder or (f"user_{user_number}" if layout == "hierarchical" else f"ID_{user_number}")
+    return f"{folder}/image_{index + 1:03d}.png"
+
+
 def _relative_path(layout: str, user_id: int, index: int) -> str:
-    if layout == "hierarchical":
-        return f"user_{user_id}/image_{index + 1:03d}.png"
-    if layout == "kaggle":
-        return f"ID_{user_id + 1}/image_{index + 1:03d}.png"
-    return f"images/user{user_id}_{index + 1:03d}.png"
+    # simulated users are numbered from 0; Kaggle folders count from ID_1
+    return layout_relpath(layout, user_id + 1 if layout == "kaggle" else user_id, index)
 
 
 CONTACT_PAD = 4

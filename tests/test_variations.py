@@ -1,0 +1,138 @@
+"""Image variations and SDEdit: shapes, seeding, strength 0 = the input, the truncated schedule,
+and the `variations` command with its bad inputs."""
+
+import pytest
+import torch
+from click.testing import CliRunner
+from PIL import Image
+
+from dalle2_md.cli import cli
+from dalle2_md.utils import UserError
+from dalle2_md.variations import EmbeddingDecoder, sdedit, sdedit_timesteps, variations_of
+from test_curate import LABELS, tiny_chain
+
+
+def fit_briefly(model, steps=20):
+    """A few decoder steps on smooth ramps, so its x_0 estimates stay in range."""
+    decoder = model.decoder.train()
+    torch.manual_seed(0)
+    rows = torch.linspace(-1, 1, 16).view(1, 1, 16, 1).expand(8, 1, 16, 16)
+    images = rows * torch.rand(8, 1, 1, 1)
+    embeds = torch.nn.functional.normalize(torch.randn(8, 16), dim=-1)
+    opt = torch.optim.Adam(decoder.parameters(), lr=1e-3)
+    for _ in range(steps):
+        loss = decoder(images, embeds)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    model.eval()
+    return images
+
+
+@pytest.fixture(scope="module")
+def model_and_images():
+    model = tiny_chain(LABELS.to_dict())
+    images = fit_briefly(model)
+    return model, images[:3].clone()
+
+
+def test_variations_shapes_seeding_and_independence_of_other_images(model_and_images):
+    model, images = model_and_images
+    a = variations_of(model, images, n=2, seed=1)
+    assert a.shape == (6, 1, 16, 16) and a.min() >= -1 and a.max() <= 1
+    assert torch.equal(a, variations_of(model, images, n=2, seed=1))
+    assert not torch.allclose(a, variations_of(model, images, n=2, seed=2))
+    assert not torch.allclose(a[0], a[1])  # two variations of one image differ
+    # batch composition changes float rounding only (guidance 3 amplifies it a little)
+    torch.testing.assert_close(variations_of(model, images[:1], n=2, seed=1), a[:2], atol=2e-4, rtol=0)
+
+
+def test_sdedit_strength_zero_is_the_input_and_noise_grows_with_strength(model_and_images):
+    model, images = model_and_images
+    assert torch.equal(sdedit(model, images, 0.0, seed=0), images)
+    distance = {s: (sdedit(model, images, s, seed=0) - images).abs().mean().item() for s in (0.01, 0.3, 1.0)}
+    assert distance[0.01] < 0.05
+    assert distance[0.01] < distance[0.3] < distance[1.0]
+    out = sdedit(model, images, 0.5, seed=3, n=2)
+    assert out.shape == (6, 1, 16, 16) and torch.equal(out, sdedit(model, images, 0.5, seed=3, n=2))
+
+
+def test_sdedit_runs_only_the_remaining_steps():
+    times = sdedit_timesteps(100, 0.5, 10)
+    assert times[0] == 49 and times == sorted(times, reverse=True) and len(set(times)) == len(times)
+    assert all(t < 49 for t in times[1:]) and times[-1] == 0 and 4 <= len(times) <= 7
+    assert sdedit_timesteps(100, 0.0, 10) == [] and sdedit_timesteps(100, 1.0, 10)[0] == 99
+    with pytest.raises(UserError, match="strength"):
+        sdedit_timesteps(100, 1.5, 10)
+
+
+def test_a_model_without_its_embedding_model_or_wrong_sized_images_are_refused(model_and_images):
+    model, images = model_and_images
+    with pytest.raises(UserError, match="clip_path"):
+        variations_of(EmbeddingDecoder(decoder=model.decoder, clip=None), images)
+    with pytest.raises(UserError, match="16, 16"):
+        sdedit(model, torch.zeros(1, 1, 8, 8), 0.5)
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory, model_and_images):
+    model, images = model_and_images
+    root = tmp_path_factory.mktemp("var")
+    path = model.save(root / "chain.pt")
+    model.decoder.save(root / "decoder.pt", meta=model.decoder.meta)
+    from dalle2_md.data import to_display_rgb
+
+    rgb = to_display_rgb(images[:1], "jet")[0]
+    Image.fromarray(rgb).save(root / "real.png")
+    Image.fromarray(rgb).resize((32, 32)).save(root / "big.png")
+    return {"root": root, "model": path, "decoder": root / "decoder.pt"}
+
+
+def invoke(*args):
+    return CliRunner().invoke(cli, [str(a) for a in args])
+
+
+def test_cli_writes_variations_sdedit_and_a_grid(files):
+    out = files["root"] / "out"
+    r = invoke("variations", "--model_path", files["model"], "--image", files["root"] / "real.png", "--n", 3, "--output_dir", out)
+    assert r.exit_code == 0, r.output
+    assert sorted(p.name for p in out.iterdir()) == ["real_grid.png", "real_variation_000.png", "real_variation_001.png",
+                                                     "real_variation_002.png"]
+    with Image.open(out / "real_variation_000.png") as im:
+        assert im.size == (16, 16) and im.mode == "RGB"
+    r = invoke("variations", "--model_path", files["model"], "--image", files["root"] / "big.png", "--resize", "--n", 2,
+               "--strength", 0.3, "--output_dir", out)
+    assert r.exit_code == 0, r.output
+    assert (out / "big_sdedit_001.png").is_file() and (out / "big_grid.png").is_file()
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--image", "missing.png"], "missing.png does not exist"),
+    (["--image", "big.png"], "pass --resize"),
+    (["--image", "real.png", "--strength", "1.5"], "--strength must lie in [0, 1]"),
+    (["--image", "real.png", "--n", "0"], "--n must be at least 1"),
+])
+def test_cli_bad_inputs_are_one_clear_error(files, args, message):
+    args = [files["root"] / a if a.endswith(".png") else a for a in args]
+    r = invoke("variations", "--model_path", files["model"], "--output_dir", files["root"] / "bad", *args)
+    assert r.exit_code == 2, r.output
+    assert message in r.output and "Traceback" not in r.output
+
+
+def test_cli_decoder_without_its_embedding_model_is_one_clear_error(files):
+    r = invoke("variations", "--decoder_path", files["decoder"], "--image", files["root"] / "real.png")
+    assert r.exit_code == 2 and "--clip_path" in r.output
+
+
+def test_the_augmentation_recipe_gets_model_space_variations_of_each_users_own_images(model_and_images):
+    from dalle2_md.augment import GeneratorBudget
+    from dalle2_md.recipe import AugmentRecipe, _candidates
+
+    model, images = model_and_images
+    shot = (images, torch.tensor([0, 0, 2]))
+    recipe = AugmentRecipe(source="variations", filter="none", cond_scale=1.0)
+    x, ids = _candidates(model, recipe, GeneratorBudget(sample_steps=3), [0, 2], shot, 3, seed=5)
+    assert ids.tolist() == [0, 0, 0, 2, 2, 2]
+    assert x.shape == (6, 1, 16, 16) and x.min() >= -1 and x.max() <= 1
+    torch.testing.assert_close(x[3:], variations_of(model, images[2:], n=3, seed=5 + 7919 * 2, cond_scale=1.0, steps=3),
+                               atol=2e-4, rtol=0)
