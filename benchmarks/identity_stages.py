@@ -37,14 +37,15 @@ from dalle2_md.stage_identity import stage_identity  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 
 # decoder variants: overrides of GeneratorBudget (decoder sizes under "decoder")
+_PLAIN = {"embed_noise_std": 0.0, "p2_loss_weight_gamma": 0.0}  # the decoder before these options
 VARIANTS = {
-    "base": {},
-    "embed_noise": {"decoder": {"embed_noise_std": 0.3}},
-    "p2": {"decoder": {"p2_loss_weight_gamma": 1.0}},
-    "drop20": {"decoder": {"cond_drop_prob": 0.2}},
-    "tokens4": {"decoder": {"num_image_tokens": 4}},
-    "lr2x": {"lr": 2e-3},
-    "p2_noise": {"decoder": {"p2_loss_weight_gamma": 1.0, "embed_noise_std": 0.3}},
+    "base": {"decoder": dict(_PLAIN)},
+    "embed_noise": {"decoder": {**_PLAIN, "embed_noise_std": 0.3}},
+    "p2": {"decoder": {**_PLAIN, "p2_loss_weight_gamma": 1.0}},
+    "p2_noise": {"decoder": {"p2_loss_weight_gamma": 1.0, "embed_noise_std": 0.3}},  # today's defaults
+    "drop20": {"decoder": {**_PLAIN, "cond_drop_prob": 0.2}},
+    "tokens4": {"decoder": {**_PLAIN, "num_image_tokens": 4}},
+    "lr2x": {"decoder": dict(_PLAIN), "lr": 2e-3},
 }
 
 

@@ -64,9 +64,11 @@ class DecoderConfig:
             to each embedding, which is then put back on its sphere: the decoder learns to read a
             neighbourhood of each real embedding, as the prior's samples land near, not on, them.
         p2_loss_weight_gamma: P2 weighting of the loss over noise levels (Choi et al. 2022,
-            "Perception Prioritized Training of Diffusion Models"); 0 = uniform, 1 = their choice.
-            Weighting towards high noise is where a sample's coarse content, and so its
-            identity, is decided.
+            "Perception Prioritized Training of Diffusion Models"); 0 = uniform, 1 = their choice
+            and ours. Weighting towards high noise is where a sample's coarse content, and so its
+            identity, is decided: on the simulator (benchmarks/identity_stages.py, 800 decoder
+            steps) true test embeddings were decoded to the right user 0.78 of the time at
+            guidance 1 with it against 0.57 without, and A_gen rose from 0.75 to 0.97.
         use_vqgan: diffuse over a VQGAN latent instead of pixels.
         vqgan: the VQGAN's config (filled from `vqgan_path` when that is given).
         vqgan_path: a "vqgan" bundle whose trained weights `build_decoder` loads; the decoder
@@ -91,7 +93,7 @@ class DecoderConfig:
     learned_variance: bool = False
     ddim_eta: float = 0.0
     embed_noise_std: float = 0.3
-    p2_loss_weight_gamma: float = 0.0
+    p2_loss_weight_gamma: float = 1.0
     use_vqgan: bool = False
     vqgan: VQGanConfig | None = None
     vqgan_path: str | None = None
