@@ -192,9 +192,11 @@ _data_options = _apply(
     _opt("data_root", required=True, type=click.Path(path_type=str),
          help="Folder of user folders (user_0/, ID_1/, ...) or images/ + metadata.json."),
     _opt("num_users", type=int, default=None, help="Expected number of users, checked against the data (default: as found)."),
-    _opt("image_size", type=int, default=64, help="Side of the square images the models see (data is resized)."),
-    _opt("colormap", type=click.Choice(["jet", "none"]), default="jet",
-         help="Invert this colormap into one channel; 'none' trains on RGB."),
+    _opt("image_size", type=int, default=None, show_default=False,
+         help="Side of the square images the models see (data is resized) [default: as recorded in the "
+              "embedding model the run builds on (--clip_path, or this run's on --resume), else 64]."),
+    _opt("colormap", type=click.Choice(["jet", "none"]), default=None, show_default=False,
+         help="Invert this colormap into one channel; 'none' trains on RGB [default: as for --image_size, else jet]."),
     _opt("flat_structure", is_flag=True, default=False, help="Require the flat layout (images/ + metadata.json)."),
     _opt("split_seed", type=int, default=0, help="Seed of the per-user train/val/test split (80/10/10)."),
     _opt("cache_dir", type=click.Path(path_type=str), default=None,
@@ -327,7 +329,8 @@ def train_decoder_cmd(**kw):
 @_opt("clip_path", type=click.Path(path_type=str), default=None,
       help="The embedding model the decoder was trained with (<decoder run>/clip_final.pt) "
            "[default: <output_dir>/<experiment_name>/clip_final.pt if present].")
-@_opt("dim", type=int, default=None, help="Prior width; must equal the embedding size [default: that of --clip_path].")
+@_opt("dim", type=int, default=512,
+      help="Width of the prior's transformer; embeddings of another size are projected in and out.")
 @_opt("depth", type=int, default=6, help="Transformer depth.")
 @_opt("heads", type=int, default=8, help="Attention heads.")
 @_opt("dim_head", type=int, default=64, help="Attention head width.")
@@ -339,10 +342,8 @@ def train_prior_cmd(**kw):
     embeddings; writes <output_dir>/<experiment_name>/prior_final.pt."""
     from .workflows import run_train_prior
 
-    sizes = {k: kw.pop(k) for k in ("depth", "heads", "dim_head", "timesteps", "sample_timesteps", "cond_drop_prob")}
-    if kw["dim"] is not None:
-        sizes["dim"] = kw["dim"]
-    kw.pop("dim")
+    sizes = {k: kw.pop(k) for k in ("dim", "depth", "heads", "dim_head", "timesteps", "sample_timesteps",
+                                    "cond_drop_prob")}
     paths = run_train_prior(sizes=sizes, clip_path=kw.pop("clip_path"), **_common(kw))
     click.echo(f"prior: {paths['prior']}")
 
@@ -363,14 +364,21 @@ _model_options = _apply(
          help="Prior network evaluations [default: the prior's sample_timesteps]."),
     _opt("seed", type=int, default=0, help="Same seed, same images."),
     _opt("device", default="auto", help="cpu, cuda, cuda:N, or auto (cuda when available)."),
+    _opt("colormap", type=click.Choice(["jet", "none"]), default=None, show_default=False,
+         help="Colour of the PNGs: 'jet', or 'none' for grey [default: the training data's own, as recorded "
+              "in the decoder: grey for greyscale data, jet for jet images]."),
 )
 
 
 def _load_model(kw):
     from .workflows import load_generator
 
-    return load_generator(model_path=kw.pop("model_path"), prior_path=kw.pop("prior_path"),
-                          decoder_path=kw.pop("decoder_path"), clip_path=kw.pop("clip_path"), device=kw.pop("device"))
+    model = load_generator(model_path=kw.pop("model_path"), prior_path=kw.pop("prior_path"),
+                           decoder_path=kw.pop("decoder_path"), clip_path=kw.pop("clip_path"), device=kw.pop("device"))
+    colormap = kw.pop("colormap")
+    if colormap is not None:
+        model.colormap = colormap  # only re-colours scalar models; RGB models are shown as they are
+    return model
 
 
 def _sampling(kw):
@@ -651,7 +659,9 @@ def evaluate_cmd(data_root, split_file, split_seed, model_path, decoder_path, pr
         model = MicroDopplerDALLE2.from_parts(prior_path=prior_path, decoder_path=decoder_path)
     if model is not None:
         image_size = image_size or model.decoder.config.image_size
-        colormap = model.colormap
+        # the colormap the data is read with: a scalar model's data is read under a colormap even
+        # when its samples are shown grey (greyscale data)
+        colormap = "jet" if model.colormap == "none" and model.decoder.config.channels == 1 else model.colormap
         near = Path(model_path or decoder_path).parent / "split.json"
         split_file = split_file or (str(near) if near.is_file() else None)
     elif image_size is None:
