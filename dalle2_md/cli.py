@@ -293,9 +293,12 @@ def train_clip_cmd(**kw):
 @_opt("cond_drop_prob", type=float, default=0.1, help="Embedding dropout, enables classifier-free guidance.")
 @_opt("use_vqgan", is_flag=True, default=False, help="Diffuse over a VQGAN latent (trains the VQGAN first unless --vqgan_path).")
 @_opt("vqgan_path", type=click.Path(path_type=str), default=None, help="A trained vqgan_final.pt to use with --use_vqgan.")
-@_opt("vqgan_dim", type=int, default=32, help="VQGAN width.")
-@_opt("vqgan_layers", type=int, default=2, help="VQGAN downsamplings: latents are image_size / 2**layers.")
-@_opt("vqgan_codebook_size", type=int, default=512, help="VQGAN codebook entries.")
+@_opt("vqgan_factor", type=int, default=4,
+      help="VQGAN downsampling factor f (4 or 8): latents are image_size / f on a side (256 px -> 64 or 32).")
+@_opt("vqgan_dim", type=int, default=16, help="VQGAN width (every stage; the latent's channels).")
+@_opt("vqgan_layers", type=int, default=None, show_default=False,
+      help="VQGAN downsamplings, instead of --vqgan_factor (f = 2**layers).")
+@_opt("vqgan_codebook_size", type=int, default=256, help="VQGAN codebook entries.")
 @_opt("vqgan_epochs", type=int, default=20, help="VQGAN training epochs (--max_steps applies to it too).")
 @_opt("vqgan_max_steps", type=int, default=None, help="VQGAN training steps; overrides the other lengths.")
 @_opt("clip_path", type=click.Path(path_type=str), default=None,
@@ -311,8 +314,11 @@ def train_decoder_cmd(**kw):
     clip_sizes = _clip_sizes(kw)
     sizes = {k: kw.pop(k) for k in ("dim", "dim_mults", "num_resnet_blocks", "attn_heads", "attn_dim_head",
                                     "timesteps", "sample_timesteps", "cond_drop_prob")}
-    vqgan_sizes = dict(dim=kw.pop("vqgan_dim"), layers=kw.pop("vqgan_layers"), codebook_size=kw.pop("vqgan_codebook_size"))
-    vqgan_sizes["resnet_groups"] = 8 if vqgan_sizes["dim"] % 8 == 0 else 1
+    from .vqgan import cpu_vqgan_sizes
+
+    factor, layers, dim = kw.pop("vqgan_factor"), kw.pop("vqgan_layers"), kw.pop("vqgan_dim")
+    vqgan_sizes = cpu_vqgan_sizes(2**layers if layers is not None else factor, dim=dim,
+                                  codebook_size=kw.pop("vqgan_codebook_size"), resnet_groups=8 if dim % 8 == 0 else 1)
     paths = run_train_decoder(
         sizes=sizes, clip_path=kw.pop("clip_path"), clip_sizes=clip_sizes, clip_max_steps=kw.pop("clip_max_steps"),
         clip_epochs=kw.pop("clip_epochs"), use_vqgan=kw.pop("use_vqgan"), vqgan_path=kw.pop("vqgan_path"),

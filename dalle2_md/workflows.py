@@ -122,11 +122,11 @@ def with_defaults(data: DataOptions) -> DataOptions:
 
 
 def recorded_data_settings(bundle_path: str | Path) -> dict:
-    """{"image_size", "colormap"} of the data a bundle (embedding model, decoder) was trained on,
+    """{"image_size", "colormap"} of the data an embedding-model bundle was trained on,
     as recorded in its meta (older files without it: the model's own image size)."""
     from .bundle import load_bundle
 
-    payload = load_bundle(bundle_path, kind=("clip", "decoder"))
+    payload = load_bundle(bundle_path, kind="clip")
     meta, config = payload.get("meta") or {}, payload.get("config") or {}
     channels = config.get("channels", 1)
     return {"image_size": meta.get("image_size", config.get("image_size")),
@@ -139,7 +139,7 @@ def with_settings_from(data: DataOptions, bundle_path: str | Path | None) -> Dat
 
     Args:
         data: the data options; given values are kept.
-        bundle_path: a clip or decoder bundle, or None.
+        bundle_path: an embedding-model (clip) bundle, or None.
     """
     if exists(bundle_path) and (data.image_size is None or data.colormap is None):
         recorded = recorded_data_settings(bundle_path)
@@ -313,11 +313,11 @@ def train_vqgan_stage(run_dir, ds, config: TrainConfig, *, sizes: dict | None = 
 
     Args: as for `train_clip_stage`; `sizes` holds `VQGanConfig` fields.
     """
-    from .vqgan import VQGanConfig, build_vqgan, save_vqgan
+    from .vqgan import VQGanConfig, build_vqgan, cpu_vqgan_sizes, reconstruction_quality, save_vqgan
 
     run_dir, final = Path(run_dir), final_path(run_dir, "vqgan")
     check_can_write(final, overwrite=overwrite, resume=resume)
-    vq_config = VQGanConfig(image_size=ds.image_size, channels=ds.channels, **(sizes or {}))
+    vq_config = VQGanConfig(image_size=ds.image_size, channels=ds.channels, **(sizes or cpu_vqgan_sizes()))
     torch.manual_seed(config.seed)
     wrapper = _VQGanLoss(build_vqgan(vq_config))
     data = torch.utils.data.TensorDataset(ds.images)
@@ -326,9 +326,13 @@ def train_vqgan_stage(run_dir, ds, config: TrainConfig, *, sizes: dict | None = 
     # the raw weights, not the EMA copy: the codebook is itself a moving average of the online
     # encoder's outputs, and an averaged encoder would no longer match it
     vqgan = result.model.vqgan.eval()
+    # its own quality, on (up to 256 of) the images it trained on; benchmarks/bench_vqgan.py
+    # measures held-out images and whether identity survives
+    quality = reconstruction_quality(vqgan, ds.images[:256])
     if _is_main():
-        save_vqgan(final, vqgan, vq_config, meta={**_meta(ds), "steps": result.step})
-    log(f"[vqgan] wrote {final}")
+        save_vqgan(final, vqgan, vq_config, meta={**_meta(ds), "steps": result.step, "quality": quality})
+    log(f"[vqgan] f={vq_config.factor}: {vq_config.latent_channels}x{vq_config.latent_size}x{vq_config.latent_size} "
+        f"latents; reconstructions PSNR {quality['psnr']:.2f} dB, SSIM {quality['ssim']:.3f}; wrote {final}")
     return StageResult(final=final, model=vqgan, train=result)
 
 
@@ -550,13 +554,13 @@ def _check_decoder_sizes(ds, sizes, *, use_vqgan, vqgan_path, vqgan_sizes) -> No
     # --image_size then fails at once instead of after earlier stages wrote their bundles
     from .bundle import load_bundle
     from .decoder import DecoderConfig
-    from .vqgan import VQGanConfig
+    from .vqgan import VQGanConfig, cpu_vqgan_sizes
 
     vq = None
     if use_vqgan and exists(vqgan_path):
         vq = VQGanConfig.from_dict(load_bundle(vqgan_path, kind="vqgan")["config"])
     elif use_vqgan:
-        vq = VQGanConfig(image_size=ds.image_size, channels=ds.channels, **(vqgan_sizes or {}))
+        vq = VQGanConfig(image_size=ds.image_size, channels=ds.channels, **(vqgan_sizes or cpu_vqgan_sizes()))
     DecoderConfig(image_size=ds.image_size, channels=ds.channels, image_embed_dim=1, use_vqgan=use_vqgan, vqgan=vq,
                   **(sizes or {}))
 
