@@ -291,6 +291,10 @@ def train_clip_cmd(**kw):
 @_opt("sample_timesteps", type=int, default=DEFAULTS.sample_timesteps,
       help="Network evaluations when sampling (training grids and default for generate).")
 @_opt("cond_drop_prob", type=float, default=0.1, help="Embedding dropout, enables classifier-free guidance.")
+@_opt("backbone", type=click.Choice(["unet", "dit"]), default="unet",
+      help="Denoising network: the U-Net, or a DiT (patch transformer; width --dim, heads --attn_heads), meant for latents.")
+@_opt("dit_depth", type=int, default=4, help="DiT transformer blocks (with --backbone dit).")
+@_opt("dit_patch_size", type=int, default=2, help="DiT patch side (with --backbone dit).")
 @_opt("use_vqgan", is_flag=True, default=False, help="Diffuse over a VQGAN latent (trains the VQGAN first unless --vqgan_path).")
 @_opt("vqgan_path", type=click.Path(path_type=str), default=None, help="A trained vqgan_final.pt to use with --use_vqgan.")
 @_opt("vqgan_factor", type=int, default=4,
@@ -313,7 +317,8 @@ def train_decoder_cmd(**kw):
 
     clip_sizes = _clip_sizes(kw)
     sizes = {k: kw.pop(k) for k in ("dim", "dim_mults", "num_resnet_blocks", "attn_heads", "attn_dim_head",
-                                    "timesteps", "sample_timesteps", "cond_drop_prob")}
+                                    "timesteps", "sample_timesteps", "cond_drop_prob", "backbone", "dit_depth",
+                                    "dit_patch_size")}
     from .vqgan import cpu_vqgan_sizes
 
     factor, layers, dim = kw.pop("vqgan_factor"), kw.pop("vqgan_layers"), kw.pop("vqgan_dim")
