@@ -279,8 +279,9 @@ def reconstruction_quality(vqgan, images: torch.Tensor, *, batch_size: int = 64)
     """
     from torchmetrics.functional.image import peak_signal_noise_ratio, structural_similarity_index_measure
 
-    original = (images.float().clamp(-1, 1) + 1) / 2
-    recon = (reconstruct(vqgan, images.float(), batch_size=batch_size) + 1) / 2
+    images = images.float().to(next(vqgan.parameters()).device)  # where training left the model
+    original = (images.clamp(-1, 1) + 1) / 2
+    recon = (reconstruct(vqgan, images, batch_size=batch_size) + 1) / 2
     # per-image PSNR, then the mean: one badly reproduced image should show, not be averaged into the MSE
     per_image = peak_signal_noise_ratio(recon, original, data_range=1.0, reduction="none", dim=(1, 2, 3))
     ssim = structural_similarity_index_measure(recon, original, data_range=1.0)
