@@ -192,10 +192,10 @@ _data_options = _apply(
     _opt("data_root", required=True, type=click.Path(path_type=str),
          help="Folder of user folders (user_0/, ID_1/, ...) or images/ + metadata.json."),
     _opt("num_users", type=int, default=None, help="Expected number of users, checked against the data (default: as found)."),
-    _opt("image_size", type=int, default=None, show_default=False,
+    _opt("image_size", type=int, default=None,
          help="Side of the square images the models see (data is resized) [default: as recorded in the "
               "embedding model the run builds on (--clip_path, or this run's on --resume), else 64]."),
-    _opt("colormap", type=click.Choice(["jet", "none"]), default=None, show_default=False,
+    _opt("colormap", type=click.Choice(["jet", "none"]), default=None,
          help="Invert this colormap into one channel; 'none' trains on RGB [default: as for --image_size, else jet]."),
     _opt("flat_structure", is_flag=True, default=False, help="Require the flat layout (images/ + metadata.json)."),
     _opt("split_seed", type=int, default=0, help="Seed of the per-user train/val/test split (80/10/10)."),
@@ -300,7 +300,7 @@ def train_clip_cmd(**kw):
 @_opt("vqgan_factor", type=int, default=4,
       help="VQGAN downsampling factor f (4 or 8): latents are image_size / f on a side (256 px -> 64 or 32).")
 @_opt("vqgan_dim", type=int, default=16, help="VQGAN width (every stage; the latent's channels).")
-@_opt("vqgan_layers", type=int, default=None, show_default=False,
+@_opt("vqgan_layers", type=int, default=None,
       help="VQGAN downsamplings, instead of --vqgan_factor (f = 2**layers).")
 @_opt("vqgan_codebook_size", type=int, default=256, help="VQGAN codebook entries.")
 @_opt("vqgan_epochs", type=int, default=20, help="VQGAN training epochs (--max_steps applies to it too).")
@@ -375,7 +375,7 @@ _model_options = _apply(
          help="Prior network evaluations [default: the prior's sample_timesteps]."),
     _opt("seed", type=int, default=0, help="Same seed, same images."),
     _opt("device", default="auto", help="cpu, cuda, cuda:N, or auto (cuda when available)."),
-    _opt("colormap", type=click.Choice(["jet", "none"]), default=None, show_default=False,
+    _opt("colormap", type=click.Choice(["jet", "none"]), default=None,
          help="Colour of the PNGs: 'jet', or 'none' for grey [default: the training data's own, as recorded "
               "in the decoder: grey for greyscale data, jet for jet images]."),
 )
