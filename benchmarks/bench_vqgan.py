@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 
 from dalle2_md.data import MicroDopplerDataset, save_image_grid
-from dalle2_md.evaluate import RecogniserConfig, RecogniserTrainConfig, accuracy, train_recogniser
+from dalle2_md.evaluate import RecogniserConfig, RecogniserTrainConfig, accuracy, cached_recogniser
 from dalle2_md.synth import synthesize_dataset
 from dalle2_md.vqgan import VQGanConfig, cpu_vqgan_sizes, reconstruct, reconstruction_quality, train_vqgan
 
@@ -76,9 +76,10 @@ def main(argv=None) -> dict:
     print(f"data: {', '.join(f'{k} {len(v)}' for k, v in sets.items())} images, {a.num_users} users, {a.image_size} px",
           flush=True)
     start = time.perf_counter()
-    recogniser = train_recogniser(
-        *sets["train"].tensors(), config=RecogniserConfig(num_users=a.num_users, image_size=a.image_size,
-                                                          widths=(16, 32, 64, 64), feature_dim=32),
+    # cached in the work folder (keyed by data and settings): a rerun with more VQGAN steps reuses it
+    recogniser = cached_recogniser(
+        a.work / "recogniser.pt", *sets["train"].tensors(),
+        config=RecogniserConfig(num_users=a.num_users, image_size=a.image_size, widths=(16, 32, 64, 64), feature_dim=32),
         train=RecogniserTrainConfig(steps=a.recogniser_steps, seed=a.seed), val=sets["val"].tensors())
     a_real, _ = accuracy(recogniser, *sets["test"].tensors())
     print(f"recogniser: {time.perf_counter() - start:.0f}s, A_real on test originals {a_real:.3f}", flush=True)
