@@ -224,6 +224,8 @@ def guided_unet_forward(unet: nn.Module, x: torch.Tensor, t: torch.Tensor, image
     """
     if cond_scale == 1:
         return unet(x, t, image_embed=image_embeds)
+    if getattr(unet, "guides_in_one_batch", False):  # dit.DiT nulls its own embedding rows
+        return unet.forward_with_cond_scale(x, t, image_embed=image_embeds, cond_scale=cond_scale)
     batch, hooked = x.shape[0], []
 
     def null_second_half(null):

@@ -71,6 +71,7 @@ class DiT(nn.Module):
     """
 
     self_cond = False  # read by dalle2-pytorch's Decoder.p_losses: no self-conditioning here
+    guides_in_one_batch = True  # read by decoder.guided_unet_forward: use forward_with_cond_scale
 
     def __init__(self, *, channels: int, size: int, image_embed_dim: int, dim: int = 128, depth: int = 4,
                  heads: int = 4, patch_size: int = 2):

@@ -69,3 +69,5 @@ def test_backbone_dit_over_vqgan_latents_from_the_command_line(tmp_path):
     assert isinstance(decoder.unet, DiT) and decoder.diffused_shape == (8, 8, 8)
     embeds = torch.nn.functional.normalize(torch.randn(2, 16), dim=-1)
     assert decoder.sample(embeds, seed=0).shape == (2, 1, 32, 32)
+    guided = decoder.sample(embeds, seed=0, cond_scale=3.0)  # classifier-free guidance through the DiT
+    assert guided.shape == (2, 1, 32, 32) and not torch.allclose(guided, decoder.sample(embeds, seed=0))
