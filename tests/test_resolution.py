@@ -11,8 +11,9 @@ from test_seed_commands import DECODER, GENERATE, NUM_USERS, PRIOR, ok, run
 from dalle2_md.prior import PriorConfig, UserConditionedDiffusionPrior
 
 DATA = {"/path/to/your/data": "data", "--num_users 31": f"--num_users {NUM_USERS}"}
-# size flags only; the prior gets no --image_size and no --colormap
-TINY_DECODER = ("--max_steps 2 --dim 8 --dim_mults 1 2 --attn_heads 2 --attn_dim_head 8 --num_resnet_blocks 1 "
+# size flags only; the prior gets no --image_size and no --colormap. Three U-Net stages: the
+# middle attention then runs at 32 x 32 for 128 px images, not at 64 x 64 (16x cheaper)
+TINY_DECODER = ("--max_steps 2 --dim 8 --dim_mults 1 2 4 --attn_heads 2 --attn_dim_head 8 --num_resnet_blocks 1 "
                 "--timesteps 50 --sample_timesteps 3 --clip_dim 16 --clip_widths 8 16 --clip_dim_image 32 "
                 "--checkpoint_every 1 --no-progress")
 TINY_PRIOR = "--max_steps 2 --depth 1 --heads 2 --dim_head 8 --timesteps 50 --sample_timesteps 3 --no-progress"
