@@ -2,9 +2,39 @@
 
 Stages live one per module: `synth` (gait simulator), `data` (data sets, label maps, splits),
 `colormap`, `kinematics`, `clip` (embedding), `prior`, `decoder`, `model` (the chain),
-`training`, `evaluate`, `cli`. Imports here stay light so `dalle2-md --help` is quick.
+`training`, `evaluate`, `cli`.
+
+The public classes are importable from here (`from dalle2_md import MicroDopplerDALLE2`) but
+are loaded on first use (module `__getattr__`, PEP 562): importing the package must not pull in
+torch and dalle2-pytorch, so that `dalle2-md --help` stays quick.
 """
+
+from importlib import import_module
 
 from .version import __version__
 
-__all__ = ["__version__"]
+# public name -> module that defines it
+_LAZY = {
+    "MicroDopplerDALLE2": "model",
+    "UserConditionedDiffusionPrior": "prior",
+    "UserConditionedPriorNetwork": "prior",
+    "PriorConfig": "prior",
+    "MicroDopplerDecoder": "decoder",
+    "DecoderConfig": "decoder",
+    "MicroDopplerClip": "clip",
+    "ClipConfig": "clip",
+}
+
+__all__ = ["__version__", *_LAZY]
+
+
+def __getattr__(name: str):
+    if name not in _LAZY:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(import_module(f".{_LAZY[name]}", __name__), name)
+    globals()[name] = value  # later look-ups skip this function
+    return value
+
+
+def __dir__():
+    return sorted(set(globals()) | set(__all__))

@@ -192,9 +192,11 @@ _data_options = _apply(
     _opt("data_root", required=True, type=click.Path(path_type=str),
          help="Folder of user folders (user_0/, ID_1/, ...) or images/ + metadata.json."),
     _opt("num_users", type=int, default=None, help="Expected number of users, checked against the data (default: as found)."),
-    _opt("image_size", type=int, default=64, help="Side of the square images the models see (data is resized)."),
-    _opt("colormap", type=click.Choice(["jet", "none"]), default="jet",
-         help="Invert this colormap into one channel; 'none' trains on RGB."),
+    _opt("image_size", type=int, default=None,
+         help="Side of the square images the models see (data is resized) [default: as recorded in the "
+              "embedding model the run builds on (--clip_path, or this run's on --resume), else 64]."),
+    _opt("colormap", type=click.Choice(["jet", "none"]), default=None,
+         help="Invert this colormap into one channel; 'none' trains on RGB [default: as for --image_size, else jet]."),
     _opt("flat_structure", is_flag=True, default=False, help="Require the flat layout (images/ + metadata.json)."),
     _opt("split_seed", type=int, default=0, help="Seed of the per-user train/val/test split (80/10/10)."),
     _opt("cache_dir", type=click.Path(path_type=str), default=None,
@@ -289,11 +291,18 @@ def train_clip_cmd(**kw):
 @_opt("sample_timesteps", type=int, default=DEFAULTS.sample_timesteps,
       help="Network evaluations when sampling (training grids and default for generate).")
 @_opt("cond_drop_prob", type=float, default=0.1, help="Embedding dropout, enables classifier-free guidance.")
+@_opt("backbone", type=click.Choice(["unet", "dit"]), default="unet",
+      help="Denoising network: the U-Net, or a DiT (patch transformer; width --dim, heads --attn_heads), meant for latents.")
+@_opt("dit_depth", type=int, default=4, help="DiT transformer blocks (with --backbone dit).")
+@_opt("dit_patch_size", type=int, default=2, help="DiT patch side (with --backbone dit).")
 @_opt("use_vqgan", is_flag=True, default=False, help="Diffuse over a VQGAN latent (trains the VQGAN first unless --vqgan_path).")
 @_opt("vqgan_path", type=click.Path(path_type=str), default=None, help="A trained vqgan_final.pt to use with --use_vqgan.")
-@_opt("vqgan_dim", type=int, default=32, help="VQGAN width.")
-@_opt("vqgan_layers", type=int, default=2, help="VQGAN downsamplings: latents are image_size / 2**layers.")
-@_opt("vqgan_codebook_size", type=int, default=512, help="VQGAN codebook entries.")
+@_opt("vqgan_factor", type=int, default=4,
+      help="VQGAN downsampling factor f (4 or 8): latents are image_size / f on a side (256 px -> 64 or 32).")
+@_opt("vqgan_dim", type=int, default=16, help="VQGAN width (every stage; the latent's channels).")
+@_opt("vqgan_layers", type=int, default=None,
+      help="VQGAN downsamplings, instead of --vqgan_factor (f = 2**layers).")
+@_opt("vqgan_codebook_size", type=int, default=256, help="VQGAN codebook entries.")
 @_opt("vqgan_epochs", type=int, default=20, help="VQGAN training epochs (--max_steps applies to it too).")
 @_opt("vqgan_max_steps", type=int, default=None, help="VQGAN training steps; overrides the other lengths.")
 @_opt("clip_path", type=click.Path(path_type=str), default=None,
@@ -308,9 +317,13 @@ def train_decoder_cmd(**kw):
 
     clip_sizes = _clip_sizes(kw)
     sizes = {k: kw.pop(k) for k in ("dim", "dim_mults", "num_resnet_blocks", "attn_heads", "attn_dim_head",
-                                    "timesteps", "sample_timesteps", "cond_drop_prob")}
-    vqgan_sizes = dict(dim=kw.pop("vqgan_dim"), layers=kw.pop("vqgan_layers"), codebook_size=kw.pop("vqgan_codebook_size"))
-    vqgan_sizes["resnet_groups"] = 8 if vqgan_sizes["dim"] % 8 == 0 else 1
+                                    "timesteps", "sample_timesteps", "cond_drop_prob", "backbone", "dit_depth",
+                                    "dit_patch_size")}
+    from .vqgan import cpu_vqgan_sizes
+
+    factor, layers, dim = kw.pop("vqgan_factor"), kw.pop("vqgan_layers"), kw.pop("vqgan_dim")
+    vqgan_sizes = cpu_vqgan_sizes(2**layers if layers is not None else factor, dim=dim,
+                                  codebook_size=kw.pop("vqgan_codebook_size"), resnet_groups=8 if dim % 8 == 0 else 1)
     paths = run_train_decoder(
         sizes=sizes, clip_path=kw.pop("clip_path"), clip_sizes=clip_sizes, clip_max_steps=kw.pop("clip_max_steps"),
         clip_epochs=kw.pop("clip_epochs"), use_vqgan=kw.pop("use_vqgan"), vqgan_path=kw.pop("vqgan_path"),
@@ -327,7 +340,8 @@ def train_decoder_cmd(**kw):
 @_opt("clip_path", type=click.Path(path_type=str), default=None,
       help="The embedding model the decoder was trained with (<decoder run>/clip_final.pt) "
            "[default: <output_dir>/<experiment_name>/clip_final.pt if present].")
-@_opt("dim", type=int, default=None, help="Prior width; must equal the embedding size [default: that of --clip_path].")
+@_opt("dim", type=int, default=512,
+      help="Width of the prior's transformer; embeddings of another size are projected in and out.")
 @_opt("depth", type=int, default=6, help="Transformer depth.")
 @_opt("heads", type=int, default=8, help="Attention heads.")
 @_opt("dim_head", type=int, default=64, help="Attention head width.")
@@ -339,10 +353,8 @@ def train_prior_cmd(**kw):
     embeddings; writes <output_dir>/<experiment_name>/prior_final.pt."""
     from .workflows import run_train_prior
 
-    sizes = {k: kw.pop(k) for k in ("depth", "heads", "dim_head", "timesteps", "sample_timesteps", "cond_drop_prob")}
-    if kw["dim"] is not None:
-        sizes["dim"] = kw["dim"]
-    kw.pop("dim")
+    sizes = {k: kw.pop(k) for k in ("dim", "depth", "heads", "dim_head", "timesteps", "sample_timesteps",
+                                    "cond_drop_prob")}
     paths = run_train_prior(sizes=sizes, clip_path=kw.pop("clip_path"), **_common(kw))
     click.echo(f"prior: {paths['prior']}")
 
@@ -363,14 +375,21 @@ _model_options = _apply(
          help="Prior network evaluations [default: the prior's sample_timesteps]."),
     _opt("seed", type=int, default=0, help="Same seed, same images."),
     _opt("device", default="auto", help="cpu, cuda, cuda:N, or auto (cuda when available)."),
+    _opt("colormap", type=click.Choice(["jet", "none"]), default=None,
+         help="Colour of the PNGs: 'jet', or 'none' for grey [default: the training data's own, as recorded "
+              "in the decoder: grey for greyscale data, jet for jet images]."),
 )
 
 
 def _load_model(kw):
     from .workflows import load_generator
 
-    return load_generator(model_path=kw.pop("model_path"), prior_path=kw.pop("prior_path"),
-                          decoder_path=kw.pop("decoder_path"), clip_path=kw.pop("clip_path"), device=kw.pop("device"))
+    model = load_generator(model_path=kw.pop("model_path"), prior_path=kw.pop("prior_path"),
+                           decoder_path=kw.pop("decoder_path"), clip_path=kw.pop("clip_path"), device=kw.pop("device"))
+    colormap = kw.pop("colormap")
+    if colormap is not None:
+        model.colormap = colormap  # only re-colours scalar models; RGB models are shown as they are
+    return model
 
 
 def _sampling(kw):
@@ -651,7 +670,9 @@ def evaluate_cmd(data_root, split_file, split_seed, model_path, decoder_path, pr
         model = MicroDopplerDALLE2.from_parts(prior_path=prior_path, decoder_path=decoder_path)
     if model is not None:
         image_size = image_size or model.decoder.config.image_size
-        colormap = model.colormap
+        # the colormap the data is read with: a scalar model's data is read under a colormap even
+        # when its samples are shown grey (greyscale data)
+        colormap = "jet" if model.colormap == "none" and model.decoder.config.channels == 1 else model.colormap
         near = Path(model_path or decoder_path).parent / "split.json"
         split_file = split_file or (str(near) if near.is_file() else None)
     elif image_size is None:

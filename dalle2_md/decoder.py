@@ -73,6 +73,11 @@ class DecoderConfig:
         vqgan: the VQGAN's config (filled from `vqgan_path` when that is given).
         vqgan_path: a "vqgan" bundle whose trained weights `build_decoder` loads; the decoder
             bundle later carries those weights, so this path is not needed to load it.
+        backbone: "unet" (dalle2-pytorch's U-Net) or "dit" (`dit.DiT`, a patch transformer with
+            adaLN conditioning, meant for latents); the DiT's width is `dim`, its heads
+            `attn_heads`, and dim_mults / resnet / cross-attention sizes do not apply to it.
+        dit_depth: transformer blocks of the DiT.
+        dit_patch_size: side of the DiT's patches (the diffused size must divide by it).
     """
 
     image_size: int = 64
@@ -97,6 +102,9 @@ class DecoderConfig:
     use_vqgan: bool = False
     vqgan: VQGanConfig | None = None
     vqgan_path: str | None = None
+    backbone: str = "unet"
+    dit_depth: int = 4
+    dit_patch_size: int = 2
 
     def __post_init__(self):
         if self.channels not in (1, 3):
@@ -114,6 +122,9 @@ class DecoderConfig:
                     f"but the decoder is for {self.channels}-channel {self.image_size} px; "
                     "train a VQGAN on the decoder's image size and channels."
                 )
+        if self.backbone != "unet":
+            self._check_dit()
+            return
         factor = 2 ** (len(self.dim_mults) - 1)
         if self.use_vqgan and self.vqgan is not None:
             size = self.vqgan.latent_size
@@ -130,6 +141,18 @@ class DecoderConfig:
                 f"for dim_mults {self.dim_mults}; use image_size {nearby_multiples(self.image_size, factor)} "
                 "or fewer dim_mults."
             )
+
+    def _check_dit(self) -> None:
+        if self.backbone != "dit":
+            raise UserError(f"--backbone must be 'unet' or 'dit', got {self.backbone!r}.")
+        if self.learned_variance:
+            raise UserError("--backbone dit predicts the noise only; learned_variance needs the U-Net.")
+        if self.dim % self.attn_heads:
+            raise UserError(f"--backbone dit: --dim {self.dim} must be divisible by --attn_heads {self.attn_heads}.")
+        size = self.vqgan.latent_size if self.use_vqgan and self.vqgan is not None else self.image_size
+        if size % self.dit_patch_size:
+            raise UserError(f"--backbone dit: the diffused size {size} px is not divisible by --dit_patch_size "
+                            f"{self.dit_patch_size}; pick a patch size that divides it.")
 
     @property
     def unet_cond_dim(self) -> int:
@@ -203,6 +226,8 @@ def guided_unet_forward(unet: nn.Module, x: torch.Tensor, t: torch.Tensor, image
     """
     if cond_scale == 1:
         return unet(x, t, image_embed=image_embeds)
+    if getattr(unet, "guides_in_one_batch", False):  # dit.DiT nulls its own embedding rows
+        return unet.forward_with_cond_scale(x, t, image_embed=image_embeds, cond_scale=cond_scale)
     batch, hooked = x.shape[0], []
 
     def null_second_half(null):
@@ -275,6 +300,14 @@ class MicroDopplerDecoder(nn.Module):
         )
         # after Decoder(): it rebuilds its U-Nets from their constructor arguments
         _resize_cross_attention(self.decoder.unets[0], heads=config.attn_heads, dim_head=config.attn_dim_head)
+        if config.backbone == "dit":
+            # the transformer takes the U-Net's place; Decoder's loss and our sampler call it the same way
+            from .dit import DiT
+
+            channels, size, _ = self.diffused_shape
+            self.decoder.unets[0] = DiT(channels=channels, size=size, image_embed_dim=config.image_embed_dim,
+                                        dim=config.dim, depth=config.dit_depth, heads=config.attn_heads,
+                                        patch_size=config.dit_patch_size)
         if config.use_vqgan:
             # the VQGAN is trained beforehand and stays frozen while the decoder trains
             self.decoder.vaes[0].requires_grad_(False)

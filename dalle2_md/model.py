@@ -114,7 +114,9 @@ class MicroDopplerDALLE2(nn.Module):
         self.prior, self.decoder, self.clip = prior, decoder, clip
         self.label_map = label_map if exists(label_map) else getattr(prior, "label_map", None)
         decoder_meta = getattr(decoder, "meta", None) or {}
-        self.colormap = colormap or decoder_meta.get("colormap") or ("jet" if decoder.config.channels == 1 else "none")
+        # shown in the data's own colour: grey for greyscale data even though it was read under jet
+        self.colormap = (colormap or decoder_meta.get("display_colormap") or decoder_meta.get("colormap")
+                         or ("jet" if decoder.config.channels == 1 else "none"))
 
     @property
     def num_users(self) -> int:

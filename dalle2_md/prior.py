@@ -61,7 +61,10 @@ class PriorConfig:
 
     Args:
         num_users: size of the user-ID table (IDs 0..num_users-1).
-        dim: width of the transformer, equal to the embedding model's latent size.
+        dim: width of the transformer.
+        embed_dim: size of the image embeddings diffused over, when it differs from `dim` (the
+            network then projects them in and out); None: equal to `dim` (no projection, as in
+            bundles written before this field existed).
         depth, heads, dim_head, ff_mult: causal transformer shape.
         num_user_tokens: how many conditioning tokens one user ID becomes.
         timesteps: training diffusion steps (cosine schedule by default).
@@ -77,6 +80,7 @@ class PriorConfig:
 
     num_users: int
     dim: int = 512
+    embed_dim: int | None = None
     depth: int = 6
     heads: int = 8
     dim_head: int = 64
@@ -99,6 +103,8 @@ class PriorConfig:
     def __post_init__(self):
         if self.num_users < 1:
             raise ValueError(f"num_users must be >= 1, got {self.num_users}")
+        if self.embed_dim is not None and self.embed_dim < 1:
+            raise ValueError(f"embed_dim must be >= 1, got {self.embed_dim}")
         if self.num_user_tokens < 1:
             raise ValueError(f"num_user_tokens must be >= 1, got {self.num_user_tokens}")
         if self.predict not in PREDICTS:
@@ -107,6 +113,11 @@ class PriorConfig:
             raise ValueError(f"cond_drop_prob must be in [0, 1], got {self.cond_drop_prob}")
         if not 1 <= self.sample_timesteps <= self.timesteps:
             raise ValueError(f"sample_timesteps must be in [1, timesteps={self.timesteps}], got {self.sample_timesteps}")
+
+    @property
+    def image_embed_dim(self) -> int:
+        """Size of the embeddings the prior samples."""
+        return self.embed_dim if self.embed_dim is not None else self.dim
 
     @classmethod
     def from_dict(cls, d: dict) -> "PriorConfig":
@@ -126,12 +137,16 @@ class UserConditionedPriorNetwork(DiffusionPriorNetwork):
 
     Args:
         num_users: size of the user table.
-        dim: token width (= image embedding size).
+        dim: token width of the transformer.
+        embed_dim: image embedding size when it differs from `dim`: a linear layer maps the
+            noised embedding to a `dim`-wide token and another maps the prediction back. `.dim`
+            then reports the embedding size (what `DiffusionPrior` checks), `.width` the tokens'.
         num_user_tokens: tokens per user.
         **transformer_kwargs: passed to the parent's `CausalTransformer` (depth, heads, ...).
     """
 
-    def __init__(self, *, num_users: int, dim: int, num_user_tokens: int = 1, **transformer_kwargs):
+    def __init__(self, *, num_users: int, dim: int, embed_dim: int | None = None, num_user_tokens: int = 1,
+                 **transformer_kwargs):
         super().__init__(
             dim=dim,
             num_timesteps=None,  # continuous sinusoidal time embedding: generalises over t in short runs
@@ -145,6 +160,13 @@ class UserConditionedPriorNetwork(DiffusionPriorNetwork):
         # the parent maps a dim-wide text embed to n tokens with a Linear; the table already
         # holds n tokens per user, so only the reshape is kept
         self.to_text_embeds = Rearrange("b (n d) -> b n d", n=num_user_tokens)
+        # Identity when the widths agree: no new weights, so older bundles load unchanged
+        self.width = dim
+        project = exists(embed_dim) and embed_dim != dim
+        self.project_in = nn.Linear(embed_dim, dim) if project else nn.Identity()
+        self.project_out = nn.Linear(dim, embed_dim) if project else nn.Identity()
+        if project:
+            self.dim = embed_dim
 
     def user_tokens(self, user_ids: torch.Tensor) -> torch.Tensor:
         """(B,) long -> (B, num_user_tokens * dim) flat user tokens."""
@@ -192,14 +214,15 @@ class UserConditionedPriorNetwork(DiffusionPriorNetwork):
             text_cond_drop_prob = cond_drop_prob
         if exists(user_ids):
             text_embed = self.user_tokens(user_ids.to(image_embed.device))
-        return super().forward(
-            image_embed,
+        pred = super().forward(
+            self.project_in(image_embed),
             diffusion_timesteps,
             text_embed=text_embed,
-            self_cond=self_cond,
+            self_cond=self.project_in(self_cond) if exists(self_cond) else None,
             text_cond_drop_prob=text_cond_drop_prob,
             image_cond_drop_prob=image_cond_drop_prob,
         )
+        return self.project_out(pred)
 
     def forward_with_cond_scale(
         self,
@@ -249,6 +272,7 @@ class UserConditionedDiffusionPrior(DiffusionPrior):
         net = UserConditionedPriorNetwork(
             num_users=config.num_users,
             dim=config.dim,
+            embed_dim=config.embed_dim,
             num_user_tokens=config.num_user_tokens,
             depth=config.depth,
             heads=config.heads,
@@ -260,7 +284,7 @@ class UserConditionedDiffusionPrior(DiffusionPrior):
         )
         super().__init__(
             net,
-            image_embed_dim=config.dim,
+            image_embed_dim=config.image_embed_dim,
             timesteps=config.timesteps,
             sample_timesteps=config.sample_timesteps,
             text_cond_drop_prob=config.cond_drop_prob,

@@ -24,6 +24,25 @@ import torch.nn.functional as F
 from .bundle import load_bundle, save_bundle
 from .utils import BundleError, UserError
 
+# A VQGAN that trains at 128 px on 2 CPU cores in minutes (0.43 s per step of 16 images at
+# f = 4 on one loaded core, measured; the 32-wide, 1-2 multiplier shape took 1.95 s): every
+# stage 16 channels wide, so the latent has 16 channels, and a small codebook.
+CPU_VQGAN_SIZES = dict(dim=16, num_resnet_blocks=1, resnet_groups=8, codebook_size=256, codebook_dim=16)
+
+
+def layers_for_factor(factor: int) -> int:
+    """Stride-2 stages for a downsampling factor: 4 -> 2 (256 px -> 64 x 64), 8 -> 3 (-> 32 x 32)."""
+    layers = int(factor).bit_length() - 1
+    if factor < 2 or 2**layers != factor:
+        raise UserError(f"--vqgan_factor {factor}: the downsampling factor must be a power of 2 such as 4 or 8.")
+    return layers
+
+
+def cpu_vqgan_sizes(factor: int = 4, **overrides) -> dict:
+    """`VQGanConfig` fields of the CPU-sized VQGAN at a downsampling factor (stages all as wide)."""
+    layers = layers_for_factor(factor)
+    return {**CPU_VQGAN_SIZES, "layers": layers, "layer_mults": (1,) * layers, **overrides}
+
 
 def nearby_multiples(size: int, factor: int) -> str:
     """'48 or 64': the multiples of `factor` either side of `size`, for error messages."""
@@ -82,6 +101,11 @@ class VQGanConfig:
             raise UserError(
                 f"VQGAN layer_mults {self.layer_mults} must have one entry per layer ({self.layers})."
             )
+
+    @property
+    def factor(self) -> int:
+        """Downsampling factor f: a latent pixel covers f x f image pixels."""
+        return 2**self.layers
 
     @property
     def latent_size(self) -> int:
@@ -239,6 +263,29 @@ def encode_latents(vqgan, images: torch.Tensor, *, batch_size: int = 64) -> torc
     out = [vqgan.encode(chunk.float()) for chunk in images.split(batch_size)]
     vqgan.train(was_training)
     return torch.cat(out)
+
+
+@torch.no_grad()
+def reconstruction_quality(vqgan, images: torch.Tensor, *, batch_size: int = 64) -> dict:
+    """How faithfully the VQGAN reproduces images: PSNR (dB) and SSIM of its reconstructions,
+    both measured on [0, 1] with torchmetrics, averaged over the images.
+
+    Args:
+        vqgan: a trained `VQGanVAE`.
+        images: (N, C, H, W) in [-1, 1].
+        batch_size: images per encoder call.
+    Returns:
+        {"psnr": float, "ssim": float, "images": N}
+    """
+    from torchmetrics.functional.image import peak_signal_noise_ratio, structural_similarity_index_measure
+
+    images = images.float().to(next(vqgan.parameters()).device)  # where training left the model
+    original = (images.clamp(-1, 1) + 1) / 2
+    recon = (reconstruct(vqgan, images, batch_size=batch_size) + 1) / 2
+    # per-image PSNR, then the mean: one badly reproduced image should show, not be averaged into the MSE
+    per_image = peak_signal_noise_ratio(recon, original, data_range=1.0, reduction="none", dim=(1, 2, 3))
+    ssim = structural_similarity_index_measure(recon, original, data_range=1.0)
+    return {"psnr": float(per_image.mean()), "ssim": float(ssim), "images": len(images)}
 
 
 def psnr(a: torch.Tensor, b: torch.Tensor) -> float:

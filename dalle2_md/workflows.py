@@ -35,6 +35,7 @@ from .utils import DataError, UserError, exists
 
 STAGES = ("clip", "vqgan", "decoder", "prior")
 CLIP_MAX_IMAGE_SIZE = 64
+DEFAULT_IMAGE_SIZE, DEFAULT_COLORMAP = 64, "jet"  # when neither a flag nor a bundle says
 GRID_MIN_TILE = 96  # grids and strips show small images enlarged to at least this many pixels
 
 
@@ -63,8 +64,10 @@ class DataOptions:
     Args:
         data_root: folder of user folders, or images/ + metadata.json.
         num_users: expected number of users (checked), or None.
-        image_size: side of the square images the models see.
-        colormap: colormap inverted into one channel ("jet"), or "none" to keep RGB.
+        image_size: side of the square images the models see; None: the size recorded in the
+            bundle the run builds on (see `with_settings_from`), else DEFAULT_IMAGE_SIZE.
+        colormap: colormap inverted into one channel ("jet"), or "none" to keep RGB; None: as
+            for image_size.
         flat_structure: require the flat layout (images/ + metadata.json).
         split_seed: seed of the per-user train/val/test split.
         cache_dir: cache of decoded images and image embeddings (None: no image cache; the
@@ -73,8 +76,8 @@ class DataOptions:
 
     data_root: str
     num_users: int | None = None
-    image_size: int = 64
-    colormap: str = "jet"
+    image_size: int | None = DEFAULT_IMAGE_SIZE
+    colormap: str | None = DEFAULT_COLORMAP
     flat_structure: bool = False
     split_seed: int = 0
     cache_dir: str | None = None
@@ -90,6 +93,7 @@ def load_train_data(data: DataOptions, run_dir: str | Path):
     """
     from .data import METADATA_FILE, MicroDopplerDataset
 
+    data = with_defaults(data)
     root = Path(data.data_root).expanduser()
     if data.flat_structure and root.is_dir() and not (root / METADATA_FILE).is_file():
         raise DataError(
@@ -110,6 +114,40 @@ def load_train_data(data: DataOptions, run_dir: str | Path):
         more = f", ... {len(ds.skipped) - 10} more" if len(ds.skipped) > 10 else ""
         log(f"data: skipped {len(ds.skipped)} unreadable file(s): {names}{more}")
     return ds
+
+
+def with_defaults(data: DataOptions) -> DataOptions:
+    """The data options with an unset image size / colormap given the defaults."""
+    return replace(data, image_size=data.image_size or DEFAULT_IMAGE_SIZE, colormap=data.colormap or DEFAULT_COLORMAP)
+
+
+def recorded_data_settings(bundle_path: str | Path) -> dict:
+    """{"image_size", "colormap"} of the data an embedding-model bundle was trained on,
+    as recorded in its meta (older files without it: the model's own image size)."""
+    from .bundle import load_bundle
+
+    payload = load_bundle(bundle_path, kind="clip")
+    meta, config = payload.get("meta") or {}, payload.get("config") or {}
+    channels = config.get("channels", 1)
+    return {"image_size": meta.get("image_size", config.get("image_size")),
+            "colormap": meta.get("colormap", DEFAULT_COLORMAP if channels == 1 else "none")}
+
+
+def with_settings_from(data: DataOptions, bundle_path: str | Path | None) -> DataOptions:
+    """Fill the image size and colormap that were not given (None) from the bundle the run
+    builds on, so a run reads the data as the embedding model's run did; then the defaults.
+
+    Args:
+        data: the data options; given values are kept.
+        bundle_path: an embedding-model (clip) bundle, or None.
+    """
+    if exists(bundle_path) and (data.image_size is None or data.colormap is None):
+        recorded = recorded_data_settings(bundle_path)
+        filled = {k: v for k, v in recorded.items() if getattr(data, k) is None and exists(v)}
+        if filled:
+            log(f"data: {', '.join(f'{k} {v}' for k, v in filled.items())} (as recorded in {bundle_path})")
+            data = replace(data, **filled)
+    return with_defaults(data)
 
 
 def _dataset_key(ds) -> str:
@@ -183,8 +221,17 @@ def _sub_resume(resume: str | None) -> str | None:
     return None if resume is None else "latest"
 
 
+def display_colormap(ds) -> str:
+    """How samples of this data set are shown: greyscale data (a colormap given but no colour
+    image met, `ds.residual` None) is shown grey, colour data through its colormap."""
+    if ds.colormap is None or ds.residual is None:
+        return "none"
+    return ds.colormap
+
+
 def _meta(ds, clip=None) -> dict:
-    meta = {"colormap": ds.colormap or "none", "image_size": ds.image_size, "layout": ds.layout}
+    meta = {"colormap": ds.colormap or "none", "image_size": ds.image_size, "layout": ds.layout,
+            "display_colormap": display_colormap(ds)}
     if exists(clip):
         meta["clip_fingerprint"] = clip.fingerprint
     return meta
@@ -266,11 +313,11 @@ def train_vqgan_stage(run_dir, ds, config: TrainConfig, *, sizes: dict | None = 
 
     Args: as for `train_clip_stage`; `sizes` holds `VQGanConfig` fields.
     """
-    from .vqgan import VQGanConfig, build_vqgan, save_vqgan
+    from .vqgan import VQGanConfig, build_vqgan, cpu_vqgan_sizes, reconstruction_quality, save_vqgan
 
     run_dir, final = Path(run_dir), final_path(run_dir, "vqgan")
     check_can_write(final, overwrite=overwrite, resume=resume)
-    vq_config = VQGanConfig(image_size=ds.image_size, channels=ds.channels, **(sizes or {}))
+    vq_config = VQGanConfig(image_size=ds.image_size, channels=ds.channels, **(sizes or cpu_vqgan_sizes()))
     torch.manual_seed(config.seed)
     wrapper = _VQGanLoss(build_vqgan(vq_config))
     data = torch.utils.data.TensorDataset(ds.images)
@@ -279,9 +326,13 @@ def train_vqgan_stage(run_dir, ds, config: TrainConfig, *, sizes: dict | None = 
     # the raw weights, not the EMA copy: the codebook is itself a moving average of the online
     # encoder's outputs, and an averaged encoder would no longer match it
     vqgan = result.model.vqgan.eval()
+    # its own quality, on (up to 256 of) the images it trained on; benchmarks/bench_vqgan.py
+    # measures held-out images and whether identity survives
+    quality = reconstruction_quality(vqgan, ds.images[:256])
     if _is_main():
-        save_vqgan(final, vqgan, vq_config, meta={**_meta(ds), "steps": result.step})
-    log(f"[vqgan] wrote {final}")
+        save_vqgan(final, vqgan, vq_config, meta={**_meta(ds), "steps": result.step, "quality": quality})
+    log(f"[vqgan] f={vq_config.factor}: {vq_config.latent_channels}x{vq_config.latent_size}x{vq_config.latent_size} "
+        f"latents; reconstructions PSNR {quality['psnr']:.2f} dB, SSIM {quality['ssim']:.3f}; wrote {final}")
     return StageResult(final=final, model=vqgan, train=result)
 
 
@@ -365,7 +416,7 @@ def train_decoder_stage(run_dir, ds, clip, config: TrainConfig, *, sizes: dict |
     else:
         model, data = decoder, torch.utils.data.TensorDataset(images, embeds)
     steps = min(decoder.config.sample_timesteps, 50)
-    sample_fn = _decoder_sample_fn(images, embeds, user_ids, ds.colormap, steps)
+    sample_fn = _decoder_sample_fn(images, embeds, user_ids, display_colormap(ds), steps)
     result = _run(model, data, config, run_dir, "decoder", resume=resume, sample_fn=sample_fn,
                   model_config=decoder.config.to_dict(), progress=progress)
     ema = _unwrap_decoder(result.ema_model).eval()
@@ -381,23 +432,20 @@ def train_prior_stage(run_dir, ds, clip, config: TrainConfig, *, sizes: dict | N
     """Train the user-conditioned diffusion prior on the embedding model's image embeddings;
     writes prior_final.pt (with the label map).
 
-    Args: as for `train_decoder_stage`; `sizes` holds `PriorConfig` fields (depth, heads, ...).
-        Its width is the embedding size of `clip`.
+    Args: as for `train_decoder_stage`; `sizes` holds `PriorConfig` fields (dim, depth, heads,
+        ...). Without `dim` the transformer is as wide as `clip`'s embedding; with another `dim`
+        it projects the embeddings in and out.
     """
     from .prior import PriorConfig, UserConditionedDiffusionPrior
 
     run_dir, final = Path(run_dir), final_path(run_dir, "prior")
     check_can_write(final, overwrite=overwrite, resume=resume)
     sizes = dict(sizes or {})
-    dim = sizes.pop("dim", None)
-    if exists(dim) and dim != clip.config.dim_latent:
-        raise UserError(
-            f"--dim {dim} does not match the embedding model's size {clip.config.dim_latent}: the prior "
-            "works in the embedding space. Leave out --dim (it follows --clip_path), or train the "
-            f"embedding model with --clip_dim {dim}."
-        )
+    embed_dim = clip.config.dim_latent
+    dim = sizes.pop("dim", None) or embed_dim
     embeds = embed_dataset(clip, ds, cache_dir)
-    prior_config = PriorConfig(num_users=len(ds.label_map), dim=clip.config.dim_latent, **sizes)
+    prior_config = PriorConfig(num_users=len(ds.label_map), dim=dim, embed_dim=embed_dim if dim != embed_dim else None,
+                               **sizes)
     torch.manual_seed(config.seed)
     prior = UserConditionedDiffusionPrior(prior_config)
     data = torch.utils.data.TensorDataset(embeds, ds.user_ids.clone())
@@ -415,7 +463,8 @@ def train_prior_stage(run_dir, ds, clip, config: TrainConfig, *, sizes: dict | N
 
 
 def load_clip_for(clip_path: str | Path, ds):
-    """Load an embedding model and check it was trained on this data set's users and images."""
+    """Load an embedding model and check it was trained on this data set's users and kind of
+    image (scalar or RGB). Any image size is fine: the model resizes to its own."""
     from .clip import MicroDopplerClip
 
     clip = MicroDopplerClip.load(clip_path)
@@ -424,10 +473,12 @@ def load_clip_for(clip_path: str | Path, ds):
             f"{clip_path} was trained on users {clip.label_map.get('names')} but {ds.root} holds "
             f"{list(ds.label_map.names)}; give the embedding model trained on this data set."
         )
-    if (clip.config.image_size, clip.config.channels) != (ds.image_size, ds.channels):
+    if clip.config.channels != ds.channels:
+        recorded = (clip.meta or {}).get("colormap", "jet" if clip.config.channels == 1 else "none")
         raise UserError(
-            f"{clip_path} was trained on {clip.config.channels}x{clip.config.image_size} px images but the data is "
-            f"read as {ds.channels}x{ds.image_size} px; use --image_size {clip.config.image_size} and the same --colormap."
+            f"{clip_path} was trained on {clip.config.channels}-channel images but the data is read with "
+            f"{ds.channels} channel(s) (--colormap {ds.colormap or 'none'}); use --colormap {recorded} "
+            "(or leave --colormap out: it follows the embedding model)."
         )
     return clip
 
@@ -467,6 +518,9 @@ def run_train_decoder(*, data: DataOptions, run_dir, config: TrainConfig, sizes:
         from .training import load_checkpoint
 
         load_checkpoint(resume, stage="decoder")
+    own_clip = final_path(run_dir, "clip")
+    data = with_settings_from(data, clip_path if exists(clip_path) else
+                              (own_clip if exists(resume) and own_clip.is_file() else None))
     ds = load_train_data(data, run_dir)
     _check_decoder_sizes(ds, sizes, use_vqgan=use_vqgan, vqgan_path=vqgan_path, vqgan_sizes=vqgan_sizes)
     cache = _cache_dir(data, run_dir)
@@ -500,13 +554,13 @@ def _check_decoder_sizes(ds, sizes, *, use_vqgan, vqgan_path, vqgan_sizes) -> No
     # --image_size then fails at once instead of after earlier stages wrote their bundles
     from .bundle import load_bundle
     from .decoder import DecoderConfig
-    from .vqgan import VQGanConfig
+    from .vqgan import VQGanConfig, cpu_vqgan_sizes
 
     vq = None
     if use_vqgan and exists(vqgan_path):
         vq = VQGanConfig.from_dict(load_bundle(vqgan_path, kind="vqgan")["config"])
     elif use_vqgan:
-        vq = VQGanConfig(image_size=ds.image_size, channels=ds.channels, **(vqgan_sizes or {}))
+        vq = VQGanConfig(image_size=ds.image_size, channels=ds.channels, **(vqgan_sizes or cpu_vqgan_sizes()))
     DecoderConfig(image_size=ds.image_size, channels=ds.channels, image_embed_dim=1, use_vqgan=use_vqgan, vqgan=vq,
                   **(sizes or {}))
 
@@ -539,7 +593,7 @@ def run_train_prior(*, data: DataOptions, run_dir, config: TrainConfig, clip_pat
     if not Path(clip_path).is_file():
         raise UserError(f"--clip_path {clip_path}: no such file. {missing_clip_message(run_dir.parent)}")
     check_can_write(final_path(run_dir, "prior"), overwrite=overwrite, resume=resume)
-    ds = load_train_data(data, run_dir)
+    ds = load_train_data(with_settings_from(data, clip_path), run_dir)
     clip = load_clip_for(clip_path, ds)
     done = train_prior_stage(run_dir, ds, clip, config, sizes=sizes, cache_dir=_cache_dir(data, run_dir),
                              resume=resume, overwrite=overwrite, progress=progress)
