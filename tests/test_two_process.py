@@ -26,7 +26,9 @@ from dalle2_md.training import load_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
 STEPS, GLOBAL_BATCH = 4, 64
-PRIOR = ["--image_size", "16", "--max_steps", str(STEPS), "--depth", "1", "--heads", "2", "--dim_head", "8",
+# --dim 16: the prior as wide as the embedding (the per-step tolerance below was measured so; the
+# seed's default width 512 adds projections whose larger updates widen the per-step spread)
+PRIOR = ["--image_size", "16", "--max_steps", str(STEPS), "--dim", "16", "--depth", "1", "--heads", "2", "--dim_head", "8",
          "--timesteps", "50", "--sample_timesteps", "4", "--log_every", "1", "--checkpoint_every", "2",
          "--keep_last", "0", "--no-progress"]
 
@@ -94,7 +96,7 @@ def test_two_processes_train_one_run_and_write_it_once(runs):
     assert sorted(p.name for p in (two / "prior" / "checkpoints").iterdir()) == [
         "latest.json", "step_000002.pt", "step_000004.pt"]
     assert not [p for p in two.rglob("*") if p.name.endswith(".tmp")]
-    assert runs["log"].count("[prior] wrote") == 1 and runs["log"].count("data: ") == 1
+    assert runs["log"].count("[prior] wrote") == 1 and runs["log"].count(" training images at ") == 1
     # it really was one run over two processes, not two single-process runs side by side
     ckpt = load_checkpoint(two / "prior" / "checkpoints" / "step_000004.pt", stage="prior")
     assert len(ckpt["rng"]) == 2
