@@ -178,7 +178,7 @@ def test_real_only_arm_is_a_plain_recogniser_run_and_filters_see_only_kshot(data
         return original(images, user_ids, **kw)
 
     monkeypatch.setattr(evaluate_module, "train_recogniser", spy)
-    recipes = [AugmentRecipe(name="filtered", min_confidence=0.0), AugmentRecipe(name="pre", filter="none", mixing="pretrain")]
+    recipes = [AugmentRecipe(name="filtered", filter="recogniser", min_confidence=0.0), AugmentRecipe(name="pre", filter="none", mixing="pretrain")]
     result = augmentation_gain(train, test, num_users=USERS, work_dir=tmp_path / "runs", k=3, seeds=(0,), budget=TINY,
                                recipes=recipes, recogniser_train=rec_cfg)
     row = result["per_seed"][0]
@@ -213,7 +213,7 @@ def test_recogniser_filter_keeps_confident_samples_first_by_index(monkeypatch):
 
     monkeypatch.setattr(augment_module, "generate", fake_generate)
     shot = (torch.zeros(4, 1, 4, 4), torch.tensor([0, 0, 1, 1]))
-    recipe = AugmentRecipe(m_per_k=1.0, oversample=2.0, min_confidence=0.9)
+    recipe = AugmentRecipe(filter="recogniser", m_per_k=1.0, oversample=2.0, min_confidence=0.9)
     drawn = draw_synthetic(None, recipe, TINY, shot, seed=0, filter_recogniser=_ByBrightness())
     # user 1 wants bright images: candidates 0 and 2 of 4 pass, both kept; user 0 wants dark ones: 1 and 3
     assert drawn["num_drawn"] == 8 and drawn["acceptance"] == {0: 0.5, 1: 0.5}
