@@ -202,7 +202,7 @@ def _resize_cross_attention(unet: nn.Module, *, heads: int, dim_head: int) -> No
 
 
 def guided_unet_forward(unet: nn.Module, x: torch.Tensor, t: torch.Tensor, image_embeds: torch.Tensor,
-                        cond_scale: float, rescale: float = 0.0) -> torch.Tensor:
+                        cond_scale: float) -> torch.Tensor:
     """Classifier-free guidance, null + (cond - null) * cond_scale, in one U-Net call of 2B.
 
     dalle2-pytorch's `Unet.forward` drops conditioning for a whole call (its keep mask comes
@@ -216,11 +216,6 @@ def guided_unet_forward(unet: nn.Module, x: torch.Tensor, t: torch.Tensor, image
         unet: a dalle2-pytorch `Unet` conditioned on image embeddings.
         x: (B, C, H, W) noised input; t: (B,) times; image_embeds: (B, D).
         cond_scale: 1 runs the conditional branch alone.
-        rescale: guidance rescale phi (Lin et al. 2024, "Common Diffusion Noise Schedules and
-            Sample Steps are Flawed", eq. 15-16): the guided prediction is scaled back to the
-            per-sample std of the conditional one and blended, phi * rescaled + (1 - phi) *
-            guided. Strong guidance otherwise inflates the prediction and lifts the
-            spectrogram's noise floor (washed-out backgrounds); 0 = plain guidance.
     Returns:
         the U-Net output for x, (B, C', H, W).
     """
@@ -248,12 +243,7 @@ def guided_unet_forward(unet: nn.Module, x: torch.Tensor, t: torch.Tensor, image
     if not hooked:
         raise RuntimeError("the U-Net never projected the image embedding; guidance would not null anything")
     cond, null = out[:batch], out[batch:]
-    guided = null + (cond - null) * cond_scale
-    if rescale <= 0:
-        return guided
-    dims = tuple(range(1, guided.ndim))
-    rescaled = guided * (cond.std(dim=dims, keepdim=True) / guided.std(dim=dims, keepdim=True).clamp(min=1e-8))
-    return rescale * rescaled + (1 - rescale) * guided
+    return null + (cond - null) * cond_scale
 
 
 class MicroDopplerDecoder(nn.Module):
