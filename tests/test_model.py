@@ -3,6 +3,7 @@
 import pytest
 import torch
 
+from conftest import fit_decoder_on_ramps
 from dalle2_md.bundle import save_bundle
 from dalle2_md.colormap import rgb_to_scalar
 from dalle2_md.decoder import DecoderConfig, MicroDopplerDecoder
@@ -87,19 +88,7 @@ def test_mixed_batches_of_users_and_sample_indices_give_the_same_rows():
 
 
 def fit_decoder_briefly(model, steps=15):
-    """An untrained U-Net predicts huge noise, so every pixel clamps to 0 or 1 whatever the
-    embedding; a few steps on smooth images bring its outputs into range."""
-    decoder = model.decoder.train()
-    rows = torch.linspace(-1, 1, 16).view(1, 1, 16, 1).expand(8, 1, 16, 16)
-    images = rows * torch.rand(8, 1, 1, 1)
-    embeds = torch.randn(8, D)
-    opt = torch.optim.Adam(decoder.parameters(), lr=1e-3)
-    for _ in range(steps):
-        loss = decoder(images, embeds)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    model.eval()
+    fit_decoder_on_ramps(model, D, steps=steps)
 
 
 def test_different_users_under_the_same_noise_give_different_images():

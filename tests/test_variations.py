@@ -9,24 +9,14 @@ from PIL import Image
 from dalle2_md.cli import cli
 from dalle2_md.utils import UserError
 from dalle2_md.variations import EmbeddingDecoder, sdedit, sdedit_timesteps, variations_of
+from conftest import fit_decoder_on_ramps
 from test_curate import LABELS, tiny_chain
 
 
 def fit_briefly(model, steps=20):
     """A few decoder steps on smooth ramps, so its x_0 estimates stay in range."""
-    decoder = model.decoder.train()
     torch.manual_seed(0)
-    rows = torch.linspace(-1, 1, 16).view(1, 1, 16, 1).expand(8, 1, 16, 16)
-    images = rows * torch.rand(8, 1, 1, 1)
-    embeds = torch.nn.functional.normalize(torch.randn(8, 16), dim=-1)
-    opt = torch.optim.Adam(decoder.parameters(), lr=1e-3)
-    for _ in range(steps):
-        loss = decoder(images, embeds)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    model.eval()
-    return images
+    return fit_decoder_on_ramps(model, 16, steps=steps, normalize=True)
 
 
 @pytest.fixture(scope="module")
