@@ -52,6 +52,12 @@ RECIPES = {
     "mk10": replace(DEFAULT, name="mk10", m_per_k=10.0),
     "eta1": replace(DEFAULT, name="eta1", eta=1.0),
     "variations": replace(DEFAULT, name="variations", source="variations"),
+    # rows added after the filter lost: the no-filter base and the real-image sources
+    "variations_nf": replace(DEFAULT, name="variations_nf", source="variations", filter="none"),
+    "sdedit_nf": replace(DEFAULT, name="sdedit_nf", source="sdedit", strength=0.5, filter="none"),
+    "sdedit07_nf": replace(DEFAULT, name="sdedit07_nf", source="sdedit", strength=0.7, filter="none"),
+    "eta1_nf": replace(DEFAULT, name="eta1_nf", eta=1.0, filter="none"),
+    "mk10_nf": replace(DEFAULT, name="mk10_nf", m_per_k=10.0, filter="none"),
 }
 
 
@@ -68,7 +74,7 @@ def markdown(result: dict, args) -> str:
         acc, gain = r["acc_aug"], r["gain_points"]
         mixing = rc["mixing"] + (f" (w {rc['synthetic_weight']:g})" if rc["mixing"] == "separate" else "")
         lines.append(
-            f"| {name} | {rc['source']} | {rc['cond_scale']:g} | {rc['eta']:g} | {rc['filter']} | {rc['m_per_k']:g} | "
+            f"| {name} | {rc['source']}{' ' + format(rc.get('strength', 0.5), 'g') if rc['source'] == 'sdedit' else ''} | {rc['cond_scale']:g} | {rc['eta']:g} | {rc['filter']} | {rc['m_per_k']:g} | "
             f"{mixing} | "
             f"{r['acceptance']['mean']:.2f} | {r['a_gen_kshot_recogniser']['mean']:.3f} | "
             f"{100 * acc['mean']:.1f} ± {100 * acc['std']:.1f} | {gain['mean']:+.1f} ± {gain['std']:.1f} |")

@@ -715,8 +715,10 @@ def evaluate_cmd(data_root, split_file, split_seed, model_path, decoder_path, pr
 @click.option("--k", "k", default=10, type=int, help="Real train images per user (the generator sees only these).")
 @click.option("--m", "m", default=None, type=int, help="Generated images per user added to the K real [default: --m_per_k x K].")
 @click.option("--m_per_k", "--m-per-k", "m_per_k", default=RECIPE.m_per_k, type=float, help="Generated images per real one (M/K).")
-@click.option("--source", type=click.Choice(["prior", "variations"]), default=RECIPE.source,
-              help="Generated images from the prior (user -> embedding) or as variations of the K real images.")
+@click.option("--source", type=click.Choice(["prior", "variations", "sdedit"]), default=RECIPE.source,
+              help="Generated images from the prior (user -> embedding), as variations of the K real images, or "
+                   "SDEdit of the K real images (noised --strength of the way, denoised with their own embedding).")
+@click.option("--strength", default=RECIPE.strength, type=float, help="SDEdit noise level of --source sdedit (0..1].")
 @click.option("--filter", "filter_", type=click.Choice(["none", "recogniser"]), default=RECIPE.filter,
               help="Keep samples that a recogniser trained on the same K real images gives their user.")
 @click.option("--min_confidence", "--min-confidence", "min_confidence", default=RECIPE.min_confidence, type=float,
@@ -741,7 +743,7 @@ def evaluate_cmd(data_root, split_file, split_seed, model_path, decoder_path, pr
 @click.option("--output_dir", "--output-dir", "output_dir", default="./augment_eval", type=click.Path(path_type=str),
               help="Folder for augment.json, augment.md and the generators' runs.")
 @click.option("--progress/--no-progress", default=True, help="Show progress bars.")
-def augment_eval_cmd(data_root, split_file, split_seed, image_size, colormap, k, m, m_per_k, source, filter_,
+def augment_eval_cmd(data_root, split_file, split_seed, image_size, colormap, k, m, m_per_k, source, strength, filter_,
                      min_confidence, mixing, synthetic_weight, cond_scale, prior_cond_scale, seeds, generator, clip_steps,
                      decoder_steps, prior_steps, sample_steps, sampler, eta, recogniser_steps, output_dir, progress):
     """Augmentation gain: recognisers trained on K real images per user vs K real + M generated
@@ -754,11 +756,11 @@ def augment_eval_cmd(data_root, split_file, split_seed, image_size, colormap, k,
     from .evaluate import RecogniserTrainConfig, _plain_floats
     from .recipe import AugmentRecipe
 
-    recipe = AugmentRecipe(name="cli", source=source, m_per_k=m_per_k, cond_scale=cond_scale,
+    recipe = AugmentRecipe(name="cli", source=source, strength=strength, m_per_k=m_per_k, cond_scale=cond_scale,
                            prior_cond_scale=prior_cond_scale, eta=eta, filter=filter_, min_confidence=min_confidence,
                            mixing=mixing, synthetic_weight=synthetic_weight)
-    if source == "variations" and generator != "two_stage":
-        raise UserError("--source variations needs --generator two_stage (variations decode embeddings of real images).")
+    if source != "prior" and generator != "two_stage":
+        raise UserError(f"--source {source} needs --generator two_stage (it decodes embeddings of the real images).")
 
     try:
         seed_list = [int(s) for s in seeds.replace(" ", "").split(",") if s]

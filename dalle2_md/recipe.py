@@ -25,7 +25,7 @@ from .utils import UserError
 
 # torch is imported inside the functions: the command line reads AugmentRecipe's defaults for --help
 
-SOURCES = ("prior", "variations")
+SOURCES = ("prior", "variations", "sdedit")
 MIXING = ("separate", "concat", "pretrain")
 RECIPE_FILTERS = ("none", "recogniser")
 
@@ -37,7 +37,10 @@ class AugmentRecipe:
     Args:
         name: row name in reports.
         source: "prior" (user -> prior -> decoder) or "variations" (the embeddings of the real
-            K-shot images, decoded from fresh noise: DALL-E 2's image variations).
+            K-shot images, decoded from fresh noise: DALL-E 2's image variations) or "sdedit"
+            (each K-shot image noised `strength` of the way into the schedule and denoised with
+            its own embedding: the real image's coarse layout, new detail).
+        strength: SDEdit noise level in (0, 1]; read only by source "sdedit".
         m_per_k: generated images per user = round(m_per_k * K).
         cond_scale, prior_cond_scale: decoder / prior classifier-free guidance.
         eta: DDIM eta (0 deterministic; 1 ancestral).
@@ -55,6 +58,7 @@ class AugmentRecipe:
 
     name: str = "default"
     source: str = "prior"
+    strength: float = 0.5
     m_per_k: float = 3.0
     cond_scale: float = 3.0
     prior_cond_scale: float = 1.0
@@ -70,6 +74,8 @@ class AugmentRecipe:
                                      (self.filter, RECIPE_FILTERS, "filter")):
             if value not in allowed:
                 raise UserError(f"recipe {what} {value!r} is not one of {', '.join(allowed)}")
+        if not 0.0 < self.strength <= 1.0:
+            raise UserError(f"recipe {self.name}: strength must lie in (0, 1], got {self.strength}")
         if self.m_per_k <= 0 or self.oversample < 1:
             raise UserError(f"recipe {self.name}: m_per_k must be > 0 and oversample >= 1")
 
@@ -99,14 +105,18 @@ def _candidates(model, recipe: AugmentRecipe, budget, users, shot, count: int, s
     budget = replace(budget, cond_scale=recipe.cond_scale, prior_cond_scale=recipe.prior_cond_scale, eta=recipe.eta)
     if recipe.source == "prior":
         return generate(model, users, count, seed=seed, budget=budget)
-    from .variations import variations_of
+    from .variations import sdedit, variations_of
 
     images, ids = [], []
     for u in users:
         own = shot[0][shot[1] == u]
         per_image = math.ceil(count / len(own))
-        x = variations_of(model, own, n=per_image, seed=seed + 7919 * u, cond_scale=recipe.cond_scale,
-                          steps=budget.sample_steps)[:count]
+        common = dict(n=per_image, seed=seed + 7919 * u, cond_scale=recipe.cond_scale, steps=budget.sample_steps,
+                      eta=recipe.eta)
+        if recipe.source == "sdedit":
+            x = sdedit(model, own, strength=recipe.strength, **common)[:count]
+        else:
+            x = variations_of(model, own, **common)[:count]
         images.append(x.cpu())  # variations_of returns model space, [-1, 1]
         ids.append(torch.full((len(x),), u, dtype=torch.long))
     return torch.cat(images), torch.cat(ids)
@@ -115,7 +125,8 @@ def _candidates(model, recipe: AugmentRecipe, budget, users, shot, count: int, s
 def sampling_key(recipe: AugmentRecipe) -> tuple:
     """Recipes with the same key draw the same candidates (sample j of user u depends only on
     the seed, u and j), so one draw of the largest count serves them all."""
-    return (recipe.source, recipe.cond_scale, recipe.prior_cond_scale, recipe.eta)
+    strength = recipe.strength if recipe.source == "sdedit" else None
+    return (recipe.source, strength, recipe.cond_scale, recipe.prior_cond_scale, recipe.eta)
 
 
 def candidates_needed(recipe: AugmentRecipe, k: int) -> int:
