@@ -364,6 +364,25 @@ def summarise_seeds(per_seed: list[dict], recipes: Sequence, *, num_users: int) 
     }
 
 
+GRID_USERS, GRID_REAL, GRID_FAKE = 6, 4, 8
+
+
+def _save_recipe_grid(shot, fake, path: Path, *, colormap: str | None) -> Path | None:
+    """One row per user (the first GRID_USERS): GRID_REAL of its K real images, then GRID_FAKE of
+    the recipe's synthetic ones, so a person can see whether the samples keep the user."""
+    from .data import save_image_grid
+
+    rows = []
+    for u in sorted(torch.unique(shot[1]).tolist())[:GRID_USERS]:
+        real, gen = shot[0][shot[1] == u][:GRID_REAL], fake[0][fake[1] == u][:GRID_FAKE]
+        pad = torch.full((GRID_REAL + GRID_FAKE - len(real) - len(gen), *shot[0].shape[1:]), -1.0)
+        rows.append(torch.cat([real, gen.to(real.dtype), pad]))
+    if not rows:
+        return None
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return save_image_grid(torch.cat(rows), path, nrow=GRID_REAL + GRID_FAKE, colormap=colormap, min_tile=64)
+
+
 def _one_seed(images, user_ids, test, *, seed, k, recipes, num_users, generator, budget, recogniser_train,
               recogniser_shape, work_dir, label_map, colormap, progress, log) -> dict:
     """One repetition: K-shot pick, one generator, the real-only recogniser, then every recipe."""
@@ -399,6 +418,7 @@ def _one_seed(images, user_ids, test, *, seed, k, recipes, num_users, generator,
         drawn = draw_synthetic(gen.model, recipe, budget, shot, seed=seed, filter_recogniser=rec_real,
                                candidates=pools[key])
         fake = (drawn["images"], drawn["user_ids"])
+        _save_recipe_grid(shot, fake, work_dir / f"seed_{seed}" / f"grid_{recipe.name}.png", colormap=colormap)
         t2 = time.perf_counter()
         rec_aug = train_augmented(recipe, shot, fake, num_users=num_users, train_config=rec_cfg, config=shape)
         acc_aug, per_aug = accuracy(rec_aug, *test)
