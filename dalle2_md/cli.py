@@ -47,7 +47,8 @@ def inspect_data(data_root, image_size, colormap, num_users, split_file, split_s
     """
     import warnings
 
-    from .data import MicroDopplerDataset, resolve_split
+    from .dataset import MicroDopplerDataset
+    from .splits import resolve_split
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")

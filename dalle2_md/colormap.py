@@ -63,26 +63,34 @@ def scalar_to_rgb(values: np.ndarray, name: str = "jet") -> np.ndarray:
 
 
 def rgb_to_scalar(rgb: np.ndarray, name: str = "jet") -> tuple[np.ndarray, float]:
-    """Invert a colormap: uint8 RGB (..., 3) -> (scalars in [0, 1] of shape (...), residual).
+    """Invert a colormap: RGB (..., 3) -> (float32 scalars in [0, 1] of shape (...), residual).
 
-    The residual is the mean RGB distance (0-255) between each pixel and the colour its scalar
-    maps back to: about 0 for colormap images, large for anything else.
+    The one colormap inversion of the package (the data loader, the generated-folder reader and
+    the kinematics all come here). The residual is the mean RGB distance (0-255) between each
+    pixel and the colour its scalar maps back to: about 0 for colormap images, large for
+    anything else.
 
     Args:
-        rgb: uint8 or float array in [0, 255] whose last axis is RGB.
+        rgb: uint8 array whose last axis is RGB; float arrays in [0, 255] are rounded to 8 bits.
         name: matplotlib colormap name.
     """
     rgb = np.asarray(rgb)
     if rgb.shape[-1] != 3:
         raise ValueError(f"expected an RGB array with last axis 3, got shape {rgb.shape}")
+    pixels = rgb.reshape(-1, 3)
+    if pixels.dtype != np.uint8:
+        pixels = np.clip(np.rint(pixels), 0, 255).astype(np.uint8)
+    # a spectrogram holds at most a few hundred distinct colours: solve once per colour, found
+    # by packing each pixel into one int (np.unique over rows is far slower)
+    packed = (pixels[:, 0].astype(np.int32) << 16) | (pixels[:, 1].astype(np.int32) << 8) | pixels[:, 2]
+    uniq, inverse, counts = np.unique(packed, return_inverse=True, return_counts=True)
+    seen = np.stack([(uniq >> 16) & 255, (uniq >> 8) & 255, uniq & 255], axis=-1).astype(np.float32)
     colours, index_of = _distinct_colours(name)
-    flat = rgb.reshape(-1, 3)
-    # spectrograms hold few distinct colours: solve once per colour
-    seen, inverse = np.unique(flat.astype(np.uint8), axis=0, return_inverse=True)
-    idx = _nearest(seen.astype(np.float32), colours)[inverse.reshape(-1)]
-    residual = float(np.linalg.norm(colours[idx] - flat.astype(np.float32), axis=1).mean())
-    scalars = (index_of[idx] / (LUT_SIZE - 1)).reshape(rgb.shape[:-1])
-    return scalars, residual
+    nearest = _nearest(seen, colours)
+    distance = np.linalg.norm(colours[nearest] - seen, axis=1)
+    residual = float((distance * counts).sum() / max(int(counts.sum()), 1))
+    scalars = (index_of[nearest] / (LUT_SIZE - 1))[inverse.reshape(-1)]
+    return scalars.reshape(rgb.shape[:-1]).astype(np.float32), residual
 
 
 def check_colormap_residual(residual: float, source: str, name: str = "jet") -> None:

@@ -31,7 +31,7 @@ import torch
 
 from .defaults import DEFAULTS
 from .evaluate import KINEMATIC_FIELDS, RecogniserTrainConfig, cached_recogniser, read_kinematics_batch, to_scalar_images, train_recogniser
-from .synth import LAYOUTS, layout_relpath
+from .synth import WRITE_LAYOUTS, layout_relpath
 from .utils import UserError, atomic_write, exists
 
 FILTERS = ("none", "recogniser", "kinematic", "both")
@@ -338,7 +338,7 @@ def _write_summary(out: Path, journal: Path, settings: dict, filter_info: dict, 
                         flat_entries.append({"filename": Path(r["file"]).name, "user_id": r["user_number"]})
         f.write("\n]}\n")
     if layout == "flat":
-        from .data import METADATA_FILE
+        from .scanning import METADATA_FILE
 
         with atomic_write(out / METADATA_FILE, "w") as f:
             json.dump(flat_entries, f, indent=1)
@@ -429,13 +429,13 @@ def curate_dataset(
     """
     from tqdm import tqdm
 
-    from .data import to_display_rgb
+    from .display import colourise, write_png
 
     if num_samples_per_user < 1 or batch_size < 1:
         raise UserError(f"--num_samples_per_user and --batch_size must be at least 1 (got {num_samples_per_user}, {batch_size}).")
     layout = layout or default_layout(label_map)
-    if layout not in LAYOUTS:
-        raise UserError(f"unknown layout {layout!r}: use one of {', '.join(LAYOUTS)}")
+    if layout not in WRITE_LAYOUTS:
+        raise UserError(f"unknown layout {layout!r}: use one of {', '.join(WRITE_LAYOUTS)}")
     cap = max_draws_per_user if exists(max_draws_per_user) else 10 * num_samples_per_user
     if cap < num_samples_per_user:
         raise UserError(f"--max_draws_per_user ({cap}) is below --num_samples_per_user ({num_samples_per_user}).")
@@ -461,7 +461,7 @@ def curate_dataset(
         while p.kept < num_samples_per_user and p.drawn < cap:
             indices = list(range(p.drawn, min(p.drawn + batch_size, cap)))
             images, scores, passed = _judge_block(generate_fn, filter_fn, user, indices, seed)
-            rgb = to_display_rgb(images, colormap)
+            rgb = colourise((images + 1) / 2, colormap)  # images in [-1, 1]
             records = []
             for j, index in enumerate(indices):
                 if p.kept >= num_samples_per_user:
@@ -469,7 +469,7 @@ def curate_dataset(
                 status = "kept" if passed[j] else "dropped"
                 rel = sample_relpath(layout, label_map, user, index) if status == "kept" else None
                 if rel is not None:
-                    _save_rgb(rgb[j], out / rel)
+                    write_png(rgb[j], out / rel)
                     p.kept += 1
                     bar.update(1)
                 records.append({"file": rel, "user": label, "user_number": label_map.ids[user], "user_index": user,
@@ -538,18 +538,11 @@ def _plain(v):
     return v.item() if isinstance(v, np.generic) else v
 
 
-def _save_rgb(rgb: np.ndarray, path: Path) -> None:
-    from PIL import Image
-
-    with atomic_write(path) as f:
-        Image.fromarray(rgb).save(f, format="PNG")
-
-
 def train_split_tensors(data_root, *, image_size: int, colormap: str | None, label_map: dict | None,
                         split_file: str | Path | None, split_seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     """The train split only (the images the generator saw) of a data root, as model-space tensors
     with the generator's class indices: what the filters are fitted on."""
-    from .data import MicroDopplerDataset
+    from .dataset import MicroDopplerDataset
 
     if exists(split_file) and not Path(split_file).is_file():
         raise UserError(f"split file {split_file} does not exist; pass the split.json of the generator's training run "

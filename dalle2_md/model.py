@@ -21,7 +21,6 @@ from torch import nn
 
 from .bundle import load_bundle, save_bundle
 from .clip import ClipConfig, MicroDopplerClip
-from .colormap import scalar_to_rgb
 from .decoder import DecoderConfig, MicroDopplerDecoder
 from .prior import PriorConfig, UserConditionedDiffusionPrior
 from .sampling import DEFAULTS, keyed_generators, randn
@@ -55,7 +54,7 @@ def user_labels(label_map: dict | None, user_indices: Sequence[int]) -> list[str
     label map is known. These name a user in the noise keys (see module docstring)."""
     if not exists(label_map):
         return [str(int(u)) for u in user_indices]
-    from .data import LabelMap
+    from .labels import LabelMap
 
     lm = LabelMap.from_dict(label_map)
     return [lm.name_of(int(u)) for u in user_indices]
@@ -130,7 +129,7 @@ class MicroDopplerDALLE2(nn.Module):
         """Contiguous index of a user given by its original label ("ID_5", "5", 5) when a label
         map is known, else by index. Unknown users raise a UserError listing the valid ones."""
         if exists(self.label_map):
-            from .data import LabelMap
+            from .labels import LabelMap
 
             return LabelMap.from_dict(self.label_map).index_of(label)
         try:
@@ -286,8 +285,9 @@ class MicroDopplerDALLE2(nn.Module):
         """Scalar images (B, 1, H, W) in [0, 1] -> RGB through the colormap; RGB passes through."""
         if images.shape[1] != 1 or self.colormap == "none":
             return images
-        rgb = scalar_to_rgb(images[:, 0].cpu().numpy(), self.colormap)
-        return torch.from_numpy(rgb).permute(0, 3, 1, 2).float().div(255.0).to(images.device)
+        from .display import as_image_tensor, colourise
+
+        return as_image_tensor(colourise(images, self.colormap)).to(images.device)
 
     @staticmethod
     def to_pil(images: torch.Tensor) -> list:

@@ -55,11 +55,14 @@ from pathlib import Path
 
 import numpy as np
 
-from .colormap import scalar_to_rgb
+from .display import colourise, tile_grid
 from .utils import UserError
 
 SPEED_OF_LIGHT = 299_792_458.0
-LAYOUTS = ("hierarchical", "kaggle", "flat")
+# folder layouts the simulator (and curate) write: "kaggle" is hierarchical with ID_<n+1>
+# folders; the layouts a data root is read in are labels.DATA_LAYOUTS
+WRITE_LAYOUTS = ("hierarchical", "kaggle", "flat")
+LAYOUTS = WRITE_LAYOUTS  # the old name (issue 11)
 
 # Winter's segment lengths as fractions of body height H.
 HIP_HEIGHT = 0.53
@@ -594,8 +597,8 @@ def layout_relpath(layout: str, user_number: int, index: int, *, folder: str | N
     `user_<n>/image_001.png`, `ID_<n>/image_001.png` or `images/user<n>_001.png`; `folder`
     replaces the user folder's name in the two folder layouts (to keep a data set's own names).
     Shared by the simulator and the curated generated sets (`curate`)."""
-    if layout not in LAYOUTS:
-        raise UserError(f"unknown layout {layout!r}: use one of {', '.join(LAYOUTS)}")
+    if layout not in WRITE_LAYOUTS:
+        raise UserError(f"unknown layout {layout!r}: use one of {', '.join(WRITE_LAYOUTS)}")
     if layout == "flat":
         return f"images/user{user_number}_{index + 1:03d}.png"
     folder = folder or (f"user_{user_number}" if layout == "hierarchical" else f"ID_{user_number}")
@@ -614,24 +617,25 @@ CONTACT_LABEL_WIDTH = 56
 
 
 def contact_sheet(rows: list[list[np.ndarray]], labels: list[str], *, tile: int) -> "Image.Image":
-    """Grid of RGB tiles, one row per user with its label on the left.
+    """Grid of RGB tiles (display.tile_grid), one row per user with its label on the left.
 
     Height is len(rows) * (tile + CONTACT_PAD) + CONTACT_PAD pixels."""
     from PIL import Image, ImageDraw
 
-    cols = max(len(r) for r in rows)
-    width = CONTACT_LABEL_WIDTH + cols * (tile + CONTACT_PAD) + CONTACT_PAD
-    height = len(rows) * (tile + CONTACT_PAD) + CONTACT_PAD
-    sheet = Image.new("RGB", (width, height), (255, 255, 255))
+    def fit(rgb: np.ndarray) -> np.ndarray:
+        im = Image.fromarray(rgb)
+        return rgb if im.size == (tile, tile) else np.asarray(im.resize((tile, tile), Image.NEAREST))
+
+    cols = max(1, max(len(r) for r in rows))
+    blank = np.full((tile, tile, 3), 255, dtype=np.uint8)  # short rows end in white
+    tiles = np.stack([fit(rgb) for row in rows for rgb in list(row) + [blank] * (cols - len(row))])
+    grid = tile_grid(tiles, nrow=cols, padding=CONTACT_PAD)
+    sheet = Image.new("RGB", (CONTACT_LABEL_WIDTH + grid.shape[1], grid.shape[0]), (255, 255, 255))
+    # the grid's left margin lies in the label column, so the tiles start at CONTACT_LABEL_WIDTH
+    sheet.paste(Image.fromarray(grid), (CONTACT_LABEL_WIDTH - CONTACT_PAD, 0))
     draw = ImageDraw.Draw(sheet)
-    for r, (row, label) in enumerate(zip(rows, labels)):
-        y = CONTACT_PAD + r * (tile + CONTACT_PAD)
-        draw.text((4, y + tile // 2 - 5), label, fill=(0, 0, 0))
-        for c, rgb in enumerate(row):
-            im = Image.fromarray(rgb)
-            if im.size != (tile, tile):
-                im = im.resize((tile, tile), Image.NEAREST)
-            sheet.paste(im, (CONTACT_LABEL_WIDTH + c * (tile + CONTACT_PAD), y))
+    for r, label in enumerate(labels):
+        draw.text((4, CONTACT_PAD + r * (tile + CONTACT_PAD) + tile // 2 - 5), label, fill=(0, 0, 0))
     return sheet
 
 
@@ -675,8 +679,8 @@ def synthesize_dataset(
     images_per_user = prof.images_per_user if images_per_user is None else images_per_user
     image_size = prof.image_size if image_size is None else image_size
     layout = prof.layout if layout is None else layout
-    if layout not in LAYOUTS:
-        raise UserError(f"unknown layout {layout!r}: use one of {', '.join(LAYOUTS)}")
+    if layout not in WRITE_LAYOUTS:
+        raise UserError(f"unknown layout {layout!r}: use one of {', '.join(WRITE_LAYOUTS)}")
     if images_per_user < 1:
         raise UserError(f"images_per_user must be at least 1, got {images_per_user}")
     out = Path(out_dir)
@@ -689,7 +693,7 @@ def synthesize_dataset(
     for user, i in tqdm(jobs, desc="synth", unit="img", disable=not progress):
         rng = sample_rng(seed, user.user_id, i)
         img, truth = simulate_spectrogram(user, rng, image_size=image_size, radar=radar, variation=prof.variation)
-        rgb = scalar_to_rgb(img, "jet")
+        rgb = colourise(img[None], "jet")[0]  # (H, W) in [0, 1] -> (H, W, 3) uint8
         rel = _relative_path(layout, user.user_id, i)
         path = out / rel
         path.parent.mkdir(parents=True, exist_ok=True)

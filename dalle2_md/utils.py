@@ -1,13 +1,17 @@
-"""Small helpers shared by every stage: existence defaults, seeding, user-facing errors,
-atomic file writes and the package-version stamp that goes into every saved artefact."""
+"""Small helpers shared by every stage: existence defaults, seeding, user-facing errors, the one
+rule for reading stored configs (`checked_fields`), short listings for messages, atomic file
+writes and the package-version stamp that goes into every saved artefact."""
 
 from __future__ import annotations
 
 import os
 import random
 import tempfile
+from collections.abc import Iterable, Mapping
 from contextlib import contextmanager
+from dataclasses import fields
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -41,6 +45,43 @@ class DataError(UserError):
 
 class BundleError(UserError):
     """A saved model file is missing, damaged, or of the wrong kind."""
+
+
+def checked_fields(cls, d: Any, *, what: str, retired: Iterable[str] = (),
+                   error: type[UserError] = BundleError) -> dict:
+    """The entries of a stored dict that are fields of dataclass `cls`: the one rule every
+    `from_dict` follows.
+
+    A key the class does not know is refused with one message naming it (the file was written by
+    a newer dalle2-md, or is damaged); keys in `retired` (fields older versions wrote and this
+    one no longer reads) are dropped quietly, so old bundles still load. Missing keys are left
+    to the dataclass defaults.
+
+    Args:
+        cls: the dataclass to rebuild.
+        d: the stored dict.
+        what: what the dict is, for the message ("decoder config", "label map in model.pt").
+        retired: keys to drop without complaint.
+        error: the UserError subclass to raise (BundleError for saved models).
+    """
+    if not isinstance(d, Mapping):
+        raise error(f"{what} is malformed: expected a JSON object, got {type(d).__name__}")
+    known = [f.name for f in fields(cls)]
+    unknown = sorted(set(d) - set(known) - set(retired))
+    if unknown:
+        raise error(
+            f"{what} has unknown keys {unknown} (this dalle2-md reads {known}); it was written by a newer "
+            "dalle2-md or is damaged: upgrade dalle2-md or re-create the file"
+        )
+    return {k: v for k, v in d.items() if k in known}
+
+
+def short_list(items: Iterable[Any], limit: int = 8) -> str:
+    """"a, b, c, ... (N more)": a listing for messages that stays one line."""
+    items = [str(i) for i in items]
+    if len(items) <= limit:
+        return ", ".join(items)
+    return ", ".join(items[:limit]) + f", ... ({len(items) - limit} more)"
 
 
 def seed_everything(seed: int) -> None:

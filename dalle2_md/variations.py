@@ -169,7 +169,7 @@ def read_image(path: str | Path, *, image_size: int, colormap: str | None, resiz
     """
     from PIL import Image, UnidentifiedImageError
 
-    from .data import _decode, _normalise_colormap
+    from .dataset import _decode, _normalise_colormap
 
     path = Path(path)
     if not path.is_file():
@@ -222,9 +222,7 @@ def write_variations(model, image_paths: Sequence[str | Path], output_dir: str |
     Returns:
         {"images": [paths], "grids": [paths]}
     """
-    from .data import save_image_grid, to_display_rgb
-    from .workflows import GRID_MIN_TILE
-    from .curate import _save_rgb
+    from .display import GRID_MIN_TILE, colourise, save_grid, write_png
 
     c = model.decoder.config
     out = Path(output_dir)
@@ -237,10 +235,10 @@ def write_variations(model, image_paths: Sequence[str | Path], output_dir: str |
             made = variations_of(model, real, n, seed, cond_scale=cond_scale, steps=steps, eta=eta, sampler=sampler)
             kind = "variation"
         stem = Path(path).stem
-        for j, rgb in enumerate(to_display_rgb(made, model.colormap)):
+        for j, rgb in enumerate(colourise((made + 1) / 2, model.colormap)):  # [-1, 1] -> [0, 1]
             target = out / f"{stem}_{kind}_{j:03d}.png"
-            _save_rgb(rgb, target)
+            write_png(rgb, target)
             written.append(target)
-        grids.append(save_image_grid(torch.cat([real, made]), out / f"{stem}_grid.png", nrow=n + 1,
-                                     colormap=model.colormap, min_tile=GRID_MIN_TILE))
+        grids.append(save_grid((torch.cat([real, made]) + 1) / 2, out / f"{stem}_grid.png", nrow=n + 1,
+                               colormap=model.colormap, min_tile=GRID_MIN_TILE))
     return {"images": written, "grids": grids}

@@ -119,6 +119,15 @@ def test_label_map_id_1_to_31_and_round_trip(tmp_path):
         lm.name_of(31)
 
 
+def test_label_map_file_with_an_unknown_key_is_refused_naming_it(tmp_path):
+    path = tmp_path / "label_map.json"
+    path.write_text(json.dumps({**LabelMap.from_ids([3, 1]).to_dict(), "colours": ["red"]}))
+    with pytest.raises(DataError, match=r"label_map.json: label map has unknown keys \['colours'\]"):
+        LabelMap.load(path)
+    with pytest.raises(DataError, match="label map is malformed: expected a JSON object, got list"):
+        LabelMap.from_dict(["ID_1"])
+
+
 def test_label_map_non_contiguous_ids(tmp_path):
     make_hier(tmp_path, ["ID_7", "ID_1"], per_user=2)
     ds = MicroDopplerDataset(tmp_path, image_size=16)
@@ -229,7 +238,7 @@ def test_split_reproducible_disjoint_saved_and_reused(tmp_path, caplog):
     make_hier(data, ["user_3"], per_user=3)
     make_hier(data, ["user_4"], per_user=2)
     index = scan_data_root(data)
-    with caplog.at_level(logging.WARNING, logger="dalle2_md.data"):
+    with caplog.at_level(logging.WARNING, logger="dalle2_md.splits"):
         a = make_split(index, seed=0)
     assert "user_4 (2)" in caplog.text  # small users go to train, and that is logged
     assert a == make_split(index, seed=0)
