@@ -1,6 +1,7 @@
 """dalle2-md: user-conditioned DALLE2-style generation of radar micro-Doppler gait spectrograms.
 
-Stages live one per module: `synth` (gait simulator), `data` (data sets, label maps, splits),
+Stages live one per module: `synth` (gait simulator), `labels`, `scanning`, `splits`, `dataset`
+(the data layer; `data` re-exports it), `display` (colourising, grids),
 `colormap`, `kinematics`, `clip` (embedding), `prior`, `decoder`, `model` (the chain),
 `training`, `evaluate`, `cli`.
 
