@@ -289,14 +289,6 @@ class MicroDopplerDALLE2(nn.Module):
 
         return as_image_tensor(colourise(images, self.colormap)).to(images.device)
 
-    @staticmethod
-    def to_pil(images: torch.Tensor) -> list:
-        """(B, C, H, W) in [0, 1] -> PIL images (RGB for 3 channels, L for 1)."""
-        from PIL import Image
-
-        arrays = (images.clamp(0, 1) * 255).round().byte().permute(0, 2, 3, 1).cpu().numpy()
-        return [Image.fromarray(a[..., 0] if a.shape[-1] == 1 else a) for a in arrays]
-
     # bundles
 
     def save(self, path: str | Path) -> Path:

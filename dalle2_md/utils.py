@@ -20,17 +20,6 @@ def exists(val):
     return val is not None
 
 
-def default(val, d):
-    if exists(val):
-        return val
-    return d() if callable(d) else d
-
-
-def cycle(loader):
-    while True:
-        yield from loader
-
-
 class UserError(Exception):
     """A problem the user can fix (bad data, wrong file, bad flag).
 
