@@ -74,7 +74,7 @@ __all__ = [
     "decoder_unet", "set_decoder_unet", "decoder_vae", "decoder_p_losses",
     "resize_cross_attention", "unet_conditioning_nulls", "unet_cond_dim", "vqgan_loss_terms",
     "image_tower", "image_latent", "text_latent", "logit_scale", "attach_visual_ssl",
-    "check_dependency_surface",
+    "check_dependency_surface", "installed_version",
 ]
 
 # the versions every function here was read against and tested with
@@ -231,7 +231,8 @@ def attach_visual_ssl(clip: CLIP, ssl: nn.Module) -> None:
 # --- the surface check ----------------------------------------------------------------------
 
 
-def _installed(package: str) -> str:
+def installed_version(package: str) -> str:
+    """The installed version of a distribution, or 'not installed'."""
     try:
         return version(package)
     except PackageNotFoundError:
@@ -331,25 +332,32 @@ def _has_path(obj, path: str) -> bool:
     return True
 
 
+def _decode_returns_three(vqgan: VQGanVAE) -> bool:
+    try:
+        out = vqgan.decode(vqgan.encode(torch.zeros(1, 1, 8, 8)), return_indices_and_loss=True)
+    except Exception:  # a changed signature or shape contract is the same finding
+        return False
+    return isinstance(out, tuple) and len(out) == 3
+
+
 def _check_instances() -> list[tuple[str, str, str]]:
     problems = []
     for cls, build in _tiny_instances().items():
         package, paths = _ATTRIBUTES[cls]
-        try:
-            with torch.random.fork_rng(devices=[]):
+        with torch.random.fork_rng(devices=[]):  # the caller's RNG stream stays as it was
+            try:
                 obj = build()
-        except Exception as e:  # any failure to build is itself the finding
-            problems.append((package, cls, f"cannot be built as compat.py builds it ({type(e).__name__}: {e})"))
-            continue
-        problems += [(package, f"{cls}().{path}", "is missing") for path in paths if not _has_path(obj, path)]
-        if cls == "Decoder" and not any(isinstance(m, ResnetBlock) and isinstance(m.cross_attn, CrossAttention)
-                                        for m in obj.modules()):
-            problems.append((package, "ResnetBlock.cross_attn", "holds no CrossAttention in a conditioned Unet"))
-        if cls == "VQGanVAE" and not problems:
-            out = obj.decode(obj.encode(torch.zeros(1, 1, 8, 8)), return_indices_and_loss=True)
-            if not (isinstance(out, tuple) and len(out) == 3):
-                problems.append((package, "VQGanVAE.decode(..., return_indices_and_loss=True)",
-                                 "no longer returns (fmap, indices, commit_loss)"))
+            except Exception as e:  # any failure to build is itself the finding
+                problems.append((package, cls, f"cannot be built as compat.py builds it ({type(e).__name__}: {e})"))
+                continue
+            missing = [(package, f"{cls}().{path}", "is missing") for path in paths if not _has_path(obj, path)]
+            if cls == "Decoder" and not any(isinstance(m, ResnetBlock) and isinstance(m.cross_attn, CrossAttention)
+                                            for m in obj.modules()):
+                missing.append((package, "ResnetBlock.cross_attn", "holds no CrossAttention in a conditioned Unet"))
+            if cls == "VQGanVAE" and not missing and not _decode_returns_three(obj):
+                missing.append((package, "VQGanVAE.decode(fmap, return_indices_and_loss=True)",
+                                "no longer returns (fmap, indices, commit_loss)"))
+        problems += missing
     return problems
 
 
@@ -363,7 +371,7 @@ def check_dependency_surface() -> list[str]:
     """
     found = _check_callables() + _check_instances()
     return [
-        f"{package} {_installed(package)}: {attribute} {what} (dalle2_md/compat.py was checked against "
+        f"{package} {installed_version(package)}: {attribute} {what} (dalle2_md/compat.py was checked against "
         f"{package} {CHECKED_AGAINST[package]}; update the function there that uses it)"
         for package, attribute, what in found
     ]

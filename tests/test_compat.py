@@ -18,7 +18,7 @@ def test_a_missing_method_is_named_with_package_and_version(monkeypatch):
     monkeypatch.delattr(NoiseScheduler, "predict_start_from_v")
     problems = compat.check_dependency_surface()
     assert len(problems) == 1, problems
-    installed = compat._installed("dalle2-pytorch")
+    installed = compat.installed_version("dalle2-pytorch")
     assert problems[0].startswith(f"dalle2-pytorch {installed}: ")
     assert "NoiseScheduler.predict_start_from_v is missing" in problems[0]
 
@@ -44,6 +44,13 @@ def test_a_changed_signature_is_named(monkeypatch):
     assert len(problems) == 1, problems
     assert "Decoder.p_losses signature changed" in problems[0]
     assert "is_latent_diffusion, learned_variance" in problems[0]
+
+
+def test_a_changed_return_value_is_named(monkeypatch):
+    decode = VQGanVAE.decode
+    monkeypatch.setattr(VQGanVAE, "decode", lambda self, fmap, return_indices_and_loss=False: decode(self, fmap))
+    problems = compat.check_dependency_surface()
+    assert len(problems) == 1 and "VQGanVAE.decode" in problems[0] and "no longer returns" in problems[0], problems
 
 
 def tiny_unet(cond_dim):
