@@ -18,6 +18,10 @@ dalle2-pytorch (module `dalle2_pytorch.dalle2_pytorch` unless named):
 - `DiffusionPrior.p_losses(image_embed, times, text_cond)` and `.noise_scheduler` (prior.py):
   the loss is called directly, because `DiffusionPrior.forward` scales its input in place and
   expects CLIP or text (`prior_p_losses`, `noise_scheduler_of`).
+- attributes `DiffusionPrior.__init__` sets that the subclass in prior.py reads as its own
+  (`image_embed_scale`, `image_embed_dim`, `sample_timesteps`, `predict_x_start`, `predict_v`,
+  `sampling_clamp_l2norm`, `sampling_final_clamp_l2norm`, `can_classifier_guidance`,
+  `l2norm_clamp_embed`): not wrapped, as they are the subclass's state, but checked below.
 - `NoiseScheduler.sample_random_times`, `.predict_start_from_noise`, `.predict_start_from_v`,
   `.alphas_cumprod` (prior.py, decoder.py, variations.py): our own samplers run on the
   library's schedule (`random_times`, `x_start_from_noise`, `x_start_from_v`, `alphas_cumprod`).
@@ -47,8 +51,8 @@ x-clip:
   tokens, not CLIP's diagonal, so it needs the towers' latents (`image_latent`, `text_latent`,
   `logit_scale`, `image_tower`).
 - `CLIP.visual_ssl` set after construction (clip.py): the SSL head acts on the image latent,
-  which CLIP only creates in its constructor; the attribute name keeps the bundles' weight keys
-  `clip.visual_ssl.*` (`attach_visual_ssl`).
+  whose projection CLIP creates in its constructor; the attribute name keeps the bundles'
+  weight keys `clip.visual_ssl.*` (`attach_visual_ssl`).
 - module `x_clip.visual_ssl`: `SimSiam` and `nt_xent_loss(queries, keys, temperature)`
   (clip.py), re-exported here.
 """
@@ -113,11 +117,14 @@ def random_times(scheduler: NoiseScheduler, batch: int) -> torch.Tensor:
     return scheduler.sample_random_times(batch)
 
 
-def x_start_from_noise(scheduler: NoiseScheduler, x_t: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+def x_start_from_noise(scheduler: NoiseScheduler, x_t: torch.Tensor, t: torch.Tensor,
+                       noise: torch.Tensor) -> torch.Tensor:
+    """The x_0 estimate from x_t and a predicted noise."""
     return scheduler.predict_start_from_noise(x_t, t=t, noise=noise)
 
 
 def x_start_from_v(scheduler: NoiseScheduler, x_t: torch.Tensor, t: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """The x_0 estimate from x_t and a predicted v (Salimans & Ho 2022, "Progressive Distillation")."""
     return scheduler.predict_start_from_v(x_t, t=t, v=v)
 
 
@@ -248,7 +255,8 @@ _CALLABLES = [
     ("dalle2-pytorch", "dalle2_pytorch", "Decoder.p_losses",
      {"unet", "x_start", "times", "image_embed", "noise_scheduler", "learned_variance", "is_latent_diffusion"}),
     ("dalle2-pytorch", "dalle2_pytorch.dalle2_pytorch", "NoiseScheduler.sample_random_times", {"batch"}),
-    ("dalle2-pytorch", "dalle2_pytorch.dalle2_pytorch", "NoiseScheduler.predict_start_from_noise", {"x_t", "t", "noise"}),
+    ("dalle2-pytorch", "dalle2_pytorch.dalle2_pytorch", "NoiseScheduler.predict_start_from_noise",
+     {"x_t", "t", "noise"}),
     ("dalle2-pytorch", "dalle2_pytorch.dalle2_pytorch", "NoiseScheduler.predict_start_from_v", {"x_t", "t", "v"}),
     ("dalle2-pytorch", "dalle2_pytorch.dalle2_pytorch", "CrossAttention.__init__",
      {"dim", "context_dim", "heads", "dim_head", "cosine_sim"}),
