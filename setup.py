@@ -16,13 +16,17 @@ setup(
     packages=find_packages(include=["dalle2_md", "dalle2_md.*"]),
     python_requires=">=3.10",
     install_requires=[
-        # the user's choice of stack
+        # the user's choice of stack. Lower bounds: the versions the suite passed with; upper: the
+        # next major, or the next minor for 0.x packages whose internals we read (dalle2_md/compat.py
+        # checks dalle2-pytorch's and x-clip's surface in tests/test_compat.py)
         "torch>=2.1",
+        "torchvision>=0.16",  # make_grid / save_image; 0.16 is the release paired with torch 2.1
         "dalle2-pytorch==1.15.6",
-        "accelerate>=0.25",
-        "torchmetrics>=1.0",
+        "accelerate>=1.15,<2",
+        "torchmetrics>=1.9,<2",
         "einops>=0.7",
-        "x-clip>=0.14",
+        "x-clip>=0.14.4,<0.15",
+        "ema-pytorch>=0.8.3,<0.9",
         "pillow>=10.0",
         "numpy>=1.24",
         "tensorboard>=2.14",

@@ -3,11 +3,10 @@ spectrogram with its user-ID token.
 
 Owns: `ClipConfig`, the spectrogram image encoder, spectrogram augmentations for x-clip's
 visual self-supervision, `MicroDopplerClip` (training loss, image / user embeddings, bundles),
-`MicroDopplerClipAdapter` (so dalle2-pytorch's `DiffusionPrior` and `Decoder` accept it as
-`clip=`), a short default trainer, and the on-disk cache of image embeddings.
+a short default trainer, and the on-disk cache of image embeddings. x-clip's towers and its SSL
+module are reached through `compat`.
 
-The "text" of a spectrogram is one token, `user_id + USER_TOKEN_OFFSET`; token 0 is padding
-(dalle2-pytorch's adapters treat id 0 as padding when masking text encodings).
+The "text" of a spectrogram is one token, `user_id + USER_TOKEN_OFFSET`; token 0 is padding.
 """
 
 from __future__ import annotations
@@ -20,25 +19,16 @@ from typing import Sequence
 
 import torch
 import torch.nn.functional as F
-from dalle2_pytorch.dalle2_pytorch import BaseClipAdapter, EmbeddedImage, EmbeddedText
 from einops import rearrange
 from torch import nn
 from x_clip import CLIP
-from x_clip.visual_ssl import SimSiam, nt_xent_loss
 
 from .bundle import load_bundle, save_bundle, state_fingerprint
+from .compat import SimSiam, attach_visual_ssl, image_latent, image_tower, logit_scale, nt_xent_loss, text_latent
 from .utils import BundleError, UserError, atomic_write, seed_everything
 
 USER_TOKEN_OFFSET = 1  # token 0 = padding
 PAD_TOKEN = 0
-
-# Floor for the within-user spread of image embeddings (`within_user_spread`): the mean L2
-# distance of a user's unit-norm embeddings to that user's centroid. Near 0 means every image of
-# a user maps to one point: the embedding then only says *who*, and the prior and decoder get no
-# per-sample variation to learn. Measured on the test suite's toy data (4 users, 20 px, 120
-# steps): 0.53-0.58 with the default "instance" SSL and 0.03 with no SSL (seeds 0-3), 0.05 with
-# x-clip's SimSiam (seed 0), all at 98-100 % user accuracy. 0.2 sits well clear of both sides.
-MIN_WITHIN_USER_SPREAD = 0.2
 
 # CLIP's temperature is learned as a log-scale; capped as in the CLIP paper (logit scale <= 100)
 # so it cannot grow without bound once users are separated.
@@ -64,7 +54,7 @@ class ClipConfig:
         text_enc_depth, text_heads, text_dim_head: size of x-clip's text transformer.
         use_visual_ssl: add visual self-supervision on the image latent.
         ssl_type: "instance" (SimCLR-style instance discrimination, x-clip's NT-Xent loss;
-            keeps within-user spread, see MIN_WITHIN_USER_SPREAD) or "simsiam" (x-clip's
+            keeps within-user spread, see tests/test_clip.py) or "simsiam" (x-clip's
             SimSiam; measured to keep little spread, as it does not push images apart).
         ssl_weight: weight of the SSL loss; the contrastive loss gets 1 - ssl_weight.
         ssl_dim, ssl_hidden: projector sizes of the SimSiam head.
@@ -302,7 +292,7 @@ class MicroDopplerClip(nn.Module):
             # x-clip's default augmentation is built for RGB photos (colour jitter, flips,
             # ImageNet normalisation); spectrograms get their own (see SpectrogramAugment).
             augment = SpectrogramAugment(time_crop=c.aug_time_crop, gain=c.aug_gain, noise=c.aug_noise)
-            net = _ImageLatent(self.clip.visual_transformer, self.clip.to_visual_latent)
+            net = _ImageLatent(*image_tower(self.clip))
             if c.ssl_type == "simsiam":
                 ssl = SimSiam(
                     net, image_size=c.image_size, channels=c.channels, hidden_layer=-1,
@@ -310,9 +300,7 @@ class MicroDopplerClip(nn.Module):
                 )
             else:
                 ssl = LatentInstanceContrast(net, augment=augment, temperature=c.ssl_temperature)
-            self.clip.visual_ssl = ssl
-            self.clip.use_visual_ssl = True
-            self.clip.image_ssl_loss_weight = c.ssl_weight
+            attach_visual_ssl(self.clip, ssl)
 
     # -- training ------------------------------------------------------------------------
 
@@ -338,7 +326,7 @@ class MicroDopplerClip(nn.Module):
         # SSL head can reuse the image latents instead of encoding the batch again
         text_latents = self.embed_users(all_users)                         # (U, d) unit norm
         image_latents, _ = self.encode_image(images)                       # (B, d) unit norm
-        scale = self.clip.temperature.exp().clamp(max=MAX_LOGIT_SCALE)
+        scale = logit_scale(self.clip).clamp(max=MAX_LOGIT_SCALE)
         logits = image_latents @ text_latents.t() * scale                # (B, U)
         image_to_user = F.cross_entropy(logits, user_ids)
 
@@ -383,17 +371,17 @@ class MicroDopplerClip(nn.Module):
         """(B, C, H, W) -> (unit-norm (B, dim_latent) embedding, (B, N, dim_image) encodings).
         Images of another size are resized to the model's image_size first."""
         self._check_inputs(images)
-        enc = self.clip.visual_transformer(self._resize(images))
-        return _l2norm(self.clip.to_visual_latent(enc[:, 0])), enc[:, 1:]
+        latent, encodings = image_latent(self.clip, self._resize(images))
+        return _l2norm(latent), encodings
 
     def encode_text(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(B, L) token ids -> (unit-norm (B, dim_latent) embedding, (B, L, dim_text)
         encodings with padding positions zeroed)."""
         tokens = tokens[..., : self.config.text_seq_len]
         mask = tokens != PAD_TOKEN
-        enc = self.clip.text_transformer(tokens, mask)                     # (B, 1 + L, dim_text)
-        encodings = enc[:, 1:].masked_fill(~rearrange(mask, "b l -> b l 1"), 0.0)
-        return _l2norm(self.clip.to_text_latent(enc[:, 0])), encodings
+        latent, encodings = text_latent(self.clip, tokens, mask)          # (B, d), (B, L, dim_text)
+        encodings = encodings.masked_fill(~rearrange(mask, "b l -> b l 1"), 0.0)
+        return _l2norm(latent), encodings
 
     def embed_image(self, images: torch.Tensor) -> torch.Tensor:
         """(B, C, H, W) spectrograms -> (B, dim_latent) unit-norm image embeddings."""
@@ -402,9 +390,6 @@ class MicroDopplerClip(nn.Module):
     def embed_users(self, user_ids: torch.Tensor) -> torch.Tensor:
         """(B,) user ids -> (B, dim_latent) unit-norm user-token embeddings."""
         return self.encode_text(user_tokens(user_ids, seq_len=self.config.text_seq_len))[0]
-
-    def adapter(self) -> "MicroDopplerClipAdapter":
-        return MicroDopplerClipAdapter(self)
 
     # -- files ---------------------------------------------------------------------------
 
@@ -436,45 +421,6 @@ class MicroDopplerClip(nn.Module):
         model.label_map = payload.get("label_map")
         model.meta = payload.get("meta") or {}
         return model.eval()
-
-
-# --- dalle2-pytorch adapter ----------------------------------------------------------------
-
-
-class MicroDopplerClipAdapter(BaseClipAdapter):
-    """Lets dalle2-pytorch's `DiffusionPrior` / `Decoder` use a `MicroDopplerClip` as `clip=`.
-
-    Same conventions as dalle2-pytorch's XClipAdapter: unit-norm embeddings, encodings
-    without the CLS token, text encodings zeroed at padding. "Text" is user tokens, see
-    `user_tokens`.
-    """
-
-    def __init__(self, clip: MicroDopplerClip, **overrides):
-        super().__init__(clip, **overrides)
-
-    @property
-    def dim_latent(self):
-        return self.clip.config.dim_latent
-
-    @property
-    def image_size(self):
-        return self.clip.config.image_size
-
-    @property
-    def image_channels(self):
-        return self.clip.config.channels
-
-    @property
-    def max_text_len(self):
-        return self.clip.config.text_seq_len
-
-    @torch.no_grad()
-    def embed_text(self, text):
-        return EmbeddedText(*self.clip.encode_text(text))
-
-    @torch.no_grad()
-    def embed_image(self, image):
-        return EmbeddedImage(*self.clip.encode_image(image))
 
 
 # --- training ------------------------------------------------------------------------------
@@ -525,22 +471,6 @@ def train_clip(
         opt.step()
         bar.set_postfix(loss=f"{loss.item():.3f}")
     return model.eval()
-
-
-def within_user_spread(embeds: torch.Tensor, user_ids: torch.Tensor) -> float:
-    """Mean over users of the mean distance of a user's embeddings to that user's centroid
-    (compare with MIN_WITHIN_USER_SPREAD; users with fewer than 2 images are skipped).
-
-    Args:
-        embeds: (N, d) unit-norm embeddings.
-        user_ids: (N,) user ids.
-    """
-    spreads = []
-    for u in torch.unique(user_ids):
-        e = embeds[user_ids == u]
-        if len(e) > 1:
-            spreads.append((e - e.mean(0)).norm(dim=-1).mean())
-    return float(torch.stack(spreads).mean()) if spreads else 0.0
 
 
 # --- embeddings and their cache ------------------------------------------------------------

@@ -10,11 +10,14 @@ precomputed `image_embed` tensors). What we add around them:
   `auto_normalize_img=False`, so it sees [-1, 1] pixels or raw latents throughout, and convert
   to [0, 1] ourselves at the very end of `sample`.
 - latents: `Decoder.forward` re-encodes every batch through the VQGAN. We call its `p_losses`
-  directly instead, so latent training can run on latents cached once (`encode_latents`), and
-  scale them to about unit variance (`latent_scale`, fitted once) as the diffusion assumes.
+  directly instead (`compat.decoder_p_losses`), so latent training can run on latents cached
+  once (`encode_latents`), and scale them to about unit variance (`latent_scale`, fitted once)
+  as the diffusion assumes.
 - cond_dim: when `cond_dim == image_embed_dim`, `Unet.image_to_tokens` turns into an identity
   and `forward` crashes (or, when the batch equals num_image_tokens, silently mixes samples).
   `unet_cond_dim` then widens cond_dim by 8 so the projection to tokens is always built.
+- every other reach into dalle2-pytorch internals (`unets[0]`, `vaes[0]`, the noise schedule, the
+  cross-attention resize, the guidance hooks' targets) goes through `compat`.
 - sampling: the shared samplers (`sampling`: DDIM, DPM-Solver++(2M)) with an explicit noise
   tensor, a seeded `torch.Generator` or one generator per image, so seeded samples are
   reproducible and the global RNG is never touched. Classifier-free guidance runs the
@@ -32,6 +35,10 @@ import torch
 from torch import nn
 
 from .bundle import load_bundle, save_bundle
+from .compat import (alphas_cumprod, decoder_p_losses, decoder_unet, decoder_vae, noise_scheduler_of,
+                     resize_cross_attention, set_decoder_unet, unet_conditioning_nulls,
+                     x_start_from_noise)
+from .compat import unet_cond_dim as widened_cond_dim
 from .sampling import Generators, randn, run_sampler
 from .utils import BundleError, UserError, exists
 from .vqgan import VQGanConfig, build_vqgan, encode_latents, load_vqgan, nearby_multiples
@@ -157,8 +164,7 @@ class DecoderConfig:
     @property
     def unet_cond_dim(self) -> int:
         """cond_dim as given to the Unet: never equal to image_embed_dim (see module docstring)."""
-        cond_dim = self.cond_dim if exists(self.cond_dim) else self.dim
-        return cond_dim + 8 if cond_dim == self.image_embed_dim else cond_dim
+        return widened_cond_dim(self.cond_dim if exists(self.cond_dim) else self.dim, self.image_embed_dim)
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -176,29 +182,6 @@ class DecoderConfig:
         if d.get("vqgan") is not None:
             d["vqgan"] = VQGanConfig.from_dict(d["vqgan"])
         return cls(**d)
-
-
-def _resize_cross_attention(unet: nn.Module, *, heads: int, dim_head: int) -> None:
-    """Give every ResnetBlock's cross-attention the U-Net's attention shape.
-
-    dalle2-pytorch builds them with its CrossAttention defaults (8 heads x 64 = 512 wide) at
-    every resolution but the first, whatever the U-Net's width: at dim 16 and 64 px those
-    layers alone took most of a training step on a CPU (a (16, 8, 1024, 64) attention at 32 px
-    for 32-channel features). Rebuilding them with `attn_heads` x `attn_dim_head` keeps the
-    conditioning path and sizes it to the network.
-    """
-    from dalle2_pytorch.dalle2_pytorch import CrossAttention, ResnetBlock
-
-    for block in unet.modules():
-        if isinstance(block, ResnetBlock) and block.cross_attn is not None:
-            old = block.cross_attn
-            block.cross_attn = CrossAttention(
-                dim=old.to_q.in_features,
-                context_dim=old.to_kv.in_features,
-                heads=heads,
-                dim_head=dim_head,
-                cosine_sim=old.cosine_sim,
-            )
 
 
 def guided_unet_forward(unet: nn.Module, x: torch.Tensor, t: torch.Tensor, image_embeds: torch.Tensor,
@@ -232,9 +215,7 @@ def guided_unet_forward(unet: nn.Module, x: torch.Tensor, t: torch.Tensor, image
             return torch.cat((output[:batch], null_rows), dim=0)
         return hook
 
-    handles = [unet.image_to_tokens.register_forward_hook(null_second_half(unet.null_image_embed))]
-    if exists(getattr(unet, "to_image_hiddens", None)):
-        handles.append(unet.to_image_hiddens.register_forward_hook(null_second_half(unet.null_image_hiddens)))
+    handles = [module.register_forward_hook(null_second_half(null)) for module, null in unet_conditioning_nulls(unet)]
     try:
         out = unet(torch.cat((x, x)), torch.cat((t, t)), image_embed=torch.cat((image_embeds, image_embeds)))
     finally:
@@ -289,18 +270,18 @@ class MicroDopplerDecoder(nn.Module):
             p2_loss_weight_gamma=config.p2_loss_weight_gamma,
         )
         # after Decoder(): it rebuilds its U-Nets from their constructor arguments
-        _resize_cross_attention(self.decoder.unets[0], heads=config.attn_heads, dim_head=config.attn_dim_head)
+        resize_cross_attention(decoder_unet(self.decoder), heads=config.attn_heads, dim_head=config.attn_dim_head)
         if config.backbone == "dit":
             # the transformer takes the U-Net's place; Decoder's loss and our sampler call it the same way
             from .dit import DiT
 
             channels, size, _ = self.diffused_shape
-            self.decoder.unets[0] = DiT(channels=channels, size=size, image_embed_dim=config.image_embed_dim,
-                                        dim=config.dim, depth=config.dit_depth, heads=config.attn_heads,
-                                        patch_size=config.dit_patch_size)
+            set_decoder_unet(self.decoder, DiT(channels=channels, size=size, image_embed_dim=config.image_embed_dim,
+                                               dim=config.dim, depth=config.dit_depth, heads=config.attn_heads,
+                                               patch_size=config.dit_patch_size))
         if config.use_vqgan:
             # the VQGAN is trained beforehand and stays frozen while the decoder trains
-            self.decoder.vaes[0].requires_grad_(False)
+            decoder_vae(self.decoder).requires_grad_(False)
         # latents are multiplied by this before diffusion and divided after; 1 until fitted
         self.register_buffer("latent_scale", torch.tensor(1.0))
         self.meta: dict = {}  # the bundle's meta after `load` (e.g. clip_fingerprint)
@@ -315,16 +296,16 @@ class MicroDopplerDecoder(nn.Module):
 
     @property
     def unet(self):
-        return self.decoder.unets[0]
+        return decoder_unet(self.decoder)
 
     @property
     def vqgan(self):
         """The VQGAN (dalle2-pytorch's eval copy inside `Decoder`), or None in pixel space."""
-        return self.decoder.vaes[0] if self.config.use_vqgan else None
+        return decoder_vae(self.decoder) if self.config.use_vqgan else None
 
     @property
     def noise_scheduler(self):
-        return self.decoder.noise_schedulers[0]
+        return noise_scheduler_of(self.decoder)
 
     @property
     def diffused_shape(self) -> tuple[int, int, int]:
@@ -395,15 +376,8 @@ class MicroDopplerDecoder(nn.Module):
         self._check_embeds(image_embeds, x_start.shape[0])
         image_embeds = self._noised_embeds(image_embeds)
         times = torch.randint(0, self.config.timesteps, (x_start.shape[0],), device=x_start.device)
-        return self.decoder.p_losses(
-            self.unet,
-            x_start,
-            times,
-            image_embed=image_embeds,
-            noise_scheduler=self.noise_scheduler,
-            learned_variance=self.config.learned_variance,
-            is_latent_diffusion=self.config.use_vqgan,
-        )
+        return decoder_p_losses(self.decoder, x_start, times, image_embed=image_embeds,
+                                learned_variance=self.config.learned_variance, is_latent_diffusion=self.config.use_vqgan)
 
     def _noised_embeds(self, image_embeds: torch.Tensor) -> torch.Tensor:
         std = self.config.embed_noise_std
@@ -485,7 +459,7 @@ class MicroDopplerDecoder(nn.Module):
         def model_fn(x, t):
             out = guided_unet_forward(unet, x, t, image_embeds, cond_scale)
             eps = out[:, : x.shape[1]]  # drop the variance half when learned_variance
-            x_start = scheduler.predict_start_from_noise(x, t=t, noise=eps)
+            x_start = x_start_from_noise(scheduler, x, t, eps)
             # pixels live in [-1, 1]; latents are unbounded
             return x_start if c.use_vqgan else x_start.clamp(-1.0, 1.0)
 
@@ -493,7 +467,7 @@ class MicroDopplerDecoder(nn.Module):
             sampler,
             model_fn,
             noise,
-            scheduler.alphas_cumprod,
+            alphas_cumprod(scheduler),
             timesteps if exists(timesteps) else c.sample_timesteps,
             eta=c.ddim_eta if eta is None else eta,
             generator=generator,

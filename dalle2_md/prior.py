@@ -4,7 +4,7 @@ Owns `PriorConfig`, the network `UserConditionedPriorNetwork`, the diffusion wra
 `UserConditionedDiffusionPrior` (training loss, guided few-step sampling, bundles) and uses
 the plain-function samplers of `sampling` (DDIM, DPM-Solver++(2M)). Both classes subclass
 dalle2-pytorch 1.15.6's `DiffusionPriorNetwork` / `DiffusionPrior`; the causal transformer,
-noise schedule and loss are theirs.
+noise schedule and loss are theirs (reached through `compat`).
 
 Why the stock prior trains slowly (measured on the 2-core CPU, dim 64, depth 4, heads 4,
 dim_head 16, batch 64, forward+backward+Adam, median of 8 steps):
@@ -43,12 +43,14 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 import torch
-from dalle2_pytorch.dalle2_pytorch import DiffusionPrior, DiffusionPriorNetwork
+from dalle2_pytorch import DiffusionPrior, DiffusionPriorNetwork
 from einops import repeat
 from einops.layers.torch import Rearrange
 from torch import nn
 
 from .bundle import load_bundle, save_bundle
+from .compat import (alphas_cumprod, noise_scheduler_of, null_text_tokens, prior_p_losses, random_times,
+                     replace_text_embed_projection, x_start_from_noise, x_start_from_v)
 from .sampling import Generators, randn, run_sampler
 from .utils import BundleError, UserError, exists
 
@@ -159,7 +161,7 @@ class UserConditionedPriorNetwork(DiffusionPriorNetwork):
         self.user_embed = nn.Embedding(num_users, dim * num_user_tokens)
         # the parent maps a dim-wide text embed to n tokens with a Linear; the table already
         # holds n tokens per user, so only the reshape is kept
-        self.to_text_embeds = Rearrange("b (n d) -> b n d", n=num_user_tokens)
+        replace_text_embed_projection(self, Rearrange("b (n d) -> b n d", n=num_user_tokens))
         # Identity when the widths agree: no new weights, so older bundles load unchanged
         self.width = dim
         project = exists(embed_dim) and embed_dim != dim
@@ -182,7 +184,7 @@ class UserConditionedPriorNetwork(DiffusionPriorNetwork):
 
     def null_tokens(self, batch: int) -> torch.Tensor:
         """The learned 'no user' tokens, flat like `user_tokens`: (batch, num_user_tokens * dim)."""
-        return repeat(self.null_text_embeds, "1 n d -> b (n d)", b=batch)
+        return repeat(null_text_tokens(self), "1 n d -> b (n d)", b=batch)
 
     def forward(
         self,
@@ -322,8 +324,8 @@ class UserConditionedDiffusionPrior(DiffusionPrior):
             raise ValueError(f"{user_ids.shape[0]} user ids for {image_embeds.shape[0]} embeddings")
         # out-of-place scaling: the parent's `image_embed *= scale` would change the caller's tensor
         scaled = image_embeds.to(self.device, torch.float32) * self.image_embed_scale
-        times = self.noise_scheduler.sample_random_times(scaled.shape[0])
-        return self.p_losses(scaled, times, text_cond=dict(user_ids=user_ids))
+        times = random_times(noise_scheduler_of(self), scaled.shape[0])
+        return prior_p_losses(self, scaled, times, text_cond=dict(user_ids=user_ids))
 
     # sampling
 
@@ -333,10 +335,10 @@ class UserConditionedDiffusionPrior(DiffusionPrior):
 
     def _x_start(self, x: torch.Tensor, t: torch.Tensor, pred: torch.Tensor) -> torch.Tensor:
         if self.predict_v:
-            return self.noise_scheduler.predict_start_from_v(x, t=t, v=pred)
+            return x_start_from_v(noise_scheduler_of(self), x, t, pred)
         if self.predict_x_start:
             return pred
-        return self.noise_scheduler.predict_start_from_noise(x, t=t, noise=pred)
+        return x_start_from_noise(noise_scheduler_of(self), x, t, pred)
 
     @torch.no_grad()
     def sample(
@@ -404,7 +406,7 @@ class UserConditionedDiffusionPrior(DiffusionPrior):
             noise = randn(shape, generator, self.device)
         try:
             x = run_sampler(
-                sampler, model_fn, noise, self.noise_scheduler.alphas_cumprod, timesteps,
+                sampler, model_fn, noise, alphas_cumprod(noise_scheduler_of(self)), timesteps,
                 eta=eta, generator=generator, callback=callback,
             )
         finally:

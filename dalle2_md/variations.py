@@ -144,7 +144,9 @@ def sdedit(model, images: torch.Tensor, strength: float = 0.5, seed: int = 0, *,
     x_start = x_start.repeat_interleave(n, dim=0)
     gens = _generators(seed, len(images), n)
     noise = randn(x_start.shape, gens, x.device)
-    a_t = decoder.noise_scheduler.alphas_cumprod[times[0]].float().to(x.device)
+    from .compat import alphas_cumprod  # here: importing this module must not load dalle2-pytorch
+
+    a_t = alphas_cumprod(decoder.noise_scheduler)[times[0]].float().to(x.device)
     x_t = a_t.sqrt() * x_start + (1 - a_t).sqrt() * noise  # q(x_t | x_0)
     # DDIM over the explicit remaining times; the generators go on to the per-step noise (eta > 0)
     out = [decoder.sample(embeds[s:s + batch_size], cond_scale=cond_scale, timesteps=times, noise=x_t[s:s + batch_size],

@@ -8,8 +8,8 @@ Why no perceptual or GAN loss: `VQGanVAE(use_vgg_and_gan=True)` builds torchvisi
 `pretrained=True`, which downloads ImageNet weights (there is no internet where this runs, and
 ImageNet features say little about spectrograms). We build it with `use_vgg_and_gan=False` and
 train on its reconstruction loss (L1 by default) plus the vector quantiser's commitment loss,
-computed through its own `encode` / `decode(return_indices_and_loss=True)`; its `forward` in
-that mode drops the commitment term, which is why we do not call it.
+computed through its own `encode` / `decode(return_indices_and_loss=True)` (`compat.vqgan_loss_terms`);
+its `forward` in that mode drops the commitment term, which is why we do not call it.
 """
 
 from __future__ import annotations
@@ -137,7 +137,7 @@ def build_vqgan(config: VQGanConfig):
     Args:
         config: the autoencoder's shape.
     """
-    from dalle2_pytorch.vqgan_vae import VQGanVAE
+    from dalle2_pytorch import VQGanVAE
 
     encdec = dict(
         encdec_num_resnet_blocks=config.num_resnet_blocks,
@@ -163,10 +163,10 @@ def build_vqgan(config: VQGanConfig):
 
 def vqgan_loss(vqgan, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Reconstruction + commitment loss of a batch in [-1, 1]; returns (loss, reconstructions)."""
-    fmap = vqgan.encode(images)
-    recon, _, commit_loss = vqgan.decode(fmap, return_indices_and_loss=True)
-    loss = vqgan.recon_loss_fn(recon, images) + commit_loss.sum()
-    return loss, recon
+    from .compat import vqgan_loss_terms  # lazily: this module must not import dalle2-pytorch on load
+
+    recon_loss, commit_loss, recon = vqgan_loss_terms(vqgan, images)
+    return recon_loss + commit_loss, recon
 
 
 def _check_images(images: torch.Tensor, config: VQGanConfig, what: str = "images") -> None:

@@ -1,5 +1,5 @@
 """Tests for the embedding stage (dalle2_md/clip.py): shapes, learning on toy per-user data,
-no collapse of a user's embeddings, bundles, the dalle2-pytorch adapter and the embedding cache."""
+no collapse of a user's embeddings, bundles and the embedding cache."""
 
 import numpy as np
 import pytest
@@ -8,21 +8,33 @@ import torch
 from dalle2_md import clip as clip_mod
 from dalle2_md.bundle import save_bundle
 from dalle2_md.clip import (
-    MIN_WITHIN_USER_SPREAD,
     ClipConfig,
     MicroDopplerClip,
-    MicroDopplerClipAdapter,
     cached_image_embeds,
     compute_image_embeds,
     dataset_key_for,
     train_clip,
     user_tokens,
-    within_user_spread,
 )
 from dalle2_md.utils import BundleError, UserError
 
 USERS = 4
 SIZE = 20  # not a power of 2 on purpose
+
+# Floor for the within-user spread of image embeddings (`within_user_spread`): the mean L2
+# distance of a user's unit-norm embeddings to that user's centroid. Near 0 means every image of
+# a user maps to one point: the embedding then only says *who*, and the prior and decoder get no
+# per-sample variation to learn. Measured on this file's toy data (4 users, 20 px, 120 steps):
+# 0.53-0.58 with the default "instance" SSL and 0.03 with no SSL (seeds 0-3), 0.05 with x-clip's
+# SimSiam (seed 0), all at 98-100 % user accuracy. 0.2 sits well clear of both sides.
+MIN_WITHIN_USER_SPREAD = 0.2
+
+
+def within_user_spread(embeds: torch.Tensor, user_ids: torch.Tensor) -> float:
+    """Mean over users (with 2+ images) of the mean distance of their (N, d) embeddings to their centroid."""
+    spreads = [(e - e.mean(0)).norm(dim=-1).mean() for u in torch.unique(user_ids)
+               if len(e := embeds[user_ids == u]) > 1]
+    return float(torch.stack(spreads).mean()) if spreads else 0.0
 
 
 def tiny_config(**kw):
@@ -144,36 +156,14 @@ def test_save_load_roundtrip(tmp_path, toy, trained):
         MicroDopplerClip.load(other)
 
 
-def test_adapter_as_clip_for_dalle2_pytorch():
-    from dalle2_pytorch import Decoder, DiffusionPrior, DiffusionPriorNetwork, Unet
-
+def test_text_encodings_are_zero_at_padding():
     torch.manual_seed(0)
-    model = MicroDopplerClip(tiny_config(image_size=16)).eval()
-    adapter = MicroDopplerClipAdapter(model)
-    assert (adapter.dim_latent, adapter.image_size, adapter.image_channels, adapter.max_text_len) == (16, 16, 1, 1)
-    images = torch.rand(4, 1, 16, 16)
-    text = user_tokens(torch.tensor([0, 1, 2, 3]))
-    embed, encodings = adapter.embed_image(images)
-    torch.testing.assert_close(embed, model.embed_image(images))
-    assert encodings.shape == (4, 4, 32)
-    text_embed, text_encodings = adapter.embed_text(text)
-    assert text_embed.shape == (4, 16) and text_encodings.shape == (4, 1, 16)
-
-    prior = DiffusionPrior(
-        net=DiffusionPriorNetwork(dim=16, depth=1, dim_head=8, heads=2),
-        clip=adapter, image_channels=1, timesteps=10, condition_on_text_encodings=False,
-    )
-    loss = prior(text=text, image=images)
-    assert torch.isfinite(loss)
-    loss.backward()
-
-    decoder = Decoder(
-        unet=Unet(dim=16, image_embed_dim=16, channels=1, dim_mults=(1, 2), cond_on_image_embeds=True),
-        clip=adapter, image_size=16, timesteps=10, channels=1,
-    )
-    loss = decoder(images)
-    assert torch.isfinite(loss)
-    loss.backward()
+    model = MicroDopplerClip(tiny_config(text_seq_len=3)).eval()
+    with torch.no_grad():
+        embed, encodings = model.encode_text(user_tokens(torch.tensor([0, 3]), seq_len=3))
+    assert embed.shape == (2, 16) and encodings.shape == (2, 3, 16)
+    assert encodings[:, 0].abs().sum(-1).min() > 0  # the user token is encoded ...
+    assert encodings[:, 1:].abs().max() == 0  # ... the padding after it is zeroed
 
 
 def test_embedding_cache(tmp_path, monkeypatch, toy, trained):
