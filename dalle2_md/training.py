@@ -30,6 +30,7 @@ import random
 import re
 import time
 import warnings
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Callable
@@ -182,6 +183,16 @@ def _set_rng_state(state: dict) -> None:
     random.setstate((p["version"], tuple(int(v) for v in p["state"].tolist()), p["gauss"]))
     if exists(state.get("cuda")) and torch.cuda.is_available():
         torch.cuda.set_rng_state(state["cuda"])
+
+
+@contextmanager
+def kept_global_rng():
+    """Run a block without changing the global torch / numpy / Python (and CUDA) RNG states."""
+    saved = _rng_state()
+    try:
+        yield
+    finally:
+        _set_rng_state(saved)
 
 
 # ----------------------------------------------------------------------------- checkpoints
@@ -628,13 +639,9 @@ def _sample(sample_fn, ema_model: nn.Module, step: int, seed: int, writer, run_d
 
     # fixed seed: grids from different steps show the same noise, and sampling never shifts the
     # training RNG (so sample_every does not change the training run)
-    saved = _rng_state()
-    try:
+    with kept_global_rng(), torch.no_grad():
         seed_everything(seed)
-        with torch.no_grad():
-            images = sample_fn(ema_model, step)
-    finally:
-        _set_rng_state(saved)
+        images = sample_fn(ema_model, step)
     if images is None:
         return None
     grid = _to_image_grid(images)
