@@ -25,7 +25,7 @@ from x_clip import CLIP
 
 from .bundle import load_bundle, save_bundle, state_fingerprint
 from .compat import SimSiam, attach_visual_ssl, image_latent, image_tower, logit_scale, nt_xent_loss, text_latent
-from .utils import BundleError, UserError, atomic_write, seed_everything
+from .utils import BundleError, UserError, atomic_write
 
 USER_TOKEN_OFFSET = 1  # token 0 = padding
 PAD_TOKEN = 0
@@ -437,7 +437,9 @@ def train_clip(
     seed: int = 0,
     progress: bool = True,
 ) -> MicroDopplerClip:
-    """Train a `MicroDopplerClip` with plain Adam on random batches; returns it in eval mode.
+    """Train a `MicroDopplerClip` in memory through the loop the `clip` stage runs
+    (`training.train`: AdamW, constant lr, gradient clipping at 1, EMA); returns the EMA copy, the
+    model the stage keeps, in eval mode.
 
     Args:
         images: (N, C, H, W) float spectrograms (the data layer's value range).
@@ -445,32 +447,23 @@ def train_clip(
         config: model configuration.
         steps: optimisation steps.
         batch_size: images per step (at least 2: the SSL head uses BatchNorm).
-        lr: Adam learning rate.
+        lr: learning rate.
         seed: seeds model init, batch order and augmentations.
         progress: show a tqdm bar with the loss.
     """
+    from .training import TrainConfig, train
+
     if len(images) < 2:
         raise UserError(f"need at least 2 images to train the embedding model, got {len(images)}.")
-    seed_everything(seed)
     user_ids = torch.as_tensor(user_ids).long()
+    torch.manual_seed(seed)  # the initial weights, as the stage draws them
     model = MicroDopplerClip(config)
     model._check_inputs(images, user_ids)
-    model.train()
-    opt = torch.optim.Adam(model.parameters(), lr=lr)
-    gen = torch.Generator().manual_seed(seed)
     batch_size = max(2, min(batch_size, len(images)))
-
-    from tqdm.auto import trange
-
-    bar = trange(steps, desc="clip", disable=not progress, leave=False)
-    for _ in bar:
-        idx = torch.randperm(len(images), generator=gen)[:batch_size]
-        loss = model(images[idx], user_ids[idx])
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        bar.set_postfix(loss=f"{loss.item():.3f}")
-    return model.eval()
+    result = train(model, torch.utils.data.TensorDataset(images, user_ids),
+                   TrainConfig(max_steps=steps, batch_size=batch_size, lr=lr, seed=seed), run_dir=None,
+                   stage="clip", model_config=config.to_dict(), progress=progress)
+    return result.ema_model.eval()
 
 
 # --- embeddings and their cache ------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""Every reach into dalle2-pytorch and x-clip internals, in one place.
+"""Every reach into dalle2-pytorch, x-clip and accelerate internals, in one place.
 
 dalle2-md builds on dalle2-pytorch's `DiffusionPriorNetwork`, `DiffusionPrior`, `Unet`, `Decoder`
 and `VQGanVAE` and on x-clip's `CLIP`. The classes are public (importable from the packages'
@@ -55,6 +55,9 @@ x-clip:
   weight keys `clip.visual_ssl.*` (`attach_visual_ssl`).
 - module `x_clip.visual_ssl`: `SimSiam` and `nt_xent_loss(queries, keys, temperature)`
   (clip.py), re-exported here.
+
+accelerate and torch schedulers (training.py): the block at the end of this file, checked by
+tests/test_compat_accelerate.py.
 """
 
 from __future__ import annotations
@@ -385,6 +388,74 @@ def check_dependency_surface() -> list[str]:
     ]
 
 
-# --- accelerate (see training.py) ------------------------------------------------------------
-# The accelerate internals (AcceleratorState._shared_state, _reset_state(), optimizer.optimizer,
-# scheduler.base_lrs) are moved here by the change that owns training.py.
+# --- accelerate ---
+# accelerate keeps its settings in process-wide singletons and wraps optimizers; training.py needs
+# to see through both. Every attribute used below is listed in ACCELERATE_ATTRIBUTES, which
+# tests/test_compat_accelerate.py checks against the installed version.
+
+ACCELERATE_ATTRIBUTES = (
+    # (where, attribute, why)
+    ("accelerate.state.AcceleratorState", "_shared_state", "the process-wide settings dict"),
+    ("accelerate.state.AcceleratorState", "_reset_state", "forgets those settings"),
+    ("accelerate.optimizer.AcceleratedOptimizer (instance)", "optimizer", "the wrapped torch optimizer"),
+    ("accelerate.Accelerator (instance)", "scaler", "the fp16 GradScaler, or None"),
+)
+
+
+def accelerate_version() -> str:
+    """The installed accelerate version, for messages."""
+    import accelerate
+
+    return getattr(accelerate, "__version__", "unknown")
+
+
+def allow_mixed_precision(mixed_precision: str) -> None:
+    """Let the next `Accelerator(mixed_precision=...)` in this process use `mixed_precision`.
+
+    accelerate stores its precision in the `AcceleratorState` singleton and refuses a second
+    Accelerator with another precision. A single-process session that trains two stages with
+    different `--mixed-precision` (the demo, the tests) therefore forgets the old settings first;
+    under `accelerate launch` (several processes) the launcher's settings are kept.
+
+    Args:
+        mixed_precision: "no", "fp16" or "bf16".
+    """
+    from accelerate.state import AcceleratorState
+
+    state = AcceleratorState._shared_state
+    if state and state.get("_mixed_precision") != mixed_precision and state.get("num_processes", 1) == 1:
+        AcceleratorState._reset_state()
+
+
+def unwrap_optimizer(optimizer):
+    """The torch optimizer inside an `accelerator.prepare`d optimizer (itself if not wrapped).
+
+    An LR scheduler must step the inner optimizer: accelerate's own scheduler wrapper steps once
+    per process, which would stretch a warmup by the number of processes.
+    """
+    return getattr(optimizer, "optimizer", optimizer)
+
+
+def grad_scaler(accelerator):
+    """The accelerator's fp16 `GradScaler` (None without fp16), whose state goes into checkpoints."""
+    return accelerator.scaler
+
+
+def set_base_lr(scheduler, optimizer, lr: float) -> None:
+    """Make a `LambdaLR` (and its optimizer) continue with base learning rate `lr`.
+
+    Used on resume with a new `--lr` (the usual cure for a diverged run): the scheduler restored
+    from the checkpoint still holds the old base rate in `base_lrs`, and each parameter group its
+    `initial_lr`; both are torch `LRScheduler` attributes without a public setter.
+
+    Args:
+        scheduler: a `torch.optim.lr_scheduler.LambdaLR` over `optimizer`.
+        optimizer: the optimizer (wrapped by accelerate or not).
+        lr: the new base learning rate; the current factor of the schedule still applies.
+    """
+    scheduler.base_lrs = [lr] * len(scheduler.base_lrs)
+    factor = scheduler.lr_lambdas[0](scheduler.last_epoch)
+    for group in unwrap_optimizer(optimizer).param_groups:
+        group["initial_lr"] = lr
+        group["lr"] = lr * factor
+

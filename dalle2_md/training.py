@@ -30,7 +30,8 @@ import random
 import re
 import time
 import warnings
-from dataclasses import asdict, dataclass, field, fields
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Callable
 
@@ -39,6 +40,7 @@ import torch
 from torch import Tensor, nn
 
 from .bundle import FORMAT, FORMAT_VERSION, load_bundle
+from .compat import allow_mixed_precision, grad_scaler, set_base_lr, unwrap_optimizer
 from .utils import BundleError, UserError, atomic_write, exists, package_versions, seed_everything
 
 CHECKPOINT_DIR = "checkpoints"
@@ -183,6 +185,16 @@ def _set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state(state["cuda"])
 
 
+@contextmanager
+def kept_global_rng():
+    """Run a block without changing the global torch / numpy / Python (and CUDA) RNG states."""
+    saved = _rng_state()
+    try:
+        yield
+    finally:
+        _set_rng_state(saved)
+
+
 # ----------------------------------------------------------------------------- checkpoints
 
 
@@ -299,13 +311,9 @@ def _call(model: nn.Module, batch) -> Tensor:
 
 def _make_accelerator(config: TrainConfig, run_dir: Path):
     from accelerate import Accelerator
-    from accelerate.state import AcceleratorState
 
-    state = AcceleratorState._shared_state
-    if state and state.get("_mixed_precision") != config.mixed_precision and state.get("num_processes", 1) == 1:
-        # accelerate keeps its precision in a process-wide singleton; a second stage trained in
-        # the same single-process Python session with another precision would be refused
-        AcceleratorState._reset_state()
+    # a second stage trained in the same single-process session may use another precision
+    allow_mixed_precision(config.mixed_precision)
     return Accelerator(
         mixed_precision=config.mixed_precision,
         gradient_accumulation_steps=config.gradient_accumulation_steps,
@@ -319,7 +327,7 @@ def train(
     dataset: torch.utils.data.Dataset,
     config: TrainConfig,
     *,
-    run_dir: str | Path,
+    run_dir: str | Path | None,
     stage: str,
     resume: str | Path | None = None,
     sample_fn: Callable[[nn.Module, int], Tensor | None] | None = None,
@@ -335,7 +343,9 @@ def train(
             tuple collated over the batch (a dict item is passed as keywords).
         dataset: map-style dataset with `__len__`.
         config: the training settings.
-        run_dir: folder for `checkpoints/`, `tensorboard/` and `samples/`.
+        run_dir: folder for `checkpoints/`, `tensorboard/` and `samples/`; None trains in memory
+            (the same loop, writing into a temporary folder that is deleted afterwards; the result
+            then names no checkpoint or sample files).
         stage: stage name stored in checkpoints and checked on resume ("prior", "decoder", ...).
         resume: None for a fresh run, "latest" to continue from the newest checkpoint in
             `run_dir` (fresh if there is none), or the path of a checkpoint.
@@ -345,202 +355,269 @@ def train(
         model_config: the model's constructor arguments, stored in every checkpoint.
         progress: show a tqdm bar on the main process.
     """
-    from ema_pytorch import EMA
-    from tqdm.auto import tqdm
-
+    kw = dict(stage=stage, sample_fn=sample_fn, model_config=model_config, progress=progress)
+    if run_dir is None:
+        return _train_in_memory(model, dataset, config, resume=resume, **kw)
     started = time.time()
-    run_dir = Path(run_dir)
-    accelerator = _make_accelerator(config, run_dir)
-    main = accelerator.is_main_process
-    world, rank = accelerator.num_processes, accelerator.process_index
-    n = len(dataset)
-    per_step = config.batch_size * world * config.gradient_accumulation_steps
-    total_steps = config.max_steps if exists(config.max_steps) else math.ceil(config.epochs * n / per_step)
+    trainer = _Trainer(dataset, config, run_dir=Path(run_dir), **kw)
+    ckpt = _read_resume(resume, trainer.run_dir, stage, config, trainer.accelerator)
+    trainer.build(model, ckpt)
+    batches = trainer.batches()
+    if ckpt is not None:
+        # after the loader exists: building it must not shift the restored RNG
+        trainer.restore_rng(ckpt)
+    trainer.start_logging(ckpt)
+    trainer.run(batches)
+    return trainer.result(seconds=time.time() - started)
 
-    # ---- resume point (read before building anything, so a bad file fails fast)
-    ckpt = None
+
+def _train_in_memory(model, dataset, config: TrainConfig, *, resume, **kw) -> TrainResult:
+    import tempfile
+
     if exists(resume):
-        path = _resolve_resume(resume, run_dir)
-        if path is None:
-            accelerator.print(f"no checkpoint in {checkpoint_dir(run_dir)}; starting a new run.")
-        else:
-            try:
-                ckpt = load_checkpoint(path, stage=stage)
-            except BundleError as e:
-                # a damaged newest checkpoint is reported, not skipped: silently going back in
-                # time would hide lost steps; the user picks the older file explicitly
-                older = [p for _, p in _list_checkpoints(run_dir) if p != path]
-                if str(resume) != "latest" or not older:
-                    raise
-                raise BundleError(f"{e} The newest checkpoint cannot be used; to continue from the one "
-                                  f"before it, resume from {older[-1]}.") from None
-            ckpt["_path"] = path
-            _warn_config_change(ckpt["train_config"], config, path)
-    elif main and _list_checkpoints(run_dir):
-        warnings.warn(f"{checkpoint_dir(run_dir)} already holds checkpoints; this fresh run will overwrite "
-                      "them step by step (resume='latest' continues the old run instead).", stacklevel=2)
+        raise UserError("resuming needs the run folder that holds the checkpoints; give run_dir.")
+    with tempfile.TemporaryDirectory(prefix=f"dalle2md-{kw['stage']}-") as tmp:
+        result = train(model, dataset, config, run_dir=tmp, **kw)
+    return replace(result, checkpoint=None, samples=[])
 
-    seed_everything(config.seed + rank)
-    unwrapped = model
-    if ckpt is not None:
-        try:
-            unwrapped.load_state_dict(ckpt["state_dict"])
-        except RuntimeError as e:
-            raise BundleError(f"{ckpt['_path']}: its weights do not fit this model "
-                              f"({str(e).splitlines()[0][:200]}); was it trained with another model config?"
-                              ) from None
-    unwrapped.train()
 
-    optimizer = torch.optim.AdamW(unwrapped.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    model, optimizer = accelerator.prepare(unwrapped, optimizer)
-    unwrapped = accelerator.unwrap_model(model)
-    # not prepared: accelerate's scheduler wrapper steps once per process, which would stretch warmup
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer.optimizer, _lr_lambda(config, total_steps))
-    ema = EMA(unwrapped, beta=config.ema_decay, update_every=config.ema_update_every,
-              update_after_step=config.ema_start_step, include_online_model=False)
-    ema.ema_model.eval()
-
-    step, position = 0, 0
-    if ckpt is not None:
-        optimizer.load_state_dict(ckpt["optimizer"])
-        scheduler.load_state_dict(ckpt["scheduler"])
-        ema.load_state_dict(ckpt["ema"])
-        if exists(ckpt.get("scaler")) and exists(accelerator.scaler):
-            accelerator.scaler.load_state_dict(ckpt["scaler"])
-        step, position = int(ckpt["step"]), int(ckpt["position"])
-        if ckpt["train_config"].get("lr") != config.lr:
-            # a lower --lr is the usual cure for a diverged run, so resuming must apply it
-            scheduler.base_lrs = [config.lr] * len(scheduler.base_lrs)
-            for group in optimizer.optimizer.param_groups:
-                group["initial_lr"] = config.lr
-                group["lr"] = config.lr * scheduler.lr_lambdas[0](scheduler.last_epoch)
-    start_step = step
-
-    sampler = StreamBatchSampler(n, batch_size=config.batch_size, num_processes=world, rank=rank,
-                                 seed=config.seed, position=position)
-    loader = torch.utils.data.DataLoader(
-        dataset, batch_sampler=sampler, num_workers=config.num_workers,
-        pin_memory=accelerator.device.type == "cuda",
-        # own generator: creating the iterator must not draw from the global RNG that we restore
-        generator=torch.Generator().manual_seed(config.seed + position),
-    )
-    batches = iter(loader)
-
-    if ckpt is not None:
-        states = ckpt.get("rng") or []
-        if len(states) == world:
-            _set_rng_state(states[rank])
-        else:
-            accelerator.print(f"checkpoint has RNG state for {len(states)} processes, this run has {world}; "
-                              "random draws will differ from an uninterrupted run.")
-
-    if main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-    accelerator.init_trackers("tensorboard")
-    writer = accelerator.get_tracker("tensorboard", unwrap=True) if main else None
-    if main and start_step == 0:
-        described = json.dumps({"stage": stage, "train": config.to_dict(), "model": model_config}, indent=2)
-        writer.add_text("config", f"```\n{described}\n```", 0)
-
-    last_ckpt = ckpt["_path"] if ckpt is not None else latest_checkpoint(run_dir)
-    written: Path | None = None
-    samples: list[Path] = []
-    losses: list[float] = []
-    window: list[float] = []
-    window_start, window_samples = time.time(), 0
-    acc_loss = torch.zeros((), device=accelerator.device)
-
-    def save(now_step: int) -> Path:
-        nonlocal written
-        if not _all_finite(unwrapped):
-            raise _nonfinite_error(now_step, "a model weight", last_ckpt)
-        rng = _gather_rng(accelerator)
-        if not main:
-            return None
-        path = _write_checkpoint(
-            run_dir, stage=stage, step=now_step, position=position, n=n, unwrapped=unwrapped, ema=ema,
-            optimizer=optimizer, scheduler=scheduler, scaler=accelerator.scaler, rng=rng,
-            config=config, model_config=model_config,
-        )
-        written = path
-        return path
-
-    # no clipping still logs the norm: an infinite threshold measures without changing anything
-    clip = float("inf") if config.max_grad_norm is None else config.max_grad_norm
-    bar = tqdm(total=total_steps, initial=step, disable=not (progress and main), desc=stage, dynamic_ncols=True)
+def _read_resume(resume, run_dir: Path, stage: str, config: TrainConfig, accelerator) -> dict | None:
+    """The checkpoint to continue from (None for a fresh run), read before anything is built so a
+    bad file fails fast; `ckpt["_path"]` names it."""
+    if not exists(resume):
+        if accelerator.is_main_process and _list_checkpoints(run_dir):
+            warnings.warn(f"{checkpoint_dir(run_dir)} already holds checkpoints; this fresh run will overwrite "
+                          "them step by step (resume='latest' continues the old run instead).", stacklevel=3)
+        return None
+    path = _resolve_resume(resume, run_dir)
+    if path is None:
+        accelerator.print(f"no checkpoint in {checkpoint_dir(run_dir)}; starting a new run.")
+        return None
     try:
-        while step < total_steps:
-            batch = next(batches)
-            batch = _to_device(batch, accelerator.device)
-            position += config.batch_size * world
-            with accelerator.accumulate(model):
-                loss = _call(model, batch)
-                if loss.ndim != 0:
-                    raise TypeError(f"the {stage} model's forward must return a scalar loss, "
-                                    f"got shape {tuple(loss.shape)}")
-                accelerator.backward(loss)
-                acc_loss += loss.detach().float() / config.gradient_accumulation_steps
-                if accelerator.sync_gradients:
-                    # one collective per optimizer step; every process sees the same value, so all
-                    # stop together on NaN instead of one hanging in the next all-reduce
-                    step_loss = accelerator.reduce(acc_loss, reduction="mean").item()
-                    acc_loss.zero_()
-                    if not math.isfinite(step_loss):
-                        raise _nonfinite_error(step + 1, "the loss", last_ckpt)
-                    grad_norm = accelerator.clip_grad_norm_(unwrapped.parameters(), clip)
-                try:
-                    optimizer.step()
-                except RuntimeError as e:
-                    # an absurd --lr overflows inside AdamW before the loss can turn NaN
-                    if "overflow" not in str(e):
-                        raise
-                    raise _nonfinite_error(step + 1, "the weight update", last_ckpt) from None
-                optimizer.zero_grad(set_to_none=True)
+        ckpt = load_checkpoint(path, stage=stage)
+    except BundleError as e:
+        # a damaged newest checkpoint is reported, not skipped: silently going back in
+        # time would hide lost steps; the user picks the older file explicitly
+        older = [p for _, p in _list_checkpoints(run_dir) if p != path]
+        if str(resume) != "latest" or not older:
+            raise
+        raise BundleError(f"{e} The newest checkpoint cannot be used; to continue from the one "
+                          f"before it, resume from {older[-1]}.") from None
+    ckpt["_path"] = path
+    _warn_config_change(ckpt["train_config"], config, path, stacklevel=4)
+    return ckpt
 
-            if not accelerator.sync_gradients:
-                continue
-            scheduler.step()
-            ema.update()
-            step += 1
-            losses.append(step_loss)
-            window.append(step_loss)
-            window_samples += per_step
-            bar.update(1)
-            bar.set_postfix(loss=f"{step_loss:.4g}", refresh=False)
 
-            if step % max(1, config.log_every) == 0 or step == total_steps:
-                seconds = max(time.time() - window_start, 1e-9)
-                accelerator.log({
-                    "loss": sum(window) / len(window),
-                    "lr": scheduler.get_last_lr()[0],
-                    "grad_norm": float(grad_norm) if exists(grad_norm) else float("nan"),
-                    "samples_per_s": window_samples / seconds,
-                    "epoch": position / n,
-                }, step=step)
-                window, window_start, window_samples = [], time.time(), 0
+def _load_weights(model: nn.Module, ckpt: dict) -> None:
+    try:
+        model.load_state_dict(ckpt["state_dict"])
+    except RuntimeError as e:
+        raise BundleError(f"{ckpt['_path']}: its weights do not fit this model "
+                          f"({str(e).splitlines()[0][:200]}); was it trained with another model config?"
+                          ) from None
 
-            if exists(sample_fn) and main and (
-                (config.sample_every and step % config.sample_every == 0) or step == total_steps
-            ):
-                out = _sample(sample_fn, ema.ema_model, step, config.seed, writer, run_dir)
-                if exists(out):
-                    samples.append(out)
 
-            if (config.checkpoint_every and step % config.checkpoint_every == 0) or step == total_steps:
-                if (path := save(step)) is not None:
-                    last_ckpt = path
-                    if config.keep_last:
-                        _prune(run_dir, config.keep_last)
-                accelerator.wait_for_everyone()
-    finally:
-        bar.close()
-        accelerator.end_training()
+class _Trainer:
+    """One `train` call, in the order it runs: build (and restore), batches, logging, then `run`,
+    whose loop is a micro-step (forward, backward, optimizer) and, after each optimizer step,
+    `after_step` (schedule, EMA, logging, sample grid, checkpoint)."""
 
-    if step == start_step and step > 0 and main and written is None:
-        # resumed at or past the end: nothing to do, the checkpoint we came from is the last one
-        written = last_ckpt
-    return TrainResult(model=unwrapped, ema_model=ema.ema_model, step=step, losses=losses,
-                       seconds=time.time() - started, start_step=start_step, checkpoint=written, samples=samples)
+    def __init__(self, dataset, config: TrainConfig, *, run_dir: Path, stage: str, sample_fn, model_config,
+                 progress: bool):
+        self.dataset, self.config, self.run_dir, self.stage = dataset, config, run_dir, stage
+        self.sample_fn, self.model_config, self.progress = sample_fn, model_config, progress
+        self.accelerator = _make_accelerator(config, run_dir)
+        self.main = self.accelerator.is_main_process
+        self.world, self.rank = self.accelerator.num_processes, self.accelerator.process_index
+        self.n = len(dataset)
+        self.per_step = config.batch_size * self.world * config.gradient_accumulation_steps
+        self.total_steps = (config.max_steps if exists(config.max_steps)
+                            else math.ceil(config.epochs * self.n / self.per_step))
+        self.step = self.position = self.start_step = 0
+        self.losses: list[float] = []
+        self.samples: list[Path] = []
+        self.written: Path | None = None  # the last checkpoint this call wrote
+        self.last_ckpt: Path | None = None  # the last good checkpoint of the run, for error messages
+
+    # ---- build and restore
+
+    def build(self, model: nn.Module, ckpt: dict | None) -> None:
+        """Seed, load the checkpoint's weights, wrap model + optimizer for accelerate, make the
+        schedule and the EMA copy, then restore their state from the checkpoint."""
+        from ema_pytorch import EMA
+
+        config = self.config
+        seed_everything(config.seed + self.rank)
+        if ckpt is not None:
+            _load_weights(model, ckpt)
+        model.train()
+        optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+        self.model, self.optimizer = self.accelerator.prepare(model, optimizer)
+        self.unwrapped = self.accelerator.unwrap_model(self.model)
+        # not prepared: accelerate's scheduler wrapper steps once per process, which would stretch warmup
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(unwrap_optimizer(self.optimizer),
+                                                           _lr_lambda(config, self.total_steps))
+        self.ema = EMA(self.unwrapped, beta=config.ema_decay, update_every=config.ema_update_every,
+                       update_after_step=config.ema_start_step, include_online_model=False)
+        self.ema.ema_model.eval()
+        if ckpt is not None:
+            self._restore(ckpt)
+        self.start_step = self.step
+
+    def _restore(self, ckpt: dict) -> None:
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        self.scheduler.load_state_dict(ckpt["scheduler"])
+        self.ema.load_state_dict(ckpt["ema"])
+        scaler = grad_scaler(self.accelerator)
+        if exists(ckpt.get("scaler")) and exists(scaler):
+            scaler.load_state_dict(ckpt["scaler"])
+        self.step, self.position = int(ckpt["step"]), int(ckpt["position"])
+        if ckpt["train_config"].get("lr") != self.config.lr:
+            # a lower --lr is the usual cure for a diverged run, so resuming must apply it
+            set_base_lr(self.scheduler, self.optimizer, self.config.lr)
+
+    def batches(self):
+        """The endless batch iterator, starting at the restored stream position."""
+        config = self.config
+        sampler = StreamBatchSampler(self.n, batch_size=config.batch_size, num_processes=self.world,
+                                     rank=self.rank, seed=config.seed, position=self.position)
+        loader = torch.utils.data.DataLoader(
+            self.dataset, batch_sampler=sampler, num_workers=config.num_workers,
+            pin_memory=self.accelerator.device.type == "cuda",
+            # own generator: creating the iterator must not draw from the global RNG that we restore
+            generator=torch.Generator().manual_seed(config.seed + self.position),
+        )
+        return iter(loader)
+
+    def restore_rng(self, ckpt: dict) -> None:
+        states = ckpt.get("rng") or []
+        if len(states) == self.world:
+            _set_rng_state(states[self.rank])
+        else:
+            self.accelerator.print(f"checkpoint has RNG state for {len(states)} processes, this run has "
+                                   f"{self.world}; random draws will differ from an uninterrupted run.")
+
+    def start_logging(self, ckpt: dict | None) -> None:
+        """TensorBoard (the config as text on a fresh run) and the running loss window."""
+        if self.main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.accelerator.init_trackers("tensorboard")
+        self.writer = self.accelerator.get_tracker("tensorboard", unwrap=True) if self.main else None
+        if self.main and self.start_step == 0:
+            described = json.dumps({"stage": self.stage, "train": self.config.to_dict(),
+                                    "model": self.model_config}, indent=2)
+            self.writer.add_text("config", f"```\n{described}\n```", 0)
+        self.last_ckpt = ckpt["_path"] if ckpt is not None else latest_checkpoint(self.run_dir)
+        self.window: list[float] = []
+        self.window_start, self.window_samples = time.time(), 0
+        self.acc_loss = torch.zeros((), device=self.accelerator.device)
+
+    # ---- the loop
+
+    def run(self, batches) -> None:
+        from tqdm.auto import tqdm
+
+        accelerator, config = self.accelerator, self.config
+        # no clipping still logs the norm: an infinite threshold measures without changing anything
+        clip = float("inf") if config.max_grad_norm is None else config.max_grad_norm
+        self.bar = tqdm(total=self.total_steps, initial=self.step, disable=not (self.progress and self.main),
+                        desc=self.stage, dynamic_ncols=True)
+        try:
+            while self.step < self.total_steps:
+                batch = _to_device(next(batches), accelerator.device)
+                self.position += config.batch_size * self.world
+                done = self._micro_step(batch, clip)
+                if done is not None:
+                    self._after_step(*done)
+        finally:
+            self.bar.close()
+            accelerator.end_training()
+
+    def _micro_step(self, batch, clip: float) -> tuple[float, Tensor | None] | None:
+        """Forward, backward and (on the last micro-step of an accumulation) the optimizer step;
+        returns (loss of the optimizer step, gradient norm) then, else None."""
+        accelerator, result = self.accelerator, None
+        with accelerator.accumulate(self.model):
+            loss = _call(self.model, batch)
+            if loss.ndim != 0:
+                raise TypeError(f"the {self.stage} model's forward must return a scalar loss, "
+                                f"got shape {tuple(loss.shape)}")
+            accelerator.backward(loss)
+            self.acc_loss += loss.detach().float() / self.config.gradient_accumulation_steps
+            if accelerator.sync_gradients:
+                # one collective per optimizer step; every process sees the same value, so all
+                # stop together on NaN instead of one hanging in the next all-reduce
+                step_loss = accelerator.reduce(self.acc_loss, reduction="mean").item()
+                self.acc_loss.zero_()
+                if not math.isfinite(step_loss):
+                    raise _nonfinite_error(self.step + 1, "the loss", self.last_ckpt)
+                result = step_loss, accelerator.clip_grad_norm_(self.unwrapped.parameters(), clip)
+            try:
+                self.optimizer.step()
+            except RuntimeError as e:
+                # an absurd --lr overflows inside AdamW before the loss can turn NaN
+                if "overflow" not in str(e):
+                    raise
+                raise _nonfinite_error(self.step + 1, "the weight update", self.last_ckpt) from None
+            self.optimizer.zero_grad(set_to_none=True)
+        return result
+
+    def _after_step(self, step_loss: float, grad_norm: Tensor | None) -> None:
+        config, step = self.config, self.step + 1
+        self.scheduler.step()
+        self.ema.update()
+        self.step = step
+        self.losses.append(step_loss)
+        self.window.append(step_loss)
+        self.window_samples += self.per_step
+        self.bar.update(1)
+        self.bar.set_postfix(loss=f"{step_loss:.4g}", refresh=False)
+        last = step == self.total_steps
+        if step % max(1, config.log_every) == 0 or last:
+            self._log(grad_norm)
+        if exists(self.sample_fn) and self.main and ((config.sample_every and step % config.sample_every == 0)
+                                                      or last):
+            out = _sample(self.sample_fn, self.ema.ema_model, step, config.seed, self.writer, self.run_dir)
+            if exists(out):
+                self.samples.append(out)
+        if (config.checkpoint_every and step % config.checkpoint_every == 0) or last:
+            if (path := self._save()) is not None:
+                self.last_ckpt = path
+                if config.keep_last:
+                    _prune(self.run_dir, config.keep_last)
+            self.accelerator.wait_for_everyone()
+
+    def _log(self, grad_norm: Tensor | None) -> None:
+        seconds = max(time.time() - self.window_start, 1e-9)
+        self.accelerator.log({
+            "loss": sum(self.window) / len(self.window),
+            "lr": self.scheduler.get_last_lr()[0],
+            "grad_norm": float(grad_norm) if exists(grad_norm) else float("nan"),
+            "samples_per_s": self.window_samples / seconds,
+            "epoch": self.position / self.n,
+        }, step=self.step)
+        self.window, self.window_start, self.window_samples = [], time.time(), 0
+
+    def _save(self) -> Path | None:
+        if not _all_finite(self.unwrapped):
+            raise _nonfinite_error(self.step, "a model weight", self.last_ckpt)
+        rng = _gather_rng(self.accelerator)
+        if not self.main:
+            return None
+        self.written = _write_checkpoint(
+            self.run_dir, stage=self.stage, step=self.step, position=self.position, n=self.n,
+            unwrapped=self.unwrapped, ema=self.ema, optimizer=self.optimizer, scheduler=self.scheduler,
+            scaler=grad_scaler(self.accelerator), rng=rng, config=self.config, model_config=self.model_config,
+        )
+        return self.written
+
+    def result(self, *, seconds: float) -> TrainResult:
+        written = self.written
+        if self.step == self.start_step and self.step > 0 and self.main and written is None:
+            # resumed at or past the end: nothing to do, the checkpoint we came from is the last one
+            written = self.last_ckpt
+        return TrainResult(model=self.unwrapped, ema_model=self.ema.ema_model, step=self.step, losses=self.losses,
+                           seconds=seconds, start_step=self.start_step, checkpoint=written, samples=self.samples)
 
 
 def _to_device(batch, device):
@@ -562,13 +639,9 @@ def _sample(sample_fn, ema_model: nn.Module, step: int, seed: int, writer, run_d
 
     # fixed seed: grids from different steps show the same noise, and sampling never shifts the
     # training RNG (so sample_every does not change the training run)
-    saved = _rng_state()
-    try:
+    with kept_global_rng(), torch.no_grad():
         seed_everything(seed)
-        with torch.no_grad():
-            images = sample_fn(ema_model, step)
-    finally:
-        _set_rng_state(saved)
+        images = sample_fn(ema_model, step)
     if images is None:
         return None
     grid = _to_image_grid(images)
@@ -622,11 +695,11 @@ def _prune(run_dir: Path, keep_last: int) -> None:
             path.unlink(missing_ok=True)
 
 
-def _warn_config_change(old: dict, new: TrainConfig, path: Path) -> None:
+def _warn_config_change(old: dict, new: TrainConfig, path: Path, *, stacklevel: int = 3) -> None:
     # length of training may change on resume; anything else changes the run it continues
     ignore = {"max_steps", "epochs", "log_every", "sample_every", "checkpoint_every", "keep_last", "num_workers"}
     changed = [f"{k}: {old.get(k)!r} -> {v!r}"
                for k, v in new.to_dict().items() if k not in ignore and old.get(k) != v]
     if changed:
         warnings.warn(f"resuming from {path} with changed settings ({'; '.join(changed)}); a new lr "
-                      "applies from here, other optimizer settings come from the checkpoint.", stacklevel=3)
+                      "applies from here, other optimizer settings come from the checkpoint.", stacklevel=stacklevel)

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from .bundle import load_bundle, save_bundle
 from .utils import BundleError, UserError
@@ -178,6 +179,17 @@ def _check_images(images: torch.Tensor, config: VQGanConfig, what: str = "images
         )
 
 
+class VQGanLoss(nn.Module):
+    """`loss = module(images)`: a VQGAN as the training loop sees it (`vqgan_loss`'s loss)."""
+
+    def __init__(self, vqgan):
+        super().__init__()
+        self.vqgan = vqgan
+
+    def forward(self, images):
+        return vqgan_loss(self.vqgan, images)[0]
+
+
 def train_vqgan(
     images: torch.Tensor,
     config: VQGanConfig,
@@ -187,50 +199,38 @@ def train_vqgan(
     lr: float = 3e-4,
     seed: int = 0,
     vqgan=None,
-    callback=None,
+    progress: bool = False,
 ):
-    """Train a VQGAN on a tensor of images with a plain Adam loop.
+    """Train a VQGAN on a tensor of images, in memory, through the loop the `vqgan` stage runs
+    (`training.train`: AdamW, warmup-free constant lr, gradient clipping at 1, no checkpoints kept).
 
-    The global torch RNG is left as it was (everything random runs under `fork_rng`).
+    The global RNGs are left as they were.
 
     Args:
         images: (N, C, H, W) float images in [-1, 1].
         config: the autoencoder's shape; must match the images.
         steps: optimiser steps.
-        batch_size: images per step (drawn with replacement-free shuffles of the set).
-        lr: Adam learning rate.
+        batch_size: images per step (shuffled epochs of the set, as the stage draws them).
+        lr: learning rate.
         seed: seeds the initial weights, the codebook's k-means init and the batch order.
         vqgan: continue training this model instead of building a fresh one.
-        callback: called as callback(step, loss_float) after every step.
+        progress: show a tqdm bar.
 
     Returns:
-        (vqgan in eval mode, list of per-step losses).
+        (vqgan in eval mode, list of per-step losses). Like the stage, the raw weights, not an
+        EMA copy: the codebook is itself a moving average of the online encoder's outputs.
     """
+    from .training import TrainConfig, kept_global_rng, train
+
     _check_images(images, config)
-    images = images.float()
-    losses: list[float] = []
-    with torch.random.fork_rng(devices=[]):
+    with kept_global_rng():
         torch.manual_seed(seed)
         if vqgan is None:
             vqgan = build_vqgan(config)
-        vqgan.train()
-        opt = torch.optim.Adam(vqgan.parameters(), lr=lr)
-        n = images.shape[0]
-        order = torch.randperm(n)
-        pos = 0
-        for step in range(steps):
-            if pos + batch_size > n:
-                order, pos = torch.randperm(n), 0
-            batch = images[order[pos : pos + batch_size]]
-            pos += batch_size
-            loss, _ = vqgan_loss(vqgan, batch)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            losses.append(loss.item())
-            if callback is not None:
-                callback(step, losses[-1])
-    return vqgan.eval(), losses
+        result = train(VQGanLoss(vqgan), torch.utils.data.TensorDataset(images.float()),
+                       TrainConfig(max_steps=steps, batch_size=batch_size, lr=lr, seed=seed), run_dir=None,
+                       stage="vqgan", model_config=config.to_dict(), progress=progress)
+    return result.model.vqgan.eval(), result.losses
 
 
 @torch.no_grad()

@@ -294,32 +294,19 @@ def train_clip_stage(run_dir, ds, config: TrainConfig, *, sizes: dict | None = N
     return StageResult(final=final, model=clip, train=result)
 
 
-class _VQGanLoss(nn.Module):
-    """`loss = module(images)` for the training loop."""
-
-    def __init__(self, vqgan):
-        super().__init__()
-        self.vqgan = vqgan
-
-    def forward(self, images):
-        from .vqgan import vqgan_loss
-
-        return vqgan_loss(self.vqgan, images)[0]
-
-
 def train_vqgan_stage(run_dir, ds, config: TrainConfig, *, sizes: dict | None = None, resume: str | None = None,
                       overwrite: bool = False, progress: bool = True) -> StageResult:
     """Train the VQGAN autoencoder under the latent decoder; writes vqgan_final.pt.
 
     Args: as for `train_clip_stage`; `sizes` holds `VQGanConfig` fields.
     """
-    from .vqgan import VQGanConfig, build_vqgan, cpu_vqgan_sizes, reconstruction_quality, save_vqgan
+    from .vqgan import VQGanConfig, VQGanLoss, build_vqgan, cpu_vqgan_sizes, reconstruction_quality, save_vqgan
 
     run_dir, final = Path(run_dir), final_path(run_dir, "vqgan")
     check_can_write(final, overwrite=overwrite, resume=resume)
     vq_config = VQGanConfig(image_size=ds.image_size, channels=ds.channels, **(sizes or cpu_vqgan_sizes()))
     torch.manual_seed(config.seed)
-    wrapper = _VQGanLoss(build_vqgan(vq_config))
+    wrapper = VQGanLoss(build_vqgan(vq_config))
     data = torch.utils.data.TensorDataset(ds.images)
     result = _run(wrapper, data, config, run_dir, "vqgan", resume=resume, model_config=vq_config.to_dict(),
                   progress=progress)

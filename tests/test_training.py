@@ -115,6 +115,22 @@ def test_resume_continues_exactly_mid_epoch(tmp_path):
     assert a["position"] == b["position"] == 20 * 4
 
 
+def test_in_memory_run_is_the_same_run_and_leaves_no_files(tmp_path, monkeypatch):
+    on_disk = run(tmp_path / "disk", cfg(max_steps=8))
+    monkeypatch.setenv("TMPDIR", str(tmp_path / "scratch"))
+    (tmp_path / "scratch").mkdir()
+    import tempfile
+
+    monkeypatch.setattr(tempfile, "tempdir", None)  # re-read TMPDIR
+    in_memory = run(None, cfg(max_steps=8))
+    assert in_memory.losses == on_disk.losses and in_memory.checkpoint is None
+    for k, v in weights(on_disk.ema_model).items():
+        assert torch.equal(weights(in_memory.ema_model)[k], v)
+    assert not any((tmp_path / "scratch").iterdir())
+    with pytest.raises(UserError, match="run_dir"):
+        run(None, cfg(max_steps=8), resume="latest")
+
+
 def test_tensorboard_scalars_and_sample_grid(tmp_path):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 

@@ -1,0 +1,128 @@
+"""`clip.train_clip` and `vqgan.train_vqgan` now train through `training.train` (the loop the CLI
+stages run). This compares them with the plain Adam loops they replaced (kept below as reference),
+on the setups of tests/test_clip.py (toy users, 120 steps) and tests/test_vqgan_path.py (smooth
+16 px images, 60 steps): the numbers those tests assert, and the wall-clock time.
+
+    python benchmarks/bench_loop_wrappers.py [--repeats 2] [--out benchmarks/results/bench_loop_wrappers.json]
+
+Times are wall-clock on whatever else the machine is doing; one torch thread.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests"))
+
+from test_clip import USERS, tiny_config, toy_spectrograms  # noqa: E402
+
+from dalle2_md.clip import MicroDopplerClip, compute_image_embeds, train_clip, within_user_spread  # noqa: E402
+from dalle2_md.vqgan import (  # noqa: E402
+    VQGanConfig, build_vqgan, cpu_vqgan_sizes, reconstruction_quality, train_vqgan, vqgan_loss,
+)
+
+
+def plain_clip(images, user_ids, config, *, steps, batch_size, lr, seed):
+    """The loop `train_clip` ran before: Adam, a fresh random batch each step, raw weights."""
+    torch.manual_seed(seed)
+    model = MicroDopplerClip(config).train()
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    gen = torch.Generator().manual_seed(seed)
+    for _ in range(steps):
+        idx = torch.randperm(len(images), generator=gen)[:batch_size]
+        loss = model(images[idx], user_ids[idx])
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    return model.eval()
+
+
+def plain_vqgan(images, config, *, steps, batch_size, lr, seed):
+    """The loop `train_vqgan` ran before: Adam over shuffled epochs, raw weights."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        vqgan = build_vqgan(config).train()
+        opt = torch.optim.Adam(vqgan.parameters(), lr=lr)
+        order, pos = torch.randperm(len(images)), 0
+        for _ in range(steps):
+            if pos + batch_size > len(images):
+                order, pos = torch.randperm(len(images)), 0
+            loss, _ = vqgan_loss(vqgan, images[order[pos: pos + batch_size]])
+            pos += batch_size
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+    return vqgan.eval()
+
+
+def clip_row(train_fn, toy) -> dict:
+    (x, y), (xt, yt) = toy
+    kw = dict(steps=120, batch_size=32, lr=3e-3, seed=0)
+    start = time.time()
+    model = train_fn(x, y, tiny_config(), **kw)
+    seconds = time.time() - start
+    plain = train_fn(x, y, tiny_config(use_visual_ssl=False), **kw)
+    train_e, test_e = compute_image_embeds(model, x), compute_image_embeds(model, xt)
+    centroids = torch.stack([train_e[y == u].mean(0) for u in range(USERS)])
+    with torch.no_grad():
+        tokens = model.embed_users(torch.arange(USERS))
+    return {
+        "seconds_120_steps": seconds,
+        "acc_centroid": (torch.cdist(test_e, centroids).argmin(-1) == yt).float().mean().item(),
+        "acc_token": ((test_e @ tokens.t()).argmax(-1) == yt).float().mean().item(),
+        "spread_train": within_user_spread(train_e, y),
+        "spread_test": within_user_spread(test_e, yt),
+        "spread_train_without_ssl": within_user_spread(compute_image_embeds(plain, x), y),
+    }
+
+
+def vqgan_row(train_fn) -> dict:
+    torch.manual_seed(0)
+    images = torch.nn.functional.interpolate(torch.rand(32, 1, 4, 4), size=16, mode="bilinear") * 2 - 1
+    config = VQGanConfig(image_size=16, channels=1, **cpu_vqgan_sizes(4, dim=8, codebook_size=32, codebook_dim=8))
+    before = reconstruction_quality(build_vqgan(config), images)
+    start = time.time()
+    vqgan = train_fn(images, config, steps=60, batch_size=8, lr=3e-3, seed=0)
+    seconds = time.time() - start
+    after = reconstruction_quality(vqgan, images)
+    return {"seconds_60_steps": seconds, "psnr_gain_db": after["psnr"] - before["psnr"],
+            "ssim_gain": after["ssim"] - before["ssim"]}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--repeats", type=int, default=2, help="timing repeats (the fastest is kept)")
+    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks/results/bench_loop_wrappers.json")
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    toy = toy_spectrograms(40, seed=0), toy_spectrograms(24, seed=1)
+    loops = {
+        "plain loop (before)": (plain_clip, plain_vqgan),
+        "training.train (now)": (lambda *a, **k: train_clip(*a, progress=False, **k),
+                                 lambda *a, **k: train_vqgan(*a, **k)[0]),
+    }
+    rows = {}
+    for _ in range(args.repeats):  # interleaved, so both loops see the same machine load
+        for name, (clip_fn, vqgan_fn) in loops.items():
+            row = {**clip_row(clip_fn, toy), **vqgan_row(vqgan_fn)}
+            old = rows.get(name)
+            rows[name] = row if old is None else {
+                **row, **{k: min(row[k], old[k]) for k in row if k.startswith("seconds")}}
+    keys = list(next(iter(rows.values())))
+    print(f"{'':22}" + "".join(f"{k:>26}" for k in keys))
+    for name, row in rows.items():
+        print(f"{name:22}" + "".join(f"{row[k]:>26.3f}" for k in keys))
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps({"repeats": args.repeats, "rows": rows}, indent=2))
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
