@@ -259,6 +259,21 @@ def _run(model, dataset, config: TrainConfig, run_dir: Path, stage: str, *, resu
     return result
 
 
+class _LatentDecoderLoss(nn.Module):
+    """`loss = module(latents, image_embeds)`: the latent decoder trained on cached VQGAN latents."""
+
+    def __init__(self, decoder):
+        super().__init__()
+        self.inner = decoder
+
+    def forward(self, latents, image_embeds):
+        return self.inner(None, image_embeds, latents=latents)
+
+
+def _unwrap_decoder(module):
+    return module.inner if isinstance(module, _LatentDecoderLoss) else module
+
+
 # --------------------------------------------------------------------------------------------
 # the in-memory training core: tensors in, trained models out (EMA weights, eval mode)
 
@@ -486,21 +501,6 @@ def train_vqgan_stage(run_dir, ds, config: TrainConfig, *, sizes: dict | None = 
     log(f"[vqgan] f={vq_config.factor}: {vq_config.latent_channels}x{vq_config.latent_size}x{vq_config.latent_size} "
         f"latents; reconstructions PSNR {quality['psnr']:.2f} dB, SSIM {quality['ssim']:.3f}; wrote {final}")
     return StageResult(final=final, model=vqgan, train=result)
-
-
-class _LatentDecoderLoss(nn.Module):
-    """`loss = module(latents, image_embeds)`: the latent decoder trained on cached VQGAN latents."""
-
-    def __init__(self, decoder):
-        super().__init__()
-        self.inner = decoder
-
-    def forward(self, latents, image_embeds):
-        return self.inner(None, image_embeds, latents=latents)
-
-
-def _unwrap_decoder(module):
-    return module.inner if isinstance(module, _LatentDecoderLoss) else module
 
 
 def _first_per_user(user_ids: torch.Tensor, limit: int = 8) -> list[int]:
