@@ -114,7 +114,7 @@ def demo_metrics(model, train_ds, data: DataOptions, run_dir: Path, config: Demo
     """Identity accuracy and domain FID of the demo's own samples: a small recogniser trained on
     the real train split judges real test images (A_real) and fresh samples (A_gen), and its
     features give the FID of samples vs real test and the floor of real train vs real test."""
-    from .data import MicroDopplerDataset
+    from .dataset import MicroDopplerDataset
     from .evaluate import (RecogniserConfig, RecogniserTrainConfig, accuracy, domain_fid, min_fid_samples,
                            train_recogniser)
 

@@ -11,11 +11,10 @@ from typing import Sequence
 
 import torch
 
+from .display import GRID_MIN_TILE, save_grid
 from .sampling import DEFAULTS
 from .stages import log
 from .utils import UserError, exists
-
-GRID_MIN_TILE = 96  # grids and strips show small images enlarged to at least this many pixels
 
 def load_generator(*, model_path=None, prior_path=None, decoder_path=None, clip_path=None, device: str = "cpu"):
     """A `MicroDopplerDALLE2` from a chained bundle or from a prior + decoder pair (refused when
@@ -51,7 +50,7 @@ def load_generator(*, model_path=None, prior_path=None, decoder_path=None, clip_
 
 
 def _label_map(model):
-    from .data import LabelMap
+    from .labels import LabelMap
 
     if exists(model.label_map):
         return LabelMap.from_dict(model.label_map)
@@ -112,7 +111,6 @@ def write_samples(model, output_dir, *, users: Sequence[str] | None = None, num_
     import numpy as np
     from tqdm.auto import tqdm
 
-    from .data import save_image_grid
     from .fastpath import FastPaths, apply_fast_paths
 
     if num_samples_per_user < 1 or batch_size < 1:
@@ -149,8 +147,7 @@ def write_samples(model, output_dir, *, users: Sequence[str] | None = None, num_
     seconds = time.perf_counter() - start
     rate = len(pairs) / max(seconds, 1e-9)
     log(f"generate: {len(pairs)} images in {seconds:.1f} s ({rate:.2f} images/s, batches of up to {batch_size})")
-    grid = save_image_grid(torch.stack(grid_tiles) * 2 - 1, out / "grid.png", nrow=grid_per_user, colormap="none",
-                           min_tile=GRID_MIN_TILE)
+    grid = save_grid(torch.stack(grid_tiles), out / "grid.png", nrow=grid_per_user, colormap="none", min_tile=GRID_MIN_TILE)
     return {"images": written, "grid": grid, "npy": npys, "seconds": seconds, "images_per_s": rate}
 
 
@@ -173,8 +170,6 @@ def interpolate_users(model, output_dir, *, user_a: str, user_b: str, steps: int
         seed, cond_scale, prior_cond_scale, sample_steps, prior_steps, sampler: as for `write_samples`
             (always deterministic: eta = 0).
     """
-    from .data import save_image_grid
-
     _sampling_kwargs(cond_scale=cond_scale, prior_cond_scale=prior_cond_scale, sample_steps=sample_steps,
                      prior_steps=prior_steps, seed=seed, eta=0.0, sampler=sampler)
     lm = _label_map(model)
@@ -184,6 +179,6 @@ def interpolate_users(model, output_dir, *, user_a: str, user_b: str, steps: int
     name = f"interpolation_{lm.name_of(a)}_{lm.name_of(b)}"
     out = Path(output_dir)
     paths = [_save_png(f, out / name / f"frame_{i:03d}.png") for i, f in enumerate(frames)]
-    strip = save_image_grid(frames * 2 - 1, out / f"{name}.png", nrow=steps, colormap="none", min_tile=GRID_MIN_TILE)
+    strip = save_grid(frames, out / f"{name}.png", nrow=steps, colormap="none", min_tile=GRID_MIN_TILE)
     return {"strip": strip, "frames": paths}
 

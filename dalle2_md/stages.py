@@ -90,7 +90,8 @@ def load_train_data(data: DataOptions, run_dir: str | Path):
         data: the data options.
         run_dir: the run folder.
     """
-    from .data import METADATA_FILE, MicroDopplerDataset
+    from .dataset import MicroDopplerDataset
+    from .scanning import METADATA_FILE
 
     data = with_defaults(data)
     root = Path(data.data_root).expanduser()
@@ -512,9 +513,9 @@ def _first_per_user(user_ids: torch.Tensor, limit: int = 8) -> list[int]:
 
 def to_display(images01: torch.Tensor, colormap: str | None) -> torch.Tensor:
     """(B, C, H, W) in [0, 1] -> (B, 3, H, W) in [0, 1], re-coloured through the colormap."""
-    from .data import to_display_rgb
+    from .display import colourise
 
-    rgb = to_display_rgb(images01 * 2 - 1, colormap)
+    rgb = colourise(images01, colormap)
     return torch.from_numpy(rgb).permute(0, 3, 1, 2).float() / 255.0
 
 
