@@ -4,7 +4,7 @@ one, and peak RSS for 31 users x 200 images at 64 px.
 
 Both paths run without guidance (cond_scale 1, the old default), so they do the same network
 evaluations. Models are untrained (random weights cost the same per step as trained ones) with the CPU
-sizes of `workflows.CPU_*_SIZES`; each measurement runs in a child process with its own
+sizes of `presets.CPU_*_SIZES`; each measurement runs in a child process with its own
 PYTHONPATH (OLD = a checkout of the old code, default /work/main; NEW = this repository), so
 peak RSS is that child's alone. Rows:
 
@@ -33,14 +33,14 @@ CHILD = r"""
 import json, resource, sys, time, torch
 spec = json.loads(sys.argv[1])
 torch.set_num_threads(spec["threads"])
-from dalle2_md.workflows import load_generator, generate
+from dalle2_md.generation import load_generator, write_samples
 model = load_generator(model_path=spec["bundle"], device="cpu")
 extra = {"sampler": spec["sampler"]} if spec.get("sampler") else {}
-generate(model, spec["out"] + "_warm", users=spec["users"][:1], num_samples_per_user=1, sample_steps=2, prior_steps=2)
+write_samples(model, spec["out"] + "_warm", users=spec["users"][:1], num_samples_per_user=1, sample_steps=2, prior_steps=2)
 start = time.perf_counter()
-generate(model, spec["out"], users=spec["users"], num_samples_per_user=spec["n"], sample_steps=spec["steps"],
-         prior_steps=spec["prior_steps"], seed=0, batch_size=spec["batch_size"], cond_scale=1.0, prior_cond_scale=1.0,
-         **extra)
+write_samples(model, spec["out"], users=spec["users"], num_samples_per_user=spec["n"], sample_steps=spec["steps"],
+              prior_steps=spec["prior_steps"], seed=0, batch_size=spec["batch_size"], cond_scale=1.0,
+              prior_cond_scale=1.0, **extra)
 seconds = time.perf_counter() - start
 print("RESULT " + json.dumps({"seconds": seconds, "images": len(spec["users"]) * spec["n"],
                               "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
@@ -53,7 +53,7 @@ def build_bundle(path: Path, image_size: int, num_users: int, tiny: bool = False
     from dalle2_md.decoder import DecoderConfig, MicroDopplerDecoder
     from dalle2_md.model import MicroDopplerDALLE2
     from dalle2_md.prior import PriorConfig, UserConditionedDiffusionPrior
-    from dalle2_md.workflows import CPU_CLIP_SIZES, CPU_DECODER_SIZES, CPU_PRIOR_SIZES
+    from dalle2_md.presets import CPU_CLIP_SIZES, CPU_DECODER_SIZES, CPU_PRIOR_SIZES
 
     torch.manual_seed(0)
     dim = CPU_CLIP_SIZES["dim_latent"]

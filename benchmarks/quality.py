@@ -29,9 +29,10 @@ from pathlib import Path  # noqa: E402
 
 import torch  # noqa: E402
 
-from dalle2_md.augment import GeneratorBudget, augmentation_gain, generate, train_generator  # noqa: E402
+from dalle2_md.augment import augmentation_gain, generate, train_generator  # noqa: E402
 from dalle2_md.data import MicroDopplerDataset  # noqa: E402
 from dalle2_md.evaluate import RecogniserConfig, RecogniserTrainConfig, cached_recogniser, evaluate_samples  # noqa: E402
+from dalle2_md.presets import QUICK_BUDGET, GeneratorBudget  # noqa: E402
 from dalle2_md.synth import synthesize_dataset  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -62,14 +63,8 @@ class Profile:
 
 
 def _profiles() -> dict:
-    smoke_budget = GeneratorBudget(
-        clip_steps=20, decoder_steps=30, prior_steps=40, batch_size=16, decoder_batch_size=8, warmup_steps=5,
-        clip=dict(dim_latent=16, dim_image=32, dim_text=16, encoder_widths=(8, 16), token_grid=2, text_heads=2,
-                  text_dim_head=8, ssl_dim=16, ssl_hidden=32),
-        decoder=dict(dim=16, dim_mults=(1, 2), num_resnet_blocks=1, attn_heads=2, attn_dim_head=8, timesteps=100,
-                     sample_timesteps=8, num_image_tokens=2),
-        prior=dict(depth=1, heads=2, dim_head=8, timesteps=100, sample_timesteps=8),
-        sample_steps=8, prior_sample_steps=8)
+    # the quick demo's sizes, with its own step counts
+    smoke_budget = replace(QUICK_BUDGET, prior_steps=40, decoder_batch_size=8, warmup_steps=5)
     gpu_budget = GeneratorBudget(
         clip_steps=3000, decoder_steps=20000, prior_steps=10000, batch_size=64, decoder_batch_size=32, lr=3e-4,
         warmup_steps=500,

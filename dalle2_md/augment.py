@@ -1,9 +1,9 @@
 """Augmentation gain (protocol: shared/micro-doppler.md §4): does adding generated spectrograms
 to a few real ones train a better recogniser?
 
-Owns: `GeneratorBudget` (sizes and step counts of a generator trained from tensors),
-`train_generator` (either the two-stage chain embedding -> decoder -> prior, or the single-stage
-baseline, trained through `training.train` on exactly the tensors it is given), `generate`
+Owns: `train_generator` (either the two-stage chain embedding -> decoder -> prior of
+`stages.train_two_stage`, or the single-stage baseline, trained on exactly the tensors it is
+given; its sizes and steps are a `presets.GeneratorBudget`), `generate`
 (model-space samples per user), `kshot_indices` (the seeded K-per-user pick from the train split)
 and `augmentation_gain`, the harness behind `dalle2-md augment-eval`.
 
@@ -17,67 +17,18 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
 import torch
 
-from .defaults import DEFAULTS
-from .training import TrainConfig, train
+from .presets import GeneratorBudget  # noqa: F401  (moved: issue 11)
+from .stages import train_two_stage
 from .utils import UserError, exists
-from .workflows import CPU_CLIP_SIZES, CPU_DECODER_SIZES, CPU_PRIOR_SIZES
 
 GENERATORS = ("two_stage", "baseline")
-
-
-@dataclass(frozen=True, kw_only=True)
-class GeneratorBudget:
-    """How big a generator is and how long each part trains (the same for both kinds, so the
-    baseline's decoder gets exactly the two-stage decoder's shape and step budget).
-
-    Args:
-        clip_steps, decoder_steps, prior_steps: optimiser steps per stage (the baseline trains
-            only its decoder, for `decoder_steps`).
-        batch_size: batch of the embedding model and the prior.
-        decoder_batch_size: batch of the decoders (their steps cost the most).
-        lr: learning rate of every stage.
-        warmup_steps: linear warmup of every stage (capped at a tenth of its steps).
-        clip, decoder, prior: size fields of ClipConfig / DecoderConfig / PriorConfig (without
-            num_users, image size, channels and embedding width, which follow the data).
-        sample_steps, prior_sample_steps: network evaluations when generating.
-        cond_scale, prior_cond_scale: classifier-free guidance when generating (1 = none).
-        sampler, eta: sampler and DDIM eta when generating (see `sampling.resolve_sampler`).
-    """
-
-    clip_steps: int = 300
-    decoder_steps: int = 1500
-    prior_steps: int = 1000
-    batch_size: int = 32
-    decoder_batch_size: int = 16
-    lr: float = 1e-3
-    warmup_steps: int = 50
-    clip: dict = field(default_factory=lambda: dict(CPU_CLIP_SIZES))
-    decoder: dict = field(default_factory=lambda: dict(CPU_DECODER_SIZES))
-    prior: dict = field(default_factory=lambda: dict(CPU_PRIOR_SIZES))
-    sample_steps: int = DEFAULTS.sample_timesteps
-    prior_sample_steps: int = DEFAULTS.sample_timesteps
-    cond_scale: float = DEFAULTS.cond_scale
-    prior_cond_scale: float = DEFAULTS.prior_cond_scale
-    sampler: str | None = None
-    eta: float = DEFAULTS.eta
-
-    def schedule(self, steps: int, batch_size: int, seed: int) -> TrainConfig:
-        """The `TrainConfig` of one stage."""
-        return TrainConfig(max_steps=steps, batch_size=batch_size, lr=self.lr, seed=seed,
-                           warmup_steps=min(self.warmup_steps, steps // 10), log_every=max(1, steps // 10))
-
-    def to_dict(self) -> dict:
-        d = asdict(self)
-        for part in ("clip", "decoder"):
-            d[part] = {k: list(v) if isinstance(v, tuple) else v for k, v in d[part].items()}
-        return d
 
 
 @dataclass
@@ -137,10 +88,8 @@ def train_generator(
         progress: progress bars.
     """
     from .baseline import train_baseline
-    from .clip import ClipConfig, MicroDopplerClip, compute_image_embeds
-    from .decoder import DecoderConfig, MicroDopplerDecoder
+    from .decoder import DecoderConfig
     from .model import MicroDopplerDALLE2
-    from .prior import PriorConfig, UserConditionedDiffusionPrior
 
     if kind not in GENERATORS:
         raise UserError(f"unknown generator {kind!r}; use one of {', '.join(GENERATORS)}")
@@ -160,31 +109,13 @@ def train_generator(
         seconds["decoder"], losses["decoder"] = time.perf_counter() - start, _final_loss(result.losses)
         return TrainedGenerator(kind=kind, model=model, seconds=seconds, num_train_images=len(images), final_losses=losses)
 
-    def stage(name: str, module, data, steps: int, batch: int):
-        start = time.perf_counter()
-        result = train(module, data, budget.schedule(steps, batch, seed), run_dir=run_dir / name, stage=name,
-                       progress=progress)
-        seconds[name], losses[name] = time.perf_counter() - start, _final_loss(result.losses)
-        return result.ema_model.eval()
-
-    clip_config = ClipConfig(num_users=num_users, image_size=size, channels=channels, **budget.clip)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        clip = MicroDopplerClip(clip_config)
-        clip = stage("clip", clip, torch.utils.data.TensorDataset(images, user_ids), budget.clip_steps, budget.batch_size)
-        embeds = compute_image_embeds(clip, images)
-        torch.manual_seed(seed)
-        decoder = MicroDopplerDecoder(config=DecoderConfig(image_size=size, channels=channels,
-                                                           image_embed_dim=clip_config.dim_latent, **budget.decoder))
-        decoder = stage("decoder", decoder, torch.utils.data.TensorDataset(images, embeds), budget.decoder_steps,
-                        budget.decoder_batch_size)
-        torch.manual_seed(seed)
-        prior = UserConditionedDiffusionPrior(PriorConfig(num_users=num_users, dim=clip_config.dim_latent, **budget.prior))
-        prior = stage("prior", prior, torch.utils.data.TensorDataset(embeds, user_ids), budget.prior_steps, budget.batch_size)
-    fingerprint = {"clip_fingerprint": clip.fingerprint}
-    decoder.meta, prior.meta = dict(fingerprint), dict(fingerprint)
-    model = MicroDopplerDALLE2(prior=prior, decoder=decoder, clip=clip, label_map=label_map, colormap=colormap).eval()
-    return TrainedGenerator(kind=kind, model=model, seconds=seconds, num_train_images=len(images), final_losses=losses)
+    parts = train_two_stage(images, user_ids, num_users=num_users, budget=budget, seed=seed, work_dir=run_dir,
+                            progress=progress)
+    losses = {name: _final_loss(result.losses) for name, result in parts.results.items()}
+    model = MicroDopplerDALLE2(prior=parts.prior, decoder=parts.decoder, clip=parts.clip, label_map=label_map,
+                               colormap=colormap).eval()
+    return TrainedGenerator(kind=kind, model=model, seconds=parts.seconds, num_train_images=len(images),
+                            final_losses=losses)
 
 
 @torch.no_grad()

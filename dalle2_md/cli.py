@@ -129,7 +129,7 @@ def synth(profile, num_users, images_per_user, image_size, layout, out, seed, pr
 
 
 # ------------------------------------------------------------------------------------------
-# training, generation, demo and self-check commands (thin: options -> workflows.*)
+# training, generation, demo and self-check commands (thin: options -> stages / generation / demo / selfcheck)
 
 # argparse-style list flags (`--user_ids 0 1 2`) are joined into one value before click parses
 VARIADIC_FLAGS = ("--user_ids", "--user-ids", "--dim_mults", "--dim-mults", "--clip_widths", "--clip-widths")
@@ -246,7 +246,7 @@ def _clip_sizes(kw):
 def _common(kw):
     """Pop the data and training options shared by the train-* commands."""
     from .training import TrainConfig
-    from .workflows import DataOptions
+    from .stages import DataOptions
 
     run_dir = Path(kw.pop("output_dir")) / kw.pop("experiment_name")
     cache_dir = kw.pop("cache_dir") or str(run_dir.parent / ".cache")
@@ -273,7 +273,7 @@ def _common(kw):
 def train_clip_cmd(**kw):
     """Train the embedding model (x-clip: spectrogram <-> user token) alone; writes
     <output_dir>/<experiment_name>/clip_final.pt. train-decoder does this itself unless given --clip_path."""
-    from .workflows import run_train_clip
+    from .stages import run_train_clip
 
     sizes = _clip_sizes(kw)
     done = run_train_clip(sizes=sizes, **_common(kw))
@@ -314,7 +314,7 @@ def train_clip_cmd(**kw):
 def train_decoder_cmd(**kw):
     """Stage 1: train the embedding model (unless --clip_path), the VQGAN (with --use_vqgan) and
     the decoder; writes clip_final.pt and decoder_final.pt in <output_dir>/<experiment_name>/."""
-    from .workflows import run_train_decoder
+    from .stages import run_train_decoder
 
     clip_sizes = _clip_sizes(kw)
     sizes = {k: kw.pop(k) for k in ("dim", "dim_mults", "num_resnet_blocks", "attn_heads", "attn_dim_head",
@@ -352,7 +352,7 @@ def train_decoder_cmd(**kw):
 def train_prior_cmd(**kw):
     """Stage 2: train the user-conditioned diffusion prior on the embedding model's image
     embeddings; writes <output_dir>/<experiment_name>/prior_final.pt."""
-    from .workflows import run_train_prior
+    from .stages import run_train_prior
 
     sizes = {k: kw.pop(k) for k in ("dim", "depth", "heads", "dim_head", "timesteps", "sample_timesteps",
                                     "cond_drop_prob")}
@@ -383,7 +383,7 @@ _model_options = _apply(
 
 
 def _load_model(kw):
-    from .workflows import load_generator
+    from .generation import load_generator
 
     model = load_generator(model_path=kw.pop("model_path"), prior_path=kw.pop("prior_path"),
                            decoder_path=kw.pop("decoder_path"), clip_path=kw.pop("clip_path"), device=kw.pop("device"))
@@ -487,7 +487,7 @@ def generate_cmd(**kw):
     """Generate spectrograms per user (PNG per sample named with the user's label, grid.png with
     one row per user) and optionally a user-to-user interpolation strip. With --filter or
     --layout: a curated data set instead (what generate-dataset does)."""
-    from .workflows import generate, interpolate_users
+    from .generation import interpolate_users, write_samples
 
     if kw["filter"] is not None or kw["layout"] is not None:
         if kw["interpolate"] or kw["save_npy"]:
@@ -502,9 +502,9 @@ def generate_cmd(**kw):
         raise UserError("--interpolate needs --interp_user_1 and --interp_user_2 (original labels, e.g. 0 and 5).")
     model, out, sampling = _load_model(kw), kw.pop("output_dir"), _sampling(kw)
     if kw["user_ids"] or not interp["interpolate"]:
-        made = generate(model, out, users=kw["user_ids"], num_samples_per_user=kw["num_samples_per_user"],
-                        batch_size=kw["batch_size"], save_npy=kw["save_npy"], eta=kw["eta"], fast=_fast_paths(kw),
-                        progress=kw["progress"], **sampling)
+        made = write_samples(model, out, users=kw["user_ids"], num_samples_per_user=kw["num_samples_per_user"],
+                             batch_size=kw["batch_size"], save_npy=kw["save_npy"], eta=kw["eta"], fast=_fast_paths(kw),
+                             progress=kw["progress"], **sampling)
         click.echo(f"wrote {len(made['images'])} images and {made['grid']} ({made['images_per_s']:.2f} images/s)")
     if interp["interpolate"]:
         made = interpolate_users(model, out, user_a=interp["interp_user_1"], user_b=interp["interp_user_2"],
@@ -552,7 +552,7 @@ def variations_cmd(image_paths, n, strength, model_path, decoder_path, clip_path
 def interpolate_cmd(**kw):
     """Write interpolation_<a>_<b>.png: frames between two users' sampled embeddings, decoded
     from the same noise (and each frame in interpolation_<a>_<b>/)."""
-    from .workflows import interpolate_users
+    from .generation import interpolate_users
 
     model, out, sampling = _load_model(kw), kw.pop("output_dir"), _sampling(kw)
     made = interpolate_users(model, out, user_a=kw["interp_user_1"], user_b=kw["interp_user_2"],
@@ -568,7 +568,7 @@ def interpolate_cmd(**kw):
 def demo_cmd(output_dir, quick, seed, progress):
     """Simulate a small data set, train embedding -> decoder -> prior, generate a per-user grid and
     an interpolation strip, and write <output_dir>/report.md with pictures, settings and timings."""
-    from .workflows import DemoConfig, run_demo
+    from .demo import DemoConfig, run_demo
 
     done = run_demo(output_dir, DemoConfig.quick() if quick else DemoConfig(), seed=seed, progress=progress)
     for stage, seconds in done["timings"].items():
@@ -589,7 +589,7 @@ def check_cmd(create_dummy, data_root, num_users, image_size, flat_structure, st
     exits 1 if any failed (what test_micro_doppler.py runs)."""
     import tempfile
 
-    from .workflows import run_checks
+    from .selfcheck import run_checks
 
     if create_dummy == (data_root is not None):
         raise UserError("give either --create_dummy (simulated data) or --data_root PATH (your data).")

@@ -606,7 +606,7 @@ def generate_dataset(
         seed, batch_size, max_draws_per_user, overwrite, progress, log: see `curate_dataset`.
         model_id: what identifies the model (file paths, fingerprint), stored in the settings.
     """
-    from .workflows import _label_map
+    from .generation import _label_map
 
     lm = _label_map(model)
     indices = [model.user_index(u) for u in users] if users else list(range(model.num_users))

@@ -193,7 +193,7 @@ def load_embedding_decoder(*, model_path=None, decoder_path=None, clip_path=None
     from .clip import MicroDopplerClip
     from .decoder import MicroDopplerDecoder
     from .model import check_same_embedding
-    from .workflows import load_generator
+    from .generation import load_generator
 
     if exists(model_path) or exists(prior_path):
         model = load_generator(model_path=model_path, prior_path=prior_path, decoder_path=decoder_path, clip_path=clip_path,

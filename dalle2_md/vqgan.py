@@ -23,12 +23,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from .bundle import load_bundle, save_bundle
+from .presets import CPU_VQGAN_SIZES  # noqa: F401  (moved: issue 11)
 from .utils import BundleError, UserError
-
-# A VQGAN that trains at 128 px on 2 CPU cores in minutes (0.43 s per step of 16 images at
-# f = 4 on one loaded core, measured; the 32-wide, 1-2 multiplier shape took 1.95 s): every
-# stage 16 channels wide, so the latent has 16 channels, and a small codebook.
-CPU_VQGAN_SIZES = dict(dim=16, num_resnet_blocks=1, resnet_groups=8, codebook_size=256, codebook_dim=16)
 
 
 def layers_for_factor(factor: int) -> int:

@@ -4,6 +4,7 @@ errors, overwrite protection, mismatched parts, the chained bundle and the quick
 Everything runs on a 3-user x 6-image, 16 px simulated set with tiny models and 2-4 steps."""
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -299,3 +300,44 @@ def test_demo_metrics_judge_real_and_generated_images(trained, work):
     assert metrics["chance"] == 1 / num_users
     for key in ("a_real", "a_gen"):
         assert 0.0 <= metrics[key] <= 1.0
+
+
+def test_check_names_a_truncated_image(tmp_path):
+    """The self-check reads the data as training does and, like every command, names what it skipped."""
+    from dalle2_md.synth import synthesize_dataset
+
+    synthesize_dataset(tmp_path / "data", num_users=3, images_per_user=6, image_size=16, progress=False)
+    victim = sorted((tmp_path / "data" / "user_1").glob("*.png"))[0]
+    raw = victim.read_bytes()
+    victim.write_bytes(raw[: len(raw) // 2])
+    result = invoke("check", "--data_root", tmp_path / "data", "--num_users", 3, "--image_size", 16, "--steps", 1,
+                    "--work_dir", tmp_path / "work")
+    data_line = next(line for line in result.output.splitlines() if line.startswith("PASS  data layout"))
+    assert f"skipped 1 unreadable file(s): {victim.name}" in data_line and "truncated" in data_line
+
+
+def test_stage_functions_and_two_stage_core_train_the_same_models(work, tmp_path):
+    """One pipeline: the training commands' stage functions and `train_two_stage` (demo,
+    augmentation harness) give identical weights from the same data, budget and seed."""
+    from dalle2_md.presets import QUICK_BUDGET
+    from dalle2_md.stages import train_decoder_stage, train_two_stage
+
+    budget = replace(QUICK_BUDGET, clip_steps=2, decoder_steps=2, prior_steps=2, batch_size=8, decoder_batch_size=8,
+                     clip=CLIP_SIZES, prior=PRIOR_SIZES)
+    ds = load_train_data(DataOptions(data_root=str(work / "data"), image_size=16), tmp_path / "run")
+    images, user_indices = ds.tensors()
+    core = train_two_stage(images, user_indices, num_users=len(ds.label_map), budget=budget, seed=3,
+                           work_dir=tmp_path / "core")
+    kw = dict(overwrite=True, progress=False)
+    schedule = lambda steps, batch: budget.schedule(steps, batch, 3)
+    clip = train_clip_stage(tmp_path / "run", ds, schedule(2, 8), sizes=budget.clip, **kw).model
+    decoder = train_decoder_stage(tmp_path / "run", ds, clip, schedule(2, 8), sizes=budget.decoder,
+                                  cache_dir=tmp_path / "cache", **kw).model
+    prior = train_prior_stage(tmp_path / "run", ds, clip, schedule(2, 8), sizes=budget.prior,
+                              cache_dir=tmp_path / "cache", **kw).model
+    for name, staged in (("clip", clip), ("decoder", decoder), ("prior", prior)):
+        trained = getattr(core, name).state_dict()
+        assert staged.state_dict().keys() == trained.keys()
+        for key, value in staged.state_dict().items():
+            assert torch.equal(value, trained[key]), f"{name}.{key} differs"
+    assert core.decoder.meta["clip_fingerprint"] == clip.fingerprint

@@ -1,0 +1,98 @@
+"""Model sizes and step budgets: the CPU presets every command and benchmark starts from, and
+`GeneratorBudget`, the one dataclass that says how big a two-stage generator is and how long
+each stage trains (the demo's `DemoConfig` extends it with the simulated data set's size).
+
+Owns: CPU_CLIP_SIZES, CPU_DECODER_SIZES, CPU_PRIOR_SIZES, CPU_VQGAN_SIZES (size fields of the
+configs, without the fields that follow the data), the TINY_* sizes and QUICK_BUDGET of smoke
+runs, and GeneratorBudget.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+
+from .defaults import DEFAULTS
+from .training import TrainConfig
+
+# Model sizes that train in minutes on 2 CPU cores (the demo and the evaluation protocol).
+# 32 px and a dim-16 U-Net: the decoder gets ~1500 steps in the demo's time budget, which is
+# where users became clearly distinct (600 steps at 64 px gave torso lines at the wrong height
+# and backgrounds set by the noise rather than the embedding).
+CPU_CLIP_SIZES = dict(dim_latent=32, dim_image=64, dim_text=32, encoder_widths=(16, 32, 64), token_grid=2,
+                      text_heads=2, text_dim_head=16, ssl_dim=32, ssl_hidden=64)
+CPU_DECODER_SIZES = dict(dim=16, dim_mults=(1, 2, 4), num_resnet_blocks=1, attn_heads=2, attn_dim_head=16,
+                         timesteps=1000, sample_timesteps=DEFAULTS.sample_timesteps, num_image_tokens=2)
+CPU_PRIOR_SIZES = dict(depth=2, heads=2, dim_head=16, timesteps=1000, sample_timesteps=DEFAULTS.sample_timesteps)
+# A VQGAN that trains at 128 px on 2 CPU cores in minutes (0.43 s per step of 16 images at
+# f = 4 on one loaded core, measured; the 32-wide, 1-2 multiplier shape took 1.95 s): every
+# stage 16 channels wide, so the latent has 16 channels, and a small codebook.
+# `vqgan.cpu_vqgan_sizes(factor)` adds the layer count of a downsampling factor.
+CPU_VQGAN_SIZES = dict(dim=16, num_resnet_blocks=1, resnet_groups=8, codebook_size=256, codebook_dim=16)
+
+# Smoke-run sizes (the quick demo, the quality benchmark's smoke profile): prove that the
+# pipeline runs in seconds, not that it learns.
+TINY_CLIP_SIZES = dict(dim_latent=16, dim_image=32, dim_text=16, encoder_widths=(8, 16), token_grid=2,
+                       text_heads=2, text_dim_head=8, ssl_dim=16, ssl_hidden=32)
+TINY_DECODER_SIZES = dict(dim=16, dim_mults=(1, 2), num_resnet_blocks=1, attn_heads=2, attn_dim_head=8,
+                          timesteps=100, sample_timesteps=8, num_image_tokens=2)
+TINY_PRIOR_SIZES = dict(depth=1, heads=2, dim_head=8, timesteps=100, sample_timesteps=8)
+
+
+@dataclass(frozen=True, kw_only=True)
+class GeneratorBudget:
+    """How big a generator is and how long each part trains (the same for both kinds, so the
+    baseline's decoder gets exactly the two-stage decoder's shape and step budget).
+
+    Args:
+        clip_steps, decoder_steps, prior_steps: optimiser steps per stage (the baseline trains
+            only its decoder, for `decoder_steps`).
+        batch_size: batch of the embedding model and the prior.
+        decoder_batch_size: batch of the decoders (their steps cost the most: about 1 s per
+            step of 16 at 32 px on one loaded CPU core, measured).
+        lr: learning rate of every stage.
+        warmup_steps: linear warmup of every stage (capped at a tenth of its steps).
+        clip, decoder, prior: size fields of ClipConfig / DecoderConfig / PriorConfig (without
+            num_users, image size, channels and embedding width, which follow the data).
+        sample_steps, prior_sample_steps: network evaluations when generating.
+        cond_scale, prior_cond_scale: classifier-free guidance when generating (1 = none).
+        sampler, eta: sampler and DDIM eta when generating (see `sampling.resolve_sampler`).
+    """
+
+    clip_steps: int = 300
+    decoder_steps: int = 1500
+    prior_steps: int = 1000
+    batch_size: int = 32
+    decoder_batch_size: int = 16
+    lr: float = 1e-3
+    warmup_steps: int = 50
+    clip: dict = field(default_factory=lambda: dict(CPU_CLIP_SIZES))
+    decoder: dict = field(default_factory=lambda: dict(CPU_DECODER_SIZES))
+    prior: dict = field(default_factory=lambda: dict(CPU_PRIOR_SIZES))
+    sample_steps: int = DEFAULTS.sample_timesteps
+    prior_sample_steps: int = DEFAULTS.sample_timesteps
+    cond_scale: float = DEFAULTS.cond_scale
+    prior_cond_scale: float = DEFAULTS.prior_cond_scale
+    sampler: str | None = None
+    eta: float = DEFAULTS.eta
+
+    def schedule(self, steps: int, batch_size: int, seed: int) -> TrainConfig:
+        """The `TrainConfig` of one stage."""
+        return TrainConfig(max_steps=steps, batch_size=batch_size, lr=self.lr, seed=seed,
+                           warmup_steps=min(self.warmup_steps, steps // 10), log_every=max(1, steps // 10))
+
+    def budget_fields(self) -> dict:
+        """This budget's own fields (without a subclass's extra ones), e.g. to build a
+        `DemoConfig` from a budget."""
+        return {name: getattr(self, name) for name in GeneratorBudget.__dataclass_fields__}
+
+    def to_dict(self) -> dict:
+        """Plain JSON types (tuples become lists)."""
+        return json.loads(json.dumps(asdict(self)))
+
+
+# the quick demo's budget; the quality benchmark's smoke profile varies it
+QUICK_BUDGET = GeneratorBudget(
+    clip_steps=20, decoder_steps=30, prior_steps=30, batch_size=16, decoder_batch_size=16,
+    clip=dict(TINY_CLIP_SIZES), decoder=dict(TINY_DECODER_SIZES), prior=dict(TINY_PRIOR_SIZES), sample_steps=8, prior_sample_steps=8,
+)

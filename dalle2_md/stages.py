@@ -1,0 +1,721 @@
+"""Training stages: options -> data set -> configs -> `training.train` -> bundles.
+
+Owns: DataOptions and load_train_data (the train split a run reads, and the image size /
+colormap recorded in the bundle it builds on); the in-memory training core `fit_clip`,
+`fit_decoder`, `fit_prior` and `train_two_stage` (embedding -> decoder -> prior on tensors,
+returning the models; the augmentation harness, the quality benchmark and the demo call it); the
+per-stage `train_*_stage` functions that wrap one core part with overwrite checks, progress
+samples and a bundle; and the `run_train_*` functions behind the training commands.
+
+A training run lives in one folder, `<output_dir>/<experiment_name>/`:
+
+    label_map.json  split.json                      the users and the per-user split trained on
+    clip/  vqgan/  decoder/  prior/                  per stage: checkpoints/ tensorboard/ samples/
+    clip_final.pt  vqgan_final.pt  decoder_final.pt  prior_final.pt     the bundles (EMA weights)
+
+Every stage trains on the train split only. The embedding model is trained first (by the decoder
+run, or `train-clip`); the prior and decoder train on its image embeddings, computed once and
+cached under the cache folder, and both bundles record its weight fingerprint so generation can
+refuse a pair trained on different embedding models.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .presets import GeneratorBudget
+from .training import TrainConfig, TrainResult, train
+from .utils import DataError, UserError, exists
+
+STAGES = ("clip", "vqgan", "decoder", "prior")
+CLIP_MAX_IMAGE_SIZE = 64
+DEFAULT_IMAGE_SIZE, DEFAULT_COLORMAP = 64, "jet"  # when neither a flag nor a bundle says
+
+
+def log(message: str) -> None:
+    # under `accelerate launch` every process runs the workflow; one copy of each line is enough.
+    # The rank is read from the launcher's environment: creating accelerate's state here, before
+    # the training loop's Accelerator, would pin it to a single process
+    rank = next((os.environ[k] for k in ("RANK", "PMI_RANK", "OMPI_COMM_WORLD_RANK") if k in os.environ), "0")
+    if int(rank) == 0:
+        print(message, flush=True)
+
+
+def final_path(run_dir: str | Path, stage: str) -> Path:
+    """`<run_dir>/<stage>_final.pt`, the bundle a stage leaves behind."""
+    return Path(run_dir) / f"{stage}_final.pt"
+
+
+# --------------------------------------------------------------------------------------------
+# data
+
+
+@dataclass(frozen=True, kw_only=True)
+class DataOptions:
+    """Where the data is and how to read it.
+
+    Args:
+        data_root: folder of user folders, or images/ + metadata.json.
+        num_users: expected number of users (checked), or None.
+        image_size: side of the square images the models see; None: the size recorded in the
+            bundle the run builds on (see `with_settings_from`), else DEFAULT_IMAGE_SIZE.
+        colormap: colormap inverted into one channel ("jet"), or "none" to keep RGB; None: as
+            for image_size.
+        flat_structure: require the flat layout (images/ + metadata.json).
+        split_seed: seed of the per-user train/val/test split.
+        cache_dir: cache of decoded images and image embeddings (None: no image cache; the
+            embeddings then go to `<run_dir>/../.cache`).
+    """
+
+    data_root: str
+    num_users: int | None = None
+    image_size: int | None = DEFAULT_IMAGE_SIZE
+    colormap: str | None = DEFAULT_COLORMAP
+    flat_structure: bool = False
+    split_seed: int = 0
+    cache_dir: str | None = None
+
+
+def load_train_data(data: DataOptions, run_dir: str | Path):
+    """The train split of the data set; writes `label_map.json` and `split.json` into the run
+    folder (an existing split.json is reused, so a resumed run sees the same images).
+
+    Args:
+        data: the data options.
+        run_dir: the run folder.
+    """
+    from .dataset import MicroDopplerDataset
+    from .scanning import METADATA_FILE
+
+    data = with_defaults(data)
+    root = Path(data.data_root).expanduser()
+    if data.flat_structure and root.is_dir() and not (root / METADATA_FILE).is_file():
+        raise DataError(
+            f"--flat_structure was given but {root} has no {METADATA_FILE}; the flat layout is "
+            f"{root}/images/*.png + {root}/{METADATA_FILE}. Leave out --flat_structure for user folders."
+        )
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    ds = MicroDopplerDataset(
+        root, image_size=data.image_size, colormap=data.colormap, num_users=data.num_users,
+        split="train", split_file=run_dir / "split.json", split_seed=data.split_seed, cache_dir=data.cache_dir,
+    )
+    ds.label_map.save(run_dir / "label_map.json")
+    log(f"data: {ds.root} ({ds.layout}), {len(ds.label_map)} users, {len(ds)} training images "
+        f"at {ds.channels}x{ds.image_size}x{ds.image_size}")
+    if ds.skipped:
+        log(f"data: {skipped_summary(ds.skipped)}")
+    return ds
+
+
+def skipped_summary(skipped, limit: int = 10) -> str:
+    """'skipped 2 unreadable file(s): a.png (why), b.png (why)' for a data set's `skipped` list."""
+    names = ", ".join(f"{Path(p).name} ({why})" for p, why in skipped[:limit])
+    more = f", ... {len(skipped) - limit} more" if len(skipped) > limit else ""
+    return f"skipped {len(skipped)} unreadable file(s): {names}{more}"
+
+
+def with_defaults(data: DataOptions) -> DataOptions:
+    """The data options with an unset image size / colormap given the defaults."""
+    return replace(data, image_size=data.image_size or DEFAULT_IMAGE_SIZE, colormap=data.colormap or DEFAULT_COLORMAP)
+
+
+def recorded_data_settings(bundle_path: str | Path) -> dict:
+    """{"image_size", "colormap"} of the data an embedding-model bundle was trained on,
+    as recorded in its meta (older files without it: the model's own image size)."""
+    from .bundle import load_bundle
+
+    payload = load_bundle(bundle_path, kind="clip")
+    meta, config = payload.get("meta") or {}, payload.get("config") or {}
+    channels = config.get("channels", 1)
+    return {"image_size": meta.get("image_size", config.get("image_size")),
+            "colormap": meta.get("colormap", DEFAULT_COLORMAP if channels == 1 else "none")}
+
+
+def with_settings_from(data: DataOptions, bundle_path: str | Path | None) -> DataOptions:
+    """Fill the image size and colormap that were not given (None) from the bundle the run
+    builds on, so a run reads the data as the embedding model's run did; then the defaults.
+
+    Args:
+        data: the data options; given values are kept.
+        bundle_path: an embedding-model (clip) bundle, or None.
+    """
+    if exists(bundle_path) and (data.image_size is None or data.colormap is None):
+        recorded = recorded_data_settings(bundle_path)
+        filled = {k: v for k, v in recorded.items() if getattr(data, k) is None and exists(v)}
+        if filled:
+            log(f"data: {', '.join(f'{k} {v}' for k, v in filled.items())} (as recorded in {bundle_path})")
+            data = replace(data, **filled)
+    return with_defaults(data)
+
+
+def _dataset_key(ds) -> str:
+    from .clip import dataset_key_for
+
+    return dataset_key_for(ds.files, ds.image_size, ds.colormap)
+
+
+def embed_dataset(clip, ds, cache_dir: str | Path) -> torch.Tensor:
+    """(N, dim_latent) image embeddings of a data set: computed once per (data, clip) pair and
+    read from `cache_dir` afterwards."""
+    from .clip import cached_image_embeds
+
+    return cached_image_embeds(clip, ds.images, cache_dir=cache_dir, dataset_key=_dataset_key(ds))
+
+
+# --------------------------------------------------------------------------------------------
+# shared stage plumbing
+
+
+@dataclass
+class StageResult:
+    """What a stage left behind: its bundle, its EMA model, and the training record (None when
+    an existing bundle was reused)."""
+
+    final: Path
+    model: nn.Module
+    train: TrainResult | None = None
+
+
+def check_can_write(path: Path, *, overwrite: bool, resume: str | None) -> None:
+    """Refuse to replace a finished bundle `<run>/<stage>_final.pt`, or the checkpoints of an
+    interrupted run in `<run>/<stage>/checkpoints/`, unless asked to (`--overwrite`, which then
+    deletes that stage's old checkpoints so two runs never mix) or continuing (`--resume`)."""
+    from .training import _list_checkpoints
+
+    path = Path(path)
+    if resume is not None:
+        return
+    if path.exists() and not overwrite:
+        raise UserError(
+            f"{path} already exists; pass --overwrite to replace it, --resume latest to continue its "
+            "training, or pick another --output_dir / --experiment_name."
+        )
+    stage_dir = path.parent / path.name.removesuffix("_final.pt")
+    old = _list_checkpoints(stage_dir)
+    if old and not overwrite:
+        raise UserError(
+            f"{stage_dir / 'checkpoints'} holds the checkpoints of an earlier run (newest: {old[-1][1].name}); "
+            "pass --resume latest to continue it, --overwrite to start again (deletes them), or pick another "
+            "--output_dir / --experiment_name."
+        )
+    if old and overwrite:
+        for _, ckpt in old:
+            ckpt.unlink(missing_ok=True)
+        (stage_dir / "checkpoints" / "latest.json").unlink(missing_ok=True)
+
+
+def sub_schedule(config: TrainConfig, *, max_steps: int | None, epochs: int | None) -> TrainConfig:
+    """Length of a helper stage (embedding, VQGAN) trained inside another stage's run: its own
+    step count if given, else the run's `--max_steps` if given, else its own epoch count."""
+    if exists(max_steps):
+        return replace(config, max_steps=max_steps, epochs=None)
+    if exists(config.max_steps) or not exists(epochs):
+        return config
+    return replace(config, max_steps=None, epochs=epochs)
+
+
+def _sub_resume(resume: str | None) -> str | None:
+    # a checkpoint path names the main stage's file; helper stages continue from their own newest
+    return None if resume is None else "latest"
+
+
+def display_colormap(ds) -> str:
+    """How samples of this data set are shown: greyscale data (a colormap given but no colour
+    image met, `ds.residual` None) is shown grey, colour data through its colormap."""
+    if ds.colormap is None or ds.residual is None:
+        return "none"
+    return ds.colormap
+
+
+def _meta(ds, clip=None) -> dict:
+    meta = {"colormap": ds.colormap or "none", "image_size": ds.image_size, "layout": ds.layout,
+            "display_colormap": display_colormap(ds)}
+    if exists(clip):
+        meta["clip_fingerprint"] = clip.fingerprint
+    return meta
+
+
+def _is_main() -> bool:
+    # under `accelerate launch` every process trains; only the first one writes the bundles
+    from accelerate import PartialState
+
+    return PartialState().is_main_process
+
+
+def _run(model, dataset, config: TrainConfig, run_dir: Path, stage: str, *, resume, sample_fn=None,
+         model_config=None, progress=True) -> TrainResult:
+    log(f"[{stage}] training {config.max_steps or f'{config.epochs} epochs'}"
+        f"{' steps' if config.max_steps else ''} -> {run_dir / stage}")
+    result = train(model, dataset, config, run_dir=run_dir / stage, stage=stage, resume=resume,
+                   sample_fn=sample_fn, model_config=model_config, progress=progress)
+    last = f", last loss {result.losses[-1]:.4g}" if result.losses else ""
+    log(f"[{stage}] step {result.step} in {result.seconds:.1f}s{last}")
+    return result
+
+
+class _LatentDecoderLoss(nn.Module):
+    """`loss = module(latents, image_embeds)`: the latent decoder trained on cached VQGAN latents."""
+
+    def __init__(self, decoder):
+        super().__init__()
+        self.inner = decoder
+
+    def forward(self, latents, image_embeds):
+        return self.inner(None, image_embeds, latents=latents)
+
+
+def _unwrap_decoder(module):
+    return module.inner if isinstance(module, _LatentDecoderLoss) else module
+
+
+# --------------------------------------------------------------------------------------------
+# the in-memory training core: tensors in, trained models out (EMA weights, eval mode)
+
+
+def clip_config_for(*, num_users: int, channels: int, image_size: int, sizes: dict | None):
+    """The embedding model's `ClipConfig`: `sizes` over the data's users and channels. It sees
+    images downsampled to at most CLIP_MAX_IMAGE_SIZE unless `sizes` say otherwise: identity
+    lives in coarse structure (torso line, cadence, swing height), and its strided convs cost
+    16x less at 64 px than at 256 px."""
+    from .clip import ClipConfig
+
+    return ClipConfig(**{"image_size": min(image_size, CLIP_MAX_IMAGE_SIZE), **(sizes or {}),
+                         "num_users": num_users, "channels": channels})
+
+
+def prior_config_for(*, num_users: int, embed_dim: int, sizes: dict | None):
+    """The prior's `PriorConfig`. Without `dim` in `sizes` the transformer is as wide as the
+    embeddings; with another `dim` it projects them in and out."""
+    from .prior import PriorConfig
+
+    sizes = dict(sizes or {})
+    dim = sizes.pop("dim", None) or embed_dim
+    return PriorConfig(num_users=num_users, dim=dim, embed_dim=embed_dim if dim != embed_dim else None, **sizes)
+
+
+def fit_clip(data, clip_config, schedule: TrainConfig, run_dir: Path, *, resume: str | None = None,
+             progress: bool = False):
+    """Train a fresh embedding model on (image, user index) items; returns (EMA model, record).
+
+    Args:
+        data: a data set of (image, user index) items.
+        clip_config: its `ClipConfig`.
+        schedule: training settings (its seed also seeds the initial weights).
+        run_dir: the run folder; checkpoints and logs go to `<run_dir>/clip/`.
+        resume: None, "latest" or a checkpoint path.
+        progress: show a progress bar.
+    """
+    from .clip import MicroDopplerClip
+
+    torch.manual_seed(schedule.seed)
+    model = MicroDopplerClip(clip_config)
+    result = _run(model, data, schedule, Path(run_dir), "clip", resume=resume, model_config=clip_config.to_dict(),
+                  progress=progress)
+    return result.ema_model.eval(), result
+
+
+def fit_decoder(images: torch.Tensor, embeds: torch.Tensor, dec_config, schedule: TrainConfig, run_dir: Path, *,
+                sample_fn=None, resume: str | None = None, progress: bool = False):
+    """Train a fresh embedding-conditioned decoder on (image, image embedding) pairs (on cached
+    VQGAN latents when `dec_config.use_vqgan`); returns (EMA decoder, record).
+
+    Args: as for `fit_clip`, plus images (N, C, H, W) in [-1, 1], their embeds (N, D), and the
+        training loop's `sample_fn`.
+    """
+    from .decoder import build_decoder
+
+    torch.manual_seed(schedule.seed)
+    decoder = build_decoder(dec_config)
+    if decoder.config.use_vqgan:
+        # the VQGAN is frozen, so every image is encoded once here instead of at every step
+        decoder.fit_latent_scale(images[:512])
+        model = _LatentDecoderLoss(decoder)
+        data = torch.utils.data.TensorDataset(decoder.encode_latents(images), embeds)
+    else:
+        model, data = decoder, torch.utils.data.TensorDataset(images, embeds)
+    result = _run(model, data, schedule, Path(run_dir), "decoder", resume=resume, sample_fn=sample_fn,
+                  model_config=decoder.config.to_dict(), progress=progress)
+    return _unwrap_decoder(result.ema_model).eval(), result
+
+
+def fit_prior(embeds: torch.Tensor, user_indices: torch.Tensor, prior_config, schedule: TrainConfig, run_dir: Path,
+              *, resume: str | None = None, progress: bool = False):
+    """Train a fresh user-conditioned diffusion prior on (image embedding, user index) pairs;
+    returns (EMA prior, record). Args: as for `fit_clip`."""
+    from .prior import UserConditionedDiffusionPrior
+
+    torch.manual_seed(schedule.seed)
+    prior = UserConditionedDiffusionPrior(prior_config)
+    data = torch.utils.data.TensorDataset(embeds, user_indices)
+    result = _run(prior, data, schedule, Path(run_dir), "prior", resume=resume, model_config=asdict(prior_config),
+                  progress=progress)
+    return result.ema_model.eval(), result
+
+
+@dataclass
+class TwoStageModels:
+    """What `train_two_stage` returns: the three trained parts, each stage's training record and
+    seconds."""
+
+    clip: nn.Module
+    decoder: nn.Module
+    prior: nn.Module
+    results: dict[str, TrainResult] = field(default_factory=dict)
+    seconds: dict[str, float] = field(default_factory=dict)
+
+
+def train_two_stage(images: torch.Tensor, user_indices: torch.Tensor, *, num_users: int, budget: GeneratorBudget,
+                    seed: int = 0, work_dir: str | Path, progress: bool = False) -> TwoStageModels:
+    """Embedding model -> decoder -> prior, trained on exactly these tensors (nothing else); the
+    core under the demo, the augmentation harness and the quality benchmark (the training
+    commands run the same `fit_*` parts one command at a time).
+
+    Args:
+        images: (N, C, H, W) in [-1, 1].
+        user_indices: (N,) contiguous user indices 0..num_users-1.
+        num_users: number of users the models know.
+        budget: sizes and step counts.
+        seed: seeds every stage (each stage's weights start from `torch.manual_seed(seed)`).
+        work_dir: folder of the training loop's checkpoints and logs (one subfolder per stage).
+        progress: progress bars.
+    """
+    from .clip import compute_image_embeds
+    from .decoder import DecoderConfig
+
+    work_dir = Path(work_dir)
+    _, channels, size, _ = images.shape
+    out = TwoStageModels(clip=None, decoder=None, prior=None)
+
+    def timed(name, fn):
+        start = time.perf_counter()
+        model, out.results[name] = fn()
+        out.seconds[name] = time.perf_counter() - start
+        return model
+
+    clip_config = clip_config_for(num_users=num_users, channels=channels, image_size=size, sizes=budget.clip)
+    dec_config = DecoderConfig(image_size=size, channels=channels, image_embed_dim=clip_config.dim_latent,
+                               **budget.decoder)
+    prior_config = prior_config_for(num_users=num_users, embed_dim=clip_config.dim_latent, sizes=budget.prior)
+    schedule = lambda steps, batch: budget.schedule(steps, batch, seed)
+    # the stages reseed the global RNG; the caller's stream is left as it was
+    with torch.random.fork_rng(devices=[]):
+        out.clip = timed("clip", lambda: fit_clip(torch.utils.data.TensorDataset(images, user_indices), clip_config,
+                                                  schedule(budget.clip_steps, budget.batch_size), work_dir,
+                                                  progress=progress))
+        embeds = compute_image_embeds(out.clip, images)
+        out.decoder = timed("decoder", lambda: fit_decoder(
+            images, embeds, dec_config, schedule(budget.decoder_steps, budget.decoder_batch_size), work_dir,
+            progress=progress))
+        out.prior = timed("prior", lambda: fit_prior(embeds, user_indices, prior_config,
+                                                     schedule(budget.prior_steps, budget.batch_size), work_dir,
+                                                     progress=progress))
+    fingerprint = {"clip_fingerprint": out.clip.fingerprint}
+    out.decoder.meta, out.prior.meta = dict(fingerprint), dict(fingerprint)
+    return out
+
+
+def save_two_stage(run_dir: str | Path, models: TwoStageModels, ds) -> dict[str, Path]:
+    """Write the bundles of `train_two_stage`'s models as the training commands would
+    (clip_final.pt, decoder_final.pt, prior_final.pt in `run_dir`); returns their paths."""
+    paths = {stage: final_path(run_dir, stage) for stage in ("clip", "decoder", "prior")}
+    if _is_main():
+        models.clip.save(paths["clip"], label_map=ds.label_map.to_dict(), meta=_meta(ds))
+        models.decoder.save(paths["decoder"], meta=_meta(ds, models.clip))
+        models.prior.save(paths["prior"], label_map=ds.label_map.to_dict(), meta=_meta(ds, models.clip))
+    return paths
+
+
+# --------------------------------------------------------------------------------------------
+# stages
+
+
+def train_clip_stage(run_dir, ds, config: TrainConfig, *, sizes: dict | None = None, resume: str | None = None,
+                     overwrite: bool = False, progress: bool = True) -> StageResult:
+    """Train the embedding model (x-clip over spectrograms and user tokens); writes clip_final.pt.
+
+    Args:
+        run_dir: the run folder.
+        ds: training data set (items: image, user index).
+        config: training settings.
+        sizes: `ClipConfig` fields other than num_users / image_size / channels.
+        resume: None, "latest" or a checkpoint path.
+        overwrite: replace an existing clip_final.pt.
+        progress: show a progress bar.
+    """
+    run_dir, final = Path(run_dir), final_path(run_dir, "clip")
+    check_can_write(final, overwrite=overwrite, resume=resume)
+    if len(ds) < 2:
+        raise UserError(f"the embedding model needs at least 2 training images; {ds.root} has {len(ds)}.")
+    clip_config = clip_config_for(num_users=len(ds.label_map), channels=ds.channels, image_size=ds.image_size,
+                                  sizes=sizes)
+    clip, result = fit_clip(ds, clip_config, config, run_dir, resume=resume, progress=progress)
+    if _is_main():
+        clip.save(final, label_map=ds.label_map.to_dict(), meta=_meta(ds))
+    log(f"[clip] wrote {final} (fingerprint {clip.fingerprint})")
+    return StageResult(final=final, model=clip, train=result)
+
+
+def train_vqgan_stage(run_dir, ds, config: TrainConfig, *, sizes: dict | None = None, resume: str | None = None,
+                      overwrite: bool = False, progress: bool = True) -> StageResult:
+    """Train the VQGAN autoencoder under the latent decoder; writes vqgan_final.pt.
+
+    Args: as for `train_clip_stage`; `sizes` holds `VQGanConfig` fields.
+    """
+    from .vqgan import VQGanConfig, VQGanLoss, build_vqgan, cpu_vqgan_sizes, reconstruction_quality, save_vqgan
+
+    run_dir, final = Path(run_dir), final_path(run_dir, "vqgan")
+    check_can_write(final, overwrite=overwrite, resume=resume)
+    vq_config = VQGanConfig(image_size=ds.image_size, channels=ds.channels, **(sizes or cpu_vqgan_sizes()))
+    torch.manual_seed(config.seed)
+    wrapper = VQGanLoss(build_vqgan(vq_config))
+    data = torch.utils.data.TensorDataset(ds.images)
+    result = _run(wrapper, data, config, run_dir, "vqgan", resume=resume, model_config=vq_config.to_dict(),
+                  progress=progress)
+    # the raw weights, not the EMA copy: the codebook is itself a moving average of the online
+    # encoder's outputs, and an averaged encoder would no longer match it
+    vqgan = result.model.vqgan.eval()
+    # its own quality, on (up to 256 of) the images it trained on; benchmarks/bench_vqgan.py
+    # measures held-out images and whether identity survives
+    quality = reconstruction_quality(vqgan, ds.images[:256])
+    if _is_main():
+        save_vqgan(final, vqgan, vq_config, meta={**_meta(ds), "steps": result.step, "quality": quality})
+    log(f"[vqgan] f={vq_config.factor}: {vq_config.latent_channels}x{vq_config.latent_size}x{vq_config.latent_size} "
+        f"latents; reconstructions PSNR {quality['psnr']:.2f} dB, SSIM {quality['ssim']:.3f}; wrote {final}")
+    return StageResult(final=final, model=vqgan, train=result)
+
+
+def _first_per_user(user_ids: torch.Tensor, limit: int = 8) -> list[int]:
+    seen: dict[int, int] = {}
+    for i, u in enumerate(user_ids.tolist()):
+        seen.setdefault(u, i)
+    return [seen[u] for u in sorted(seen)][:limit]
+
+
+def to_display(images01: torch.Tensor, colormap: str | None) -> torch.Tensor:
+    """(B, C, H, W) in [0, 1] -> (B, 3, H, W) in [0, 1], re-coloured through the colormap."""
+    from .display import colourise
+
+    rgb = colourise(images01, colormap)
+    return torch.from_numpy(rgb).permute(0, 3, 1, 2).float() / 255.0
+
+
+def _decoder_sample_fn(images, embeds, user_ids, colormap, steps):
+    pick = _first_per_user(user_ids)
+    real = (images[pick] + 1) / 2
+
+    def sample_fn(ema_model, step):
+        decoder = _unwrap_decoder(ema_model)
+        device = next(decoder.parameters()).device
+        fake = decoder.sample(embeds[pick].to(device), timesteps=steps, seed=0).cpu()
+        # one picture: the real image of each user on top, its decoded embedding below
+        rows = [torch.cat(list(to_display(x, colormap)), dim=-1) for x in (real, fake)]
+        return torch.cat(rows, dim=-2).unsqueeze(0)
+
+    return sample_fn
+
+
+def train_decoder_stage(run_dir, ds, clip, config: TrainConfig, *, sizes: dict | None = None,
+                        vqgan_path: str | Path | None = None, cache_dir: str | Path, resume: str | None = None,
+                        overwrite: bool = False, progress: bool = True) -> StageResult:
+    """Train the embedding-conditioned decoder on the embedding model's image embeddings
+    (pixels, or cached VQGAN latents when `vqgan_path` is given); writes decoder_final.pt.
+
+    Args:
+        run_dir: the run folder.
+        ds: training data set.
+        clip: the trained embedding model.
+        config: training settings.
+        sizes: `DecoderConfig` fields (dim, dim_mults, timesteps, ...).
+        vqgan_path: a trained "vqgan" bundle: diffuse over its latents.
+        cache_dir: folder of the embedding cache.
+        resume, overwrite, progress: as for `train_clip_stage`.
+    """
+    from .decoder import DecoderConfig
+
+    run_dir, final = Path(run_dir), final_path(run_dir, "decoder")
+    check_can_write(final, overwrite=overwrite, resume=resume)
+    embeds = embed_dataset(clip, ds, cache_dir)
+    images, user_ids = ds.tensors()
+    dec_config = DecoderConfig(image_size=ds.image_size, channels=ds.channels, image_embed_dim=clip.config.dim_latent,
+                               use_vqgan=exists(vqgan_path), vqgan_path=str(vqgan_path) if exists(vqgan_path) else None,
+                               **(sizes or {}))
+    steps = min(dec_config.sample_timesteps, 50)
+    sample_fn = _decoder_sample_fn(images, embeds, user_ids, display_colormap(ds), steps)
+    ema, result = fit_decoder(images, embeds, dec_config, config, run_dir, sample_fn=sample_fn, resume=resume,
+                              progress=progress)
+    if _is_main():
+        ema.save(final, meta=_meta(ds, clip))
+    log(f"[decoder] wrote {final}")
+    return StageResult(final=final, model=ema, train=result)
+
+
+def train_prior_stage(run_dir, ds, clip, config: TrainConfig, *, sizes: dict | None = None,
+                      cache_dir: str | Path, resume: str | None = None, overwrite: bool = False,
+                      progress: bool = True) -> StageResult:
+    """Train the user-conditioned diffusion prior on the embedding model's image embeddings;
+    writes prior_final.pt (with the label map).
+
+    Args: as for `train_decoder_stage`; `sizes` holds `PriorConfig` fields (dim, depth, heads,
+        ...). Without `dim` the transformer is as wide as `clip`'s embedding; with another `dim`
+        it projects the embeddings in and out.
+    """
+    run_dir, final = Path(run_dir), final_path(run_dir, "prior")
+    check_can_write(final, overwrite=overwrite, resume=resume)
+    embeds = embed_dataset(clip, ds, cache_dir)
+    prior_config = prior_config_for(num_users=len(ds.label_map), embed_dim=clip.config.dim_latent, sizes=sizes)
+    ema, result = fit_prior(embeds, ds.user_ids.clone(), prior_config, config, run_dir, resume=resume,
+                            progress=progress)
+    if _is_main():
+        ema.save(final, label_map=ds.label_map.to_dict(), meta=_meta(ds, clip))
+    log(f"[prior] wrote {final}")
+    return StageResult(final=final, model=ema, train=result)
+
+
+# --------------------------------------------------------------------------------------------
+# whole runs (what the CLI commands call)
+
+
+def load_clip_for(clip_path: str | Path, ds):
+    """Load an embedding model and check it was trained on this data set's users and kind of
+    image (scalar or RGB). Any image size is fine: the model resizes to its own."""
+    from .clip import MicroDopplerClip
+
+    clip = MicroDopplerClip.load(clip_path)
+    if exists(clip.label_map) and clip.label_map.get("names") != list(ds.label_map.names):
+        raise UserError(
+            f"{clip_path} was trained on users {clip.label_map.get('names')} but {ds.root} holds "
+            f"{list(ds.label_map.names)}; give the embedding model trained on this data set."
+        )
+    if clip.config.channels != ds.channels:
+        recorded = (clip.meta or {}).get("colormap", "jet" if clip.config.channels == 1 else "none")
+        raise UserError(
+            f"{clip_path} was trained on {clip.config.channels}-channel images but the data is read with "
+            f"{ds.channels} channel(s) (--colormap {ds.colormap or 'none'}); use --colormap {recorded} "
+            "(or leave --colormap out: it follows the embedding model)."
+        )
+    return clip
+
+
+def _cache_dir(data: DataOptions, run_dir: Path) -> Path:
+    return Path(data.cache_dir) if exists(data.cache_dir) else run_dir.parent / ".cache"
+
+
+def run_train_clip(*, data: DataOptions, run_dir, config: TrainConfig, sizes: dict | None = None,
+                   resume: str | None = None, overwrite: bool = False, progress: bool = True) -> StageResult:
+    """`dalle2-md train-clip`: data -> embedding model."""
+    ds = load_train_data(data, run_dir)
+    return train_clip_stage(run_dir, ds, config, sizes=sizes, resume=resume, overwrite=overwrite, progress=progress)
+
+
+def _reuse_or_train(stage: str, run_dir: Path, resume, overwrite, train_fn):
+    # on --resume a finished helper stage is reused as it is, so its fingerprint stays the one
+    # the main stage is being trained against
+    final = final_path(run_dir, stage)
+    if final.exists() and exists(resume) and not overwrite:
+        log(f"[{stage}] reusing {final}")
+        return None
+    return train_fn()
+
+
+def run_train_decoder(*, data: DataOptions, run_dir, config: TrainConfig, sizes: dict | None = None,
+                      clip_path: str | None = None, clip_sizes: dict | None = None, clip_max_steps: int | None = None,
+                      clip_epochs: int | None = 20, use_vqgan: bool = False, vqgan_path: str | None = None,
+                      vqgan_sizes: dict | None = None, vqgan_max_steps: int | None = None,
+                      vqgan_epochs: int | None = 20, resume: str | None = None, overwrite: bool = False,
+                      progress: bool = True) -> dict:
+    """`train_micro_doppler_decoder.py`: data -> embedding model (unless `clip_path`) -> VQGAN
+    (with `use_vqgan`, unless `vqgan_path`) -> decoder. Returns the written bundle paths."""
+    run_dir = Path(run_dir)
+    check_can_write(final_path(run_dir, "decoder"), overwrite=overwrite, resume=resume)
+    if exists(resume) and str(resume) != "latest":
+        from .training import load_checkpoint
+
+        load_checkpoint(resume, stage="decoder")
+    own_clip = final_path(run_dir, "clip")
+    data = with_settings_from(data, clip_path if exists(clip_path) else
+                              (own_clip if exists(resume) and own_clip.is_file() else None))
+    ds = load_train_data(data, run_dir)
+    _check_decoder_sizes(ds, sizes, use_vqgan=use_vqgan, vqgan_path=vqgan_path, vqgan_sizes=vqgan_sizes)
+    cache = _cache_dir(data, run_dir)
+    out = {}
+    if exists(clip_path):
+        clip = load_clip_for(clip_path, ds)
+        out["clip"] = Path(clip_path)
+    else:
+        clip_config = sub_schedule(config, max_steps=clip_max_steps, epochs=clip_epochs)
+        done = _reuse_or_train("clip", run_dir, resume, overwrite, lambda: train_clip_stage(
+            run_dir, ds, clip_config, sizes=clip_sizes, resume=_sub_resume(resume), overwrite=overwrite,
+            progress=progress))
+        out["clip"] = final_path(run_dir, "clip")
+        clip = done.model if exists(done) else load_clip_for(out["clip"], ds)
+    if use_vqgan and not exists(vqgan_path):
+        vq_config = sub_schedule(config, max_steps=vqgan_max_steps, epochs=vqgan_epochs)
+        _reuse_or_train("vqgan", run_dir, resume, overwrite, lambda: train_vqgan_stage(
+            run_dir, ds, vq_config, sizes=vqgan_sizes, resume=_sub_resume(resume), overwrite=overwrite,
+            progress=progress))
+        vqgan_path = final_path(run_dir, "vqgan")
+    if exists(vqgan_path):
+        out["vqgan"] = Path(vqgan_path)
+    done = train_decoder_stage(run_dir, ds, clip, config, sizes=sizes, vqgan_path=vqgan_path, cache_dir=cache,
+                               resume=resume, overwrite=overwrite, progress=progress)
+    out["decoder"] = done.final
+    return out
+
+
+def _check_decoder_sizes(ds, sizes, *, use_vqgan, vqgan_path, vqgan_sizes) -> None:
+    # the U-Net's size rules, checked before the embedding model and VQGAN train: a bad
+    # --image_size then fails at once instead of after earlier stages wrote their bundles
+    from .bundle import load_bundle
+    from .decoder import DecoderConfig
+    from .vqgan import VQGanConfig, cpu_vqgan_sizes
+
+    vq = None
+    if use_vqgan and exists(vqgan_path):
+        vq = VQGanConfig.from_dict(load_bundle(vqgan_path, kind="vqgan")["config"])
+    elif use_vqgan:
+        vq = VQGanConfig(image_size=ds.image_size, channels=ds.channels, **(vqgan_sizes or cpu_vqgan_sizes()))
+    DecoderConfig(image_size=ds.image_size, channels=ds.channels, image_embed_dim=1, use_vqgan=use_vqgan, vqgan=vq,
+                  **(sizes or {}))
+
+
+def missing_clip_message(output_dir: str | Path) -> str:
+    """What to tell a user who ran the prior without `--clip_path`."""
+    parent = Path(output_dir).parent
+    found = sorted(parent.glob("*/*/clip_final.pt")) + sorted(Path(output_dir).glob("*/clip_final.pt"))
+    example = str(found[0]) if found else str(parent / "decoder" / "decoder_v1" / "clip_final.pt")
+    return (
+        "the prior is trained on the embedding model the decoder was trained with, and none was given: "
+        f"add --clip_path {example} (written by train_micro_doppler_decoder.py as "
+        "<output_dir>/<experiment_name>/clip_final.pt; or train one with `dalle2-md train-clip`)."
+    )
+
+
+def run_train_prior(*, data: DataOptions, run_dir, config: TrainConfig, clip_path: str | None,
+                    sizes: dict | None = None, resume: str | None = None, overwrite: bool = False,
+                    progress: bool = True) -> dict:
+    """`train_micro_doppler_prior.py`: data + embedding model -> prior. Without `clip_path` the
+    run folder's own clip_final.pt is used (a prior trained in the decoder's run folder); if there
+    is none, a UserError says which flag and file to give."""
+    run_dir = Path(run_dir)
+    if not exists(clip_path):
+        own = final_path(run_dir, "clip")
+        if not own.is_file():
+            raise UserError(missing_clip_message(run_dir.parent))
+        clip_path = own
+        log(f"[prior] using the embedding model of this run folder: {own}")
+    if not Path(clip_path).is_file():
+        raise UserError(f"--clip_path {clip_path}: no such file. {missing_clip_message(run_dir.parent)}")
+    check_can_write(final_path(run_dir, "prior"), overwrite=overwrite, resume=resume)
+    ds = load_train_data(with_settings_from(data, clip_path), run_dir)
+    clip = load_clip_for(clip_path, ds)
+    done = train_prior_stage(run_dir, ds, clip, config, sizes=sizes, cache_dir=_cache_dir(data, run_dir),
+                             resume=resume, overwrite=overwrite, progress=progress)
+    return {"clip": Path(clip_path), "prior": done.final, "result": done.train}
+
