@@ -3,7 +3,7 @@
 Stages live one per module: `synth` (gait simulator), `labels`, `scanning`, `splits`, `dataset`
 (the data layer; `data` re-exports it), `display` (colourising, grids),
 `colormap`, `kinematics`, `clip` (embedding), `prior`, `decoder`, `model` (the chain),
-`training`, `evaluate`, `cli`.
+`training`, `recogniser`, `metrics`, `report` (the evaluation), `cli`.
 
 The public classes are importable from here (`from dalle2_md import MicroDopplerDALLE2`) but
 are loaded on first use (module `__getattr__`, PEP 562): importing the package must not pull in

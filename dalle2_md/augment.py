@@ -220,7 +220,7 @@ def augmentation_gain(
         budget: the generator's sizes and steps.
         recipes: `recipe.AugmentRecipe`s run on each seed's one trained generator (default: the
             default recipe); the first one's figures also appear at the top level.
-        recogniser_train: `evaluate.RecogniserTrainConfig` (its seed is replaced per repetition).
+        recogniser_train: `recogniser.RecogniserTrainConfig` (its seed is replaced per repetition).
         recogniser_shape: `RecogniserConfig` fields other than num_users / channels / image_size
             (e.g. the small time-pooled recogniser of benchmarks/kshot.py); default the standard one.
         train_files, test_files: relative paths of the train / test images (same order as the
@@ -233,7 +233,7 @@ def augmentation_gain(
          "gain_points" (each {"mean", "std" (sample std over seeds), "values"}; the first recipe's),
          "recipes" ({name: the same per recipe, with acceptance}), "budget", "seconds"}.
     """
-    from .evaluate import RecogniserTrainConfig
+    from .recogniser import RecogniserTrainConfig
 
     recogniser_train = recogniser_train or RecogniserTrainConfig()
     images, user_ids = torch.as_tensor(train[0]).float(), torch.as_tensor(train[1]).long()
@@ -317,7 +317,8 @@ def _save_recipe_grid(shot, fake, path: Path, *, colormap: str | None) -> Path |
 def _one_seed(images, user_ids, test, *, seed, k, recipes, num_users, generator, budget, recogniser_train,
               recogniser_shape, work_dir, label_map, colormap, progress, log) -> dict:
     """One repetition: K-shot pick, one generator, the real-only recogniser, then every recipe."""
-    from .evaluate import RecogniserConfig, accuracy, train_recogniser
+    from .metrics import accuracy
+    from .recogniser import RecogniserConfig, train_recogniser
     from .recipe import candidates_needed, draw_candidates, draw_synthetic, sampling_key, train_augmented
 
     t0 = time.perf_counter()

@@ -622,6 +622,55 @@ def run_command(name, argv=None, prog_name=None):
         sys.exit(2)
 
 
+def _guidance_scales(text: str, flag: str) -> list[float]:
+    """Comma-separated guidance scales (>= 1) of a flag; 'none' or '' gives none."""
+    if text.strip().lower() in ("", "none"):
+        return []
+    try:
+        scales = [float(s) for s in text.replace(" ", "").split(",") if s]
+    except ValueError:
+        raise UserError(f"{flag} must be comma-separated numbers, e.g. 1,3 (got {text!r}), or 'none'.") from None
+    if any(s < 1 for s in scales):
+        raise UserError(f"{flag} scales must be >= 1 (1 = no guidance), got {text!r}.")
+    return list(dict.fromkeys(scales))
+
+
+def _evaluated_model(model_path, decoder_path, prior_path, clip_path):
+    """The model `evaluate` samples: a 'dalle2' or baseline bundle, or the chained parts with the
+    embedding model (--clip_path, else clip_final.pt beside the decoder when it fits both)."""
+    from .model import MicroDopplerDALLE2
+    from .utils import BundleError
+
+    if model_path is not None:
+        from .baseline import SingleStageBaseline, is_baseline_bundle
+
+        return SingleStageBaseline.load(model_path) if is_baseline_bundle(model_path) else MicroDopplerDALLE2.load(model_path)
+    near_clip = Path(decoder_path).parent / "clip_final.pt"
+    if clip_path is None and near_clip.is_file():
+        try:
+            return MicroDopplerDALLE2.from_parts(prior_path=prior_path, decoder_path=decoder_path, clip_path=near_clip)
+        except BundleError as e:  # a stray embedding model beside the decoder: evaluate without it
+            click.echo(f"not using {near_clip} ({e})", err=True)
+    return MicroDopplerDALLE2.from_parts(prior_path=prior_path, decoder_path=decoder_path, clip_path=clip_path)
+
+
+def _stage_identity_of(model, recogniser, sets, scales, *, num_samples_per_user, **sampling) -> dict:
+    """`stage_identity` of a chained model on the split, or {"note": why not} for a model without
+    a prior or an embedding model. The decoder stage decodes at most as many real test
+    embeddings per scale as the A_gen samples (num_samples_per_user per user)."""
+    from .stage_identity import stage_identity
+
+    if getattr(model, "prior", None) is None:
+        return {"note": "not computed: a single-stage model has no prior and no embedding"}
+    if getattr(model, "clip", None) is None:
+        return {"note": "not computed: the model has no embedding model; give a 'dalle2' bundle that holds one, "
+                        "or --clip_path with --decoder_path"}
+    num_users = len(sets["train"].label_map)
+    return stage_identity(model, recogniser, sets["train"].tensors(), sets["test"].tensors(), guidance_scales=scales,
+                          num_samples_per_user=num_samples_per_user, max_decoded=num_samples_per_user * num_users,
+                          **sampling)
+
+
 @cli.command("evaluate")
 @click.option("--data_root", "--data-root", "data_root", required=True, type=click.Path(path_type=str), help="Real data the generator was trained on.")
 @click.option("--split_file", "--split-file", "split_file", default=None, type=click.Path(path_type=str),
@@ -631,6 +680,9 @@ def run_command(name, argv=None, prog_name=None):
               help="Chained 'dalle2' bundle, or a single-stage baseline bundle.")
 @click.option("--decoder_path", "--decoder-path", "decoder_path", default=None, type=click.Path(path_type=str), help="decoder_final.pt (with --prior_path).")
 @click.option("--prior_path", "--prior-path", "prior_path", default=None, type=click.Path(path_type=str), help="prior_final.pt (with --decoder_path).")
+@click.option("--clip_path", "--clip-path", "clip_path", default=None, type=click.Path(path_type=str),
+              help="clip_final.pt of the decoder run, for the stage-by-stage identity (with --decoder_path) "
+                   "[default: clip_final.pt beside --decoder_path if present].")
 @click.option("--generated_dir", "--generated-dir", "generated_dir", default=None, type=click.Path(path_type=str),
               help="Folder of generated PNGs named <label>_<nnn>.png, instead of a model.")
 @click.option("--output_dir", "--output-dir", "output_dir", default="./evaluation", type=click.Path(path_type=str),
@@ -648,27 +700,27 @@ def run_command(name, argv=None, prog_name=None):
 @click.option("--eta", default=DEFAULTS.eta, type=float, help="DDIM eta (0 = deterministic).")
 @click.option("--seed", default=0, type=int, help="Sampling seed.")
 @click.option("--recogniser_steps", "--recogniser-steps", "recogniser_steps", default=300, type=int, help="Recogniser training steps.")
-def evaluate_cmd(data_root, split_file, split_seed, model_path, decoder_path, prior_path, generated_dir, output_dir,
+@click.option("--stage_guidance", "--stage-guidance", "stage_guidance", default=f"1,{DEFAULTS.cond_scale:g}",
+              help="Guidance scales of the stage-by-stage identity (with a model): the prior's accuracy and the "
+                   "decoder's on true embeddings of real test images, per scale; 'none' skips it.")
+def evaluate_cmd(data_root, split_file, split_seed, model_path, decoder_path, prior_path, clip_path, generated_dir, output_dir,
                  image_size, colormap, num_samples_per_user, sample_steps, prior_steps, cond_scale, prior_cond_scale,
-                 sampler, eta, seed, recogniser_steps):
+                 sampler, eta, seed, recogniser_steps, stage_guidance):
     """Judge generated spectrograms against the real held-out split: identity accuracy, domain
-    FID, diversity, memorisation, kinematic fidelity (metrics.json, report.md, plots)."""
+    FID, diversity, memorisation, kinematic fidelity (metrics.json, report.md, plots); with a
+    model also identity stage by stage: prior samples and decoded true embeddings, per
+    --stage_guidance scale."""
     from .augment import GeneratorBudget, generate, load_splits
-    from .evaluate import RecogniserTrainConfig, cached_recogniser, evaluate_samples, load_generated_folder
+    from .recogniser import RecogniserTrainConfig, cached_recogniser
+    from .report import evaluate_samples, load_generated_folder
 
     sources = [model_path is not None, decoder_path is not None or prior_path is not None, generated_dir is not None]
     if sum(sources) != 1 or (sources[1] and (decoder_path is None or prior_path is None)):
         raise UserError("give exactly one of --model_path, --decoder_path with --prior_path, or --generated_dir.")
-    model = None
-    if model_path is not None:
-        from .baseline import SingleStageBaseline, is_baseline_bundle
-        from .model import MicroDopplerDALLE2
-
-        model = SingleStageBaseline.load(model_path) if is_baseline_bundle(model_path) else MicroDopplerDALLE2.load(model_path)
-    elif decoder_path is not None:
-        from .model import MicroDopplerDALLE2
-
-        model = MicroDopplerDALLE2.from_parts(prior_path=prior_path, decoder_path=decoder_path)
+    if clip_path is not None and decoder_path is None:
+        raise UserError("--clip_path goes with --decoder_path and --prior_path (a 'dalle2' bundle holds its own).")
+    stage_scales = _guidance_scales(stage_guidance, "--stage_guidance")
+    model = _evaluated_model(model_path, decoder_path, prior_path, clip_path) if generated_dir is None else None
     if model is not None:
         image_size = image_size or model.decoder.config.image_size
         # the colormap the data is read with: a scalar model's data is read under a colormap even
@@ -698,11 +750,19 @@ def evaluate_cmd(data_root, split_file, split_seed, model_path, decoder_path, pr
         generated = generate(model, list(range(len(lm))), num_samples_per_user, seed=seed, budget=budget)
     else:
         generated = load_generated_folder(generated_dir, lm, image_size, colormap)[:2]
+    stages = None
+    if model is not None and stage_scales:
+        stages = _stage_identity_of(model, recogniser, sets, stage_scales, num_samples_per_user=num_samples_per_user,
+                                    decoder_steps=sample_steps, prior_steps=prior_steps, seed=seed, sampler=sampler, eta=eta)
     m = evaluate_samples(sets["train"].tensors(), sets["test"].tensors(), generated, recogniser=recogniser,
-                         out_dir=out, label_map=lm, colormap=colormap)
+                         out_dir=out, label_map=lm, colormap=colormap, stages=stages)
     ident, fid = m["identity"], m["fid"]
     click.echo(f"split: {split_file or f'recomputed (seed {split_seed})'}")
     click.echo(f"A_real {ident['A_real']:.3f}  A_gen {ident['A_gen']:.3f}  FID {fid['gen_vs_test']}  floor {fid['train_vs_test']}")
+    if stages is not None and "embedding" in stages:
+        prior = "  ".join(f"g{g:g} {a:.3f}" for g, a in stages["prior"].items())
+        decoder = "  ".join(f"g{g:g} {a:.3f}" for g, a in stages["decoder"].items())
+        click.echo(f"stages: embedding {stages['embedding']:.3f}  prior {prior}  decoder on true embeddings {decoder}")
     click.echo(f"wrote {out / 'metrics.json'}, {out / 'report.md'} and plots")
 
 
@@ -754,7 +814,8 @@ def augment_eval_cmd(data_root, split_file, split_seed, image_size, colormap, k,
     from dataclasses import replace
 
     from .augment import GeneratorBudget, augmentation_gain, load_splits, write_augment_report
-    from .evaluate import RecogniserTrainConfig, _plain_floats
+    from .recogniser import RecogniserTrainConfig
+    from .report import _plain_floats
     from .recipe import AugmentRecipe
 
     recipe = AugmentRecipe(name="cli", source=source, strength=strength, m_per_k=m_per_k, cond_scale=cond_scale,

@@ -30,7 +30,8 @@ import numpy as np
 import torch
 
 from .defaults import DEFAULTS
-from .evaluate import KINEMATIC_FIELDS, RecogniserTrainConfig, cached_recogniser, read_kinematics_batch, to_scalar_images, train_recogniser
+from .metrics import KINEMATIC_FIELDS, read_kinematics_batch, to_scalar_images
+from .recogniser import RecogniserTrainConfig, cached_recogniser, train_recogniser
 from .synth import WRITE_LAYOUTS, layout_relpath
 from .utils import UserError, atomic_write, exists
 

@@ -115,8 +115,8 @@ def demo_metrics(model, train_ds, data: DataOptions, run_dir: Path, config: Demo
     the real train split judges real test images (A_real) and fresh samples (A_gen), and its
     features give the FID of samples vs real test and the floor of real train vs real test."""
     from .dataset import MicroDopplerDataset
-    from .evaluate import (RecogniserConfig, RecogniserTrainConfig, accuracy, domain_fid, min_fid_samples,
-                           train_recogniser)
+    from .metrics import accuracy, domain_fid, min_fid_samples
+    from .recogniser import RecogniserConfig, RecogniserTrainConfig, train_recogniser
 
     test = MicroDopplerDataset(data.data_root, image_size=data.image_size, colormap=data.colormap, split="test",
                                split_file=run_dir / "split.json", label_map=train_ds.label_map)

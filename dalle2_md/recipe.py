@@ -7,7 +7,7 @@ by a recogniser trained on the generator's own real images) and `train_augmented
 recogniser trained on real + synthetic by the recipe's mixing rule). `augment.augmentation_gain`
 runs one trained generator per seed through several recipes.
 
-Mixing rules (the real batches are the same in every rule, see `evaluate.train_recogniser`):
+Mixing rules (the real batches are the same in every rule, see `recogniser.train_recogniser`):
 - "separate": each step one real batch and one synthetic batch, the synthetic loss weighted by
   `synthetic_weight`;
 - "concat": real and synthetic pooled into one set (the old harness: a larger set means fewer
@@ -196,7 +196,7 @@ def train_augmented(recipe: AugmentRecipe, real, synthetic, *, num_users: int, t
     """
     import torch
 
-    from .evaluate import train_recogniser
+    from .recogniser import train_recogniser
 
     common = dict(num_users=num_users, config=config)
     if len(synthetic[0]) == 0:

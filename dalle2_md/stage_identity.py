@@ -40,24 +40,27 @@ def nearest_centroid_accuracy(embeds: torch.Tensor, user_indices: torch.Tensor, 
 
 @torch.no_grad()
 def prior_accuracy(prior, centroids: torch.Tensor, *, num_samples_per_user: int = 16, cond_scale: float = 1.0,
-                   steps: int | None = None, seed: int = 0) -> float:
+                   steps: int | None = None, seed: int = 0, sampler: str | None = None, eta: float | None = None) -> float:
     """Nearest-centroid accuracy of the prior's samples for every user it knows."""
     users = list(range(prior.config.num_users))
-    samples = prior.sample(users, num_samples_per_user, cond_scale=cond_scale, timesteps=steps, seed=seed)
+    samples = prior.sample(users, num_samples_per_user, cond_scale=cond_scale, timesteps=steps, seed=seed,
+                           sampler=sampler, eta=eta)
     labels = torch.arange(len(users)).repeat_interleave(num_samples_per_user)
     return nearest_centroid_accuracy(samples.cpu(), labels, centroids)
 
 
 @torch.no_grad()
 def decoder_accuracy(decoder, recogniser, image_embeds: torch.Tensor, user_indices: torch.Tensor, *,
-                     cond_scale: float = 1.0, steps: int | None = None, seed: int = 0, batch_size: int = 64) -> float:
+                     cond_scale: float = 1.0, steps: int | None = None, seed: int = 0, batch_size: int = 64,
+                     sampler: str | None = None, eta: float | None = None) -> float:
     """Recogniser accuracy on images decoded from given (true) embeddings."""
-    from .evaluate import predict
+    from .recogniser import predict
 
     correct = 0
     for start in range(0, len(image_embeds), batch_size):
         embeds = image_embeds[start : start + batch_size]
-        images = decoder.sample(embeds, cond_scale=cond_scale, timesteps=steps, seed=seed + start) * 2.0 - 1.0
+        images = decoder.sample(embeds, cond_scale=cond_scale, timesteps=steps, seed=seed + start,
+                                sampler=sampler, eta=eta) * 2.0 - 1.0
         correct += (predict(recogniser, images.cpu()) == user_indices[start : start + batch_size]).sum().item()
     return correct / max(1, len(image_embeds))
 
@@ -74,6 +77,8 @@ def stage_identity(
     decoder_steps: int | None = None,
     prior_steps: int | None = None,
     seed: int = 0,
+    sampler: str | None = None,
+    eta: float | None = None,
 ) -> dict:
     """Embedding, prior and decoder identity accuracies of a chained model.
 
@@ -86,6 +91,7 @@ def stage_identity(
         max_decoded: at most this many real test embeddings are decoded per scale (evenly spread).
         decoder_steps, prior_steps: sampling steps (default: each stage's own).
         seed: sampling seed.
+        sampler, eta: sampler of both stages and DDIM eta (default: each stage's own).
     Returns:
         {"embedding": acc, "prior": {scale: acc}, "decoder": {scale: acc}, "chance": 1/U}.
     """
@@ -112,9 +118,9 @@ def stage_identity(
         if scale == 1.0 or can_guide_prior:
             result["prior"][float(scale)] = prior_accuracy(
                 model.prior, centroids, num_samples_per_user=num_samples_per_user, cond_scale=scale,
-                steps=prior_steps, seed=seed)
+                steps=prior_steps, seed=seed, sampler=sampler, eta=eta)
         if scale == 1.0 or can_guide_decoder:
             result["decoder"][float(scale)] = decoder_accuracy(
                 model.decoder, recogniser, test_embeds[pick].to(model.device), real_test[1][pick],
-                cond_scale=scale, steps=decoder_steps, seed=seed)
+                cond_scale=scale, steps=decoder_steps, seed=seed, sampler=sampler, eta=eta)
     return result

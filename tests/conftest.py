@@ -14,6 +14,43 @@ def one_torch_thread():
     torch.set_num_threads(before)
 
 
+@pytest.fixture(scope="session")
+def two_users():
+    """Two users: a bright band near the top vs near the bottom (with noise); embeddings are two
+    fixed vectors plus small noise. A tiny pixel decoder trained briefly with plain Adam follows
+    its embedding (test_decoder::test_learns_two_users). Session-wide: trained once."""
+    from dalle2_md.decoder import DecoderConfig, MicroDopplerDecoder
+
+    g = torch.Generator().manual_seed(0)
+
+    def user_images(n, user):
+        im = torch.full((n, 1, 16, 16), -0.8)
+        im[:, :, (slice(2, 5) if user == 0 else slice(11, 14)), :] = 0.8
+        return (im + 0.15 * torch.randn(im.shape, generator=g)).clamp(-1, 1)
+
+    x = torch.cat([user_images(32, 0), user_images(32, 1)])
+    y = torch.tensor([0] * 32 + [1] * 32)
+    embed_dim = 16
+    centres = torch.randn(2, embed_dim, generator=g)
+    e = centres[y] + 0.05 * torch.randn(64, embed_dim, generator=g)
+
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    m = MicroDopplerDecoder(config=DecoderConfig(
+        image_size=16, channels=1, image_embed_dim=embed_dim, dim=16, dim_mults=(1, 2), attn_heads=2, attn_dim_head=8,
+        num_resnet_blocks=1, timesteps=100, sample_timesteps=10))
+    opt = torch.optim.Adam(m.parameters(), lr=2e-3)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        for _ in range(100):
+            idx = torch.randint(0, 64, (16,))
+            loss = m(x[idx], e[idx])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    return dict(model=m.eval(), x=x, y=y, centres=centres, generator=g)
+
+
 def fit_decoder_on_ramps(model, embed_dim: int, *, steps: int, normalize: bool = False) -> torch.Tensor:
     """A few decoder steps on 8 smooth 16 px ramps with random embeddings: an untrained U-Net
     predicts huge noise, so every pixel clamps to 0 or 1 whatever the embedding; this brings its

@@ -11,7 +11,8 @@ from click.testing import CliRunner
 from dalle2_md import augment, stages
 from dalle2_md.augment import GeneratorBudget, augmentation_gain, kshot_indices, load_splits
 from dalle2_md.cli import cli
-from dalle2_md.evaluate import RecogniserTrainConfig, accuracy, train_recogniser
+from dalle2_md.metrics import accuracy
+from dalle2_md.recogniser import RecogniserTrainConfig, train_recogniser
 from dalle2_md.recipe import AugmentRecipe, draw_synthetic, train_augmented
 from dalle2_md.synth import synthesize_dataset
 from dalle2_md.utils import UserError
@@ -165,19 +166,19 @@ def test_evaluate_cli_samples_a_baseline_bundle(data_root, tmp_path):
 
 
 def test_real_only_arm_is_a_plain_recogniser_run_and_filters_see_only_kshot(data_root, tmp_path, monkeypatch):
-    import dalle2_md.evaluate as evaluate_module
+    import dalle2_md.recogniser as recogniser_module
 
     sets = load_splits(data_root, image_size=SIZE, split_file=tmp_path / "split.json")
     train, test = sets["train"].tensors(), sets["test"].tensors()
     rec_cfg = RecogniserTrainConfig(steps=15, batch_size=8)
     # the harness and the recipes import train_recogniser when called, so they call this spy
-    seen, original = [], evaluate_module.train_recogniser
+    seen, original = [], recogniser_module.train_recogniser
 
     def spy(images, user_ids, **kw):
         seen.append(torch.cat([images] + ([kw["synthetic"][0]] if kw.get("synthetic") is not None else [])))
         return original(images, user_ids, **kw)
 
-    monkeypatch.setattr(evaluate_module, "train_recogniser", spy)
+    monkeypatch.setattr(recogniser_module, "train_recogniser", spy)
     recipes = [AugmentRecipe(name="filtered", filter="recogniser", min_confidence=0.0), AugmentRecipe(name="pre", filter="none", mixing="pretrain")]
     result = augmentation_gain(train, test, num_users=USERS, work_dir=tmp_path / "runs", k=3, seeds=(0,), budget=TINY,
                                recipes=recipes, recogniser_train=rec_cfg)

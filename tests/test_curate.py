@@ -11,7 +11,7 @@ import torch
 from click.testing import CliRunner
 
 import dalle2_md.curate as curate
-import dalle2_md.evaluate as evaluate
+import dalle2_md.recogniser as recogniser_module
 from dalle2_md.cli import cli, join_variadic
 from dalle2_md.data import LabelMap, MicroDopplerDataset
 from dalle2_md.sampling import keyed_generators, randn
@@ -246,7 +246,7 @@ def invoke(*args):
 
 def test_the_filters_are_fitted_on_the_train_split_and_never_see_test_images(bundle, monkeypatch):
     seen = []
-    real_train, real_read = evaluate.train_recogniser, curate.read_kinematics_batch
+    real_train, real_read = recogniser_module.train_recogniser, curate.read_kinematics_batch
 
     def spy_train(images, *a, **kw):
         seen.append(("recogniser", images.clone()))
@@ -256,7 +256,7 @@ def test_the_filters_are_fitted_on_the_train_split_and_never_see_test_images(bun
         seen.append(("kinematics", torch.as_tensor(np.asarray(scalars)).float()))
         return real_read(scalars, *a, **kw)
 
-    monkeypatch.setattr(evaluate, "train_recogniser", spy_train)
+    monkeypatch.setattr(recogniser_module, "train_recogniser", spy_train)
     monkeypatch.setattr(curate, "read_kinematics_batch", spy_read)
     out = bundle["root"] / "spy"
     split = bundle["root"] / "split.json"

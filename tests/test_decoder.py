@@ -152,36 +152,6 @@ def test_vqgan_train_save_load_and_decoder_from_path(tmp_path):
     assert torch.equal(m.encode_latents(x), encode_latents(vq, x))
 
 
-@pytest.fixture(scope="module")
-def two_users():
-    """Two users: a bright band near the top vs near the bottom (with noise); embeddings are two
-    fixed vectors plus small noise. A tiny pixel decoder trained briefly with plain Adam."""
-    g = torch.Generator().manual_seed(0)
-
-    def user_images(n, user):
-        im = torch.full((n, 1, 16, 16), -0.8)
-        im[:, :, (slice(2, 5) if user == 0 else slice(11, 14)), :] = 0.8
-        return (im + 0.15 * torch.randn(im.shape, generator=g)).clamp(-1, 1)
-
-    x = torch.cat([user_images(32, 0), user_images(32, 1)])
-    y = torch.tensor([0] * 32 + [1] * 32)
-    centres = torch.randn(2, D, generator=g)
-    e = centres[y] + 0.05 * torch.randn(64, D, generator=g)
-
-    torch.set_num_threads(1)
-    m = tiny(timesteps=100, sample_timesteps=10)
-    opt = torch.optim.Adam(m.parameters(), lr=2e-3)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)
-        for _ in range(100):
-            idx = torch.randint(0, 64, (16,))
-            loss = m(x[idx], e[idx])
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-    return dict(model=m.eval(), x=x, y=y, centres=centres, generator=g)
-
-
 def test_learns_two_users(two_users):
     """The trained decoder draws each user's band: a nearest-centroid classifier fitted on the
     real images labels the generated samples with the user they were conditioned on."""

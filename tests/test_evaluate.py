@@ -1,6 +1,6 @@
-"""Tests for dalle2_md.evaluate: the recogniser (training, determinism, bundle, cache), identity
-accuracy, domain FID, diversity, memorisation, kinematic fidelity, reading generated folders
-and the files `evaluate_samples` writes. Data: a tiny simulated set (4 users, 32 px)."""
+"""Tests for the evaluation (`recogniser`, `metrics`, `report`; `evaluate` re-exports them): the
+recogniser (training, determinism, bundle, cache), identity accuracy, domain FID, diversity,
+memorisation, kinematic fidelity, reading generated folders and the files `evaluate_samples` writes. Data: a tiny simulated set (4 users, 32 px)."""
 
 from __future__ import annotations
 
@@ -16,23 +16,17 @@ from PIL import Image
 from dalle2_md.bundle import load_bundle, state_fingerprint
 from dalle2_md.colormap import scalar_to_rgb
 from dalle2_md.data import DataWarning, MicroDopplerDataset
-from dalle2_md.evaluate import (
+from dalle2_md.metrics import accuracy, diversity, domain_fid, kinematic_fidelity, memorisation, to_scalar_images
+from dalle2_md.recogniser import (
     Recogniser,
     RecogniserConfig,
     RecogniserTrainConfig,
-    accuracy,
     cached_recogniser,
-    diversity,
-    domain_fid,
-    evaluate_samples,
     extract_features,
-    kinematic_fidelity,
-    load_generated_folder,
-    memorisation,
     predict,
-    to_scalar_images,
     train_recogniser,
 )
+from dalle2_md.report import evaluate_samples, load_generated_folder
 from dalle2_md.synth import make_users, sample_rng, simulate_spectrogram, synthesize_dataset
 from dalle2_md.utils import DataError, UserError
 
@@ -262,7 +256,7 @@ def test_evaluate_samples_records_fid_it_cannot_compute(data, recogniser, tmp_pa
 
 
 def test_masks_keep_shape_and_fill_a_band_with_the_image_mean():
-    from dalle2_md.evaluate import _augment
+    from dalle2_md.recogniser import _augment
 
     x = torch.rand(6, 1, 16, 16) * 2 - 1
     off = RecogniserTrainConfig(max_shift=0.0, noise_std=0.0, time_masks=0, freq_masks=0)
@@ -285,7 +279,7 @@ def _train_as_before(images, ids, cfg):
 
     import torch.nn.functional as F
 
-    from dalle2_md.evaluate import _augment
+    from dalle2_md.recogniser import _augment
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.seed)
@@ -307,7 +301,7 @@ def _train_as_before(images, ids, cfg):
 
 
 def test_real_only_training_is_unchanged_by_the_synthetic_option(data):
-    from dalle2_md.evaluate import LEGACY_RECOGNISER_TRAIN
+    from dalle2_md.recogniser import LEGACY_RECOGNISER_TRAIN
 
     images, ids = data["train"]
     # the settings that existed before (shift + noise): the new options, off, draw nothing
@@ -360,3 +354,17 @@ def test_time_pooled_recogniser_trains_and_round_trips(data, tmp_path):
     unpooled = Recogniser(config=TINY)
     unpooled.load_state_dict(model.state_dict())
     assert not torch.allclose(unpooled.eval().features(images[:3]), model.features(images[:3]))
+
+
+def test_old_evaluate_import_path_reexports_the_moved_names():
+    import dalle2_md.evaluate as old
+    from dalle2_md import metrics, recogniser, report
+
+    moved = {recogniser: ["Recogniser", "RecogniserConfig", "RecogniserTrainConfig", "LEGACY_RECOGNISER_TRAIN",
+                          "train_recogniser", "cached_recogniser", "predict", "extract_features", "_augment"],
+             metrics: ["KINEMATIC_FIELDS", "accuracy", "domain_fid", "diversity", "memorisation", "kinematic_fidelity",
+                       "min_fid_samples", "read_kinematics_batch", "to_scalar_images"],
+             report: ["evaluate_samples", "load_generated_folder", "_plain_floats"]}
+    for module, names in moved.items():
+        for name in names:
+            assert getattr(old, name) is getattr(module, name), f"evaluate.{name} is not {module.__name__}.{name}"

@@ -1,7 +1,10 @@
-"""Stage-by-stage identity: centroid accuracy on constructed embeddings, and the decoder's
-training-time embedding noise."""
+"""Stage-by-stage identity: centroid accuracy on constructed embeddings, the decoder's
+training-time embedding noise, the decoder stage on a decoder that follows its embedding, the
+prior stage against a hand computation, and the `evaluate` command's stage fields."""
 
+import pytest
 import torch
+from test_curate import tiny_chain
 
 from dalle2_md.decoder import DecoderConfig, MicroDopplerDecoder
 from dalle2_md.stage_identity import nearest_centroid_accuracy, user_centroids
@@ -31,3 +34,115 @@ def test_embedding_noise_only_in_training_and_keeps_the_norm():
     assert 0.85 < cos.mean().item() < 0.995
     decoder.eval()
     assert torch.equal(decoder._noised_embeds(embeds), embeds)
+
+
+# -- the stages of a model, and the evaluate command ---------------------------------------------
+
+
+def test_decoder_that_follows_its_embedding_scores_above_chance(two_users):
+    from dalle2_md.decoder import MicroDopplerDecoder
+    from dalle2_md.metrics import accuracy
+    from dalle2_md.recogniser import RecogniserConfig, RecogniserTrainConfig, train_recogniser
+    from dalle2_md.stage_identity import decoder_accuracy
+
+    trained, x, y, centres = (two_users[k] for k in ("model", "x", "y", "centres"))
+    judge = train_recogniser(x, y, config=RecogniserConfig(num_users=2, image_size=16, widths=(8, 16), feature_dim=8),
+                             train=RecogniserTrainConfig(steps=30, batch_size=16, augment=False, mixup_alpha=0.0))
+    assert accuracy(judge, x, y)[0] == 1.0  # the judge itself tells the two bands apart
+    users = torch.arange(2).repeat(8)
+    embeds = centres[users] + 0.05 * torch.randn(16, centres.shape[1], generator=torch.Generator().manual_seed(5))
+    followed = decoder_accuracy(trained, judge, embeds, users, seed=3)
+    # the same network untrained ignores the embedding: its images all land in one class or another
+    torch.manual_seed(0)
+    untrained = decoder_accuracy(MicroDopplerDecoder(config=trained.config).eval(), judge, embeds, users, seed=3)
+    assert followed >= 0.8 and followed > untrained + 0.25, (followed, untrained)
+
+
+@pytest.fixture(scope="module")
+def chain_run(tmp_path_factory):
+    from dalle2_md.data import MicroDopplerDataset
+    from dalle2_md.synth import synthesize_dataset
+
+    root = tmp_path_factory.mktemp("stages")
+    synthesize_dataset(root / "data", num_users=3, images_per_user=10, image_size=16, layout="kaggle", progress=False)
+    label_map = MicroDopplerDataset(root / "data", image_size=16).label_map
+    path = tiny_chain(label_map.to_dict()).save(root / "chain.pt")
+    return {"data": root / "data", "model": path, "root": root}
+
+
+def test_prior_stage_is_nearest_train_centroid_of_the_prior_samples(chain_run):
+    from dalle2_md.augment import load_splits
+    from dalle2_md.model import MicroDopplerDALLE2
+    from dalle2_md.recogniser import RecogniserTrainConfig, train_recogniser
+    from dalle2_md.stage_identity import stage_identity
+
+    model = MicroDopplerDALLE2.load(chain_run["model"])
+    sets = load_splits(chain_run["data"], image_size=16, split_file=chain_run["root"] / "split.json")
+    train, test = sets["train"].tensors(), sets["test"].tensors()
+    judge = train_recogniser(*train, num_users=3, train=RecogniserTrainConfig(steps=2, batch_size=8))
+    stages = stage_identity(model, judge, train, test, guidance_scales=(1.0,), num_samples_per_user=4, seed=7)
+    # by hand: cosine similarity of each prior sample to each user's mean unit train embedding
+    with torch.no_grad():
+        train_embeds = torch.nn.functional.normalize(model.clip.embed_image(train[0]), dim=-1)
+        samples = model.prior.sample([0, 1, 2], 4, cond_scale=1.0, seed=7)
+    means = torch.stack([train_embeds[train[1] == u].mean(0) for u in range(3)])
+    sims = torch.nn.functional.cosine_similarity(samples[:, None, :], means[None, :, :], dim=-1)  # (12, 3)
+    by_hand = (sims.argmax(1) == torch.arange(3).repeat_interleave(4)).float().mean().item()
+    assert stages["prior"][1.0] == pytest.approx(by_hand)
+    assert stages["chance"] == pytest.approx(1 / 3) and set(stages["decoder"]) == {1.0}
+
+
+def test_evaluate_command_reports_the_stages_per_guidance_scale(chain_run):
+    import json
+
+    from click.testing import CliRunner
+
+    from dalle2_md.cli import cli
+
+    out = chain_run["root"] / "eval"
+    result = CliRunner().invoke(cli, [
+        "evaluate", "--data_root", str(chain_run["data"]), "--model_path", str(chain_run["model"]), "--output_dir", str(out),
+        "--num_samples_per_user", "2", "--sample_steps", "1", "--prior_steps", "1", "--recogniser_steps", "3",
+        "--stage_guidance", "1,3"])
+    assert result.exit_code == 0, result.output
+    metrics = json.loads((out / "metrics.json").read_text())
+    stages = metrics["stages"]
+    assert set(stages["prior"]) == set(stages["decoder"]) == {"1.0", "3.0"}
+    values = [stages["embedding"], *stages["prior"].values(), *stages["decoder"].values()]
+    assert all(0.0 <= v <= 1.0 for v in values), stages
+    # as many real test embeddings are decoded as there are A_gen samples (2 per user), or all
+    assert stages["num_decoded"] == min(6, metrics["counts"]["real_test"])
+    report = (out / "report.md").read_text()
+    assert "| prior accuracy, guidance 3 " in report and "| decoder accuracy on true test embeddings, guidance 3 " in report
+    assert "decoder on true embeddings g1" in result.output
+
+    bad = CliRunner().invoke(cli, ["evaluate", "--data_root", str(chain_run["data"]), "--model_path", str(chain_run["model"]),
+                                   "--stage_guidance", "1,x"])
+    assert bad.exit_code == 2 and "--stage_guidance" in bad.output
+
+
+def test_evaluate_command_on_parts_uses_the_embedding_model_beside_the_decoder(chain_run, tmp_path):
+    import json
+
+    from click.testing import CliRunner
+
+    from dalle2_md.cli import cli
+    from dalle2_md.model import MicroDopplerDALLE2
+
+    model = MicroDopplerDALLE2.load(chain_run["model"])
+    model.prior.save(tmp_path / "prior_final.pt", label_map=model.label_map, meta=model.prior.meta)
+    model.decoder.save(tmp_path / "decoder_final.pt", meta=model.decoder.meta)
+
+    def stages_of(out):
+        result = CliRunner().invoke(cli, [
+            "evaluate", "--data_root", str(chain_run["data"]), "--decoder_path", str(tmp_path / "decoder_final.pt"),
+            "--prior_path", str(tmp_path / "prior_final.pt"), "--output_dir", str(out), "--num_samples_per_user", "1",
+            "--sample_steps", "1", "--prior_steps", "1", "--recogniser_steps", "2", "--stage_guidance", "1"])
+        assert result.exit_code == 0, result.output
+        return json.loads((out / "metrics.json").read_text())
+
+    alone = stages_of(tmp_path / "alone")
+    assert "embedding" not in alone["stages"] and any("--clip_path" in n for n in alone["notes"])
+    model.clip.save(tmp_path / "clip_final.pt")
+    beside = stages_of(tmp_path / "beside")
+    assert set(beside["stages"]["decoder"]) == {"1.0"} and 0.0 <= beside["stages"]["prior"]["1.0"] <= 1.0
