@@ -216,24 +216,48 @@ def test_unknown_user_lists_the_valid_labels(trained, work):
     assert result.exit_code == 2 and "ID_1, ID_2, ID_3" in result.output
 
 
+def _pixels(path) -> np.ndarray:
+    return np.asarray(Image.open(path))
+
+
 def test_interpolate_writes_strip_and_frames(trained, work):
     out = work / "interp"
-    invoke("interpolate", "--decoder_path", trained["decoder"], "--prior_path", trained["prior"],
-           "--interp_user_1", "ID_1", "--interp_user_2", "3", "--interp_steps", 3, "--sample_steps", 3,
+    parts = ["--decoder_path", trained["decoder"], "--prior_path", trained["prior"], "--sample_steps", 3,
+             "--prior_steps", 3, "--seed", 5]
+    invoke("interpolate", *parts, "--interp_user_1", "ID_1", "--interp_user_2", "3", "--interp_steps", 3,
            "--output_dir", out)
-    assert (out / "interpolation_ID_1_ID_3.png").is_file()
-    assert len(list((out / "interpolation_ID_1_ID_3").glob("frame_*.png"))) == 3
+    frames = sorted((out / "interpolation_ID_1_ID_3").glob("frame_*.png"))
+    assert [f.name for f in frames] == ["frame_000.png", "frame_001.png", "frame_002.png"]
+    # the end frames are the two users' plain samples (same seed: same embeddings, same noise)
+    invoke("generate", *parts, "--user_ids", "ID_1", "ID_3", "--num_samples_per_user", 1, "--output_dir", out / "plain")
+    first, middle, last = (_pixels(f) for f in frames)
+    assert np.array_equal(first, _pixels(out / "plain" / "ID_1_000.png"))
+    assert np.array_equal(last, _pixels(out / "plain" / "ID_3_000.png"))
+    assert not np.array_equal(first, last) and not np.array_equal(middle, first)
+    # the strip shows the frames left to right, each enlarged 6x (16 px to the 96 px minimum tile)
+    strip, tile = _pixels(out / "interpolation_ID_1_ID_3.png"), 16 * 6
+    assert strip.shape[:2] == (2 + tile + 2, 2 + 3 * (tile + 2))
+    for i, frame in enumerate((first, middle, last)):
+        left = 2 + i * (tile + 2)
+        assert np.array_equal(strip[2:2 + tile:6, left:left + tile:6], frame)
 
 
-def test_chained_bundle_generates(trained, work):
+def test_chained_bundle_generates_what_its_parts_do(trained, work):
     from dalle2_md.model import MicroDopplerDALLE2
 
-    path = MicroDopplerDALLE2.from_parts(prior_path=trained["prior"], decoder_path=trained["decoder"]).save(
-        work / "chain.pt")
-    out = work / "gen_chain"
-    invoke("generate", "--model_path", path, "--user_ids", "1", "--num_samples_per_user", 1, "--sample_steps", 2,
-           "--output_dir", out)
-    assert (out / "ID_1_000.png").is_file()
+    path = MicroDopplerDALLE2.from_parts(prior_path=trained["prior"], decoder_path=trained["decoder"],
+                                         clip_path=trained["clip"]).save(work / "chain.pt")
+    sampling = ["--user_ids", "1", "3", "--num_samples_per_user", 2, "--sample_steps", 2, "--prior_steps", 2,
+                "--seed", 3]
+    invoke("generate", "--model_path", path, *sampling, "--output_dir", work / "gen_chain")
+    invoke("generate", "--decoder_path", trained["decoder"], "--prior_path", trained["prior"], "--clip_path",
+           trained["clip"], *sampling, "--output_dir", work / "gen_parts")
+    names = sorted(p.name for p in (work / "gen_chain").glob("*.png"))
+    assert names == ["ID_1_000.png", "ID_1_001.png", "ID_3_000.png", "ID_3_001.png", "grid.png"]
+    assert names == sorted(p.name for p in (work / "gen_parts").glob("*.png"))
+    for name in names:
+        assert (work / "gen_chain" / name).read_bytes() == (work / "gen_parts" / name).read_bytes(), name
+    assert MicroDopplerDALLE2.load(path).clip is not None  # the embedding model travels in the bundle
 
 
 def test_mismatched_prior_and_decoder_are_refused(trained, work):
@@ -284,22 +308,61 @@ def test_quick_demo_writes_report(tmp_path):
     assert "(A_real)" in report and "(A_gen)" in report
 
 
-def test_demo_metrics_judge_real_and_generated_images(trained, work):
-    """The demo's identity accuracy and FID, on the tiny trained model of this module."""
+class _ReplayGenerator:
+    """Stands in for a trained model in `demo_metrics`: its "samples" of user u are unseen
+    simulator draws of user (u + shift) mod N, so A_gen must be high at shift 0 and low
+    otherwise if it judges whose images they are."""
+
+    def __init__(self, images: torch.Tensor, user_ids: torch.Tensor, shift: int):
+        self.images, self.user_ids, self.shift = images, user_ids, shift
+
+    def sample(self, users, *, num_samples_per_user, colorize, **_):
+        assert not colorize  # the recogniser judges the model's own channels
+        shown = [(u + self.shift) % int(self.user_ids.max() + 1) for u in users]
+        picks = [self.images[self.user_ids == u][:num_samples_per_user] for u in shown]
+        assert all(len(p) == num_samples_per_user for p in picks)
+        return (torch.cat(picks) + 1) / 2  # the model's [0, 1]
+
+
+def test_demo_metrics_judge_real_and_generated_images(trained, tmp_path):
+    """The demo's identity accuracy: the recogniser recognises real test images well above chance
+    (A_real), and A_gen scores generated images against the user they were asked for."""
+    from dalle2_md.data import MicroDopplerDataset
     from dalle2_md.model import MicroDopplerDALLE2
+    from dalle2_md.synth import synthesize_dataset
     from dalle2_md.workflows import DataOptions, DemoConfig, demo_metrics, load_train_data
 
-    run_dir = work / "metrics_run"
-    data = DataOptions(data_root=str(work / "data"), image_size=16)
-    ds = load_train_data(data, run_dir)
-    model = MicroDopplerDALLE2.from_parts(prior_path=trained["prior"], decoder_path=trained["decoder"])
-    config = DemoConfig.quick()
-    metrics = demo_metrics(model, ds, data, run_dir, config, seed=0)
+    # the module's 3 users (same simulator seed) with 30 images each, so the test split has 9
+    # images; and 6 further draws per user that no recogniser sees
+    seen, unseen = 30, 6
+    synthesize_dataset(tmp_path / "all", num_users=3, images_per_user=seen + unseen, image_size=16, layout="kaggle",
+                       progress=False)
+    for user_dir in (tmp_path / "all").glob("ID_*"):
+        for png in sorted(user_dir.glob("*.png"))[:seen]:
+            (tmp_path / "data" / user_dir.name).mkdir(parents=True, exist_ok=True)
+            png.rename(tmp_path / "data" / user_dir.name / png.name)
+    data = DataOptions(data_root=str(tmp_path / "data"), image_size=16)
+    ds = load_train_data(data, tmp_path / "run")
+    fresh = MicroDopplerDataset(tmp_path / "all", image_size=16, label_map=ds.label_map)
+    # 60 recogniser steps, measured over demo seeds 0-3: A_real >= 0.89, A_gen of the replayed
+    # draws 1.0 at shift 0 and 0.0 at shift 1 (30 steps, the quick demo's: A_real 0.78 at seed 1)
+    config = replace(DemoConfig.quick(), recogniser_steps=60)
+    assert config.eval_samples_per_user <= unseen
     num_users = len(ds.label_map)
+
+    model = MicroDopplerDALLE2.from_parts(prior_path=trained["prior"], decoder_path=trained["decoder"])
+    metrics = demo_metrics(model, ds, data, tmp_path / "run", config, seed=0)
     assert metrics["generated_images"] == num_users * config.eval_samples_per_user
-    assert metrics["chance"] == 1 / num_users
-    for key in ("a_real", "a_gen"):
-        assert 0.0 <= metrics[key] <= 1.0
+    assert metrics["chance"] == 1 / num_users and metrics["test_images"] == 9
+    assert metrics["a_real"] >= 2 * metrics["chance"]
+    # the 2-step model's samples are noise: A_gen is only a fraction of its samples judged right
+    correct = metrics["a_gen"] * metrics["generated_images"]
+    assert correct == pytest.approx(round(correct), abs=1e-4)
+
+    replay = {shift: demo_metrics(_ReplayGenerator(*fresh.tensors(), shift), ds, data, tmp_path / "run", config,
+                                  seed=0)["a_gen"] for shift in (0, 1)}
+    assert replay[0] >= 2 * metrics["chance"]  # unseen draws of the right users are recognised
+    assert replay[1] < metrics["chance"]  # the same draws, asked for as the next user, are not
 
 
 def test_check_names_a_truncated_image(tmp_path):
