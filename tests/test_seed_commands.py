@@ -136,7 +136,23 @@ def test_prior_command_without_clip_path_says_which_flag_and_file(site, decoder_
 
 
 def test_prior_command_with_clip_path_writes_prior_final(site, prior_run):
-    assert (site / "outputs" / "prior" / "prior_v1" / "prior_final.pt").is_file()
+    import torch
+
+    from dalle2_md.clip import MicroDopplerClip
+    from dalle2_md.prior import UserConditionedDiffusionPrior
+
+    prior = UserConditionedDiffusionPrior.load(site / "outputs" / "prior" / "prior_v1" / "prior_final.pt")
+    clip = MicroDopplerClip.load(site / "outputs" / "decoder" / "decoder_v1" / "clip_final.pt")
+    # the prior belongs to the --clip_path model and knows the README's users by their labels
+    assert prior.meta["clip_fingerprint"] == clip.fingerprint
+    assert prior.label_map["names"] == [f"user_{u}" for u in range(NUM_USERS)]
+    # it samples embeddings of that model's size for every user, reproducibly for a seed
+    # (2 training steps: whether they land near their user's embeddings is test_prior's business)
+    users = list(range(NUM_USERS))
+    embeds = prior.sample(users, 2, seed=0, timesteps=3)
+    assert embeds.shape == (2 * NUM_USERS, clip.config.dim_latent) and torch.isfinite(embeds).all()
+    assert torch.equal(embeds, prior.sample(users, 2, seed=0, timesteps=3))
+    assert not torch.equal(embeds, prior.sample(users, 2, seed=1, timesteps=3))
 
 
 def test_generate_command_writes_one_png_per_sample_and_a_grid(site, prior_run):
