@@ -3,12 +3,14 @@ only size flags appended (tiny images, models and step counts) and its placehold
 replaced by real ones. The data set is a simulated 6-user one laid out like the README's
 `data_root/user_0/...`, so `--user_ids 0 1 2 3 4` and `--interp_user_2 5` exist."""
 
+import json
 import os
 import shlex
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 from PIL import Image
 
@@ -126,6 +128,17 @@ def test_decoder_command_writes_the_readme_files(site, decoder_run):
     for stage in ("clip", "decoder"):
         assert (run_dir / stage / "checkpoints" / "latest.json").is_file()
         assert list((run_dir / stage / "tensorboard").glob("events.out.tfevents.*"))
+    from dalle2_md.bundle import load_bundle
+
+    # the decoder is conditioned on the embedding model written beside it, which knows the README's users
+    clip, decoder = load_bundle(run_dir / "clip_final.pt", kind="clip"), load_bundle(run_dir / "decoder_final.pt", kind="decoder")
+    assert decoder["meta"]["clip_fingerprint"] == clip["meta"]["fingerprint"]
+    names = [f"user_{u}" for u in range(NUM_USERS)]
+    assert clip["label_map"]["names"] == json.loads((run_dir / "label_map.json").read_text())["names"] == names
+    assert decoder["meta"]["image_size"] == 16 and decoder["meta"]["layout"] == "hierarchical"
+    split = json.loads((run_dir / "split.json").read_text())
+    parts = [set(split[name]) for name in ("train", "val", "test")]
+    assert sum(map(len, parts)) == len(set().union(*parts)) == NUM_USERS * 5  # disjoint, every image once
 
 
 def test_prior_command_without_clip_path_says_which_flag_and_file(site, decoder_run):
@@ -174,7 +187,12 @@ def test_basic_generation_and_interpolation_commands(site, prior_run):
     assert len(list((site / "outputs" / "generated_images").glob("user_*_*.png"))) == 12
     ok(run(INTERPOLATE, site, "--sample_steps 2 --prior_steps 2 --output_dir interp", **paths))
     assert (site / "interp" / "interpolation_user_0_user_5.png").is_file()
-    assert len(list((site / "interp" / "interpolation_user_0_user_5").glob("frame_*.png"))) == 8
+    frames = sorted((site / "interp" / "interpolation_user_0_user_5").glob("frame_*.png"))
+    assert len(frames) == 8
+    # same seed and steps: the strip starts at user 0's first sample of the basic command
+    first, last = (np.asarray(Image.open(f)) for f in (frames[0], frames[-1]))
+    assert np.array_equal(first, np.asarray(Image.open(site / "outputs" / "generated_images" / "user_0_000.png")))
+    assert not np.array_equal(first, last)
 
 
 @pytest.mark.parametrize("command", [TEST_DUMMY, TEST_DUMMY_SMALL])
