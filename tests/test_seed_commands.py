@@ -122,14 +122,14 @@ def test_scripts_accept_every_seed_flag():
 
 
 def test_decoder_command_writes_the_readme_files(site, decoder_run):
+    from dalle2_md.bundle import load_bundle
+
     run_dir = site / "outputs" / "decoder" / "decoder_v1"
     for name in ("decoder_final.pt", "clip_final.pt", "label_map.json", "split.json"):
         assert (run_dir / name).is_file(), name
     for stage in ("clip", "decoder"):
         assert (run_dir / stage / "checkpoints" / "latest.json").is_file()
         assert list((run_dir / stage / "tensorboard").glob("events.out.tfevents.*"))
-    from dalle2_md.bundle import load_bundle
-
     # the decoder is conditioned on the embedding model written beside it, which knows the README's users
     clip, decoder = load_bundle(run_dir / "clip_final.pt", kind="clip"), load_bundle(run_dir / "decoder_final.pt", kind="decoder")
     assert decoder["meta"]["clip_fingerprint"] == clip["meta"]["fingerprint"]
@@ -174,9 +174,14 @@ def test_generate_command_writes_one_png_per_sample_and_a_grid(site, prior_run):
     for user in range(5):
         for j in range(4):
             assert (out / f"user_{user}_{j:03d}.png").is_file()
-    width, height = Image.open(out / "grid.png").size
+    grid = np.asarray(Image.open(out / "grid.png"))
     tile = 16 * 6  # 16 px samples enlarged 6x to the grid's 96 px minimum tile
-    assert (width, height) == (2 + 4 * (tile + 2), 2 + 5 * (tile + 2))  # 4 samples per row, one row per user
+    assert grid.shape[:2] == (2 + 5 * (tile + 2), 2 + 4 * (tile + 2))  # 4 samples per row, one row per user
+    # row u, column j shows user u's sample j
+    for user, j in ((0, 0), (4, 3)):
+        top, left = 2 + user * (tile + 2), 2 + j * (tile + 2)
+        assert np.array_equal(grid[top:top + tile:6, left:left + tile:6],
+                              np.asarray(Image.open(out / f"user_{user}_{j:03d}.png")))
 
 
 def test_basic_generation_and_interpolation_commands(site, prior_run):
