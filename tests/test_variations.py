@@ -126,3 +126,24 @@ def test_the_augmentation_recipe_gets_model_space_variations_of_each_users_own_i
     assert x.shape == (6, 1, 16, 16) and x.min() >= -1 and x.max() <= 1
     torch.testing.assert_close(x[3:], variations_of(model, images[2:], n=3, seed=5 + 7919 * 2, cond_scale=1.0, steps=3),
                                atol=2e-4, rtol=0)
+
+
+def test_sdedit_is_a_recipe_source_that_keeps_each_users_own_images(model_and_images):
+    from dalle2_md.augment import GeneratorBudget
+    from dalle2_md.recipe import AugmentRecipe, draw_candidates, sampling_key
+
+    model, images = model_and_images
+    # two "users" with clearly different real images: ramps and their mirror images
+    shot = (torch.cat([images[:2], images[:2].flip(-2)]), torch.tensor([0, 0, 1, 1]))
+    budget = GeneratorBudget(sample_steps=4)
+    recipe = AugmentRecipe(source="sdedit", strength=0.1)
+    fake, users = draw_candidates(model, recipe, budget, shot, 3, seed=0)
+    assert fake.shape == (6, 1, 16, 16) and users.tolist() == [0, 0, 0, 1, 1, 1]
+    assert torch.equal(fake, draw_candidates(model, recipe, budget, shot, 3, seed=0)[0])
+    # at low strength each candidate stays nearest one of its own user's real images
+    nearest = torch.cdist(fake.flatten(1), shot[0].flatten(1)).argmin(1)
+    assert torch.equal(shot[1][nearest], users)
+    assert sampling_key(recipe) != sampling_key(AugmentRecipe(source="sdedit", strength=0.7))
+    assert sampling_key(AugmentRecipe(strength=0.1)) == sampling_key(AugmentRecipe(strength=0.7))  # prior ignores it
+    with pytest.raises(UserError, match="strength"):
+        AugmentRecipe(source="sdedit", strength=0.0)
