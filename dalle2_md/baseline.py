@@ -5,10 +5,11 @@ model, no prior.
 Owns `SingleStageBaseline` (training loss, seeded sampling, bundle) and `train_baseline`, which
 runs it through `training.train` like every other stage.
 
-Bundle: kind "decoder" (nothing new in `bundle.KINDS`), config = the decoder's config, meta
-{"baseline": true, "num_users": N}, weights under "user_embed.*" and "decoder.*". A plain
-`MicroDopplerDecoder.load` refuses it (its weights carry the extra prefix);
-`SingleStageBaseline.load` / `is_baseline_bundle` recognise it by the meta flag.
+Bundle: kind "baseline", config = the decoder's config, meta {"baseline": true, "num_users": N},
+weights under "user_embed.*" and "decoder.*"; `MicroDopplerDecoder.load` refuses it by its kind.
+Baselines saved before issue 11 carry kind "decoder": their config is a plain decoder config, so
+they are told from a two-stage decoder by the meta flag (or, failing that, the user table in the
+weights); `SingleStageBaseline.load` and `is_baseline_bundle` accept both.
 """
 
 from __future__ import annotations
@@ -25,13 +26,13 @@ from .decoder import DecoderConfig, MicroDopplerDecoder
 from .model import decode_with_keyed_noise, sample_keys, user_labels
 from .sampling import DEFAULTS
 from .training import TrainConfig, TrainResult, train
-from .utils import BundleError, UserError
+from .utils import BundleError, UserError, renamed_keywords
 
 
 class SingleStageBaseline(nn.Module):
     """User ID -> learned embedding -> `MicroDopplerDecoder` -> spectrogram.
 
-    `loss = model(images, user_ids)` trains it (images in [-1, 1]); `model.sample(...)` returns
+    `loss = model(images, user_indices)` trains it (images in [-1, 1]); `model.sample(...)` returns
     images in [0, 1]. Classifier-free guidance works as in the two-stage decoder: the decoder
     drops the embedding with probability `config.cond_drop_prob` while training.
 
@@ -56,26 +57,29 @@ class SingleStageBaseline(nn.Module):
         self.colormap = colormap or ("jet" if config.channels == 1 else "none")
         self.meta: dict = {}
 
-    def embed(self, user_ids: torch.Tensor) -> torch.Tensor:
+    @renamed_keywords(user_ids="user_indices")
+    def embed(self, user_indices: torch.Tensor) -> torch.Tensor:
         """(B,) user indices -> (B, D) unit-norm embeddings (the two-stage decoder also sees
         unit-norm vectors, so both decoders get inputs of the same scale)."""
-        return F.normalize(self.user_embed(user_ids), dim=-1)
+        return F.normalize(self.user_embed(user_indices), dim=-1)
 
-    def _ids(self, user_ids) -> torch.Tensor:
-        ids = torch.as_tensor(user_ids, dtype=torch.long, device=self.user_embed.weight.device).reshape(-1)
-        if len(ids) and (int(ids.min()) < 0 or int(ids.max()) >= self.num_users):
-            bad = sorted({int(u) for u in ids.tolist() if not 0 <= u < self.num_users})
+    def _checked_indices(self, user_indices) -> torch.Tensor:
+        indices = torch.as_tensor(user_indices, dtype=torch.long, device=self.user_embed.weight.device).reshape(-1)
+        if len(indices) and (int(indices.min()) < 0 or int(indices.max()) >= self.num_users):
+            bad = sorted({int(u) for u in indices.tolist() if not 0 <= u < self.num_users})
             raise UserError(f"user indices {bad} out of range: this baseline knows 0..{self.num_users - 1}.")
-        return ids
+        return indices
 
-    def forward(self, images: torch.Tensor, user_ids: torch.Tensor) -> torch.Tensor:
-        """Diffusion loss of a batch: images (B, C, H, W) in [-1, 1], user_ids (B,) -> scalar."""
-        return self.decoder(images, self.embed(self._ids(user_ids)))
+    @renamed_keywords(user_ids="user_indices")
+    def forward(self, images: torch.Tensor, user_indices: torch.Tensor) -> torch.Tensor:
+        """Diffusion loss of a batch: images (B, C, H, W) in [-1, 1], user_indices (B,) -> scalar."""
+        return self.decoder(images, self.embed(self._checked_indices(user_indices)))
 
+    @renamed_keywords(user_ids="user_indices")
     @torch.no_grad()
     def sample(
         self,
-        user_ids: Sequence[int],
+        user_indices: Sequence[int],
         *,
         num_samples_per_user: int = 1,
         cond_scale: float = DEFAULTS.cond_scale,
@@ -89,41 +93,42 @@ class SingleStageBaseline(nn.Module):
         independent across users and a user's samples do not depend on the batch).
 
         Args:
-            user_ids: contiguous user indices.
+            user_indices: contiguous user indices 0..N-1 (not original labels).
             num_samples_per_user: images per listed user.
             cond_scale: guidance on the user embedding (1 = none).
             steps: network evaluations (default the decoder's `sample_timesteps`).
             seed: same seed, same images.
             eta, sampler: as for `MicroDopplerDALLE2.sample`.
         Returns:
-            (len(user_ids) * num_samples_per_user, C, H, W) in [0, 1], user-major.
+            (len(user_indices) * num_samples_per_user, C, H, W) in [0, 1], user-major.
         """
         if num_samples_per_user < 1:
             raise UserError(f"num_samples_per_user must be at least 1, got {num_samples_per_user}.")
-        ids = self._ids(user_ids)
-        embeds = self.embed(ids).repeat_interleave(num_samples_per_user, dim=0)
-        keys = sample_keys(user_labels(self.label_map, ids.tolist()), num_samples_per_user)
+        indices = self._checked_indices(user_indices)
+        embeds = self.embed(indices).repeat_interleave(num_samples_per_user, dim=0)
+        keys = sample_keys(user_labels(self.label_map, indices.tolist()), num_samples_per_user)
         return decode_with_keyed_noise(self.decoder, embeds, keys, seed=seed, cond_scale=cond_scale, steps=steps,
                                        eta=eta, sampler=sampler)
 
     # bundle
 
     def save(self, path: str | Path, *, meta: dict | None = None) -> Path:
-        """Write a "decoder"-kind bundle flagged {"baseline": true} (see module docstring)."""
+        """Write a "baseline" bundle (see module docstring)."""
         meta = {**self.meta, **(meta or {}), "baseline": True, "num_users": self.num_users, "colormap": self.colormap}
-        return save_bundle(path, kind="decoder", config=self.config.to_dict(), state_dict=self.state_dict(),
+        return save_bundle(path, kind="baseline", config=self.config.to_dict(), state_dict=self.state_dict(),
                            label_map=self.label_map, meta=meta)
 
     @classmethod
     def load(cls, path: str | Path) -> "SingleStageBaseline":
-        """Rebuild a baseline from its bundle alone (eval mode)."""
-        payload = load_bundle(path, kind="decoder")
-        meta = payload.get("meta") or {}
-        if not meta.get("baseline"):
+        """Rebuild a baseline from its bundle alone (eval mode); also reads the "decoder"-kind
+        baseline bundles written before issue 11."""
+        payload = load_bundle(path, kind=("baseline", "decoder"))
+        if not _holds_baseline(payload):
             raise BundleError(f"{path}: is a two-stage decoder, not a single-stage baseline; load it with "
                               "MicroDopplerDecoder.load, or chain it with its prior.")
+        meta = payload.get("meta") or {}
         try:
-            model = cls(num_users=int(meta["num_users"]), config=DecoderConfig.from_dict(payload["config"]),
+            model = cls(num_users=_num_users(payload), config=DecoderConfig.from_dict(payload["config"]),
                         label_map=payload.get("label_map"), colormap=meta.get("colormap"))
             model.load_state_dict(payload["state_dict"])
         except (KeyError, TypeError, ValueError, RuntimeError) as e:
@@ -133,15 +138,30 @@ class SingleStageBaseline(nn.Module):
         return model.eval()
 
 
+def _holds_baseline(payload: dict) -> bool:
+    """A "baseline" bundle, or one written before issue 11: kind "decoder" with the baseline's
+    meta flag or its user table (a two-stage decoder has neither)."""
+    if payload.get("kind") == "baseline":
+        return True
+    flagged = bool((payload.get("meta") or {}).get("baseline"))
+    return payload.get("kind") == "decoder" and (flagged or "user_embed.weight" in (payload.get("state_dict") or {}))
+
+
+def _num_users(payload: dict) -> int:
+    """The user table's size: from the meta, else from the table's weights."""
+    num_users = (payload.get("meta") or {}).get("num_users")
+    return int(num_users) if num_users is not None else int(payload["state_dict"]["user_embed.weight"].shape[0])
+
+
 def is_baseline_bundle(path: str | Path) -> bool:
-    """True when `path` is a bundle written by `SingleStageBaseline.save`."""
-    payload = load_bundle(path)
-    return payload.get("kind") == "decoder" and bool((payload.get("meta") or {}).get("baseline"))
+    """True when `path` is a bundle written by `SingleStageBaseline.save` (of any dalle2-md version)."""
+    return _holds_baseline(load_bundle(path))
 
 
+@renamed_keywords(user_ids="user_indices")
 def train_baseline(
     images: torch.Tensor,
-    user_ids: torch.Tensor,
+    user_indices: torch.Tensor,
     *,
     num_users: int,
     decoder_config: DecoderConfig,
@@ -155,7 +175,7 @@ def train_baseline(
 
     Args:
         images: (N, C, H, W) training images in [-1, 1].
-        user_ids: (N,) user indices.
+        user_indices: (N,) contiguous user indices.
         num_users: size of the user table.
         decoder_config: the decoder's shape (same as the two-stage decoder's for a fair comparison).
         train_config: steps, batch size, lr, seed, ...
@@ -165,13 +185,14 @@ def train_baseline(
     Returns:
         (the EMA model in eval mode, the loop's `TrainResult`).
     """
-    images, user_ids = torch.as_tensor(images).float(), torch.as_tensor(user_ids).long().reshape(-1)
-    if len(images) != len(user_ids) or len(images) == 0:
-        raise UserError(f"baseline training needs N images and N user ids, got {len(images)} and {len(user_ids)}.")
+    images, user_indices = torch.as_tensor(images).float(), torch.as_tensor(user_indices).long().reshape(-1)
+    if len(images) != len(user_indices) or len(images) == 0:
+        raise UserError(f"baseline training needs N images and N user indices, got {len(images)} and "
+                        f"{len(user_indices)}.")
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(train_config.seed)
         model = SingleStageBaseline(num_users=num_users, config=decoder_config, label_map=label_map, colormap=colormap)
-    data = torch.utils.data.TensorDataset(images, user_ids)
+    data = torch.utils.data.TensorDataset(images, user_indices)
     result = train(model, data, train_config, run_dir=run_dir, stage="baseline", progress=progress,
                    model_config={"baseline": True, "num_users": num_users, "decoder": decoder_config.to_dict()})
     ema = result.ema_model.eval()

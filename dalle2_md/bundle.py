@@ -25,7 +25,7 @@ from .utils import BundleError, atomic_write, package_versions
 
 FORMAT = "dalle2-md"
 FORMAT_VERSION = 1
-KINDS = ("clip", "prior", "decoder", "vqgan", "dalle2", "checkpoint", "recogniser")
+KINDS = ("clip", "prior", "decoder", "vqgan", "dalle2", "checkpoint", "recogniser", "baseline")
 
 
 def _plain(obj: Any) -> Any:

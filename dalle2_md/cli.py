@@ -66,12 +66,12 @@ def inspect_data(data_root, image_size, colormap, num_users, split_file, split_s
     counts = ds.counts()
     in_split = {}
     if split is not None:
-        rel_label = {ds.index.relpath(f): int(u) for f, u in zip(ds.files, ds.user_ids)}
+        rel_index = {ds.index.relpath(f): int(u) for f, u in zip(ds.files, ds.user_indices)}
         for k in ("train", "val", "test"):
             in_split[k] = [0] * len(lm)
             for rel in split[k]:
-                if rel in rel_label:
-                    in_split[k][rel_label[rel]] += 1
+                if rel in rel_index:
+                    in_split[k][rel_index[rel]] += 1
         click.echo(f"split:     {split_file} (seed {split.get('seed')}, fractions {split.get('fractions')})")
     click.echo("index  label  images" + ("  train/val/test" if split is not None else "") + "  file stem")
     for i, name in enumerate(lm.names):
@@ -131,6 +131,10 @@ def synth(profile, num_users, images_per_user, image_size, layout, out, seed, pr
 # ------------------------------------------------------------------------------------------
 # training, generation, demo and self-check commands (thin: options -> stages / generation / demo / selfcheck)
 
+# `--user_ids` (the seed's flag) takes original labels; the commands call them `user_labels`
+USER_LABELS_HELP = ("Users by original label as on disk (ID_5, user_5 or 5; not the 0..N-1 index), "
+                    "e.g. --user_ids 0 1 2 [default: all users].")
+
 # argparse-style list flags (`--user_ids 0 1 2`) are joined into one value before click parses
 VARIADIC_FLAGS = ("--user_ids", "--user-ids", "--dim_mults", "--dim-mults", "--clip_widths", "--clip-widths")
 
@@ -157,12 +161,14 @@ def join_variadic(argv):
     return out
 
 
-def _opt(name, **kw):
-    """An option spelled `--data_root` (the seed's) and `--data-root`, default shown in --help."""
+def _opt(name, *, dest=None, **kw):
+    """An option spelled `--data_root` (the seed's) and `--data-root`, default shown in --help;
+    `dest` names the command's parameter when the flag's name says less (`--user_ids` ->
+    `user_labels`)."""
     dashed = "--" + name.replace("_", "-")
     spellings = [f"--{name}"] + ([dashed] if dashed != f"--{name}" else [])
     kw.setdefault("show_default", True)
-    return click.option(*spellings, name, **kw)
+    return click.option(*spellings, dest or name, **kw)
 
 
 def _apply(*decorators):
@@ -436,7 +442,7 @@ def _generate_dataset(kw, batch_size):
     model_id = {**{k: str(Path(v).resolve()) for k, v in paths.items() if v},
                 "clip_fingerprint": (getattr(model.decoder, "meta", None) or {}).get("clip_fingerprint")}
     done = generate_dataset(
-        model, kw["output_dir"], users=kw["user_ids"], num_samples_per_user=kw["num_samples_per_user"],
+        model, kw["output_dir"], users=kw["user_labels"], num_samples_per_user=kw["num_samples_per_user"],
         filter=kw["filter"] or "none", data_root=kw["data_root"], split_file=split_file, split_seed=kw["split_seed"],
         min_confidence=kw["min_confidence"], kinematic_margin=kw["kinematic_margin"], recogniser_steps=kw["recogniser_steps"],
         layout=kw["layout"], sampling=sampling, seed=kw["seed"], batch_size=batch_size,
@@ -452,7 +458,7 @@ def _generate_dataset(kw, batch_size):
 
 @cli.command("generate-dataset")
 @_model_options
-@_opt("user_ids", default=None, callback=_str_list, help="Users by original label [default: all users].")
+@_opt("user_ids", dest="user_labels", default=None, callback=_str_list, help=USER_LABELS_HELP)
 @_opt("num_samples_per_user", type=int, default=100, help="Kept images per user.")
 @_opt("batch_size", type=int, default=32, help="Samples drawn at once (memory holds one batch).")
 @_opt("eta", type=float, default=DEFAULTS.eta, help="DDIM eta of both stages (0 = deterministic; > 0 uses --sampler ddim).")
@@ -468,8 +474,7 @@ def generate_dataset_cmd(**kw):
 
 @cli.command("generate")
 @_model_options
-@_opt("user_ids", default=None, callback=_str_list,
-      help="Users by original label (ID_5, user_5 or 5), e.g. --user_ids 0 1 2 [default: all users].")
+@_opt("user_ids", dest="user_labels", default=None, callback=_str_list, help=USER_LABELS_HELP)
 @_opt("num_samples_per_user", type=int, default=4, help="Images per user.")
 @_opt("batch_size", type=int, default=64, help="Most images sampled at once (users and samples mixed; bounds memory).")
 @_opt("eta", type=float, default=DEFAULTS.eta, help="DDIM eta of both stages (0 = deterministic; > 0 uses --sampler ddim).")
@@ -479,15 +484,17 @@ def generate_dataset_cmd(**kw):
 @click.option("--progress/--no-progress", "progress", default=True, show_default=True, help="Show a progress bar.")
 @_opt("save_npy", is_flag=True, default=False, help="Also save each scalar spectrogram as .npy (values in [0, 1]).")
 @_opt("interpolate", is_flag=True, default=False, help="Also (or, without --user_ids, only) write an interpolation strip.")
-@_opt("interp_user_1", default=None, help="First user of the interpolation (original label).")
-@_opt("interp_user_2", default=None, help="Second user of the interpolation (original label).")
+@_opt("interp_user_1", dest="user_label_a", default=None,
+      help="First user of the interpolation, by original label (ID_5, user_5 or 5; not its 0..N-1 index).")
+@_opt("interp_user_2", dest="user_label_b", default=None,
+      help="Second user of the interpolation, by original label.")
 @_opt("interp_steps", type=int, default=8, help="Interpolation frames, ends included.")
 @_curation_options
 def generate_cmd(**kw):
     """Generate spectrograms per user (PNG per sample named with the user's label, grid.png with
     one row per user) and optionally a user-to-user interpolation strip. With --filter or
     --layout: a curated data set instead (what generate-dataset does)."""
-    from .generation import interpolate_users, write_samples
+    from .generation import write_interpolation, write_samples
 
     if kw["filter"] is not None or kw["layout"] is not None:
         if kw["interpolate"] or kw["save_npy"]:
@@ -497,18 +504,18 @@ def generate_cmd(**kw):
               "recogniser_steps", "max_draws_per_user", "overwrite"):
         kw.pop(k)
 
-    interp = {k: kw.pop(k) for k in ("interpolate", "interp_user_1", "interp_user_2", "interp_steps")}
-    if interp["interpolate"] and not (interp["interp_user_1"] and interp["interp_user_2"]):
+    interp = {k: kw.pop(k) for k in ("interpolate", "user_label_a", "user_label_b", "interp_steps")}
+    if interp["interpolate"] and not (interp["user_label_a"] and interp["user_label_b"]):
         raise UserError("--interpolate needs --interp_user_1 and --interp_user_2 (original labels, e.g. 0 and 5).")
     model, out, sampling = _load_model(kw), kw.pop("output_dir"), _sampling(kw)
-    if kw["user_ids"] or not interp["interpolate"]:
-        made = write_samples(model, out, users=kw["user_ids"], num_samples_per_user=kw["num_samples_per_user"],
+    if kw["user_labels"] or not interp["interpolate"]:
+        made = write_samples(model, out, user_labels=kw["user_labels"], num_samples_per_user=kw["num_samples_per_user"],
                              batch_size=kw["batch_size"], save_npy=kw["save_npy"], eta=kw["eta"], fast=_fast_paths(kw),
                              progress=kw["progress"], **sampling)
         click.echo(f"wrote {len(made['images'])} images and {made['grid']} ({made['images_per_s']:.2f} images/s)")
     if interp["interpolate"]:
-        made = interpolate_users(model, out, user_a=interp["interp_user_1"], user_b=interp["interp_user_2"],
-                                 steps=interp["interp_steps"], **sampling)
+        made = write_interpolation(model, out, user_label_a=interp["user_label_a"], user_label_b=interp["user_label_b"],
+                                   steps=interp["interp_steps"], **sampling)
         click.echo(f"wrote {made['strip']} and {len(made['frames'])} frames")
 
 
@@ -546,17 +553,18 @@ def variations_cmd(image_paths, n, strength, model_path, decoder_path, clip_path
 
 @cli.command("interpolate")
 @_model_options
-@_opt("interp_user_1", required=True, help="First user (original label).")
-@_opt("interp_user_2", required=True, help="Second user (original label).")
+@_opt("interp_user_1", dest="user_label_a", required=True,
+      help="First user, by original label (ID_5, user_5 or 5; not its 0..N-1 index).")
+@_opt("interp_user_2", dest="user_label_b", required=True, help="Second user, by original label.")
 @_opt("interp_steps", type=int, default=8, help="Frames, ends included.")
 def interpolate_cmd(**kw):
     """Write interpolation_<a>_<b>.png: frames between two users' sampled embeddings, decoded
     from the same noise (and each frame in interpolation_<a>_<b>/)."""
-    from .generation import interpolate_users
+    from .generation import write_interpolation
 
     model, out, sampling = _load_model(kw), kw.pop("output_dir"), _sampling(kw)
-    made = interpolate_users(model, out, user_a=kw["interp_user_1"], user_b=kw["interp_user_2"],
-                             steps=kw["interp_steps"], **sampling)
+    made = write_interpolation(model, out, user_label_a=kw["user_label_a"], user_label_b=kw["user_label_b"],
+                               steps=kw["interp_steps"], **sampling)
     click.echo(f"wrote {made['strip']} and {len(made['frames'])} frames")
 
 
@@ -655,10 +663,10 @@ def _evaluated_model(model_path, decoder_path, prior_path, clip_path):
 
 
 def _stage_identity_of(model, recogniser, sets, scales, *, num_samples_per_user, **sampling) -> dict:
-    """`stage_identity` of a chained model on the split, or {"note": why not} for a model without
-    a prior or an embedding model. The decoder stage decodes at most as many real test
+    """`stage_identity_accuracies` of a chained model on the split, or {"note": why not} for a
+    model without a prior or an embedding model. The decoder stage decodes at most as many real test
     embeddings per scale as the A_gen samples (num_samples_per_user per user)."""
-    from .stage_identity import stage_identity
+    from .stage_identity import stage_identity_accuracies
 
     if getattr(model, "prior", None) is None:
         return {"note": "not computed: a single-stage model has no prior and no embedding"}
@@ -666,9 +674,9 @@ def _stage_identity_of(model, recogniser, sets, scales, *, num_samples_per_user,
         return {"note": "not computed: the model has no embedding model; give a 'dalle2' bundle that holds one, "
                         "or --clip_path with --decoder_path"}
     num_users = len(sets["train"].label_map)
-    return stage_identity(model, recogniser, sets["train"].tensors(), sets["test"].tensors(), guidance_scales=scales,
-                          num_samples_per_user=num_samples_per_user, max_decoded=num_samples_per_user * num_users,
-                          **sampling)
+    return stage_identity_accuracies(model, recogniser, sets["train"].tensors(), sets["test"].tensors(),
+                                     guidance_scales=scales, num_samples_per_user=num_samples_per_user,
+                                     max_decoded=num_samples_per_user * num_users, **sampling)
 
 
 @cli.command("evaluate")

@@ -111,7 +111,9 @@ def _normalise_colormap(colormap: str | None) -> str | None:
 class MicroDopplerDataset(Dataset):
     """All of a data set's images, decoded once and held in memory.
 
-    Items are (image FloatTensor (C, H, W) in [-1, 1], user index). Under a colormap (default
+    Items are (image FloatTensor (C, H, W) in [-1, 1], user index); `user_indices` holds every
+    image's contiguous user index 0..N-1 and `label_map` turns one into the original label
+    ("ID_5"). Under a colormap (default
     jet) C = 1: colour images are inverted through the colormap at their own resolution (before
     resizing, because blending jet colours makes colours that are not on the map) and greyscale
     images are used directly; with colormap="none" C = 3 (RGB).
@@ -176,7 +178,7 @@ class MicroDopplerDataset(Dataset):
         self.skipped = list(index.skipped) + decode_skipped
         self._store = store
         self.files = [files[i] for i in kept]
-        self.user_ids = torch.tensor([labels[i] for i in kept], dtype=torch.long)
+        self.user_indices = torch.tensor([labels[i] for i in kept], dtype=torch.long)
         self.residual = residual
         self._report(total=len(files) + len(index.skipped))
         if len(self.files) == 0:
@@ -255,22 +257,30 @@ class MicroDopplerDataset(Dataset):
 
     def tensors(self) -> tuple[torch.Tensor, torch.Tensor]:
         """(images (N, C, H, W) float32 in [-1, 1], user indices (N,) long)."""
-        return self.images, self.user_ids.clone()
+        return self.images, self.user_indices.clone()
 
     def counts(self) -> list[int]:
         """Images per user index in this split."""
-        return torch.bincount(self.user_ids, minlength=len(self.label_map)).tolist()
+        return torch.bincount(self.user_indices, minlength=len(self.label_map)).tolist()
 
     def __len__(self) -> int:
         return len(self.files)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
-        return self._to_float(self._store[i]), int(self.user_ids[i])
+        return self._to_float(self._store[i]), int(self.user_indices[i])
 
-    # make_split accepts a dataset, so expose its labels the way DataIndex does
+    # make_split accepts a dataset, so expose its user indices under the name DataIndex uses
     @property
     def labels(self) -> list[int]:
-        return self.user_ids.tolist()
+        """Every image's user index, as a list (not the original labels: see `label_map`)."""
+        return self.user_indices.tolist()
+
+    @property
+    def user_ids(self) -> torch.Tensor:
+        """Deprecated name of `user_indices` (issue 11)."""
+        warnings.warn("MicroDopplerDataset.user_ids is deprecated; use user_indices (renamed in issue 11)",
+                      DeprecationWarning, stacklevel=2)
+        return self.user_indices
 
     def __repr__(self) -> str:
         return (

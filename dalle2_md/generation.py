@@ -1,6 +1,11 @@
 """Generation from trained bundles: `load_generator` (a chained bundle, or a prior + decoder pair
-checked against each other), `write_samples` (PNGs named by user label plus a grid; `generate`
-is its old name) and `interpolate_users` (a strip and frames between two users).
+checked against each other), `write_samples` (PNGs named by user label plus a grid) and
+`write_interpolation` (a strip and frames between two users). Users are given by their original
+labels ("ID_5", `user_labels`); the model turns them into contiguous indices.
+
+Old names (issue 11) still work for one release and warn: `generate` (= `write_samples`; not to
+be confused with `augment.generate`, which returns tensors), `interpolate_users`
+(= `write_interpolation`), the keywords `users=`, `user_a=`, `user_b=`.
 """
 
 from __future__ import annotations
@@ -14,7 +19,7 @@ import torch
 from .display import GRID_MIN_TILE, save_grid
 from .sampling import DEFAULTS
 from .stages import log
-from .utils import UserError, exists
+from .utils import UserError, deprecated_alias, exists, renamed_keywords
 
 def load_generator(*, model_path=None, prior_path=None, decoder_path=None, clip_path=None, device: str = "cpu"):
     """A `MicroDopplerDALLE2` from a chained bundle or from a prior + decoder pair (refused when
@@ -79,11 +84,12 @@ def _sampling_kwargs(*, cond_scale, prior_cond_scale, sample_steps, prior_steps,
                 prior_steps=prior_steps, seed=seed, eta=eta, sampler=sampler)
 
 
-def write_samples(model, output_dir, *, users: Sequence[str] | None = None, num_samples_per_user: int = 4,
-             cond_scale: float = DEFAULTS.cond_scale, prior_cond_scale: float = DEFAULTS.prior_cond_scale,
-             sample_steps: int | None = DEFAULTS.decoder_steps, prior_steps: int | None = DEFAULTS.prior_steps,
-             seed: int = 0, batch_size: int = 64, save_npy: bool = False, eta: float = DEFAULTS.eta,
-             sampler: str | None = None, fast: "FastPaths | None" = None, progress: bool = False) -> dict:
+@renamed_keywords(users="user_labels")
+def write_samples(model, output_dir, *, user_labels: Sequence[str] | None = None, num_samples_per_user: int = 4,
+                  cond_scale: float = DEFAULTS.cond_scale, prior_cond_scale: float = DEFAULTS.prior_cond_scale,
+                  sample_steps: int | None = DEFAULTS.decoder_steps, prior_steps: int | None = DEFAULTS.prior_steps,
+                  seed: int = 0, batch_size: int = 64, save_npy: bool = False, eta: float = DEFAULTS.eta,
+                  sampler: str | None = None, fast: "FastPaths | None" = None, progress: bool = False) -> dict:
     """Sample spectrograms for users and write them as PNGs named with the original labels
     (`ID_5_000.png`) as each batch finishes, plus `grid.png` with one row per user (its first
     `GRID_SAMPLES_PER_USER` samples). Batches mix users and samples up to `batch_size` images;
@@ -92,7 +98,8 @@ def write_samples(model, output_dir, *, users: Sequence[str] | None = None, num_
     Args:
         model: a `MicroDopplerDALLE2`.
         output_dir: folder to write into.
-        users: original labels ("ID_5", "5"); None = every user the model knows.
+        user_labels: original labels ("ID_5", "5" or 5), not indices; None = every user the
+            model knows.
         num_samples_per_user: images per user.
         cond_scale, prior_cond_scale: decoder / prior guidance (1 = none).
         sample_steps, prior_steps: network evaluations of the decoder / prior (None: the
@@ -119,7 +126,7 @@ def write_samples(model, output_dir, *, users: Sequence[str] | None = None, num_
     sampling = _sampling_kwargs(cond_scale=cond_scale, prior_cond_scale=prior_cond_scale, sample_steps=sample_steps,
                                 prior_steps=prior_steps, seed=seed, eta=eta, sampler=sampler)
     lm = _label_map(model)
-    indices = [model.user_index(u) for u in users] if users else list(range(model.num_users))
+    indices = [model.user_index(u) for u in user_labels] if user_labels else list(range(model.num_users))
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
     context = apply_fast_paths(model, model.device, fast or FastPaths(), say=log)
@@ -151,30 +158,29 @@ def write_samples(model, output_dir, *, users: Sequence[str] | None = None, num_
     return {"images": written, "grid": grid, "npy": npys, "seconds": seconds, "images_per_s": rate}
 
 
-generate = write_samples  # the name before issue 11 (kept for scripts and older imports)
-
-
-def interpolate_users(model, output_dir, *, user_a: str, user_b: str, steps: int = 8, seed: int = 0,
-                      cond_scale: float = DEFAULTS.cond_scale, prior_cond_scale: float = DEFAULTS.prior_cond_scale,
-                      sample_steps: int | None = DEFAULTS.decoder_steps, prior_steps: int | None = DEFAULTS.prior_steps,
-                      sampler: str | None = None) -> dict:
+def write_interpolation(model, output_dir, *, user_label_a: str, user_label_b: str, steps: int = 8, seed: int = 0,
+                        cond_scale: float = DEFAULTS.cond_scale, prior_cond_scale: float = DEFAULTS.prior_cond_scale,
+                        sample_steps: int | None = DEFAULTS.decoder_steps,
+                        prior_steps: int | None = DEFAULTS.prior_steps, sampler: str | None = None) -> dict:
     """Frames between sample 0 of two users (ends equal to those plain samples, see
-    `MicroDopplerDALLE2.interpolate`): a strip `interpolation_<a>_<b>.png` and its frames in
-    `interpolation_<a>_<b>/frame_000.png`.
+    `MicroDopplerDALLE2.interpolation_frames`): a strip `interpolation_<a>_<b>.png` and its
+    frames in `interpolation_<a>_<b>/frame_000.png`.
 
     Args:
         model: a `MicroDopplerDALLE2`.
         output_dir: folder to write into.
-        user_a, user_b: original labels of the two users.
+        user_label_a, user_label_b: original labels of the two users ("ID_5", "5" or 5).
         steps: frames, ends included.
         seed, cond_scale, prior_cond_scale, sample_steps, prior_steps, sampler: as for `write_samples`
             (always deterministic: eta = 0).
+    Returns:
+        {"strip": path, "frames": [paths]}
     """
     _sampling_kwargs(cond_scale=cond_scale, prior_cond_scale=prior_cond_scale, sample_steps=sample_steps,
                      prior_steps=prior_steps, seed=seed, eta=0.0, sampler=sampler)
     lm = _label_map(model)
-    a, b = model.user_index(user_a), model.user_index(user_b)
-    frames = model.interpolate(a, b, steps=steps, seed=seed, cond_scale=cond_scale, prior_cond_scale=prior_cond_scale,
+    a, b = model.user_index(user_label_a), model.user_index(user_label_b)
+    frames = model.interpolation_frames(a, b, steps=steps, seed=seed, cond_scale=cond_scale, prior_cond_scale=prior_cond_scale,
                                prior_steps=prior_steps, decoder_steps=sample_steps, sampler=sampler).cpu()
     name = f"interpolation_{lm.name_of(a)}_{lm.name_of(b)}"
     out = Path(output_dir)
@@ -182,3 +188,8 @@ def interpolate_users(model, output_dir, *, user_a: str, user_b: str, steps: int
     strip = save_grid(frames, out / f"{name}.png", nrow=steps, colormap="none", min_tile=GRID_MIN_TILE)
     return {"strip": strip, "frames": paths}
 
+
+# the names before issue 11 (kept for one release; they warn)
+generate = deprecated_alias(write_samples, "generation.generate")
+interpolate_users = deprecated_alias(renamed_keywords(user_a="user_label_a", user_b="user_label_b")(write_interpolation),
+                                     "generation.interpolate_users")

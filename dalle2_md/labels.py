@@ -1,6 +1,7 @@
 """User labels: the `LabelMap` between the labels on disk ("ID_5", or a metadata user_id 5)
 and the contiguous class indices 0..N-1 the models see, saved as `label_map.json` and inside
-every bundle. Also what a user label looks like (`USER_DIR_RE`) and the data layouts a label
+every bundle. Across dalle2-md, `user_labels` are the former (what people type, e.g.
+`--user_ids ID_5`) and `user_indices` the latter (what networks and tensors hold). Also what a user label looks like (`USER_DIR_RE`) and the data layouts a label
 map can come from (`DATA_LAYOUTS`)."""
 
 from __future__ import annotations
@@ -71,7 +72,8 @@ class LabelMap:
 
     @classmethod
     def from_ids(cls, ids: Sequence[int]) -> "LabelMap":
-        """Flat layout: integer user_ids from metadata.json, named by their decimal string."""
+        """Flat layout: the integer `user_id`s of metadata.json (user numbers, not indices),
+        named by their decimal string."""
         uniq = sorted(set(int(i) for i in ids))
         return cls(names=tuple(str(i) for i in uniq), ids=tuple(uniq), layout="flat")
 

@@ -1,11 +1,15 @@
-"""`MicroDopplerDALLE2`: the chain user ID -> prior -> image embedding -> decoder -> spectrogram.
+"""`MicroDopplerDALLE2`: the chain user index -> prior -> image embedding -> decoder -> spectrogram.
+
+Users are named two ways: `user_labels` are the original labels as on disk ("ID_5"; they key the
+noise, see below), `user_indices` the contiguous 0..N-1 the networks see (`user_index(label)`
+turns one into the other).
 
 Owns sampling with exact counts, sampler, guidance scales, eta and step counts per stage, and
 the noise convention: the prior and the decoder noise of a sample (its start and, with eta > 0,
 every step) come from a generator keyed by (seed, stream, user label, sample index), so samples
 of one user are independent of each other and of every other user's, and a user's samples do
 not change with the other users in the batch or with the batch size. Also user-to-user
-interpolation, re-colouring scalar spectrograms, and the chained bundle (kind "dalle2") or
+interpolation (`interpolation_frames`), re-colouring scalar spectrograms, and the chained bundle (kind "dalle2") or
 loading from the prior and decoder files the seed's scripts write.
 """
 
@@ -24,7 +28,7 @@ from .clip import ClipConfig, MicroDopplerClip
 from .decoder import DecoderConfig, MicroDopplerDecoder
 from .prior import PriorConfig, UserConditionedDiffusionPrior
 from .sampling import DEFAULTS, keyed_generators, randn
-from .utils import BundleError, UserError, exists
+from .utils import BundleError, UserError, deprecated_alias, exists, renamed_keywords
 
 # offsets that make the prior's and the decoder's noise streams independent for one seed
 _PRIOR_STREAM, _DECODER_STREAM = 0, 1
@@ -140,21 +144,23 @@ class MicroDopplerDALLE2(nn.Module):
             raise UserError(f"unknown user {label!r}: this model knows users 0..{self.num_users - 1}.")
         return index
 
-    def _check_users(self, user_ids: Sequence[int]) -> list[int]:
-        ids = [int(u) for u in (user_ids.tolist() if torch.is_tensor(user_ids) else user_ids)]
-        bad = [u for u in ids if not 0 <= u < self.num_users]
+    def _checked_indices(self, user_indices: Sequence[int]) -> list[int]:
+        indices = [int(u) for u in (user_indices.tolist() if torch.is_tensor(user_indices) else user_indices)]
+        bad = [u for u in indices if not 0 <= u < self.num_users]
         if bad:
             raise UserError(f"user indices {bad} out of range: this model knows 0..{self.num_users - 1}.")
-        return ids
+        return indices
 
-    def labels_of(self, user_ids: Sequence[int]) -> list[str]:
+    @renamed_keywords(user_ids="user_indices")
+    def labels_of(self, user_indices: Sequence[int]) -> list[str]:
         """Original labels of contiguous user indices (decimal strings without a label map)."""
-        return user_labels(self.label_map, user_ids)
+        return user_labels(self.label_map, user_indices)
 
+    @renamed_keywords(user_ids="user_indices")
     @torch.no_grad()
     def sample_image_embeds(
         self,
-        user_ids: Sequence[int],
+        user_indices: Sequence[int],
         *,
         num_samples_per_user: int = 1,
         prior_cond_scale: float = DEFAULTS.prior_cond_scale,
@@ -164,31 +170,32 @@ class MicroDopplerDALLE2(nn.Module):
         sampler: str | None = None,
         sample_indices: Sequence[int] | None = None,
     ) -> torch.Tensor:
-        """(len(user_ids) * num_samples_per_user, D) embeddings, user-major; sample j of user u
-        starts from the prior noise keyed by (seed, u's label, j).
+        """(len(user_indices) * num_samples_per_user, D) embeddings, user-major; sample j of user
+        u starts from the prior noise keyed by (seed, u's label, j).
 
         Args:
+            user_indices: contiguous user indices.
             sample_indices: instead of `num_samples_per_user`, one sample index per entry of
-                `user_ids` (then the output has len(user_ids) rows, in that order).
+                `user_indices` (then the output has len(user_indices) rows, in that order).
             others: as for `sample`.
         """
-        ids, keys = self._pairs(user_ids, num_samples_per_user, sample_indices)
+        rows, keys = self._pairs(user_indices, num_samples_per_user, sample_indices)
         return self.prior.sample(
-            ids, 1, cond_scale=prior_cond_scale, timesteps=prior_steps, eta=eta, sampler=sampler,
+            rows, 1, cond_scale=prior_cond_scale, timesteps=prior_steps, eta=eta, sampler=sampler,
             generator=keyed_generators(seed, _PRIOR_STREAM, keys),
         )
 
-    def _pairs(self, user_ids, num_samples_per_user, sample_indices) -> tuple[list[int], list[tuple[str, int]]]:
+    def _pairs(self, user_indices, num_samples_per_user, sample_indices) -> tuple[list[int], list[tuple[str, int]]]:
         """(one user index per output row, one noise key per output row)."""
-        ids = self._check_users(user_ids)
+        indices = self._checked_indices(user_indices)
         if exists(sample_indices):
-            if len(sample_indices) != len(ids):
-                raise ValueError(f"{len(sample_indices)} sample indices for {len(ids)} users")
-            return ids, list(zip(self.labels_of(ids), (int(j) for j in sample_indices)))
+            if len(sample_indices) != len(indices):
+                raise ValueError(f"{len(sample_indices)} sample indices for {len(indices)} users")
+            return indices, list(zip(self.labels_of(indices), (int(j) for j in sample_indices)))
         if num_samples_per_user < 1:
             raise UserError(f"num_samples_per_user must be at least 1, got {num_samples_per_user}.")
-        rows = [u for u in ids for _ in range(num_samples_per_user)]
-        return rows, sample_keys(self.labels_of(ids), num_samples_per_user)
+        rows = [u for u in indices for _ in range(num_samples_per_user)]
+        return rows, sample_keys(self.labels_of(indices), num_samples_per_user)
 
     @torch.no_grad()
     def decode(self, image_embeds: torch.Tensor, *, cond_scale: float = DEFAULTS.cond_scale,
@@ -201,10 +208,11 @@ class MicroDopplerDALLE2(nn.Module):
                                          steps=decoder_steps, eta=eta, sampler=sampler)
         return self.colorize(images) if colorize else images
 
+    @renamed_keywords(user_ids="user_indices")
     @torch.no_grad()
     def sample(
         self,
-        user_ids: Sequence[int],
+        user_indices: Sequence[int],
         *,
         num_samples_per_user: int = 1,
         cond_scale: float = DEFAULTS.cond_scale,
@@ -220,7 +228,8 @@ class MicroDopplerDALLE2(nn.Module):
         """Generate spectrograms for users.
 
         Args:
-            user_ids: contiguous user indices (use `user_index` to turn labels into indices).
+            user_indices: contiguous user indices 0..N-1 (`user_index` turns an original label
+                such as "ID_5" into its index).
             num_samples_per_user: images per listed user (samples 0..n-1 of each).
             cond_scale: decoder guidance on the image embedding (1 = none).
             prior_cond_scale: prior guidance on the user ID (1 = none).
@@ -230,24 +239,24 @@ class MicroDopplerDALLE2(nn.Module):
             eta: DDIM eta of both stages (0 = deterministic; > 0 selects the ddim sampler).
             sampler: "ddim" or "dpmpp_2m" for both stages (default `sampling.DEFAULTS.sampler`).
             sample_indices: instead of `num_samples_per_user`, the sample index of each entry
-                of `user_ids` (for batches that mix users and samples: `user_ids=[0, 0, 3]`,
+                of `user_indices` (for batches that mix users and samples: `user_indices=[0, 0, 3]`,
                 `sample_indices=[5, 6, 0]` gives exactly those rows of the full sets).
             colorize: re-apply the data set's colormap to scalar models (RGB output).
         Returns:
-            (len(user_ids) * num_samples_per_user, C, H, W) in [0, 1], user-major (all samples
-            of user_ids[0] first); C = 3 when colorized, else the model's channels.
+            (len(user_indices) * num_samples_per_user, C, H, W) in [0, 1], user-major (all
+            samples of user_indices[0] first); C = 3 when colorized, else the model's channels.
         """
-        ids, keys = self._pairs(user_ids, num_samples_per_user, sample_indices)
-        embeds = self.sample_image_embeds(ids, sample_indices=[j for _, j in keys], prior_cond_scale=prior_cond_scale,
+        rows, keys = self._pairs(user_indices, num_samples_per_user, sample_indices)
+        embeds = self.sample_image_embeds(rows, sample_indices=[j for _, j in keys], prior_cond_scale=prior_cond_scale,
                                           prior_steps=prior_steps, seed=seed, eta=eta, sampler=sampler)
         return self.decode(embeds, cond_scale=cond_scale, decoder_steps=decoder_steps, seed=seed, keys=keys, eta=eta,
                            sampler=sampler, colorize=colorize)
 
     @torch.no_grad()
-    def interpolate(
+    def interpolation_frames(
         self,
-        user_a: int,
-        user_b: int,
+        user_index_a: int,
+        user_index_b: int,
         *,
         steps: int = 8,
         seed: int = 0,
@@ -258,10 +267,11 @@ class MicroDopplerDALLE2(nn.Module):
         sampler: str | None = None,
         colorize: bool = True,
     ) -> torch.Tensor:
-        """Frames between sample 0 of two users: the embeddings move along the great circle
-        between the two users' sampled embeddings and the decoder's starting noise along the
-        great circle between the two samples' noises, so frame 0 equals
-        `sample([user_a], seed=seed)` and the last frame `sample([user_b], seed=seed)`.
+        """Frames between sample 0 of two users given by contiguous index (labels: see
+        `generation.write_interpolation`): the embeddings move along the great circle between
+        the two users' sampled embeddings and the decoder's starting noise along the great
+        circle between the two samples' noises, so frame 0 equals
+        `sample([user_index_a], seed=seed)` and the last frame `sample([user_index_b], seed=seed)`.
         Deterministic (eta = 0): per-step noise has no path between the two samples.
 
         Returns:
@@ -269,9 +279,9 @@ class MicroDopplerDALLE2(nn.Module):
         """
         if steps < 2:
             raise UserError(f"interpolation needs at least 2 steps, got {steps}.")
-        ends = self.sample_image_embeds([user_a, user_b], prior_cond_scale=prior_cond_scale, prior_steps=prior_steps,
+        ends = self.sample_image_embeds([user_index_a, user_index_b], prior_cond_scale=prior_cond_scale, prior_steps=prior_steps,
                                         seed=seed, sampler=sampler)
-        keys = sample_keys(self.labels_of([user_a, user_b]), 1)
+        keys = sample_keys(self.labels_of([user_index_a, user_index_b]), 1)
         shape = (2, *self.decoder.diffused_shape)
         noise_a, noise_b = randn(shape, keyed_generators(seed, _DECODER_STREAM, keys), self.device).flatten(1)
         positions = [float(t) for t in np.linspace(0.0, 1.0, steps)]
@@ -280,6 +290,10 @@ class MicroDopplerDALLE2(nn.Module):
         images = self.decoder.sample(embeds, cond_scale=cond_scale, timesteps=decoder_steps, noise=noise, eta=0.0,
                                      sampler=sampler)
         return self.colorize(images) if colorize else images
+
+    # the name before issue 11 (it takes indices, unlike generation.interpolate_users)
+    interpolate = deprecated_alias(renamed_keywords(user_a="user_index_a", user_b="user_index_b")(interpolation_frames),
+                                   "MicroDopplerDALLE2.interpolate")
 
     def colorize(self, images: torch.Tensor) -> torch.Tensor:
         """Scalar images (B, 1, H, W) in [0, 1] -> RGB through the colormap; RGB passes through."""

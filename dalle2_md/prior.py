@@ -1,4 +1,5 @@
-"""The prior stage: a diffusion model over embedding-space vectors, conditioned on a user ID.
+"""The prior stage: a diffusion model over embedding-space vectors, conditioned on a user (its
+contiguous index 0..N-1, `user_indices`; original labels are turned into indices by the label map).
 
 Owns `PriorConfig`, the network `UserConditionedPriorNetwork`, the diffusion wrapper
 `UserConditionedDiffusionPrior` (training loss, guided few-step sampling, bundles) and uses
@@ -52,7 +53,7 @@ from .bundle import load_bundle, save_bundle
 from .compat import (alphas_cumprod, noise_scheduler_of, null_text_tokens, prior_p_losses, random_times,
                      replace_text_embed_projection, x_start_from_noise, x_start_from_v)
 from .sampling import Generators, randn, run_sampler
-from .utils import BundleError, UserError, exists
+from .utils import BundleError, UserError, exists, renamed_keywords
 
 PREDICTS = ("x_start", "noise", "v")
 
@@ -68,7 +69,7 @@ class PriorConfig:
             network then projects them in and out); None: equal to `dim` (no projection, as in
             bundles written before this field existed).
         depth, heads, dim_head, ff_mult: causal transformer shape.
-        num_user_tokens: how many conditioning tokens one user ID becomes.
+        num_user_tokens: how many conditioning tokens one user becomes.
         timesteps: training diffusion steps (cosine schedule by default).
         sample_timesteps: default number of DDIM steps at sampling time.
         cond_drop_prob: chance a training example sees the null user (classifier-free guidance).
@@ -170,28 +171,30 @@ class UserConditionedPriorNetwork(DiffusionPriorNetwork):
         if project:
             self.dim = embed_dim
 
-    def user_tokens(self, user_ids: torch.Tensor) -> torch.Tensor:
-        """(B,) long -> (B, num_user_tokens * dim) flat user tokens."""
-        if user_ids.dtype not in (torch.int32, torch.int64):
-            raise TypeError(f"user_ids must be an integer tensor, got {user_ids.dtype}")
-        if user_ids.numel() and (int(user_ids.min()) < 0 or int(user_ids.max()) >= self.num_users):
-            bad = user_ids[(user_ids < 0) | (user_ids >= self.num_users)][0].item()
+    @renamed_keywords(user_ids="user_indices")
+    def user_tokens(self, user_indices: torch.Tensor) -> torch.Tensor:
+        """(B,) long user indices -> (B, num_user_tokens * dim) flat user tokens."""
+        if user_indices.dtype not in (torch.int32, torch.int64):
+            raise TypeError(f"user_indices must be an integer tensor, got {user_indices.dtype}")
+        if user_indices.numel() and (int(user_indices.min()) < 0 or int(user_indices.max()) >= self.num_users):
+            bad = user_indices[(user_indices < 0) | (user_indices >= self.num_users)][0].item()
             raise UserError(
-                f"user id {bad} is out of range: this prior knows {self.num_users} users "
-                f"(ids 0..{self.num_users - 1}); check the label map the prior was trained with."
+                f"user index {bad} is out of range: this prior knows {self.num_users} users "
+                f"(indices 0..{self.num_users - 1}); check the label map the prior was trained with."
             )
-        return self.user_embed(user_ids)
+        return self.user_embed(user_indices)
 
     def null_tokens(self, batch: int) -> torch.Tensor:
         """The learned 'no user' tokens, flat like `user_tokens`: (batch, num_user_tokens * dim)."""
         return repeat(null_text_tokens(self), "1 n d -> b (n d)", b=batch)
 
+    @renamed_keywords(user_ids="user_indices")
     def forward(
         self,
         image_embed: torch.Tensor,
         diffusion_timesteps: torch.Tensor,
         *,
-        user_ids: torch.Tensor | None = None,
+        user_indices: torch.Tensor | None = None,
         text_embed: torch.Tensor | None = None,
         text_encodings: torch.Tensor | None = None,
         self_cond: torch.Tensor | None = None,
@@ -204,18 +207,18 @@ class UserConditionedPriorNetwork(DiffusionPriorNetwork):
         Args:
             image_embed: noised, scaled image embeddings x_t, (B, dim).
             diffusion_timesteps: (B,) times.
-            user_ids: (B,) user IDs; or give `text_embed` = precomputed flat user tokens.
+            user_indices: (B,) user indices; or give `text_embed` = precomputed flat user tokens.
             text_cond_drop_prob / cond_drop_prob: chance each example gets the null user.
             image_cond_drop_prob: the parent's x_t dropout; keep 0 (see module docstring).
         """
         if exists(text_encodings):
-            raise ValueError("UserConditionedPriorNetwork takes no text_encodings; pass user_ids")
-        if exists(user_ids) == exists(text_embed):
-            raise ValueError("pass exactly one of user_ids or text_embed")
+            raise ValueError("UserConditionedPriorNetwork takes no text_encodings; pass user_indices")
+        if exists(user_indices) == exists(text_embed):
+            raise ValueError("pass exactly one of user_indices or text_embed")
         if exists(cond_drop_prob):
             text_cond_drop_prob = cond_drop_prob
-        if exists(user_ids):
-            text_embed = self.user_tokens(user_ids.to(image_embed.device))
+        if exists(user_indices):
+            text_embed = self.user_tokens(user_indices.to(image_embed.device))
         pred = super().forward(
             self.project_in(image_embed),
             diffusion_timesteps,
@@ -226,12 +229,13 @@ class UserConditionedPriorNetwork(DiffusionPriorNetwork):
         )
         return self.project_out(pred)
 
+    @renamed_keywords(user_ids="user_indices")
     def forward_with_cond_scale(
         self,
         image_embed: torch.Tensor,
         diffusion_timesteps: torch.Tensor,
         *,
-        user_ids: torch.Tensor | None = None,
+        user_indices: torch.Tensor | None = None,
         text_embed: torch.Tensor | None = None,
         cond_scale: float = 1.0,
         self_cond: torch.Tensor | None = None,
@@ -242,8 +246,8 @@ class UserConditionedPriorNetwork(DiffusionPriorNetwork):
         cond_scale == 1 returns the conditional prediction itself. Otherwise the conditional
         and null halves run as one batch of 2B, and only the user tokens are nulled.
         """
-        if exists(user_ids):
-            text_embed = self.user_tokens(user_ids.to(image_embed.device))
+        if exists(user_indices):
+            text_embed = self.user_tokens(user_indices.to(image_embed.device))
         if cond_scale == 1:
             return self.forward(image_embed, diffusion_timesteps, text_embed=text_embed, self_cond=self_cond, **kwargs)
         batch = image_embed.shape[0]
@@ -261,10 +265,10 @@ class UserConditionedPriorNetwork(DiffusionPriorNetwork):
 
 
 class UserConditionedDiffusionPrior(DiffusionPrior):
-    """Diffusion prior p(image embedding | user ID).
+    """Diffusion prior p(image embedding | user).
 
-    Training: `loss = prior(image_embeds, user_ids)` with image_embeds (B, dim) from the
-    embedding model. Sampling: `prior.sample(user_ids, num_samples_per_user)`.
+    Training: `loss = prior(image_embeds, user_indices)` with image_embeds (B, dim) from the
+    embedding model. Sampling: `prior.sample(user_indices, num_samples_per_user)`.
 
     Args:
         config: the `PriorConfig`.
@@ -308,30 +312,30 @@ class UserConditionedDiffusionPrior(DiffusionPrior):
 
     # training
 
-    def forward(self, image_embeds: torch.Tensor, user_ids: torch.Tensor | Sequence[int]) -> torch.Tensor:
+    @renamed_keywords(user_ids="user_indices")
+    def forward(self, image_embeds: torch.Tensor, user_indices: torch.Tensor | Sequence[int]) -> torch.Tensor:
         """Diffusion loss for a batch.
 
         Args:
             image_embeds: (B, dim) float embeddings (not modified).
-            user_ids: (B,) integer user IDs.
+            user_indices: (B,) contiguous user indices.
         Returns:
             scalar loss.
         """
-        user_ids = self._as_ids(user_ids)
+        user_indices = self._as_indices(user_indices)
         if image_embeds.ndim != 2 or image_embeds.shape[1] != self.image_embed_dim:
             raise ValueError(f"image_embeds must be (B, {self.image_embed_dim}), got {tuple(image_embeds.shape)}")
-        if user_ids.shape[0] != image_embeds.shape[0]:
-            raise ValueError(f"{user_ids.shape[0]} user ids for {image_embeds.shape[0]} embeddings")
+        if user_indices.shape[0] != image_embeds.shape[0]:
+            raise ValueError(f"{user_indices.shape[0]} user indices for {image_embeds.shape[0]} embeddings")
         # out-of-place scaling: the parent's `image_embed *= scale` would change the caller's tensor
         scaled = image_embeds.to(self.device, torch.float32) * self.image_embed_scale
         times = random_times(noise_scheduler_of(self), scaled.shape[0])
-        return prior_p_losses(self, scaled, times, text_cond=dict(user_ids=user_ids))
+        return prior_p_losses(self, scaled, times, text_cond=dict(user_indices=user_indices))
 
     # sampling
 
-    def _as_ids(self, user_ids) -> torch.Tensor:
-        ids = torch.as_tensor(user_ids, dtype=torch.long, device=self.device).reshape(-1)
-        return ids
+    def _as_indices(self, user_indices) -> torch.Tensor:
+        return torch.as_tensor(user_indices, dtype=torch.long, device=self.device).reshape(-1)
 
     def _x_start(self, x: torch.Tensor, t: torch.Tensor, pred: torch.Tensor) -> torch.Tensor:
         if self.predict_v:
@@ -340,10 +344,11 @@ class UserConditionedDiffusionPrior(DiffusionPrior):
             return pred
         return x_start_from_noise(noise_scheduler_of(self), x, t, pred)
 
+    @renamed_keywords(user_ids="user_indices")
     @torch.no_grad()
     def sample(
         self,
-        user_ids: torch.Tensor | Sequence[int],
+        user_indices: torch.Tensor | Sequence[int],
         num_samples_per_user: int = 1,
         *,
         cond_scale: float = 1.0,
@@ -358,7 +363,7 @@ class UserConditionedDiffusionPrior(DiffusionPrior):
         """Draw image embeddings for users.
 
         Args:
-            user_ids: user IDs (list or 1-D tensor).
+            user_indices: contiguous user indices (list or 1-D tensor).
             num_samples_per_user: samples per listed user.
             cond_scale: classifier-free guidance scale (1 = plain conditional).
             timesteps: network evaluations; default `config.sample_timesteps`.
@@ -371,8 +376,8 @@ class UserConditionedDiffusionPrior(DiffusionPrior):
             callback: per-step hook, see `sampling.sample_ddim`.
             sampler: "ddim" or "dpmpp_2m" (default: `sampling.resolve_sampler`).
         Returns:
-            (len(user_ids) * num_samples_per_user, dim) embeddings, user-major: all samples of
-            user_ids[0] first.
+            (len(user_indices) * num_samples_per_user, dim) embeddings, user-major: all samples
+            of user_indices[0] first.
         """
         if exists(seed) and exists(generator):
             raise ValueError("give seed or generator, not both")
@@ -380,8 +385,8 @@ class UserConditionedDiffusionPrior(DiffusionPrior):
             raise ValueError(f"num_samples_per_user must be >= 1, got {num_samples_per_user}")
         if cond_scale != 1 and not self.can_classifier_guidance:
             raise UserError("this prior was trained without user dropout (cond_drop_prob=0); sample with cond_scale=1")
-        ids = self._as_ids(user_ids).repeat_interleave(num_samples_per_user)
-        shape = (ids.shape[0], self.image_embed_dim)
+        rows = self._as_indices(user_indices).repeat_interleave(num_samples_per_user)
+        shape = (rows.shape[0], self.image_embed_dim)
         timesteps = timesteps if exists(timesteps) else self.sample_timesteps
         eta = self.config.ddim_eta if eta is None else eta
         if exists(seed):
@@ -390,7 +395,7 @@ class UserConditionedDiffusionPrior(DiffusionPrior):
             return torch.empty(shape, device=self.device)
 
         def model_fn(x, t):
-            pred = self.net.forward_with_cond_scale(x, t, user_ids=ids, cond_scale=cond_scale)
+            pred = self.net.forward_with_cond_scale(x, t, user_indices=rows, cond_scale=cond_scale)
             x_start = self._x_start(x, t, pred)
             if self.predict_x_start and self.sampling_clamp_l2norm:
                 x_start = self.l2norm_clamp_embed(x_start)

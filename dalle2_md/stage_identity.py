@@ -10,7 +10,8 @@ Owns the three stage accuracies that `dalle2-md evaluate` reports beside A_gen:
   recogniser (per decoder guidance scale). This isolates the decoder: if it fails here, the
   prior cannot be blamed.
 
-All three are fractions in [0, 1]; chance is 1 / num_users.
+All three are fractions in [0, 1]; chance is 1 / num_users. `stage_identity_accuracies` returns
+them together (`stage_identity` is its name before issue 11, kept for one release).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 
-from .utils import UserError
+from .utils import UserError, deprecated_alias
 
 
 def user_centroids(embeds: torch.Tensor, user_indices: torch.Tensor, num_users: int) -> torch.Tensor:
@@ -42,11 +43,11 @@ def nearest_centroid_accuracy(embeds: torch.Tensor, user_indices: torch.Tensor, 
 def prior_accuracy(prior, centroids: torch.Tensor, *, num_samples_per_user: int = 16, cond_scale: float = 1.0,
                    steps: int | None = None, seed: int = 0, sampler: str | None = None, eta: float | None = None) -> float:
     """Nearest-centroid accuracy of the prior's samples for every user it knows."""
-    users = list(range(prior.config.num_users))
-    samples = prior.sample(users, num_samples_per_user, cond_scale=cond_scale, timesteps=steps, seed=seed,
+    user_indices = list(range(prior.config.num_users))
+    samples = prior.sample(user_indices, num_samples_per_user, cond_scale=cond_scale, timesteps=steps, seed=seed,
                            sampler=sampler, eta=eta)
-    labels = torch.arange(len(users)).repeat_interleave(num_samples_per_user)
-    return nearest_centroid_accuracy(samples.cpu(), labels, centroids)
+    sampled_for = torch.arange(len(user_indices)).repeat_interleave(num_samples_per_user)
+    return nearest_centroid_accuracy(samples.cpu(), sampled_for, centroids)
 
 
 @torch.no_grad()
@@ -65,7 +66,7 @@ def decoder_accuracy(decoder, recogniser, image_embeds: torch.Tensor, user_indic
     return correct / max(1, len(image_embeds))
 
 
-def stage_identity(
+def stage_identity_accuracies(
     model,
     recogniser,
     real_train: tuple[torch.Tensor, torch.Tensor],
@@ -124,3 +125,6 @@ def stage_identity(
                 model.decoder, recogniser, test_embeds[pick].to(model.device), real_test[1][pick],
                 cond_scale=scale, steps=decoder_steps, seed=seed, sampler=sampler, eta=eta)
     return result
+
+
+stage_identity = deprecated_alias(stage_identity_accuracies, "stage_identity.stage_identity")  # issue 11

@@ -1,17 +1,21 @@
 """Small helpers shared by every stage: existence defaults, seeding, user-facing errors, the one
 rule for reading stored configs (`checked_fields`), short listings for messages, atomic file
-writes and the package-version stamp that goes into every saved artefact."""
+writes, the package-version stamp that goes into every saved artefact, and the two shims that
+keep a renamed keyword or function working for one release (`renamed_keywords`,
+`deprecated_alias`)."""
 
 from __future__ import annotations
 
+import functools
 import os
 import random
 import tempfile
+import warnings
 from collections.abc import Iterable, Mapping
 from contextlib import contextmanager
 from dataclasses import fields
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -113,3 +117,42 @@ def atomic_write(path: str | os.PathLike, mode: str = "wb"):
         if os.path.exists(tmp):
             os.remove(tmp)
         raise
+
+
+def renamed_keywords(**old_to_new: str) -> Callable:
+    """Decorator: accept each old keyword (`renamed_keywords(user_ids="user_indices")`) as its new
+    name for one release, with a DeprecationWarning naming both, so callers' scripts keep working.
+    Giving both names is a TypeError, as for any repeated argument."""
+
+    def wrap(func):
+        @functools.wraps(func)
+        def inner(*args, **kwargs):
+            for old, new in old_to_new.items():
+                if old not in kwargs:
+                    continue
+                if new in kwargs:
+                    raise TypeError(f"{func.__qualname__}() got both {old}= (its old name) and {new}=")
+                warnings.warn(f"{func.__qualname__}({old}=...) is deprecated; use {new}=... (renamed in issue 11)",
+                              DeprecationWarning, stacklevel=2)
+                kwargs[new] = kwargs.pop(old)
+            return func(*args, **kwargs)
+
+        return inner
+
+    return wrap
+
+
+def deprecated_alias(func: Callable, old_name: str) -> Callable:
+    """`old_name = deprecated_alias(new_func, "old_name")`: the old name of a renamed function or
+    method, which still works for one release and warns (DeprecationWarning) on each call. Name a
+    method's old name with its class ("MicroDopplerDALLE2.interpolate") for a clear message."""
+
+    @functools.wraps(func)
+    def inner(*args, **kwargs):
+        warnings.warn(f"{old_name} is deprecated; use {func.__qualname__} (renamed in issue 11)",
+                      DeprecationWarning, stacklevel=2)
+        return func(*args, **kwargs)
+
+    inner.__name__, inner.__qualname__ = old_name.rsplit(".", 1)[-1], old_name
+    inner.__doc__ = f"Deprecated old name of `{func.__qualname__}` (issue 11)."
+    return inner

@@ -91,3 +91,30 @@ def test_training_reaches_the_user_table_and_the_denoiser_depends_on_the_user(tm
         other = net.decoder.unet(x, t, image_embed=e[[1, 1]])
     assert torch.equal(same[0], same[1])
     assert (same[0] - other).abs().mean() > 1e-4
+
+
+def test_baseline_bundles_have_their_own_kind_and_old_decoder_kind_ones_still_load(model, tmp_path):
+    from dalle2_md.bundle import load_bundle, save_bundle
+
+    path = model.save(tmp_path / "new.pt")
+    assert load_bundle(path)["kind"] == "baseline"
+    with pytest.raises(BundleError, match="holds a 'baseline' model"):
+        MicroDopplerDecoder.load(path)
+    reference = model.sample([2], steps=2, seed=4)
+    # as written before issue 11: kind "decoder", a plain decoder config, the flag in the meta ...
+    flagged = save_bundle(tmp_path / "old.pt", kind="decoder", config=model.config.to_dict(),
+                          state_dict=model.state_dict(), meta={"baseline": True, "num_users": 3, "colormap": "jet"})
+    # ... and one whose meta was lost: the user table in the weights still tells it apart
+    unflagged = save_bundle(tmp_path / "old_no_meta.pt", kind="decoder", config=model.config.to_dict(),
+                            state_dict=model.state_dict())
+    for old in (flagged, unflagged):
+        assert is_baseline_bundle(old)
+        loaded = SingleStageBaseline.load(old)
+        assert loaded.num_users == 3
+        assert torch.equal(loaded.sample([2], steps=2, seed=4), reference)
+
+
+def test_baseline_old_user_ids_keyword_warns(model):
+    with pytest.warns(DeprecationWarning, match="use user_indices="):
+        old = model.sample(user_ids=[1], steps=2, seed=0)
+    assert torch.equal(old, model.sample(user_indices=[1], steps=2, seed=0))

@@ -191,7 +191,7 @@ def test_written_layouts_read_back_with_the_original_labels(tmp_path, layout):
     assert ds.label_map.names == names[layout] and ds.label_map.ids == (1, 2, 3)
     assert ds.counts() == [3, 3, 3]
     # the image of ID_2's sample 1 is what the generator drew for it (jet round trip: 8 bits)
-    i = [k for k, f in enumerate(ds.files) if ds.user_ids[k] == 1][1]
+    i = [k for k, f in enumerate(ds.files) if ds.user_indices[k] == 1][1]
     drawn = fake_generator()(1, [1], 3)[0]
     assert (ds[i][0] - drawn).abs().max() < 0.02
 

@@ -83,7 +83,7 @@ def test_hierarchical_detection_sorts_users_by_number(tmp_path, names, expected_
     assert list(ds.label_map.names) == expected_order
     assert len(ds) == 2 * len(names)
     # each file carries the index of the folder it sits in
-    for path, uid in zip(ds.files, ds.user_ids.tolist()):
+    for path, uid in zip(ds.files, ds.user_indices.tolist()):
         assert path.parent.name == expected_order[uid]
 
 
@@ -94,7 +94,7 @@ def test_flat_detection_labels_and_file_stem(tmp_path):
     assert list(ds.label_map.names) == ["0", "1", "2"]
     assert ds.counts() == [3, 3, 3]
     assert ds.label_map.file_stem(2) == "user_2"
-    for path, uid in zip(ds.files, ds.user_ids.tolist()):
+    for path, uid in zip(ds.files, ds.user_indices.tolist()):
         assert path.name.startswith(f"user{uid}_")
 
 
@@ -133,7 +133,7 @@ def test_label_map_non_contiguous_ids(tmp_path):
     ds = MicroDopplerDataset(tmp_path, image_size=16)
     assert list(ds.label_map.names) == ["ID_1", "ID_7"]
     assert ds.label_map.index_of(7) == 1 and ds.label_map.index_of("ID_1") == 0
-    assert sorted(set(ds.user_ids.tolist())) == [0, 1]
+    assert sorted(set(ds.user_indices.tolist())) == [0, 1]
 
 
 def test_flat_label_map_accepts_user_stem():
@@ -147,7 +147,7 @@ def test_given_label_map_is_used_and_unknown_users_rejected(tmp_path):
     model_map = LabelMap.from_folder_names(["ID_1", "ID_2", "ID_3"])
     make_hier(tmp_path / "sub", ["ID_3"], per_user=2)
     ds = MicroDopplerDataset(tmp_path / "sub", image_size=16, label_map=model_map.to_dict())
-    assert ds.label_map == model_map and ds.user_ids.tolist() == [2, 2]
+    assert ds.label_map == model_map and ds.user_indices.tolist() == [2, 2]
     make_hier(tmp_path / "other", ["ID_3", "ID_9"], per_user=2)
     with pytest.raises(DataError, match=r"not trained on: ID_9.*knows ID_1, ID_2, ID_3"):
         MicroDopplerDataset(tmp_path / "other", image_size=16, label_map=model_map)

@@ -9,7 +9,7 @@ from PIL import Image
 
 from dalle2_md.cli import cli, join_variadic
 from dalle2_md.fastpath import FastPaths, apply_fast_paths
-from dalle2_md.workflows import generate
+from dalle2_md.generation import write_samples
 
 from test_model import make_model
 
@@ -25,10 +25,10 @@ def pngs(folder):
 
 
 def test_batched_generation_equals_one_user_and_one_image_at_a_time(model, tmp_path):
-    batched = generate(model, tmp_path / "b", users=["ID_1", "ID_7"], num_samples_per_user=3, batch_size=4, seed=2)
+    batched = write_samples(model, tmp_path / "b", user_labels=["ID_1", "ID_7"], num_samples_per_user=3, batch_size=4, seed=2)
     assert len(batched["images"]) == 6 and batched["images_per_s"] > 0
     for user in ("ID_1", "ID_7"):
-        generate(model, tmp_path / "one", users=[user], num_samples_per_user=3, batch_size=1, seed=2)
+        write_samples(model, tmp_path / "one", user_labels=[user], num_samples_per_user=3, batch_size=1, seed=2)
     a, b = pngs(tmp_path / "b"), pngs(tmp_path / "one")
     assert sorted(a) == sorted(b) == [f"{u}_{j:03d}.png" for u in ("ID_1", "ID_7") for j in range(3)]
     for name in a:  # 8-bit PNGs: at most one level apart from float rounding in a different batch
@@ -48,7 +48,7 @@ def test_pngs_are_written_as_batches_finish(model, tmp_path, monkeypatch):
 
     monkeypatch.setattr(type(model), "sample", fail_on_second_batch)
     with pytest.raises(RuntimeError, match="killed"):
-        generate(model, tmp_path, users=["ID_2"], num_samples_per_user=5, batch_size=2)
+        write_samples(model, tmp_path, user_labels=["ID_2"], num_samples_per_user=5, batch_size=2)
     assert sorted(p.name for p in tmp_path.glob("*.png")) == ["ID_2_000.png", "ID_2_001.png"]
 
 

@@ -36,8 +36,8 @@ def test_prior_batched_guidance_equals_two_forwards():
     net = prior.net
     x, t, users = torch.randn(4, D), torch.tensor([1, 20, 60, 99]), torch.tensor([0, 1, 2, 1])
     with torch.no_grad():
-        cond = net(x, t, user_ids=users)
+        cond = net(x, t, user_indices=users)
         null = net(x, t, text_embed=net.null_tokens(4))
-        one = net.forward_with_cond_scale(x, t, user_ids=users, cond_scale=2.5)
+        one = net.forward_with_cond_scale(x, t, user_indices=users, cond_scale=2.5)
     torch.testing.assert_close(one, null + (cond - null) * 2.5, atol=1e-5, rtol=1e-4)
     assert (one - cond).abs().max() > 1e-3

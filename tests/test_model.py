@@ -103,12 +103,12 @@ def test_different_users_under_the_same_noise_give_different_images():
 
 def test_interpolation_endpoints_equal_samples_of_each_user():
     model = make_model()
-    frames = model.interpolate(0, 2, steps=5, seed=11)
+    frames = model.interpolation_frames(0, 2, steps=5, seed=11)
     assert frames.shape == (5, 3, 16, 16)
     torch.testing.assert_close(frames[0], model.sample([0], seed=11)[0], atol=1e-5, rtol=0)
     torch.testing.assert_close(frames[-1], model.sample([2], seed=11)[0], atol=1e-5, rtol=0)
     with pytest.raises(UserError):
-        model.interpolate(0, 1, steps=1)
+        model.interpolation_frames(0, 1, steps=1)
 
 
 def test_slerp_keeps_norm_path_and_endpoints():

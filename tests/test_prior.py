@@ -54,10 +54,10 @@ def test_cond_scale_one_is_conditional_and_guidance_is_cfg_formula():
     prior = make_prior(num_user_tokens=2).eval()
     x, t, ids = torch.randn(4, DIM), torch.tensor([0, 10, 50, 99]), torch.tensor([0, 1, 2, 3])
     with torch.no_grad():
-        cond = prior.net(x, t, user_ids=ids)
-        null = prior.net(x, t, user_ids=ids, cond_drop_prob=1.0)
-        assert torch.equal(prior.net.forward_with_cond_scale(x, t, user_ids=ids, cond_scale=1.0), cond)
-        guided = prior.net.forward_with_cond_scale(x, t, user_ids=ids, cond_scale=3.0)
+        cond = prior.net(x, t, user_indices=ids)
+        null = prior.net(x, t, user_indices=ids, cond_drop_prob=1.0)
+        assert torch.equal(prior.net.forward_with_cond_scale(x, t, user_indices=ids, cond_scale=1.0), cond)
+        guided = prior.net.forward_with_cond_scale(x, t, user_indices=ids, cond_scale=3.0)
     assert (guided - cond).abs().max() > 1e-3
     torch.testing.assert_close(guided, null + 3.0 * (cond - null), atol=1e-5, rtol=1e-5)
     noise = torch.randn(2, DIM)
@@ -69,8 +69,8 @@ def test_cond_drop_prob_one_ignores_users_in_training():
     a, b = torch.zeros(8, dtype=torch.long), torch.arange(8) % 5
     for drop, should_depend in ((1.0, False), (0.0, True)):
         prior = make_prior(cond_drop_prob=drop).train()
-        out_a = prior.net(x, t, user_ids=a, text_cond_drop_prob=prior.text_cond_drop_prob)
-        out_b = prior.net(x, t, user_ids=b, text_cond_drop_prob=prior.text_cond_drop_prob)
+        out_a = prior.net(x, t, user_indices=a, text_cond_drop_prob=prior.text_cond_drop_prob)
+        out_b = prior.net(x, t, user_indices=b, text_cond_drop_prob=prior.text_cond_drop_prob)
         assert torch.equal(out_a, out_b) != should_depend
         # the same through the training loss, with the diffusion noise/times drawn identically
         with torch.random.fork_rng():

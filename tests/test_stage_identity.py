@@ -74,13 +74,13 @@ def test_prior_stage_is_nearest_train_centroid_of_the_prior_samples(chain_run):
     from dalle2_md.augment import load_splits
     from dalle2_md.model import MicroDopplerDALLE2
     from dalle2_md.recogniser import RecogniserTrainConfig, train_recogniser
-    from dalle2_md.stage_identity import stage_identity
+    from dalle2_md.stage_identity import stage_identity_accuracies
 
     model = MicroDopplerDALLE2.load(chain_run["model"])
     sets = load_splits(chain_run["data"], image_size=16, split_file=chain_run["root"] / "split.json")
     train, test = sets["train"].tensors(), sets["test"].tensors()
     judge = train_recogniser(*train, num_users=3, train=RecogniserTrainConfig(steps=2, batch_size=8))
-    stages = stage_identity(model, judge, train, test, guidance_scales=(1.0,), num_samples_per_user=4, seed=7)
+    stages = stage_identity_accuracies(model, judge, train, test, guidance_scales=(1.0,), num_samples_per_user=4, seed=7)
     # by hand: cosine similarity of each prior sample to each user's mean unit train embedding
     with torch.no_grad():
         train_embeds = torch.nn.functional.normalize(model.clip.embed_image(train[0]), dim=-1)
