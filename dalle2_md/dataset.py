@@ -269,10 +269,12 @@ class MicroDopplerDataset(Dataset):
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
         return self._to_float(self._store[i]), int(self.user_indices[i])
 
-    # make_split accepts a dataset, so expose its user indices under the name DataIndex uses
     @property
     def labels(self) -> list[int]:
-        """Every image's user index, as a list (not the original labels: see `label_map`)."""
+        """Deprecated (issue 11): every image's user index as a list, despite the name (the
+        original labels are in `label_map`); use `user_indices.tolist()`."""
+        warnings.warn("MicroDopplerDataset.labels holds user indices, not labels, and is deprecated; "
+                      "use user_indices.tolist()", DeprecationWarning, stacklevel=2)
         return self.user_indices.tolist()
 
     @property

@@ -97,6 +97,8 @@ def test_old_dataset_attribute_warns(tmp_path):
     ds = MicroDopplerDataset(tmp_path, image_size=16)
     with pytest.warns(DeprecationWarning, match="use user_indices"):
         assert torch.equal(ds.user_ids, ds.user_indices)
+    with pytest.warns(DeprecationWarning, match="holds user indices, not labels"):
+        assert ds.labels == ds.user_indices.tolist()
     assert ds.user_indices.tolist() == [0, 0, 1, 1]
 
 
