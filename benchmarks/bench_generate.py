@@ -36,9 +36,9 @@ torch.set_num_threads(spec["threads"])
 from dalle2_md.generation import load_generator, write_samples
 model = load_generator(model_path=spec["bundle"], device="cpu")
 extra = {"sampler": spec["sampler"]} if spec.get("sampler") else {}
-write_samples(model, spec["out"] + "_warm", users=spec["users"][:1], num_samples_per_user=1, sample_steps=2, prior_steps=2)
+write_samples(model, spec["out"] + "_warm", user_labels=spec["users"][:1], num_samples_per_user=1, sample_steps=2, prior_steps=2)
 start = time.perf_counter()
-write_samples(model, spec["out"], users=spec["users"], num_samples_per_user=spec["n"], sample_steps=spec["steps"],
+write_samples(model, spec["out"], user_labels=spec["users"], num_samples_per_user=spec["n"], sample_steps=spec["steps"],
               prior_steps=spec["prior_steps"], seed=0, batch_size=spec["batch_size"], cond_scale=1.0,
               prior_cond_scale=1.0, **extra)
 seconds = time.perf_counter() - start

@@ -46,7 +46,7 @@ def stock_batch(batch, dim):
 
 
 def user_batch(batch, dim):
-    return {"image_embeds": torch.randn(batch, dim), "user_ids": torch.randint(0, NUM_USERS, (batch,))}
+    return {"image_embeds": torch.randn(batch, dim), "user_indices": torch.randint(0, NUM_USERS, (batch,))}
 
 
 def time_prior_step(prior, batch: dict, steps: int, warmup: int = 2, lr: float = 1e-4) -> dict:

@@ -32,7 +32,7 @@ import torch.nn.functional as F  # noqa: E402
 
 from dalle2_md.augment import GeneratorBudget, generate, train_generator  # noqa: E402
 from dalle2_md.evaluate import RecogniserTrainConfig, accuracy, train_recogniser  # noqa: E402
-from dalle2_md.stage_identity import stage_identity  # noqa: E402
+from dalle2_md.stage_identity import stage_identity_accuracies  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -129,7 +129,7 @@ def main():
         with tempfile.TemporaryDirectory() as run_dir:
             gen = train_generator(*train, num_users=num_users, budget=budget, seed=0, run_dir=run_dir, colormap=colormap)
         train_s = time.time() - t0
-        stages = stage_identity(gen.model, recogniser, train, test, guidance_scales=scales,
+        stages = stage_identity_accuracies(gen.model, recogniser, train, test, guidance_scales=scales,
                                 num_samples_per_user=args.samples_per_user, max_decoded=args.max_decoded)
         a_gen = {}
         for s in scales:

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from .generation import interpolate_users, load_generator, write_samples
+from .generation import load_generator, write_interpolation, write_samples
 from .presets import QUICK_BUDGET, GeneratorBudget
 from .stages import DataOptions, final_path, load_train_data, log, save_two_stage, train_two_stage
 
@@ -99,8 +99,8 @@ def run_demo(out_dir: str | Path = "outputs/demo", config: DemoConfig | None = N
         model, samples, num_samples_per_user=config.samples_per_user, sample_steps=config.sample_steps,
         prior_steps=config.prior_sample_steps, seed=seed))
     names = ds.label_map.names
-    strip = timed("interpolate", lambda: interpolate_users(
-        model, samples, user_a=names[0], user_b=names[-1], steps=config.interp_steps, seed=seed,
+    strip = timed("interpolate", lambda: write_interpolation(
+        model, samples, user_label_a=names[0], user_label_b=names[-1], steps=config.interp_steps, seed=seed,
         sample_steps=config.sample_steps, prior_steps=config.prior_sample_steps))["strip"]
     metrics = timed("evaluate", lambda: demo_metrics(model, ds, data, run_dir, config, seed))
     rss = peak_rss_mb()

@@ -129,6 +129,6 @@ def _check_stages(checks: Checklist, tc: TrainConfig, size: int) -> None:
 def _check_sample(checks: Checklist) -> str:
     run = checks.work / "run"
     model = load_generator(prior_path=final_path(run, "prior"), decoder_path=final_path(run, "decoder"))
-    made = write_samples(model, checks.work / "samples", users=[checks.state["ds"].label_map.names[0]],
+    made = write_samples(model, checks.work / "samples", user_labels=[checks.state["ds"].label_map.names[0]],
                          num_samples_per_user=1, sample_steps=4, prior_steps=4)
     return f"wrote {made['images'][0]}"

@@ -47,7 +47,7 @@ def make_split(dataset_or_index, fractions: Sequence[float] = (0.8, 0.1, 0.1), s
     fr = _validate_fractions(fractions)
     obj = dataset_or_index
     root = Path(obj.root)
-    labels = obj.labels if isinstance(obj, DataIndex) else obj.user_ids.tolist()
+    labels = obj.labels if isinstance(obj, DataIndex) else obj.user_indices.tolist()
     lm = obj.label_map
     by_user: dict[int, list[str]] = {}
     for path, lab in zip(obj.files, labels):

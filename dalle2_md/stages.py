@@ -570,7 +570,7 @@ def train_prior_stage(run_dir, ds, clip, config: TrainConfig, *, sizes: dict | N
     check_can_write(final, overwrite=overwrite, resume=resume)
     embeds = embed_dataset(clip, ds, cache_dir)
     prior_config = prior_config_for(num_users=len(ds.label_map), embed_dim=clip.config.dim_latent, sizes=sizes)
-    ema, result = fit_prior(embeds, ds.user_ids.clone(), prior_config, config, run_dir, resume=resume,
+    ema, result = fit_prior(embeds, ds.user_indices.clone(), prior_config, config, run_dir, resume=resume,
                             progress=progress)
     if _is_main():
         ema.save(final, label_map=ds.label_map.to_dict(), meta=_meta(ds, clip))
