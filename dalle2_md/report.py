@@ -166,7 +166,7 @@ def _plot_kinematics(path: Path, kin: dict, names: list[str]) -> None:
     fig.savefig(path, dpi=110)
 
 
-def _grid_spacing(h: int) -> tuple[int, int]:
+def _tile_spacing(h: int) -> tuple[int, int]:
     """White pixels between tiles, and between the real and the generated half."""
     pad = max(1, h // 16)
     return pad, 3 * pad
@@ -177,7 +177,7 @@ def _side_by_side_canvas(real, gen, users: list[int], per_user: int, colormap: s
     generated ones on the right (images in [-1, 1])."""
     (ri, ru), (gi, gu) = real, gen
     h, w = ri.shape[-2:]
-    pad, gap = _grid_spacing(h)
+    pad, gap = _tile_spacing(h)
     canvas = np.full((len(users) * (h + pad), 2 * per_user * (w + pad) + gap, 3), 255, dtype=np.uint8)
     for r, u in enumerate(users):
         for side, (imgs, ids) in enumerate(((ri, ru), (gi, gu))):
@@ -196,7 +196,7 @@ def _plot_grid(path: Path, real, gen, names: list[str], users: list[int], per_us
 
     canvas = _side_by_side_canvas(real, gen, users, per_user, colormap)
     h, w = real[0].shape[-2:]
-    pad, gap = _grid_spacing(h)
+    pad, gap = _tile_spacing(h)
     width = canvas.shape[1]
     scale = 1.2 / max(h, 1)
     fig = Figure(figsize=(max(4.0, width * scale * 1.0 + 1.2), max(2.0, len(users) * (h + pad) * scale + 0.8)), layout="constrained")
