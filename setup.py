@@ -18,9 +18,10 @@ setup(
     install_requires=[
         # the user's choice of stack. Lower bounds: the versions the suite passed with; upper: the
         # next major, or the next minor for 0.x packages whose internals we read (dalle2_md/compat.py
-        # checks dalle2-pytorch's and x-clip's surface in tests/test_compat.py)
+        # checks dalle2-pytorch's and x-clip's surface in tests/test_compat.py). torchvision is not
+        # listed: nothing here imports it since grids are drawn by dalle2_md/display.py
+        # (dalle2-pytorch still pulls it in)
         "torch>=2.1",
-        "torchvision>=0.16",  # make_grid / save_image; 0.16 is the release paired with torch 2.1
         "dalle2-pytorch==1.15.6",
         "accelerate>=1.15,<2",
         "torchmetrics>=1.9,<2",

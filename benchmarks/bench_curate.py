@@ -22,7 +22,7 @@ import torch
 
 from dalle2_md import curate
 from dalle2_md.augment import GeneratorBudget, load_splits, train_generator
-from dalle2_md.data import save_image_grid
+from dalle2_md.display import save_grid
 from dalle2_md.evaluate import RecogniserTrainConfig, accuracy, train_recogniser
 from dalle2_md.model import MicroDopplerDALLE2
 from dalle2_md.variations import sdedit, variations_of
@@ -114,7 +114,7 @@ def main():
     picks = test_x[[int((test_y == u).nonzero()[0]) for u in range(min(3, len(lm)))]]
     rows_img = [torch.cat([x[None], variations_of(model, x[None], 4, seed=0, sampler=args.sampler), sdedit(model, x[None], 0.3, seed=0),
                            sdedit(model, x[None], 0.6, seed=0)]) for x in picks]
-    save_image_grid(torch.cat(rows_img), args.grid, nrow=7, colormap="jet", min_tile=64)
+    save_grid((torch.cat(rows_img) + 1) / 2, args.grid, nrow=7, colormap="jet", min_tile=64)
     a_var = accuracy(judge, variations_of(model, test_x, 4, seed=0, sampler=args.sampler), test_y.repeat_interleave(4))[0]
     a_sd = accuracy(judge, sdedit(model, test_x, 0.6, seed=0), test_y)[0]
     print(f"variations of real test images: A = {a_var:.3f}; SDEdit 0.6: A = {a_sd:.3f}; grid {args.grid}")

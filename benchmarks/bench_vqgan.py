@@ -21,7 +21,8 @@ from pathlib import Path
 
 import torch
 
-from dalle2_md.data import MicroDopplerDataset, save_image_grid
+from dalle2_md.data import MicroDopplerDataset
+from dalle2_md.display import save_grid
 from dalle2_md.evaluate import RecogniserConfig, RecogniserTrainConfig, accuracy, cached_recogniser
 from dalle2_md.synth import synthesize_dataset
 from dalle2_md.vqgan import VQGanConfig, cpu_vqgan_sizes, reconstruct, reconstruction_quality, train_vqgan
@@ -48,8 +49,8 @@ def bench_factor(factor: int, sets: dict, recogniser, *, steps: int, batch_size:
     recon = reconstruct(vqgan, test_images)
     a_recon, _ = accuracy(recogniser, recon, test_ids)
     pick = list(range(min(8, len(test_images))))
-    grid = save_image_grid(torch.cat((test_images[pick], recon[pick])), out_dir / f"bench_vqgan_f{factor}.png",
-                           nrow=len(pick), colormap="jet")
+    grid = save_grid((torch.cat((test_images[pick], recon[pick])) + 1) / 2, out_dir / f"bench_vqgan_f{factor}.png",
+                     nrow=len(pick), colormap="jet")
     return {"factor": factor, "latent": [config.latent_channels, config.latent_size, config.latent_size],
             "config": config.to_dict(), "steps": steps, "batch_size": batch_size, "train_seconds": seconds,
             "train_img_per_s": steps * batch_size / seconds, "final_loss": sum(losses[-20:]) / len(losses[-20:]),

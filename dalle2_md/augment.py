@@ -184,6 +184,29 @@ def _mean_std(values: list[float]) -> dict:
     return {"mean": float(arr.mean()), "std": std, "values": arr.tolist()}
 
 
+def _check_split_files(train_files, test_files, num_train: int) -> None:
+    """The recorded file names fit the train tensors, and no file is both train and test."""
+    if exists(train_files) and len(train_files) != num_train:
+        raise UserError(f"{len(train_files)} train file names for {num_train} train images")
+    if exists(train_files) and exists(test_files):
+        overlap = set(train_files) & set(test_files)
+        if overlap:
+            raise UserError(f"the train and test splits share {len(overlap)} file(s) (e.g. {sorted(overlap)[0]}); "
+                            "fix the split file")
+
+
+def _resolved_recipes(recipes: Sequence, *, m: int | None, k: int) -> list:
+    """The recipes to run (default: the default recipe), each drawing `m` per user when given."""
+    from .recipe import AugmentRecipe
+
+    recipes = list(recipes) or [AugmentRecipe()]
+    if exists(m):
+        recipes = [replace(r, m_per_k=m / k) for r in recipes]
+    if len({r.name for r in recipes}) != len(recipes):
+        raise UserError("recipe names must be unique")
+    return recipes
+
+
 def augmentation_gain(
     train: tuple[torch.Tensor, torch.Tensor],
     test: tuple[torch.Tensor, torch.Tensor],
@@ -238,22 +261,10 @@ def augmentation_gain(
     recogniser_train = recogniser_train or RecogniserTrainConfig()
     images, user_ids = torch.as_tensor(train[0]).float(), torch.as_tensor(train[1]).long()
     test_images, test_ids = torch.as_tensor(test[0]).float(), torch.as_tensor(test[1]).long()
-    if exists(train_files) and len(train_files) != len(images):
-        raise UserError(f"{len(train_files)} train file names for {len(images)} train images")
-    if exists(train_files) and exists(test_files):
-        overlap = set(train_files) & set(test_files)
-        if overlap:
-            raise UserError(f"the train and test splits share {len(overlap)} file(s) (e.g. {sorted(overlap)[0]}); "
-                            "fix the split file")
+    _check_split_files(train_files, test_files, len(images))
     if len(seeds) < 1:
         raise UserError("give at least one seed")
-    from .recipe import AugmentRecipe
-
-    recipes = list(recipes) or [AugmentRecipe()]
-    if exists(m):
-        recipes = [replace(r, m_per_k=m / k) for r in recipes]
-    if len({r.name for r in recipes}) != len(recipes):
-        raise UserError("recipe names must be unique")
+    recipes = _resolved_recipes(recipes, m=m, k=k)
     started = time.perf_counter()
     per_seed = []
     for seed in seeds:
@@ -301,7 +312,7 @@ GRID_USERS, GRID_REAL, GRID_FAKE = 6, 4, 8
 def _save_recipe_grid(shot, fake, path: Path, *, colormap: str | None) -> Path | None:
     """One row per user (the first GRID_USERS): GRID_REAL of its K real images, then GRID_FAKE of
     the recipe's synthetic ones, so a person can see whether the samples keep the user."""
-    from .data import save_image_grid
+    from .display import save_grid
 
     rows = []
     for u in sorted(torch.unique(shot[1]).tolist())[:GRID_USERS]:
@@ -311,7 +322,7 @@ def _save_recipe_grid(shot, fake, path: Path, *, colormap: str | None) -> Path |
     if not rows:
         return None
     path.parent.mkdir(parents=True, exist_ok=True)
-    return save_image_grid(torch.cat(rows), path, nrow=GRID_REAL + GRID_FAKE, colormap=colormap, min_tile=64)
+    return save_grid((torch.cat(rows) + 1) / 2, path, nrow=GRID_REAL + GRID_FAKE, colormap=colormap, min_tile=64)
 
 
 def _one_seed(images, user_ids, test, *, seed, k, recipes, num_users, generator, budget, recogniser_train,

@@ -25,7 +25,7 @@ from x_clip import CLIP
 
 from .bundle import load_bundle, save_bundle, state_fingerprint
 from .compat import SimSiam, attach_visual_ssl, image_latent, image_tower, logit_scale, nt_xent_loss, text_latent
-from .utils import BundleError, UserError, atomic_write
+from .utils import BundleError, UserError, atomic_write, checked_fields
 
 USER_TOKEN_OFFSET = 1  # token 0 = padding
 PAD_TOKEN = 0
@@ -107,8 +107,9 @@ class ClipConfig:
         return d
 
     @classmethod
-    def from_dict(cls, d: dict) -> "ClipConfig":
-        return cls(**d)
+    def from_dict(cls, d: dict, *, what: str = "clip config") -> "ClipConfig":
+        """Rebuild from `to_dict()` output; unknown keys are refused (`utils.checked_fields`)."""
+        return cls(**checked_fields(cls, d, what=what))
 
 
 # --- image encoder -------------------------------------------------------------------------
@@ -411,7 +412,7 @@ class MicroDopplerClip(nn.Module):
         file are attached as attributes."""
         payload = load_bundle(path, kind="clip")
         try:
-            model = cls(ClipConfig.from_dict(payload["config"]))
+            model = cls(ClipConfig.from_dict(payload["config"], what=f"{path}: clip config"))
             model.load_state_dict(payload["state_dict"])
         except (TypeError, RuntimeError, KeyError) as e:
             raise BundleError(

@@ -430,29 +430,14 @@ def curate_dataset(
     """
     from tqdm import tqdm
 
-    from .display import colourise, write_png
-
-    if num_samples_per_user < 1 or batch_size < 1:
-        raise UserError(f"--num_samples_per_user and --batch_size must be at least 1 (got {num_samples_per_user}, {batch_size}).")
-    layout = layout or default_layout(label_map)
-    if layout not in WRITE_LAYOUTS:
-        raise UserError(f"unknown layout {layout!r}: use one of {', '.join(WRITE_LAYOUTS)}")
-    cap = max_draws_per_user if exists(max_draws_per_user) else 10 * num_samples_per_user
-    if cap < num_samples_per_user:
-        raise UserError(f"--max_draws_per_user ({cap}) is below --num_samples_per_user ({num_samples_per_user}).")
+    layout, cap = _checked_targets(label_map, layout, num_samples_per_user, batch_size, max_draws_per_user)
     labels = [label_map.name_of(u) for u in users]
     full_settings = {**(settings or {}), "seed": seed, "layout": layout, "batch_size": batch_size, "colormap": colormap,
                      "filter": (filter_info or {}).get("kind", "none"), "users": labels,
                      "num_samples_per_user": num_samples_per_user, "max_draws_per_user": cap}
     full_settings["filter_fitted_on"] = {k: v for k, v in (filter_info or {}).items() if k != "kinematic_ranges"}
     out = Path(output_dir)
-    blocks, resumed = _prepare_output(out, full_settings, overwrite)
-    done, valid = _restore(out, blocks, labels)
-    if resumed and len(valid) != len(blocks):  # kept files went missing: rewrite the journal without those blocks
-        with atomic_write(out / JOURNAL, "wb") as f:
-            f.write((json.dumps({"settings": full_settings}) + "\n").encode())
-            for b in valid:
-                f.write((json.dumps(b) + "\n").encode())
+    done = _open_journal(out, full_settings, labels, overwrite)
     journal = out / JOURNAL
     target = {label: num_samples_per_user for label in labels}
     bar = tqdm(total=num_samples_per_user * len(users), initial=sum(min(p.kept, num_samples_per_user) for p in done.values()),
@@ -461,40 +446,85 @@ def curate_dataset(
         p = done[label]
         while p.kept < num_samples_per_user and p.drawn < cap:
             indices = list(range(p.drawn, min(p.drawn + batch_size, cap)))
-            images, scores, passed = _judge_block(generate_fn, filter_fn, user, indices, seed)
-            rgb = colourise((images + 1) / 2, colormap)  # images in [-1, 1]
-            records = []
-            for j, index in enumerate(indices):
-                if p.kept >= num_samples_per_user:
-                    break  # the rest of the block is never judged: a later, larger target draws it again
-                status = "kept" if passed[j] else "dropped"
-                rel = sample_relpath(layout, label_map, user, index) if status == "kept" else None
-                if rel is not None:
-                    write_png(rgb[j], out / rel)
-                    p.kept += 1
-                    bar.update(1)
-                records.append({"file": rel, "user": label, "user_number": label_map.ids[user], "user_index": user,
-                                "sample_index": index, "seed": seed, "status": status,
-                                "guidance": full_settings.get("cond_scale"), "prior_guidance": full_settings.get("prior_cond_scale"),
-                                "eta": full_settings.get("eta"),
-                                "scores": {k: _plain(v[j]) for k, v in scores.items()}})
+            records = _curate_block(generate_fn, filter_fn, out, user, indices, p, label_map=label_map, seed=seed,
+                                    layout=layout, colormap=colormap, wanted=num_samples_per_user,
+                                    settings=full_settings, on_kept=lambda: bar.update(1))
             p.drawn += len(records)
             _append_line(journal, {"user": label, "samples": records})
             bar.set_postfix(user=label, acceptance=f"{p.kept / max(1, p.drawn):.2f}")
         _write_summary(out, journal, full_settings, filter_info or {"kind": "none"}, done, target, layout)
     bar.close()
+    result = _curation_result(out, done, labels, wanted=num_samples_per_user, cap=cap)
+    for message in result.short:
+        log(message)
+    return result
+
+
+def _checked_targets(label_map, layout: str | None, num_samples_per_user: int, batch_size: int,
+                     max_draws_per_user: int | None) -> tuple[str, int]:
+    """The layout to write (default: the input's own) and the draw cap per user; checked."""
+    if num_samples_per_user < 1 or batch_size < 1:
+        raise UserError(f"--num_samples_per_user and --batch_size must be at least 1 (got {num_samples_per_user}, {batch_size}).")
+    layout = layout or default_layout(label_map)
+    if layout not in WRITE_LAYOUTS:
+        raise UserError(f"unknown layout {layout!r}: use one of {', '.join(WRITE_LAYOUTS)}")
+    cap = max_draws_per_user if exists(max_draws_per_user) else 10 * num_samples_per_user
+    if cap < num_samples_per_user:
+        raise UserError(f"--max_draws_per_user ({cap}) is below --num_samples_per_user ({num_samples_per_user}).")
+    return layout, cap
+
+
+def _open_journal(out: Path, settings: dict, labels: list[str], overwrite: bool) -> dict[str, UserProgress]:
+    """Start or continue the set in `out`: each user's progress so far from the journal."""
+    blocks, resumed = _prepare_output(out, settings, overwrite)
+    done, valid = _restore(out, blocks, labels)
+    if resumed and len(valid) != len(blocks):  # kept files went missing: rewrite the journal without those blocks
+        with atomic_write(out / JOURNAL, "wb") as f:
+            f.write((json.dumps({"settings": settings}) + "\n").encode())
+            for b in valid:
+                f.write((json.dumps(b) + "\n").encode())
+    return done
+
+
+def _curate_block(generate_fn: GenerateFn, filter_fn: FilterFn | None, out: Path, user: int, indices: list[int],
+                  p: UserProgress, *, label_map, seed: int, layout: str, colormap: str | None, wanted: int,
+                  settings: dict, on_kept: Callable[[], None]) -> list[dict]:
+    """Draw and judge one block of `user`'s samples, write the kept ones (counted in `p.kept`)
+    until `wanted` are kept; returns the manifest records of the samples judged."""
+    from .display import colourise, write_png
+
+    images, scores, passed = _judge_block(generate_fn, filter_fn, user, indices, seed)
+    rgb = colourise((images + 1) / 2, colormap)  # images in [-1, 1]
+    records = []
+    for j, index in enumerate(indices):
+        if p.kept >= wanted:
+            break  # the rest of the block is never judged: a later, larger target draws it again
+        status = "kept" if passed[j] else "dropped"
+        rel = sample_relpath(layout, label_map, user, index) if status == "kept" else None
+        if rel is not None:
+            write_png(rgb[j], out / rel)
+            p.kept += 1
+            on_kept()
+        records.append({"file": rel, "user": label_map.name_of(user), "user_number": label_map.ids[user], "user_index": user,
+                        "sample_index": index, "seed": seed, "status": status,
+                        "guidance": settings.get("cond_scale"), "prior_guidance": settings.get("prior_cond_scale"),
+                        "eta": settings.get("eta"),
+                        "scores": {k: _plain(v[j]) for k, v in scores.items()}})
+    return records
+
+
+def _curation_result(out: Path, done: dict[str, UserProgress], labels: list[str], *, wanted: int, cap: int) -> CurationResult:
+    """Each user's kept / drawn counts, and a message for each user left short."""
     result = CurationResult(output_dir=out, manifest=out / MANIFEST)
     for label in labels:
         p = done[label]
         result.users[label] = {"kept": p.kept, "drawn": p.drawn, "acceptance": p.kept / p.drawn if p.drawn else None,
-                               "complete": p.kept >= num_samples_per_user}
-        if p.kept < num_samples_per_user:
+                               "complete": p.kept >= wanted}
+        if p.kept < wanted:
             result.short.append(
-                f"user {label}: kept {p.kept} of {num_samples_per_user} after {p.drawn} draws (acceptance "
+                f"user {label}: kept {p.kept} of {wanted} after {p.drawn} draws (acceptance "
                 f"{p.kept / max(1, p.drawn):.1%}); lower --min_confidence, widen --kinematic_margin, raise "
                 f"--max_draws_per_user (now {cap}) or train the generator longer, then re-run to continue.")
-    for message in result.short:
-        log(message)
     return result
 
 

@@ -27,7 +27,7 @@ precomputed `image_embed` tensors). What we add around them:
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Callable
 
@@ -40,7 +40,7 @@ from .compat import (alphas_cumprod, decoder_p_losses, decoder_unet, decoder_vae
                      x_start_from_noise)
 from .compat import unet_cond_dim as widened_cond_dim
 from .sampling import Generators, randn, run_sampler
-from .utils import BundleError, UserError, exists
+from .utils import BundleError, UserError, checked_fields, exists
 from .vqgan import VQGanConfig, build_vqgan, encode_latents, load_vqgan, nearby_multiples
 
 
@@ -172,15 +172,12 @@ class DecoderConfig:
         return d
 
     @classmethod
-    def from_dict(cls, d: dict) -> "DecoderConfig":
-        known = {f.name for f in fields(cls)}
-        unknown = set(d) - known
-        if unknown:
-            raise BundleError(f"decoder config has unknown keys {sorted(unknown)}; written by a newer dalle2-md?")
-        d = dict(d)
+    def from_dict(cls, d: dict, *, what: str = "decoder config") -> "DecoderConfig":
+        """Rebuild from `to_dict()` output; unknown keys are refused (`utils.checked_fields`)."""
+        d = checked_fields(cls, d, what=what)
         d["dim_mults"] = tuple(d.get("dim_mults", cls.dim_mults))
         if d.get("vqgan") is not None:
-            d["vqgan"] = VQGanConfig.from_dict(d["vqgan"])
+            d["vqgan"] = VQGanConfig.from_dict(d["vqgan"], what=f"{what} (its vqgan)")
         return cls(**d)
 
 
@@ -516,7 +513,7 @@ class MicroDopplerDecoder(nn.Module):
             path: a .pt file written by `save`.
         """
         payload = load_bundle(path, kind="decoder")
-        config = DecoderConfig.from_dict(payload["config"])
+        config = DecoderConfig.from_dict(payload["config"], what=f"{path}: decoder config")
         model = cls(config=config)
         try:
             model.load_state_dict(payload["state_dict"])

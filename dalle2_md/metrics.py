@@ -184,7 +184,7 @@ def to_scalar_images(images, colormap: str | None = "jet") -> np.ndarray:
             turned to grey by their channel mean (only meaningful for greyscale data).
     """
     from .colormap import rgb_to_scalar
-    from .data import to_display_rgb
+    from .display import colourise
 
     x = images.detach().cpu().numpy() if isinstance(images, torch.Tensor) else np.asarray(images)
     if x.ndim == 4 and x.shape[-1] == 3 and x.dtype == np.uint8:
@@ -192,7 +192,7 @@ def to_scalar_images(images, colormap: str | None = "jet") -> np.ndarray:
     elif x.ndim == 4 and x.shape[1] == 1:
         return np.clip((x[:, 0].astype(np.float64) + 1.0) / 2.0, 0.0, 1.0)
     elif x.ndim == 4 and x.shape[1] == 3:
-        rgb = to_display_rgb(x, None)
+        rgb = colourise((x + 1) / 2, None)
     else:
         raise ValueError(f"expected (N, 1|3, H, W) in [-1, 1] or uint8 (N, H, W, 3), got {x.shape} {x.dtype}")
     if colormap is None:

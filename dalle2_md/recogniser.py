@@ -26,7 +26,7 @@ from einops import rearrange
 from torch import nn
 
 from .bundle import load_bundle, save_bundle
-from .utils import BundleError, UserError, exists
+from .utils import BundleError, UserError, checked_fields, exists
 
 logger = logging.getLogger(__name__)
 
@@ -63,6 +63,11 @@ class RecogniserConfig:
         object.__setattr__(self, "widths", tuple(int(w) for w in self.widths))
         if self.num_users < 1 or self.feature_dim < 1 or self.pool_rows < 1 or self.time_pool < 1 or not self.widths:
             raise UserError(f"invalid recogniser config {self}")
+
+    @classmethod
+    def from_dict(cls, d: dict, *, what: str = "recogniser config") -> "RecogniserConfig":
+        """Rebuild from `asdict()` output; unknown keys are refused (`utils.checked_fields`)."""
+        return cls(**checked_fields(cls, d, what=what))
 
 
 def _conv_block(dim_in: int, dim_out: int, downsample: bool) -> nn.Sequential:
@@ -136,8 +141,9 @@ class Recogniser(nn.Module):
     def load(cls, path: str | Path) -> "Recogniser":
         """Rebuild a recogniser from its bundle alone; `.label_map` holds the stored label map."""
         payload = load_bundle(path, kind="recogniser")
+        config = RecogniserConfig.from_dict(payload["config"], what=f"{path}: recogniser config")
         try:
-            model = cls(config=RecogniserConfig(**payload["config"]))
+            model = cls(config=config)
             model.load_state_dict(payload["state_dict"])
         except (TypeError, RuntimeError, UserError) as e:
             raise BundleError(f"{path}: recogniser config or weights do not fit this dalle2-md ({e}); retrain it") from None

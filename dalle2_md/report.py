@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .display import colourise, tile_grid
 from .metrics import (KINEMATIC_FIELDS, accuracy, diversity, domain_fid, kinematic_fidelity, memorisation,
                       to_scalar_images)
 from .recogniser import Recogniser, _check_labelled, extract_features
@@ -165,26 +166,38 @@ def _plot_kinematics(path: Path, kin: dict, names: list[str]) -> None:
     fig.savefig(path, dpi=110)
 
 
-def _plot_grid(path: Path, real, gen, names: list[str], users: list[int], per_user: int, colormap: str | None) -> None:
-    from matplotlib.figure import Figure
+def _tile_spacing(h: int) -> tuple[int, int]:
+    """White pixels between tiles, and between the real and the generated half."""
+    pad = max(1, h // 16)
+    return pad, 3 * pad
 
-    from .data import to_display_rgb
 
+def _side_by_side_canvas(real, gen, users: list[int], per_user: int, colormap: str | None) -> np.ndarray:
+    """uint8 RGB picture: one row per user, up to `per_user` real images on the left and as many
+    generated ones on the right (images in [-1, 1])."""
     (ri, ru), (gi, gu) = real, gen
     h, w = ri.shape[-2:]
-    pad = max(1, h // 16)
-    gap = 3 * pad
-    width = 2 * per_user * (w + pad) + gap
-    canvas = np.full((len(users) * (h + pad), width, 3), 255, dtype=np.uint8)
+    pad, gap = _tile_spacing(h)
+    canvas = np.full((len(users) * (h + pad), 2 * per_user * (w + pad) + gap, 3), 255, dtype=np.uint8)
     for r, u in enumerate(users):
         for side, (imgs, ids) in enumerate(((ri, ru), (gi, gu))):
             sel = imgs[ids == u][:per_user]
             if len(sel) == 0:
                 continue
-            rgb = to_display_rgb(sel, colormap)
-            for c, tile in enumerate(rgb):
-                x0 = side * (per_user * (w + pad) + gap) + c * (w + pad)
-                canvas[r * (h + pad) : r * (h + pad) + h, x0 : x0 + w] = tile
+            # the grid's outer border is dropped: rows sit `pad` apart, the halves `gap` apart
+            strip = tile_grid(colourise((sel + 1) / 2, colormap), nrow=per_user, padding=pad)[pad:-pad, pad:]
+            x0 = side * (per_user * (w + pad) + gap)
+            canvas[r * (h + pad) : r * (h + pad) + h, x0 : x0 + strip.shape[1]] = strip
+    return canvas
+
+
+def _plot_grid(path: Path, real, gen, names: list[str], users: list[int], per_user: int, colormap: str | None) -> None:
+    from matplotlib.figure import Figure
+
+    canvas = _side_by_side_canvas(real, gen, users, per_user, colormap)
+    h, w = real[0].shape[-2:]
+    pad, gap = _tile_spacing(h)
+    width = canvas.shape[1]
     scale = 1.2 / max(h, 1)
     fig = Figure(figsize=(max(4.0, width * scale * 1.0 + 1.2), max(2.0, len(users) * (h + pad) * scale + 0.8)), layout="constrained")
     ax = fig.add_subplot()

@@ -29,6 +29,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from .display import as_image_tensor, colourise
 from .presets import GeneratorBudget
 from .training import TrainConfig, TrainResult, train
 from .utils import DataError, UserError, exists
@@ -498,14 +499,6 @@ def _first_per_user(user_ids: torch.Tensor, limit: int = 8) -> list[int]:
     return [seen[u] for u in sorted(seen)][:limit]
 
 
-def to_display(images01: torch.Tensor, colormap: str | None) -> torch.Tensor:
-    """(B, C, H, W) in [0, 1] -> (B, 3, H, W) in [0, 1], re-coloured through the colormap."""
-    from .display import colourise
-
-    rgb = colourise(images01, colormap)
-    return torch.from_numpy(rgb).permute(0, 3, 1, 2).float() / 255.0
-
-
 def _decoder_sample_fn(images, embeds, user_ids, colormap, steps):
     pick = _first_per_user(user_ids)
     real = (images[pick] + 1) / 2
@@ -515,7 +508,7 @@ def _decoder_sample_fn(images, embeds, user_ids, colormap, steps):
         device = next(decoder.parameters()).device
         fake = decoder.sample(embeds[pick].to(device), timesteps=steps, seed=0).cpu()
         # one picture: the real image of each user on top, its decoded embedding below
-        rows = [torch.cat(list(to_display(x, colormap)), dim=-1) for x in (real, fake)]
+        rows = [torch.cat(list(as_image_tensor(colourise(x, colormap))), dim=-1) for x in (real, fake)]
         return torch.cat(rows, dim=-2).unsqueeze(0)
 
     return sample_fn

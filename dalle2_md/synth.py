@@ -490,44 +490,57 @@ def simulate_spectrogram(
         the image axes from `image_axes`; with `variation` also direction, carried arm, range
         and the recording's swing amplitudes).
     """
-    from scipy.signal import stft
-
     if image_size < 8:
         raise UserError(f"image_size must be at least 8, got {image_size}")
     fr = _frame(image_size, radar)
-    lam = radar.wavelength_m
-
     rec = _draw_default(user, rng, radar) if variation is None else _draw_recording(user, rng, variation)
-    speed, walker = rec.speed, rec.user
-    cycle_s = cycle_time(walker, speed)
+    cycle_s = cycle_time(rec.user, rec.speed)
+    ranges = _scatterer_ranges(rec, cycle_s, fr, radar, centred=variation is not None)
+    signal = _received_signal(rec, ranges, fr, rng, wavelength_m=radar.wavelength_m)
+    img = _spectrogram_image(signal, fr, radar, image_size)
+    return img, _ground_truth(user, rec, cycle_s, fr, radar, image_size, variation=variation)
 
+
+def _heading(rec: _Recording) -> tuple[float, float]:
+    """The walker moves `aspect` (returned in radians) off the line of sight, towards (sign -1)
+    or away from (+1) the radar."""
+    return np.deg2rad(rec.aspect_deg), -1.0 if rec.towards else 1.0
+
+
+def _scatterer_ranges(rec: _Recording, cycle_s: float, fr: _Frame, radar: RadarConfig, *, centred: bool) -> np.ndarray:
+    """Radar-to-scatterer distances (12, N) over the recording; `centred`: `rec.range_m` is
+    where the walker is at the centre of the window, not at its start."""
+    speed, walker = rec.speed, rec.user
     # body motion is smooth (well under 50 Hz), so positions are computed on a grid KINE_STEP
     # times coarser and the ranges interpolated linearly: the phase error stays below ~0.05 rad
     n_coarse = (fr.num_samples - 1) // KINE_STEP + 2
     t = np.arange(n_coarse) * (KINE_STEP / radar.fs_hz)
     body = _body_points(walker, rec.phase0 + t / cycle_s, speed, t, cycle_s, rec.arm_scale)  # (12, 3, M)
 
-    # the walker moves `aspect` off the line of sight, towards (default) or away from the radar
-    a = np.deg2rad(rec.aspect_deg)
-    sgn = -1.0 if rec.towards else 1.0
+    a, sgn = _heading(rec)
     fwd_dir = np.array([sgn * np.cos(a), np.sin(a)])
     left_dir = np.array([-np.sin(a), sgn * np.cos(a)])
     gx = rec.range_m + body[:, 0] * fwd_dir[0] + body[:, 1] * left_dir[0]
     gy = body[:, 0] * fwd_dir[1] + body[:, 1] * left_dir[1]
-    if variation is not None:  # range_m is where the walker is at the centre of the window
+    if centred:
         half_walk = speed * fr.num_samples / radar.fs_hz / 2
         gx = gx - half_walk * fwd_dir[0]
         gy = gy - half_walk * fwd_dir[1]
     gz = body[:, 2] - radar.radar_height_m
     coarse = np.sqrt(gx * gx + gy * gy + gz * gz)  # (12, M)
     frac = np.arange(KINE_STEP) / KINE_STEP
-    rng_m = coarse[:, :-1, None] * (1 - frac) + coarse[:, 1:, None] * frac  # (12, M - 1, KINE_STEP)
-    rng_m = rng_m.reshape(len(coarse), -1)[:, : fr.num_samples]  # (12, N)
+    ranges = coarse[:, :-1, None] * (1 - frac) + coarse[:, 1:, None] * frac  # (12, M - 1, KINE_STEP)
+    return ranges.reshape(len(coarse), -1)[:, : fr.num_samples]  # (12, N)
 
+
+def _received_signal(rec: _Recording, ranges: np.ndarray, fr: _Frame, rng: np.random.Generator, *,
+                     wavelength_m: float) -> np.ndarray:
+    """Complex baseband (N,): the scatterers' echoes, a static clutter return and noise (the
+    last draws from `rng`, in this order)."""
     amps = np.array([AMPLITUDES[n.rsplit("_", 1)[0] if n[-2:] in ("_R", "_L") else n] for n in SCATTERERS])
-    amps[1] *= walker.torso_rcs
+    amps[1] *= rec.user.torso_rcs
     # phase wrapped in float64, then float32 trig (vectorised, ~30x faster than complex exp)
-    phase = np.remainder((4 * np.pi / lam) * (rng_m - rec.range_m), 2 * np.pi).astype(np.float32)
+    phase = np.remainder((4 * np.pi / wavelength_m) * (ranges - rec.range_m), 2 * np.pi).astype(np.float32)
     amps32 = amps.astype(np.float32)
     signal = (amps32 @ np.cos(phase)).astype(np.float64) - 1j * (amps32 @ np.sin(phase))  # (N,) baseband
 
@@ -535,7 +548,13 @@ def simulate_spectrogram(
     p_sig = float(np.mean(np.abs(signal) ** 2))
     noise_std = math.sqrt(p_sig / 10 ** (rec.snr_db / 10) / 2)
     signal = signal + amps[1] * 10 ** (rec.clutter_db / 20) * np.exp(1j * rng.uniform(0, 2 * np.pi))
-    signal = signal + noise_std * (rng.standard_normal(fr.num_samples) + 1j * rng.standard_normal(fr.num_samples))
+    return signal + noise_std * (rng.standard_normal(fr.num_samples) + 1j * rng.standard_normal(fr.num_samples))
+
+
+def _spectrogram_image(signal: np.ndarray, fr: _Frame, radar: RadarConfig, image_size: int) -> np.ndarray:
+    """STFT power of the baseband, Doppler bins averaged into image rows (positive on top),
+    in dB over the radar's dynamic range -> float32 (image_size, image_size) in [0, 1]."""
+    from scipy.signal import stft
 
     _, _, spec = stft(
         signal,
@@ -557,9 +576,14 @@ def simulate_spectrogram(
 
     db = 10 * np.log10(rows + 1e-30)
     db -= db.max()
-    img = (np.clip(db, -radar.dynamic_range_db, 0.0) / radar.dynamic_range_db + 1.0).astype(np.float32)
+    return (np.clip(db, -radar.dynamic_range_db, 0.0) / radar.dynamic_range_db + 1.0).astype(np.float32)
 
-    axes = image_axes(image_size, radar)
+
+def _ground_truth(user: UserGait, rec: _Recording, cycle_s: float, fr: _Frame, radar: RadarConfig, image_size: int, *,
+                  variation: RecordingVariation | None) -> dict:
+    """What `simulate_spectrogram` returns beside the image (see there)."""
+    speed, walker = rec.speed, rec.user
+    a, sgn = _heading(rec)
     truth = {
         "user_id": user.user_id,
         "speed_mps": speed,
@@ -572,7 +596,7 @@ def simulate_spectrogram(
         "clutter_db": rec.clutter_db,
         "start_range_m": rec.range_m if variation is None else rec.range_m - sgn * speed * fr.num_samples / radar.fs_hz / 2,
         "start_phase": rec.phase0,
-        "axes": axes,
+        "axes": image_axes(image_size, radar),
     }
     if variation is not None:
         truth.update(
@@ -583,7 +607,7 @@ def simulate_spectrogram(
             knee_swing_deg=walker.knee_swing_deg,
             cadence_factor=walker.cadence_factor,
         )
-    return img, truth
+    return truth
 
 
 def sample_rng(seed: int, user_id: int, index: int) -> np.random.Generator:
@@ -671,51 +695,28 @@ def synthesize_dataset(
         Summary dict: out_dir, layout, num_images, image_size, ground_truth and contact_sheet
         paths, seconds taken.
     """
-    from PIL import Image
     from tqdm import tqdm
 
     prof = get_profile(profile)
-    num_users = prof.num_users if num_users is None else num_users
-    images_per_user = prof.images_per_user if images_per_user is None else images_per_user
-    image_size = prof.image_size if image_size is None else image_size
-    layout = prof.layout if layout is None else layout
-    if layout not in WRITE_LAYOUTS:
-        raise UserError(f"unknown layout {layout!r}: use one of {', '.join(WRITE_LAYOUTS)}")
-    if images_per_user < 1:
-        raise UserError(f"images_per_user must be at least 1, got {images_per_user}")
+    num_users, images_per_user, image_size, layout = _dataset_settings(prof, num_users, images_per_user, image_size, layout)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     users = make_users(num_users, seed, spread=prof.user_spread)
     start = time.perf_counter()
 
-    records, metadata, sheet_rows = [], [], [[] for _ in users]
+    records, sheet_rows = [], [[] for _ in users]
     jobs = [(u, i) for u in users for i in range(images_per_user)]
     for user, i in tqdm(jobs, desc="synth", unit="img", disable=not progress):
-        rng = sample_rng(seed, user.user_id, i)
-        img, truth = simulate_spectrogram(user, rng, image_size=image_size, radar=radar, variation=prof.variation)
-        rgb = colourise(img[None], "jet")[0]  # (H, W) in [0, 1] -> (H, W, 3) uint8
-        rel = _relative_path(layout, user.user_id, i)
-        path = out / rel
-        path.parent.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(rgb).save(path, format="PNG", compress_level=PNG_COMPRESS_LEVEL)
-        records.append({"path": rel, "label": user.user_id, **truth})
-        if layout == "flat":
-            metadata.append({"filename": Path(rel).name, "user_id": user.user_id})
+        rgb, record = _write_sample(out, layout, user, i, seed=seed, image_size=image_size, radar=radar, profile=prof)
+        records.append(record)
         if i < contact_columns:
             sheet_rows[user.user_id].append(rgb)
 
     if layout == "flat":
+        metadata = [{"filename": Path(r["path"]).name, "user_id": r["label"]} for r in records]
         (out / "metadata.json").write_text(json.dumps(metadata, indent=2))
-    gt = {
-        "seed": seed,
-        **({} if prof.variation is None else {"profile": prof.name, "variation": asdict(prof.variation), "user_spread": prof.user_spread}),
-        "layout": layout,
-        "image_size": image_size,
-        "radar": asdict(radar),
-        "users": [asdict(u) for u in users],
-        "samples": records,
-    }
-    (out / "ground_truth.json").write_text(json.dumps(gt, indent=1))
+    _write_ground_truth(out, records, seed=seed, profile=prof, layout=layout, image_size=image_size, radar=radar,
+                        users=users)
     sheet = contact_sheet(sheet_rows, [prof.sheet_label.format(id=u.user_id, n=u.user_id + 1) for u in users], tile=max(image_size, 64))
     sheet.save(out / "contact_sheet.png", format="PNG")
     return {
@@ -730,3 +731,49 @@ def synthesize_dataset(
         "metadata": str(out / "metadata.json") if layout == "flat" else None,
         "seconds": time.perf_counter() - start,
     }
+
+
+def _dataset_settings(prof: SimProfile, num_users, images_per_user, image_size, layout) -> tuple[int, int, int, str]:
+    """The data set's size and layout: the given values, else the profile's; checked."""
+    num_users = prof.num_users if num_users is None else num_users
+    images_per_user = prof.images_per_user if images_per_user is None else images_per_user
+    image_size = prof.image_size if image_size is None else image_size
+    layout = prof.layout if layout is None else layout
+    if layout not in WRITE_LAYOUTS:
+        raise UserError(f"unknown layout {layout!r}: use one of {', '.join(WRITE_LAYOUTS)}")
+    if images_per_user < 1:
+        raise UserError(f"images_per_user must be at least 1, got {images_per_user}")
+    return num_users, images_per_user, image_size, layout
+
+
+def _write_sample(out: Path, layout: str, user: UserGait, index: int, *, seed: int, image_size: int,
+                  radar: RadarConfig, profile: SimProfile) -> tuple[np.ndarray, dict]:
+    """Simulate and write image `index` of `user` as a jet PNG; returns its RGB (H, W, 3) uint8
+    and its ground-truth record (relative path, label and `simulate_spectrogram`'s truth)."""
+    from PIL import Image
+
+    rng = sample_rng(seed, user.user_id, index)
+    img, truth = simulate_spectrogram(user, rng, image_size=image_size, radar=radar, variation=profile.variation)
+    rgb = colourise(img[None], "jet")[0]  # (H, W) in [0, 1] -> (H, W, 3) uint8
+    rel = _relative_path(layout, user.user_id, index)
+    path = out / rel
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(rgb).save(path, format="PNG", compress_level=PNG_COMPRESS_LEVEL)
+    return rgb, {"path": rel, "label": user.user_id, **truth}
+
+
+def _write_ground_truth(out: Path, records: list[dict], *, seed: int, profile: SimProfile, layout: str, image_size: int,
+                        radar: RadarConfig, users: list[UserGait]) -> None:
+    """ground_truth.json: the settings, every user's gait and every sample's truth."""
+    variation = {} if profile.variation is None else {
+        "profile": profile.name, "variation": asdict(profile.variation), "user_spread": profile.user_spread}
+    gt = {
+        "seed": seed,
+        **variation,
+        "layout": layout,
+        "image_size": image_size,
+        "radar": asdict(radar),
+        "users": [asdict(u) for u in users],
+        "samples": records,
+    }
+    (out / "ground_truth.json").write_text(json.dumps(gt, indent=1))

@@ -31,7 +31,7 @@ import re
 import time
 import warnings
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
@@ -41,7 +41,8 @@ from torch import Tensor, nn
 
 from .bundle import FORMAT, FORMAT_VERSION, load_bundle
 from .compat import allow_mixed_precision, grad_scaler, set_base_lr, unwrap_optimizer
-from .utils import BundleError, UserError, atomic_write, exists, package_versions, seed_everything
+from .display import image_grid, write_png
+from .utils import BundleError, UserError, atomic_write, checked_fields, exists, package_versions, seed_everything
 
 CHECKPOINT_DIR = "checkpoints"
 LATEST = "latest.json"
@@ -98,9 +99,9 @@ class TrainConfig:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict) -> "TrainConfig":
-        known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in known})
+    def from_dict(cls, d: dict, *, what: str = "training config") -> "TrainConfig":
+        """Rebuild from `to_dict()` output; unknown keys are refused (`utils.checked_fields`)."""
+        return cls(**checked_fields(cls, d, what=what))
 
 
 @dataclass
@@ -287,15 +288,6 @@ def _lr_lambda(config: TrainConfig, total_steps: int) -> Callable[[int], float]:
         return 1.0
 
     return factor
-
-
-def _to_image_grid(images: Tensor) -> Tensor:
-    from torchvision.utils import make_grid
-
-    images = images.detach().float().cpu().clamp(0, 1)
-    if images.ndim == 3:
-        images = images.unsqueeze(1)  # (B, H, W) -> (B, 1, H, W)
-    return make_grid(images, nrow=max(1, math.ceil(math.sqrt(images.shape[0]))), padding=2, pad_value=1.0)
 
 
 # ----------------------------------------------------------------------------- the loop
@@ -635,8 +627,6 @@ def _gather_rng(accelerator) -> list[dict]:
 
 
 def _sample(sample_fn, ema_model: nn.Module, step: int, seed: int, writer, run_dir: Path) -> Path | None:
-    from torchvision.utils import save_image
-
     # fixed seed: grids from different steps show the same noise, and sampling never shifts the
     # training RNG (so sample_every does not change the training run)
     with kept_global_rng(), torch.no_grad():
@@ -644,12 +634,13 @@ def _sample(sample_fn, ema_model: nn.Module, step: int, seed: int, writer, run_d
         images = sample_fn(ema_model, step)
     if images is None:
         return None
-    grid = _to_image_grid(images)
-    writer.add_image("samples", grid, step)
-    path = run_dir / "samples" / f"step_{step:06d}.png"
-    with atomic_write(path) as f:
-        save_image(grid, f, format="png")
-    return path
+    if images.ndim == 3:
+        images = images[:, None]  # (B, H, W) -> (B, 1, H, W)
+    # grey, square-ish, and a lone picture without a border (what torchvision's make_grid drew)
+    grid = image_grid(images, nrow=max(1, math.ceil(math.sqrt(len(images)))), colormap="none",
+                      padding=0 if len(images) == 1 else 2)
+    writer.add_image("samples", grid, step, dataformats="HWC")
+    return write_png(grid, run_dir / "samples" / f"step_{step:06d}.png")
 
 
 def _write_checkpoint(run_dir: Path, *, stage, step, position, n, unwrapped, ema, optimizer, scheduler, scaler,

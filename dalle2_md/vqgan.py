@@ -15,7 +15,7 @@ its `forward` in that mode drops the commitment term, which is why we do not cal
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
@@ -24,7 +24,7 @@ from torch import nn
 
 from .bundle import load_bundle, save_bundle
 from .presets import CPU_VQGAN_SIZES  # noqa: F401  (moved: issue 11)
-from .utils import BundleError, UserError
+from .utils import BundleError, UserError, checked_fields
 
 
 def layers_for_factor(factor: int) -> int:
@@ -117,12 +117,9 @@ class VQGanConfig:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict) -> "VQGanConfig":
-        known = {f.name for f in fields(cls)}
-        unknown = set(d) - known
-        if unknown:
-            raise BundleError(f"VQGAN config has unknown keys {sorted(unknown)}; written by a newer dalle2-md?")
-        d = dict(d)
+    def from_dict(cls, d: dict, *, what: str = "VQGAN config") -> "VQGanConfig":
+        """Rebuild from `to_dict()` output; unknown keys are refused (`utils.checked_fields`)."""
+        d = checked_fields(cls, d, what=what)
         if d.get("layer_mults") is not None:
             d["layer_mults"] = tuple(d["layer_mults"])
         return cls(**d)
@@ -309,7 +306,7 @@ def load_vqgan(path: str | Path):
         path: a .pt file written by `save_vqgan`.
     """
     payload = load_bundle(path, kind="vqgan")
-    config = VQGanConfig.from_dict(payload["config"])
+    config = VQGanConfig.from_dict(payload["config"], what=f"{path}: VQGAN config")
     vqgan = build_vqgan(config)
     try:
         vqgan.load_state_dict(payload["state_dict"])

@@ -12,6 +12,6 @@ from .selfcheck import Check, run_checks  # noqa: F401
 from .stages import (CLIP_MAX_IMAGE_SIZE, DEFAULT_COLORMAP, DEFAULT_IMAGE_SIZE, STAGES, DataOptions,  # noqa: F401
                      StageResult, check_can_write, display_colormap, embed_dataset, final_path, load_clip_for,
                      load_train_data, log, missing_clip_message, recorded_data_settings, run_train_clip,
-                     run_train_decoder, run_train_prior, sub_schedule, to_display, train_clip_stage,
+                     run_train_decoder, run_train_prior, sub_schedule, train_clip_stage,
                      train_decoder_stage, train_prior_stage, train_two_stage, train_vqgan_stage, with_defaults,
                      with_settings_from)

@@ -22,11 +22,10 @@ from dalle2_md.data import (
     MicroDopplerDataset,
     load_split,
     make_split,
-    save_image_grid,
     save_split,
     scan_data_root,
-    to_display_rgb,
 )
+from dalle2_md.display import colourise, save_grid
 from dalle2_md.utils import DataError
 
 RNG = np.random.default_rng(0)
@@ -305,16 +304,16 @@ def test_decode_cache_is_reused_and_invalidated(tmp_path):
 
 def test_display_rgb_and_grid(tmp_path):
     values = RNG.integers(0, 256, (2, 8, 8)) / 255.0
-    x = torch.from_numpy(values * 2 - 1).float()[:, None]
-    rgb = to_display_rgb(x, "jet")
+    x = torch.from_numpy(values).float()[:, None]
+    rgb = colourise(x, "jet")
     assert rgb.dtype == np.uint8 and rgb.shape == (2, 8, 8, 3)
     assert np.array_equal(rgb, scalar_to_rgb(values))
-    colour = torch.rand(3, 3, 8, 8) * 2 - 1
-    passed = to_display_rgb(colour, "none")
-    assert np.abs(passed.astype(float) / 127.5 - 1 - colour.permute(0, 2, 3, 1).numpy()).max() < 1 / 127.5
-    grey = to_display_rgb(x[0], "none")
+    colour = torch.rand(3, 3, 8, 8)
+    passed = colourise(colour, "none")
+    assert np.abs(passed.astype(float) / 255 - colour.permute(0, 2, 3, 1).numpy()).max() <= 0.5 / 255 + 1e-6
+    grey = colourise(x[0], "none")
     assert grey.shape == (1, 8, 8, 3) and np.array_equal(grey[..., 0], grey[..., 2])
-    path = save_image_grid(torch.cat([x, x, x]), tmp_path / "g" / "grid.png", nrow=4, colormap="jet")
+    path = save_grid(torch.cat([x, x, x]), tmp_path / "g" / "grid.png", nrow=4, colormap="jet")
     im = Image.open(path)
     assert im.size == (4 * 10 + 2, 2 * 10 + 2) and im.mode == "RGB"
     assert np.array_equal(np.asarray(im)[2:10, 2:10], rgb[0])

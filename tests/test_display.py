@@ -1,9 +1,9 @@
-"""The one display path: colourise (images in [0, 1]), the grid builder, and the old [-1, 1]
-wrappers in dalle2_md.data giving the same pixels; plus checked_fields, the from_dict rule."""
+"""The one display path: colourise (images in [0, 1]), the grid builder and PNG grids; plus
+checked_fields, the from_dict rule."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 import numpy as np
 import pytest
@@ -11,23 +11,21 @@ import torch
 from PIL import Image
 
 from dalle2_md.colormap import scalar_to_rgb
-from dalle2_md.data import save_image_grid, to_display_rgb
 from dalle2_md.display import colourise, save_grid, tile_grid
 from dalle2_md.utils import BundleError, checked_fields
 
 
-def test_colourise_takes_0_1_and_the_old_names_take_minus1_1(tmp_path):
+def test_colourise_and_save_grid_take_0_1(tmp_path):
     values = np.random.default_rng(0).integers(0, 256, (3, 1, 6, 6)) / 255.0
     rgb = colourise(torch.from_numpy(values).float(), "jet")
     assert rgb.dtype == np.uint8 and rgb.shape == (3, 6, 6, 3)
     assert np.array_equal(rgb, scalar_to_rgb(values[:, 0]))
-    assert np.array_equal(to_display_rgb(values * 2 - 1, "jet"), rgb)
     grey = colourise(values[0], "none")  # (C, H, W) is one image
     assert grey.shape == (1, 6, 6, 3) and np.array_equal(grey[0, ..., 1], np.rint(values[0, 0] * 255))
     a = save_grid(values, tmp_path / "a.png", nrow=2, colormap="jet", min_tile=12)
-    b = save_image_grid(values * 2 - 1, tmp_path / "b.png", nrow=2, colormap="jet", min_tile=12)
-    assert a.read_bytes() == b.read_bytes()
     assert Image.open(a).size == (2 * 14 + 2, 2 * 14 + 2)  # 6 px tiles doubled to 12, padding 2
+    # each tile is its colourised image, doubled by nearest neighbour
+    assert np.array_equal(np.asarray(Image.open(a).convert("RGB"))[2:14, 2:14], rgb[0].repeat(2, 0).repeat(2, 1))
 
 
 def test_tile_grid_places_tiles_row_by_row_on_white():
@@ -48,3 +46,42 @@ def test_checked_fields_refuses_unknown_keys_and_drops_retired_ones():
     assert checked_fields(_Config, {"width": 4, "old_flag": True}, what="toy config", retired=("old_flag",)) == {"width": 4}
     with pytest.raises(BundleError, match=r"toy config has unknown keys \['colour'\].*newer dalle2-md"):
         checked_fields(_Config, {"width": 4, "colour": 1}, what="toy config")
+
+
+def _stored_configs():
+    """(class, an instance, how it is written into bundles and checkpoints)."""
+    from dalle2_md.clip import ClipConfig
+    from dalle2_md.decoder import DecoderConfig
+    from dalle2_md.recogniser import RecogniserConfig
+    from dalle2_md.training import TrainConfig
+    from dalle2_md.vqgan import VQGanConfig
+
+    return [(ClipConfig, ClipConfig(num_users=3, image_size=16), ClipConfig.to_dict),
+            (DecoderConfig, DecoderConfig(vqgan=VQGanConfig()), DecoderConfig.to_dict),
+            (VQGanConfig, VQGanConfig(), VQGanConfig.to_dict),
+            (TrainConfig, TrainConfig(max_steps=3), TrainConfig.to_dict),
+            (RecogniserConfig, RecogniserConfig(num_users=3), asdict)]
+
+
+@pytest.mark.parametrize("index", range(5))
+def test_every_stored_config_round_trips_and_refuses_an_unknown_key(index):
+    cls, config, dump = _stored_configs()[index]
+    stored = dump(config)
+    assert cls.from_dict(stored) == config
+    with pytest.raises(BundleError, match=r"unknown keys \['sparkle'\]"):
+        cls.from_dict({**stored, "sparkle": 1})
+    if "vqgan" in stored:  # the nested VQGAN config is held to the same rule
+        with pytest.raises(BundleError, match=r"its vqgan\) has unknown keys \['sparkle'\]"):
+            cls.from_dict({**stored, "vqgan": {**stored["vqgan"], "sparkle": 1}})
+
+
+def test_a_bundle_with_an_unknown_config_key_is_refused_naming_file_and_key(tmp_path):
+    from dalle2_md.recogniser import Recogniser, RecogniserConfig
+
+    path = Recogniser(config=RecogniserConfig(num_users=2, image_size=16, widths=(4,), feature_dim=4)).save(tmp_path / "rec.pt")
+    assert Recogniser.load(path).config.num_users == 2
+    payload = torch.load(path, weights_only=True)
+    payload["config"]["sparkle"] = 1
+    torch.save(payload, path)
+    with pytest.raises(BundleError, match=r"rec\.pt: recogniser config has unknown keys \['sparkle'\]"):
+        Recogniser.load(path)

@@ -70,9 +70,9 @@ def files(tmp_path_factory, model_and_images):
     root = tmp_path_factory.mktemp("var")
     path = model.save(root / "chain.pt")
     model.decoder.save(root / "decoder.pt", meta=model.decoder.meta)
-    from dalle2_md.data import to_display_rgb
+    from dalle2_md.display import colourise
 
-    rgb = to_display_rgb(images[:1], "jet")[0]
+    rgb = colourise((images[:1] + 1) / 2, "jet")[0]
     Image.fromarray(rgb).save(root / "real.png")
     Image.fromarray(rgb).resize((32, 32)).save(root / "big.png")
     return {"root": root, "model": path, "decoder": root / "decoder.pt"}
