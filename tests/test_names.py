@@ -127,3 +127,19 @@ def test_user_ids_flag_reaches_generation_as_original_labels(model, tmp_path, mo
     assert result.exit_code == 0, result.output
     assert sorted(p.name for p in out.glob("ID_*.png")) == ["ID_1_000.png", "ID_7_000.png"]
     assert (out / "interpolation_ID_2_ID_7.png").is_file()
+
+
+def test_old_data_display_helpers_still_work_and_warn(tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    from dalle2_md import data, display
+
+    x = torch.linspace(-1, 1, 2 * 8 * 8).view(2, 1, 8, 8)
+    with pytest.warns(DeprecationWarning, match="display.colourise"):
+        rgb = data.to_display_rgb(x, "jet")
+    assert np.array_equal(rgb, display.colourise((x + 1) / 2, "jet"))
+    with pytest.warns(DeprecationWarning, match="display.save_grid"):
+        old = data.save_image_grid(x, tmp_path / "old.png", nrow=2)
+    new = display.save_grid((x + 1) / 2, tmp_path / "new.png", nrow=2)
+    assert np.array_equal(np.asarray(Image.open(old)), np.asarray(Image.open(new)))
