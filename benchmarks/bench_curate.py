@@ -96,7 +96,7 @@ def main():
         for kind, filter_fn in filters.items():
             t0 = time.perf_counter()
             out = work / f"set_g{guidance}_{kind}"
-            result = curate.curate_dataset(draw, out, label_map=lm, users=list(range(len(lm))), num_samples_per_user=args.n,
+            result = curate.curate_dataset(draw, out, label_map=lm, user_indices=list(range(len(lm))), num_samples_per_user=args.n,
                                            filter_fn=filter_fn if kind != "none" else None, filter_info={"kind": kind},
                                            batch_size=32, max_draws_per_user=args.cap, progress=False, log=lambda m: None)
             kept = [json.loads(line) for line in (out / curate.JOURNAL).read_text().splitlines()[1:]]

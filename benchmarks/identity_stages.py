@@ -30,7 +30,7 @@ from pathlib import Path  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-from dalle2_md.augment import GeneratorBudget, generate, train_generator  # noqa: E402
+from dalle2_md.augment import GeneratorBudget, sample_tensors, train_generator  # noqa: E402
 from dalle2_md.evaluate import RecogniserTrainConfig, accuracy, train_recogniser  # noqa: E402
 from dalle2_md.stage_identity import stage_identity_accuracies  # noqa: E402
 
@@ -134,7 +134,7 @@ def main():
         a_gen = {}
         for s in scales:
             b = replace(budget, cond_scale=s)
-            x, ids = generate(gen.model, list(range(num_users)), args.samples_per_user, seed=1234, budget=b)
+            x, ids = sample_tensors(gen.model, list(range(num_users)), args.samples_per_user, seed=1234, budget=b)
             a_gen[s] = accuracy(recogniser, x, ids)[0]
         results["variants"][name] = {"budget": budget.to_dict(), "train_seconds": train_s, "stages": stages,
                                      "A_gen": a_gen, "seconds": time.time() - t0}

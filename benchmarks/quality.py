@@ -29,7 +29,7 @@ from pathlib import Path  # noqa: E402
 
 import torch  # noqa: E402
 
-from dalle2_md.augment import augmentation_gain, generate, train_generator  # noqa: E402
+from dalle2_md.augment import augmentation_gain, sample_tensors, train_generator  # noqa: E402
 from dalle2_md.data import MicroDopplerDataset  # noqa: E402
 from dalle2_md.evaluate import RecogniserConfig, RecogniserTrainConfig, cached_recogniser, evaluate_samples  # noqa: E402
 from dalle2_md.presets import QUICK_BUDGET, GeneratorBudget  # noqa: E402
@@ -148,7 +148,7 @@ def phase_samples(p: Profile, generators: dict) -> dict:
     out = {}
     for kind, gen in generators.items():
         start = time.perf_counter()
-        images, ids = generate(gen.model, list(range(p.num_users)), p.samples_per_user, seed=p.sample_seed, budget=p.budget)
+        images, ids = sample_tensors(gen.model, list(range(p.num_users)), p.samples_per_user, seed=p.sample_seed, budget=p.budget)
         out[kind] = {"images": images, "ids": ids, "seconds": time.perf_counter() - start}
         log(f"{kind}: {len(images)} samples in {out[kind]['seconds']:.0f}s")
     return out

@@ -3,8 +3,8 @@ to a few real ones train a better recogniser?
 
 Owns: `train_generator` (either the two-stage chain embedding -> decoder -> prior of
 `stages.train_two_stage`, or the single-stage baseline, trained on exactly the tensors it is
-given; its sizes and steps are a `presets.GeneratorBudget`), `generate`
-(model-space samples per user), `kshot_indices` (the seeded K-per-user pick from the train split)
+given; its sizes and steps are a `presets.GeneratorBudget`), `sample_tensors`
+(model-space samples per user, as tensors; the old name `generate` still works and warns), `kshot_indices` (the seeded K-per-user pick from the train split)
 and `augmentation_gain`, the harness behind `dalle2-md augment-eval`.
 
 Leakage: for each seed the harness picks K real images per user from the TRAIN split and hands
@@ -26,7 +26,7 @@ import torch
 
 from .presets import GeneratorBudget  # noqa: F401  (moved: issue 11)
 from .stages import train_two_stage
-from .utils import UserError, exists
+from .utils import UserError, deprecated_alias, exists, renamed_keywords
 
 GENERATORS = ("two_stage", "baseline")
 
@@ -47,19 +47,20 @@ def _final_loss(losses: list[float]) -> float:
     return float(np.mean(tail)) if tail else float("nan")
 
 
-def _check_tensors(images, user_ids, num_users: int) -> tuple[torch.Tensor, torch.Tensor]:
-    images, user_ids = torch.as_tensor(images).float(), torch.as_tensor(user_ids).long().reshape(-1)
-    if images.ndim != 4 or len(images) != len(user_ids) or len(images) < 2:
-        raise UserError(f"generator training needs (N, C, H, W) images and N user ids with N >= 2, "
-                        f"got {tuple(images.shape)} and {tuple(user_ids.shape)}")
-    if int(user_ids.min()) < 0 or int(user_ids.max()) >= num_users:
-        raise UserError(f"user ids span {int(user_ids.min())}..{int(user_ids.max())} but num_users is {num_users}")
-    return images, user_ids
+def _check_tensors(images, user_indices, num_users: int) -> tuple[torch.Tensor, torch.Tensor]:
+    images, user_indices = torch.as_tensor(images).float(), torch.as_tensor(user_indices).long().reshape(-1)
+    if images.ndim != 4 or len(images) != len(user_indices) or len(images) < 2:
+        raise UserError(f"generator training needs (N, C, H, W) images and N user indices with N >= 2, "
+                        f"got {tuple(images.shape)} and {tuple(user_indices.shape)}")
+    if int(user_indices.min()) < 0 or int(user_indices.max()) >= num_users:
+        raise UserError(f"user indices span {int(user_indices.min())}..{int(user_indices.max())} but num_users is {num_users}")
+    return images, user_indices
 
 
+@renamed_keywords(user_ids="user_indices")
 def train_generator(
     images: torch.Tensor,
-    user_ids: torch.Tensor,
+    user_indices: torch.Tensor,
     *,
     num_users: int,
     kind: str = "two_stage",
@@ -72,13 +73,13 @@ def train_generator(
 ) -> TrainedGenerator:
     """Train a generator on exactly these images (and nothing else).
 
-    Two-stage: the embedding model (x-clip) on the images and user ids, then the decoder on
-    (image, embedding) pairs and the prior on (embedding, user id) pairs. Baseline: one decoder
-    on (image, user id) pairs with a learned user table, same decoder shape and steps.
+    Two-stage: the embedding model (x-clip) on the images and user indices, then the decoder on
+    (image, embedding) pairs and the prior on (embedding, user index) pairs. Baseline: one decoder
+    on (image, user index) pairs with a learned user table, same decoder shape and steps.
 
     Args:
         images: (N, C, H, W) in [-1, 1].
-        user_ids: (N,) user indices in 0..num_users-1.
+        user_indices: (N,) user indices in 0..num_users-1.
         num_users: number of users the generator knows.
         kind: "two_stage" or "baseline".
         budget: sizes and step counts.
@@ -93,7 +94,7 @@ def train_generator(
 
     if kind not in GENERATORS:
         raise UserError(f"unknown generator {kind!r}; use one of {', '.join(GENERATORS)}")
-    images, user_ids = _check_tensors(images, user_ids, num_users)
+    images, user_indices = _check_tensors(images, user_indices, num_users)
     run_dir = Path(run_dir)
     _, channels, size, _ = images.shape
     seconds, losses = {}, {}
@@ -102,14 +103,14 @@ def train_generator(
         dec_config = DecoderConfig(image_size=size, channels=channels, image_embed_dim=budget.clip["dim_latent"],
                                    **budget.decoder)
         start = time.perf_counter()
-        model, result = train_baseline(images, user_ids, num_users=num_users, decoder_config=dec_config,
+        model, result = train_baseline(images, user_indices, num_users=num_users, decoder_config=dec_config,
                                        train_config=budget.schedule(budget.decoder_steps, budget.decoder_batch_size, seed),
                                        run_dir=run_dir / "baseline", label_map=label_map, colormap=colormap,
                                        progress=progress)
         seconds["decoder"], losses["decoder"] = time.perf_counter() - start, _final_loss(result.losses)
         return TrainedGenerator(kind=kind, model=model, seconds=seconds, num_train_images=len(images), final_losses=losses)
 
-    parts = train_two_stage(images, user_ids, num_users=num_users, budget=budget, seed=seed, work_dir=run_dir,
+    parts = train_two_stage(images, user_indices, num_users=num_users, budget=budget, seed=seed, work_dir=run_dir,
                             progress=progress)
     losses = {name: _final_loss(result.losses) for name, result in parts.results.items()}
     model = MicroDopplerDALLE2(prior=parts.prior, decoder=parts.decoder, clip=parts.clip, label_map=label_map,
@@ -118,10 +119,11 @@ def train_generator(
                             final_losses=losses)
 
 
+@renamed_keywords(users="user_indices")
 @torch.no_grad()
-def generate(
+def sample_tensors(
     model: torch.nn.Module,
-    users: Sequence[int],
+    user_indices: Sequence[int],
     num_samples_per_user: int,
     *,
     seed: int = 0,
@@ -132,17 +134,17 @@ def generate(
 
     Args:
         model: a `MicroDopplerDALLE2` or `SingleStageBaseline`.
-        users: user indices.
+        user_indices: users to draw for, as indices 0..N-1.
         num_samples_per_user: images per user.
         seed: sampling seed.
         budget: DDIM steps and guidance scales.
     Returns:
-        (images (len(users) * n, C, H, W) in [-1, 1], user ids), user-major.
+        (images (len(user_indices) * n, C, H, W) in [-1, 1], user indices), user-major.
     """
     from .baseline import SingleStageBaseline
 
     out = []
-    for u in users:
+    for u in user_indices:
         if isinstance(model, SingleStageBaseline):
             x = model.sample([u], num_samples_per_user=num_samples_per_user, cond_scale=budget.cond_scale,
                              steps=budget.sample_steps, seed=seed, eta=budget.eta, sampler=budget.sampler)
@@ -152,25 +154,29 @@ def generate(
                              decoder_steps=budget.sample_steps, seed=seed, eta=budget.eta, sampler=budget.sampler,
                              colorize=False)
         out.append(x.cpu() * 2.0 - 1.0)
-    ids = torch.tensor([u for u in users for _ in range(num_samples_per_user)], dtype=torch.long)
+    ids = torch.tensor([u for u in user_indices for _ in range(num_samples_per_user)], dtype=torch.long)
     return torch.cat(out), ids
 
 
-def kshot_indices(user_ids: torch.Tensor, k: int, seed: int) -> torch.Tensor:
+generate = deprecated_alias(sample_tensors, "augment.generate")
+
+
+@renamed_keywords(user_ids="user_indices")
+def kshot_indices(user_indices: torch.Tensor, k: int, seed: int) -> torch.Tensor:
     """K indices per user into a labelled set, drawn without replacement, seeded per (seed, user)
     so one user's pick does not depend on the others. Sorted.
 
     Args:
-        user_ids: (N,) user indices of the (train) set to pick from.
+        user_indices: (N,) user indices of the (train) set to pick from.
         k: images per user.
         seed: pick seed.
     """
-    user_ids = torch.as_tensor(user_ids).long().reshape(-1)
+    user_indices = torch.as_tensor(user_indices).long().reshape(-1)
     if k < 1:
         raise UserError(f"K must be at least 1, got {k}")
     picked = []
-    for u in torch.unique(user_ids).tolist():
-        pool = torch.nonzero(user_ids == u).reshape(-1)
+    for u in torch.unique(user_indices).tolist():
+        pool = torch.nonzero(user_indices == u).reshape(-1)
         if len(pool) < k:
             raise UserError(f"user {u} has {len(pool)} training images, fewer than K={k}; lower --k")
         g = torch.Generator().manual_seed(int(seed) * 1_000_003 + int(u))
@@ -232,8 +238,8 @@ def augmentation_gain(
     M generated per user, the generator trained on the same K only; mean ± std over seeds.
 
     Args:
-        train: (images (N, C, H, W) in [-1, 1], user ids) of the real TRAIN split.
-        test: (images, user ids) of the real TEST split (only ever used to score recognisers).
+        train: (images (N, C, H, W) in [-1, 1], user indices) of the real TRAIN split.
+        test: (images, user indices) of the real TEST split (only ever used to score recognisers).
         num_users: number of users.
         work_dir: scratch folder for the generators' training runs.
         k: real images per user.
@@ -259,7 +265,7 @@ def augmentation_gain(
     from .recogniser import RecogniserTrainConfig
 
     recogniser_train = recogniser_train or RecogniserTrainConfig()
-    images, user_ids = torch.as_tensor(train[0]).float(), torch.as_tensor(train[1]).long()
+    images, user_indices = torch.as_tensor(train[0]).float(), torch.as_tensor(train[1]).long()
     test_images, test_ids = torch.as_tensor(test[0]).float(), torch.as_tensor(test[1]).long()
     _check_split_files(train_files, test_files, len(images))
     if len(seeds) < 1:
@@ -268,7 +274,7 @@ def augmentation_gain(
     started = time.perf_counter()
     per_seed = []
     for seed in seeds:
-        per_seed.append(_one_seed(images, user_ids, (test_images, test_ids), seed=int(seed), k=k, recipes=recipes,
+        per_seed.append(_one_seed(images, user_indices, (test_images, test_ids), seed=int(seed), k=k, recipes=recipes,
                                   num_users=num_users, generator=generator, budget=budget,
                                   recogniser_train=recogniser_train, recogniser_shape=recogniser_shape,
                                   work_dir=Path(work_dir), label_map=label_map,
@@ -325,7 +331,7 @@ def _save_recipe_grid(shot, fake, path: Path, *, colormap: str | None) -> Path |
     return save_grid((torch.cat(rows) + 1) / 2, path, nrow=GRID_REAL + GRID_FAKE, colormap=colormap, min_tile=64)
 
 
-def _one_seed(images, user_ids, test, *, seed, k, recipes, num_users, generator, budget, recogniser_train,
+def _one_seed(images, user_indices, test, *, seed, k, recipes, num_users, generator, budget, recogniser_train,
               recogniser_shape, work_dir, label_map, colormap, progress, log) -> dict:
     """One repetition: K-shot pick, one generator, the real-only recogniser, then every recipe."""
     from .metrics import accuracy
@@ -333,9 +339,9 @@ def _one_seed(images, user_ids, test, *, seed, k, recipes, num_users, generator,
     from .recipe import candidates_needed, draw_candidates, draw_synthetic, sampling_key, train_augmented
 
     t0 = time.perf_counter()
-    idx = kshot_indices(user_ids, k, seed)
+    idx = kshot_indices(user_indices, k, seed)
     # the generator gets copies of the K-shot tensors and nothing else
-    shot = (images[idx].clone(), user_ids[idx].clone())
+    shot = (images[idx].clone(), user_indices[idx].clone())
     gen = train_generator(*shot, num_users=num_users, kind=generator, budget=budget, seed=seed,
                           run_dir=work_dir / f"seed_{seed}", label_map=label_map, colormap=colormap, progress=progress)
     t_gen = time.perf_counter()
@@ -360,7 +366,7 @@ def _one_seed(images, user_ids, test, *, seed, k, recipes, num_users, generator,
             pools[key] = draw_candidates(gen.model, recipe, budget, shot, counts[key], seed=seed)
         drawn = draw_synthetic(gen.model, recipe, budget, shot, seed=seed, filter_recogniser=rec_real,
                                candidates=pools[key])
-        fake = (drawn["images"], drawn["user_ids"])
+        fake = (drawn["images"], drawn["user_indices"])
         _save_recipe_grid(shot, fake, work_dir / f"seed_{seed}" / f"grid_{recipe.name}.png", colormap=colormap)
         t2 = time.perf_counter()
         rec_aug = train_augmented(recipe, shot, fake, num_users=num_users, train_config=rec_cfg, config=shape)

@@ -442,7 +442,7 @@ def _generate_dataset(kw, batch_size):
     model_id = {**{k: str(Path(v).resolve()) for k, v in paths.items() if v},
                 "clip_fingerprint": (getattr(model.decoder, "meta", None) or {}).get("clip_fingerprint")}
     done = generate_dataset(
-        model, kw["output_dir"], users=kw["user_labels"], num_samples_per_user=kw["num_samples_per_user"],
+        model, kw["output_dir"], user_labels=kw["user_labels"], num_samples_per_user=kw["num_samples_per_user"],
         filter=kw["filter"] or "none", data_root=kw["data_root"], split_file=split_file, split_seed=kw["split_seed"],
         min_confidence=kw["min_confidence"], kinematic_margin=kw["kinematic_margin"], recogniser_steps=kw["recogniser_steps"],
         layout=kw["layout"], sampling=sampling, seed=kw["seed"], batch_size=batch_size,
@@ -718,7 +718,7 @@ def evaluate_cmd(data_root, split_file, split_seed, model_path, decoder_path, pr
     FID, diversity, memorisation, kinematic fidelity (metrics.json, report.md, plots); with a
     model also identity stage by stage: prior samples and decoded true embeddings, per
     --stage_guidance scale."""
-    from .augment import GeneratorBudget, generate, load_splits
+    from .augment import GeneratorBudget, load_splits, sample_tensors
     from .recogniser import RecogniserTrainConfig, cached_recogniser
     from .report import evaluate_samples, load_generated_folder
 
@@ -755,7 +755,7 @@ def evaluate_cmd(data_root, split_file, split_seed, model_path, decoder_path, pr
     if model is not None:
         budget = GeneratorBudget(sample_steps=sample_steps, prior_sample_steps=prior_steps, cond_scale=cond_scale,
                                  prior_cond_scale=prior_cond_scale, sampler=sampler, eta=eta)
-        generated = generate(model, list(range(len(lm))), num_samples_per_user, seed=seed, budget=budget)
+        generated = sample_tensors(model, list(range(len(lm))), num_samples_per_user, seed=seed, budget=budget)
     else:
         generated = load_generated_folder(generated_dir, lm, image_size, colormap)[:2]
     stages = None

@@ -25,7 +25,7 @@ from x_clip import CLIP
 
 from .bundle import load_bundle, save_bundle, state_fingerprint
 from .compat import SimSiam, attach_visual_ssl, image_latent, image_tower, logit_scale, nt_xent_loss, text_latent
-from .utils import BundleError, UserError, atomic_write, checked_fields
+from .utils import BundleError, UserError, atomic_write, checked_fields, renamed_keywords
 
 USER_TOKEN_OFFSET = 1  # token 0 = padding
 PAD_TOKEN = 0
@@ -40,7 +40,7 @@ class ClipConfig:
     """Constructor arguments of `MicroDopplerClip` (stored in every clip bundle).
 
     Args:
-        num_users: number of user classes; user ids are 0..num_users-1.
+        num_users: number of user classes; user indices are 0..num_users-1.
         image_size: side of the square spectrogram images the model sees.
         channels: 1 (scalar spectrogram) or 3 (colour-mapped RGB).
         dim_latent: size of the shared, l2-normalised embedding space.
@@ -248,9 +248,10 @@ def _l2norm(t):
     return F.normalize(t, dim=-1)
 
 
-def user_tokens(user_ids: torch.Tensor, *, seq_len: int = 1) -> torch.Tensor:
-    """(B,) user ids -> (B, seq_len) token ids: the user token, then padding."""
-    tokens = rearrange(user_ids.long() + USER_TOKEN_OFFSET, "b -> b 1")
+@renamed_keywords(user_ids="user_indices")
+def user_tokens(user_indices: torch.Tensor, *, seq_len: int = 1) -> torch.Tensor:
+    """(B,) user indices -> (B, seq_len) token ids: the user token, then padding."""
+    tokens = rearrange(user_indices.long() + USER_TOKEN_OFFSET, "b -> b 1")
     if seq_len > 1:
         tokens = F.pad(tokens, (0, seq_len - 1), value=PAD_TOKEN)
     return tokens
@@ -259,7 +260,7 @@ def user_tokens(user_ids: torch.Tensor, *, seq_len: int = 1) -> torch.Tensor:
 class MicroDopplerClip(nn.Module):
     """x-clip `CLIP` over spectrograms and user tokens.
 
-    `loss = model(images, user_ids)` trains it; `embed_image(images)` gives the unit-norm
+    `loss = model(images, user_indices)` trains it; `embed_image(images)` gives the unit-norm
     (B, dim_latent) image embeddings the prior and decoder are trained on.
     """
 
@@ -305,8 +306,9 @@ class MicroDopplerClip(nn.Module):
 
     # -- training ------------------------------------------------------------------------
 
-    def forward(self, images: torch.Tensor, user_ids: torch.Tensor) -> torch.Tensor:
-        """Training loss for a batch: (B, C, H, W) images, (B,) int user ids -> scalar.
+    @renamed_keywords(user_ids="user_indices")
+    def forward(self, images: torch.Tensor, user_indices: torch.Tensor) -> torch.Tensor:
+        """Training loss for a batch: (B, C, H, W) images, (B,) int user indices -> scalar.
 
         Why not x-clip's own `CLIP(..., return_loss=True)`: it takes the batch diagonal as the
         only positive pair. With user tokens as text, two images of one user in a batch share
@@ -318,9 +320,9 @@ class MicroDopplerClip(nn.Module):
         image -> user is a softmax over all users' tokens; user -> image is a softmax over
         the batch's images with all that user's images counted as positives.
         """
-        self._check_inputs(images, user_ids)
+        self._check_inputs(images, user_indices)
         images = self._resize(images)  # once, so the SSL views are made at the model's size too
-        user_ids = user_ids.long()
+        user_indices = user_indices.long()
         c = self.config
         all_users = torch.arange(c.num_users, device=images.device)
         # the same latents x-clip's CLIP(..., return_latents=True) computes, taken apart so the
@@ -329,9 +331,9 @@ class MicroDopplerClip(nn.Module):
         image_latents, _ = self.encode_image(images)                       # (B, d) unit norm
         scale = logit_scale(self.clip).clamp(max=MAX_LOGIT_SCALE)
         logits = image_latents @ text_latents.t() * scale                # (B, U)
-        image_to_user = F.cross_entropy(logits, user_ids)
+        image_to_user = F.cross_entropy(logits, user_indices)
 
-        positives = rearrange(user_ids, "b -> 1 b") == rearrange(all_users, "u -> u 1")  # (U, B)
+        positives = rearrange(user_indices, "b -> 1 b") == rearrange(all_users, "u -> u 1")  # (U, B)
         present = positives.any(dim=1)
         log_prob = logits.t().log_softmax(dim=-1)                          # (U, B) over images
         per_user = -(log_prob * positives).sum(-1)[present] / positives.sum(-1)[present]
@@ -344,20 +346,20 @@ class MicroDopplerClip(nn.Module):
             loss = loss * (1 - c.ssl_weight) + ssl_loss * c.ssl_weight
         return loss
 
-    def _check_inputs(self, images, user_ids=None):
+    def _check_inputs(self, images, user_indices=None):
         c = self.config
         if images.ndim != 4 or images.shape[1] != c.channels:
             raise UserError(
                 f"clip model expects images of shape (B, {c.channels}, H, W), got {tuple(images.shape)}; "
                 "check the data set's channel setting matches the embedding model's."
             )
-        if user_ids is not None:
-            if user_ids.shape != images.shape[:1]:
-                raise UserError(f"need one user id per image: {tuple(user_ids.shape)} ids for {images.shape[0]} images.")
-            if len(user_ids) and (user_ids.min() < 0 or user_ids.max() >= c.num_users):
+        if user_indices is not None:
+            if user_indices.shape != images.shape[:1]:
+                raise UserError(f"need one user index per image: {tuple(user_indices.shape)} indices for {images.shape[0]} images.")
+            if len(user_indices) and (user_indices.min() < 0 or user_indices.max() >= c.num_users):
                 raise UserError(
-                    f"user ids must be in 0..{c.num_users - 1} (the embedding model was built for "
-                    f"{c.num_users} users), got {int(user_ids.min())}..{int(user_ids.max())}."
+                    f"user indices must be in 0..{c.num_users - 1} (the embedding model was built for "
+                    f"{c.num_users} users), got {int(user_indices.min())}..{int(user_indices.max())}."
                 )
 
     # -- embeddings ----------------------------------------------------------------------
@@ -388,9 +390,10 @@ class MicroDopplerClip(nn.Module):
         """(B, C, H, W) spectrograms -> (B, dim_latent) unit-norm image embeddings."""
         return self.encode_image(images)[0]
 
-    def embed_users(self, user_ids: torch.Tensor) -> torch.Tensor:
-        """(B,) user ids -> (B, dim_latent) unit-norm user-token embeddings."""
-        return self.encode_text(user_tokens(user_ids, seq_len=self.config.text_seq_len))[0]
+    @renamed_keywords(user_ids="user_indices")
+    def embed_users(self, user_indices: torch.Tensor) -> torch.Tensor:
+        """(B,) user indices -> (B, dim_latent) unit-norm user-token embeddings."""
+        return self.encode_text(user_tokens(user_indices, seq_len=self.config.text_seq_len))[0]
 
     # -- files ---------------------------------------------------------------------------
 
@@ -427,9 +430,10 @@ class MicroDopplerClip(nn.Module):
 # --- training ------------------------------------------------------------------------------
 
 
+@renamed_keywords(user_ids="user_indices")
 def train_clip(
     images: torch.Tensor,
-    user_ids: torch.Tensor,
+    user_indices: torch.Tensor,
     config: ClipConfig,
     *,
     steps: int,
@@ -444,7 +448,7 @@ def train_clip(
 
     Args:
         images: (N, C, H, W) float spectrograms (the data layer's value range).
-        user_ids: (N,) int user ids in 0..config.num_users-1.
+        user_indices: (N,) int user indices in 0..config.num_users-1.
         config: model configuration.
         steps: optimisation steps.
         batch_size: images per step (at least 2: the SSL head uses BatchNorm).
@@ -456,12 +460,12 @@ def train_clip(
 
     if len(images) < 2:
         raise UserError(f"need at least 2 images to train the embedding model, got {len(images)}.")
-    user_ids = torch.as_tensor(user_ids).long()
+    user_indices = torch.as_tensor(user_indices).long()
     torch.manual_seed(seed)  # the initial weights, as the stage draws them
     model = MicroDopplerClip(config)
-    model._check_inputs(images, user_ids)
+    model._check_inputs(images, user_indices)
     batch_size = max(2, min(batch_size, len(images)))
-    result = train(model, torch.utils.data.TensorDataset(images, user_ids),
+    result = train(model, torch.utils.data.TensorDataset(images, user_indices),
                    TrainConfig(max_steps=steps, batch_size=batch_size, lr=lr, seed=seed), run_dir=None,
                    stage="clip", model_config=config.to_dict(), progress=progress)
     return result.ema_model.eval()

@@ -33,7 +33,7 @@ from .defaults import DEFAULTS
 from .metrics import KINEMATIC_FIELDS, read_kinematics_batch, to_scalar_images
 from .recogniser import RecogniserTrainConfig, cached_recogniser, train_recogniser
 from .synth import WRITE_LAYOUTS, layout_relpath
-from .utils import UserError, atomic_write, exists
+from .utils import UserError, atomic_write, exists, renamed_keywords
 
 FILTERS = ("none", "recogniser", "kinematic", "both")
 JOURNAL, MANIFEST = "manifest.jsonl", "manifest.json"
@@ -96,18 +96,19 @@ def scalar_spectrograms(images: torch.Tensor, colormap: str | None) -> np.ndarra
     return to_scalar_images(images, None if colormap in (None, "none") else colormap)
 
 
-def kinematic_ranges(images: torch.Tensor, user_ids: torch.Tensor, *, num_users: int, colormap: str | None = "jet") -> KinematicRanges:
+@renamed_keywords(user_ids="user_indices")
+def kinematic_ranges(images: torch.Tensor, user_indices: torch.Tensor, *, num_users: int, colormap: str | None = "jet") -> KinematicRanges:
     """Each user's range (min..max over their images) of torso velocity, max envelope and cadence.
 
     Args:
         images: (N, C, H, W) in [-1, 1], the real images the generator was trained on.
-        user_ids: (N,) user indices.
+        user_indices: (N,) user indices.
         num_users: number of users; a user without images gets an empty range (nothing passes).
         colormap: colormap of 3-channel images ("none" for grey RGB).
     """
     values = read_kinematics_batch(scalar_spectrograms(images, colormap))
     table = np.stack([values[k] for k in KINEMATIC_FIELDS], axis=1)  # (N, Q)
-    ids = np.asarray(torch.as_tensor(user_ids).reshape(-1))
+    ids = np.asarray(torch.as_tensor(user_indices).reshape(-1))
     low = np.full((num_users, table.shape[1]), np.inf)
     high = np.full((num_users, table.shape[1]), -np.inf)
     for u in range(num_users):
@@ -153,10 +154,11 @@ def combine_filters(filters: Sequence[FilterFn]) -> FilterFn:
     return combined
 
 
+@renamed_keywords(train_user_ids="train_user_indices")
 def build_filter(
     kind: str,
     train_images: torch.Tensor,
-    train_user_ids: torch.Tensor,
+    train_user_indices: torch.Tensor,
     *,
     num_users: int,
     min_confidence: float = 0.5,
@@ -173,7 +175,7 @@ def build_filter(
         kind: "none", "recogniser", "kinematic" or "both".
         train_images: (N, C, H, W) in [-1, 1]: the real images the generator was trained on, and
             only those (never validation or test images).
-        train_user_ids: (N,) user indices.
+        train_user_indices: (N,) user indices.
         num_users: users the generator knows.
         min_confidence: recogniser probability of the intended user needed to keep a sample.
         kinematic_margin: widening of each user's kinematic range at each end, as a fraction of
@@ -192,14 +194,14 @@ def build_filter(
     filters, info = [], {"kind": kind, "num_train_images": int(len(train_images))}
     if kind in ("recogniser", "both"):
         if exists(recogniser_cache):
-            recogniser = cached_recogniser(recogniser_cache, train_images, train_user_ids, num_users=num_users,
+            recogniser = cached_recogniser(recogniser_cache, train_images, train_user_indices, num_users=num_users,
                                            train=recogniser_train, label_map=label_map)
         else:
-            recogniser = train_recogniser(train_images, train_user_ids, num_users=num_users, train=recogniser_train)
+            recogniser = train_recogniser(train_images, train_user_indices, num_users=num_users, train=recogniser_train)
         filters.append(RecogniserFilter(recogniser, min_confidence))
         info.update(min_confidence=min_confidence, recogniser_train=asdict(recogniser_train))
     if kind in ("kinematic", "both"):
-        ranges = kinematic_ranges(train_images, train_user_ids, num_users=num_users, colormap=colormap)
+        ranges = kinematic_ranges(train_images, train_user_indices, num_users=num_users, colormap=colormap)
         filters.append(KinematicFilter(ranges, kinematic_margin, colormap))
         info.update(kinematic_margin=kinematic_margin, kinematic_ranges=ranges.to_dict())
     return combine_filters(filters), info
@@ -383,12 +385,13 @@ def _prepare_output(out: Path, settings: dict, overwrite: bool) -> tuple[list[di
     return blocks, True
 
 
+@renamed_keywords(users="user_indices")
 def curate_dataset(
     generate_fn: GenerateFn,
     output_dir: str | Path,
     *,
     label_map,
-    users: Sequence[int],
+    user_indices: Sequence[int],
     num_samples_per_user: int,
     seed: int = 0,
     filter_fn: FilterFn | None = None,
@@ -414,7 +417,7 @@ def curate_dataset(
             same (user, index, seed) must give the same image (see `chain_sampler`).
         output_dir: new or empty folder, or one this function wrote (then it continues).
         label_map: the generator's `LabelMap` (original labels and the input's layout).
-        users: user indices to draw for.
+        user_indices: users to draw for, as indices 0..N-1.
         num_samples_per_user: kept samples wanted per user.
         seed: sampling seed.
         filter_fn: a `FilterFn` (see `build_filter`); None keeps everything.
@@ -431,7 +434,7 @@ def curate_dataset(
     from tqdm import tqdm
 
     layout, cap = _checked_targets(label_map, layout, num_samples_per_user, batch_size, max_draws_per_user)
-    labels = [label_map.name_of(u) for u in users]
+    labels = [label_map.name_of(u) for u in user_indices]
     full_settings = {**(settings or {}), "seed": seed, "layout": layout, "batch_size": batch_size, "colormap": colormap,
                      "filter": (filter_info or {}).get("kind", "none"), "users": labels,
                      "num_samples_per_user": num_samples_per_user, "max_draws_per_user": cap}
@@ -440,9 +443,9 @@ def curate_dataset(
     done = _open_journal(out, full_settings, labels, overwrite)
     journal = out / JOURNAL
     target = {label: num_samples_per_user for label in labels}
-    bar = tqdm(total=num_samples_per_user * len(users), initial=sum(min(p.kept, num_samples_per_user) for p in done.values()),
+    bar = tqdm(total=num_samples_per_user * len(user_indices), initial=sum(min(p.kept, num_samples_per_user) for p in done.values()),
                desc="curate", unit="img", disable=not progress)
-    for user, label in zip(users, labels):
+    for user, label in zip(user_indices, labels):
         p = done[label]
         while p.kept < num_samples_per_user and p.drawn < cap:
             indices = list(range(p.drawn, min(p.drawn + batch_size, cap)))
@@ -534,7 +537,8 @@ def _judge_block(generate_fn: GenerateFn, filter_fn: FilterFn | None, user: int,
     return images, scores, np.asarray(passed, dtype=bool)
 
 
-def curate_tensors(generate_fn: GenerateFn, *, users: Sequence[int], num_samples_per_user: int, seed: int = 0,
+@renamed_keywords(users="user_indices")
+def curate_tensors(generate_fn: GenerateFn, *, user_indices: Sequence[int], num_samples_per_user: int, seed: int = 0,
                    filter_fn: FilterFn | None = None, batch_size: int = 32,
                    max_draws_per_user: int | None = None) -> tuple[torch.Tensor, torch.Tensor, dict]:
     """The in-memory form of `curate_dataset` for the augmentation harness: the same draws and
@@ -542,11 +546,11 @@ def curate_tensors(generate_fn: GenerateFn, *, users: Sequence[int], num_samples
 
     Returns:
         (images (M, C, H, W) in [-1, 1], user indices (M,), {user: {"kept", "drawn"}}), user-major;
-        M < len(users) * num_samples_per_user when a user hits the cap (default 10 x N).
+        M < len(user_indices) * num_samples_per_user when a user hits the cap (default 10 x N).
     """
     cap = max_draws_per_user if exists(max_draws_per_user) else 10 * num_samples_per_user
     kept_images, kept_ids, stats = [], [], {}
-    for user in users:
+    for user in user_indices:
         kept = drawn = 0
         while kept < num_samples_per_user and drawn < cap:
             indices = list(range(drawn, min(drawn + batch_size, cap)))
@@ -598,11 +602,12 @@ def remove_curated_set(output_dir: str | Path) -> None:
             d.rmdir()
 
 
+@renamed_keywords(users="user_labels")
 def generate_dataset(
     model,
     output_dir: str | Path,
     *,
-    users: Sequence[str] | None = None,
+    user_labels: Sequence[str] | None = None,
     num_samples_per_user: int,
     filter: str = "none",
     data_root: str | Path | None = None,
@@ -626,7 +631,7 @@ def generate_dataset(
     Args:
         model: the chain (its label map gives the original labels and the input's layout).
         output_dir: new or empty folder, or the folder of a run to continue.
-        users: original labels (default every user).
+        user_labels: original labels as on disk, e.g. "ID_5" (default every user).
         num_samples_per_user: kept samples per user.
         filter: "none", "recogniser", "kinematic" or "both".
         data_root, split_file, split_seed: the real data and the split the generator was trained
@@ -640,21 +645,22 @@ def generate_dataset(
     from .generation import _label_map
 
     lm = _label_map(model)
-    indices = [model.user_index(u) for u in users] if users else list(range(model.num_users))
+    indices = [model.user_index(u) for u in user_labels] if user_labels else list(range(model.num_users))
     filter_fn, info = None, {"kind": "none"}
     if filter != "none":
         if not exists(data_root):
             raise UserError(f"--filter {filter} needs --data_root: the real data the generator was trained on "
                             "(only its train split is used, never the test images).")
-        images, user_ids = train_split_tensors(data_root, image_size=model.decoder.config.image_size, colormap=model.colormap,
-                                               label_map=lm.to_dict(), split_file=split_file, split_seed=split_seed)
-        filter_fn, info = build_filter(filter, images, user_ids, num_users=model.num_users, min_confidence=min_confidence,
+        images, user_indices = train_split_tensors(data_root, image_size=model.decoder.config.image_size,
+                                                   colormap=model.colormap, label_map=lm.to_dict(),
+                                                   split_file=split_file, split_seed=split_seed)
+        filter_fn, info = build_filter(filter, images, user_indices, num_users=model.num_users, min_confidence=min_confidence,
                                        kinematic_margin=kinematic_margin, colormap=model.colormap,
                                        recogniser_train=RecogniserTrainConfig(steps=recogniser_steps),
                                        recogniser_cache=Path(output_dir) / CACHE_DIR / "recogniser.pt", label_map=lm.to_dict())
         info["split_file"] = str(split_file) if exists(split_file) else f"recomputed (seed {split_seed})"
     settings = {**asdict(sampling), "model": model_id or {}}
-    return curate_dataset(chain_sampler(model, sampling), output_dir, label_map=lm, users=indices,
+    return curate_dataset(chain_sampler(model, sampling), output_dir, label_map=lm, user_indices=indices,
                           num_samples_per_user=num_samples_per_user, seed=seed, filter_fn=filter_fn, filter_info=info,
                           layout=layout, colormap=model.colormap, batch_size=batch_size,
                           max_draws_per_user=max_draws_per_user, settings=settings, overwrite=overwrite,

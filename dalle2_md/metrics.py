@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from .recogniser import Recogniser, _check_labelled, predict
-from .utils import UserError
+from .utils import UserError, renamed_keywords
 
 KINEMATIC_FIELDS = {
     # our name -> Kinematics attribute (pixel units: comparable between sets with the same axes)
@@ -26,21 +26,22 @@ KINEMATIC_FIELDS = {
 }
 
 
-def accuracy(recogniser: Recogniser, images: torch.Tensor, user_ids: torch.Tensor, *, batch_size: int = 256) -> tuple[float, dict[int, float]]:
+@renamed_keywords(user_ids="user_indices")
+def accuracy(recogniser: Recogniser, images: torch.Tensor, user_indices: torch.Tensor, *, batch_size: int = 256) -> tuple[float, dict[int, float]]:
     """Identity accuracy.
 
     Args:
         recogniser: trained recogniser.
         images: (N, C, H, W) in [-1, 1].
-        user_ids: (N,) the user each image shows (for generated images: the user it was
+        user_indices: (N,) the user each image shows (for generated images: the user it was
             conditioned on).
     Returns:
         (overall accuracy, {user index: accuracy} for users that have images).
     """
-    images, user_ids = _check_labelled(images, user_ids, "accuracy")
+    images, user_indices = _check_labelled(images, user_indices, "accuracy")
     recogniser.check_images(images)
-    correct = predict(recogniser, images, batch_size=batch_size) == user_ids
-    per_user = {int(u): float(correct[user_ids == u].float().mean()) for u in torch.unique(user_ids)}
+    correct = predict(recogniser, images, batch_size=batch_size) == user_indices
+    per_user = {int(u): float(correct[user_indices == u].float().mean()) for u in torch.unique(user_indices)}
     return float(correct.float().mean()), per_user
 
 
@@ -103,20 +104,21 @@ def domain_fid(recogniser: Recogniser, real_images: torch.Tensor, fake_images: t
         return max(0.0, float(metric.compute()))
 
 
-def diversity(features: torch.Tensor, user_ids: torch.Tensor) -> dict:
+@renamed_keywords(user_ids="user_indices")
+def diversity(features: torch.Tensor, user_indices: torch.Tensor) -> dict:
     """Within-user mean pairwise Euclidean feature distance.
 
     Args:
         features: (N, d) features (recogniser features or flattened pixels).
-        user_ids: (N,) user indices.
+        user_indices: (N,) user indices.
     Returns:
         {"per_user": {user: mean distance}, "mean": mean over users} (users with < 2 samples
         are left out; "mean" is NaN if none has 2).
     """
-    features, user_ids = torch.as_tensor(features).double(), torch.as_tensor(user_ids).long().reshape(-1)
+    features, user_indices = torch.as_tensor(features).double(), torch.as_tensor(user_indices).long().reshape(-1)
     per_user = {}
-    for u in torch.unique(user_ids):
-        f = features[user_ids == u]
+    for u in torch.unique(user_indices):
+        f = features[user_indices == u]
         if len(f) >= 2:
             per_user[int(u)] = float(torch.pdist(f).mean())
     mean = float(np.mean(list(per_user.values()))) if per_user else float("nan")
@@ -222,8 +224,9 @@ def _relative_error(gen: float, real: float) -> float:
     return abs(gen - real) / max(abs(real), 1e-9)
 
 
+@renamed_keywords(real_user_ids="real_user_indices", gen_user_ids="gen_user_indices")
 def kinematic_fidelity(
-    real_scalar_images, real_user_ids, gen_scalar_images, gen_user_ids, *, axes: dict | None = None
+    real_scalar_images, real_user_indices, gen_scalar_images, gen_user_indices, *, axes: dict | None = None
 ) -> dict:
     """Per-user relative error of generated vs real mean torso velocity, max envelope and cadence.
 
@@ -232,21 +235,21 @@ def kinematic_fidelity(
 
     Args:
         real_scalar_images: (N, H, W) or (N, 1, H, W) in [0, 1] (see `to_scalar_images`).
-        real_user_ids: (N,) user indices.
+        real_user_indices: (N,) user indices.
         gen_scalar_images: (M, H, W) or (M, 1, H, W) in [0, 1].
-        gen_user_ids: (M,) user indices.
+        gen_user_indices: (M,) user indices.
         axes: optional physical axes passed on to `read_kinematics`.
     Returns:
         {"per_user": {user: {quantity: {"real", "gen", "rel_error"}}},
          "mean_rel_error": {quantity: mean over users}, "missing_users": users in one set only,
          "values": {"real"|"gen": {quantity: per-image list}, "real_ids"|"gen_ids": lists}}
     """
-    real_ids = np.asarray(torch.as_tensor(real_user_ids).reshape(-1))
-    gen_ids = np.asarray(torch.as_tensor(gen_user_ids).reshape(-1))
+    real_ids = np.asarray(torch.as_tensor(real_user_indices).reshape(-1))
+    gen_ids = np.asarray(torch.as_tensor(gen_user_indices).reshape(-1))
     real = read_kinematics_batch(real_scalar_images, axes=axes)
     gen = read_kinematics_batch(gen_scalar_images, axes=axes)
     if len(real_ids) != len(real["torso"]) or len(gen_ids) != len(gen["torso"]):
-        raise UserError("kinematic_fidelity: the number of user ids does not match the number of images")
+        raise UserError("kinematic_fidelity: the number of user indices does not match the number of images")
     users = sorted(set(real_ids.tolist()) & set(gen_ids.tolist()))
     missing = sorted(set(real_ids.tolist()) ^ set(gen_ids.tolist()))
     per_user = {}

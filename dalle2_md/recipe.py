@@ -86,29 +86,29 @@ class AugmentRecipe:
         return asdict(self)
 
 
-def _confidence(recogniser, images, user_ids, batch_size: int = 256):
+def _confidence(recogniser, images, user_indices, batch_size: int = 256):
     """Softmax probability of each image's intended user, (N,)."""
     import torch
 
     recogniser.eval()
     with torch.no_grad():
         probs = [recogniser(images[i : i + batch_size]).softmax(-1) for i in range(0, len(images), batch_size)]
-    return torch.cat(probs).gather(1, user_ids[:, None]).squeeze(1)
+    return torch.cat(probs).gather(1, user_indices[:, None]).squeeze(1)
 
 
-def _candidates(model, recipe: AugmentRecipe, budget, users, shot, count: int, seed: int):
-    """`count` samples per user: (images in [-1, 1], user ids), user-major."""
+def _candidates(model, recipe: AugmentRecipe, budget, user_indices, shot, count: int, seed: int):
+    """`count` samples per user: (images in [-1, 1], user indices), user-major."""
     import torch
 
-    from .augment import generate
+    from .augment import sample_tensors
 
     budget = replace(budget, cond_scale=recipe.cond_scale, prior_cond_scale=recipe.prior_cond_scale, eta=recipe.eta)
     if recipe.source == "prior":
-        return generate(model, users, count, seed=seed, budget=budget)
+        return sample_tensors(model, user_indices, count, seed=seed, budget=budget)
     from .variations import sdedit, variations_of
 
     images, ids = [], []
-    for u in users:
+    for u in user_indices:
         own = shot[0][shot[1] == u]
         per_image = math.ceil(count / len(own))
         common = dict(n=per_image, seed=seed + 7919 * u, cond_scale=recipe.cond_scale, steps=budget.sample_steps,
@@ -136,11 +136,11 @@ def candidates_needed(recipe: AugmentRecipe, k: int) -> int:
 
 
 def draw_candidates(model, recipe: AugmentRecipe, budget, shot, count: int, *, seed: int):
-    """`count` candidates per user of the K-shot set: (images in [-1, 1], user ids), user-major."""
+    """`count` candidates per user of the K-shot set: (images in [-1, 1], user indices), user-major."""
     import torch
 
-    users = sorted(torch.unique(shot[1]).tolist())
-    return _candidates(model, recipe, budget, users, shot, count, seed)
+    user_indices = sorted(torch.unique(shot[1]).tolist())
+    return _candidates(model, recipe, budget, user_indices, shot, count, seed)
 
 
 def draw_synthetic(model, recipe: AugmentRecipe, budget, shot, *, seed: int, filter_recogniser=None,
@@ -151,14 +151,14 @@ def draw_synthetic(model, recipe: AugmentRecipe, budget, shot, *, seed: int, fil
         model: the trained generator (a `MicroDopplerDALLE2`, or the baseline for source "prior").
         recipe: how to draw and filter.
         budget: the generator's `GeneratorBudget` (sampling steps, sampler).
-        shot: the K-shot (images (N, C, H, W) in [-1, 1], user ids) the generator was trained on.
+        shot: the K-shot (images (N, C, H, W) in [-1, 1], user indices) the generator was trained on.
         seed: sampling seed.
         filter_recogniser: a recogniser trained on `shot` only (needed by filter "recogniser").
-        candidates: (images, user ids) from `draw_candidates` with at least
+        candidates: (images, user indices) from `draw_candidates` with at least
             `candidates_needed(recipe, K)` per user, drawn with the same sampling key and seed
             (default: drawn here).
     Returns:
-        {"images", "user_ids", "acceptance" (kept / looked at, per user), "num_drawn"}.
+        {"images", "user_indices", "acceptance" (kept / looked at, per user index), "num_drawn"}.
     """
     import torch
 
@@ -184,7 +184,7 @@ def draw_synthetic(model, recipe: AugmentRecipe, budget, shot, *, seed: int, fil
         acceptance[u] = float(((ids == u) & keep).sum()) / max(1, int((ids == u).sum()))
         kept_images.append(images[mine])
         kept_ids.append(ids[mine])
-    return {"images": torch.cat(kept_images), "user_ids": torch.cat(kept_ids), "acceptance": acceptance,
+    return {"images": torch.cat(kept_images), "user_indices": torch.cat(kept_ids), "acceptance": acceptance,
             "num_drawn": len(images)}
 
 

@@ -26,7 +26,7 @@ from einops import rearrange
 from torch import nn
 
 from .bundle import load_bundle, save_bundle
-from .utils import BundleError, UserError, checked_fields, exists
+from .utils import BundleError, UserError, checked_fields, exists, renamed_keywords
 
 logger = logging.getLogger(__name__)
 
@@ -261,11 +261,11 @@ def _mixup_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: Recogni
     return lam * F.cross_entropy(logits, y) + (1 - lam) * F.cross_entropy(logits, y[perm])
 
 
-def _draw_batch(images: torch.Tensor, user_ids: torch.Tensor, batch_size: int, cfg: RecogniserTrainConfig,
+def _draw_batch(images: torch.Tensor, user_indices: torch.Tensor, batch_size: int, cfg: RecogniserTrainConfig,
                 g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """One training batch: (augmented images, their user ids, the drawn indices)."""
+    """One training batch: (augmented images, their user indices, the drawn indices)."""
     idx = torch.randint(0, len(images), (min(batch_size, len(images)),), generator=g)
-    x, y = images[idx], user_ids[idx]
+    x, y = images[idx], user_indices[idx]
     if cfg.augment:
         x = _augment(x, cfg, g)
     return x, y, idx
@@ -287,18 +287,19 @@ def extract_features(recogniser: Recogniser, images: torch.Tensor, *, batch_size
     return torch.cat([recogniser.features(images[i : i + batch_size].float()) for i in range(0, len(images), batch_size)])
 
 
-def _check_labelled(images: torch.Tensor, user_ids: torch.Tensor, what: str) -> tuple[torch.Tensor, torch.Tensor]:
-    images, user_ids = torch.as_tensor(images), torch.as_tensor(user_ids).long().reshape(-1)
-    if images.ndim != 4 or len(images) != len(user_ids):
-        raise UserError(f"{what}: expected images (N, C, H, W) and N user ids, got {tuple(images.shape)} and {tuple(user_ids.shape)}")
+def _check_labelled(images: torch.Tensor, user_indices: torch.Tensor, what: str) -> tuple[torch.Tensor, torch.Tensor]:
+    images, user_indices = torch.as_tensor(images), torch.as_tensor(user_indices).long().reshape(-1)
+    if images.ndim != 4 or len(images) != len(user_indices):
+        raise UserError(f"{what}: expected images (N, C, H, W) and N user indices, got {tuple(images.shape)} and {tuple(user_indices.shape)}")
     if len(images) == 0:
         raise UserError(f"{what}: no images")
-    return images.float(), user_ids
+    return images.float(), user_indices
 
 
+@renamed_keywords(user_ids="user_indices")
 def train_recogniser(
     images: torch.Tensor,
-    user_ids: torch.Tensor,
+    user_indices: torch.Tensor,
     *,
     num_users: int | None = None,
     config: RecogniserConfig | None = None,
@@ -319,12 +320,12 @@ def train_recogniser(
 
     Args:
         images: (N, C, H, W) in [-1, 1], real train images.
-        user_ids: (N,) user class indices.
+        user_indices: (N,) user class indices.
         num_users: number of classes (default: max id + 1); ignored when `config` is given.
         config: network shape; default a `RecogniserConfig` matching the images.
         train: optimisation and augmentation settings.
-        val: optional (images, user_ids); the weights with the best validation accuracy are kept.
-        synthetic: optional (images, user_ids) of generated images, trained on as a separate
+        val: optional (images, user_indices); the weights with the best validation accuracy are kept.
+        synthetic: optional (images, user_indices) of generated images, trained on as a separate
             batch of `train.synthetic_batch_size` per step.
         init: a recogniser of the same shape to start from (fine-tuning, e.g. after
             pre-training on synthetic images); default fresh weights from `train.seed`.
@@ -337,7 +338,7 @@ def train_recogniser(
 
     from .metrics import accuracy  # metrics builds on this module, so imported here
 
-    images, user_ids, config, val, synthetic = _checked_training_data(images, user_ids, num_users, config, val, synthetic)
+    images, user_indices, config, val, synthetic = _checked_training_data(images, user_indices, num_users, config, val, synthetic)
     model = _initial_recogniser(config, train.seed, init)
     model.check_images(images, "recogniser training images")
     g = torch.Generator().manual_seed(train.seed)
@@ -350,7 +351,7 @@ def train_recogniser(
 
     bar = tqdm(range(train.steps), desc="recogniser", disable=not progress)
     for step in bar:
-        loss = _train_step(model, opt, sched, (images, user_ids), synthetic, train, g, g_syn, real_batches)
+        loss = _train_step(model, opt, sched, (images, user_indices), synthetic, train, g, g_syn, real_batches)
         if val is not None and ((step + 1) % eval_every == 0 or step + 1 == train.steps):
             acc, _ = accuracy(model, *val)
             history.append({"step": step + 1, "loss": loss.item(), "val_accuracy": acc})
@@ -373,15 +374,15 @@ def train_recogniser(
     return model.eval()
 
 
-def _checked_training_data(images, user_ids, num_users, config, val, synthetic):
-    """Validated (images, user_ids, config, val, synthetic) of `train_recogniser`; the config
+def _checked_training_data(images, user_indices, num_users, config, val, synthetic):
+    """Validated (images, user_indices, config, val, synthetic) of `train_recogniser`; the config
     defaults to one matching the images."""
-    images, user_ids = _check_labelled(images, user_ids, "recogniser training data")
+    images, user_indices = _check_labelled(images, user_indices, "recogniser training data")
     if config is None:
-        n_users = int(default_num_users(user_ids, num_users))
+        n_users = int(default_num_users(user_indices, num_users))
         config = RecogniserConfig(num_users=n_users, channels=images.shape[1], image_size=images.shape[-1])
-    if int(user_ids.max()) >= config.num_users or int(user_ids.min()) < 0:
-        raise UserError(f"user ids span {int(user_ids.min())}..{int(user_ids.max())} but the recogniser has {config.num_users} classes")
+    if int(user_indices.max()) >= config.num_users or int(user_indices.min()) < 0:
+        raise UserError(f"user indices span {int(user_indices.min())}..{int(user_indices.max())} but the recogniser has {config.num_users} classes")
     if val is not None:
         val = _check_labelled(*val, "recogniser validation data")
     if synthetic is not None:
@@ -390,9 +391,9 @@ def _checked_training_data(images, user_ids, num_users, config, val, synthetic):
             raise UserError(f"synthetic images have shape {tuple(synthetic[0].shape[1:])} per image but the real ones "
                             f"{tuple(images.shape[1:])}; load both with the same image size and colormap")
         if int(synthetic[1].max()) >= config.num_users or int(synthetic[1].min()) < 0:
-            raise UserError(f"synthetic user ids span {int(synthetic[1].min())}..{int(synthetic[1].max())} "
+            raise UserError(f"synthetic user indices span {int(synthetic[1].min())}..{int(synthetic[1].max())} "
                             f"but the recogniser has {config.num_users} classes")
-    return images, user_ids, config, val, synthetic
+    return images, user_indices, config, val, synthetic
 
 
 def _initial_recogniser(config: RecogniserConfig, seed: int, init: Recogniser | None) -> Recogniser:
@@ -434,12 +435,14 @@ def _train_step(model, opt, sched, real, synthetic, train: RecogniserTrainConfig
     return loss
 
 
-def default_num_users(user_ids: torch.Tensor, num_users: int | None) -> int:
-    return int(num_users) if exists(num_users) else int(user_ids.max()) + 1
+@renamed_keywords(user_ids="user_indices")
+def default_num_users(user_indices: torch.Tensor, num_users: int | None) -> int:
+    return int(num_users) if exists(num_users) else int(user_indices.max()) + 1
 
 
+@renamed_keywords(user_ids="user_indices")
 def recogniser_cache_key(
-    images: torch.Tensor, user_ids: torch.Tensor, *, config: RecogniserConfig, train: RecogniserTrainConfig, extra: dict | None = None
+    images: torch.Tensor, user_indices: torch.Tensor, *, config: RecogniserConfig, train: RecogniserTrainConfig, extra: dict | None = None
 ) -> str:
     """Hash naming a trained recogniser: its training images and labels (their bytes, so any
     change of files, image size or colormap changes it), its config and training settings."""
@@ -447,14 +450,15 @@ def recogniser_cache_key(
     meta = {"v": CACHE_KEY_VERSION, "config": asdict(config), "train": asdict(train), "extra": extra, "shape": list(images.shape)}
     h.update(json.dumps(meta, sort_keys=True, default=str).encode())
     h.update(images.float().contiguous().numpy().tobytes())
-    h.update(user_ids.long().contiguous().numpy().tobytes())
+    h.update(user_indices.long().contiguous().numpy().tobytes())
     return h.hexdigest()[:20]
 
 
+@renamed_keywords(user_ids="user_indices")
 def cached_recogniser(
     cache_path: str | Path,
     images: torch.Tensor,
-    user_ids: torch.Tensor,
+    user_indices: torch.Tensor,
     *,
     num_users: int | None = None,
     config: RecogniserConfig | None = None,
@@ -470,21 +474,21 @@ def cached_recogniser(
 
     Args:
         cache_path: bundle path (e.g. <run>/recogniser.pt).
-        images, user_ids, num_users, config, train, val, synthetic, progress: as in `train_recogniser`.
+        images, user_indices, num_users, config, train, val, synthetic, progress: as in `train_recogniser`.
         label_map: stored in the bundle (`LabelMap.to_dict()`).
         extra_key: anything else that should invalidate the cache (JSON-able), e.g. the split file.
     Returns:
         The recogniser; `.meta["from_cache"]` says whether it was loaded.
     """
-    images, user_ids = _check_labelled(images, user_ids, "recogniser training data")
+    images, user_indices = _check_labelled(images, user_indices, "recogniser training data")
     if config is None:
-        config = RecogniserConfig(num_users=default_num_users(user_ids, num_users), channels=images.shape[1], image_size=images.shape[-1])
+        config = RecogniserConfig(num_users=default_num_users(user_indices, num_users), channels=images.shape[1], image_size=images.shape[-1])
     if val is not None:
         extra_key = {"extra": extra_key, "val": recogniser_cache_key(*_check_labelled(*val, "validation data"), config=config, train=train)}
     if synthetic is not None:
         syn_key = recogniser_cache_key(*_check_labelled(*synthetic, "synthetic data"), config=config, train=train)
         extra_key = {"extra": extra_key, "synthetic": syn_key}
-    key = recogniser_cache_key(images, user_ids, config=config, train=train, extra=extra_key)
+    key = recogniser_cache_key(images, user_indices, config=config, train=train, extra=extra_key)
     path = Path(cache_path)
     if path.is_file():
         try:
@@ -496,7 +500,7 @@ def cached_recogniser(
             logger.info("recogniser %s was trained on other data or settings; retraining", path)
         except BundleError as e:
             logger.warning("ignoring unreadable recogniser cache %s (%s); retraining", path, e)
-    model = train_recogniser(images, user_ids, config=config, train=train, val=val, synthetic=synthetic, progress=progress)
+    model = train_recogniser(images, user_indices, config=config, train=train, val=val, synthetic=synthetic, progress=progress)
     model.meta["train_key"] = key
     model.save(path, label_map=label_map)
     model.meta["from_cache"] = False

@@ -315,9 +315,9 @@ def evaluate_samples(
     """Judge generated images against real ones and write metrics.json, report.md and plots.
 
     Args:
-        real_train: (images (N, C, H, W) in [-1, 1], user ids) the generator was trained on.
-        real_test: (images, user ids) held out from every model.
-        generated: (images, user ids each was conditioned on).
+        real_train: (images (N, C, H, W) in [-1, 1], user indices) the generator was trained on.
+        real_test: (images, user indices) held out from every model.
+        generated: (images, user indices each was conditioned on).
         recogniser: recogniser trained on `real_train` (see `cached_recogniser`).
         out_dir: folder for metrics.json, report.md, accuracy_per_user.png, kinematics.png,
             samples_grid.png (created).
@@ -376,9 +376,9 @@ def _checked_sets(recogniser: Recogniser, real_train, real_test, generated):
     recogniser was trained on."""
     sets = []
     for pair, what in ((real_train, "real train"), (real_test, "real test"), (generated, "generated")):
-        images, user_ids = _check_labelled(*pair, what)
+        images, user_indices = _check_labelled(*pair, what)
         recogniser.check_images(images, f"{what} images")
-        sets.append((images, user_ids))
+        sets.append((images, user_indices))
     return sets
 
 

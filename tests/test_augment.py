@@ -60,9 +60,9 @@ def test_generator_sees_only_the_kshot_images(data_root, tmp_path, monkeypatch):
     calls, loop_datasets = [], []
     real_train_generator, real_loop = augment.train_generator, stages.train
 
-    def spy_generator(images, user_ids, **kw):
-        calls.append((images.clone(), user_ids.clone()))
-        return real_train_generator(images, user_ids, **kw)
+    def spy_generator(images, user_indices, **kw):
+        calls.append((images.clone(), user_indices.clone()))
+        return real_train_generator(images, user_indices, **kw)
 
     def spy_loop(model, dataset, config, **kw):
         loop_datasets.append(dataset.tensors)
@@ -194,9 +194,9 @@ def test_real_only_arm_is_a_plain_recogniser_run_and_filters_see_only_kshot(data
     # the harness and the recipes import train_recogniser when called, so they call this spy
     seen, original = [], recogniser_module.train_recogniser
 
-    def spy(images, user_ids, **kw):
+    def spy(images, user_indices, **kw):
         seen.append(torch.cat([images] + ([kw["synthetic"][0]] if kw.get("synthetic") is not None else [])))
-        return original(images, user_ids, **kw)
+        return original(images, user_indices, **kw)
 
     monkeypatch.setattr(recogniser_module, "train_recogniser", spy)
     recipes = [AugmentRecipe(name="filtered", filter="recogniser", min_confidence=0.0), AugmentRecipe(name="pre", filter="none", mixing="pretrain")]
@@ -226,20 +226,20 @@ class _ByBrightness(torch.nn.Module):
 def test_recogniser_filter_keeps_confident_samples_first_by_index(monkeypatch):
     from dalle2_md import augment as augment_module
 
-    def fake_generate(model, users, count, *, seed, budget):
+    def fake_sample_tensors(model, user_indices, count, *, seed, budget):
         # per user: alternating bright and dark candidates
         levels = torch.tensor([0.9 if i % 2 == 0 else -0.9 for i in range(count)])
-        images = torch.cat([levels[:, None, None, None].expand(count, 1, 4, 4) for _ in users])
-        return images, torch.tensor([u for u in users for _ in range(count)])
+        images = torch.cat([levels[:, None, None, None].expand(count, 1, 4, 4) for _ in user_indices])
+        return images, torch.tensor([u for u in user_indices for _ in range(count)])
 
-    monkeypatch.setattr(augment_module, "generate", fake_generate)
+    monkeypatch.setattr(augment_module, "sample_tensors", fake_sample_tensors)
     shot = (torch.zeros(4, 1, 4, 4), torch.tensor([0, 0, 1, 1]))
     recipe = AugmentRecipe(filter="recogniser", m_per_k=1.0, oversample=2.0, min_confidence=0.9)
     drawn = draw_synthetic(None, recipe, TINY, shot, seed=0, filter_recogniser=_ByBrightness())
     # user 1 wants bright images: candidates 0 and 2 of 4 pass, both kept; user 0 wants dark ones: 1 and 3
     assert drawn["num_drawn"] == 8 and drawn["acceptance"] == {0: 0.5, 1: 0.5}
     kept = drawn["images"].mean(dim=(1, 2, 3))
-    assert drawn["user_ids"].tolist() == [0, 0, 1, 1]
+    assert drawn["user_indices"].tolist() == [0, 0, 1, 1]
     assert (kept[:2] < 0).all() and (kept[2:] > 0).all()
     with pytest.raises(UserError, match="needs a recogniser"):
         draw_synthetic(None, recipe, TINY, shot, seed=0)

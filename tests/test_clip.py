@@ -99,7 +99,7 @@ def test_shapes(channels, size, ssl_type):
     torch.testing.assert_close(users.norm(dim=-1), torch.ones(USERS))
     with pytest.raises(UserError, match="channel"):
         model.embed_image(torch.randn(2, 4 - channels, size, size))
-    with pytest.raises(UserError, match="user ids"):
+    with pytest.raises(UserError, match="user indices"):
         model.train()(x, torch.tensor([0, 1, 2, 3, 4, 0]))
 
 

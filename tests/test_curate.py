@@ -102,7 +102,7 @@ def mean_filter(images, user):
 
 
 def run(out, generator, **kw):
-    args = dict(label_map=LABELS, users=[0, 1, 2], num_samples_per_user=5, seed=3, filter_fn=mean_filter,
+    args = dict(label_map=LABELS, user_indices=[0, 1, 2], num_samples_per_user=5, seed=3, filter_fn=mean_filter,
                 filter_info={"kind": "test"}, batch_size=4, progress=False, log=lambda m: None)
     return curate.curate_dataset(generator, out, **{**args, **kw})
 
@@ -308,7 +308,7 @@ def test_cli_bad_curation_inputs_are_one_clear_error(bundle, extra, message):
 
 def test_in_memory_curation_keeps_the_same_samples_as_the_written_set(tmp_path):
     run(tmp_path / "out", fake_generator(), num_samples_per_user=4)
-    images, ids, stats = curate.curate_tensors(fake_generator(), users=[0, 1, 2], num_samples_per_user=4, seed=3,
+    images, ids, stats = curate.curate_tensors(fake_generator(), user_indices=[0, 1, 2], num_samples_per_user=4, seed=3,
                                                filter_fn=mean_filter, batch_size=4)
     manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
     kept = [r for r in manifest["samples"] if r["status"] == "kept"]
