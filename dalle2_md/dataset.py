@@ -165,20 +165,20 @@ class MicroDopplerDataset(Dataset):
         index = scan_data_root(data_root, num_users=num_users, label_map=label_map)
         self.index = index
         self.root, self.layout, self.label_map = index.root, index.layout, index.label_map
-        files, labels = list(index.files), list(index.labels)
+        files, user_indices = list(index.files), list(index.user_indices)
 
         self.split_info = None
         if split is not None:
             self.split_info = resolve_split(index, split_file, split_seed, split_fractions)
             wanted = set(self.split_info[split])
             keep = [i for i, f in enumerate(files) if index.relpath(f) in wanted]
-            files, labels = [files[i] for i in keep], [labels[i] for i in keep]
+            files, user_indices = [files[i] for i in keep], [user_indices[i] for i in keep]
 
         store, kept, decode_skipped, residual = self._load(files, cache_dir)
         self.skipped = list(index.skipped) + decode_skipped
         self._store = store
         self.files = [files[i] for i in kept]
-        self.user_indices = torch.tensor([labels[i] for i in kept], dtype=torch.long)
+        self.user_indices = torch.tensor([user_indices[i] for i in kept], dtype=torch.long)
         self.residual = residual
         self._report(total=len(files) + len(index.skipped))
         if len(self.files) == 0:

@@ -39,7 +39,7 @@ are dropped; the diffusion input is always kept.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -53,7 +53,7 @@ from .bundle import load_bundle, save_bundle
 from .compat import (alphas_cumprod, noise_scheduler_of, null_text_tokens, prior_p_losses, random_times,
                      replace_text_embed_projection, x_start_from_noise, x_start_from_v)
 from .sampling import Generators, randn, run_sampler
-from .utils import BundleError, UserError, exists, renamed_keywords
+from .utils import BundleError, UserError, checked_fields, exists, renamed_keywords
 
 PREDICTS = ("x_start", "noise", "v")
 
@@ -123,12 +123,9 @@ class PriorConfig:
         return self.embed_dim if self.embed_dim is not None else self.dim
 
     @classmethod
-    def from_dict(cls, d: dict) -> "PriorConfig":
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(f"unknown prior config keys {unknown}")
-        return cls(**d)
+    def from_dict(cls, d: dict, *, what: str = "prior config") -> "PriorConfig":
+        """Rebuild from `to_dict()` output; unknown keys are refused (`utils.checked_fields`)."""
+        return cls(**checked_fields(cls, d, what=what))
 
 
 class UserConditionedPriorNetwork(DiffusionPriorNetwork):
@@ -449,7 +446,7 @@ class UserConditionedDiffusionPrior(DiffusionPrior):
         """
         payload = load_bundle(path, kind="prior")
         try:
-            config = PriorConfig.from_dict(payload["config"])
+            config = PriorConfig.from_dict(payload["config"], what=f"{path}: prior config")
         except (TypeError, ValueError) as e:
             raise BundleError(f"{path}: prior config cannot be used ({e}); re-save it with this dalle2-md.") from None
         prior = cls(config)

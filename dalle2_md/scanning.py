@@ -36,21 +36,30 @@ class DataWarning(UserWarning):
 
 @dataclass
 class DataIndex:
-    """What is on disk, before decoding: candidate image files and their class indices."""
+    """What is on disk, before decoding: candidate image files and their user indices (0..N-1;
+    `label_map` names them)."""
 
     root: Path
     layout: str
     files: list[Path]
-    labels: list[int]
+    user_indices: list[int]
     label_map: LabelMap
     skipped: list[tuple[Path, str]] = field(default_factory=list)
+
+    @property
+    def labels(self) -> list[int]:
+        """Deprecated (issue 11): every file's user index, despite the name (the original labels
+        are in `label_map`); use `user_indices`."""
+        warnings.warn("DataIndex.labels holds user indices, not labels, and is deprecated; use user_indices",
+                      DeprecationWarning, stacklevel=2)
+        return self.user_indices
 
     def relpath(self, path: Path) -> str:
         return Path(path).relative_to(self.root).as_posix()
 
     def counts(self) -> list[int]:
-        """Images per class index."""
-        return np.bincount(np.asarray(self.labels, dtype=np.int64), minlength=len(self.label_map)).tolist()
+        """Images per user index."""
+        return np.bincount(np.asarray(self.user_indices, dtype=np.int64), minlength=len(self.label_map)).tolist()
 
 
 OWN_ARTEFACTS = frozenset({"contact_sheet.png"})
@@ -221,18 +230,18 @@ def scan_data_root(data_root: str | Path, *, num_users: int | None = None, label
             return lm.index_of(found.ids[found.names.index(name)])
 
     name_to_index = {name: index(name) for name in found.names}
-    kept, labels, skipped = [], [], []
+    kept, user_indices, skipped = [], [], []
     for path, name in zip(files, names_of):
         problem = _header_problem(path)
         if problem is None:
             kept.append(path)
-            labels.append(name_to_index[name])
+            user_indices.append(name_to_index[name])
         else:
             skipped.append((path, problem))
     if not kept:
         raise DataError(f"none of the {len(files)} images under {root} could be read (e.g. {skipped[0][0]}: {skipped[0][1]})")
-    have = set(labels)
+    have = set(user_indices)
     dead = [name for name in found.names if name_to_index[name] not in have]
     if dead:
         raise DataError(f"every image of user(s) {short_list(dead)} in {root} is unreadable; fix or remove them")
-    return DataIndex(root=root, layout=layout, files=kept, labels=labels, label_map=lm, skipped=skipped)
+    return DataIndex(root=root, layout=layout, files=kept, user_indices=user_indices, label_map=lm, skipped=skipped)

@@ -38,7 +38,7 @@ def make_split(dataset_or_index, fractions: Sequence[float] = (0.8, 0.1, 0.1), s
     val and test (when those fractions are >0); users with fewer go wholly to train.
 
     Args:
-        dataset_or_index: a `DataIndex` or `MicroDopplerDataset` (its files and labels).
+        dataset_or_index: a `DataIndex` or `MicroDopplerDataset` (its files and user indices).
         fractions: (train, val, test), summing to 1.
         seed: split seed.
     Returns:
@@ -47,10 +47,10 @@ def make_split(dataset_or_index, fractions: Sequence[float] = (0.8, 0.1, 0.1), s
     fr = _validate_fractions(fractions)
     obj = dataset_or_index
     root = Path(obj.root)
-    labels = obj.labels if isinstance(obj, DataIndex) else obj.user_indices.tolist()
+    user_indices = obj.user_indices if isinstance(obj, DataIndex) else obj.user_indices.tolist()
     lm = obj.label_map
     by_user: dict[int, list[str]] = {}
-    for path, lab in zip(obj.files, labels):
+    for path, lab in zip(obj.files, user_indices):
         by_user.setdefault(int(lab), []).append(Path(path).relative_to(root).as_posix())
     out = {"format_version": SPLIT_FORMAT_VERSION, "seed": int(seed), "fractions": list(fr), "train": [], "val": [], "test": []}
     small = []

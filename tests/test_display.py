@@ -52,6 +52,7 @@ def _stored_configs():
     """(class, an instance, how it is written into bundles and checkpoints)."""
     from dalle2_md.clip import ClipConfig
     from dalle2_md.decoder import DecoderConfig
+    from dalle2_md.prior import PriorConfig
     from dalle2_md.recogniser import RecogniserConfig
     from dalle2_md.training import TrainConfig
     from dalle2_md.vqgan import VQGanConfig
@@ -60,10 +61,11 @@ def _stored_configs():
             (DecoderConfig, DecoderConfig(vqgan=VQGanConfig()), DecoderConfig.to_dict),
             (VQGanConfig, VQGanConfig(), VQGanConfig.to_dict),
             (TrainConfig, TrainConfig(max_steps=3), TrainConfig.to_dict),
-            (RecogniserConfig, RecogniserConfig(num_users=3), asdict)]
+            (RecogniserConfig, RecogniserConfig(num_users=3), asdict),
+            (PriorConfig, PriorConfig(num_users=3, dim=16, embed_dim=8), asdict)]
 
 
-@pytest.mark.parametrize("index", range(5))
+@pytest.mark.parametrize("index", range(6))
 def test_every_stored_config_round_trips_and_refuses_an_unknown_key(index):
     cls, config, dump = _stored_configs()[index]
     stored = dump(config)
@@ -85,3 +87,17 @@ def test_a_bundle_with_an_unknown_config_key_is_refused_naming_file_and_key(tmp_
     torch.save(payload, path)
     with pytest.raises(BundleError, match=r"rec\.pt: recogniser config has unknown keys \['sparkle'\]"):
         Recogniser.load(path)
+
+
+def test_a_prior_bundle_with_an_unknown_config_key_is_refused_naming_file_and_key(tmp_path):
+    from dalle2_md.prior import PriorConfig, UserConditionedDiffusionPrior
+
+    prior = UserConditionedDiffusionPrior(PriorConfig(num_users=2, dim=8, depth=1, heads=2, dim_head=4, timesteps=10,
+                                                      sample_timesteps=2))
+    path = prior.save(tmp_path / "prior.pt")
+    assert UserConditionedDiffusionPrior.load(path).config == prior.config
+    payload = torch.load(path, weights_only=True)
+    payload["config"]["sparkle"] = 1
+    torch.save(payload, path)
+    with pytest.raises(BundleError, match=r"prior\.pt: prior config has unknown keys \['sparkle'\]"):
+        UserConditionedDiffusionPrior.load(path)
