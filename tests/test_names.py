@@ -143,3 +143,49 @@ def test_old_data_display_helpers_still_work_and_warn(tmp_path):
         old = data.save_image_grid(x, tmp_path / "old.png", nrow=2)
     new = display.save_grid((x + 1) / 2, tmp_path / "new.png", nrow=2)
     assert np.array_equal(np.asarray(Image.open(old)), np.asarray(Image.open(new)))
+
+
+def test_old_augment_generate_name_gives_the_same_tensors_and_warns(model):
+    from dalle2_md.augment import GeneratorBudget, generate, sample_tensors
+
+    budget = GeneratorBudget(sample_steps=2, prior_sample_steps=2)
+    images, indices = sample_tensors(model, [2, 0], 1, seed=4, budget=budget)
+    with pytest.warns(DeprecationWarning) as caught:
+        old_images, old_indices = generate(model, users=[2, 0], num_samples_per_user=1, seed=4, budget=budget)
+    messages = [str(w.message) for w in caught]
+    assert any("augment.generate is deprecated; use sample_tensors" in m for m in messages)
+    assert any("(users=...) is deprecated; use user_indices=" in m for m in messages)
+    assert torch.equal(images, old_images) and indices.tolist() == old_indices.tolist() == [2, 0]
+
+
+def test_old_generate_dataset_users_keyword_takes_labels_and_warns(model, tmp_path):
+    from dalle2_md.curate import SamplingSettings, generate_dataset
+
+    settings = dict(num_samples_per_user=1, sampling=SamplingSettings(sample_steps=2, prior_steps=2), progress=False)
+    new = generate_dataset(model, tmp_path / "new", user_labels=["ID_7"], **settings)
+    with pytest.warns(DeprecationWarning, match=r"generate_dataset\(users=\.\.\.\) is deprecated; use user_labels="):
+        old = generate_dataset(model, tmp_path / "old", users=["ID_7"], **settings)
+    assert list(new.users) == list(old.users) == ["ID_7"]
+    written = sorted(p.relative_to(tmp_path / "new") for p in (tmp_path / "new").rglob("*.png"))
+    assert len(written) == 1
+    assert (tmp_path / "new" / written[0]).read_bytes() == (tmp_path / "old" / written[0]).read_bytes()
+
+
+def test_old_data_index_labels_and_metric_keywords_warn(tmp_path):
+    from dalle2_md.metrics import accuracy, diversity
+    from dalle2_md.recogniser import Recogniser, RecogniserConfig
+    from dalle2_md.scanning import scan_data_root
+    from dalle2_md.synth import synthesize_dataset
+
+    synthesize_dataset(tmp_path, num_users=2, images_per_user=2, image_size=16, progress=False)
+    index = scan_data_root(tmp_path)
+    with pytest.warns(DeprecationWarning, match="DataIndex.labels holds user indices"):
+        assert index.labels == index.user_indices == [0, 0, 1, 1]
+    torch.manual_seed(0)
+    recogniser = Recogniser(config=RecogniserConfig(num_users=2, image_size=16, widths=(4,), feature_dim=4))
+    images, indices = torch.rand(4, 1, 16, 16) * 2 - 1, torch.tensor([0, 1, 1, 0])
+    with pytest.warns(DeprecationWarning, match=r"accuracy\(user_ids=\.\.\.\) is deprecated; use user_indices="):
+        assert accuracy(recogniser, images, user_ids=indices) == accuracy(recogniser, images, indices)
+    features = torch.arange(8.0).view(4, 2)
+    with pytest.warns(DeprecationWarning, match="use user_indices="):
+        assert diversity(features, user_ids=indices) == diversity(features, indices)
