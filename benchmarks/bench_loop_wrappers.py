@@ -29,7 +29,7 @@ from dalle2_md.vqgan import (  # noqa: E402
 )
 
 
-def plain_clip(images, user_ids, config, *, steps, batch_size, lr, seed):
+def plain_clip(images, user_indices, config, *, steps, batch_size, lr, seed):
     """The loop `train_clip` ran before: Adam, a fresh random batch each step, raw weights."""
     torch.manual_seed(seed)
     model = MicroDopplerClip(config).train()
@@ -37,7 +37,7 @@ def plain_clip(images, user_ids, config, *, steps, batch_size, lr, seed):
     gen = torch.Generator().manual_seed(seed)
     for _ in range(steps):
         idx = torch.randperm(len(images), generator=gen)[:batch_size]
-        loss = model(images[idx], user_ids[idx])
+        loss = model(images[idx], user_indices[idx])
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()

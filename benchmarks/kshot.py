@@ -61,9 +61,9 @@ def simulate(num_users: int, per_user: int, image_size: int, seed: int, profile)
     return x, torch.tensor(ids)
 
 
-def split(user_ids: torch.Tensor, per_user: int, num_test: int, num_val: int) -> dict:
+def split(user_indices: torch.Tensor, per_user: int, num_test: int, num_val: int) -> dict:
     """Fixed per-user split by recording index: the last `num_test` test, the `num_val` before val."""
-    index = torch.arange(len(user_ids)) % per_user
+    index = torch.arange(len(user_indices)) % per_user
     test = index >= per_user - num_test
     val = (index >= per_user - num_test - num_val) & ~test
     return {"train": torch.nonzero(~test & ~val).reshape(-1), "val": torch.nonzero(val).reshape(-1),

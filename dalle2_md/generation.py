@@ -4,8 +4,8 @@ checked against each other), `write_samples` (PNGs named by user label plus a gr
 labels ("ID_5", `user_labels`); the model turns them into contiguous indices.
 
 Old names (issue 11) still work for one release and warn: `generate` (= `write_samples`; not to
-be confused with `augment.generate`, which returns tensors), `interpolate_users`
-(= `write_interpolation`), the keywords `users=`, `user_a=`, `user_b=`.
+be confused with `augment.sample_tensors`, once also called `generate`, which returns tensors),
+`interpolate_users` (= `write_interpolation`), the keywords `users=`, `user_a=`, `user_b=`.
 """
 
 from __future__ import annotations
