@@ -252,7 +252,7 @@ def _clip_sizes(kw):
 def _common(kw):
     """Pop the data and training options shared by the train-* commands."""
     from .training import TrainConfig
-    from .stages import DataOptions
+    from .options import DataOptions
 
     run_dir = Path(kw.pop("output_dir")) / kw.pop("experiment_name")
     cache_dir = kw.pop("cache_dir") or str(run_dir.parent / ".cache")

@@ -1,5 +1,5 @@
 """`dalle2-md demo`: simulate a small data set, train embedding -> decoder -> prior through
-`stages.train_two_stage`, draw the per-user grid and an interpolation strip, judge the samples
+`core.train_two_stage`, draw the per-user grid and an interpolation strip, judge the samples
 with a small recogniser and write `report.md` (pictures, settings, timings, memory).
 
 Owns: DemoConfig (a `GeneratorBudget` plus the simulated data set and the report's sample
@@ -17,9 +17,12 @@ from pathlib import Path
 
 import torch
 
+from .core import train_two_stage
 from .generation import load_generator, write_interpolation, write_samples
+from .options import DataOptions, load_train_data
 from .presets import QUICK_BUDGET, GeneratorBudget
-from .stages import DataOptions, final_path, load_train_data, log, save_two_stage, train_two_stage
+from .stages import final_path, save_two_stage
+from .utils import say
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -105,7 +108,7 @@ def run_demo(out_dir: str | Path = "outputs/demo", config: DemoConfig | None = N
     metrics = timed("evaluate", lambda: demo_metrics(model, ds, data, run_dir, config, seed))
     rss = peak_rss_mb()
     report = _write_demo_report(out, config, timings, rss, made["grid"], strip, data_dir, names, metrics)
-    log(f"demo: wrote {report} ({sum(timings.values()):.0f}s, peak RSS {rss:.0f} MiB)")
+    say(f"demo: wrote {report} ({sum(timings.values()):.0f}s, peak RSS {rss:.0f} MiB)")
     return {"report": report, "timings": timings, "peak_rss_mb": rss, "grid": made["grid"], "strip": strip,
             "metrics": metrics}
 

@@ -18,8 +18,7 @@ import torch
 
 from .display import GRID_MIN_TILE, save_grid
 from .sampling import DEFAULTS
-from .stages import log
-from .utils import UserError, deprecated_alias, exists, renamed_keywords
+from .utils import UserError, deprecated_alias, exists, renamed_keywords, say
 
 def load_generator(*, model_path=None, prior_path=None, decoder_path=None, clip_path=None, device: str = "cpu"):
     """A `MicroDopplerDALLE2` from a chained bundle or from a prior + decoder pair (refused when
@@ -129,7 +128,7 @@ def write_samples(model, output_dir, *, user_labels: Sequence[str] | None = None
     indices = [model.user_index(u) for u in user_labels] if user_labels else list(range(model.num_users))
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    context = apply_fast_paths(model, model.device, fast or FastPaths(), say=log)
+    context = apply_fast_paths(model, model.device, fast or FastPaths(), say=say)
     pairs = [(index, j) for index in indices for j in range(num_samples_per_user)]
     grid_per_user = min(num_samples_per_user, GRID_SAMPLES_PER_USER)
     written, npys, grid_tiles = [], [], []
@@ -153,7 +152,7 @@ def write_samples(model, output_dir, *, user_labels: Sequence[str] | None = None
             bar.update(len(batch))
     seconds = time.perf_counter() - start
     rate = len(pairs) / max(seconds, 1e-9)
-    log(f"generate: {len(pairs)} images in {seconds:.1f} s ({rate:.2f} images/s, batches of up to {batch_size})")
+    say(f"generate: {len(pairs)} images in {seconds:.1f} s ({rate:.2f} images/s, batches of up to {batch_size})")
     grid = save_grid(torch.stack(grid_tiles), out / "grid.png", nrow=grid_per_user, colormap="none", min_tile=GRID_MIN_TILE)
     return {"images": written, "grid": grid, "npy": npys, "seconds": seconds, "images_per_s": rate}
 

@@ -11,8 +11,8 @@ from pathlib import Path
 
 from .generation import load_generator, write_samples
 from .presets import QUICK_BUDGET
-from .stages import (DataOptions, final_path, load_train_data, skipped_summary, train_clip_stage,
-                     train_decoder_stage, train_prior_stage, train_vqgan_stage)
+from .options import DataOptions, load_train_data, skipped_summary
+from .stages import final_path, train_clip_stage, train_decoder_stage, train_prior_stage, train_vqgan_stage
 from .training import TrainConfig
 from .utils import DataError, UserError
 

@@ -1,11 +1,10 @@
-"""Training stages: options -> data set -> configs -> `training.train` -> bundles.
+"""Training stages: options -> data set -> `core` -> bundles.
 
-Owns: DataOptions and load_train_data (the train split a run reads, and the image size /
-colormap recorded in the bundle it builds on); the in-memory training core `fit_clip`,
-`fit_decoder`, `fit_prior` and `train_two_stage` (embedding -> decoder -> prior on tensors,
-returning the models; the augmentation harness, the quality benchmark and the demo call it); the
-per-stage `train_*_stage` functions that wrap one core part with overwrite checks, progress
-samples and a bundle; and the `run_train_*` functions behind the training commands.
+Owns the bundle layer over the in-memory core (`core.py`): the per-stage `train_*_stage`
+functions that wrap one core part with overwrite checks (`check_can_write`), progress samples
+and a bundle (`final_path`, `save_two_stage`); the embedding cache of a data set
+(`embed_dataset`); and the `run_train_*` functions behind the training commands. The data
+options live in `options.py`.
 
 A training run lives in one folder, `<output_dir>/<experiment_name>/`:
 
@@ -21,139 +20,28 @@ refuse a pair trained on different embedding models.
 
 from __future__ import annotations
 
-import os
-import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
 from torch import nn
 
+# moved: issue 11 (the in-memory core to core.py, the data options to options.py)
+from .core import (CLIP_MAX_IMAGE_SIZE, TwoStageModels, clip_config_for, fit_clip, fit_decoder,  # noqa: F401
+                   fit_prior, prior_config_for, run_loop, train_two_stage, unwrap_decoder)
 from .display import as_image_tensor, colourise
-from .presets import GeneratorBudget
-from .training import TrainConfig, TrainResult, train
-from .utils import DataError, UserError, exists
+from .options import (DEFAULT_COLORMAP, DEFAULT_IMAGE_SIZE, DataOptions, display_colormap,  # noqa: F401
+                      load_train_data, recorded_data_settings, skipped_summary, with_defaults, with_settings_from)
+from .training import TrainConfig, TrainResult
+from .utils import UserError, exists, say
 
 STAGES = ("clip", "vqgan", "decoder", "prior")
-CLIP_MAX_IMAGE_SIZE = 64
-DEFAULT_IMAGE_SIZE, DEFAULT_COLORMAP = 64, "jet"  # when neither a flag nor a bundle says
-
-
-def log(message: str) -> None:
-    # under `accelerate launch` every process runs the workflow; one copy of each line is enough.
-    # The rank is read from the launcher's environment: creating accelerate's state here, before
-    # the training loop's Accelerator, would pin it to a single process
-    rank = next((os.environ[k] for k in ("RANK", "PMI_RANK", "OMPI_COMM_WORLD_RANK") if k in os.environ), "0")
-    if int(rank) == 0:
-        print(message, flush=True)
+log = say  # the old name of the one message channel (utils.say); kept for callers outside the package
 
 
 def final_path(run_dir: str | Path, stage: str) -> Path:
     """`<run_dir>/<stage>_final.pt`, the bundle a stage leaves behind."""
     return Path(run_dir) / f"{stage}_final.pt"
-
-
-# --------------------------------------------------------------------------------------------
-# data
-
-
-@dataclass(frozen=True, kw_only=True)
-class DataOptions:
-    """Where the data is and how to read it.
-
-    Args:
-        data_root: folder of user folders, or images/ + metadata.json.
-        num_users: expected number of users (checked), or None.
-        image_size: side of the square images the models see; None: the size recorded in the
-            bundle the run builds on (see `with_settings_from`), else DEFAULT_IMAGE_SIZE.
-        colormap: colormap inverted into one channel ("jet"), or "none" to keep RGB; None: as
-            for image_size.
-        flat_structure: require the flat layout (images/ + metadata.json).
-        split_seed: seed of the per-user train/val/test split.
-        cache_dir: cache of decoded images and image embeddings (None: no image cache; the
-            embeddings then go to `<run_dir>/../.cache`).
-    """
-
-    data_root: str
-    num_users: int | None = None
-    image_size: int | None = DEFAULT_IMAGE_SIZE
-    colormap: str | None = DEFAULT_COLORMAP
-    flat_structure: bool = False
-    split_seed: int = 0
-    cache_dir: str | None = None
-
-
-def load_train_data(data: DataOptions, run_dir: str | Path):
-    """The train split of the data set; writes `label_map.json` and `split.json` into the run
-    folder (an existing split.json is reused, so a resumed run sees the same images).
-
-    Args:
-        data: the data options.
-        run_dir: the run folder.
-    """
-    from .dataset import MicroDopplerDataset
-    from .scanning import METADATA_FILE
-
-    data = with_defaults(data)
-    root = Path(data.data_root).expanduser()
-    if data.flat_structure and root.is_dir() and not (root / METADATA_FILE).is_file():
-        raise DataError(
-            f"--flat_structure was given but {root} has no {METADATA_FILE}; the flat layout is "
-            f"{root}/images/*.png + {root}/{METADATA_FILE}. Leave out --flat_structure for user folders."
-        )
-    run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    ds = MicroDopplerDataset(
-        root, image_size=data.image_size, colormap=data.colormap, num_users=data.num_users,
-        split="train", split_file=run_dir / "split.json", split_seed=data.split_seed, cache_dir=data.cache_dir,
-    )
-    ds.label_map.save(run_dir / "label_map.json")
-    log(f"data: {ds.root} ({ds.layout}), {len(ds.label_map)} users, {len(ds)} training images "
-        f"at {ds.channels}x{ds.image_size}x{ds.image_size}")
-    if ds.skipped:
-        log(f"data: {skipped_summary(ds.skipped)}")
-    return ds
-
-
-def skipped_summary(skipped, limit: int = 10) -> str:
-    """'skipped 2 unreadable file(s): a.png (why), b.png (why)' for a data set's `skipped` list."""
-    names = ", ".join(f"{Path(p).name} ({why})" for p, why in skipped[:limit])
-    more = f", ... {len(skipped) - limit} more" if len(skipped) > limit else ""
-    return f"skipped {len(skipped)} unreadable file(s): {names}{more}"
-
-
-def with_defaults(data: DataOptions) -> DataOptions:
-    """The data options with an unset image size / colormap given the defaults."""
-    return replace(data, image_size=data.image_size or DEFAULT_IMAGE_SIZE, colormap=data.colormap or DEFAULT_COLORMAP)
-
-
-def recorded_data_settings(bundle_path: str | Path) -> dict:
-    """{"image_size", "colormap"} of the data an embedding-model bundle was trained on,
-    as recorded in its meta (older files without it: the model's own image size)."""
-    from .bundle import load_bundle
-
-    payload = load_bundle(bundle_path, kind="clip")
-    meta, config = payload.get("meta") or {}, payload.get("config") or {}
-    channels = config.get("channels", 1)
-    return {"image_size": meta.get("image_size", config.get("image_size")),
-            "colormap": meta.get("colormap", DEFAULT_COLORMAP if channels == 1 else "none")}
-
-
-def with_settings_from(data: DataOptions, bundle_path: str | Path | None) -> DataOptions:
-    """Fill the image size and colormap that were not given (None) from the bundle the run
-    builds on, so a run reads the data as the embedding model's run did; then the defaults.
-
-    Args:
-        data: the data options; given values are kept.
-        bundle_path: an embedding-model (clip) bundle, or None.
-    """
-    if exists(bundle_path) and (data.image_size is None or data.colormap is None):
-        recorded = recorded_data_settings(bundle_path)
-        filled = {k: v for k, v in recorded.items() if getattr(data, k) is None and exists(v)}
-        if filled:
-            log(f"data: {', '.join(f'{k} {v}' for k, v in filled.items())} (as recorded in {bundle_path})")
-            data = replace(data, **filled)
-    return with_defaults(data)
 
 
 def _dataset_key(ds) -> str:
@@ -227,14 +115,6 @@ def _sub_resume(resume: str | None) -> str | None:
     return None if resume is None else "latest"
 
 
-def display_colormap(ds) -> str:
-    """How samples of this data set are shown: greyscale data (a colormap given but no colour
-    image met, `ds.residual` None) is shown grey, colour data through its colormap."""
-    if ds.colormap is None or ds.residual is None:
-        return "none"
-    return ds.colormap
-
-
 def _meta(ds, clip=None) -> dict:
     meta = {"colormap": ds.colormap or "none", "image_size": ds.image_size, "layout": ds.layout,
             "display_colormap": display_colormap(ds)}
@@ -248,178 +128,6 @@ def _is_main() -> bool:
     from accelerate import PartialState
 
     return PartialState().is_main_process
-
-
-def _run(model, dataset, config: TrainConfig, run_dir: Path, stage: str, *, resume, sample_fn=None,
-         model_config=None, progress=True) -> TrainResult:
-    log(f"[{stage}] training {config.max_steps or f'{config.epochs} epochs'}"
-        f"{' steps' if config.max_steps else ''} -> {run_dir / stage}")
-    result = train(model, dataset, config, run_dir=run_dir / stage, stage=stage, resume=resume,
-                   sample_fn=sample_fn, model_config=model_config, progress=progress)
-    last = f", last loss {result.losses[-1]:.4g}" if result.losses else ""
-    log(f"[{stage}] step {result.step} in {result.seconds:.1f}s{last}")
-    return result
-
-
-class _LatentDecoderLoss(nn.Module):
-    """`loss = module(latents, image_embeds)`: the latent decoder trained on cached VQGAN latents."""
-
-    def __init__(self, decoder):
-        super().__init__()
-        self.inner = decoder
-
-    def forward(self, latents, image_embeds):
-        return self.inner(None, image_embeds, latents=latents)
-
-
-def _unwrap_decoder(module):
-    return module.inner if isinstance(module, _LatentDecoderLoss) else module
-
-
-# --------------------------------------------------------------------------------------------
-# the in-memory training core: tensors in, trained models out (EMA weights, eval mode)
-
-
-def clip_config_for(*, num_users: int, channels: int, image_size: int, sizes: dict | None):
-    """The embedding model's `ClipConfig`: `sizes` over the data's users and channels. It sees
-    images downsampled to at most CLIP_MAX_IMAGE_SIZE unless `sizes` say otherwise: identity
-    lives in coarse structure (torso line, cadence, swing height), and its strided convs cost
-    16x less at 64 px than at 256 px."""
-    from .clip import ClipConfig
-
-    return ClipConfig(**{"image_size": min(image_size, CLIP_MAX_IMAGE_SIZE), **(sizes or {}),
-                         "num_users": num_users, "channels": channels})
-
-
-def prior_config_for(*, num_users: int, embed_dim: int, sizes: dict | None):
-    """The prior's `PriorConfig`. Without `dim` in `sizes` the transformer is as wide as the
-    embeddings; with another `dim` it projects them in and out."""
-    from .prior import PriorConfig
-
-    sizes = dict(sizes or {})
-    dim = sizes.pop("dim", None) or embed_dim
-    return PriorConfig(num_users=num_users, dim=dim, embed_dim=embed_dim if dim != embed_dim else None, **sizes)
-
-
-def fit_clip(data, clip_config, schedule: TrainConfig, run_dir: Path, *, resume: str | None = None,
-             progress: bool = False):
-    """Train a fresh embedding model on (image, user index) items; returns (EMA model, record).
-
-    Args:
-        data: a data set of (image, user index) items.
-        clip_config: its `ClipConfig`.
-        schedule: training settings (its seed also seeds the initial weights).
-        run_dir: the run folder; checkpoints and logs go to `<run_dir>/clip/`.
-        resume: None, "latest" or a checkpoint path.
-        progress: show a progress bar.
-    """
-    from .clip import MicroDopplerClip
-
-    torch.manual_seed(schedule.seed)
-    model = MicroDopplerClip(clip_config)
-    result = _run(model, data, schedule, Path(run_dir), "clip", resume=resume, model_config=clip_config.to_dict(),
-                  progress=progress)
-    return result.ema_model.eval(), result
-
-
-def fit_decoder(images: torch.Tensor, embeds: torch.Tensor, dec_config, schedule: TrainConfig, run_dir: Path, *,
-                sample_fn=None, resume: str | None = None, progress: bool = False):
-    """Train a fresh embedding-conditioned decoder on (image, image embedding) pairs (on cached
-    VQGAN latents when `dec_config.use_vqgan`); returns (EMA decoder, record).
-
-    Args: as for `fit_clip`, plus images (N, C, H, W) in [-1, 1], their embeds (N, D), and the
-        training loop's `sample_fn`.
-    """
-    from .decoder import build_decoder
-
-    torch.manual_seed(schedule.seed)
-    decoder = build_decoder(dec_config)
-    if decoder.config.use_vqgan:
-        # the VQGAN is frozen, so every image is encoded once here instead of at every step
-        decoder.fit_latent_scale(images[:512])
-        model = _LatentDecoderLoss(decoder)
-        data = torch.utils.data.TensorDataset(decoder.encode_latents(images), embeds)
-    else:
-        model, data = decoder, torch.utils.data.TensorDataset(images, embeds)
-    result = _run(model, data, schedule, Path(run_dir), "decoder", resume=resume, sample_fn=sample_fn,
-                  model_config=decoder.config.to_dict(), progress=progress)
-    return _unwrap_decoder(result.ema_model).eval(), result
-
-
-def fit_prior(embeds: torch.Tensor, user_indices: torch.Tensor, prior_config, schedule: TrainConfig, run_dir: Path,
-              *, resume: str | None = None, progress: bool = False):
-    """Train a fresh user-conditioned diffusion prior on (image embedding, user index) pairs;
-    returns (EMA prior, record). Args: as for `fit_clip`."""
-    from .prior import UserConditionedDiffusionPrior
-
-    torch.manual_seed(schedule.seed)
-    prior = UserConditionedDiffusionPrior(prior_config)
-    data = torch.utils.data.TensorDataset(embeds, user_indices)
-    result = _run(prior, data, schedule, Path(run_dir), "prior", resume=resume, model_config=asdict(prior_config),
-                  progress=progress)
-    return result.ema_model.eval(), result
-
-
-@dataclass
-class TwoStageModels:
-    """What `train_two_stage` returns: the three trained parts, each stage's training record and
-    seconds."""
-
-    clip: nn.Module
-    decoder: nn.Module
-    prior: nn.Module
-    results: dict[str, TrainResult] = field(default_factory=dict)
-    seconds: dict[str, float] = field(default_factory=dict)
-
-
-def train_two_stage(images: torch.Tensor, user_indices: torch.Tensor, *, num_users: int, budget: GeneratorBudget,
-                    seed: int = 0, work_dir: str | Path, progress: bool = False) -> TwoStageModels:
-    """Embedding model -> decoder -> prior, trained on exactly these tensors (nothing else); the
-    core under the demo, the augmentation harness and the quality benchmark (the training
-    commands run the same `fit_*` parts one command at a time).
-
-    Args:
-        images: (N, C, H, W) in [-1, 1].
-        user_indices: (N,) contiguous user indices 0..num_users-1.
-        num_users: number of users the models know.
-        budget: sizes and step counts.
-        seed: seeds every stage (each stage's weights start from `torch.manual_seed(seed)`).
-        work_dir: folder of the training loop's checkpoints and logs (one subfolder per stage).
-        progress: progress bars.
-    """
-    from .clip import compute_image_embeds
-    from .decoder import DecoderConfig
-
-    work_dir = Path(work_dir)
-    _, channels, size, _ = images.shape
-    out = TwoStageModels(clip=None, decoder=None, prior=None)
-
-    def timed(name, fn):
-        start = time.perf_counter()
-        model, out.results[name] = fn()
-        out.seconds[name] = time.perf_counter() - start
-        return model
-
-    clip_config = clip_config_for(num_users=num_users, channels=channels, image_size=size, sizes=budget.clip)
-    dec_config = DecoderConfig(image_size=size, channels=channels, image_embed_dim=clip_config.dim_latent,
-                               **budget.decoder)
-    prior_config = prior_config_for(num_users=num_users, embed_dim=clip_config.dim_latent, sizes=budget.prior)
-    schedule = lambda steps, batch: budget.schedule(steps, batch, seed)
-    # the stages reseed the global RNG; the caller's stream is left as it was
-    with torch.random.fork_rng(devices=[]):
-        out.clip = timed("clip", lambda: fit_clip(torch.utils.data.TensorDataset(images, user_indices), clip_config,
-                                                  schedule(budget.clip_steps, budget.batch_size), work_dir,
-                                                  progress=progress))
-        embeds = compute_image_embeds(out.clip, images)
-        out.decoder = timed("decoder", lambda: fit_decoder(
-            images, embeds, dec_config, schedule(budget.decoder_steps, budget.decoder_batch_size), work_dir,
-            progress=progress))
-        out.prior = timed("prior", lambda: fit_prior(embeds, user_indices, prior_config,
-                                                     schedule(budget.prior_steps, budget.batch_size), work_dir,
-                                                     progress=progress))
-    fingerprint = {"clip_fingerprint": out.clip.fingerprint}
-    out.decoder.meta, out.prior.meta = dict(fingerprint), dict(fingerprint)
-    return out
 
 
 def save_two_stage(run_dir: str | Path, models: TwoStageModels, ds) -> dict[str, Path]:
@@ -459,7 +167,7 @@ def train_clip_stage(run_dir, ds, config: TrainConfig, *, sizes: dict | None = N
     clip, result = fit_clip(ds, clip_config, config, run_dir, resume=resume, progress=progress)
     if _is_main():
         clip.save(final, label_map=ds.label_map.to_dict(), meta=_meta(ds))
-    log(f"[clip] wrote {final} (fingerprint {clip.fingerprint})")
+    say(f"[clip] wrote {final} (fingerprint {clip.fingerprint})")
     return StageResult(final=final, model=clip, train=result)
 
 
@@ -477,7 +185,7 @@ def train_vqgan_stage(run_dir, ds, config: TrainConfig, *, sizes: dict | None = 
     torch.manual_seed(config.seed)
     wrapper = VQGanLoss(build_vqgan(vq_config))
     data = torch.utils.data.TensorDataset(ds.images)
-    result = _run(wrapper, data, config, run_dir, "vqgan", resume=resume, model_config=vq_config.to_dict(),
+    result = run_loop(wrapper, data, config, run_dir, "vqgan", resume=resume, model_config=vq_config.to_dict(),
                   progress=progress)
     # the raw weights, not the EMA copy: the codebook is itself a moving average of the online
     # encoder's outputs, and an averaged encoder would no longer match it
@@ -487,7 +195,7 @@ def train_vqgan_stage(run_dir, ds, config: TrainConfig, *, sizes: dict | None = 
     quality = reconstruction_quality(vqgan, ds.images[:256])
     if _is_main():
         save_vqgan(final, vqgan, vq_config, meta={**_meta(ds), "steps": result.step, "quality": quality})
-    log(f"[vqgan] f={vq_config.factor}: {vq_config.latent_channels}x{vq_config.latent_size}x{vq_config.latent_size} "
+    say(f"[vqgan] f={vq_config.factor}: {vq_config.latent_channels}x{vq_config.latent_size}x{vq_config.latent_size} "
         f"latents; reconstructions PSNR {quality['psnr']:.2f} dB, SSIM {quality['ssim']:.3f}; wrote {final}")
     return StageResult(final=final, model=vqgan, train=result)
 
@@ -504,7 +212,7 @@ def _decoder_sample_fn(images, embeds, user_ids, colormap, steps):
     real = (images[pick] + 1) / 2
 
     def sample_fn(ema_model, step):
-        decoder = _unwrap_decoder(ema_model)
+        decoder = unwrap_decoder(ema_model)
         device = next(decoder.parameters()).device
         fake = decoder.sample(embeds[pick].to(device), timesteps=steps, seed=0).cpu()
         # one picture: the real image of each user on top, its decoded embedding below
@@ -545,7 +253,7 @@ def train_decoder_stage(run_dir, ds, clip, config: TrainConfig, *, sizes: dict |
                               progress=progress)
     if _is_main():
         ema.save(final, meta=_meta(ds, clip))
-    log(f"[decoder] wrote {final}")
+    say(f"[decoder] wrote {final}")
     return StageResult(final=final, model=ema, train=result)
 
 
@@ -567,7 +275,7 @@ def train_prior_stage(run_dir, ds, clip, config: TrainConfig, *, sizes: dict | N
                             progress=progress)
     if _is_main():
         ema.save(final, label_map=ds.label_map.to_dict(), meta=_meta(ds, clip))
-    log(f"[prior] wrote {final}")
+    say(f"[prior] wrote {final}")
     return StageResult(final=final, model=ema, train=result)
 
 
@@ -612,7 +320,7 @@ def _reuse_or_train(stage: str, run_dir: Path, resume, overwrite, train_fn):
     # the main stage is being trained against
     final = final_path(run_dir, stage)
     if final.exists() and exists(resume) and not overwrite:
-        log(f"[{stage}] reusing {final}")
+        say(f"[{stage}] reusing {final}")
         return None
     return train_fn()
 
@@ -702,7 +410,7 @@ def run_train_prior(*, data: DataOptions, run_dir, config: TrainConfig, clip_pat
         if not own.is_file():
             raise UserError(missing_clip_message(run_dir.parent))
         clip_path = own
-        log(f"[prior] using the embedding model of this run folder: {own}")
+        say(f"[prior] using the embedding model of this run folder: {own}")
     if not Path(clip_path).is_file():
         raise UserError(f"--clip_path {clip_path}: no such file. {missing_clip_message(run_dir.parent)}")
     check_can_write(final_path(run_dir, "prior"), overwrite=overwrite, resume=resume)

@@ -2,7 +2,19 @@
 rule for reading stored configs (`checked_fields`), short listings for messages, atomic file
 writes, the package-version stamp that goes into every saved artefact, and the two shims that
 keep a renamed keyword or function working for one release (`renamed_keywords`,
-`deprecated_alias`)."""
+`deprecated_alias`); and `say`, the one channel for user-facing lines.
+
+How the package talks to its user (issue 11), one rule:
+    - progress and information lines (what was read, trained, written, how fast): `say(message)`,
+      printed to stdout on the first process only. The CLI commands print their results through
+      it too; only the CLI's `Error: ...` line goes to stderr (through click, as the exit status
+      says the command failed).
+    - `warnings.warn` only for what a library user may want to filter or turn into an error:
+      DeprecationWarning for old names, and genuine warnings about their data or run
+      (DataWarning for skipped images, a colormap that does not fit, changed settings on resume).
+    - `logging` only where a test reads the record through caplog (the split's note about users
+      too small to split, in splits.py); nothing else uses it.
+"""
 
 from __future__ import annotations
 
@@ -18,6 +30,18 @@ from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
+
+
+def say(message: str) -> None:
+    """Print one user-facing progress / information line to stdout (flushed), once per run.
+
+    Under `accelerate launch` every process runs the same code; one copy of each line is enough.
+    The rank is read from the launcher's environment: creating accelerate's state here, before
+    the training loop's Accelerator, would pin it to a single process.
+    """
+    rank = next((os.environ[k] for k in ("RANK", "PMI_RANK", "OMPI_COMM_WORLD_RANK") if k in os.environ), "0")
+    if int(rank) == 0:
+        print(message, flush=True)
 
 
 def exists(val):

@@ -8,7 +8,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from dalle2_md import augment, stages
+from dalle2_md import augment, core
 from dalle2_md.augment import GeneratorBudget, augmentation_gain, kshot_indices, load_splits
 from dalle2_md.cli import cli
 from dalle2_md.metrics import accuracy
@@ -58,7 +58,7 @@ def test_generator_sees_only_the_kshot_images(data_root, tmp_path, monkeypatch):
     test_files = [test.index.relpath(f) for f in test.files]
     train_images, _ = train.tensors()
     calls, loop_datasets = [], []
-    real_train_generator, real_loop = augment.train_generator, stages.train
+    real_train_generator, real_loop = augment.train_generator, core.train
 
     def spy_generator(images, user_indices, **kw):
         calls.append((images.clone(), user_indices.clone()))
@@ -69,7 +69,7 @@ def test_generator_sees_only_the_kshot_images(data_root, tmp_path, monkeypatch):
         return real_loop(model, dataset, config, **kw)
 
     monkeypatch.setattr(augment, "train_generator", spy_generator)
-    monkeypatch.setattr(stages, "train", spy_loop)
+    monkeypatch.setattr(core, "train", spy_loop)
     k = 8
     result = augmentation_gain(train.tensors(), test.tensors(), num_users=USERS, work_dir=tmp_path / "runs", k=k, m=2,
                                seeds=(0, 1), budget=TINY, recogniser_train=RecogniserTrainConfig(steps=60, batch_size=8),

@@ -1,0 +1,196 @@
+"""The in-memory two-stage training core: tensors in, trained models out.
+
+Owns: the embedding model's and the prior's configs for a data set (`clip_config_for`,
+`prior_config_for`); one function per trained part (`fit_clip`, `fit_decoder`, `fit_prior`),
+each building a fresh model from a seed and running it through `training.train`; and
+`train_two_stage` (embedding -> decoder -> prior on exactly the given tensors, returning
+`TwoStageModels`). The training commands (`stages.py`), the demo, the augmentation harness and
+the quality benchmark all train through these parts. Nothing here reads data or writes bundles:
+the only files are the training loop's own run folders (checkpoints, logs, sample grids).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .presets import GeneratorBudget
+from .training import TrainConfig, TrainResult, train
+from .utils import say
+
+CLIP_MAX_IMAGE_SIZE = 64
+
+
+def run_loop(model, dataset, config: TrainConfig, run_dir: Path, stage: str, *, resume, sample_fn=None,
+             model_config=None, progress=True) -> TrainResult:
+    """`training.train` on one stage under `<run_dir>/<stage>/`, with a line before and after."""
+    say(f"[{stage}] training {config.max_steps or f'{config.epochs} epochs'}"
+        f"{' steps' if config.max_steps else ''} -> {run_dir / stage}")
+    result = train(model, dataset, config, run_dir=run_dir / stage, stage=stage, resume=resume,
+                   sample_fn=sample_fn, model_config=model_config, progress=progress)
+    last = f", last loss {result.losses[-1]:.4g}" if result.losses else ""
+    say(f"[{stage}] step {result.step} in {result.seconds:.1f}s{last}")
+    return result
+
+
+class _LatentDecoderLoss(nn.Module):
+    """`loss = module(latents, image_embeds)`: the latent decoder trained on cached VQGAN latents."""
+
+    def __init__(self, decoder):
+        super().__init__()
+        self.inner = decoder
+
+    def forward(self, latents, image_embeds):
+        return self.inner(None, image_embeds, latents=latents)
+
+
+def unwrap_decoder(module):
+    """The decoder inside a trained module (the latent decoder is trained wrapped)."""
+    return module.inner if isinstance(module, _LatentDecoderLoss) else module
+
+
+def clip_config_for(*, num_users: int, channels: int, image_size: int, sizes: dict | None):
+    """The embedding model's `ClipConfig`: `sizes` over the data's users and channels. It sees
+    images downsampled to at most CLIP_MAX_IMAGE_SIZE unless `sizes` say otherwise: identity
+    lives in coarse structure (torso line, cadence, swing height), and its strided convs cost
+    16x less at 64 px than at 256 px."""
+    from .clip import ClipConfig
+
+    return ClipConfig(**{"image_size": min(image_size, CLIP_MAX_IMAGE_SIZE), **(sizes or {}),
+                         "num_users": num_users, "channels": channels})
+
+
+def prior_config_for(*, num_users: int, embed_dim: int, sizes: dict | None):
+    """The prior's `PriorConfig`. Without `dim` in `sizes` the transformer is as wide as the
+    embeddings; with another `dim` it projects them in and out."""
+    from .prior import PriorConfig
+
+    sizes = dict(sizes or {})
+    dim = sizes.pop("dim", None) or embed_dim
+    return PriorConfig(num_users=num_users, dim=dim, embed_dim=embed_dim if dim != embed_dim else None, **sizes)
+
+
+def fit_clip(data, clip_config, schedule: TrainConfig, run_dir: Path, *, resume: str | None = None,
+             progress: bool = False):
+    """Train a fresh embedding model on (image, user index) items; returns (EMA model, record).
+
+    Args:
+        data: a data set of (image, user index) items.
+        clip_config: its `ClipConfig`.
+        schedule: training settings (its seed also seeds the initial weights).
+        run_dir: the run folder; checkpoints and logs go to `<run_dir>/clip/`.
+        resume: None, "latest" or a checkpoint path.
+        progress: show a progress bar.
+    """
+    from .clip import MicroDopplerClip
+
+    torch.manual_seed(schedule.seed)
+    model = MicroDopplerClip(clip_config)
+    result = run_loop(model, data, schedule, Path(run_dir), "clip", resume=resume, model_config=clip_config.to_dict(),
+                  progress=progress)
+    return result.ema_model.eval(), result
+
+
+def fit_decoder(images: torch.Tensor, embeds: torch.Tensor, dec_config, schedule: TrainConfig, run_dir: Path, *,
+                sample_fn=None, resume: str | None = None, progress: bool = False):
+    """Train a fresh embedding-conditioned decoder on (image, image embedding) pairs (on cached
+    VQGAN latents when `dec_config.use_vqgan`); returns (EMA decoder, record).
+
+    Args: as for `fit_clip`, plus images (N, C, H, W) in [-1, 1], their embeds (N, D), and the
+        training loop's `sample_fn`.
+    """
+    from .decoder import build_decoder
+
+    torch.manual_seed(schedule.seed)
+    decoder = build_decoder(dec_config)
+    if decoder.config.use_vqgan:
+        # the VQGAN is frozen, so every image is encoded once here instead of at every step
+        decoder.fit_latent_scale(images[:512])
+        model = _LatentDecoderLoss(decoder)
+        data = torch.utils.data.TensorDataset(decoder.encode_latents(images), embeds)
+    else:
+        model, data = decoder, torch.utils.data.TensorDataset(images, embeds)
+    result = run_loop(model, data, schedule, Path(run_dir), "decoder", resume=resume, sample_fn=sample_fn,
+                  model_config=decoder.config.to_dict(), progress=progress)
+    return unwrap_decoder(result.ema_model).eval(), result
+
+
+def fit_prior(embeds: torch.Tensor, user_indices: torch.Tensor, prior_config, schedule: TrainConfig, run_dir: Path,
+              *, resume: str | None = None, progress: bool = False):
+    """Train a fresh user-conditioned diffusion prior on (image embedding, user index) pairs;
+    returns (EMA prior, record). Args: as for `fit_clip`."""
+    from .prior import UserConditionedDiffusionPrior
+
+    torch.manual_seed(schedule.seed)
+    prior = UserConditionedDiffusionPrior(prior_config)
+    data = torch.utils.data.TensorDataset(embeds, user_indices)
+    result = run_loop(prior, data, schedule, Path(run_dir), "prior", resume=resume, model_config=asdict(prior_config),
+                  progress=progress)
+    return result.ema_model.eval(), result
+
+
+@dataclass
+class TwoStageModels:
+    """What `train_two_stage` returns: the three trained parts, each stage's training record and
+    seconds."""
+
+    clip: nn.Module
+    decoder: nn.Module
+    prior: nn.Module
+    results: dict[str, TrainResult] = field(default_factory=dict)
+    seconds: dict[str, float] = field(default_factory=dict)
+
+
+def train_two_stage(images: torch.Tensor, user_indices: torch.Tensor, *, num_users: int, budget: GeneratorBudget,
+                    seed: int = 0, work_dir: str | Path, progress: bool = False) -> TwoStageModels:
+    """Embedding model -> decoder -> prior, trained on exactly these tensors (nothing else); the
+    core under the demo, the augmentation harness and the quality benchmark (the training
+    commands run the same `fit_*` parts one command at a time).
+
+    Args:
+        images: (N, C, H, W) in [-1, 1].
+        user_indices: (N,) contiguous user indices 0..num_users-1.
+        num_users: number of users the models know.
+        budget: sizes and step counts.
+        seed: seeds every stage (each stage's weights start from `torch.manual_seed(seed)`).
+        work_dir: folder of the training loop's checkpoints and logs (one subfolder per stage).
+        progress: progress bars.
+    """
+    from .clip import compute_image_embeds
+    from .decoder import DecoderConfig
+
+    work_dir = Path(work_dir)
+    _, channels, size, _ = images.shape
+    out = TwoStageModels(clip=None, decoder=None, prior=None)
+
+    def timed(name, fn):
+        start = time.perf_counter()
+        model, out.results[name] = fn()
+        out.seconds[name] = time.perf_counter() - start
+        return model
+
+    clip_config = clip_config_for(num_users=num_users, channels=channels, image_size=size, sizes=budget.clip)
+    dec_config = DecoderConfig(image_size=size, channels=channels, image_embed_dim=clip_config.dim_latent,
+                               **budget.decoder)
+    prior_config = prior_config_for(num_users=num_users, embed_dim=clip_config.dim_latent, sizes=budget.prior)
+    schedule = lambda steps, batch: budget.schedule(steps, batch, seed)
+    # the stages reseed the global RNG; the caller's stream is left as it was
+    with torch.random.fork_rng(devices=[]):
+        out.clip = timed("clip", lambda: fit_clip(torch.utils.data.TensorDataset(images, user_indices), clip_config,
+                                                  schedule(budget.clip_steps, budget.batch_size), work_dir,
+                                                  progress=progress))
+        embeds = compute_image_embeds(out.clip, images)
+        out.decoder = timed("decoder", lambda: fit_decoder(
+            images, embeds, dec_config, schedule(budget.decoder_steps, budget.decoder_batch_size), work_dir,
+            progress=progress))
+        out.prior = timed("prior", lambda: fit_prior(embeds, user_indices, prior_config,
+                                                     schedule(budget.prior_steps, budget.batch_size), work_dir,
+                                                     progress=progress))
+    fingerprint = {"clip_fingerprint": out.clip.fingerprint}
+    out.decoder.meta, out.prior.meta = dict(fingerprint), dict(fingerprint)
+    return out
+
