@@ -2,6 +2,8 @@
 
 Commands stay thin (options -> config -> build -> run); heavy imports happen inside them so
 `--help` is instant. A `UserError` anywhere prints one line and exits 2, never a traceback.
+Results and progress lines go through `utils.say` like every other message; only that `Error:`
+line goes to stderr (through click), so a failed command's reason stands apart from its output.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from .defaults import DEFAULTS, SAMPLERS
 from .recipe import AugmentRecipe
 
 RECIPE = AugmentRecipe()  # the defaults of augment-eval
-from .utils import UserError
+from .utils import UserError, say
 
 
 class Dalle2MDGroup(click.Group):
@@ -57,12 +59,12 @@ def inspect_data(data_root, image_size, colormap, num_users, split_file, split_s
         if split_file is not None:
             split = resolve_split(ds.index, split_file, split_seed)
     lm = ds.label_map
-    click.echo(f"data root: {ds.root}")
-    click.echo(f"layout:    {ds.layout}")
-    click.echo(f"images:    {len(ds)} decoded to {ds.channels}x{ds.image_size}x{ds.image_size} (colormap: {ds.colormap or 'none'})")
+    say(f"data root: {ds.root}")
+    say(f"layout:    {ds.layout}")
+    say(f"images:    {len(ds)} decoded to {ds.channels}x{ds.image_size}x{ds.image_size} (colormap: {ds.colormap or 'none'})")
     if ds.residual is not None:
-        click.echo(f"colormap residual: {ds.residual:.2f}/255 (mean over colour images; ~0 for true {ds.colormap} images)")
-    click.echo(f"users:     {len(lm)}")
+        say(f"colormap residual: {ds.residual:.2f}/255 (mean over colour images; ~0 for true {ds.colormap} images)")
+    say(f"users:     {len(lm)}")
     counts = ds.counts()
     in_split = {}
     if split is not None:
@@ -72,17 +74,17 @@ def inspect_data(data_root, image_size, colormap, num_users, split_file, split_s
             for rel in split[k]:
                 if rel in rel_index:
                     in_split[k][rel_index[rel]] += 1
-        click.echo(f"split:     {split_file} (seed {split.get('seed')}, fractions {split.get('fractions')})")
-    click.echo("index  label  images" + ("  train/val/test" if split is not None else "") + "  file stem")
+        say(f"split:     {split_file} (seed {split.get('seed')}, fractions {split.get('fractions')})")
+    say("index  label  images" + ("  train/val/test" if split is not None else "") + "  file stem")
     for i, name in enumerate(lm.names):
         extra = f"  {in_split['train'][i]}/{in_split['val'][i]}/{in_split['test'][i]}" if split is not None else ""
-        click.echo(f"{i:>5}  {name:<6} {counts[i]:>6}{extra}  {lm.file_stem(i)}")
-    click.echo(f"skipped:   {len(ds.skipped)}")
+        say(f"{i:>5}  {name:<6} {counts[i]:>6}{extra}  {lm.file_stem(i)}")
+    say(f"skipped:   {len(ds.skipped)}")
     for path, why in ds.skipped:
-        click.echo(f"  {path}: {why}")
+        say(f"  {path}: {why}")
     others = [str(w.message) for w in caught if not str(w.message).startswith("skipped ")]
     for msg in others:
-        click.echo(f"warning: {msg}")
+        say(f"warning: {msg}")
 
 
 @cli.command("synth")
@@ -120,12 +122,12 @@ def synth(profile, num_users, images_per_user, image_size, layout, out, seed, pr
         progress=progress,
         profile=profile,
     )
-    click.echo(f"wrote {s['num_images']} images ({s['num_users']} users, {image_size}px, {s['layout']}, profile {profile}) "
-               f"to {s['out_dir']} in {s['seconds']:.1f}s")
+    say(f"wrote {s['num_images']} images ({s['num_users']} users, {image_size}px, {s['layout']}, profile {profile}) "
+        f"to {s['out_dir']} in {s['seconds']:.1f}s")
     if s["metadata"]:
-        click.echo(f"metadata:      {s['metadata']}")
-    click.echo(f"ground truth:  {s['ground_truth']}")
-    click.echo(f"contact sheet: {s['contact_sheet']}")
+        say(f"metadata:      {s['metadata']}")
+    say(f"ground truth:  {s['ground_truth']}")
+    say(f"contact sheet: {s['contact_sheet']}")
 
 
 # ------------------------------------------------------------------------------------------
@@ -283,7 +285,7 @@ def train_clip_cmd(**kw):
 
     sizes = _clip_sizes(kw)
     done = run_train_clip(sizes=sizes, **_common(kw))
-    click.echo(f"embedding model: {done.final}")
+    say(f"embedding model: {done.final}")
 
 
 @cli.command("train-decoder")
@@ -338,7 +340,7 @@ def train_decoder_cmd(**kw):
         **_common(kw),
     )
     for name, path in paths.items():
-        click.echo(f"{name}: {path}")
+        say(f"{name}: {path}")
 
 
 @cli.command("train-prior")
@@ -363,7 +365,7 @@ def train_prior_cmd(**kw):
     sizes = {k: kw.pop(k) for k in ("dim", "depth", "heads", "dim_head", "timesteps", "sample_timesteps",
                                     "cond_drop_prob")}
     paths = run_train_prior(sizes=sizes, clip_path=kw.pop("clip_path"), **_common(kw))
-    click.echo(f"prior: {paths['prior']}")
+    say(f"prior: {paths['prior']}")
 
 
 _model_options = _apply(
@@ -447,11 +449,11 @@ def _generate_dataset(kw, batch_size):
         min_confidence=kw["min_confidence"], kinematic_margin=kw["kinematic_margin"], recogniser_steps=kw["recogniser_steps"],
         layout=kw["layout"], sampling=sampling, seed=kw["seed"], batch_size=batch_size,
         max_draws_per_user=kw["max_draws_per_user"], model_id=model_id, overwrite=kw["overwrite"],
-        progress=kw.get("progress", True), log=lambda m: click.echo(f"warning: {m}", err=True))
+        progress=kw.get("progress", True), log=lambda m: say(f"warning: {m}"))
     kept = sum(u["kept"] for u in done.users.values())
     drawn = sum(u["drawn"] for u in done.users.values())
-    click.echo(f"kept {kept} of {drawn} drawn ({kept / max(1, drawn):.1%}) for {len(done.users)} users; "
-               f"wrote {done.output_dir} and {done.manifest}")
+    say(f"kept {kept} of {drawn} drawn ({kept / max(1, drawn):.1%}) for {len(done.users)} users; "
+        f"wrote {done.output_dir} and {done.manifest}")
     if done.short:
         sys.exit(1)
 
@@ -512,11 +514,11 @@ def generate_cmd(**kw):
         made = write_samples(model, out, user_labels=kw["user_labels"], num_samples_per_user=kw["num_samples_per_user"],
                              batch_size=kw["batch_size"], save_npy=kw["save_npy"], eta=kw["eta"], fast=_fast_paths(kw),
                              progress=kw["progress"], **sampling)
-        click.echo(f"wrote {len(made['images'])} images and {made['grid']} ({made['images_per_s']:.2f} images/s)")
+        say(f"wrote {len(made['images'])} images and {made['grid']} ({made['images_per_s']:.2f} images/s)")
     if interp["interpolate"]:
         made = write_interpolation(model, out, user_label_a=interp["user_label_a"], user_label_b=interp["user_label_b"],
                                    steps=interp["interp_steps"], **sampling)
-        click.echo(f"wrote {made['strip']} and {len(made['frames'])} frames")
+        say(f"wrote {made['strip']} and {len(made['frames'])} frames")
 
 
 @cli.command("variations")
@@ -548,7 +550,7 @@ def variations_cmd(image_paths, n, strength, model_path, decoder_path, clip_path
     model = load_embedding_decoder(model_path=model_path, decoder_path=decoder_path, clip_path=clip_path, device=device)
     made = write_variations(model, image_paths, output_dir, n=n, seed=seed, strength=strength, cond_scale=cond_scale,
                             steps=sample_steps, eta=eta, sampler=sampler, resize=resize)
-    click.echo(f"wrote {len(made['images'])} images and {', '.join(str(g) for g in made['grids'])}")
+    say(f"wrote {len(made['images'])} images and {', '.join(str(g) for g in made['grids'])}")
 
 
 @cli.command("interpolate")
@@ -565,7 +567,7 @@ def interpolate_cmd(**kw):
     model, out, sampling = _load_model(kw), kw.pop("output_dir"), _sampling(kw)
     made = write_interpolation(model, out, user_label_a=kw["user_label_a"], user_label_b=kw["user_label_b"],
                                steps=kw["interp_steps"], **sampling)
-    click.echo(f"wrote {made['strip']} and {len(made['frames'])} frames")
+    say(f"wrote {made['strip']} and {len(made['frames'])} frames")
 
 
 @cli.command("demo")
@@ -580,8 +582,8 @@ def demo_cmd(output_dir, quick, seed, progress):
 
     done = run_demo(output_dir, DemoConfig.quick() if quick else DemoConfig(), seed=seed, progress=progress)
     for stage, seconds in done["timings"].items():
-        click.echo(f"{stage:<12} {seconds:7.1f}s")
-    click.echo(f"peak RSS {done['peak_rss_mb']:.0f} MiB; report: {done['report']}")
+        say(f"{stage:<12} {seconds:7.1f}s")
+    say(f"peak RSS {done['peak_rss_mb']:.0f} MiB; report: {done['report']}")
 
 
 @cli.command("check")
@@ -604,11 +606,11 @@ def check_cmd(create_dummy, data_root, num_users, image_size, flat_structure, st
     with tempfile.TemporaryDirectory(prefix="dalle2md-check-") as tmp:
         checks = run_checks(work_dir or tmp, data_root=data_root, num_users=num_users, image_size=image_size,
                             steps=steps, flat_structure=flat_structure)
-    click.echo("")
+    say("")
     for c in checks:
-        click.echo(f"{'PASS' if c.ok else 'FAIL'}  {c.name}: {c.detail}")
+        say(f"{'PASS' if c.ok else 'FAIL'}  {c.name}: {c.detail}")
     failed = sum(not c.ok for c in checks)
-    click.echo(f"{len(checks) - failed}/{len(checks)} checks passed")
+    say(f"{len(checks) - failed}/{len(checks)} checks passed")
     if failed:
         sys.exit(1)
 
@@ -658,7 +660,7 @@ def _evaluated_model(model_path, decoder_path, prior_path, clip_path):
         try:
             return MicroDopplerDALLE2.from_parts(prior_path=prior_path, decoder_path=decoder_path, clip_path=near_clip)
         except BundleError as e:  # a stray embedding model beside the decoder: evaluate without it
-            click.echo(f"not using {near_clip} ({e})", err=True)
+            say(f"not using {near_clip} ({e})")
     return MicroDopplerDALLE2.from_parts(prior_path=prior_path, decoder_path=decoder_path, clip_path=clip_path)
 
 
@@ -765,13 +767,13 @@ def evaluate_cmd(data_root, split_file, split_seed, model_path, decoder_path, pr
     m = evaluate_samples(sets["train"].tensors(), sets["test"].tensors(), generated, recogniser=recogniser,
                          out_dir=out, label_map=lm, colormap=colormap, stages=stages)
     ident, fid = m["identity"], m["fid"]
-    click.echo(f"split: {split_file or f'recomputed (seed {split_seed})'}")
-    click.echo(f"A_real {ident['A_real']:.3f}  A_gen {ident['A_gen']:.3f}  FID {fid['gen_vs_test']}  floor {fid['train_vs_test']}")
+    say(f"split: {split_file or f'recomputed (seed {split_seed})'}")
+    say(f"A_real {ident['A_real']:.3f}  A_gen {ident['A_gen']:.3f}  FID {fid['gen_vs_test']}  floor {fid['train_vs_test']}")
     if stages is not None and "embedding" in stages:
         prior = "  ".join(f"g{g:g} {a:.3f}" for g, a in stages["prior"].items())
         decoder = "  ".join(f"g{g:g} {a:.3f}" for g, a in stages["decoder"].items())
-        click.echo(f"stages: embedding {stages['embedding']:.3f}  prior {prior}  decoder on true embeddings {decoder}")
-    click.echo(f"wrote {out / 'metrics.json'}, {out / 'report.md'} and plots")
+        say(f"stages: embedding {stages['embedding']:.3f}  prior {prior}  decoder on true embeddings {decoder}")
+    say(f"wrote {out / 'metrics.json'}, {out / 'report.md'} and plots")
 
 
 @cli.command("augment-eval")
@@ -846,12 +848,12 @@ def augment_eval_cmd(data_root, split_file, split_seed, image_size, colormap, k,
         seeds=seed_list, generator=generator, budget=budget, recipes=[recipe],
         recogniser_train=replace(RecogniserTrainConfig(), **({"steps": recogniser_steps} if recogniser_steps else {})),
         train_files=[train.index.relpath(f) for f in train.files], test_files=[test.index.relpath(f) for f in test.files],
-        label_map=train.label_map.to_dict(), colormap=train.colormap or "none", log=click.echo, progress=progress)
+        label_map=train.label_map.to_dict(), colormap=train.colormap or "none", log=say, progress=progress)
     out.mkdir(parents=True, exist_ok=True)
     (out / "augment.json").write_text(json.dumps(_plain_floats(result), indent=1))
     report = write_augment_report(result, out / "augment.md")
     g = result["gain_points"]
-    click.echo(f"gain {g['mean']:+.1f} ± {g['std']:.1f} points at K={k}, M={result['m']}; wrote {out / 'augment.json'} and {report}")
+    say(f"gain {g['mean']:+.1f} ± {g['std']:.1f} points at K={k}, M={result['m']}; wrote {out / 'augment.json'} and {report}")
 
 
 def main(argv=None):

@@ -33,7 +33,7 @@ from .defaults import DEFAULTS
 from .metrics import KINEMATIC_FIELDS, read_kinematics_batch, to_scalar_images
 from .recogniser import RecogniserTrainConfig, cached_recogniser, train_recogniser
 from .synth import WRITE_LAYOUTS, layout_relpath
-from .utils import UserError, atomic_write, exists, renamed_keywords
+from .utils import UserError, atomic_write, exists, renamed_keywords, say
 
 FILTERS = ("none", "recogniser", "kinematic", "both")
 JOURNAL, MANIFEST = "manifest.jsonl", "manifest.json"
@@ -403,7 +403,7 @@ def curate_dataset(
     settings: dict | None = None,
     overwrite: bool = False,
     progress: bool = True,
-    log: Callable[[str], None] = print,
+    log: Callable[[str], None] = say,
 ) -> CurationResult:
     """Draw samples per user until `num_samples_per_user` pass the filter (or the cap is hit),
     writing the kept ones as a data set and every drawn one into the manifest.
@@ -624,7 +624,7 @@ def generate_dataset(
     model_id: dict | None = None,
     overwrite: bool = False,
     progress: bool = True,
-    log: Callable[[str], None] = print,
+    log: Callable[[str], None] = say,
 ) -> CurationResult:
     """`dalle2-md generate --filter/--layout`: a curated data set from a `MicroDopplerDALLE2`.
 

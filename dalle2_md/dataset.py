@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import logging
 import warnings
 from pathlib import Path
 from typing import Sequence
@@ -25,9 +24,8 @@ from .colormap import rgb_to_scalar
 from .labels import LabelMap
 from .scanning import DataWarning, scan_data_root
 from .splits import SPLITS, resolve_split
-from .utils import DataError, atomic_write
+from .utils import DataError, atomic_write, say
 
-logger = logging.getLogger(__name__)
 
 CACHE_FORMAT_VERSION = 1
 
@@ -204,7 +202,7 @@ class MicroDopplerDataset(Dataset):
                 skipped = [(files[i], reason) for i, reason in blob["skipped"]]
                 return blob["store"], list(blob["kept"]), skipped, blob["residual"]
             except Exception as e:  # a damaged cache is rebuilt, never fatal
-                logger.warning("ignoring unreadable decode cache %s (%s)", cache, e)
+                say(f"ignoring unreadable decode cache {cache} ({e})")
 
         dtype = torch.float16 if self.colormap is not None else torch.uint8
         store = torch.empty((len(files), self.channels, self.image_size, self.image_size), dtype=dtype)
@@ -230,7 +228,7 @@ class MicroDopplerDataset(Dataset):
                 with atomic_write(cache) as f:
                     torch.save({"store": store, "kept": kept, "skipped": [list(s) for s in skipped], "residual": residual}, f)
             except OSError as e:
-                logger.warning("could not write decode cache %s (%s)", cache, e)
+                say(f"could not write decode cache {cache} ({e})")
         return store, kept, [(files[i], reason) for i, reason in skipped], residual
 
     def _report(self, total: int) -> None:

@@ -15,6 +15,8 @@ from typing import Callable
 import torch
 from torch import nn
 
+from .utils import say as say_line
+
 
 @dataclass(frozen=True)
 class FastPaths:
@@ -34,7 +36,7 @@ class FastPaths:
 
 
 def apply_fast_paths(model: nn.Module, device: torch.device | str, paths: FastPaths,
-                     say: Callable[[str], None] = print) -> contextlib.AbstractContextManager:
+                     say: Callable[[str], None] = say_line) -> contextlib.AbstractContextManager:
     """Prepare `model` (a `MicroDopplerDALLE2`) for fast sampling on `device` and return the
     context to sample in. On a CPU every requested path falls back, one line each.
 

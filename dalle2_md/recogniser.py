@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import logging
 import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -26,9 +25,8 @@ from einops import rearrange
 from torch import nn
 
 from .bundle import load_bundle, save_bundle
-from .utils import BundleError, UserError, checked_fields, exists, renamed_keywords
+from .utils import BundleError, UserError, checked_fields, exists, renamed_keywords, say
 
-logger = logging.getLogger(__name__)
 
 CACHE_KEY_VERSION = 1
 SYNTHETIC_STREAM_OFFSET = 0x5F17  # seed offset of the synthetic-batch RNG stream
@@ -494,12 +492,12 @@ def cached_recogniser(
         try:
             model = Recogniser.load(path)
             if model.meta.get("train_key") == key:
-                logger.info("reusing recogniser %s (training set key %s)", path, key)
+                say(f"reusing recogniser {path} (training set key {key})")
                 model.meta["from_cache"] = True
                 return model
-            logger.info("recogniser %s was trained on other data or settings; retraining", path)
+            say(f"recogniser {path} was trained on other data or settings; retraining")
         except BundleError as e:
-            logger.warning("ignoring unreadable recogniser cache %s (%s); retraining", path, e)
+            say(f"ignoring unreadable recogniser cache {path} ({e}); retraining")
     model = train_recogniser(images, user_indices, config=config, train=train, val=val, synthetic=synthetic, progress=progress)
     model.meta["train_key"] = key
     model.save(path, label_map=label_map)

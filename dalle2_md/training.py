@@ -42,7 +42,7 @@ from torch import Tensor, nn
 from .bundle import FORMAT, FORMAT_VERSION, load_bundle
 from .compat import allow_mixed_precision, grad_scaler, set_base_lr, unwrap_optimizer
 from .display import image_grid, write_png
-from .utils import BundleError, UserError, atomic_write, checked_fields, exists, package_versions, seed_everything
+from .utils import BundleError, UserError, atomic_write, checked_fields, exists, package_versions, say, seed_everything
 
 CHECKPOINT_DIR = "checkpoints"
 LATEST = "latest.json"
@@ -383,7 +383,7 @@ def _read_resume(resume, run_dir: Path, stage: str, config: TrainConfig, acceler
         return None
     path = _resolve_resume(resume, run_dir)
     if path is None:
-        accelerator.print(f"no checkpoint in {checkpoint_dir(run_dir)}; starting a new run.")
+        say(f"no checkpoint in {checkpoint_dir(run_dir)}; starting a new run.")
         return None
     try:
         ckpt = load_checkpoint(path, stage=stage)
@@ -486,8 +486,8 @@ class _Trainer:
         if len(states) == self.world:
             _set_rng_state(states[self.rank])
         else:
-            self.accelerator.print(f"checkpoint has RNG state for {len(states)} processes, this run has "
-                                   f"{self.world}; random draws will differ from an uninterrupted run.")
+            say(f"checkpoint has RNG state for {len(states)} processes, this run has "
+                f"{self.world}; random draws will differ from an uninterrupted run.")
 
     def start_logging(self, ckpt: dict | None) -> None:
         """TensorBoard (the config as text on a fresh run) and the running loss window."""
