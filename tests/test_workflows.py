@@ -383,7 +383,8 @@ def test_stage_functions_and_two_stage_core_train_the_same_models(work, tmp_path
     """One pipeline: the training commands' stage functions and `train_two_stage` (demo,
     augmentation harness) give identical weights from the same data, budget and seed."""
     from dalle2_md.presets import QUICK_BUDGET
-    from dalle2_md.stages import train_decoder_stage, train_two_stage
+    from dalle2_md.core import train_two_stage
+    from dalle2_md.stages import train_decoder_stage
 
     budget = replace(QUICK_BUDGET, clip_steps=2, decoder_steps=2, prior_steps=2, batch_size=8, decoder_batch_size=8,
                      clip=CLIP_SIZES, prior=PRIOR_SIZES)
@@ -404,3 +405,35 @@ def test_stage_functions_and_two_stage_core_train_the_same_models(work, tmp_path
         for key, value in staged.state_dict().items():
             assert torch.equal(value, trained[key]), f"{name}.{key} differs"
     assert core.decoder.meta["clip_fingerprint"] == clip.fingerprint
+
+
+def test_old_import_paths_name_the_moved_objects():
+    """stages.py was split into core / options / stages (issue 11): the old paths give the very
+    same objects, so callers' imports keep working."""
+    from dalle2_md import core, options, stages, utils, workflows
+
+    for module, names in ((core, ["train_two_stage", "fit_clip", "fit_decoder", "fit_prior", "TwoStageModels",
+                                  "clip_config_for", "prior_config_for", "CLIP_MAX_IMAGE_SIZE"]),
+                          (options, ["DataOptions", "load_train_data", "with_defaults", "recorded_data_settings",
+                                     "with_settings_from", "display_colormap", "skipped_summary", "DEFAULT_IMAGE_SIZE"])):
+        for name in names:
+            assert getattr(stages, name) is getattr(module, name), name
+            if not name.startswith(("fit_", "clip_config", "prior_config", "skipped")):
+                assert getattr(workflows, name) is getattr(module, name), name
+    assert stages.log is utils.say and workflows.log is utils.say
+
+
+def test_say_prints_once_on_the_first_process(monkeypatch, capsys):
+    """The one message channel: a flushed stdout line on rank 0, nothing on the other ranks of
+    an `accelerate launch` run."""
+    from dalle2_md.utils import say
+
+    for key in ("RANK", "PMI_RANK", "OMPI_COMM_WORLD_RANK"):
+        monkeypatch.delenv(key, raising=False)
+    say("one line")
+    monkeypatch.setenv("RANK", "1")
+    say("from the second process")
+    monkeypatch.setenv("RANK", "0")
+    say("from the first process")
+    captured = capsys.readouterr()
+    assert captured.out == "one line\nfrom the first process\n" and captured.err == ""
