@@ -21,6 +21,7 @@ for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMEX
 
 import argparse  # noqa: E402
 import json  # noqa: E402
+import re  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
 from dataclasses import replace  # noqa: E402
@@ -31,7 +32,7 @@ import torch  # noqa: E402
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from kshot import KSHOT_RECOGNISER, simulate, split  # noqa: E402
 
-from dalle2_md.augment import GeneratorBudget, augmentation_gain, summarise_seeds  # noqa: E402
+from dalle2_md.augment import GeneratorBudget, _mean_std, augmentation_gain, summarise_seeds  # noqa: E402
 from dalle2_md.evaluate import RecogniserTrainConfig, _plain_floats  # noqa: E402
 from dalle2_md.recipe import AugmentRecipe  # noqa: E402
 from dalle2_md.synth import get_profile  # noqa: E402
@@ -102,6 +103,44 @@ def merge(paths: list[str], out: str | None) -> None:
     write(result, argparse.Namespace(**first["args"]), out)
 
 
+LOG_LINE = re.compile(r"\[augment\] seed (?P<seed>\d+) (?P<name>\S+): K real (?P<real>[\d.]+), \+ generated "
+                      r"(?P<aug>[\d.]+) \(gain (?P<gain>[-+\d.]+) points, kept (?P<kept>\d+)/(?P<drawn>\d+)\)")
+
+
+def from_logs(paths: list[str], k: int, image_size: int, out: str | None) -> dict:
+    """The table of runs stopped before they wrote their JSON, from their logs' per-recipe lines
+    (accuracies to 3 decimals; no A_gen). Only recipes finished for every seed are reported."""
+    rows = [m.groupdict() for p in paths for m in LOG_LINE.finditer(Path(p).read_text())]
+    seeds = sorted({int(r["seed"]) for r in rows})
+    names = list(dict.fromkeys(r["name"] for r in rows))
+    lines = [f"K = {k} real images per user, gait31 at {image_size} px, seeds {seeds} (from the runs' logs: "
+             f"{', '.join(Path(p).name for p in paths)}).", "",
+             "| recipe | seeds | real-only (%) | real + synthetic (%) | gain (points) | kept / drawn |",
+             "|---|---|---|---|---|---|"]
+    result = {"k": k, "image_size": image_size, "seeds": seeds, "logs": [str(p) for p in paths], "recipes": {}}
+    for name in names:
+        mine = [r for r in rows if r["name"] == name]
+        if sorted(int(r["seed"]) for r in mine) != seeds:
+            continue
+        real, aug = [100 * float(r["real"]) for r in mine], [100 * float(r["aug"]) for r in mine]
+        gain = [a - b for a, b in zip(aug, real)]
+        stats = {key: _mean_std(v) for key, v in (("acc_real", real), ("acc_aug", aug), ("gain_points", gain))}
+        stats["kept_over_drawn"] = sum(int(r["kept"]) for r in mine) / max(1, sum(int(r["drawn"]) for r in mine))
+        result["recipes"][name] = stats
+        lines.append(f"| {name} | {len(mine)} | {stats['acc_real']['mean']:.1f} ± {stats['acc_real']['std']:.1f} | "
+                     f"{stats['acc_aug']['mean']:.1f} ± {stats['acc_aug']['std']:.1f} | "
+                     f"{stats['gain_points']['mean']:+.1f} ± {stats['gain_points']['std']:.1f} | "
+                     f"{stats['kept_over_drawn']:.2f} |")
+    out = Path(out or ROOT / "benchmarks" / "results" / f"augment_ablation_k{k}_logs.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=1))
+    table = "\n".join(lines) + "\n"
+    out.with_suffix(".md").write_text(table)
+    print(table)
+    print(f"wrote {out} and {out.with_suffix('.md')}")
+    return result
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--k", type=int, default=10)
@@ -120,10 +159,14 @@ def main():
                     help="recogniser time pooling [default: image_size / 16, the K-shot benchmark's 64 px / 4]")
     ap.add_argument("--out", default=None)
     ap.add_argument("--merge", nargs="+", default=None, help="merge the JSONs of single-seed runs of the same settings")
+    ap.add_argument("--from_logs", nargs="+", default=None,
+                    help="build the table from the logs of single-seed runs (for runs stopped before writing JSON)")
     args = ap.parse_args()
     torch.set_num_threads(1)
     if args.merge:
         return merge(args.merge, args.out)
+    if args.from_logs:
+        return from_logs(args.from_logs, args.k, args.image_size, args.out)
     args.time_pool = args.time_pool or max(1, args.image_size // 16)
 
     profile = get_profile("gait31")
