@@ -14,7 +14,7 @@ from typing import Sequence
 
 import numpy as np
 
-from .utils import DataError, atomic_write, checked_fields, short_list
+from .utils import DataError, atomic_write, checked_fields, read_json_file, short_list
 
 # how a data root is laid out on disk (see scanning.py); a label map remembers which one it
 # came from, because generated files are named differently in each
@@ -148,12 +148,7 @@ class LabelMap:
     def load(cls, path: str | Path) -> "LabelMap":
         """Read a label map written by `save`."""
         path = Path(path)
-        try:
-            d = json.loads(path.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise DataError(f"label map file {path} does not exist") from None
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise DataError(f"label map file {path} is not readable JSON ({e}); re-create it") from None
+        d = read_json_file(path, what="label map file", fix="re-create it")
         try:
             return cls.from_dict(d)
         except DataError as e:

@@ -15,7 +15,7 @@ from typing import Sequence
 import numpy as np
 
 from .scanning import DataIndex, DataWarning
-from .utils import DataError, atomic_write, short_list
+from .utils import DataError, atomic_write, read_json_file, short_list
 
 logger = logging.getLogger(__name__)
 
@@ -92,12 +92,7 @@ def save_split(split: dict, path: str | Path) -> Path:
 def load_split(path: str | Path) -> dict:
     """Read and check a split file written by save_split."""
     path = Path(path)
-    try:
-        split = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise DataError(f"split file {path} does not exist") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise DataError(f"split file {path} is not readable JSON ({e}); delete it to make a new split") from None
+    split = read_json_file(path, what="split file", fix="delete it to make a new split")
     if not isinstance(split, dict) or not all(isinstance(split.get(k), list) for k in SPLITS):
         raise DataError(f"split file {path} lacks 'train'/'val'/'test' lists; delete it to make a new split")
     seen: dict[str, str] = {}

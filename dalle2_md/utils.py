@@ -56,6 +56,19 @@ class UserError(Exception):
     """
 
 
+def read_json_file(path, *, what: str, fix: str):
+    """A JSON file the package wrote earlier, or one DataError naming the file (`what`: "label map
+    file", "split file"; `fix`: what the user should do when it is unreadable)."""
+    import json
+
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise DataError(f"{what} {path} does not exist") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise DataError(f"{what} {path} is not readable JSON ({e}); {fix}") from None
+
+
 class DataError(UserError):
     """The data set on disk cannot be used as it is."""
 
