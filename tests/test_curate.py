@@ -229,15 +229,20 @@ def test_chain_samples_depend_only_on_seed_user_and_index():
         assert not torch.allclose(draw(1, [2, 3], 6), block[2:])
 
 
-@pytest.fixture(scope="module")
-def bundle(tmp_path_factory):
+def tiny_chain_on_simulated_data(root) -> dict:
+    """3 simulated users x 10 images at 16 px under `root/data` and an untrained tiny chain
+    knowing their labels at `root/chain.pt`."""
     from dalle2_md.synth import synthesize_dataset
 
-    root = tmp_path_factory.mktemp("curate")
     synthesize_dataset(root / "data", num_users=3, images_per_user=10, image_size=16, layout="kaggle", progress=False)
     lm = MicroDopplerDataset(root / "data", image_size=16).label_map
     path = tiny_chain(lm.to_dict()).save(root / "chain.pt")
     return {"root": root, "data": root / "data", "model": path}
+
+
+@pytest.fixture(scope="module")
+def bundle(tmp_path_factory):
+    return tiny_chain_on_simulated_data(tmp_path_factory.mktemp("curate"))
 
 
 def invoke(*args):

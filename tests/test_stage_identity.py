@@ -4,7 +4,7 @@ prior stage against a hand computation, and the `evaluate` command's stage field
 
 import pytest
 import torch
-from test_curate import tiny_chain
+from test_curate import tiny_chain_on_simulated_data
 
 from dalle2_md.decoder import DecoderConfig, MicroDopplerDecoder
 from dalle2_md.stage_identity import nearest_centroid_accuracy, user_centroids
@@ -60,14 +60,7 @@ def test_decoder_that_follows_its_embedding_scores_above_chance(two_users):
 
 @pytest.fixture(scope="module")
 def chain_run(tmp_path_factory):
-    from dalle2_md.data import MicroDopplerDataset
-    from dalle2_md.synth import synthesize_dataset
-
-    root = tmp_path_factory.mktemp("stages")
-    synthesize_dataset(root / "data", num_users=3, images_per_user=10, image_size=16, layout="kaggle", progress=False)
-    label_map = MicroDopplerDataset(root / "data", image_size=16).label_map
-    path = tiny_chain(label_map.to_dict()).save(root / "chain.pt")
-    return {"data": root / "data", "model": path, "root": root}
+    return tiny_chain_on_simulated_data(tmp_path_factory.mktemp("stages"))
 
 
 def test_prior_stage_is_nearest_train_centroid_of_the_prior_samples(chain_run):
