@@ -117,7 +117,7 @@ def _candidates(model, recipe: AugmentRecipe, budget, user_indices, shot, count:
             x = sdedit(model, own, strength=recipe.strength, **common)[:count]
         else:
             x = variations_of(model, own, **common)[:count]
-        images.append(x.cpu())  # variations_of returns model space, [-1, 1]
+        images.append(x.cpu())  # both return model space, [-1, 1]
         ids.append(torch.full((len(x),), u, dtype=torch.long))
     return torch.cat(images), torch.cat(ids)
 
