@@ -157,6 +157,8 @@ def main():
     ap.add_argument("--recogniser_steps", type=int, default=None)
     ap.add_argument("--time_pool", type=int, default=None,
                     help="recogniser time pooling [default: image_size / 16, the K-shot benchmark's 64 px / 4]")
+    ap.add_argument("--generator_cache", default=None,
+                    help="folder of trained generators reused by later runs with the same K-shot pick, seed and budget")
     ap.add_argument("--out", default=None)
     ap.add_argument("--merge", nargs="+", default=None, help="merge the JSONs of single-seed runs of the same settings")
     ap.add_argument("--from_logs", nargs="+", default=None,
@@ -187,7 +189,7 @@ def main():
     result = augmentation_gain(train, test, num_users=num_users, work_dir=work, k=args.k, seeds=args.seeds,
                                budget=budget, recipes=recipes, recogniser_train=rec_train, colormap="jet",
                                recogniser_shape={**KSHOT_RECOGNISER, "time_pool": args.time_pool},
-                               log=lambda line: print(line, flush=True))
+                               log=lambda line: print(line, flush=True), generator_cache=args.generator_cache)
     result["args"] = vars(args)
     result["wall_seconds"] = time.time() - started
     write(result, args, args.out)

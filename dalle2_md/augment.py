@@ -5,7 +5,9 @@ Owns: `train_generator` (either the two-stage chain embedding -> decoder -> prio
 `core.train_two_stage`, or the single-stage baseline, trained on exactly the tensors it is
 given; its sizes and steps are a `presets.GeneratorBudget`), `sample_tensors`
 (model-space samples per user, as tensors; the old name `generate` still works and warns), `kshot_indices` (the seeded K-per-user pick from the train split)
-and `augmentation_gain`, the harness behind `dalle2-md augment-eval`.
+and `augmentation_gain`, the harness behind `dalle2-md augment-eval`; with a `generator_cache`
+folder a trained generator is saved and reused by any later run with the same K-shot tensors,
+kind, seed and training budget (`cached_generator`).
 
 Leakage: for each seed the harness picks K real images per user from the TRAIN split and hands
 only those tensors to `train_generator`; the generator never receives a path, a data set or an
@@ -40,6 +42,46 @@ class TrainedGenerator:
     seconds: dict[str, float]  # per stage
     num_train_images: int
     final_losses: dict[str, float]  # mean loss over the last tenth of each stage's steps
+
+
+# the budget fields that change what training produces (sampling fields do not)
+_TRAINING_FIELDS = ("clip_steps", "decoder_steps", "prior_steps", "batch_size", "decoder_batch_size", "lr",
+                    "warmup_steps", "clip", "decoder", "prior")
+
+
+def generator_cache_path(cache_dir: str | Path, images: torch.Tensor, user_indices: torch.Tensor, *, kind: str,
+                         budget: GeneratorBudget, seed: int) -> Path:
+    """Where `cached_generator` keeps the generator trained on exactly these tensors: the name
+    hashes the tensors' bytes, the kind, the seed and the budget's training fields."""
+    import hashlib
+    import json
+
+    h = hashlib.sha256()
+    h.update(images.detach().cpu().contiguous().numpy().tobytes())
+    h.update(user_indices.detach().cpu().long().contiguous().numpy().tobytes())
+    fields = {name: getattr(budget, name) for name in _TRAINING_FIELDS}
+    h.update(json.dumps([kind, int(seed), fields], sort_keys=True, default=list).encode())
+    return Path(cache_dir) / f"{kind}_seed{seed}_{h.hexdigest()[:16]}.pt"
+
+
+def cached_generator(images: torch.Tensor, user_indices: torch.Tensor, *, cache_dir: str | Path | None, kind: str,
+                     budget: GeneratorBudget, seed: int, **train_kwargs) -> TrainedGenerator:
+    """`train_generator`, or the generator an earlier call saved for the same tensors, kind,
+    seed and training budget (then `seconds` is empty: nothing was trained)."""
+    from .baseline import SingleStageBaseline
+    from .model import MicroDopplerDALLE2
+
+    if not exists(cache_dir):
+        return train_generator(images, user_indices, kind=kind, budget=budget, seed=seed, **train_kwargs)
+    path = generator_cache_path(cache_dir, images, user_indices, kind=kind, budget=budget, seed=seed)
+    loader = SingleStageBaseline if kind == "baseline" else MicroDopplerDALLE2
+    if path.exists():
+        return TrainedGenerator(kind=kind, model=loader.load(path).eval(), seconds={}, num_train_images=len(images),
+                                final_losses={})
+    gen = train_generator(images, user_indices, kind=kind, budget=budget, seed=seed, **train_kwargs)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    gen.model.save(path)
+    return gen
 
 
 def _final_loss(losses: list[float]) -> float:
@@ -233,6 +275,7 @@ def augmentation_gain(
     colormap: str | None = "jet",
     log: Callable[[str], None] | None = None,
     progress: bool = False,
+    generator_cache: str | Path | None = None,
 ) -> dict:
     """Recogniser accuracy on real test when trained on K real images per user vs on those K plus
     M generated per user, the generator trained on the same K only; mean ± std over seeds.
@@ -257,6 +300,7 @@ def augmentation_gain(
         label_map, colormap: passed to the generator.
         log: called with one line per finished repetition.
         progress: progress bars.
+        generator_cache: folder of trained generators to reuse across runs (`cached_generator`).
     Returns:
         {"k", "m", "generator", "seeds", "per_seed": [...], "acc_real", "acc_aug",
          "gain_points" (each {"mean", "std" (sample std over seeds), "values"}; the first recipe's),
@@ -278,7 +322,8 @@ def augmentation_gain(
                                   num_users=num_users, generator=generator, budget=budget,
                                   recogniser_train=recogniser_train, recogniser_shape=recogniser_shape,
                                   work_dir=Path(work_dir), label_map=label_map,
-                                  colormap=colormap, progress=progress, log=log))
+                                  colormap=colormap, progress=progress, log=log,
+                                  generator_cache=generator_cache))
         if exists(train_files):
             per_seed[-1]["kshot_files"] = [train_files[i] for i in per_seed[-1].pop("kshot_indices")]
     result = summarise_seeds(per_seed, recipes, num_users=num_users)
@@ -332,7 +377,7 @@ def _save_recipe_grid(shot, fake, path: Path, *, colormap: str | None) -> Path |
 
 
 def _one_seed(images, user_indices, test, *, seed, k, recipes, num_users, generator, budget, recogniser_train,
-              recogniser_shape, work_dir, label_map, colormap, progress, log) -> dict:
+              recogniser_shape, work_dir, label_map, colormap, progress, log, generator_cache=None) -> dict:
     """One repetition: K-shot pick, one generator, the real-only recogniser, then every recipe."""
     from .metrics import accuracy
     from .recogniser import RecogniserConfig, train_recogniser
@@ -342,8 +387,9 @@ def _one_seed(images, user_indices, test, *, seed, k, recipes, num_users, genera
     idx = kshot_indices(user_indices, k, seed)
     # the generator gets copies of the K-shot tensors and nothing else
     shot = (images[idx].clone(), user_indices[idx].clone())
-    gen = train_generator(*shot, num_users=num_users, kind=generator, budget=budget, seed=seed,
-                          run_dir=work_dir / f"seed_{seed}", label_map=label_map, colormap=colormap, progress=progress)
+    gen = cached_generator(*shot, cache_dir=generator_cache, num_users=num_users, kind=generator, budget=budget,
+                           seed=seed, run_dir=work_dir / f"seed_{seed}", label_map=label_map, colormap=colormap,
+                           progress=progress)
     t_gen = time.perf_counter()
     rec_cfg = replace(recogniser_train, seed=seed)
     shape = RecogniserConfig(num_users=num_users, channels=images.shape[1], image_size=images.shape[-1],

@@ -29,7 +29,7 @@ dalle2-pytorch (module `dalle2_pytorch.dalle2_pytorch` unless named):
   the DiT backbone replaces the U-Net in place (`decoder_unet`, `set_decoder_unet`,
   `decoder_vae`, `noise_scheduler_of`).
 - `Decoder.p_losses(unet, x_start, times, *, image_embed, noise_scheduler, learned_variance,
-  is_latent_diffusion)` (decoder.py): called directly so latent training runs on cached latents
+  is_latent_diffusion, predict_v)` (decoder.py): called directly so latent training runs on cached latents
   instead of re-encoding every batch (`decoder_p_losses`). It reads `unet.self_cond`, which
   dit.DiT therefore defines.
 - `ResnetBlock.cross_attn` and `CrossAttention(dim, context_dim, heads, dim_head, cosine_sim)`
@@ -155,11 +155,12 @@ def decoder_vae(decoder: Decoder) -> nn.Module:
 
 
 def decoder_p_losses(decoder: Decoder, x_start: torch.Tensor, times: torch.Tensor, *, image_embed: torch.Tensor,
-                     learned_variance: bool, is_latent_diffusion: bool) -> torch.Tensor:
-    """The decoder's diffusion loss for its one U-Net at given times (x_start: pixels or latents)."""
+                     learned_variance: bool, is_latent_diffusion: bool, predict_v: bool = False) -> torch.Tensor:
+    """The decoder's diffusion loss for its one U-Net at given times (x_start: pixels or latents);
+    the target is the noise, or v with `predict_v`."""
     return decoder.p_losses(
         decoder_unet(decoder), x_start, times, image_embed=image_embed, noise_scheduler=noise_scheduler_of(decoder),
-        learned_variance=learned_variance, is_latent_diffusion=is_latent_diffusion,
+        learned_variance=learned_variance, is_latent_diffusion=is_latent_diffusion, predict_v=predict_v,
     )
 
 
@@ -256,7 +257,7 @@ _CALLABLES = [
     ("dalle2-pytorch", "dalle2_pytorch", "DiffusionPrior.p_losses", {"image_embed", "times", "text_cond"}),
     ("dalle2-pytorch", "dalle2_pytorch", "DiffusionPrior.l2norm_clamp_embed", None),
     ("dalle2-pytorch", "dalle2_pytorch", "Decoder.p_losses",
-     {"unet", "x_start", "times", "image_embed", "noise_scheduler", "learned_variance", "is_latent_diffusion"}),
+     {"unet", "x_start", "times", "image_embed", "noise_scheduler", "learned_variance", "is_latent_diffusion", "predict_v"}),
     ("dalle2-pytorch", "dalle2_pytorch.dalle2_pytorch", "NoiseScheduler.sample_random_times", {"batch"}),
     ("dalle2-pytorch", "dalle2_pytorch.dalle2_pytorch", "NoiseScheduler.predict_start_from_noise",
      {"x_t", "t", "noise"}),

@@ -37,11 +37,14 @@ from torch import nn
 from .bundle import load_bundle, save_bundle
 from .compat import (alphas_cumprod, decoder_p_losses, decoder_unet, decoder_vae, noise_scheduler_of,
                      resize_cross_attention, set_decoder_unet, unet_conditioning_nulls,
-                     x_start_from_noise)
+                     x_start_from_noise, x_start_from_v)
 from .compat import unet_cond_dim as widened_cond_dim
 from .sampling import Generators, randn, run_sampler
 from .utils import BundleError, UserError, checked_fields, exists
 from .vqgan import VQGanConfig, build_vqgan, encode_latents, load_vqgan, nearby_multiples
+
+
+PREDICTIONS = ("eps", "v")
 
 
 @dataclass(frozen=True)
@@ -67,6 +70,12 @@ class DecoderConfig:
         loss_type: "l1", "l2" or "huber".
         learned_variance: also learn the variance (improved DDPM); DDIM does not use it.
         ddim_eta: 0 for deterministic DDIM; 1 for DDPM-like noise at every step.
+        prediction: what the network predicts: "eps" (the noise; bundles written before this
+            field) or "v" (sqrt(abar) eps - sqrt(1 - abar) x_0, Salimans & Ho 2022, "Progressive
+            Distillation for Fast Sampling of Diffusion Models"). From an eps prediction the
+            x_0 estimate divides by sqrt(abar), which is ~0 near t = T, so the first sampling
+            steps fix the image's overall level from an estimate that is mostly clamped noise;
+            a v prediction stays bounded there.
         embed_noise_std: in training, Gaussian noise about this fraction of its length is added
             to each embedding, which is then put back on its sphere: the decoder learns to read a
             neighbourhood of each real embedding, as the prior's samples land near, not on, them.
@@ -104,6 +113,7 @@ class DecoderConfig:
     loss_type: str = "l2"
     learned_variance: bool = False
     ddim_eta: float = 0.0
+    prediction: str = "eps"
     embed_noise_std: float = 0.3
     p2_loss_weight_gamma: float = 1.0
     use_vqgan: bool = False
@@ -122,6 +132,8 @@ class DecoderConfig:
             )
         if not 0.0 <= self.cond_drop_prob < 1.0:
             raise UserError(f"cond_drop_prob must be in [0, 1), got {self.cond_drop_prob}.")
+        if self.prediction not in PREDICTIONS:
+            raise UserError(f"--prediction must be one of {', '.join(PREDICTIONS)}, got {self.prediction!r}.")
         if self.use_vqgan and self.vqgan is not None:
             if (self.vqgan.image_size, self.vqgan.channels) != (self.image_size, self.channels):
                 raise UserError(
@@ -263,6 +275,7 @@ class MicroDopplerDecoder(nn.Module):
             loss_type=config.loss_type,
             beta_schedule=config.beta_schedule,
             learned_variance=config.learned_variance,
+            predict_v=config.prediction == "v",
             auto_normalize_img=False,
             p2_loss_weight_gamma=config.p2_loss_weight_gamma,
         )
@@ -374,7 +387,8 @@ class MicroDopplerDecoder(nn.Module):
         image_embeds = self._noised_embeds(image_embeds)
         times = torch.randint(0, self.config.timesteps, (x_start.shape[0],), device=x_start.device)
         return decoder_p_losses(self.decoder, x_start, times, image_embed=image_embeds,
-                                learned_variance=self.config.learned_variance, is_latent_diffusion=self.config.use_vqgan)
+                                learned_variance=self.config.learned_variance, is_latent_diffusion=self.config.use_vqgan,
+                                predict_v=self.config.prediction == "v")
 
     def _noised_embeds(self, image_embeds: torch.Tensor) -> torch.Tensor:
         std = self.config.embed_noise_std
@@ -455,8 +469,8 @@ class MicroDopplerDecoder(nn.Module):
 
         def model_fn(x, t):
             out = guided_unet_forward(unet, x, t, image_embeds, cond_scale)
-            eps = out[:, : x.shape[1]]  # drop the variance half when learned_variance
-            x_start = x_start_from_noise(scheduler, x, t, eps)
+            pred = out[:, : x.shape[1]]  # drop the variance half when learned_variance
+            x_start = (x_start_from_v if c.prediction == "v" else x_start_from_noise)(scheduler, x, t, pred)
             # pixels live in [-1, 1]; latents are unbounded
             return x_start if c.use_vqgan else x_start.clamp(-1.0, 1.0)
 

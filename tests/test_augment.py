@@ -2,6 +2,7 @@
 the `evaluate` command writes its metrics for a folder of generated PNGs."""
 
 import json
+from dataclasses import replace
 import shutil
 
 import pytest
@@ -259,3 +260,31 @@ def test_mixing_rules_train_different_recognisers():
     assert torch.equal(weights["separate"], torch.cat([p.flatten() for p in separate.parameters()]))
     assert not torch.equal(weights["separate"], weights["concat"])
     assert not torch.equal(weights["separate"], weights["pretrain"])
+
+
+def test_generator_cache_reuses_only_an_identical_training(tmp_path, monkeypatch):
+    """A cached generator is reused by a call with the same tensors, seed and training budget
+    (same samples, nothing trained), and retrained when any of those differ."""
+    from dalle2_md.augment import cached_generator, sample_tensors
+
+    g = torch.Generator().manual_seed(0)
+    images, ids = torch.rand(12, 1, SIZE, SIZE, generator=g) * 2 - 1, torch.arange(3).repeat_interleave(4)
+    trained, real_train = [], augment.train_generator
+
+    def spy(*a, **kw):
+        trained.append(kw["seed"])
+        return real_train(*a, **kw)
+
+    monkeypatch.setattr(augment, "train_generator", spy)
+    common = dict(cache_dir=tmp_path / "cache", kind="two_stage", num_users=3, run_dir=tmp_path / "run")
+    first = cached_generator(images, ids, budget=TINY, seed=0, **common)
+    again = cached_generator(images, ids, budget=TINY, seed=0, **common)
+    assert trained == [0] and again.seconds == {}
+    assert torch.equal(sample_tensors(first.model, [0, 2], 2, budget=TINY)[0], sample_tensors(again.model, [0, 2], 2, budget=TINY)[0])
+    # a sampling-only change reuses it; a training change, another seed or other images do not
+    cached_generator(images, ids, budget=replace(TINY, cond_scale=2.0), seed=0, **common)
+    cached_generator(images, ids, budget=replace(TINY, decoder_steps=3), seed=0, **common)
+    cached_generator(images, ids, budget=TINY, seed=1, **common)
+    cached_generator(images.flip(0), ids, budget=TINY, seed=0, **common)
+    assert trained == [0, 0, 1, 0]
+    assert len(list((tmp_path / "cache").glob("*.pt"))) == 4

@@ -163,3 +163,75 @@ def test_learns_two_users(two_users):
     predicted = torch.cdist(generated.flatten(1), real_centroids).argmin(1)
     accuracy = (predicted == q).float().mean().item()
     assert accuracy >= 0.8, accuracy
+
+
+class _OracleNet(torch.nn.Module):
+    """Predicts exactly the eps or v that turns x_t back into `target` (what a perfect network
+    would): the sampler's x_0 estimate then equals `target` at every step."""
+
+    def __init__(self, target, alphas_cumprod, prediction):
+        super().__init__()
+        self.target, self.abar, self.prediction = target, alphas_cumprod, prediction
+        self.self_cond = False
+
+    def forward(self, x, t, **_):
+        a = self.abar[t].float().view(-1, 1, 1, 1)
+        eps = (x - a.sqrt() * self.target) / (1 - a).sqrt()
+        return eps if self.prediction == "eps" else a.sqrt() * eps - (1 - a).sqrt() * self.target
+
+
+@pytest.mark.parametrize("prediction", ["eps", "v"])
+def test_sampler_reads_the_prediction_kind(prediction):
+    """With a perfect eps or v network every x_0 estimate, the first (t = T - 1) included, is
+    the target, and so is the sample; a v network read as eps (or the reverse) misses the target
+    at t = T - 1 (the sampler can still drift back to it by t = 0, as x_t itself nears x_0)."""
+    from dalle2_md.compat import alphas_cumprod, set_decoder_unet
+
+    def first_estimate_and_sample(config_prediction):
+        m = tiny(prediction=config_prediction)
+        set_decoder_unet(m.decoder, _OracleNet(target, alphas_cumprod(m.noise_scheduler), prediction))
+        seen = []
+        out = m.sample(torch.randn(2, D), timesteps=10, seed=0, callback=lambda s: seen.append(s["x_start"]))
+        return seen[0], out * 2 - 1
+
+    target = images(2) * 0.9
+    first, out = first_estimate_and_sample(prediction)
+    assert torch.allclose(first, target, atol=1e-3) and torch.allclose(out, target, atol=1e-3)
+    first_wrong, _ = first_estimate_and_sample("eps" if prediction == "v" else "v")
+    assert (first_wrong - target).abs().mean() > 0.3
+
+
+def test_prediction_field_round_trips_and_old_configs_read_as_eps(tmp_path):
+    m = tiny(prediction="v")
+    m.save(tmp_path / "d.pt")
+    assert MicroDopplerDecoder.load(tmp_path / "d.pt").config.prediction == "v"
+    old = m.config.to_dict()
+    del old["prediction"]  # a bundle written before the field existed
+    assert DecoderConfig.from_dict(old).prediction == "eps"
+    with pytest.raises(UserError, match="--prediction"):
+        tiny(prediction="x0")
+
+
+def test_v_prediction_learns_two_users(two_users):
+    """A tiny v-prediction decoder, trained as the eps one in conftest, also draws each user's
+    band, and its background stays at the real images' level."""
+    x, y, centres, g = (two_users[k] for k in ("x", "y", "centres", "generator"))
+    e = centres[y] + 0.05 * torch.randn(len(y), D, generator=g)
+    m = MicroDopplerDecoder(config=DecoderConfig(
+        image_size=16, channels=1, image_embed_dim=D, dim=16, dim_mults=(1, 2), attn_heads=2, attn_dim_head=8,
+        num_resnet_blocks=1, timesteps=100, sample_timesteps=10, prediction="v"))
+    opt = torch.optim.Adam(m.parameters(), lr=2e-3)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        for _ in range(100):
+            idx = torch.randint(0, len(y), (16,))
+            loss = m(x[idx], e[idx])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    q = torch.arange(2).repeat_interleave(8)
+    generated = m.sample(centres[q] + 0.05 * torch.randn(16, D, generator=g), seed=3) * 2 - 1
+    real_centroids = torch.stack([x[y == k].mean(0).flatten() for k in (0, 1)])
+    assert (torch.cdist(generated.flatten(1), real_centroids).argmin(1) == q).float().mean() >= 0.8
+    middle_rows = generated[:, :, 6:10]  # between the two users' bands: background in every real image
+    assert abs(middle_rows.mean().item() - x[:, :, 6:10].mean().item()) < 0.25
