@@ -59,6 +59,11 @@ RECIPES = {
     "sdedit07_nf": replace(DEFAULT, name="sdedit07_nf", source="sdedit", strength=0.7, filter="none"),
     "eta1_nf": replace(DEFAULT, name="eta1_nf", eta=1.0, filter="none"),
     "mk10_nf": replace(DEFAULT, name="mk10_nf", m_per_k=10.0, filter="none"),
+    # decoder guidance only at middle noise levels (DecoderConfig.guidance_interval)
+    "interval_nf": replace(DEFAULT, name="interval_nf", filter="none", guidance_interval=(0.15, 0.7)),
+    "g1_nf": replace(DEFAULT, name="g1_nf", filter="none", cond_scale=1.0),
+    "variations_interval_nf": replace(DEFAULT, name="variations_interval_nf", source="variations", filter="none",
+                                      guidance_interval=(0.15, 0.7)),
 }
 
 
@@ -72,10 +77,12 @@ def markdown(result: dict, args) -> str:
     ]
     for name, r in result["recipes"].items():
         rc = r["recipe"]
+        interval = rc.get("guidance_interval")
+        guidance = f"{rc['cond_scale']:g}" + (f" in t/T {interval[0]:g}-{interval[1]:g}" if interval else "")
         acc, gain = r["acc_aug"], r["gain_points"]
         mixing = rc["mixing"] + (f" (w {rc['synthetic_weight']:g})" if rc["mixing"] == "separate" else "")
         lines.append(
-            f"| {name} | {rc['source']}{' ' + format(rc.get('strength', 0.5), 'g') if rc['source'] == 'sdedit' else ''} | {rc['cond_scale']:g} | {rc['eta']:g} | {rc['filter']} | {rc['m_per_k']:g} | "
+            f"| {name} | {rc['source']}{' ' + format(rc.get('strength', 0.5), 'g') if rc['source'] == 'sdedit' else ''} | {guidance} | {rc['eta']:g} | {rc['filter']} | {rc['m_per_k']:g} | "
             f"{mixing} | "
             f"{r['acceptance']['mean']:.2f} | {r['a_gen_kshot_recogniser']['mean']:.3f} | "
             f"{100 * acc['mean']:.1f} ± {100 * acc['std']:.1f} | {gain['mean']:+.1f} ± {gain['std']:.1f} |")

@@ -376,6 +376,8 @@ _model_options = _apply(
     _opt("output_dir", type=click.Path(path_type=str), default="./generated_images", help="Folder to write images into."),
     _opt("cond_scale", type=float, default=DEFAULTS.cond_scale, help="Decoder guidance on the embedding (1 = none)."),
     _opt("prior_cond_scale", type=float, default=DEFAULTS.prior_cond_scale, help="Prior guidance on the user (1 = none)."),
+    _opt("guidance_interval", default=None,
+         help="lo,hi: apply decoder guidance only at noise levels t/T in [lo, hi] [default: as stored in the decoder]."),
     _opt("sampler", type=click.Choice(SAMPLERS), default=None,
          help=f"Sampler of both stages [default: {DEFAULTS.sampler}; ddim when --eta > 0]."),
     _opt("sample_steps", type=int, default=DEFAULTS.decoder_steps,
@@ -398,6 +400,9 @@ def _load_model(kw):
     colormap = kw.pop("colormap")
     if colormap is not None:
         model.colormap = colormap  # only re-colours scalar models; RGB models are shown as they are
+    interval = kw.pop("guidance_interval", None)
+    if interval is not None:
+        model.decoder.set_guidance_interval(interval.split(","))
     return model
 
 
@@ -801,6 +806,8 @@ def evaluate_cmd(data_root, split_file, split_seed, model_path, decoder_path, pr
 @click.option("--cond_scale", "--cond-scale", "cond_scale", default=RECIPE.cond_scale, type=float, help="Decoder guidance when generating.")
 @click.option("--prior_cond_scale", "--prior-cond-scale", "prior_cond_scale", default=RECIPE.prior_cond_scale, type=float,
               help="Prior guidance when generating.")
+@click.option("--guidance_interval", "--guidance-interval", "guidance_interval", default=None,
+              help="lo,hi: decoder guidance only at noise levels t/T in [lo, hi] [default: as the decoder stores].")
 @click.option("--seeds", default="0,1,2", help="Comma-separated seeds, one repetition each (>= 3 for a std).")
 @click.option("--generator", type=click.Choice(["two_stage", "baseline"]), default="two_stage", help="Which generator to train.")
 @click.option("--clip_steps", "--clip-steps", "clip_steps", default=300, type=int, help="Embedding-model steps.")
@@ -815,8 +822,8 @@ def evaluate_cmd(data_root, split_file, split_seed, model_path, decoder_path, pr
               help="Folder for augment.json, augment.md and the generators' runs.")
 @click.option("--progress/--no-progress", default=True, help="Show progress bars.")
 def augment_eval_cmd(data_root, split_file, split_seed, image_size, colormap, k, m, m_per_k, source, strength, filter_,
-                     min_confidence, mixing, synthetic_weight, cond_scale, prior_cond_scale, seeds, generator, clip_steps,
-                     decoder_steps, prior_steps, sample_steps, sampler, eta, recogniser_steps, output_dir, progress):
+                     min_confidence, mixing, synthetic_weight, cond_scale, prior_cond_scale, guidance_interval, seeds,
+                     generator, clip_steps, decoder_steps, prior_steps, sample_steps, sampler, eta, recogniser_steps, output_dir, progress):
     """Augmentation gain: recognisers trained on K real images per user vs K real + M generated
     (generator trained on those K only), both tested on real test; mean ± std over seeds.
     The defaults are the recipe that won the ablation in docs/results.md."""
@@ -828,8 +835,11 @@ def augment_eval_cmd(data_root, split_file, split_seed, image_size, colormap, k,
     from .report import _plain_floats
     from .recipe import AugmentRecipe
 
+    from .decoder import check_guidance_interval
+
+    interval = check_guidance_interval(guidance_interval.split(",")) if guidance_interval else None
     recipe = AugmentRecipe(name="cli", source=source, strength=strength, m_per_k=m_per_k, cond_scale=cond_scale,
-                           prior_cond_scale=prior_cond_scale, eta=eta, filter=filter_, min_confidence=min_confidence,
+                           prior_cond_scale=prior_cond_scale, guidance_interval=interval, eta=eta, filter=filter_, min_confidence=min_confidence,
                            mixing=mixing, synthetic_weight=synthetic_weight)
     if source != "prior" and generator != "two_stage":
         raise UserError(f"--source {source} needs --generator two_stage (it decodes embeddings of the real images).")

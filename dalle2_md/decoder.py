@@ -47,6 +47,17 @@ from .vqgan import VQGanConfig, build_vqgan, encode_latents, load_vqgan, nearby_
 PREDICTIONS = ("eps", "v")
 
 
+def check_guidance_interval(interval) -> tuple[float, float]:
+    """(lo, hi) as floats with 0 <= lo <= hi <= 1, or a UserError naming the flag."""
+    try:
+        lo, hi = (float(v) for v in interval)
+    except (TypeError, ValueError):
+        raise UserError(f"--guidance_interval must be two numbers lo,hi, got {interval!r}.") from None
+    if not 0.0 <= lo <= hi <= 1.0:
+        raise UserError(f"--guidance_interval {lo:g},{hi:g} must satisfy 0 <= lo <= hi <= 1 (fractions of the schedule).")
+    return lo, hi
+
+
 @dataclass(frozen=True)
 class DecoderConfig:
     """Constructor arguments of the decoder.
@@ -70,6 +81,12 @@ class DecoderConfig:
         loss_type: "l1", "l2" or "huber".
         learned_variance: also learn the variance (improved DDPM); DDIM does not use it.
         ddim_eta: 0 for deterministic DDIM; 1 for DDPM-like noise at every step.
+        guidance_interval: (lo, hi): classifier-free guidance is applied only at sampling times
+            t with lo <= t / (timesteps - 1) <= hi, the conditional branch alone elsewhere
+            (Kynkaanniemi et al. 2024, "Applying Guidance in a Limited Interval Improves Sample
+            and Distribution Quality in Diffusion Models"): guidance at the highest noise levels
+            pushes the image's overall level, not its identity. (0, 1) = everywhere, as in
+            bundles written before this field; `MicroDopplerDecoder.sample` can override it.
         prediction: what the network predicts: "eps" (the noise; bundles written before this
             field) or "v" (sqrt(abar) eps - sqrt(1 - abar) x_0, Salimans & Ho 2022, "Progressive
             Distillation for Fast Sampling of Diffusion Models"). From an eps prediction the
@@ -113,6 +130,7 @@ class DecoderConfig:
     loss_type: str = "l2"
     learned_variance: bool = False
     ddim_eta: float = 0.0
+    guidance_interval: tuple[float, float] = (0.0, 1.0)
     prediction: str = "eps"
     embed_noise_std: float = 0.3
     p2_loss_weight_gamma: float = 1.0
@@ -132,6 +150,7 @@ class DecoderConfig:
             )
         if not 0.0 <= self.cond_drop_prob < 1.0:
             raise UserError(f"cond_drop_prob must be in [0, 1), got {self.cond_drop_prob}.")
+        check_guidance_interval(self.guidance_interval)
         if self.prediction not in PREDICTIONS:
             raise UserError(f"--prediction must be one of {', '.join(PREDICTIONS)}, got {self.prediction!r}.")
         if self.use_vqgan and self.vqgan is not None:
@@ -188,6 +207,8 @@ class DecoderConfig:
         """Rebuild from `to_dict()` output; unknown keys are refused (`utils.checked_fields`)."""
         d = checked_fields(cls, d, what=what)
         d["dim_mults"] = tuple(d.get("dim_mults", cls.dim_mults))
+        # bundles written before the field guided at every step
+        d["guidance_interval"] = tuple(d.get("guidance_interval", (0.0, 1.0)))
         if d.get("vqgan") is not None:
             d["vqgan"] = VQGanConfig.from_dict(d["vqgan"], what=f"{what} (its vqgan)")
         return cls(**d)
@@ -295,6 +316,11 @@ class MicroDopplerDecoder(nn.Module):
         # latents are multiplied by this before diffusion and divided after; 1 until fitted
         self.register_buffer("latent_scale", torch.tensor(1.0))
         self.meta: dict = {}  # the bundle's meta after `load` (e.g. clip_fingerprint)
+
+    def set_guidance_interval(self, interval: tuple[float, float]) -> "MicroDopplerDecoder":
+        """Make `interval` this decoder's default guidance interval (saved with it)."""
+        self.config = replace(self.config, guidance_interval=check_guidance_interval(interval))
+        return self
 
     def train(self, mode: bool = True):
         super().train(mode)
@@ -415,6 +441,7 @@ class MicroDopplerDecoder(nn.Module):
         callback: Callable[[dict], None] | None = None,
         sampler: str | None = None,
         generator: Generators = None,
+        guidance_interval: tuple[float, float] | None = None,
     ) -> torch.Tensor:
         """Generate one image per embedding.
 
@@ -430,6 +457,7 @@ class MicroDopplerDecoder(nn.Module):
             sampler: "ddim" or "dpmpp_2m" (default: `sampling.resolve_sampler`).
             generator: one generator per image (or one for all) for the starting and per-step
                 noise; exclusive with `seed`.
+            guidance_interval: where guidance applies (default config.guidance_interval).
 
         Returns:
             (B, C, H, W) images in [0, 1].
@@ -449,10 +477,12 @@ class MicroDopplerDecoder(nn.Module):
             cuda = [device] if device.type == "cuda" else []
             with torch.random.fork_rng(devices=cuda):
                 torch.manual_seed(int(seed))
-                return self._sample(image_embeds, cond_scale, timesteps, generator, noise, eta, callback, sampler)
-        return self._sample(image_embeds, cond_scale, timesteps, generator, noise, eta, callback, sampler)
+                return self._sample(image_embeds, cond_scale, timesteps, generator, noise, eta, callback, sampler,
+                                    guidance_interval)
+        return self._sample(image_embeds, cond_scale, timesteps, generator, noise, eta, callback, sampler,
+                            guidance_interval)
 
-    def _sample(self, image_embeds, cond_scale, timesteps, generator, noise, eta, callback, sampler):
+    def _sample(self, image_embeds, cond_scale, timesteps, generator, noise, eta, callback, sampler, guidance_interval):
         c = self.config
         batch, device = image_embeds.shape[0], image_embeds.device
         shape = (batch, *self.diffused_shape)
@@ -466,9 +496,11 @@ class MicroDopplerDecoder(nn.Module):
         self.eval()
 
         scheduler = self.noise_scheduler
+        lo, hi = check_guidance_interval(guidance_interval if exists(guidance_interval) else c.guidance_interval)
 
         def model_fn(x, t):
-            out = guided_unet_forward(unet, x, t, image_embeds, cond_scale)
+            guided = lo <= float(t[0]) / (c.timesteps - 1) <= hi
+            out = guided_unet_forward(unet, x, t, image_embeds, cond_scale if guided else 1.0)
             pred = out[:, : x.shape[1]]  # drop the variance half when learned_variance
             x_start = (x_start_from_v if c.prediction == "v" else x_start_from_noise)(scheduler, x, t, pred)
             # pixels live in [-1, 1]; latents are unbounded

@@ -43,6 +43,8 @@ class AugmentRecipe:
         strength: SDEdit noise level in (0, 1]; read only by source "sdedit".
         m_per_k: generated images per user = round(m_per_k * K).
         cond_scale, prior_cond_scale: decoder / prior classifier-free guidance.
+        guidance_interval: (lo, hi) noise levels where decoder guidance applies (see
+            `decoder.DecoderConfig.guidance_interval`); None = as stored in the generator.
         eta: DDIM eta (0 deterministic; 1 ancestral).
         filter: "none", or "recogniser": keep a sample when a recogniser trained on the K real
             images gives its intended user at least `min_confidence`. Default "none": on gait31
@@ -62,6 +64,7 @@ class AugmentRecipe:
     m_per_k: float = 3.0
     cond_scale: float = 3.0
     prior_cond_scale: float = 1.0
+    guidance_interval: tuple[float, float] | None = None
     eta: float = 0.0
     filter: str = "none"
     min_confidence: float = 0.5
@@ -98,13 +101,25 @@ def _confidence(recogniser, images, user_indices, batch_size: int = 256):
 
 def _candidates(model, recipe: AugmentRecipe, budget, user_indices, shot, count: int, seed: int):
     """`count` samples per user: (images in [-1, 1], user indices), user-major."""
-    import torch
-
     from .augment import sample_tensors
 
     budget = replace(budget, cond_scale=recipe.cond_scale, prior_cond_scale=recipe.prior_cond_scale, eta=recipe.eta)
-    if recipe.source == "prior":
-        return sample_tensors(model, user_indices, count, seed=seed, budget=budget)
+    decoder = model.decoder
+    stored = decoder.config
+    if recipe.guidance_interval is not None:
+        decoder.set_guidance_interval(recipe.guidance_interval)
+    try:
+        if recipe.source == "prior":
+            return sample_tensors(model, user_indices, count, seed=seed, budget=budget)
+        return _real_image_candidates(model, recipe, budget, user_indices, shot, count, seed)
+    finally:
+        decoder.config = stored
+
+
+def _real_image_candidates(model, recipe: AugmentRecipe, budget, user_indices, shot, count: int, seed: int):
+    """`_candidates` of the sources that start from each user's K-shot images."""
+    import torch
+
     from .variations import sdedit, variations_of
 
     images, ids = [], []
@@ -126,7 +141,8 @@ def sampling_key(recipe: AugmentRecipe) -> tuple:
     """Recipes with the same key draw the same candidates (sample j of user u depends only on
     the seed, u and j), so one draw of the largest count serves them all."""
     strength = recipe.strength if recipe.source == "sdedit" else None
-    return (recipe.source, strength, recipe.cond_scale, recipe.prior_cond_scale, recipe.eta)
+    interval = tuple(recipe.guidance_interval) if recipe.guidance_interval is not None else None
+    return (recipe.source, strength, recipe.cond_scale, recipe.prior_cond_scale, interval, recipe.eta)
 
 
 def candidates_needed(recipe: AugmentRecipe, k: int) -> int:

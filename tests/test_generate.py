@@ -79,3 +79,29 @@ def test_cli_sampler_eta_and_fast_flags(model, tmp_path):
     assert not np.array_equal(pngs(tmp_path / "ddim")["ID_2_000.png"], pngs(tmp_path / "dpm")["ID_2_000.png"])
     bad = run("--output_dir", tmp_path / "bad", "--sampler", "dpmpp_2m", "--eta", 1)
     assert bad.exit_code == 2 and "--eta 1.0 needs --sampler ddim" in bad.output and "Traceback" not in bad.output
+
+
+def test_cli_guidance_interval(model, tmp_path, monkeypatch):
+    """--guidance_interval reaches the sampler: some steps guided, the others not; a bad value is
+    one clear error."""
+    import dalle2_md.decoder as decoder_module
+
+    bundle = model.save(tmp_path / "chain.pt")
+    scales, real = [], decoder_module.guided_unet_forward
+    monkeypatch.setattr(decoder_module, "guided_unet_forward",
+                        lambda unet, x, t, e, cond_scale: scales.append(cond_scale) or real(unet, x, t, e, cond_scale))
+
+    def run(*args):
+        return CliRunner().invoke(cli, ["generate", "--model_path", str(bundle), "--device", "cpu", "--user_ids", "ID_2",
+                                        "--num_samples_per_user", "1", "--no-progress", "--cond_scale", "3",
+                                        "--sample_steps", "5", "--output_dir", str(tmp_path / "out"), *args])
+
+    ok = run()
+    assert ok.exit_code == 0, ok.output
+    assert scales == [3.0] * 5  # the stored interval of this model: everywhere
+    scales.clear()
+    ok = run("--guidance_interval", "0.2,0.7")
+    assert ok.exit_code == 0, ok.output
+    assert 3.0 in scales and 1.0 in scales and len(scales) == 5
+    bad = run("--guidance_interval", "0.9,0.1")
+    assert bad.exit_code == 2 and "--guidance_interval 0.9,0.1" in bad.output and "Traceback" not in bad.output
