@@ -62,6 +62,11 @@ RECIPES = {
     # decoder guidance only at middle noise levels (DecoderConfig.guidance_interval)
     "interval_nf": replace(DEFAULT, name="interval_nf", filter="none", guidance_interval=(0.15, 0.7)),
     "g1_nf": replace(DEFAULT, name="g1_nf", filter="none", cond_scale=1.0),
+    # SDEdit around the winner of the 2400-step run: noise level, amount and weight of synthetic data
+    "sdedit03_nf": replace(DEFAULT, name="sdedit03_nf", source="sdedit", strength=0.3, filter="none"),
+    "sdedit_mk10_nf": replace(DEFAULT, name="sdedit_mk10_nf", source="sdedit", strength=0.5, filter="none", m_per_k=10.0),
+    "sdedit_w1_nf": replace(DEFAULT, name="sdedit_w1_nf", source="sdedit", strength=0.5, filter="none",
+                            synthetic_weight=1.0),
     "variations_interval_nf": replace(DEFAULT, name="variations_interval_nf", source="variations", filter="none",
                                       guidance_interval=(0.15, 0.7)),
 }

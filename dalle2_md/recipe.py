@@ -104,16 +104,17 @@ def _candidates(model, recipe: AugmentRecipe, budget, user_indices, shot, count:
     from .augment import sample_tensors
 
     budget = replace(budget, cond_scale=recipe.cond_scale, prior_cond_scale=recipe.prior_cond_scale, eta=recipe.eta)
-    decoder = model.decoder
-    stored = decoder.config
-    if recipe.guidance_interval is not None:
+    decoder = getattr(model, "decoder", None) if recipe.guidance_interval is not None else None
+    stored = decoder.config if decoder is not None else None
+    if decoder is not None:
         decoder.set_guidance_interval(recipe.guidance_interval)
     try:
         if recipe.source == "prior":
             return sample_tensors(model, user_indices, count, seed=seed, budget=budget)
         return _real_image_candidates(model, recipe, budget, user_indices, shot, count, seed)
     finally:
-        decoder.config = stored
+        if decoder is not None:
+            decoder.config = stored  # the recipe's interval was for this draw only
 
 
 def _real_image_candidates(model, recipe: AugmentRecipe, budget, user_indices, shot, count: int, seed: int):

@@ -288,3 +288,29 @@ def test_generator_cache_reuses_only_an_identical_training(tmp_path, monkeypatch
     cached_generator(images.flip(0), ids, budget=TINY, seed=0, **common)
     assert trained == [0, 0, 1, 0]
     assert len(list((tmp_path / "cache").glob("*.pt"))) == 4
+
+
+def test_recipe_guidance_interval_applies_to_its_draw_only(monkeypatch):
+    """A recipe's guidance interval is the decoder's while that recipe draws, and the decoder's
+    own is back afterwards; recipes that differ only in it do not share candidates."""
+    from types import SimpleNamespace
+
+    from dalle2_md import augment as augment_module
+    from dalle2_md.decoder import DecoderConfig, MicroDopplerDecoder
+    from dalle2_md.recipe import draw_candidates, sampling_key
+
+    decoder = MicroDopplerDecoder(config=DecoderConfig(image_size=16, image_embed_dim=8, dim=8, dim_mults=(1, 2),
+                                                       attn_heads=1, attn_dim_head=8, num_resnet_blocks=1))
+    model, seen = SimpleNamespace(decoder=decoder), []
+
+    def fake_sample_tensors(model, user_indices, count, *, seed, budget):
+        seen.append(model.decoder.config.guidance_interval)
+        return torch.zeros(count * len(user_indices), 1, 4, 4), torch.tensor([u for u in user_indices for _ in range(count)])
+
+    monkeypatch.setattr(augment_module, "sample_tensors", fake_sample_tensors)
+    shot = (torch.zeros(2, 1, 4, 4), torch.tensor([0, 1]))
+    narrow = AugmentRecipe(guidance_interval=(0.15, 0.7))
+    draw_candidates(model, narrow, TINY, shot, 2, seed=0)
+    draw_candidates(model, AugmentRecipe(), TINY, shot, 2, seed=0)
+    assert seen == [(0.15, 0.7), (0.0, 1.0)] and decoder.config.guidance_interval == (0.0, 1.0)
+    assert sampling_key(narrow) != sampling_key(AugmentRecipe())
