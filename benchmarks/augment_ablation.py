@@ -163,7 +163,7 @@ def main():
     ap.add_argument("--num_test", type=int, default=20)
     ap.add_argument("--data_seed", type=int, default=1)
     ap.add_argument("--clip_steps", type=int, default=300)
-    ap.add_argument("--decoder_steps", type=int, default=1500)
+    ap.add_argument("--decoder_steps", type=int, default=GeneratorBudget.decoder_steps)
     ap.add_argument("--prior_steps", type=int, default=1000)
     ap.add_argument("--sample_steps", type=int, default=15)
     ap.add_argument("--recogniser_steps", type=int, default=None)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import click
 
-from .defaults import DEFAULTS, SAMPLERS
+from .defaults import DEFAULTS, GENERATOR_DECODER_STEPS, SAMPLERS
 from .recipe import AugmentRecipe
 
 RECIPE = AugmentRecipe()  # the defaults of augment-eval
@@ -811,7 +811,8 @@ def evaluate_cmd(data_root, split_file, split_seed, model_path, decoder_path, pr
 @click.option("--seeds", default="0,1,2", help="Comma-separated seeds, one repetition each (>= 3 for a std).")
 @click.option("--generator", type=click.Choice(["two_stage", "baseline"]), default="two_stage", help="Which generator to train.")
 @click.option("--clip_steps", "--clip-steps", "clip_steps", default=300, type=int, help="Embedding-model steps.")
-@click.option("--decoder_steps", "--decoder-steps", "decoder_steps", default=1500, type=int, help="Decoder steps.")
+@click.option("--decoder_steps", "--decoder-steps", "decoder_steps", default=GENERATOR_DECODER_STEPS, type=int,
+              help="Decoder steps.")
 @click.option("--prior_steps", "--prior-steps", "prior_steps", default=1000, type=int, help="Prior steps.")
 @click.option("--sample_steps", "--sample-steps", "sample_steps", default=25, type=int, help="Decoder network evaluations when generating.")
 @click.option("--sampler", type=click.Choice(SAMPLERS), default=None, help=f"Sampler [default: {DEFAULTS.sampler}; ddim when --eta > 0].")

@@ -1,5 +1,6 @@
-"""Sampling defaults of every command and API that samples, in one place (no torch import, so
-the command line can show them in --help cheaply). Set from `benchmarks/bench_sampling.py`.
+"""Sampling defaults of every command and API that samples (set from
+`benchmarks/bench_sampling.py`), and the generator budget's decoder steps, in one place: no torch
+import, so the command line can show them in --help cheaply.
 """
 
 from __future__ import annotations
@@ -39,3 +40,7 @@ class SamplingDefaults:
 
 
 DEFAULTS = SamplingDefaults()
+
+# optimiser steps of the decoder in a `presets.GeneratorBudget` (augment-eval, the demo); here so
+# the command line shows it without importing torch. Why 2400: see GeneratorBudget.
+GENERATOR_DECODER_STEPS = 2400

@@ -1,0 +1,126 @@
+"""What the K-shot generator's samples get wrong, per decoder variant and sampling setting.
+
+One gait31 K-shot pick (32 px, data seed 1, the split of augment_ablation.py), one generator per
+decoder variant trained on it (or taken from --generator_cache: augment_ablation.py writes the
+same files), then for every setting: the background level of the samples (mean of the darker half
+of each image, and the share above 0.4, which no real image reaches), A_gen by a recogniser trained
+on ALL real train images and by one trained on the K-shot images, and domain FID against the real
+test images (features of the all-train recogniser).
+
+    python benchmarks/sample_defects.py --generator_cache /tmp/generators
+    python benchmarks/sample_defects.py --variants eps --settings "g=1;g=3;g=3,iv=0.15:0.7;g=1,var"
+
+A setting is comma-separated: g=<decoder guidance>, iv=<lo>:<hi> (guidance interval), var (decode
+the K-shot images' own embeddings instead of prior samples). Prints a table, writes
+benchmarks/results/sample_defects.json.
+"""
+
+import os
+
+for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ[var] = "1"
+
+import argparse  # noqa: E402
+import json  # noqa: E402
+import sys  # noqa: E402
+import time  # noqa: E402
+from dataclasses import replace  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import torch  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from kshot import KSHOT_RECOGNISER, simulate, split  # noqa: E402
+
+from dalle2_md.augment import GeneratorBudget, cached_generator, kshot_indices, sample_tensors  # noqa: E402
+from dalle2_md.metrics import accuracy, domain_fid  # noqa: E402
+from dalle2_md.presets import CPU_DECODER_SIZES  # noqa: E402
+from dalle2_md.recogniser import RecogniserConfig, RecogniserTrainConfig, train_recogniser  # noqa: E402
+from dalle2_md.synth import get_profile  # noqa: E402
+from dalle2_md.variations import variations_of  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+VARIANTS = {  # decoder fields on top of CPU_DECODER_SIZES
+    "eps": {},
+    "v": {"prediction": "v"},
+    "v_no_p2": {"prediction": "v", "p2_loss_weight_gamma": 0.0},
+}
+BRIGHT = 0.4
+
+
+def background(images: torch.Tensor) -> dict:
+    """Mean of the darker half of each image (in [0, 1]) and the share of images above BRIGHT."""
+    values = ((images + 1) / 2).flatten(1).sort(1).values
+    level = values[:, : values.shape[1] // 2].mean(1)
+    return {"background": float(level.mean()), "bright_share": float((level > BRIGHT).float().mean())}
+
+
+def parse(setting: str) -> dict:
+    fields = dict(part.split("=") if "=" in part else (part, "1") for part in setting.split(","))
+    interval = tuple(float(v) for v in fields.get("iv", "0:1").split(":"))
+    return {"cond_scale": float(fields.get("g", 3)), "guidance_interval": interval, "variations": "var" in fields}
+
+
+def draw(model, setting: dict, shot, n: int, seed: int, steps: int) -> tuple[torch.Tensor, torch.Tensor]:
+    stored = model.decoder.config
+    model.decoder.set_guidance_interval(setting["guidance_interval"])
+    try:
+        if setting["variations"]:
+            return variations_of(model, shot[0], 1, seed, cond_scale=setting["cond_scale"], steps=steps), shot[1].clone()
+        budget = GeneratorBudget(sample_steps=steps, prior_sample_steps=steps, cond_scale=setting["cond_scale"])
+        return sample_tensors(model, sorted(set(shot[1].tolist())), n, seed=seed, budget=budget)
+    finally:
+        model.decoder.config = stored
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--k", type=int, default=10)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--variants", default="eps,v,v_no_p2")
+    ap.add_argument("--settings", default="g=1;g=3;g=3,iv=0.15:0.7;g=1,var;g=3,var")
+    ap.add_argument("--samples_per_user", type=int, default=8)
+    ap.add_argument("--sample_steps", type=int, default=15)
+    ap.add_argument("--decoder_steps", type=int, default=GeneratorBudget.decoder_steps)
+    ap.add_argument("--generator_cache", default=None)
+    ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "sample_defects.json"))
+    args = ap.parse_args()
+    torch.set_num_threads(1)
+
+    profile = get_profile("gait31")
+    images, ids = simulate(profile.num_users, 100, 32, 1, profile)
+    parts = split(ids, 100, 20, 0)
+    train, test = (images[parts["train"]], ids[parts["train"]]), (images[parts["test"]], ids[parts["test"]])
+    pick = kshot_indices(train[1], args.k, args.seed)
+    shot = (train[0][pick].clone(), train[1][pick].clone())
+    shape = RecogniserConfig(num_users=profile.num_users, channels=1, image_size=32, **{**KSHOT_RECOGNISER, "time_pool": 2})
+    rec_train = replace(RecogniserTrainConfig(), seed=args.seed)
+    all_train = train_recogniser(*train, num_users=profile.num_users, config=shape, train=rec_train)
+    kshot = train_recogniser(*shot, num_users=profile.num_users, config=shape, train=rec_train)
+    result = {"args": vars(args), "real": {"kshot": background(shot[0]), "test": background(test[0]),
+                                           "test_accuracy_all_train": accuracy(all_train, *test)[0],
+                                           "test_accuracy_kshot": accuracy(kshot, *test)[0]}, "rows": []}
+    print(f"real K-shot {result['real']['kshot']}, test accuracy: all-train recogniser "
+          f"{result['real']['test_accuracy_all_train']:.3f}, K-shot {result['real']['test_accuracy_kshot']:.3f}", flush=True)
+    for variant in args.variants.split(","):
+        budget = GeneratorBudget(decoder_steps=args.decoder_steps,
+                                 decoder=dict(CPU_DECODER_SIZES) if not VARIANTS[variant] else {**CPU_DECODER_SIZES, **VARIANTS[variant]})
+        gen = cached_generator(*shot, cache_dir=args.generator_cache, kind="two_stage", budget=budget, seed=args.seed,
+                               num_users=profile.num_users, run_dir=Path(f"/tmp/sample_defects_{os.getpid()}") / variant,
+                               colormap="jet")
+        for setting in args.settings.split(";"):
+            started = time.perf_counter()
+            fake = draw(gen.model, parse(setting), shot, args.samples_per_user, args.seed, args.sample_steps)
+            row = {"variant": variant, "setting": setting, **background(fake[0]),
+                   "a_gen_all_train": accuracy(all_train, *fake)[0], "a_gen_kshot": accuracy(kshot, *fake)[0],
+                   "fid": domain_fid(all_train, test[0], fake[0]), "seconds": time.perf_counter() - started}
+            result["rows"].append(row)
+            print(f"{variant:8s} {setting:22s} background {row['background']:.3f} bright {row['bright_share']:.2f} | "
+                  f"A_gen {row['a_gen_all_train']:.3f} (K-shot rec {row['a_gen_kshot']:.3f}) | FID {row['fid']:.1f}", flush=True)
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(result, indent=1))
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
