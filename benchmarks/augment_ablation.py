@@ -39,7 +39,7 @@ from dalle2_md.synth import get_profile  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 # the base of the ablation run in docs/results.md: the recogniser filter on (the default then)
-DEFAULT = AugmentRecipe(name="default", filter="recogniser")
+DEFAULT = AugmentRecipe(name="default", source="prior", filter="recogniser")
 RECIPES = {
     "default": DEFAULT,
     # the harness before recipes: guidance 1, no filter, M = 10 K pooled with the real images

@@ -243,11 +243,13 @@ def _check_split_files(train_files, test_files, num_train: int) -> None:
                             "fix the split file")
 
 
-def _resolved_recipes(recipes: Sequence, *, m: int | None, k: int) -> list:
-    """The recipes to run (default: the default recipe), each drawing `m` per user when given."""
+def _resolved_recipes(recipes: Sequence, *, m: int | None, k: int, generator: str = "two_stage") -> list:
+    """The recipes to run (default: the default recipe, from the prior for the baseline), each
+    drawing `m` per user when given."""
     from .recipe import AugmentRecipe
 
-    recipes = list(recipes) or [AugmentRecipe()]
+    # the baseline has no embeddings to start variations or SDEdit from
+    recipes = list(recipes) or [AugmentRecipe() if generator == "two_stage" else AugmentRecipe(source="prior")]
     if exists(m):
         recipes = [replace(r, m_per_k=m / k) for r in recipes]
     if len({r.name for r in recipes}) != len(recipes):
@@ -314,7 +316,7 @@ def augmentation_gain(
     _check_split_files(train_files, test_files, len(images))
     if len(seeds) < 1:
         raise UserError("give at least one seed")
-    recipes = _resolved_recipes(recipes, m=m, k=k)
+    recipes = _resolved_recipes(recipes, m=m, k=k, generator=generator)
     started = time.perf_counter()
     per_seed = []
     for seed in seeds:

@@ -791,9 +791,10 @@ def evaluate_cmd(data_root, split_file, split_seed, model_path, decoder_path, pr
 @click.option("--k", "k", default=10, type=int, help="Real train images per user (the generator sees only these).")
 @click.option("--m", "m", default=None, type=int, help="Generated images per user added to the K real [default: --m_per_k x K].")
 @click.option("--m_per_k", "--m-per-k", "m_per_k", default=RECIPE.m_per_k, type=float, help="Generated images per real one (M/K).")
-@click.option("--source", type=click.Choice(["prior", "variations", "sdedit"]), default=RECIPE.source,
+@click.option("--source", type=click.Choice(["prior", "variations", "sdedit"]), default=None,
               help="Generated images from the prior (user -> embedding), as variations of the K real images, or "
-                   "SDEdit of the K real images (noised --strength of the way, denoised with their own embedding).")
+                   "SDEdit of the K real images (noised --strength of the way, denoised with their own embedding) "
+                   f"[default: {RECIPE.source}; prior with --generator baseline, which has no embeddings].")
 @click.option("--strength", default=RECIPE.strength, type=float, help="SDEdit noise level of --source sdedit (0..1].")
 @click.option("--filter", "filter_", type=click.Choice(["none", "recogniser"]), default=RECIPE.filter,
               help="Keep samples that a recogniser trained on the same K real images gives their user.")
@@ -838,6 +839,7 @@ def augment_eval_cmd(data_root, split_file, split_seed, image_size, colormap, k,
 
     from .decoder import check_guidance_interval
 
+    source = source or (RECIPE.source if generator == "two_stage" else "prior")
     interval = check_guidance_interval(guidance_interval.split(",")) if guidance_interval else None
     recipe = AugmentRecipe(name="cli", source=source, strength=strength, m_per_k=m_per_k, cond_scale=cond_scale,
                            prior_cond_scale=prior_cond_scale, guidance_interval=interval, eta=eta, filter=filter_, min_confidence=min_confidence,

@@ -87,12 +87,17 @@ class DecoderConfig:
             and Distribution Quality in Diffusion Models"): guidance at the highest noise levels
             pushes the image's overall level, not its identity. (0, 1) = everywhere, as in
             bundles written before this field; `MicroDopplerDecoder.sample` can override it.
+            (0.15, 0.7) gave the best FID and A_gen on gait31 but a lower augmentation gain
+            (docs/results.md), hence the default (0, 1).
         prediction: what the network predicts: "eps" (the noise; bundles written before this
             field) or "v" (sqrt(abar) eps - sqrt(1 - abar) x_0, Salimans & Ho 2022, "Progressive
             Distillation for Fast Sampling of Diffusion Models"). From an eps prediction the
             x_0 estimate divides by sqrt(abar), which is ~0 near t = T, so the first sampling
             steps fix the image's overall level from an estimate that is mostly clamped noise;
-            a v prediction stays bounded there.
+            a v prediction stays bounded there. Measured on a K = 10 gait31 generator
+            (benchmarks/sample_defects.py): v keeps the backgrounds at the real images' level
+            (eps: a quarter of the samples brighter than any real image) but its samples follow
+            their user less (A_gen 0.16-0.46 against 0.51-0.58), so eps stays the default.
         embed_noise_std: in training, Gaussian noise about this fraction of its length is added
             to each embedding, which is then put back on its sphere: the decoder learns to read a
             neighbourhood of each real embedding, as the prior's samples land near, not on, them.

@@ -75,7 +75,7 @@ def test_generator_sees_only_the_kshot_images(data_root, tmp_path, monkeypatch):
     result = augmentation_gain(train.tensors(), test.tensors(), num_users=USERS, work_dir=tmp_path / "runs", k=k, m=2,
                                seeds=(0, 1), budget=TINY, recogniser_train=RecogniserTrainConfig(steps=60, batch_size=8),
                                train_files=train_files, test_files=test_files,
-                               recipes=[AugmentRecipe(filter="none")])
+                               recipes=[AugmentRecipe(source="prior", filter="none")])
     assert len(calls) == 2 and len(result["per_seed"]) == 2
     assert len(loop_datasets) == 6  # embedding model, decoder, prior per seed
     for (images, ids), row in zip(calls, result["per_seed"]):
@@ -200,7 +200,8 @@ def test_real_only_arm_is_a_plain_recogniser_run_and_filters_see_only_kshot(data
         return original(images, user_indices, **kw)
 
     monkeypatch.setattr(recogniser_module, "train_recogniser", spy)
-    recipes = [AugmentRecipe(name="filtered", filter="recogniser", min_confidence=0.0), AugmentRecipe(name="pre", filter="none", mixing="pretrain")]
+    recipes = [AugmentRecipe(name="filtered", source="prior", filter="recogniser", min_confidence=0.0),
+               AugmentRecipe(name="pre", source="prior", filter="none", mixing="pretrain")]
     result = augmentation_gain(train, test, num_users=USERS, work_dir=tmp_path / "runs", k=3, seeds=(0,), budget=TINY,
                                recipes=recipes, recogniser_train=rec_cfg)
     row = result["per_seed"][0]
@@ -235,7 +236,7 @@ def test_recogniser_filter_keeps_confident_samples_first_by_index(monkeypatch):
 
     monkeypatch.setattr(augment_module, "sample_tensors", fake_sample_tensors)
     shot = (torch.zeros(4, 1, 4, 4), torch.tensor([0, 0, 1, 1]))
-    recipe = AugmentRecipe(filter="recogniser", m_per_k=1.0, oversample=2.0, min_confidence=0.9)
+    recipe = AugmentRecipe(source="prior", filter="recogniser", m_per_k=1.0, oversample=2.0, min_confidence=0.9)
     drawn = draw_synthetic(None, recipe, TINY, shot, seed=0, filter_recogniser=_ByBrightness())
     # user 1 wants bright images: candidates 0 and 2 of 4 pass, both kept; user 0 wants dark ones: 1 and 3
     assert drawn["num_drawn"] == 8 and drawn["acceptance"] == {0: 0.5, 1: 0.5}
@@ -309,8 +310,8 @@ def test_recipe_guidance_interval_applies_to_its_draw_only(monkeypatch):
 
     monkeypatch.setattr(augment_module, "sample_tensors", fake_sample_tensors)
     shot = (torch.zeros(2, 1, 4, 4), torch.tensor([0, 1]))
-    narrow = AugmentRecipe(guidance_interval=(0.15, 0.7))
+    narrow = AugmentRecipe(source="prior", guidance_interval=(0.15, 0.7))
     draw_candidates(model, narrow, TINY, shot, 2, seed=0)
-    draw_candidates(model, AugmentRecipe(), TINY, shot, 2, seed=0)
+    draw_candidates(model, AugmentRecipe(source="prior"), TINY, shot, 2, seed=0)
     assert seen == [(0.15, 0.7), (0.0, 1.0)] and decoder.config.guidance_interval == (0.0, 1.0)
-    assert sampling_key(narrow) != sampling_key(AugmentRecipe())
+    assert sampling_key(narrow) != sampling_key(AugmentRecipe(source="prior"))

@@ -144,6 +144,7 @@ def test_sdedit_is_a_recipe_source_that_keeps_each_users_own_images(model_and_im
     nearest = torch.cdist(fake.flatten(1), shot[0].flatten(1)).argmin(1)
     assert torch.equal(shot[1][nearest], users)
     assert sampling_key(recipe) != sampling_key(AugmentRecipe(source="sdedit", strength=0.7))
-    assert sampling_key(AugmentRecipe(strength=0.1)) == sampling_key(AugmentRecipe(strength=0.7))  # prior ignores it
+    prior_a, prior_b = AugmentRecipe(source="prior", strength=0.1), AugmentRecipe(source="prior", strength=0.7)
+    assert sampling_key(prior_a) == sampling_key(prior_b)  # the prior source ignores the strength
     with pytest.raises(UserError, match="strength"):
         AugmentRecipe(source="sdedit", strength=0.0)
