@@ -62,15 +62,11 @@ def parse(setting: str) -> dict:
 
 
 def draw(model, setting: dict, shot, n: int, seed: int, steps: int) -> tuple[torch.Tensor, torch.Tensor]:
-    stored = model.decoder.config
-    model.decoder.set_guidance_interval(setting["guidance_interval"])
-    try:
+    with model.decoder.guidance_interval_for(setting["guidance_interval"]):
         if setting["variations"]:
             return variations_of(model, shot[0], 1, seed, cond_scale=setting["cond_scale"], steps=steps), shot[1].clone()
         budget = GeneratorBudget(sample_steps=steps, prior_sample_steps=steps, cond_scale=setting["cond_scale"])
         return sample_tensors(model, sorted(set(shot[1].tolist())), n, seed=seed, budget=budget)
-    finally:
-        model.decoder.config = stored
 
 
 def main():

@@ -27,6 +27,7 @@ precomputed `image_embed` tensors). What we add around them:
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Callable
@@ -326,6 +327,18 @@ class MicroDopplerDecoder(nn.Module):
         """Make `interval` this decoder's default guidance interval (saved with it)."""
         self.config = replace(self.config, guidance_interval=check_guidance_interval(interval))
         return self
+
+    @contextmanager
+    def guidance_interval_for(self, interval: tuple[float, float] | None):
+        """`interval` as the default guidance interval inside the block only (None: unchanged),
+        for callers that sample through the chain rather than calling `sample` themselves."""
+        stored = self.config
+        if exists(interval):
+            self.set_guidance_interval(interval)
+        try:
+            yield self
+        finally:
+            self.config = stored
 
     def train(self, mode: bool = True):
         super().train(mode)

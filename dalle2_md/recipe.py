@@ -19,6 +19,7 @@ Mixing rules (the real batches are the same in every rule, see `recogniser.train
 from __future__ import annotations
 
 import math
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass, replace
 
 from .utils import UserError
@@ -107,17 +108,12 @@ def _candidates(model, recipe: AugmentRecipe, budget, user_indices, shot, count:
     from .augment import sample_tensors
 
     budget = replace(budget, cond_scale=recipe.cond_scale, prior_cond_scale=recipe.prior_cond_scale, eta=recipe.eta)
-    decoder = getattr(model, "decoder", None) if recipe.guidance_interval is not None else None
-    stored = decoder.config if decoder is not None else None
-    if decoder is not None:
-        decoder.set_guidance_interval(recipe.guidance_interval)
-    try:
+    decoder = getattr(model, "decoder", None)
+    interval = nullcontext() if decoder is None else decoder.guidance_interval_for(recipe.guidance_interval)
+    with interval:  # the recipe's interval holds for this draw only
         if recipe.source == "prior":
             return sample_tensors(model, user_indices, count, seed=seed, budget=budget)
         return _real_image_candidates(model, recipe, budget, user_indices, shot, count, seed)
-    finally:
-        if decoder is not None:
-            decoder.config = stored  # the recipe's interval was for this draw only
 
 
 def _real_image_candidates(model, recipe: AugmentRecipe, budget, user_indices, shot, count: int, seed: int):
