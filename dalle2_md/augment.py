@@ -246,10 +246,9 @@ def _check_split_files(train_files, test_files, num_train: int) -> None:
 def _resolved_recipes(recipes: Sequence, *, m: int | None, k: int, generator: str = "two_stage") -> list:
     """The recipes to run (default: the default recipe, from the prior for the baseline), each
     drawing `m` per user when given."""
-    from .recipe import AugmentRecipe
+    from .recipe import AugmentRecipe, default_source
 
-    # the baseline has no embeddings to start variations or SDEdit from
-    recipes = list(recipes) or [AugmentRecipe() if generator == "two_stage" else AugmentRecipe(source="prior")]
+    recipes = list(recipes) or [AugmentRecipe(source=default_source(generator))]
     if exists(m):
         recipes = [replace(r, m_per_k=m / k) for r in recipes]
     if len({r.name for r in recipes}) != len(recipes):

@@ -402,7 +402,7 @@ def _load_model(kw):
         model.colormap = colormap  # only re-colours scalar models; RGB models are shown as they are
     interval = kw.pop("guidance_interval", None)
     if interval is not None:
-        model.decoder.set_guidance_interval(interval.split(","))
+        model.decoder.set_guidance_interval(interval)
     return model
 
 
@@ -833,17 +833,16 @@ def augment_eval_cmd(data_root, split_file, split_seed, image_size, colormap, k,
     from dataclasses import replace
 
     from .augment import GeneratorBudget, augmentation_gain, load_splits, write_augment_report
+    from .decoder import check_guidance_interval
     from .recogniser import RecogniserTrainConfig
     from .report import _plain_floats
-    from .recipe import AugmentRecipe
+    from .recipe import AugmentRecipe, default_source
 
-    from .decoder import check_guidance_interval
-
-    source = source or (RECIPE.source if generator == "two_stage" else "prior")
-    interval = check_guidance_interval(guidance_interval.split(",")) if guidance_interval else None
+    source = source or default_source(generator)
+    interval = check_guidance_interval(guidance_interval) if guidance_interval else None
     recipe = AugmentRecipe(name="cli", source=source, strength=strength, m_per_k=m_per_k, cond_scale=cond_scale,
-                           prior_cond_scale=prior_cond_scale, guidance_interval=interval, eta=eta, filter=filter_, min_confidence=min_confidence,
-                           mixing=mixing, synthetic_weight=synthetic_weight)
+                           prior_cond_scale=prior_cond_scale, guidance_interval=interval, eta=eta, filter=filter_,
+                           min_confidence=min_confidence, mixing=mixing, synthetic_weight=synthetic_weight)
     if source != "prior" and generator != "two_stage":
         raise UserError(f"--source {source} needs --generator two_stage (it decodes embeddings of the real images).")
 

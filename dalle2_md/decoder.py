@@ -49,7 +49,10 @@ PREDICTIONS = ("eps", "v")
 
 
 def check_guidance_interval(interval) -> tuple[float, float]:
-    """(lo, hi) as floats with 0 <= lo <= hi <= 1, or a UserError naming the flag."""
+    """(lo, hi) as floats with 0 <= lo <= hi <= 1, from a pair or the flag's "lo,hi" text, or a
+    UserError naming the flag."""
+    if isinstance(interval, str):
+        interval = interval.split(",")
     try:
         lo, hi = (float(v) for v in interval)
     except (TypeError, ValueError):

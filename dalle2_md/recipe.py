@@ -93,6 +93,12 @@ class AugmentRecipe:
         return asdict(self)
 
 
+def default_source(generator: str) -> str:
+    """The default recipe's source for a generator kind: the single-stage baseline has no
+    embeddings to start variations or SDEdit from, so it draws from its prior path."""
+    return AugmentRecipe.source if generator == "two_stage" else "prior"
+
+
 def _confidence(recogniser, images, user_indices, batch_size: int = 256):
     """Softmax probability of each image's intended user, (N,)."""
     import torch

@@ -315,3 +315,12 @@ def test_recipe_guidance_interval_applies_to_its_draw_only(monkeypatch):
     draw_candidates(model, AugmentRecipe(source="prior"), TINY, shot, 2, seed=0)
     assert seen == [(0.15, 0.7), (0.0, 1.0)] and decoder.config.guidance_interval == (0.0, 1.0)
     assert sampling_key(narrow) != sampling_key(AugmentRecipe(source="prior"))
+
+
+def test_default_source_falls_back_to_the_prior_for_the_baseline():
+    from dalle2_md.augment import _resolved_recipes
+    from dalle2_md.recipe import default_source
+
+    assert default_source("two_stage") == AugmentRecipe().source == "sdedit"
+    assert default_source("baseline") == "prior"
+    assert _resolved_recipes((), m=None, k=5, generator="baseline")[0].source == "prior"

@@ -79,6 +79,7 @@ def test_guidance_interval_is_stored_checked_and_old_configs_guide_everywhere(tm
     del old["guidance_interval"]  # a bundle written before the field
     assert DecoderConfig.from_dict(old).guidance_interval == (0.0, 1.0)
     assert decoder.set_guidance_interval(["0.2", "0.9"]).config.guidance_interval == (0.2, 0.9)
+    assert decoder.set_guidance_interval("0.3,0.8").config.guidance_interval == (0.3, 0.8)  # the flag's text
     for bad in ((0.8, 0.2), (0.1, 1.5), ("a", "b"), (0.5,)):
         try:
             decoder.set_guidance_interval(bad)
