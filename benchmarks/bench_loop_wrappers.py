@@ -1,7 +1,9 @@
-"""`clip.train_clip` and `vqgan.train_vqgan` now train through `training.train` (the loop the CLI
-stages run). This compares them with the plain Adam loops they replaced (kept below as reference),
-on the setups of tests/test_clip.py (toy users, 120 steps) and tests/test_vqgan_path.py (smooth
-16 px images, 60 steps): the numbers those tests assert, and the wall-clock time.
+"""`clip.train_clip`, `vqgan.train_vqgan` and `recogniser.train_recogniser` now train through
+`training.train` (the loop the CLI stages run). This compares them with the plain loops they
+replaced (kept below as reference), on the setups of tests/test_clip.py (toy users, 120 steps),
+tests/test_vqgan_path.py (smooth 16 px images, 60 steps) and the augmentation benchmark's
+recogniser (32 px, default widths, time pool 2, batch 32, 300 steps): the numbers those tests
+assert, the wall-clock time, and for the recogniser whether the weights are bit-identical.
 
     python benchmarks/bench_loop_wrappers.py [--repeats 2] [--out benchmarks/results/bench_loop_wrappers.json]
 
@@ -21,9 +23,9 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 
-from test_clip import USERS, tiny_config, toy_spectrograms  # noqa: E402
+from test_clip import USERS, tiny_config, toy_spectrograms, within_user_spread  # noqa: E402
 
-from dalle2_md.clip import MicroDopplerClip, compute_image_embeds, train_clip, within_user_spread  # noqa: E402
+from dalle2_md.clip import MicroDopplerClip, compute_image_embeds, train_clip  # noqa: E402
 from dalle2_md.vqgan import (  # noqa: E402
     VQGanConfig, build_vqgan, cpu_vqgan_sizes, reconstruction_quality, train_vqgan, vqgan_loss,
 )
@@ -60,6 +62,43 @@ def plain_vqgan(images, config, *, steps, batch_size, lr, seed):
             loss.backward()
             opt.step()
     return vqgan.eval()
+
+
+def plain_recogniser(images, user_indices, config, train):
+    """The loop `train_recogniser` ran before: AdamW, cosine decay to 10 %, raw weights."""
+    import math
+
+    from dalle2_md.recogniser import _BatchStream, _initial_recogniser, _Objective
+
+    model = _initial_recogniser(config, train.seed, None)
+    objective, stream = _Objective(model, train.synthetic_weight), _BatchStream((images, user_indices), None, train)
+    opt = torch.optim.AdamW(model.parameters(), lr=train.lr, weight_decay=train.weight_decay)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(s, train.steps) / max(1, train.steps))))
+    for _ in range(train.steps):
+        model.train()
+        loss = objective(**next(stream))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+    return model.eval()
+
+
+def recogniser_row(train_fn) -> dict:
+    from dalle2_md.recogniser import RecogniserConfig, RecogniserTrainConfig
+
+    g = torch.Generator().manual_seed(0)
+    user_indices = torch.arange(31 * 10) % 31
+    images = (torch.rand(len(user_indices), 1, 32, 32, generator=g) * 2 - 1) * 0.5
+    images[:, :, :31] += 0.5 * torch.nn.functional.one_hot(user_indices, 32)[:, None, :31, None]
+    config = RecogniserConfig(num_users=31, image_size=32, time_pool=2)
+    start = time.time()
+    model = train_fn(images, user_indices, config, RecogniserTrainConfig(steps=300, seed=0))
+    seconds = time.time() - start
+    state = plain_recogniser(images, user_indices, config, RecogniserTrainConfig(steps=300, seed=0)).state_dict()
+    return {"recogniser_seconds_300_steps": seconds,
+            "recogniser_weights_equal_plain": float(all(torch.equal(v, state[k]) for k, v in model.state_dict().items()))}
 
 
 def clip_row(train_fn, toy) -> dict:
@@ -103,22 +142,26 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(1)
     toy = toy_spectrograms(40, seed=0), toy_spectrograms(24, seed=1)
+    from dalle2_md.recogniser import train_recogniser
+
     loops = {
-        "plain loop (before)": (plain_clip, plain_vqgan),
+        "plain loop (before)": (plain_clip, plain_vqgan, plain_recogniser),
         "training.train (now)": (lambda *a, **k: train_clip(*a, progress=False, **k),
-                                 lambda *a, **k: train_vqgan(*a, **k)[0]),
+                                 lambda *a, **k: train_vqgan(*a, **k)[0],
+                                 lambda x, y, config, train: train_recogniser(x, y, config=config, train=train)),
     }
     rows = {}
     for _ in range(args.repeats):  # interleaved, so both loops see the same machine load
-        for name, (clip_fn, vqgan_fn) in loops.items():
-            row = {**clip_row(clip_fn, toy), **vqgan_row(vqgan_fn)}
+        for name, (clip_fn, vqgan_fn, recogniser_fn) in loops.items():
+            row = {**clip_row(clip_fn, toy), **vqgan_row(vqgan_fn), **recogniser_row(recogniser_fn)}
             old = rows.get(name)
             rows[name] = row if old is None else {
-                **row, **{k: min(row[k], old[k]) for k in row if k.startswith("seconds")}}
+                **row, **{k: min(row[k], old[k]) for k in row if "seconds" in k}}
     keys = list(next(iter(rows.values())))
-    print(f"{'':22}" + "".join(f"{k:>26}" for k in keys))
+    widths = [max(12, len(k) + 2) for k in keys]
+    print(f"{'':22}" + "".join(f"{k:>{w}}" for k, w in zip(keys, widths)))
     for name, row in rows.items():
-        print(f"{name:22}" + "".join(f"{row[k]:>26.3f}" for k in keys))
+        print(f"{name:22}" + "".join(f"{row[k]:>{w}.3f}" for k, w in zip(keys, widths)))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({"repeats": args.repeats, "rows": rows}, indent=2))
     print(f"wrote {args.out}")

@@ -2,7 +2,7 @@
 
 Owns its shape (`RecogniserConfig`, `Recogniser`, saved as a "recogniser" bundle), how it is
 trained (`RecogniserTrainConfig`, `LEGACY_RECOGNISER_TRAIN`, the label-preserving augmentations
-and mixup, `train_recogniser`), how it is applied (`predict`, `extract_features`), and the cache
+and mixup, `train_recogniser` through the shared loop of `training.py`), how it is applied (`predict`, `extract_features`), and the cache
 that reuses a trained one when its training set and settings are unchanged (`cached_recogniser`).
 The measures built on it live in `metrics.py`; the written evaluation in `report.py`.
 
@@ -14,9 +14,9 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -248,25 +248,110 @@ def _augment(x: torch.Tensor, cfg: RecogniserTrainConfig, g: torch.Generator) ->
     return x
 
 
-def _mixup_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: RecogniserTrainConfig, g: torch.Generator) -> torch.Tensor:
-    """Cross-entropy of a batch, with mixup when `mixup_alpha` > 0 (one lam per batch)."""
+class _MixedBatch(NamedTuple):
+    """One augmented batch as the loss sees it: `inputs` are already mixed, the loss weights the
+    two label sets by `lam` (`targets_b` is None without mixup)."""
+
+    inputs: torch.Tensor
+    targets: torch.Tensor
+    targets_b: torch.Tensor | None
+    lam: float
+
+
+def _mix(x: torch.Tensor, y: torch.Tensor, cfg: RecogniserTrainConfig, g: torch.Generator) -> _MixedBatch:
+    """Mixup (one lam per batch) when `mixup_alpha` > 0, else the batch unchanged."""
     if cfg.mixup_alpha <= 0:
-        return F.cross_entropy(model(x), y)
+        return _MixedBatch(x, y, None, 1.0)
     # Beta draw from numpy, seeded from the torch stream so the run stays one seeded sequence
     lam = float(np.random.default_rng(int(torch.randint(0, 2**31 - 1, (1,), generator=g))).beta(cfg.mixup_alpha, cfg.mixup_alpha))
     perm = torch.randperm(len(x), generator=g)
-    logits = model(lam * x + (1 - lam) * x[perm])
-    return lam * F.cross_entropy(logits, y) + (1 - lam) * F.cross_entropy(logits, y[perm])
+    return _MixedBatch(lam * x + (1 - lam) * x[perm], y, y[perm], lam)
 
 
 def _draw_batch(images: torch.Tensor, user_indices: torch.Tensor, batch_size: int, cfg: RecogniserTrainConfig,
-                g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """One training batch: (augmented images, their user indices, the drawn indices)."""
+                g: torch.Generator) -> tuple[_MixedBatch, torch.Tensor]:
+    """One training batch drawn with replacement, augmented and mixed: (batch, the drawn indices)."""
     idx = torch.randint(0, len(images), (min(batch_size, len(images)),), generator=g)
     x, y = images[idx], user_indices[idx]
     if cfg.augment:
         x = _augment(x, cfg, g)
-    return x, y, idx
+    return _mix(x, y, cfg, g), idx
+
+
+class _BatchStream:
+    """The recogniser's batches for `training.train`: per step a real batch from one seeded
+    generator (its indices hashed into `real_batches`) and, with synthetic data, a synthetic batch
+    from a generator of its own, so the real stream is the same with or without synthetic data."""
+
+    def __init__(self, real, synthetic, cfg: RecogniserTrainConfig):
+        self.real, self.synthetic, self.cfg = real, synthetic, cfg
+        self.g = torch.Generator().manual_seed(cfg.seed)
+        self.g_syn = torch.Generator().manual_seed(cfg.seed + SYNTHETIC_STREAM_OFFSET)
+        self.real_batches = hashlib.sha256()
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> dict:
+        real, idx = _draw_batch(*self.real, self.cfg.batch_size, self.cfg, self.g)
+        self.real_batches.update(idx.numpy().tobytes())
+        if self.synthetic is None:
+            return {"real": real}
+        size = self.cfg.synthetic_batch_size or self.cfg.batch_size
+        return {"real": real, "synthetic": _draw_batch(*self.synthetic, size, self.cfg, self.g_syn)[0]}
+
+
+class _Objective(nn.Module):
+    """The training loss around a recogniser: cross-entropy of the real batch plus the weighted
+    synthetic one; keeps the real batch's loss of the last step for the history."""
+
+    def __init__(self, recogniser: Recogniser, synthetic_weight: float):
+        super().__init__()
+        self.recogniser, self.synthetic_weight = recogniser, synthetic_weight
+        self.real_loss = None
+
+    def batch_loss(self, batch: _MixedBatch) -> torch.Tensor:
+        logits = self.recogniser(batch.inputs)
+        if batch.targets_b is None:
+            return F.cross_entropy(logits, batch.targets)
+        return batch.lam * F.cross_entropy(logits, batch.targets) + (1 - batch.lam) * F.cross_entropy(logits, batch.targets_b)
+
+    def forward(self, real: _MixedBatch, synthetic: _MixedBatch | None = None) -> torch.Tensor:
+        loss = self.batch_loss(real)
+        self.real_loss = loss.detach()
+        if synthetic is None:
+            return loss
+        return loss + self.synthetic_weight * self.batch_loss(synthetic)
+
+
+class _KeepBestOnValidation:
+    """`on_step` hook: every `every` steps (and at the last) measure validation accuracy and keep
+    a copy of the weights when it is strictly better (ties keep the earlier weights)."""
+
+    def __init__(self, val, every: int, steps: int):
+        self.val, self.every, self.steps = val, every, steps
+        self.best_acc, self.best_state, self.history = -1.0, None, []
+
+    def __call__(self, objective: _Objective, step: int) -> None:
+        from .metrics import accuracy  # metrics builds on this module, so imported here
+
+        if step % self.every and step != self.steps:
+            return
+        acc, _ = accuracy(objective.recogniser, *self.val)
+        objective.recogniser.train()
+        self.history.append({"step": step, "loss": objective.real_loss.item(), "val_accuracy": acc})
+        if acc > self.best_acc:
+            self.best_acc, self.best_state = acc, {k: v.clone() for k, v in objective.recogniser.state_dict().items()}
+
+
+def _loop_config(train: RecogniserTrainConfig):
+    """The shared loop's settings for a recogniser: AdamW, cosine decay of the learning rate to 10 %
+    over the steps, no gradient clipping, no EMA copy (the raw or best-validation weights are kept)."""
+    from .training import TrainConfig
+
+    return TrainConfig(max_steps=train.steps, batch_size=train.batch_size, lr=train.lr, weight_decay=train.weight_decay,
+                       lr_schedule="cosine", lr_floor=0.1, max_grad_norm=None, ema_decay=None, seed=train.seed,
+                       log_every=max(1, train.steps // 10))
 
 
 @torch.no_grad()
@@ -309,7 +394,9 @@ def train_recogniser(
 ) -> Recogniser:
     """Train an identity recogniser on real images, optionally beside synthetic ones.
 
-    Deterministic on CPU for a given seed; the global torch RNG is left as it was.
+    Trains through `training.train`, the loop every stage runs (AdamW, cosine decay of the
+    learning rate to 10 %, no clipping), fed by `_BatchStream`. Deterministic on CPU for a given
+    seed; the global torch RNG is left as it was.
 
     Each step draws the real batch (indices, augmentation, mixup) from one seeded stream, the
     same with or without synthetic data, so both arms of a comparison see the same real images
@@ -332,42 +419,28 @@ def train_recogniser(
         The trained recogniser in eval mode; `.meta` holds the training config and history, and
         `real_batches_sha` (a hash of every real batch's indices, equal across arms).
     """
-    from tqdm import tqdm
-
-    from .metrics import accuracy  # metrics builds on this module, so imported here
+    from .training import kept_global_rng, train as train_loop
 
     images, user_indices, config, val, synthetic = _checked_training_data(images, user_indices, num_users, config, val, synthetic)
     model = _initial_recogniser(config, train.seed, init)
     model.check_images(images, "recogniser training images")
-    g = torch.Generator().manual_seed(train.seed)
-    # a stream of its own for the synthetic batches: the real stream is the same in both arms
-    g_syn = torch.Generator().manual_seed(train.seed + SYNTHETIC_STREAM_OFFSET)
-    real_batches = hashlib.sha256()
-    opt, sched = _optimiser(model, train)
-    eval_every = train.eval_every or max(1, train.steps // 10)
-    best_acc, best_state, history = -1.0, None, []
-
-    bar = tqdm(range(train.steps), desc="recogniser", disable=not progress)
-    for step in bar:
-        loss = _train_step(model, opt, sched, (images, user_indices), synthetic, train, g, g_syn, real_batches)
-        if val is not None and ((step + 1) % eval_every == 0 or step + 1 == train.steps):
-            acc, _ = accuracy(model, *val)
-            history.append({"step": step + 1, "loss": loss.item(), "val_accuracy": acc})
-            if acc > best_acc:  # strictly better: ties keep the earlier weights
-                best_acc, best_state = acc, {k: v.clone() for k, v in model.state_dict().items()}
-            bar.set_postfix(loss=f"{loss.item():.3f}", val=f"{acc:.3f}")
-        elif progress:
-            bar.set_postfix(loss=f"{loss.item():.3f}")
-    if best_state is not None:
-        model.load_state_dict(best_state)
+    stream = _BatchStream((images, user_indices), synthetic, train)
+    objective = _Objective(model, train.synthetic_weight)
+    keep_best = None if val is None else _KeepBestOnValidation(val, train.eval_every or max(1, train.steps // 10), train.steps)
+    if train.steps > 0:
+        with kept_global_rng():  # the loop seeds the global RNG; the recogniser draws only from its own streams
+            train_loop(objective, stream, _loop_config(train), run_dir=None, stage="recogniser", on_step=keep_best,
+                       progress=progress)
+    if keep_best is not None and keep_best.best_state is not None:
+        model.load_state_dict(keep_best.best_state)
     model.meta = {
         "train": asdict(train),
         "num_train_images": len(images),
         "num_synthetic_images": 0 if synthetic is None else len(synthetic[0]),
-        "real_batches_sha": real_batches.hexdigest()[:16],
-        "final_loss": loss.item() if train.steps else None,
-        "best_val_accuracy": best_acc if best_state is not None else None,
-        "history": history,
+        "real_batches_sha": stream.real_batches.hexdigest()[:16],
+        "final_loss": objective.real_loss.item() if train.steps else None,
+        "best_val_accuracy": keep_best.best_acc if keep_best is not None and keep_best.best_state is not None else None,
+        "history": [] if keep_best is None else keep_best.history,
     }
     return model.eval()
 
@@ -404,33 +477,6 @@ def _initial_recogniser(config: RecogniserConfig, seed: int, init: Recogniser | 
             raise UserError(f"the recogniser to start from has shape {init.config}, not {config}")
         model.load_state_dict(init.state_dict())
     return model
-
-
-def _optimiser(model: Recogniser, train: RecogniserTrainConfig):
-    """AdamW with a cosine decay of the learning rate to 10 % over `train.steps`."""
-    opt = torch.optim.AdamW(model.parameters(), lr=train.lr, weight_decay=train.weight_decay)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(s, train.steps) / max(1, train.steps))))
-    return opt, sched
-
-
-def _train_step(model, opt, sched, real, synthetic, train: RecogniserTrainConfig, g: torch.Generator,
-                g_syn: torch.Generator, real_batches) -> torch.Tensor:
-    """One optimiser step on a real batch (drawn from `g`, its indices hashed into
-    `real_batches`) plus, with synthetic data, a weighted synthetic batch (drawn from `g_syn`).
-    Returns the real batch's loss."""
-    model.train()
-    x, y, idx = _draw_batch(*real, train.batch_size, train, g)
-    real_batches.update(idx.numpy().tobytes())
-    loss = _mixup_loss(model, x, y, train, g)
-    total = loss
-    if synthetic is not None:
-        xs, ys, _ = _draw_batch(*synthetic, train.synthetic_batch_size or train.batch_size, train, g_syn)
-        total = loss + train.synthetic_weight * _mixup_loss(model, xs, ys, train, g_syn)
-    opt.zero_grad(set_to_none=True)
-    total.backward()
-    opt.step()
-    sched.step()
-    return loss
 
 
 @renamed_keywords(user_ids="user_indices")

@@ -1,7 +1,7 @@
-"""The one training loop every stage (embedding, prior, decoder, VQGAN) runs through.
+"""The one training loop every stage (embedding, prior, decoder, VQGAN, recogniser) runs through.
 
 A stage hands in a module whose `forward(*batch)` returns a scalar loss and a dataset whose items
-are tuples of tensors; this module owns everything around that: optimizer, warmup schedule, EMA,
+are tuples of tensors (or, like the recogniser, a stream of ready batches); this module owns everything around that: optimizer, warmup schedule, EMA,
 gradient accumulation and mixed precision (through accelerate), TensorBoard logging, sample
 grids, the NaN guard, and plain-typed checkpoints that resume exactly.
 
@@ -33,7 +33,7 @@ import warnings
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import numpy as np
 import torch
@@ -63,9 +63,10 @@ class TrainConfig:
     lr: float = 3e-4
     weight_decay: float = 0.0
     warmup_steps: int = 0
-    lr_schedule: str = "constant"  # constant | cosine (decays to 0 at the last step), after warmup
+    lr_schedule: str = "constant"  # constant | cosine (decays to lr_floor * lr at the last step), after warmup
+    lr_floor: float = 0.0  # the cosine schedule's final learning rate, as a fraction of lr
     max_grad_norm: float | None = 1.0
-    ema_decay: float = 0.995
+    ema_decay: float | None = 0.995  # None: no EMA copy (the result's ema_model is the trained model)
     ema_update_every: int = 1
     ema_start_step: int = 0
     mixed_precision: str = "no"  # no | fp16 | bf16
@@ -90,8 +91,10 @@ class TrainConfig:
             raise UserError(f"--mixed-precision must be one of {', '.join(_MIXED)} (got {self.mixed_precision!r}).")
         if self.lr_schedule not in _SCHEDULES:
             raise UserError(f"--lr-schedule must be one of {', '.join(_SCHEDULES)} (got {self.lr_schedule!r}).")
-        if not 0.0 <= self.ema_decay <= 1.0:
+        if self.ema_decay is not None and not 0.0 <= self.ema_decay <= 1.0:
             raise UserError(f"--ema-decay must lie in [0, 1] (got {self.ema_decay}).")
+        if not 0.0 <= self.lr_floor <= 1.0:
+            raise UserError(f"lr_floor must lie in [0, 1] (got {self.lr_floor}).")
         if not (math.isfinite(self.lr) and self.lr > 0):
             raise UserError(f"--lr must be a positive number (got {self.lr}).")
 
@@ -107,7 +110,7 @@ class TrainConfig:
 @dataclass
 class TrainResult:
     model: nn.Module  # unwrapped raw weights
-    ema_model: nn.Module  # the EMA copy: use this one to sample
+    ema_model: nn.Module  # the EMA copy (the trained model when ema_decay is None): use this one to sample
     step: int  # optimizer steps done in total (including those before a resume)
     losses: list[float]  # one per optimizer step of this call (mean over micro-steps and processes)
     seconds: float
@@ -276,15 +279,15 @@ def _nonfinite_error(step: int, what: str, last: Path | None) -> UserError:
 
 
 def _lr_lambda(config: TrainConfig, total_steps: int) -> Callable[[int], float]:
-    warmup, schedule = config.warmup_steps, config.lr_schedule
+    warmup, schedule, floor = config.warmup_steps, config.lr_schedule, config.lr_floor
 
     def factor(step: int) -> float:
         # LambdaLR counts finished steps; step s runs with factor(s), so the first step is not at lr 0
         if step < warmup:
             return (step + 1) / warmup
         if schedule == "cosine":
-            progress = min(1.0, (step - warmup) / max(1, total_steps - warmup))
-            return 0.5 * (1.0 + math.cos(math.pi * progress))
+            span = max(1, total_steps - warmup)
+            return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * min(step - warmup, span) / span))
         return 1.0
 
     return factor
@@ -323,6 +326,7 @@ def train(
     stage: str,
     resume: str | Path | None = None,
     sample_fn: Callable[[nn.Module, int], Tensor | None] | None = None,
+    on_step: Callable[[nn.Module, int], None] | None = None,
     model_config: dict | None = None,
     progress: bool = True,
 ) -> TrainResult:
@@ -333,7 +337,9 @@ def train(
     Args:
         model: a module whose `forward(*batch)` returns a scalar loss; `batch` is the dataset item
             tuple collated over the batch (a dict item is passed as keywords).
-        dataset: map-style dataset with `__len__`.
+        dataset: map-style dataset with `__len__`, or an iterator of ready batches: a stream that
+            owns its order and augmentation (the recogniser's, drawn with replacement from its own
+            generator). A stream needs `config.max_steps` and cannot be resumed.
         config: the training settings.
         run_dir: folder for `checkpoints/`, `tensorboard/` and `samples/`; None trains in memory
             (the same loop, writing into a temporary folder that is deleted afterwards; the result
@@ -344,14 +350,18 @@ def train(
         sample_fn: called as `sample_fn(ema_model, step)` on the main process every
             `config.sample_every` steps and at the end, under a fixed seed and `no_grad`; returns
             images in [0, 1] shaped (B, C, H, W) (or None) for a TensorBoard grid and a PNG.
+        on_step: called as `on_step(model, step)` on the main process after every optimizer step,
+            with the raw (unwrapped) model, e.g. to keep the weights that validate best.
         model_config: the model's constructor arguments, stored in every checkpoint.
         progress: show a tqdm bar on the main process.
     """
-    kw = dict(stage=stage, sample_fn=sample_fn, model_config=model_config, progress=progress)
+    kw = dict(stage=stage, sample_fn=sample_fn, on_step=on_step, model_config=model_config, progress=progress)
     if run_dir is None:
         return _train_in_memory(model, dataset, config, resume=resume, **kw)
     started = time.time()
     trainer = _Trainer(dataset, config, run_dir=Path(run_dir), **kw)
+    if trainer.n is None and exists(resume):
+        raise UserError(f"the {stage} stage draws its own batches; it trains in one go and cannot be resumed.")
     ckpt = _read_resume(resume, trainer.run_dir, stage, config, trainer.accelerator)
     trainer.build(model, ckpt)
     batches = trainer.batches()
@@ -414,14 +424,16 @@ class _Trainer:
     whose loop is a micro-step (forward, backward, optimizer) and, after each optimizer step,
     `after_step` (schedule, EMA, logging, sample grid, checkpoint)."""
 
-    def __init__(self, dataset, config: TrainConfig, *, run_dir: Path, stage: str, sample_fn, model_config,
-                 progress: bool):
+    def __init__(self, dataset, config: TrainConfig, *, run_dir: Path, stage: str, sample_fn, on_step,
+                 model_config, progress: bool):
         self.dataset, self.config, self.run_dir, self.stage = dataset, config, run_dir, stage
-        self.sample_fn, self.model_config, self.progress = sample_fn, model_config, progress
+        self.sample_fn, self.on_step, self.model_config, self.progress = sample_fn, on_step, model_config, progress
         self.accelerator = _make_accelerator(config, run_dir)
         self.main = self.accelerator.is_main_process
         self.world, self.rank = self.accelerator.num_processes, self.accelerator.process_index
-        self.n = len(dataset)
+        self.n = None if _is_stream(dataset) else len(dataset)  # None: a stream of ready batches
+        if self.n is None and not exists(config.max_steps):
+            raise UserError(f"the {stage} stage draws its own batches, so its length is given in steps, not epochs.")
         self.per_step = config.batch_size * self.world * config.gradient_accumulation_steps
         self.total_steps = (config.max_steps if exists(config.max_steps)
                             else math.ceil(config.epochs * self.n / self.per_step))
@@ -449,9 +461,11 @@ class _Trainer:
         # not prepared: accelerate's scheduler wrapper steps once per process, which would stretch warmup
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(unwrap_optimizer(self.optimizer),
                                                            _lr_lambda(config, self.total_steps))
-        self.ema = EMA(self.unwrapped, beta=config.ema_decay, update_every=config.ema_update_every,
-                       update_after_step=config.ema_start_step, include_online_model=False)
-        self.ema.ema_model.eval()
+        self.ema = None
+        if exists(config.ema_decay):
+            self.ema = EMA(self.unwrapped, beta=config.ema_decay, update_every=config.ema_update_every,
+                           update_after_step=config.ema_start_step, include_online_model=False)
+            self.ema.ema_model.eval()
         if ckpt is not None:
             self._restore(ckpt)
         self.start_step = self.step
@@ -459,7 +473,8 @@ class _Trainer:
     def _restore(self, ckpt: dict) -> None:
         self.optimizer.load_state_dict(ckpt["optimizer"])
         self.scheduler.load_state_dict(ckpt["scheduler"])
-        self.ema.load_state_dict(ckpt["ema"])
+        if exists(self.ema) and exists(ckpt["ema"]):
+            self.ema.load_state_dict(ckpt["ema"])
         scaler = grad_scaler(self.accelerator)
         if exists(ckpt.get("scaler")) and exists(scaler):
             scaler.load_state_dict(ckpt["scaler"])
@@ -471,6 +486,8 @@ class _Trainer:
     def batches(self):
         """The endless batch iterator, starting at the restored stream position."""
         config = self.config
+        if self.n is None:
+            return self.dataset
         sampler = StreamBatchSampler(self.n, batch_size=config.batch_size, num_processes=self.world,
                                      rank=self.rank, seed=config.seed, position=self.position)
         loader = torch.utils.data.DataLoader(
@@ -543,7 +560,9 @@ class _Trainer:
                 self.acc_loss.zero_()
                 if not math.isfinite(step_loss):
                     raise _nonfinite_error(self.step + 1, "the loss", self.last_ckpt)
-                result = step_loss, accelerator.clip_grad_norm_(self.unwrapped.parameters(), clip)
+                # without clipping the norm is only measured for the steps that log it
+                measure = clip != float("inf") or self._logs_at(self.step + 1)
+                result = step_loss, accelerator.clip_grad_norm_(self.unwrapped.parameters(), clip) if measure else None
             try:
                 self.optimizer.step()
             except RuntimeError as e:
@@ -557,7 +576,8 @@ class _Trainer:
     def _after_step(self, step_loss: float, grad_norm: Tensor | None) -> None:
         config, step = self.config, self.step + 1
         self.scheduler.step()
-        self.ema.update()
+        if exists(self.ema):
+            self.ema.update()
         self.step = step
         self.losses.append(step_loss)
         self.window.append(step_loss)
@@ -565,11 +585,13 @@ class _Trainer:
         self.bar.update(1)
         self.bar.set_postfix(loss=f"{step_loss:.4g}", refresh=False)
         last = step == self.total_steps
-        if step % max(1, config.log_every) == 0 or last:
+        if exists(self.on_step) and self.main:
+            self.on_step(self.unwrapped, step)
+        if self._logs_at(step):
             self._log(grad_norm)
         if exists(self.sample_fn) and self.main and ((config.sample_every and step % config.sample_every == 0)
                                                       or last):
-            out = _sample(self.sample_fn, self.ema.ema_model, step, config.seed, self.writer, self.run_dir)
+            out = _sample(self.sample_fn, self.sampled_model, step, config.seed, self.writer, self.run_dir)
             if exists(out):
                 self.samples.append(out)
         if (config.checkpoint_every and step % config.checkpoint_every == 0) or last:
@@ -579,6 +601,9 @@ class _Trainer:
                     _prune(self.run_dir, config.keep_last)
             self.accelerator.wait_for_everyone()
 
+    def _logs_at(self, step: int) -> bool:
+        return step % max(1, self.config.log_every) == 0 or step == self.total_steps
+
     def _log(self, grad_norm: Tensor | None) -> None:
         seconds = max(time.time() - self.window_start, 1e-9)
         self.accelerator.log({
@@ -586,7 +611,7 @@ class _Trainer:
             "lr": self.scheduler.get_last_lr()[0],
             "grad_norm": float(grad_norm) if exists(grad_norm) else float("nan"),
             "samples_per_s": self.window_samples / seconds,
-            "epoch": self.position / self.n,
+            "epoch": self.position / self.n if exists(self.n) else float("nan"),
         }, step=self.step)
         self.window, self.window_start, self.window_samples = [], time.time(), 0
 
@@ -603,13 +628,22 @@ class _Trainer:
         )
         return self.written
 
+    @property
+    def sampled_model(self) -> nn.Module:
+        """The weights samples and results use: the EMA copy, or the trained model without one."""
+        return self.ema.ema_model if exists(self.ema) else self.unwrapped
+
     def result(self, *, seconds: float) -> TrainResult:
         written = self.written
         if self.step == self.start_step and self.step > 0 and self.main and written is None:
             # resumed at or past the end: nothing to do, the checkpoint we came from is the last one
             written = self.last_ckpt
-        return TrainResult(model=self.unwrapped, ema_model=self.ema.ema_model, step=self.step, losses=self.losses,
+        return TrainResult(model=self.unwrapped, ema_model=self.sampled_model, step=self.step, losses=self.losses,
                            seconds=seconds, start_step=self.start_step, checkpoint=written, samples=self.samples)
+
+
+def _is_stream(dataset) -> bool:
+    return isinstance(dataset, Iterator) and not isinstance(dataset, torch.utils.data.Dataset)
 
 
 def _to_device(batch, device):
@@ -655,13 +689,13 @@ def _write_checkpoint(run_dir: Path, *, stage, step, position, n, unwrapped, ema
         "stage": stage,
         "config": json.loads(json.dumps(model_config or {})),
         "state_dict": cpu(unwrapped.state_dict()),
-        "ema": cpu(ema.state_dict()),
+        "ema": cpu(ema.state_dict()) if exists(ema) else None,
         "optimizer": optimizer.state_dict(),
         "scheduler": scheduler.state_dict(),
         "scaler": scaler.state_dict() if exists(scaler) else None,
         "step": step,
         "position": position,
-        "epoch": position // n,
+        "epoch": position // n if exists(n) else None,
         "rng": rng,
         "train_config": config.to_dict(),
         "versions": package_versions(),

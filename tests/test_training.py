@@ -262,3 +262,43 @@ def test_same_loop_under_accelerate_launch_two_cpu_processes(tmp_path):
     assert ckpt["step"] == 6 and len(ckpt["rng"]) == 2
     assert ckpt["position"] == 6 * 2 * 4 * 2  # steps * accumulation * batch * processes
     assert sorted(p.name for p in (run_dir / "checkpoints").glob("*.pt")) == ["step_000003.pt", "step_000006.pt"]
+
+
+def test_a_batch_stream_trains_by_steps_only_and_on_step_sees_every_step(tmp_path):
+    data = toy_data()
+
+    def stream():
+        g = torch.Generator().manual_seed(0)
+        while True:
+            idx = torch.randint(0, len(data), (4,), generator=g)
+            yield data[idx]
+
+    seen = []
+    result = train(make_model(), stream(), cfg(max_steps=5, lr_schedule="cosine", lr_floor=0.1), run_dir=None,
+                   stage="toy", progress=False, on_step=lambda model, step: seen.append((type(model), step)))
+    assert seen == [(ToyRegression, s) for s in range(1, 6)] and result.step == 5
+    with pytest.raises(UserError, match="in steps, not epochs"):
+        train(make_model(), stream(), cfg(epochs=1), run_dir=tmp_path, stage="toy", progress=False)
+    with pytest.raises(UserError, match="cannot be resumed"):
+        train(make_model(), stream(), cfg(max_steps=2), run_dir=tmp_path, stage="toy", resume="latest", progress=False)
+
+
+def test_cosine_schedule_decays_to_its_floor():
+    from dalle2_md.training import _lr_lambda
+
+    for floor in (0.0, 0.1):
+        factor = _lr_lambda(cfg(max_steps=10, lr_schedule="cosine", lr_floor=floor, warmup_steps=2), 10)
+        values = [factor(s) for s in range(12)]
+        assert values[:3] == [0.5, 1.0, 1.0] and values[-1] == values[10] == pytest.approx(floor)
+        assert all(a >= b for a, b in zip(values[1:], values[2:]))
+    with pytest.raises(UserError, match="lr_floor"):
+        cfg(max_steps=1, lr_floor=1.5)
+
+
+def test_without_ema_the_trained_weights_are_sampled_saved_and_resumed(tmp_path):
+    first = run(tmp_path, cfg(max_steps=4, ema_decay=None, max_grad_norm=None))
+    assert first.ema_model is first.model and load_checkpoint(first.checkpoint, stage="toy")["ema"] is None
+    resumed = run(tmp_path, cfg(max_steps=8, ema_decay=None, max_grad_norm=None), resume="latest")
+    straight = run(tmp_path / "straight", cfg(max_steps=8, ema_decay=None, max_grad_norm=None))
+    assert resumed.start_step == 4
+    assert all(torch.equal(a, b) for a, b in zip(weights(resumed.model).values(), weights(straight.model).values()))
