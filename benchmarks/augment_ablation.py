@@ -69,6 +69,11 @@ RECIPES = {
                             synthetic_weight=1.0),
     "variations_interval_nf": replace(DEFAULT, name="variations_interval_nf", source="variations", filter="none",
                                       guidance_interval=(0.15, 0.7)),
+    # ancestral (eta 1) SDEdit: the K = 20 grid showed a real image's deterministic SDEdit copies
+    # differ little from one another; fresh noise at every step should spread them further
+    "sdedit_eta1_nf": replace(DEFAULT, name="sdedit_eta1_nf", source="sdedit", strength=0.5, filter="none", eta=1.0),
+    "sdedit03_eta1_nf": replace(DEFAULT, name="sdedit03_eta1_nf", source="sdedit", strength=0.3, filter="none",
+                                eta=1.0),
 }
 
 
@@ -169,6 +174,8 @@ def main():
     ap.add_argument("--recogniser_steps", type=int, default=None)
     ap.add_argument("--time_pool", type=int, default=None,
                     help="recogniser time pooling [default: image_size / 16, the K-shot benchmark's 64 px / 4]")
+    ap.add_argument("--generator", choices=("two_stage", "baseline"), default="two_stage",
+                    help="the DALLE2-style chain, or the single-stage label-conditioned decoder (prior-source recipes only)")
     ap.add_argument("--generator_cache", default=None,
                     help="folder of trained generators reused by later runs with the same K-shot pick, seed and budget")
     ap.add_argument("--out", default=None)
@@ -199,7 +206,7 @@ def main():
     started = time.time()
     work = Path(f"/tmp/augment_ablation_k{args.k}_{os.getpid()}")
     result = augmentation_gain(train, test, num_users=num_users, work_dir=work, k=args.k, seeds=args.seeds,
-                               budget=budget, recipes=recipes, recogniser_train=rec_train, colormap="jet",
+                               generator=args.generator, budget=budget, recipes=recipes, recogniser_train=rec_train, colormap="jet",
                                recogniser_shape={**KSHOT_RECOGNISER, "time_pool": args.time_pool},
                                log=lambda line: print(line, flush=True), generator_cache=args.generator_cache)
     result["args"] = vars(args)

@@ -4,15 +4,21 @@ One gait31 K-shot pick (32 px, data seed 1, the split of augment_ablation.py), o
 decoder variant trained on it (or taken from --generator_cache: augment_ablation.py writes the
 same files), then for every setting: the background level of the samples (mean of the darker half
 of each image, and the share above 0.4, which no real image reaches), A_gen by a recogniser trained
-on ALL real train images and by one trained on the K-shot images, and domain FID against the real
-test images (features of the all-train recogniser).
+on ALL real train images and by one trained on the K-shot images, domain FID against the real
+test images (features of the all-train recogniser) beside its floor (a random real train subset of
+the same size against the same test images: FID grows as sets shrink, so the floor is matched in
+size), and the kinematic errors (torso velocity, envelope, cadence per user, relative to the real
+train images) beside theirs (real test against real train).
 
     python benchmarks/sample_defects.py --generator_cache /tmp/generators
     python benchmarks/sample_defects.py --variants eps --settings "g=1;g=3;g=3,iv=0.15:0.7;g=1,var"
+    python benchmarks/sample_defects.py --variants eps --settings "g=3;sd=0.5;sd=0.5,eta=1" --seed 1 \
+        --generator_cache DIR --out benchmarks/results/synthetic_quality_k10_s1.json
 
-A setting is comma-separated: g=<decoder guidance>, iv=<lo>:<hi> (guidance interval), var (decode
-the K-shot images' own embeddings instead of prior samples). Prints a table, writes
-benchmarks/results/sample_defects.json.
+A setting is comma-separated: g=<decoder guidance>, iv=<lo>:<hi> (guidance interval), eta=<DDIM
+eta>, var (decode the K-shot images' own embeddings instead of prior samples), sd=<strength>
+(SDEdit of the K-shot images, `--sdedit_per_image` each: the augmentation recipe's source). Prints
+a table, writes benchmarks/results/sample_defects.json.
 """
 
 import os
@@ -33,11 +39,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from kshot import KSHOT_RECOGNISER, simulate, split  # noqa: E402
 
 from dalle2_md.augment import GeneratorBudget, cached_generator, kshot_indices, sample_tensors  # noqa: E402
-from dalle2_md.metrics import accuracy, domain_fid  # noqa: E402
+from dalle2_md.metrics import KINEMATIC_FIELDS, accuracy, domain_fid, kinematic_fidelity, to_scalar_images  # noqa: E402
 from dalle2_md.presets import CPU_DECODER_SIZES  # noqa: E402
 from dalle2_md.recogniser import RecogniserConfig, RecogniserTrainConfig, train_recogniser  # noqa: E402
 from dalle2_md.synth import get_profile  # noqa: E402
-from dalle2_md.variations import variations_of  # noqa: E402
+from dalle2_md.variations import sdedit, variations_of  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 VARIANTS = {  # decoder fields on top of CPU_DECODER_SIZES
@@ -58,15 +64,32 @@ def background(images: torch.Tensor) -> dict:
 def parse(setting: str) -> dict:
     fields = dict(part.split("=") if "=" in part else (part, "1") for part in setting.split(","))
     interval = tuple(float(v) for v in fields.get("iv", "0:1").split(":"))
-    return {"cond_scale": float(fields.get("g", 3)), "guidance_interval": interval, "variations": "var" in fields}
+    return {"cond_scale": float(fields.get("g", 3)), "guidance_interval": interval, "variations": "var" in fields,
+            "eta": float(fields.get("eta", 0)), "sdedit": float(fields["sd"]) if "sd" in fields else None}
 
 
-def draw(model, setting: dict, shot, n: int, seed: int, steps: int) -> tuple[torch.Tensor, torch.Tensor]:
+def draw(model, setting: dict, shot, n: int, seed: int, steps: int, sdedit_per_image: int) -> tuple[torch.Tensor, torch.Tensor]:
+    common = dict(cond_scale=setting["cond_scale"], steps=steps, eta=setting["eta"])
     with model.decoder.guidance_interval_for(setting["guidance_interval"]):
+        if setting["sdedit"] is not None:
+            x = sdedit(model, shot[0], strength=setting["sdedit"], seed=seed, n=sdedit_per_image, **common)
+            return x, shot[1].repeat_interleave(sdedit_per_image)
         if setting["variations"]:
-            return variations_of(model, shot[0], 1, seed, cond_scale=setting["cond_scale"], steps=steps), shot[1].clone()
-        budget = GeneratorBudget(sample_steps=steps, prior_sample_steps=steps, cond_scale=setting["cond_scale"])
+            return variations_of(model, shot[0], 1, seed, **common), shot[1].clone()
+        budget = GeneratorBudget(sample_steps=steps, prior_sample_steps=steps, cond_scale=setting["cond_scale"],
+                                 eta=setting["eta"])
         return sample_tensors(model, sorted(set(shot[1].tolist())), n, seed=seed, budget=budget)
+
+
+def fidelity(all_train, train, test, fake, seed: int) -> dict:
+    """Domain FID and its size-matched floor; kinematic errors and their floor (mean over users)."""
+    g = torch.Generator().manual_seed(seed)
+    subset = train[0][torch.randperm(len(train[0]), generator=g)[: len(fake[0])]]
+    s_train, s_test, s_fake = (to_scalar_images(x[0], None) for x in (train, test, fake))
+    kin = kinematic_fidelity(s_train, train[1], s_fake, fake[1])["mean_rel_error"]
+    kin_floor = kinematic_fidelity(s_train, train[1], s_test, test[1])["mean_rel_error"]
+    return {"fid": domain_fid(all_train, test[0], fake[0]), "fid_floor": domain_fid(all_train, test[0], subset),
+            "kinematic_error": kin, "kinematic_error_floor": kin_floor}
 
 
 def main():
@@ -76,6 +99,7 @@ def main():
     ap.add_argument("--variants", default="eps,v,v_no_p2")
     ap.add_argument("--settings", default="g=1;g=3;g=3,iv=0.15:0.7;g=1,var;g=3,var")
     ap.add_argument("--samples_per_user", type=int, default=8)
+    ap.add_argument("--sdedit_per_image", type=int, default=3, help="SDEdit outputs per K-shot image (M = 3 K)")
     ap.add_argument("--sample_steps", type=int, default=15)
     ap.add_argument("--decoder_steps", type=int, default=GeneratorBudget.decoder_steps)
     ap.add_argument("--generator_cache", default=None)
@@ -106,13 +130,17 @@ def main():
                                colormap="jet")
         for setting in args.settings.split(";"):
             started = time.perf_counter()
-            fake = draw(gen.model, parse(setting), shot, args.samples_per_user, args.seed, args.sample_steps)
-            row = {"variant": variant, "setting": setting, **background(fake[0]),
+            fake = draw(gen.model, parse(setting), shot, args.samples_per_user, args.seed, args.sample_steps,
+                        args.sdedit_per_image)
+            row = {"variant": variant, "setting": setting, "num_images": len(fake[0]), **background(fake[0]),
                    "a_gen_all_train": accuracy(all_train, *fake)[0], "a_gen_kshot": accuracy(kshot, *fake)[0],
-                   "fid": domain_fid(all_train, test[0], fake[0]), "seconds": time.perf_counter() - started}
+                   **fidelity(all_train, train, test, fake, args.seed), "seconds": time.perf_counter() - started}
             result["rows"].append(row)
+            kin = " ".join(f"{k} {row['kinematic_error'][k]:.3f} (floor {row['kinematic_error_floor'][k]:.3f})"
+                           for k in KINEMATIC_FIELDS)
             print(f"{variant:8s} {setting:22s} background {row['background']:.3f} bright {row['bright_share']:.2f} | "
-                  f"A_gen {row['a_gen_all_train']:.3f} (K-shot rec {row['a_gen_kshot']:.3f}) | FID {row['fid']:.1f}", flush=True)
+                  f"A_gen {row['a_gen_all_train']:.3f} (K-shot rec {row['a_gen_kshot']:.3f}) | "
+                  f"FID {row['fid']:.1f} (floor {row['fid_floor']:.1f}) | kinematic error {kin}", flush=True)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=1))
     print(f"wrote {args.out}")
