@@ -7,6 +7,7 @@ this script's own imports do not count. Per-stage seconds come from the demo's o
     python benchmarks/bench_demo.py            # the --quick demo (CI smoke-test sizes)
     python benchmarks/bench_demo.py --full     # the full demo
     python benchmarks/bench_demo.py --threads 1 --out benchmarks/results/bench_demo.json
+    python benchmarks/bench_demo.py --full --image_size 64 --vqgan_steps 1500   # 64 px over a VQGAN latent
 """
 
 import argparse
@@ -22,10 +23,14 @@ import time
 from pathlib import Path
 
 
-def run_demo(full: bool, out_dir: Path, threads: int | None) -> dict:
+def run_demo(full: bool, out_dir: Path, threads: int | None, image_size: int | None = None,
+             vqgan_steps: int | None = None) -> dict:
     command = [sys.executable, "-m", "dalle2_md.cli", "demo", "--output_dir", str(out_dir), "--no-progress"]
     if not full:
         command.append("--quick")
+    for flag, value in (("--image_size", image_size), ("--vqgan_steps", vqgan_steps)):
+        if value is not None:
+            command += [flag, str(value)]
     env = dict(os.environ)
     if threads:
         env["OMP_NUM_THREADS"] = str(threads)
@@ -52,10 +57,13 @@ def main():
     ap.add_argument("--threads", type=int, default=None, help="OMP_NUM_THREADS for the demo (default: torch's own)")
     ap.add_argument("--keep", default=None, help="write the demo here and keep it (default: a temporary folder)")
     ap.add_argument("--out", default=None, help="JSON results file (default: benchmarks/results/bench_demo_<variant>.json)")
+    ap.add_argument("--image_size", type=int, default=None, help="the demo's --image_size (default: its own)")
+    ap.add_argument("--vqgan_steps", type=int, default=None, help="the demo's --vqgan_steps (default: pixels)")
     args = ap.parse_args()
 
     with tempfile.TemporaryDirectory(prefix="bench-demo-") as tmp:
-        row = run_demo(args.full, Path(args.keep or tmp) / "demo", args.threads)
+        row = run_demo(args.full, Path(args.keep or tmp) / "demo", args.threads, args.image_size, args.vqgan_steps)
+    row.update(image_size=args.image_size, vqgan_steps=args.vqgan_steps)
     print("| variant | wall s | cpu s | peak RSS MiB | " + " | ".join(row["stages_s"]) + " |")
     print("|---|---:|---:|---:|" + "---:|" * len(row["stages_s"]))
     print(f"| {row['variant']} | {row['wall_s']:.1f} | {row['cpu_s']:.1f} | {row['peak_rss_mib']:.0f} | "

@@ -60,6 +60,8 @@ def generator_cache_path(cache_dir: str | Path, images: torch.Tensor, user_indic
     h.update(images.detach().cpu().contiguous().numpy().tobytes())
     h.update(user_indices.detach().cpu().long().contiguous().numpy().tobytes())
     fields = {name: getattr(budget, name) for name in _TRAINING_FIELDS}
+    if budget.vqgan_steps:  # only then: pixel generators keep the names they were cached under
+        fields.update(vqgan_steps=budget.vqgan_steps, vqgan_lr=budget.vqgan_lr, vqgan=budget.vqgan)
     h.update(json.dumps([kind, int(seed), fields], sort_keys=True, default=list).encode())
     return Path(cache_dir) / f"{kind}_seed{seed}_{h.hexdigest()[:16]}.pt"
 

@@ -579,13 +579,21 @@ def interpolate_cmd(**kw):
 @_opt("output_dir", type=click.Path(path_type=str), default="outputs/demo", help="Demo folder (its earlier outputs are replaced).")
 @_opt("quick", is_flag=True, default=False, help="Tiny sizes for a smoke test (about a minute on 2 CPU cores).")
 @_opt("seed", type=int, default=0, help="Seed of the data, training and samples.")
+@_opt("image_size", type=int, default=None, help="Side of the simulated images [default: 32, --quick 16].")
+@_opt("vqgan_steps", type=int, default=None,
+      help="Train a VQGAN (f = 4) this many steps and diffuse over its latent [default: 0, pixels].")
 @click.option("--progress/--no-progress", "progress", default=True, show_default=True, help="Show progress bars.")
-def demo_cmd(output_dir, quick, seed, progress):
-    """Simulate a small data set, train embedding -> decoder -> prior, generate a per-user grid and
-    an interpolation strip, and write <output_dir>/report.md with pictures, settings and timings."""
+def demo_cmd(output_dir, quick, seed, image_size, vqgan_steps, progress):
+    """Simulate a small data set, train embedding -> [VQGAN] -> decoder -> prior, generate a per-user
+    grid and an interpolation strip, and write <output_dir>/report.md with pictures, settings and
+    timings."""
+    from dataclasses import replace
+
     from .demo import DemoConfig, run_demo
 
-    done = run_demo(output_dir, DemoConfig.quick() if quick else DemoConfig(), seed=seed, progress=progress)
+    config = DemoConfig.quick() if quick else DemoConfig()
+    changes = {k: v for k, v in (("image_size", image_size), ("vqgan_steps", vqgan_steps)) if v is not None}
+    done = run_demo(output_dir, replace(config, **changes), seed=seed, progress=progress)
     for stage, seconds in done["timings"].items():
         say(f"{stage:<12} {seconds:7.1f}s")
     say(f"peak RSS {done['peak_rss_mb']:.0f} MiB; report: {done['report']}")

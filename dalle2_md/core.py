@@ -12,7 +12,7 @@ the only files are the training loop's own run folders (checkpoints, logs, sampl
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -95,18 +95,35 @@ def fit_clip(data, clip_config, schedule: TrainConfig, run_dir: Path, *, resume:
     return result.ema_model.eval(), result
 
 
+def fit_vqgan(images: torch.Tensor, vq_config, schedule: TrainConfig, run_dir: Path, *, resume: str | None = None,
+              progress: bool = False):
+    """Train a fresh VQGAN autoencoder on images (N, C, H, W) in [-1, 1]; returns (VQGAN, record).
+
+    The raw weights, not the EMA copy: the codebook is itself a moving average of the online
+    encoder's outputs, and an averaged encoder would no longer match it. Args: as for `fit_clip`.
+    """
+    from .vqgan import VQGanLoss, build_vqgan
+
+    torch.manual_seed(schedule.seed)
+    wrapper = VQGanLoss(build_vqgan(vq_config))
+    result = run_loop(wrapper, torch.utils.data.TensorDataset(images), schedule, Path(run_dir), "vqgan", resume=resume,
+                      model_config=vq_config.to_dict(), progress=progress)
+    return result.model.vqgan.eval(), result
+
+
 def fit_decoder(images: torch.Tensor, embeds: torch.Tensor, dec_config, schedule: TrainConfig, run_dir: Path, *,
-                sample_fn=None, resume: str | None = None, progress: bool = False):
+                sample_fn=None, resume: str | None = None, vqgan=None, progress: bool = False):
     """Train a fresh embedding-conditioned decoder on (image, image embedding) pairs (on cached
     VQGAN latents when `dec_config.use_vqgan`); returns (EMA decoder, record).
 
-    Args: as for `fit_clip`, plus images (N, C, H, W) in [-1, 1], their embeds (N, D), and the
-        training loop's `sample_fn`.
+    Args: as for `fit_clip`, plus images (N, C, H, W) in [-1, 1], their embeds (N, D), the
+        training loop's `sample_fn`, and a trained `vqgan` to diffuse over (default: the one
+        `dec_config.vqgan_path` names).
     """
     from .decoder import build_decoder
 
     torch.manual_seed(schedule.seed)
-    decoder = build_decoder(dec_config)
+    decoder = build_decoder(dec_config, vqgan=vqgan)
     if decoder.config.use_vqgan:
         # the VQGAN is frozen, so every image is encoded once here instead of at every step
         decoder.fit_latent_scale(images[:512])
@@ -141,15 +158,17 @@ class TwoStageModels:
     clip: nn.Module
     decoder: nn.Module
     prior: nn.Module
+    vqgan: nn.Module | None = None  # with `budget.vqgan_steps`: the autoencoder under the decoder (its bundle holds it too)
     results: dict[str, TrainResult] = field(default_factory=dict)
     seconds: dict[str, float] = field(default_factory=dict)
 
 
 def train_two_stage(images: torch.Tensor, user_indices: torch.Tensor, *, num_users: int, budget: GeneratorBudget,
                     seed: int = 0, work_dir: str | Path, progress: bool = False) -> TwoStageModels:
-    """Embedding model -> decoder -> prior, trained on exactly these tensors (nothing else); the
-    core under the demo, the augmentation harness and the quality benchmark (the training
-    commands run the same `fit_*` parts one command at a time).
+    """Embedding model -> [VQGAN] -> decoder -> prior, trained on exactly these tensors (nothing
+    else); the core under the demo, the augmentation harness and the quality benchmark (the
+    training commands run the same `fit_*` parts one command at a time). The VQGAN is trained when
+    `budget.vqgan_steps` > 0; the decoder then diffuses over its latent.
 
     Args:
         images: (N, C, H, W) in [-1, 1].
@@ -162,6 +181,7 @@ def train_two_stage(images: torch.Tensor, user_indices: torch.Tensor, *, num_use
     """
     from .clip import compute_image_embeds
     from .decoder import DecoderConfig
+    from .vqgan import VQGanConfig, cpu_vqgan_sizes
 
     work_dir = Path(work_dir)
     _, channels, size, _ = images.shape
@@ -177,6 +197,9 @@ def train_two_stage(images: torch.Tensor, user_indices: torch.Tensor, *, num_use
     dec_config = DecoderConfig(image_size=size, channels=channels, image_embed_dim=clip_config.dim_latent,
                                **budget.decoder)
     prior_config = prior_config_for(num_users=num_users, embed_dim=clip_config.dim_latent, sizes=budget.prior)
+    if budget.vqgan_steps:
+        vq_config = VQGanConfig(image_size=size, channels=channels, **(budget.vqgan or cpu_vqgan_sizes()))
+        dec_config = replace(dec_config, use_vqgan=True, vqgan=vq_config)
     schedule = lambda steps, batch: budget.schedule(steps, batch, seed)
     # the stages reseed the global RNG; the caller's stream is left as it was
     with torch.random.fork_rng(devices=[]):
@@ -184,9 +207,15 @@ def train_two_stage(images: torch.Tensor, user_indices: torch.Tensor, *, num_use
                                                   schedule(budget.clip_steps, budget.batch_size), work_dir,
                                                   progress=progress))
         embeds = compute_image_embeds(out.clip, images)
+        if budget.vqgan_steps:
+            # its own lr: the codebook's moving averages and the reconstruction loss want the
+            # gentler step the vqgan stage uses
+            out.vqgan = timed("vqgan", lambda: fit_vqgan(
+                images, vq_config, replace(schedule(budget.vqgan_steps, budget.decoder_batch_size), lr=budget.vqgan_lr),
+                work_dir, progress=progress))
         out.decoder = timed("decoder", lambda: fit_decoder(
             images, embeds, dec_config, schedule(budget.decoder_steps, budget.decoder_batch_size), work_dir,
-            progress=progress))
+            vqgan=out.vqgan, progress=progress))
         out.prior = timed("prior", lambda: fit_prior(embeds, user_indices, prior_config,
                                                      schedule(budget.prior_steps, budget.batch_size), work_dir,
                                                      progress=progress))

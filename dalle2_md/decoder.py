@@ -592,14 +592,18 @@ class MicroDopplerDecoder(nn.Module):
         return model.eval()
 
 
-def build_decoder(config: DecoderConfig) -> MicroDopplerDecoder:
+def build_decoder(config: DecoderConfig, *, vqgan: nn.Module | None = None) -> MicroDopplerDecoder:
     """A fresh decoder; with `use_vqgan` and `vqgan_path`, the trained VQGAN is loaded from that
     bundle and its config replaces `config.vqgan`.
 
     Args:
         config: the decoder's shape.
+        vqgan: a trained VQGAN (of shape `config.vqgan`) to diffuse over instead of a file.
     """
-    vqgan = None
+    if exists(vqgan):
+        if not config.use_vqgan:
+            raise UserError("a VQGAN was given for a pixel decoder; set use_vqgan in its config.")
+        return MicroDopplerDecoder(config=config, vqgan=vqgan)
     if config.use_vqgan and exists(config.vqgan_path):
         vqgan, vq_config = load_vqgan(config.vqgan_path)
         config = replace(config, vqgan=vq_config)

@@ -156,7 +156,9 @@ def _write_demo_report(out: Path, config: DemoConfig, timings: dict, rss: float,
         "# dalle2-md demo",
         "",
         f"Simulated data: {config.num_users} users x {config.images_per_user} images at {config.image_size} px "
-        f"(`{data_dir}`; contact sheet: ![real]({rel(data_dir / 'contact_sheet.png')})).",
+        f"(`{data_dir}`; contact sheet: ![real]({rel(data_dir / 'contact_sheet.png')})). "
+        + (f"The decoder diffuses over the latent of a VQGAN trained {config.vqgan_steps} steps."
+           if config.vqgan_steps else "The decoder diffuses over pixels."),
         "",
         f"## Generated samples: one row per user ({', '.join(names)})",
         "",

@@ -54,7 +54,10 @@ class GeneratorBudget:
         batch_size: batch of the embedding model and the prior.
         decoder_batch_size: batch of the decoders (their steps cost the most: about 1 s per
             step of 16 at 32 px on one loaded CPU core, measured).
-        lr: learning rate of every stage.
+        lr: learning rate of every stage but the VQGAN.
+        vqgan_steps: > 0: train a VQGAN for this many steps (batch `decoder_batch_size`, lr
+            `vqgan_lr`) and let the decoder diffuse over its latent; 0: a pixel decoder.
+        vqgan: `VQGanConfig` size fields (default `vqgan.cpu_vqgan_sizes()`, f = 4).
         warmup_steps: linear warmup of every stage (capped at a tenth of its steps).
         clip, decoder, prior: size fields of ClipConfig / DecoderConfig / PriorConfig (without
             num_users, image size, channels and embedding width, which follow the data).
@@ -70,6 +73,9 @@ class GeneratorBudget:
     decoder_batch_size: int = 16
     lr: float = 1e-3
     warmup_steps: int = 50
+    vqgan_steps: int = 0
+    vqgan_lr: float = 3e-4
+    vqgan: dict = field(default_factory=dict)
     clip: dict = field(default_factory=lambda: dict(CPU_CLIP_SIZES))
     decoder: dict = field(default_factory=lambda: dict(CPU_DECODER_SIZES))
     prior: dict = field(default_factory=lambda: dict(CPU_PRIOR_SIZES))

@@ -28,7 +28,7 @@ from torch import nn
 
 # moved: issue 11 (the in-memory core to core.py, the data options to options.py)
 from .core import (CLIP_MAX_IMAGE_SIZE, TwoStageModels, clip_config_for, fit_clip, fit_decoder,  # noqa: F401
-                   fit_prior, prior_config_for, run_loop, train_two_stage, unwrap_decoder)
+                   fit_prior, fit_vqgan, prior_config_for, run_loop, train_two_stage, unwrap_decoder)
 from .display import as_image_tensor, colourise
 from .options import (DEFAULT_COLORMAP, DEFAULT_IMAGE_SIZE, DataOptions, display_colormap,  # noqa: F401
                       load_train_data, recorded_data_settings, skipped_summary, with_defaults, with_settings_from)
@@ -132,10 +132,16 @@ def _is_main() -> bool:
 
 def save_two_stage(run_dir: str | Path, models: TwoStageModels, ds) -> dict[str, Path]:
     """Write the bundles of `train_two_stage`'s models as the training commands would
-    (clip_final.pt, decoder_final.pt, prior_final.pt in `run_dir`); returns their paths."""
-    paths = {stage: final_path(run_dir, stage) for stage in ("clip", "decoder", "prior")}
+    (clip_final.pt, [vqgan_final.pt,] decoder_final.pt, prior_final.pt in `run_dir`); returns
+    their paths."""
+    from .vqgan import save_vqgan
+
+    stages = ("clip", "vqgan", "decoder", "prior") if exists(models.vqgan) else ("clip", "decoder", "prior")
+    paths = {stage: final_path(run_dir, stage) for stage in stages}
     if _is_main():
         models.clip.save(paths["clip"], label_map=ds.label_map.to_dict(), meta=_meta(ds))
+        if exists(models.vqgan):
+            save_vqgan(paths["vqgan"], models.vqgan, models.decoder.config.vqgan, meta=_meta(ds))
         models.decoder.save(paths["decoder"], meta=_meta(ds, models.clip))
         models.prior.save(paths["prior"], label_map=ds.label_map.to_dict(), meta=_meta(ds, models.clip))
     return paths
@@ -177,19 +183,12 @@ def train_vqgan_stage(run_dir, ds, config: TrainConfig, *, sizes: dict | None = 
 
     Args: as for `train_clip_stage`; `sizes` holds `VQGanConfig` fields.
     """
-    from .vqgan import VQGanConfig, VQGanLoss, build_vqgan, cpu_vqgan_sizes, reconstruction_quality, save_vqgan
+    from .vqgan import VQGanConfig, cpu_vqgan_sizes, reconstruction_quality, save_vqgan
 
     run_dir, final = Path(run_dir), final_path(run_dir, "vqgan")
     check_can_write(final, overwrite=overwrite, resume=resume)
     vq_config = VQGanConfig(image_size=ds.image_size, channels=ds.channels, **(sizes or cpu_vqgan_sizes()))
-    torch.manual_seed(config.seed)
-    wrapper = VQGanLoss(build_vqgan(vq_config))
-    data = torch.utils.data.TensorDataset(ds.images)
-    result = run_loop(wrapper, data, config, run_dir, "vqgan", resume=resume, model_config=vq_config.to_dict(),
-                  progress=progress)
-    # the raw weights, not the EMA copy: the codebook is itself a moving average of the online
-    # encoder's outputs, and an averaged encoder would no longer match it
-    vqgan = result.model.vqgan.eval()
+    vqgan, result = fit_vqgan(ds.images, vq_config, config, run_dir, resume=resume, progress=progress)
     # its own quality, on (up to 256 of) the images it trained on; benchmarks/bench_vqgan.py
     # measures held-out images and whether identity survives
     quality = reconstruction_quality(vqgan, ds.images[:256])

@@ -308,6 +308,17 @@ def test_quick_demo_writes_report(tmp_path):
     assert "(A_real)" in report and "(A_gen)" in report
 
 
+def test_quick_demo_over_a_vqgan_latent(tmp_path):
+    from dalle2_md.decoder import MicroDopplerDecoder
+
+    invoke("demo", "--quick", "--image_size", 32, "--vqgan_steps", 3, "--output_dir", tmp_path / "demo", "--no-progress")
+    run = tmp_path / "demo" / "run"
+    decoder = MicroDopplerDecoder.load(run / "decoder_final.pt")
+    assert decoder.config.use_vqgan and decoder.config.vqgan.latent_size == 8 and (run / "vqgan_final.pt").is_file()
+    report = (tmp_path / "demo" / "report.md").read_text()
+    assert "| vqgan |" in report and "latent of a VQGAN trained 3 steps" in report
+
+
 class _ReplayGenerator:
     """Stands in for a trained model in `demo_metrics`: its "samples" of user u are unseen
     simulator draws of user (u + shift) mod N, so A_gen must be high at shift 0 and low
