@@ -5,6 +5,8 @@ memorisation, kinematic fidelity and augmentation gain; writes JSON and a result
     python benchmarks/quality.py               # CPU profile ("full"), writes docs/results.md
     python benchmarks/quality.py --smoke       # tiny end-to-end check (a few minutes)
     python benchmarks/quality.py --gpu         # 256 x 256 profile for a lent GPU
+    python benchmarks/quality.py --profile latent64   # pixel vs latent U-Net vs latent DiT at 64 px,
+                                                      # equal training time (benchmarks/latent_vs_pixel.py)
 
 One function per phase: data, recogniser, generators, samples, evaluation, augmentation, report.
 Goals are reported against, never asserted: a goal not reached shows up as "no" in the table.
@@ -23,6 +25,7 @@ import json  # noqa: E402
 import math  # noqa: E402
 import platform  # noqa: E402
 import shutil  # noqa: E402
+import sys  # noqa: E402
 import time  # noqa: E402
 from dataclasses import asdict, dataclass, field, replace  # noqa: E402
 from pathlib import Path  # noqa: E402
@@ -397,7 +400,7 @@ def main():
     group = ap.add_mutually_exclusive_group()
     group.add_argument("--smoke", action="store_const", const="smoke", dest="profile", help="tiny end-to-end check")
     group.add_argument("--gpu", action="store_const", const="gpu", dest="profile", help="256 x 256 profile for a GPU")
-    group.add_argument("--profile", choices=("full", "smoke", "gpu"), dest="profile")
+    group.add_argument("--profile", choices=("full", "smoke", "gpu", "latent64", "latent_smoke"), dest="profile")
     ap.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1: the machine is shared)")
     ap.add_argument("--work_dir", default=None, help="scratch folder (data, runs, recogniser cache)")
     ap.add_argument("--out", default=None, help="JSON results file")
@@ -406,6 +409,12 @@ def main():
     ap.add_argument("--page_only", action="store_true", help="only rebuild the page from an existing JSON results file")
     args = ap.parse_args()
     name = args.profile or "full"
+    if name.startswith("latent"):
+        from latent_vs_pixel import main as latent_main
+
+        sys.argv = [sys.argv[0]] + (["--smoke"] if name == "latent_smoke" else []) + [
+            f"--{k}={v}" for k, v in (("work_dir", args.work_dir), ("out", args.out), ("eval_dir", args.eval_dir)) if v]
+        return latent_main()
     p = _profiles()[name]
     torch.set_num_threads(args.threads)
     if name == "full":

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -42,6 +42,7 @@ class TrainedGenerator:
     seconds: dict[str, float]  # per stage
     num_train_images: int
     final_losses: dict[str, float]  # mean loss over the last tenth of each stage's steps
+    steps: dict[str, int] = field(default_factory=dict)  # optimiser steps per stage (a time budget may stop one early)
 
 
 # the budget fields that change what training produces (sampling fields do not)
@@ -62,6 +63,8 @@ def generator_cache_path(cache_dir: str | Path, images: torch.Tensor, user_indic
     fields = {name: getattr(budget, name) for name in _TRAINING_FIELDS}
     if budget.vqgan_steps:  # only then: pixel generators keep the names they were cached under
         fields.update(vqgan_steps=budget.vqgan_steps, vqgan_lr=budget.vqgan_lr, vqgan=budget.vqgan)
+    if budget.decoder_seconds:
+        fields.update(decoder_seconds=budget.decoder_seconds)
     h.update(json.dumps([kind, int(seed), fields], sort_keys=True, default=list).encode())
     return Path(cache_dir) / f"{kind}_seed{seed}_{h.hexdigest()[:16]}.pt"
 
@@ -160,7 +163,7 @@ def train_generator(
     model = MicroDopplerDALLE2(prior=parts.prior, decoder=parts.decoder, clip=parts.clip, label_map=label_map,
                                colormap=colormap).eval()
     return TrainedGenerator(kind=kind, model=model, seconds=parts.seconds, num_train_images=len(images),
-                            final_losses=losses)
+                            final_losses=losses, steps={name: result.step for name, result in parts.results.items()})
 
 
 @renamed_keywords(users="user_indices")

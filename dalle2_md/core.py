@@ -163,6 +163,13 @@ class TwoStageModels:
     seconds: dict[str, float] = field(default_factory=dict)
 
 
+def _decoder_seconds(budget: GeneratorBudget, out: "TwoStageModels") -> float | None:
+    """What is left of `budget.decoder_seconds` for the decoder once the VQGAN has trained."""
+    if budget.decoder_seconds is None:
+        return None
+    return max(1e-3, budget.decoder_seconds - out.seconds.get("vqgan", 0.0))
+
+
 def train_two_stage(images: torch.Tensor, user_indices: torch.Tensor, *, num_users: int, budget: GeneratorBudget,
                     seed: int = 0, work_dir: str | Path, progress: bool = False) -> TwoStageModels:
     """Embedding model -> [VQGAN] -> decoder -> prior, trained on exactly these tensors (nothing
@@ -214,8 +221,9 @@ def train_two_stage(images: torch.Tensor, user_indices: torch.Tensor, *, num_use
                 images, vq_config, replace(schedule(budget.vqgan_steps, budget.decoder_batch_size), lr=budget.vqgan_lr),
                 work_dir, progress=progress))
         out.decoder = timed("decoder", lambda: fit_decoder(
-            images, embeds, dec_config, schedule(budget.decoder_steps, budget.decoder_batch_size), work_dir,
-            vqgan=out.vqgan, progress=progress))
+            images, embeds, dec_config,
+            replace(schedule(budget.decoder_steps, budget.decoder_batch_size), max_seconds=_decoder_seconds(budget, out)),
+            work_dir, vqgan=out.vqgan, progress=progress))
         out.prior = timed("prior", lambda: fit_prior(embeds, user_indices, prior_config,
                                                      schedule(budget.prior_steps, budget.batch_size), work_dir,
                                                      progress=progress))

@@ -58,6 +58,10 @@ class GeneratorBudget:
         vqgan_steps: > 0: train a VQGAN for this many steps (batch `decoder_batch_size`, lr
             `vqgan_lr`) and let the decoder diffuse over its latent; 0: a pixel decoder.
         vqgan: `VQGanConfig` size fields (default `vqgan.cpu_vqgan_sizes()`, f = 4).
+        decoder_seconds: a wall-clock budget for the two-stage image model, the VQGAN (when
+            trained) and the decoder together: the decoder stops at `decoder_steps` or when the
+            time is up, whichever comes first (equal-compute comparisons of pixel and latent
+            decoders, whose steps cost differently).
         warmup_steps: linear warmup of every stage (capped at a tenth of its steps).
         clip, decoder, prior: size fields of ClipConfig / DecoderConfig / PriorConfig (without
             num_users, image size, channels and embedding width, which follow the data).
@@ -76,6 +80,7 @@ class GeneratorBudget:
     vqgan_steps: int = 0
     vqgan_lr: float = 3e-4
     vqgan: dict = field(default_factory=dict)
+    decoder_seconds: float | None = None
     clip: dict = field(default_factory=lambda: dict(CPU_CLIP_SIZES))
     decoder: dict = field(default_factory=lambda: dict(CPU_DECODER_SIZES))
     prior: dict = field(default_factory=lambda: dict(CPU_PRIOR_SIZES))

@@ -77,6 +77,9 @@ class TrainConfig:
     checkpoint_every: int = 0  # 0 = only at the end
     keep_last: int = 3  # 0 = keep every checkpoint
     num_workers: int = 0
+    # a wall-clock budget (one process): stop after the first step that ends past it, as if it
+    # were the last (equal-compute comparisons; the schedule still spans max_steps)
+    max_seconds: float | None = None
 
     def __post_init__(self):
         if (self.max_steps is None) == (self.epochs is None):
@@ -93,6 +96,8 @@ class TrainConfig:
             raise UserError(f"--lr-schedule must be one of {', '.join(_SCHEDULES)} (got {self.lr_schedule!r}).")
         if self.ema_decay is not None and not 0.0 <= self.ema_decay <= 1.0:
             raise UserError(f"--ema-decay must lie in [0, 1] (got {self.ema_decay}).")
+        if self.max_seconds is not None and not self.max_seconds > 0:
+            raise UserError(f"max_seconds must be positive (got {self.max_seconds}).")
         if not 0.0 <= self.lr_floor <= 1.0:
             raise UserError(f"lr_floor must lie in [0, 1] (got {self.lr_floor}).")
         if not (math.isfinite(self.lr) and self.lr > 0):
@@ -437,7 +442,10 @@ class _Trainer:
         self.per_step = config.batch_size * self.world * config.gradient_accumulation_steps
         self.total_steps = (config.max_steps if exists(config.max_steps)
                             else math.ceil(config.epochs * self.n / self.per_step))
+        if exists(config.max_seconds) and self.world > 1:
+            raise UserError("max_seconds stops one process on its own clock; train on one process to use it.")
         self.step = self.position = self.start_step = 0
+        self.started, self.out_of_time = time.time(), False
         self.losses: list[float] = []
         self.samples: list[Path] = []
         self.written: Path | None = None  # the last checkpoint this call wrote
@@ -532,7 +540,7 @@ class _Trainer:
         self.bar = tqdm(total=self.total_steps, initial=self.step, disable=not (self.progress and self.main),
                         desc=self.stage, dynamic_ncols=True)
         try:
-            while self.step < self.total_steps:
+            while self.step < self.total_steps and not self.out_of_time:
                 batch = _to_device(next(batches), accelerator.device)
                 self.position += config.batch_size * self.world
                 done = self._micro_step(batch, clip)
@@ -584,7 +592,8 @@ class _Trainer:
         self.window_samples += self.per_step
         self.bar.update(1)
         self.bar.set_postfix(loss=f"{step_loss:.4g}", refresh=False)
-        last = step == self.total_steps
+        self.out_of_time = exists(config.max_seconds) and time.time() - self.started >= config.max_seconds
+        last = step == self.total_steps or self.out_of_time
         if exists(self.on_step) and self.main:
             self.on_step(self.unwrapped, step)
         if self._logs_at(step):
@@ -602,7 +611,7 @@ class _Trainer:
             self.accelerator.wait_for_everyone()
 
     def _logs_at(self, step: int) -> bool:
-        return step % max(1, self.config.log_every) == 0 or step == self.total_steps
+        return step % max(1, self.config.log_every) == 0 or step == self.total_steps or self.out_of_time
 
     def _log(self, grad_norm: Tensor | None) -> None:
         seconds = max(time.time() - self.window_start, 1e-9)
@@ -722,7 +731,7 @@ def _prune(run_dir: Path, keep_last: int) -> None:
 
 def _warn_config_change(old: dict, new: TrainConfig, path: Path, *, stacklevel: int = 3) -> None:
     # length of training may change on resume; anything else changes the run it continues
-    ignore = {"max_steps", "epochs", "log_every", "sample_every", "checkpoint_every", "keep_last", "num_workers"}
+    ignore = {"max_steps", "epochs", "log_every", "sample_every", "checkpoint_every", "keep_last", "num_workers", "max_seconds"}
     changed = [f"{k}: {old.get(k)!r} -> {v!r}"
                for k, v in new.to_dict().items() if k not in ignore and old.get(k) != v]
     if changed:

@@ -324,3 +324,21 @@ def test_default_source_falls_back_to_the_prior_for_the_baseline():
     assert default_source("two_stage") == AugmentRecipe().source == "sdedit"
     assert default_source("baseline") == "prior"
     assert _resolved_recipes((), m=None, k=5, generator="baseline")[0].source == "prior"
+
+
+def test_latent_generator_under_a_time_budget(tmp_path):
+    """`vqgan_steps` puts a VQGAN under the decoder; `decoder_seconds` is shared by the VQGAN and
+    the decoder, which stops when it runs out (the step count is then only a cap)."""
+    from dalle2_md.augment import generator_cache_path, train_generator
+
+    g = torch.Generator().manual_seed(0)
+    images, ids = torch.rand(12, 1, 16, 16, generator=g) * 2 - 1, torch.arange(12) % USERS
+    budget = replace(TINY, vqgan_steps=2, decoder_steps=10_000, decoder_seconds=1e-6,
+                     vqgan=dict(dim=8, num_resnet_blocks=1, resnet_groups=4, codebook_size=16, codebook_dim=4, layers=1,
+                                layer_mults=(1,)))
+    gen = train_generator(images, ids, num_users=USERS, kind="two_stage", budget=budget, seed=0, run_dir=tmp_path)
+    assert gen.model.decoder.config.use_vqgan and gen.model.decoder.config.vqgan.latent_size == 8
+    assert gen.steps == {"clip": 2, "vqgan": 2, "decoder": 1, "prior": 2} and "vqgan" in gen.seconds
+    # pixel generators keep the cache names they were saved under; latent ones get their own
+    path = lambda b: generator_cache_path(tmp_path, images, ids, kind="two_stage", budget=b, seed=0)
+    assert path(TINY) == path(replace(TINY, vqgan=budget.vqgan)) != path(budget)

@@ -302,3 +302,11 @@ def test_without_ema_the_trained_weights_are_sampled_saved_and_resumed(tmp_path)
     straight = run(tmp_path / "straight", cfg(max_steps=8, ema_decay=None, max_grad_norm=None))
     assert resumed.start_step == 4
     assert all(torch.equal(a, b) for a, b in zip(weights(resumed.model).values(), weights(straight.model).values()))
+
+
+def test_max_seconds_ends_the_run_as_its_last_step(tmp_path):
+    result = run(tmp_path, cfg(max_steps=1000, max_seconds=1e-6))
+    assert result.step == 1 and len(result.losses) == 1
+    assert load_checkpoint(result.checkpoint, stage="toy")["step"] == 1  # the final checkpoint is written
+    with pytest.raises(UserError, match="max_seconds"):
+        cfg(max_steps=1, max_seconds=0)
