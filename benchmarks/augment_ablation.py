@@ -110,10 +110,23 @@ def write(result: dict, args, out: str | None) -> None:
 
 
 def merge(paths: list[str], out: str | None) -> None:
+    """One table from runs of single seeds and recipe sets: a seed's rows from several files are
+    joined (their real-only arms must agree), and the recipes run for every seed are kept."""
     parts = [json.loads(Path(p).read_text()) for p in paths]
     first = parts[0]
-    recipes = [AugmentRecipe(**r["recipe"]) for r in first["recipes"].values()]
-    per_seed = sorted((row for part in parts for row in part["per_seed"]), key=lambda row: row["seed"])
+    by_seed = {}
+    for part in parts:
+        for row in part["per_seed"]:
+            seen = by_seed.setdefault(row["seed"], {**row, "recipes": {}})
+            if abs(seen["acc_real"] - row["acc_real"]) > 1e-9:
+                sys.exit(f"seed {row['seed']}: the real-only arms differ between the files; were they run with other settings?")
+            seen["recipes"].update(row["recipes"])
+    defs = {name: r["recipe"] for part in parts for name, r in part["recipes"].items()}
+    common = [name for name in defs if all(name in row["recipes"] for row in by_seed.values())]
+    if dropped := sorted(set(defs) - set(common)):
+        print(f"left out (not run for every seed): {', '.join(dropped)}")
+    recipes = [AugmentRecipe(**defs[name]) for name in common]
+    per_seed = [by_seed[seed] for seed in sorted(by_seed)]
     result = {**first, **summarise_seeds(per_seed, recipes, num_users=get_profile("gait31").num_users)}
     result["wall_seconds"] = max(part["wall_seconds"] for part in parts)
     result["merged_from"] = [str(p) for p in paths]
