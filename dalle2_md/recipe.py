@@ -43,7 +43,8 @@ class AugmentRecipe:
             its own embedding: the real image's coarse layout, new detail). Default "sdedit" at
             strength 0.5: on gait31 at K = 10 with the 2400-step decoder it gained +3.5 +- 1.7
             points over the strong real-only recogniser, the prior chain -0.1 +- 1.9 and
-            variations +0.9 +- 1.2 (3 seeds, benchmarks/augment_ablation.py, docs/results.md).
+            variations +0.9 +- 1.2 (3 seeds), and +5.5 +- 3.5 over six seeds, three of them fresh
+            (benchmarks/augment_ablation.py, docs/results.md).
         strength: SDEdit noise level in (0, 1]; read only by source "sdedit".
         m_per_k: generated images per user = round(m_per_k * K).
         cond_scale, prior_cond_scale: decoder / prior classifier-free guidance.
