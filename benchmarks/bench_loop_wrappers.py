@@ -24,6 +24,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 
 from test_clip import USERS, tiny_config, toy_spectrograms, within_user_spread  # noqa: E402
+from test_evaluate import plain_recogniser_loop  # noqa: E402
 
 from dalle2_md.clip import MicroDopplerClip, compute_image_embeds, train_clip  # noqa: E402
 from dalle2_md.vqgan import (  # noqa: E402
@@ -65,24 +66,9 @@ def plain_vqgan(images, config, *, steps, batch_size, lr, seed):
 
 
 def plain_recogniser(images, user_indices, config, train):
-    """The loop `train_recogniser` ran before: AdamW, cosine decay to 10 %, raw weights."""
-    import math
-
-    from dalle2_md.recogniser import _BatchStream, _initial_recogniser, _Objective
-
-    model = _initial_recogniser(config, train.seed, None)
-    objective, stream = _Objective(model, train.synthetic_weight), _BatchStream((images, user_indices), None, train)
-    opt = torch.optim.AdamW(model.parameters(), lr=train.lr, weight_decay=train.weight_decay)
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(s, train.steps) / max(1, train.steps))))
-    for _ in range(train.steps):
-        model.train()
-        loss = objective(**next(stream))
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        sched.step()
-    return model.eval()
+    """The loop `train_recogniser` ran before: AdamW, cosine decay to 10 %, raw weights (the
+    reference loop of tests/test_evaluate.py)."""
+    return plain_recogniser_loop(images, user_indices, config, train)[0]
 
 
 def recogniser_row(train_fn) -> dict:

@@ -77,19 +77,24 @@ def profiles() -> dict:
     return {"latent64": (full, arms), "latent_smoke": (smoke, smoke_arms)}
 
 
+def _slug(name: str) -> str:
+    """'latent U-Net (f = 4)' -> 'latent_U-Net_f_4': the arm's folder name."""
+    return "_".join(name.replace("(", "").replace(")", "").replace("=", "").split())
+
+
 def run_arm(arm: Arm, p: Profile, data: dict, recogniser, rows: dict, work: Path, eval_dir: Path) -> dict:
     budget = arm.budget
     if arm.same_time_as:
         budget = replace(budget, decoder_seconds=rows[arm.same_time_as]["seconds"]["decoder"])
     images, ids = data["sets"]["train"].tensors()
     gen = train_generator(images, ids, num_users=p.num_users, kind="two_stage", budget=budget, seed=p.train_seed,
-                          run_dir=work / "runs" / arm.name.split()[0] / arm.name.split()[1], label_map=data["label_map"],
+                          run_dir=work / "runs" / _slug(arm.name), label_map=data["label_map"],
                           colormap="jet")
     start = time.perf_counter()
     fake = sample_tensors(gen.model, list(range(p.num_users)), p.samples_per_user, seed=p.sample_seed, budget=budget)
     sample_seconds = time.perf_counter() - start
     m = evaluate_samples(data["sets"]["train"].tensors(), data["sets"]["test"].tensors(), fake, recogniser=recogniser,
-                         out_dir=eval_dir / arm.name.replace(" ", "_").replace("(", "").replace(")", "").replace("=", ""),
+                         out_dir=eval_dir / _slug(arm.name),
                          label_map=data["label_map"], colormap="jet", grid_per_user=4)
     image_seconds = gen.seconds["decoder"] + gen.seconds.get("vqgan", 0.0)
     row = {

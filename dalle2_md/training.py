@@ -1,9 +1,10 @@
 """The one training loop every stage (embedding, prior, decoder, VQGAN, recogniser) runs through.
 
 A stage hands in a module whose `forward(*batch)` returns a scalar loss and a dataset whose items
-are tuples of tensors (or, like the recogniser, a stream of ready batches); this module owns everything around that: optimizer, warmup schedule, EMA,
-gradient accumulation and mixed precision (through accelerate), TensorBoard logging, sample
-grids, the NaN guard, and plain-typed checkpoints that resume exactly.
+are tuples of tensors (or, like the recogniser, a stream of ready batches); this module owns
+everything around that: optimizer, warmup schedule, EMA, gradient accumulation and mixed
+precision (through accelerate), TensorBoard logging, sample grids, the NaN guard, and
+plain-typed checkpoints that resume exactly.
 
 Data order is a stream: epoch e visits the dataset in the permutation drawn from (seed, e), and
 each optimizer micro-step takes the next `batch_size * num_processes` positions of that stream

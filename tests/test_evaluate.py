@@ -312,13 +312,30 @@ def test_real_only_training_is_unchanged_by_the_synthetic_option(data):
     assert new.meta["final_loss"] == losses[-1] and new.meta["num_synthetic_images"] == 0
 
 
+def plain_recogniser_loop(images, ids, config, cfg, synthetic=None):
+    """The recogniser's updates without the shared loop: AdamW, cosine decay to 10 %, raw weights,
+    over the same batch stream; returns (model, its objective, the stream)."""
+    import math
+
+    from dalle2_md.recogniser import _BatchStream, _initial_recogniser, _Objective
+
+    model = _initial_recogniser(config, cfg.seed, None)
+    objective, stream = _Objective(model, cfg.synthetic_weight), _BatchStream((images, ids), synthetic, cfg)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(s, cfg.steps) / max(1, cfg.steps))))
+    for _ in range(cfg.steps):
+        objective(**next(stream)).backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        sched.step()
+    return model.eval(), objective, stream
+
+
 def test_recogniser_trains_through_the_shared_loop_exactly_as_a_plain_loop(data, monkeypatch):
     """`training.train` (accelerate, EMA, grad-norm logging) adds nothing to the recogniser's
     updates: weights equal a plain AdamW + cosine-to-10 % loop over the same batch stream."""
-    import math
-
     from dalle2_md import training
-    from dalle2_md.recogniser import _BatchStream, _initial_recogniser, _Objective
 
     images, ids = data["train"]
     fake = (images.flip(-1)[:10], ids[:10])
@@ -329,15 +346,7 @@ def test_recogniser_trains_through_the_shared_loop_exactly_as_a_plain_loop(data,
     shared = train_recogniser(images, ids, config=TINY, train=cfg, synthetic=fake)
     assert stages and set(stages) == {"recogniser"}  # in memory, train() calls itself with a temporary run folder
 
-    model = _initial_recogniser(TINY, cfg.seed, None)
-    objective, stream = _Objective(model, cfg.synthetic_weight), _BatchStream((images, ids), fake, cfg)
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(s, cfg.steps) / cfg.steps)))
-    for _ in range(cfg.steps):
-        objective(**next(stream)).backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        sched.step()
+    model, objective, stream = plain_recogniser_loop(images, ids, TINY, cfg, synthetic=fake)
     assert state_fingerprint(shared.state_dict()) == state_fingerprint(model.state_dict())
     assert shared.meta["final_loss"] == objective.real_loss.item()
     assert shared.meta["real_batches_sha"] == stream.real_batches.hexdigest()[:16]
