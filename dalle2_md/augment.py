@@ -48,45 +48,82 @@ class TrainedGenerator:
 # the budget fields that change what training produces (sampling fields do not)
 _TRAINING_FIELDS = ("clip_steps", "decoder_steps", "prior_steps", "batch_size", "decoder_batch_size", "lr",
                     "warmup_steps", "clip", "decoder", "prior")
+# the prior trains last, from the embedding model alone: these do not change the image model
+_PRIOR_FIELDS = ("prior_steps", "prior")
 
 
 def generator_cache_path(cache_dir: str | Path, images: torch.Tensor, user_indices: torch.Tensor, *, kind: str,
-                         budget: GeneratorBudget, seed: int) -> Path:
+                         budget: GeneratorBudget, seed: int, image_model_only: bool = False) -> Path:
     """Where `cached_generator` keeps the generator trained on exactly these tensors: the name
-    hashes the tensors' bytes, the kind, the seed and the budget's training fields."""
+    hashes the tensors' bytes, the kind, the seed and the budget's training fields. With
+    `image_model_only`, the name of the same generator by its embedding model and decoder alone
+    (the budget's prior fields left out), under which a prior of another budget finds them."""
     import hashlib
     import json
 
     h = hashlib.sha256()
     h.update(images.detach().cpu().contiguous().numpy().tobytes())
     h.update(user_indices.detach().cpu().long().contiguous().numpy().tobytes())
-    fields = {name: getattr(budget, name) for name in _TRAINING_FIELDS}
+    fields = {name: getattr(budget, name) for name in _TRAINING_FIELDS
+              if not (image_model_only and name in _PRIOR_FIELDS)}
     if budget.vqgan_steps:  # only then: pixel generators keep the names they were cached under
         fields.update(vqgan_steps=budget.vqgan_steps, vqgan_lr=budget.vqgan_lr, vqgan=budget.vqgan)
     if budget.decoder_seconds:
         fields.update(decoder_seconds=budget.decoder_seconds)
     h.update(json.dumps([kind, int(seed), fields], sort_keys=True, default=list).encode())
-    return Path(cache_dir) / f"{kind}_seed{seed}_{h.hexdigest()[:16]}.pt"
+    return Path(cache_dir) / f"{kind}_seed{seed}_{'image_model_' if image_model_only else ''}{h.hexdigest()[:16]}.pt"
 
 
 def cached_generator(images: torch.Tensor, user_indices: torch.Tensor, *, cache_dir: str | Path | None, kind: str,
                      budget: GeneratorBudget, seed: int, **train_kwargs) -> TrainedGenerator:
     """`train_generator`, or the generator an earlier call saved for the same tensors, kind,
-    seed and training budget (then `seconds` is empty: nothing was trained)."""
+    seed and training budget (then `seconds` is empty: nothing was trained). A two-stage
+    generator whose budget differs only in the prior's fields reuses the cached embedding model
+    and decoder and trains only the prior, which gives the weights a full training would."""
     from .baseline import SingleStageBaseline
     from .model import MicroDopplerDALLE2
 
     if not exists(cache_dir):
         return train_generator(images, user_indices, kind=kind, budget=budget, seed=seed, **train_kwargs)
-    path = generator_cache_path(cache_dir, images, user_indices, kind=kind, budget=budget, seed=seed)
+    key = dict(kind=kind, budget=budget, seed=seed)
+    path = generator_cache_path(cache_dir, images, user_indices, **key)
     loader = SingleStageBaseline if kind == "baseline" else MicroDopplerDALLE2
     if path.exists():
         return TrainedGenerator(kind=kind, model=loader.load(path).eval(), seconds={}, num_train_images=len(images),
                                 final_losses={})
-    gen = train_generator(images, user_indices, kind=kind, budget=budget, seed=seed, **train_kwargs)
+    image_model = generator_cache_path(cache_dir, images, user_indices, image_model_only=True, **key)
+    if kind == "two_stage" and image_model.exists():
+        gen = _with_new_prior(loader.load(image_model).eval(), images, user_indices, budget=budget, seed=seed,
+                              **train_kwargs)
+    else:
+        gen = train_generator(images, user_indices, kind=kind, budget=budget, seed=seed, **train_kwargs)
     path.parent.mkdir(parents=True, exist_ok=True)
     gen.model.save(path)
+    if kind == "two_stage" and not image_model.exists():
+        _link_or_copy(path, image_model)
     return gen
+
+
+def _with_new_prior(model, images, user_indices, *, budget: GeneratorBudget, seed: int, num_users: int, run_dir,
+                    progress: bool = False, **_) -> TrainedGenerator:
+    from .core import fit_prior_for_clip
+
+    start = time.perf_counter()
+    prior, result = fit_prior_for_clip(model.clip, images, user_indices, num_users=num_users, budget=budget, seed=seed,
+                                       work_dir=run_dir, progress=progress)
+    model.prior = prior.eval()
+    return TrainedGenerator(kind="two_stage", model=model, seconds={"prior": time.perf_counter() - start},
+                            num_train_images=len(images), final_losses={"prior": _final_loss(result.losses)},
+                            steps={"prior": result.step})
+
+
+def _link_or_copy(source: Path, target: Path) -> None:
+    import shutil
+
+    try:
+        target.hardlink_to(source)
+    except OSError:
+        shutil.copyfile(source, target)
 
 
 def _final_loss(losses: list[float]) -> float:

@@ -203,7 +203,6 @@ def train_two_stage(images: torch.Tensor, user_indices: torch.Tensor, *, num_use
     clip_config = clip_config_for(num_users=num_users, channels=channels, image_size=size, sizes=budget.clip)
     dec_config = DecoderConfig(image_size=size, channels=channels, image_embed_dim=clip_config.dim_latent,
                                **budget.decoder)
-    prior_config = prior_config_for(num_users=num_users, embed_dim=clip_config.dim_latent, sizes=budget.prior)
     if budget.vqgan_steps:
         vq_config = VQGanConfig(image_size=size, channels=channels, **(budget.vqgan or cpu_vqgan_sizes()))
         dec_config = replace(dec_config, use_vqgan=True, vqgan=vq_config)
@@ -224,10 +223,27 @@ def train_two_stage(images: torch.Tensor, user_indices: torch.Tensor, *, num_use
             images, embeds, dec_config,
             replace(schedule(budget.decoder_steps, budget.decoder_batch_size), max_seconds=_decoder_seconds(budget, out)),
             work_dir, vqgan=out.vqgan, progress=progress))
-        out.prior = timed("prior", lambda: fit_prior(embeds, user_indices, prior_config,
-                                                     schedule(budget.prior_steps, budget.batch_size), work_dir,
-                                                     progress=progress))
-    fingerprint = {"clip_fingerprint": out.clip.fingerprint}
-    out.decoder.meta, out.prior.meta = dict(fingerprint), dict(fingerprint)
+        out.prior = timed("prior", lambda: fit_prior_for_clip(out.clip, images, user_indices, num_users=num_users,
+                                                              budget=budget, seed=seed, work_dir=work_dir,
+                                                              progress=progress, embeds=embeds))
+    out.decoder.meta = {"clip_fingerprint": out.clip.fingerprint}
     return out
+
+
+def fit_prior_for_clip(clip, images: torch.Tensor, user_indices: torch.Tensor, *, num_users: int,
+                       budget: GeneratorBudget, seed: int, work_dir: str | Path, progress: bool = False,
+                       embeds: torch.Tensor | None = None):
+    """The prior stage of `train_two_stage` on its own: a fresh prior on the embeddings `clip`
+    gives these images (the same prior `train_two_stage` trains with this budget and seed, so a
+    cached embedding model and decoder can get a prior of another budget without retraining
+    them); returns (EMA prior, record)."""
+    from .clip import compute_image_embeds
+
+    embeds = compute_image_embeds(clip, images) if embeds is None else embeds
+    prior_config = prior_config_for(num_users=num_users, embed_dim=clip.config.dim_latent, sizes=budget.prior)
+    with torch.random.fork_rng(devices=[]):
+        prior, result = fit_prior(embeds, user_indices, prior_config, budget.schedule(budget.prior_steps, budget.batch_size, seed),
+                                  Path(work_dir), progress=progress)
+    prior.meta = {"clip_fingerprint": clip.fingerprint}
+    return prior, result
 

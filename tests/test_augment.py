@@ -288,7 +288,35 @@ def test_generator_cache_reuses_only_an_identical_training(tmp_path, monkeypatch
     cached_generator(images, ids, budget=TINY, seed=1, **common)
     cached_generator(images.flip(0), ids, budget=TINY, seed=0, **common)
     assert trained == [0, 0, 1, 0]
-    assert len(list((tmp_path / "cache").glob("*.pt"))) == 4
+    generators = [f for f in (tmp_path / "cache").glob("*.pt") if "image_model_" not in f.name]
+    assert len(generators) == 4
+
+
+def test_generator_cache_trains_only_the_prior_when_only_its_budget_changed(tmp_path, monkeypatch):
+    """A prior-only budget change reuses the cached embedding model and decoder and trains just
+    the prior; the result is the generator a full training with that budget gives."""
+    from dalle2_md.augment import cached_generator, sample_tensors
+
+    g = torch.Generator().manual_seed(0)
+    images, ids = torch.rand(12, 1, SIZE, SIZE, generator=g) * 2 - 1, torch.arange(3).repeat_interleave(4)
+    common = dict(kind="two_stage", num_users=3, run_dir=tmp_path / "run")
+    cached_generator(images, ids, budget=TINY, seed=0, cache_dir=tmp_path / "cache", **common)
+    longer_prior = replace(TINY, prior_steps=TINY.prior_steps + 3)
+    full = cached_generator(images, ids, budget=longer_prior, seed=0, cache_dir=None, **common)
+    monkeypatch.setattr(augment, "train_generator", lambda *a, **k: pytest.fail("the image model was retrained"))
+    reused = cached_generator(images, ids, budget=longer_prior, seed=0, cache_dir=tmp_path / "cache", **common)
+    assert set(reused.seconds) == {"prior"} and reused.steps == {"prior": longer_prior.prior_steps}
+    for part in ("clip", "decoder", "prior"):
+        a, b = getattr(full.model, part).state_dict(), getattr(reused.model, part).state_dict()
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), part
+    assert torch.equal(sample_tensors(full.model, [0, 2], 2, budget=TINY)[0],
+                      sample_tensors(reused.model, [0, 2], 2, budget=TINY)[0])
+    # the new generator is cached under its own name; a decoder change still retrains everything
+    again = cached_generator(images, ids, budget=longer_prior, seed=0, cache_dir=tmp_path / "cache", **common)
+    assert again.seconds == {}
+    with pytest.raises(pytest.fail.Exception, match="retrained"):
+        cached_generator(images, ids, budget=replace(longer_prior, decoder_steps=3), seed=0,
+                         cache_dir=tmp_path / "cache", **common)
 
 
 def test_recipe_guidance_interval_applies_to_its_draw_only(monkeypatch):
