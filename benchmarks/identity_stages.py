@@ -139,7 +139,7 @@ def main():
         results["variants"][name] = {"budget": budget.to_dict(), "train_seconds": train_s, "stages": stages,
                                      "A_gen": a_gen, "seconds": time.time() - t0}
         dec = " ".join(f"g{s:g}:{v:.2f}" for s, v in stages["decoder"].items())
-        pri = " ".join(f"g{s:g}:{v:.2f}" for s, v in stages["prior"].items())
+        pri = " ".join(f"g{s:g}:{v:.2f} (spread {stages['prior_spread'][s]:.2f})" for s, v in stages["prior"].items())
         ag = " ".join(f"g{s:g}:{v:.2f}" for s, v in a_gen.items())
         print(f"{name:>14} | emb {stages['embedding']:.2f} | prior {pri} | decoder(true emb) {dec} | A_gen {ag} "
               f"| {train_s:.0f}+{time.time() - t0 - train_s:.0f} s", flush=True)

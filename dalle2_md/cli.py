@@ -785,7 +785,9 @@ def evaluate_cmd(data_root, split_file, split_seed, model_path, decoder_path, pr
     if stages is not None and "embedding" in stages:
         prior = "  ".join(f"g{g:g} {a:.3f}" for g, a in stages["prior"].items())
         decoder = "  ".join(f"g{g:g} {a:.3f}" for g, a in stages["decoder"].items())
-        say(f"stages: embedding {stages['embedding']:.3f}  prior {prior}  decoder on true embeddings {decoder}")
+        spread = "  ".join(f"g{g:g} {r:.2f}" for g, r in stages.get("prior_spread", {}).items())
+        say(f"stages: embedding {stages['embedding']:.3f}  prior {prior} (spread / real {spread})  "
+            f"decoder on true embeddings {decoder}")
     say(f"wrote {out / 'metrics.json'}, {out / 'report.md'} and plots")
 
 

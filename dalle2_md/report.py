@@ -232,6 +232,8 @@ def _stage_rows(stages: dict | None, a_real: float) -> list[str]:
     rows = [f"| embedding accuracy (real test, nearest user centroid) | {_fmt(stages['embedding'])} | chance {chance} |"]
     rows += [f"| prior accuracy, guidance {float(g):g} (nearest user centroid) | {_fmt(acc)} | chance {chance} |"
              for g, acc in stages["prior"].items()]
+    rows += [f"| prior spread / real spread, guidance {float(g):g} (within-user, embedding space) | {_fmt(r)} | "
+             f"1.0 = as varied as the real train embeddings |" for g, r in stages.get("prior_spread", {}).items()]
     rows += [f"| decoder accuracy on true test embeddings, guidance {float(g):g} | {_fmt(acc)} | "
              f"A_real {_fmt(a_real)} ({stages['num_decoded']} decoded) |" for g, acc in stages["decoder"].items()]
     return rows

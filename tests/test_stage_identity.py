@@ -20,6 +20,20 @@ def test_nearest_centroid_accuracy_counts_own_user_hits():
     assert nearest_centroid_accuracy(embeds, (users + 1) % 3, centroids) == 0.0
 
 
+def test_within_user_spread_tells_a_collapsed_prior_from_a_spread_one():
+    from dalle2_md.stage_identity import within_user_spread
+
+    g = torch.Generator().manual_seed(0)
+    users = torch.arange(3).repeat_interleave(20)
+    centres = torch.nn.functional.normalize(torch.randn(3, 16, generator=g), dim=-1)
+    real = centres[users] + 0.3 * torch.randn(60, 16, generator=g)
+    collapsed = centres[users] + 1e-3 * torch.randn(60, 16, generator=g)  # the user's mean every time
+    assert within_user_spread(collapsed, users) < 0.01 * within_user_spread(real, users)
+    # a set is as spread as itself, and shuffling which user a row belongs to only widens it
+    assert within_user_spread(real, users) == pytest.approx(within_user_spread(real.flip(0), users.flip(0)))
+    assert within_user_spread(real, users[torch.randperm(60, generator=g)]) > within_user_spread(real, users)
+
+
 def test_embedding_noise_only_in_training_and_keeps_the_norm():
     config = DecoderConfig(image_size=8, channels=1, image_embed_dim=16, dim=8, dim_mults=(1, 2),
                            num_resnet_blocks=1, attn_heads=1, attn_dim_head=8, timesteps=10, sample_timesteps=2,
@@ -82,6 +96,10 @@ def test_prior_stage_is_nearest_train_centroid_of_the_prior_samples(chain_run):
     sims = torch.nn.functional.cosine_similarity(samples[:, None, :], means[None, :, :], dim=-1)  # (12, 3)
     by_hand = (sims.argmax(1) == torch.arange(3).repeat_interleave(4)).float().mean().item()
     assert stages["prior"][1.0] == pytest.approx(by_hand)
+    spread = lambda e, u: torch.stack([(e[u == k] - e[u == k].mean(0)).norm(dim=1).mean() for k in range(3)]).mean()
+    sample_users = torch.arange(3).repeat_interleave(4)
+    by_hand_spread = spread(torch.nn.functional.normalize(samples, dim=-1), sample_users) / spread(train_embeds, train[1])
+    assert stages["prior_spread"][1.0] == pytest.approx(by_hand_spread.item(), rel=1e-4)
     assert stages["chance"] == pytest.approx(1 / 3) and set(stages["decoder"]) == {1.0}
 
 
