@@ -180,9 +180,9 @@ def main():
     ap.add_argument("--per_user", type=int, default=100)
     ap.add_argument("--num_test", type=int, default=20)
     ap.add_argument("--data_seed", type=int, default=1)
-    ap.add_argument("--clip_steps", type=int, default=300)
+    ap.add_argument("--clip_steps", type=int, default=GeneratorBudget.clip_steps)
     ap.add_argument("--decoder_steps", type=int, default=GeneratorBudget.decoder_steps)
-    ap.add_argument("--prior_steps", type=int, default=1000)
+    ap.add_argument("--prior_steps", type=int, default=GeneratorBudget.prior_steps)
     ap.add_argument("--sample_steps", type=int, default=15)
     ap.add_argument("--recogniser_steps", type=int, default=None)
     ap.add_argument("--time_pool", type=int, default=None,
