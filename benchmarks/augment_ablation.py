@@ -184,6 +184,8 @@ def main():
     ap.add_argument("--decoder_steps", type=int, default=GeneratorBudget.decoder_steps)
     ap.add_argument("--prior_steps", type=int, default=GeneratorBudget.prior_steps)
     ap.add_argument("--sample_steps", type=int, default=15)
+    ap.add_argument("--decoder_config", default=None, type=json.loads,
+                    help='DecoderConfig fields over the CPU sizes, as JSON (e.g. \'{"embed_noise_std": 0.6}\')')
     ap.add_argument("--recogniser_steps", type=int, default=None)
     ap.add_argument("--time_pool", type=int, default=None,
                     help="recogniser time pooling [default: image_size / 16, the K-shot benchmark's 64 px / 4]")
@@ -211,6 +213,8 @@ def main():
     recipes = [RECIPES[name] for name in args.recipes.split(",")]
     budget = GeneratorBudget(clip_steps=args.clip_steps, decoder_steps=args.decoder_steps, prior_steps=args.prior_steps,
                              sample_steps=args.sample_steps, prior_sample_steps=args.sample_steps)
+    if args.decoder_config:
+        budget = replace(budget, decoder={**budget.decoder, **args.decoder_config})
     rec_train = RecogniserTrainConfig()
     if args.recogniser_steps:
         rec_train = replace(rec_train, steps=args.recogniser_steps)
