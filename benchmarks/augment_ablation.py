@@ -74,6 +74,12 @@ RECIPES = {
     "sdedit_eta1_nf": replace(DEFAULT, name="sdedit_eta1_nf", source="sdedit", strength=0.5, filter="none", eta=1.0),
     "sdedit03_eta1_nf": replace(DEFAULT, name="sdedit03_eta1_nf", source="sdedit", strength=0.3, filter="none",
                                 eta=1.0),
+    # SDEdit conditioned on another embedding than the source image's own: between two of the user's
+    # K-shot walks, or a prior sample (the two-stage chain's own new embeddings on a real layout)
+    "sdedit_partner_nf": replace(DEFAULT, name="sdedit_partner_nf", source="sdedit", strength=0.5, filter="none",
+                                 condition="partner"),
+    "sdedit_prior_nf": replace(DEFAULT, name="sdedit_prior_nf", source="sdedit", strength=0.5, filter="none",
+                               condition="prior"),
 }
 
 

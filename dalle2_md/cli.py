@@ -806,6 +806,9 @@ def evaluate_cmd(data_root, split_file, split_seed, model_path, decoder_path, pr
                    "SDEdit of the K real images (noised --strength of the way, denoised with their own embedding) "
                    f"[default: {RECIPE.source}; prior with --generator baseline, which has no embeddings].")
 @click.option("--strength", default=RECIPE.strength, type=float, help="SDEdit noise level of --source sdedit (0..1].")
+@click.option("--condition", type=click.Choice(["own", "partner", "prior"]), default=RECIPE.condition,
+              help="What --source sdedit conditions on: each image's own embedding, its embedding moved part of the way "
+                   "towards another of the user's K images, or a prior sample for the user.")
 @click.option("--filter", "filter_", type=click.Choice(["none", "recogniser"]), default=RECIPE.filter,
               help="Keep samples that a recogniser trained on the same K real images gives their user.")
 @click.option("--min_confidence", "--min-confidence", "min_confidence", default=RECIPE.min_confidence, type=float,
@@ -833,7 +836,7 @@ def evaluate_cmd(data_root, split_file, split_seed, model_path, decoder_path, pr
 @click.option("--output_dir", "--output-dir", "output_dir", default="./augment_eval", type=click.Path(path_type=str),
               help="Folder for augment.json, augment.md and the generators' runs.")
 @click.option("--progress/--no-progress", default=True, help="Show progress bars.")
-def augment_eval_cmd(data_root, split_file, split_seed, image_size, colormap, k, m, m_per_k, source, strength, filter_,
+def augment_eval_cmd(data_root, split_file, split_seed, image_size, colormap, k, m, m_per_k, source, strength, condition, filter_,
                      min_confidence, mixing, synthetic_weight, cond_scale, prior_cond_scale, guidance_interval, seeds,
                      generator, clip_steps, decoder_steps, prior_steps, sample_steps, sampler, eta, recogniser_steps, output_dir, progress):
     """Augmentation gain: recognisers trained on K real images per user vs K real + M generated
@@ -850,7 +853,8 @@ def augment_eval_cmd(data_root, split_file, split_seed, image_size, colormap, k,
 
     source = source or default_source(generator)
     interval = check_guidance_interval(guidance_interval) if guidance_interval else None
-    recipe = AugmentRecipe(name="cli", source=source, strength=strength, m_per_k=m_per_k, cond_scale=cond_scale,
+    recipe = AugmentRecipe(name="cli", source=source, strength=strength, condition=condition, m_per_k=m_per_k,
+                           cond_scale=cond_scale,
                            prior_cond_scale=prior_cond_scale, guidance_interval=interval, eta=eta, filter=filter_,
                            min_confidence=min_confidence, mixing=mixing, synthetic_weight=synthetic_weight)
     if source != "prior" and generator != "two_stage":

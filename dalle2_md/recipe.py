@@ -27,6 +27,7 @@ from .utils import UserError
 # torch is imported inside the functions: the command line reads AugmentRecipe's defaults for --help
 
 SOURCES = ("prior", "variations", "sdedit")
+CONDITIONS = ("own", "partner", "prior")
 MIXING = ("separate", "concat", "pretrain")
 RECIPE_FILTERS = ("none", "recogniser")
 
@@ -46,6 +47,11 @@ class AugmentRecipe:
             variations +0.9 +- 1.2 (3 seeds), and +5.5 +- 3.5 over six seeds, three of them fresh
             (benchmarks/augment_ablation.py, docs/results.md).
         strength: SDEdit noise level in (0, 1]; read only by source "sdedit".
+        condition: what an SDEdit output is conditioned on (read only by source "sdedit"):
+            "own" (the source image's own embedding), "partner" (the source image's embedding
+            moved a uniform random fraction of the way towards another K-shot image of the same
+            user: the layout of one walk, details from between two) or "prior" (a prior sample
+            for the user).
         m_per_k: generated images per user = round(m_per_k * K).
         cond_scale, prior_cond_scale: decoder / prior classifier-free guidance.
         guidance_interval: (lo, hi) noise levels where decoder guidance applies (see
@@ -66,6 +72,7 @@ class AugmentRecipe:
     name: str = "default"
     source: str = "sdedit"
     strength: float = 0.5
+    condition: str = "own"
     m_per_k: float = 3.0
     cond_scale: float = 3.0
     prior_cond_scale: float = 1.0
@@ -79,7 +86,7 @@ class AugmentRecipe:
 
     def __post_init__(self):
         for value, allowed, what in ((self.source, SOURCES, "source"), (self.mixing, MIXING, "mixing"),
-                                     (self.filter, RECIPE_FILTERS, "filter")):
+                                     (self.filter, RECIPE_FILTERS, "filter"), (self.condition, CONDITIONS, "condition")):
             if value not in allowed:
                 raise UserError(f"recipe {what} {value!r} is not one of {', '.join(allowed)}")
         if not 0.0 < self.strength <= 1.0:
@@ -136,7 +143,8 @@ def _real_image_candidates(model, recipe: AugmentRecipe, budget, user_indices, s
         common = dict(n=per_image, seed=seed + 7919 * u, cond_scale=recipe.cond_scale, steps=budget.sample_steps,
                       eta=recipe.eta)
         if recipe.source == "sdedit":
-            x = sdedit(model, own, strength=recipe.strength, **common)[:count]
+            embeds = _sdedit_conditions(model, recipe, own, u, per_image, seed + 7919 * u)
+            x = sdedit(model, own, strength=recipe.strength, image_embeds=embeds, **common)[:count]
         else:
             x = variations_of(model, own, **common)[:count]
         images.append(x.cpu())  # both return model space, [-1, 1]
@@ -144,12 +152,37 @@ def _real_image_candidates(model, recipe: AugmentRecipe, budget, user_indices, s
     return torch.cat(images), torch.cat(ids)
 
 
+def _sdedit_conditions(model, recipe: AugmentRecipe, own, user_index: int, per_image: int, seed: int):
+    """(len(own) * per_image, D) embeddings the SDEdit outputs of one user are conditioned on,
+    image-major; None for "own". Drawn from the user's own seed only, so one user's outputs do
+    not depend on the other users."""
+    import torch
+    import torch.nn.functional as F
+
+    from .variations import embed
+
+    if recipe.condition == "own":
+        return None
+    n = len(own) * per_image
+    if recipe.condition == "prior":
+        return model.sample_image_embeds([user_index] * n, sample_indices=list(range(n)),
+                                         prior_cond_scale=recipe.prior_cond_scale, seed=seed, eta=recipe.eta)
+    e = embed(model, own).cpu()
+    g = torch.Generator().manual_seed(seed)
+    source = torch.arange(len(own)).repeat_interleave(per_image)
+    # another image of the same user (itself when the user has only one)
+    partner = (source + torch.randint(1, max(2, len(own)), (n,), generator=g)) % len(own)
+    fraction = torch.rand(n, 1, generator=g)
+    return F.normalize((1 - fraction) * e[source] + fraction * e[partner], dim=-1)
+
+
 def sampling_key(recipe: AugmentRecipe) -> tuple:
     """Recipes with the same key draw the same candidates (sample j of user u depends only on
     the seed, u and j), so one draw of the largest count serves them all."""
     strength = recipe.strength if recipe.source == "sdedit" else None
+    condition = recipe.condition if recipe.source == "sdedit" else None
     interval = tuple(recipe.guidance_interval) if recipe.guidance_interval is not None else None
-    return (recipe.source, strength, recipe.cond_scale, recipe.prior_cond_scale, interval, recipe.eta)
+    return (recipe.source, strength, condition, recipe.cond_scale, recipe.prior_cond_scale, interval, recipe.eta)
 
 
 def candidates_needed(recipe: AugmentRecipe, k: int) -> int:

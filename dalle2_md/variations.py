@@ -112,9 +112,10 @@ def sdedit_timesteps(num_train_timesteps: int, strength: float, steps: int) -> l
 @torch.no_grad()
 def sdedit(model, images: torch.Tensor, strength: float = 0.5, seed: int = 0, *, n: int = 1,
            cond_scale: float = DEFAULTS.cond_scale, steps: int | None = DEFAULTS.decoder_steps, eta: float = DEFAULTS.eta,
-           batch_size: int = 64) -> torch.Tensor:
+           batch_size: int = 64, image_embeds: torch.Tensor | None = None) -> torch.Tensor:
     """SDEdit from real images: noise each to the step `strength` of the way into the decoder's
-    schedule, then denoise with DDIM over the remaining steps, conditioned on its own embedding.
+    schedule, then denoise with DDIM over the remaining steps, conditioned on its own embedding
+    (or on given ones).
 
     Strength 0 returns the images unchanged; strength 1 starts from (almost) pure noise and is
     then a variation.
@@ -128,6 +129,8 @@ def sdedit(model, images: torch.Tensor, strength: float = 0.5, seed: int = 0, *,
         cond_scale, eta, batch_size: as in `variations_of`.
         steps: DDIM steps of a full schedule; SDEdit runs those below its start (about
             strength x steps of them).
+        image_embeds: (N * n, D) embeddings to condition output i * n + j on, image-major
+            (default: each image's own embedding, n times).
     Returns:
         (N * n, C, H, W) in [-1, 1], image-major.
     """
@@ -139,7 +142,12 @@ def sdedit(model, images: torch.Tensor, strength: float = 0.5, seed: int = 0, *,
     x = _check(model, images)
     if not times:
         return x.cpu().repeat_interleave(n, dim=0)
-    embeds = embed(model, x).repeat_interleave(n, dim=0)
+    if image_embeds is None:
+        embeds = embed(model, x).repeat_interleave(n, dim=0)
+    elif tuple(image_embeds.shape[:1]) != (len(x) * n,):
+        raise UserError(f"sdedit got {len(image_embeds)} embeddings for {len(x)} images x {n} outputs each")
+    else:
+        embeds = image_embeds.float().to(x.device)
     x_start = decoder.encode_latents(x) if c.use_vqgan else x
     x_start = x_start.repeat_interleave(n, dim=0)
     gens = _generators(seed, len(images), n)

@@ -148,3 +148,54 @@ def test_sdedit_is_a_recipe_source_that_keeps_each_users_own_images(model_and_im
     assert sampling_key(prior_a) == sampling_key(prior_b)  # the prior source ignores the strength
     with pytest.raises(UserError, match="strength"):
         AugmentRecipe(source="sdedit", strength=0.0)
+
+
+def test_sdedit_conditions_other_than_the_own_embedding(model_and_images):
+    """"partner" conditions lie between two of the user's own embeddings; "prior" conditions are the
+    prior's samples; both change the outputs, both depend on the user's own seed only."""
+    import torch.nn.functional as F
+
+    from dalle2_md.augment import GeneratorBudget
+    from dalle2_md.recipe import AugmentRecipe, _sdedit_conditions, sampling_key
+    from dalle2_md.variations import embed
+
+    model, images = model_and_images
+    own_embeds = embed(model, images)
+    partner = AugmentRecipe(source="sdedit", condition="partner")
+    cond = _sdedit_conditions(model, partner, images, 0, 2, seed=11)
+    assert cond.shape == (6, own_embeds.shape[1])
+    torch.testing.assert_close(cond.norm(dim=-1), torch.ones(6))
+    # each condition is on the great circle between its source image's embedding and another image's
+    source = own_embeds.repeat_interleave(2, dim=0)
+    def off_plane(c, a, b):  # distance of c from the plane spanned by a and b
+        span = torch.stack([a, b]).T
+        return (c - span @ torch.linalg.pinv(span) @ c).norm()
+
+    cos = lambda a, b: F.cosine_similarity(a, b, dim=0)
+    for c, (i, s) in zip(cond, enumerate(source)):
+        o = min((own_embeds[j] for j in range(3) if j != i // 2), key=lambda o: off_plane(c, s, o))
+        # in the plane of the two, and on the arc between them, not beyond either end
+        assert off_plane(c, s, o) < 1e-4
+        assert cos(c, s) >= cos(s, o) - 1e-5 and cos(c, o) >= cos(s, o) - 1e-5
+    assert torch.equal(cond, _sdedit_conditions(model, partner, images, 0, 2, seed=11))
+    assert _sdedit_conditions(model, AugmentRecipe(source="sdedit"), images, 0, 2, seed=11) is None
+    prior = _sdedit_conditions(model, AugmentRecipe(source="sdedit", condition="prior"), images, 2, 2, seed=11)
+    torch.testing.assert_close(prior, model.sample_image_embeds([2] * 6, sample_indices=list(range(6)), seed=11))
+    # the conditions reach the decoder: same noise, other embeddings, other images
+    assert not torch.allclose(sdedit(model, images, 0.8, seed=0, n=2, steps=4),
+                              sdedit(model, images, 0.8, seed=0, n=2, steps=4, image_embeds=cond))
+    torch.testing.assert_close(sdedit(model, images, 0.8, seed=0, n=2, steps=4),
+                               sdedit(model, images, 0.8, seed=0, n=2, steps=4, image_embeds=source), atol=1e-5, rtol=0)
+    with pytest.raises(UserError, match="embeddings"):
+        sdedit(model, images, 0.5, n=2, image_embeds=cond[:4])
+    assert len({sampling_key(AugmentRecipe(source="sdedit", condition=c)) for c in ("own", "partner", "prior")}) == 3
+    with pytest.raises(UserError, match="condition"):
+        AugmentRecipe(condition="neighbour")
+    budget = GeneratorBudget(sample_steps=3)
+    from dalle2_md.recipe import draw_candidates
+
+    shot = (images, torch.tensor([0, 0, 2]))
+    x, ids = draw_candidates(model, partner, budget, shot, 2, seed=1)
+    alone = draw_candidates(model, partner, budget, (images[2:], torch.tensor([2])), 2, seed=1)
+    assert ids.tolist() == [0, 0, 2, 2]
+    torch.testing.assert_close(x[2:], alone[0], atol=2e-4, rtol=0)
