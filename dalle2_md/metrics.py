@@ -1,7 +1,7 @@
 """Measures of generated spectrograms against real ones (protocol: shared/micro-doppler.md §4).
 
 Owns identity accuracy, domain FID in recogniser-feature space, within-user diversity,
-memorisation (nearest-training-neighbour distances) and kinematic fidelity (via
+per-user precision and recall (coverage of the real images), memorisation (nearest-training-neighbour distances) and kinematic fidelity (via
 `kinematics.read_kinematics`, with `to_scalar_images` to get scalar images back from model
 space). Every measure takes a trained `recogniser.Recogniser` or plain tensors and returns
 numbers; writing them down is `report.py`'s.
@@ -123,6 +123,38 @@ def diversity(features: torch.Tensor, user_indices: torch.Tensor) -> dict:
             per_user[int(u)] = float(torch.pdist(f).mean())
     mean = float(np.mean(list(per_user.values()))) if per_user else float("nan")
     return {"per_user": per_user, "mean": mean}
+
+
+def precision_recall(real_features: torch.Tensor, real_indices: torch.Tensor, fake_features: torch.Tensor,
+                     fake_indices: torch.Tensor, *, k: int = 3) -> dict:
+    """Per-user precision and recall of a generated set (Kynkaanniemi et al. 2019, "Improved
+    Precision and Recall Metric for Assessing Generative Models"): precision is the share of a
+    user's generated features inside the real manifold (the union of balls reaching each real
+    feature's k-th nearest real neighbour), recall the share of real features inside the
+    generated manifold. A set of near-copies of a few real images has high precision and low
+    recall; a set that has collapsed to one image per user has recall near 0.
+
+    Returns:
+        {"precision", "recall"} (means over the users that have more than k real and k generated
+        features) and {"per_user": {user: (precision, recall)}}.
+    """
+    real_features, fake_features = real_features.double().flatten(1), fake_features.double().flatten(1)
+    real_indices, fake_indices = real_indices.long().reshape(-1), fake_indices.long().reshape(-1)
+    per_user = {}
+    for u in torch.unique(real_indices).tolist():
+        real, fake = real_features[real_indices == u], fake_features[fake_indices == u]
+        if len(real) <= k or len(fake) <= k:
+            continue
+        real_radius = torch.cdist(real, real).kthvalue(k + 1, dim=1).values  # k + 1: the point itself is 0
+        fake_radius = torch.cdist(fake, fake).kthvalue(k + 1, dim=1).values
+        cross = torch.cdist(fake, real)  # (fake, real)
+        precision = (cross <= real_radius[None]).any(1).double().mean().item()
+        recall = (cross.T <= fake_radius[None]).any(1).double().mean().item()
+        per_user[int(u)] = (precision, recall)
+    if not per_user:
+        raise UserError(f"precision / recall need more than k = {k} real and generated features for some user")
+    return {"precision": float(np.mean([p for p, _ in per_user.values()])),
+            "recall": float(np.mean([r for _, r in per_user.values()])), "per_user": per_user}
 
 
 def _nearest_distances(queries: torch.Tensor, reference: torch.Tensor, chunk: int = 1024) -> torch.Tensor:

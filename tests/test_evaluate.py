@@ -408,3 +408,22 @@ def test_old_evaluate_import_path_reexports_the_moved_names():
     for module, names in moved.items():
         for name in names:
             assert getattr(old, name) is getattr(module, name), f"evaluate.{name} is not {module.__name__}.{name}"
+
+
+def test_precision_recall_tells_copies_and_collapse_from_a_fresh_draw():
+    from dalle2_md.metrics import precision_recall
+
+    g = torch.Generator().manual_seed(0)
+    users = torch.arange(2).repeat_interleave(40)
+    centres = torch.tensor([[0.0, 0.0], [10.0, 0.0]])
+    real = centres[users] + torch.randn(80, 2, generator=g)
+    fresh = centres[users] + torch.randn(80, 2, generator=g)  # another draw of the same distribution
+    collapsed = centres[users] + 0.01 * torch.randn(80, 2, generator=g)  # each user's mean, every time
+    off = centres[users] + torch.tensor([0.0, 8.0]) + torch.randn(80, 2, generator=g)  # beside the real data
+    pr = {name: precision_recall(real, users, x, users) for name, x in
+          (("fresh", fresh), ("collapsed", collapsed), ("off", off), ("self", real))}
+    assert pr["self"]["precision"] == pr["self"]["recall"] == 1.0
+    assert pr["fresh"]["precision"] > 0.8 and pr["fresh"]["recall"] > 0.8
+    assert pr["collapsed"]["precision"] > 0.9 and pr["collapsed"]["recall"] < 0.2
+    assert pr["off"]["precision"] < 0.1 and pr["off"]["recall"] < 0.1
+    assert set(pr["fresh"]["per_user"]) == {0, 1}
