@@ -4,7 +4,8 @@ Owns: the embedding model's and the prior's configs for a data set (`clip_config
 `prior_config_for`); one function per trained part (`fit_clip`, `fit_decoder`, `fit_prior`),
 each building a fresh model from a seed and running it through `training.train`; and
 `train_two_stage` (embedding -> decoder -> prior on exactly the given tensors, returning
-`TwoStageModels`). The training commands (`stages.py`), the demo, the augmentation harness and
+`TwoStageModels`), whose prior stage `fit_prior_for_clip` also runs alone (a new prior for a
+trained embedding model). The training commands (`stages.py`), the demo, the augmentation harness and
 the quality benchmark all train through these parts. Nothing here reads data or writes bundles:
 the only files are the training loop's own run folders (checkpoints, logs, sample grids).
 """
