@@ -332,7 +332,8 @@ def write_page(result: dict, path: Path, eval_dir: Path) -> None:
                      f"{_f(two['per_user_gen'].get(u))} | {_f(ms['baseline']['identity']['per_user_gen'].get(u))} |")
     ab = aug["budget"]
     recipe = next(iter(aug["recipes"].values()))["recipe"]
-    source = recipe["source"] + (f" {recipe['strength']:g}" if recipe["source"] == "sdedit" else "")
+    source = recipe["source"] + (f" {recipe['strength']:g}, conditioned on the "
+                                 f"{recipe.get('condition', 'own')} embedding" if recipe["source"] == "sdedit" else "")
     headroom = 100.0 * (1.0 - aug["acc_real"]["mean"])
     lines += [
         "", f"## Augmentation gain (K = {aug['k']} real, M = {aug['m']} generated per user)", "",
