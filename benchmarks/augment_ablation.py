@@ -97,8 +97,12 @@ def markdown(result: dict, args) -> str:
         guidance = f"{rc['cond_scale']:g}" + (f" in t/T {interval[0]:g}-{interval[1]:g}" if interval else "")
         acc, gain = r["acc_aug"], r["gain_points"]
         mixing = rc["mixing"] + (f" (w {rc['synthetic_weight']:g})" if rc["mixing"] == "separate" else "")
+        source = rc["source"]
+        if source == "sdedit":
+            condition = rc.get("condition", "own")
+            source += f" {rc.get('strength', 0.5):g}" + ("" if condition == "own" else f", {condition} embedding")
         lines.append(
-            f"| {name} | {rc['source']}{' ' + format(rc.get('strength', 0.5), 'g') if rc['source'] == 'sdedit' else ''} | {guidance} | {rc['eta']:g} | {rc['filter']} | {rc['m_per_k']:g} | "
+            f"| {name} | {source} | {guidance} | {rc['eta']:g} | {rc['filter']} | {rc['m_per_k']:g} | "
             f"{mixing} | "
             f"{r['acceptance']['mean']:.2f} | {r['a_gen_kshot_recogniser']['mean']:.3f} | "
             f"{100 * acc['mean']:.1f} ± {100 * acc['std']:.1f} | {gain['mean']:+.1f} ± {gain['std']:.1f} |")
