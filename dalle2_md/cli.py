@@ -14,7 +14,7 @@ from pathlib import Path
 import click
 
 from .defaults import DEFAULTS, GENERATOR_DECODER_STEPS, SAMPLERS
-from .recipe import AugmentRecipe
+from .recipe import CONDITIONS, MIXING, RECIPE_FILTERS, SOURCES, AugmentRecipe
 
 RECIPE = AugmentRecipe()  # the defaults of augment-eval
 from .utils import UserError, say
@@ -801,19 +801,19 @@ def evaluate_cmd(data_root, split_file, split_seed, model_path, decoder_path, pr
 @click.option("--k", "k", default=10, type=int, help="Real train images per user (the generator sees only these).")
 @click.option("--m", "m", default=None, type=int, help="Generated images per user added to the K real [default: --m_per_k x K].")
 @click.option("--m_per_k", "--m-per-k", "m_per_k", default=RECIPE.m_per_k, type=float, help="Generated images per real one (M/K).")
-@click.option("--source", type=click.Choice(["prior", "variations", "sdedit"]), default=None,
+@click.option("--source", type=click.Choice(SOURCES), default=None,
               help="Generated images from the prior (user -> embedding), as variations of the K real images, or "
                    "SDEdit of the K real images (noised --strength of the way, denoised with their own embedding) "
                    f"[default: {RECIPE.source}; prior with --generator baseline, which has no embeddings].")
 @click.option("--strength", default=RECIPE.strength, type=float, help="SDEdit noise level of --source sdedit (0..1].")
-@click.option("--condition", type=click.Choice(["own", "partner", "prior"]), default=RECIPE.condition,
+@click.option("--condition", type=click.Choice(CONDITIONS), default=RECIPE.condition,
               help="What --source sdedit conditions on: each image's own embedding, its embedding moved part of the way "
                    "towards another of the user's K images, or a prior sample for the user.")
-@click.option("--filter", "filter_", type=click.Choice(["none", "recogniser"]), default=RECIPE.filter,
+@click.option("--filter", "filter_", type=click.Choice(RECIPE_FILTERS), default=RECIPE.filter,
               help="Keep samples that a recogniser trained on the same K real images gives their user.")
 @click.option("--min_confidence", "--min-confidence", "min_confidence", default=RECIPE.min_confidence, type=float,
               help="Confidence threshold of --filter recogniser.")
-@click.option("--mixing", type=click.Choice(["separate", "concat", "pretrain"]), default=RECIPE.mixing,
+@click.option("--mixing", type=click.Choice(MIXING), default=RECIPE.mixing,
               help="Real and synthetic batches apart (weighted), pooled, or synthetic pre-training then real fine-tuning.")
 @click.option("--synthetic_weight", "--synthetic-weight", "synthetic_weight", default=RECIPE.synthetic_weight, type=float,
               help="Loss weight of the synthetic batch with --mixing separate.")
