@@ -23,10 +23,11 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 
-from test_clip import USERS, tiny_config, toy_spectrograms, within_user_spread  # noqa: E402
+from test_clip import USERS, tiny_config, toy_spectrograms  # noqa: E402
 from test_evaluate import plain_recogniser_loop  # noqa: E402
 
 from dalle2_md.clip import MicroDopplerClip, compute_image_embeds, train_clip  # noqa: E402
+from dalle2_md.stage_identity import within_user_spread  # noqa: E402
 from dalle2_md.vqgan import (  # noqa: E402
     VQGanConfig, build_vqgan, cpu_vqgan_sizes, reconstruction_quality, train_vqgan, vqgan_loss,
 )

@@ -49,12 +49,12 @@ SDEDIT = {"sdedit 0.5": "own", "sdedit 0.5, partner": "partner", "sdedit 0.5, pr
 def prior_rows(gen, shot, train, test, prior_steps, args, budget, num_users) -> list[dict]:
     e_shot, e_train, e_test = (embed(gen.model, x[0]) for x in (shot, train, test))
     centroids = user_centroids(e_train, train[1], num_users)
+    shot_spread, train_spread = within_user_spread(e_shot, shot[1]), within_user_spread(e_train, train[1])
     nearest_shot = lambda e: float(torch.cdist(F.normalize(e, dim=-1), e_shot).min(1).values.mean())
-    rows = [{"draw": "real K-shot embeddings", "spread_over_shot": 1.0,
-             "spread_over_train": within_user_spread(e_shot, shot[1]) / within_user_spread(e_train, train[1]),
+    rows = [{"draw": "real K-shot embeddings", "spread_over_shot": 1.0, "spread_over_train": shot_spread / train_spread,
              "recall_of_train": precision_recall(e_train, train[1], e_shot, shot[1])["recall"]},
             {"draw": "real test embeddings", "nearest_shot": nearest_shot(e_test),
-             "spread_over_shot": within_user_spread(e_test, test[1]) / within_user_spread(e_shot, shot[1])}]
+             "spread_over_shot": within_user_spread(e_test, test[1]) / shot_spread}]
     for steps in prior_steps:
         model = cached_generator(*shot, cache_dir=args.generator_cache, kind="two_stage",
                                  budget=replace(budget, prior_steps=steps), seed=args.seed, num_users=num_users,
@@ -62,8 +62,9 @@ def prior_rows(gen, shot, train, test, prior_steps, args, budget, num_users) -> 
         e = model.sample_image_embeds(list(range(num_users)), num_samples_per_user=args.samples_per_user,
                                       prior_steps=args.sample_steps, seed=args.seed)
         users = torch.arange(num_users).repeat_interleave(args.samples_per_user)
-        rows.append({"draw": f"prior, {steps} steps", "spread_over_shot": within_user_spread(e, users) / within_user_spread(e_shot, shot[1]),
-                     "spread_over_train": within_user_spread(e, users) / within_user_spread(e_train, train[1]),
+        spread = within_user_spread(e, users)
+        rows.append({"draw": f"prior, {steps} steps", "spread_over_shot": spread / shot_spread,
+                     "spread_over_train": spread / train_spread,
                      "centroid_accuracy": nearest_centroid_accuracy(e, users, centroids), "nearest_shot": nearest_shot(e),
                      "recall_of_train": precision_recall(e_train, train[1], e, users)["recall"]})
         print(rows[-1], flush=True)
@@ -117,11 +118,12 @@ def main():
     with torch.no_grad():
         features = lambda x: torch.cat([judge.features(x[i:i + 256]) for i in range(0, len(x), 256)])
         f_train = features(train[0])
+        train_spread = within_user_spread(f_train, train[1])
         result["images"] = []
         for name, (x, u) in image_sets(two.model, one, shot, test, args, budget, num_users).items():
             f = features(x)
             pr = precision_recall(f_train, train[1], f, u)
-            row = {"draw": name, "images": len(x), "spread": within_user_spread(f, u) / within_user_spread(f_train, train[1]),
+            row = {"draw": name, "images": len(x), "spread": within_user_spread(f, u) / train_spread,
                    "precision": pr["precision"], "recall": pr["recall"], "a_gen": accuracy(judge, x, u)[0],
                    "fid": None if name == "real test" else domain_fid(judge, test[0], x)}
             result["images"].append(row)

@@ -44,13 +44,12 @@ def nearest_centroid_accuracy(embeds: torch.Tensor, user_indices: torch.Tensor, 
 
 
 def within_user_spread(embeds: torch.Tensor, user_indices: torch.Tensor) -> float:
-    """Mean over users of the mean distance of their unit-norm embeddings to their own mean."""
+    """Mean over users with 2+ rows of the mean distance of their unit-norm embeddings to their
+    own mean (NaN when no user has 2: one embedding has no spread)."""
     embeds, user_indices = F.normalize(embeds.float(), dim=-1), user_indices.long()
-    users = torch.unique(user_indices)
-    if len(users) == 0:
-        raise UserError("within-user spread needs at least one embedding")
-    return torch.stack([(embeds[user_indices == u] - embeds[user_indices == u].mean(0)).norm(dim=-1).mean()
-                        for u in users]).mean().item()
+    spreads = [(e - e.mean(0)).norm(dim=-1).mean() for u in torch.unique(user_indices)
+               if len(e := embeds[user_indices == u]) > 1]
+    return torch.stack(spreads).mean().item() if spreads else float("nan")
 
 
 @torch.no_grad()

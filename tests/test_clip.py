@@ -16,6 +16,7 @@ from dalle2_md.clip import (
     train_clip,
     user_tokens,
 )
+from dalle2_md.stage_identity import within_user_spread
 from dalle2_md.utils import BundleError, UserError
 
 USERS = 4
@@ -28,13 +29,6 @@ SIZE = 20  # not a power of 2 on purpose
 # 0.53-0.58 with the default "instance" SSL and 0.03 with no SSL (seeds 0-3), 0.05 with x-clip's
 # SimSiam (seed 0), all at 98-100 % user accuracy. 0.2 sits well clear of both sides.
 MIN_WITHIN_USER_SPREAD = 0.2
-
-
-def within_user_spread(embeds: torch.Tensor, user_ids: torch.Tensor) -> float:
-    """Mean over users (with 2+ images) of the mean distance of their (N, d) embeddings to their centroid."""
-    spreads = [(e - e.mean(0)).norm(dim=-1).mean() for u in torch.unique(user_ids)
-               if len(e := embeds[user_ids == u]) > 1]
-    return float(torch.stack(spreads).mean()) if spreads else 0.0
 
 
 def tiny_config(**kw):

@@ -2,6 +2,8 @@
 training-time embedding noise, the decoder stage on a decoder that follows its embedding, the
 prior stage against a hand computation, and the `evaluate` command's stage fields."""
 
+import math
+
 import pytest
 import torch
 from test_curate import tiny_chain_on_simulated_data
@@ -32,6 +34,10 @@ def test_within_user_spread_tells_a_collapsed_prior_from_a_spread_one():
     # a set is as spread as itself, and shuffling which user a row belongs to only widens it
     assert within_user_spread(real, users) == pytest.approx(within_user_spread(real.flip(0), users.flip(0)))
     assert within_user_spread(real, users[torch.randperm(60, generator=g)]) > within_user_spread(real, users)
+    # a user with one embedding has no spread and is left out; with none of 2+ there is no spread at all
+    lone = torch.cat([real, centres[:1] + 5.0]), torch.cat([users, torch.tensor([3])])
+    assert within_user_spread(*lone) == pytest.approx(within_user_spread(real, users))
+    assert math.isnan(within_user_spread(centres, torch.arange(3)))
 
 
 def test_embedding_noise_only_in_training_and_keeps_the_norm():
