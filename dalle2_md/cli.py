@@ -300,6 +300,8 @@ def train_clip_cmd(**kw):
 @_opt("sample_timesteps", type=int, default=DEFAULTS.sample_timesteps,
       help="Network evaluations when sampling (training grids and default for generate).")
 @_opt("cond_drop_prob", type=float, default=0.1, help="Embedding dropout, enables classifier-free guidance.")
+@_opt("user_conditioning", is_flag=True, default=False,
+      help="Also condition the decoder on a learned user-ID token beside the image embedding (as DALL-E 2's decoder keeps its caption).")
 @_opt("backbone", type=click.Choice(["unet", "dit"]), default="unet",
       help="Denoising network: the U-Net, or a DiT (patch transformer; width --dim, heads --attn_heads), meant for latents.")
 @_opt("dit_depth", type=int, default=4, help="DiT transformer blocks (with --backbone dit).")
@@ -327,7 +329,7 @@ def train_decoder_cmd(**kw):
     clip_sizes = _clip_sizes(kw)
     sizes = {k: kw.pop(k) for k in ("dim", "dim_mults", "num_resnet_blocks", "attn_heads", "attn_dim_head",
                                     "timesteps", "sample_timesteps", "cond_drop_prob", "backbone", "dit_depth",
-                                    "dit_patch_size")}
+                                    "dit_patch_size", "user_conditioning")}
     from .vqgan import cpu_vqgan_sizes
 
     factor, layers, dim = kw.pop("vqgan_factor"), kw.pop("vqgan_layers"), kw.pop("vqgan_dim")

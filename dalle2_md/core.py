@@ -21,7 +21,7 @@ from torch import nn
 
 from .presets import GeneratorBudget
 from .training import TrainConfig, TrainResult, train
-from .utils import say
+from .utils import UserError, say
 
 CLIP_MAX_IMAGE_SIZE = 64
 
@@ -45,8 +45,8 @@ class _LatentDecoderLoss(nn.Module):
         super().__init__()
         self.inner = decoder
 
-    def forward(self, latents, image_embeds):
-        return self.inner(None, image_embeds, latents=latents)
+    def forward(self, latents, image_embeds, user_indices=None):
+        return self.inner(None, image_embeds, user_indices, latents=latents)
 
 
 def unwrap_decoder(module):
@@ -112,26 +112,37 @@ def fit_vqgan(images: torch.Tensor, vq_config, schedule: TrainConfig, run_dir: P
     return result.model.vqgan.eval(), result
 
 
+def user_table_size(decoder_fields: dict, num_users: int) -> dict:
+    """`DecoderConfig` fields with `num_users` filled from the data when the decoder is
+    user-conditioned (other decoders keep no user table)."""
+    return {**decoder_fields, "num_users": num_users} if decoder_fields.get("user_conditioning") else dict(decoder_fields)
+
+
 def fit_decoder(images: torch.Tensor, embeds: torch.Tensor, dec_config, schedule: TrainConfig, run_dir: Path, *,
-                sample_fn=None, resume: str | None = None, vqgan=None, progress: bool = False):
+                sample_fn=None, resume: str | None = None, vqgan=None, progress: bool = False,
+                user_indices: torch.Tensor | None = None):
     """Train a fresh embedding-conditioned decoder on (image, image embedding) pairs (on cached
     VQGAN latents when `dec_config.use_vqgan`); returns (EMA decoder, record).
 
     Args: as for `fit_clip`, plus images (N, C, H, W) in [-1, 1], their embeds (N, D), the
-        training loop's `sample_fn`, and a trained `vqgan` to diffuse over (default: the one
-        `dec_config.vqgan_path` names).
+        training loop's `sample_fn`, a trained `vqgan` to diffuse over (default: the one
+        `dec_config.vqgan_path` names), and the images' user indices (N,) (a
+        `user_conditioning` decoder needs them; other decoders never see them).
     """
     from .decoder import build_decoder
 
     torch.manual_seed(schedule.seed)
     decoder = build_decoder(dec_config, vqgan=vqgan)
+    if decoder.config.user_conditioning and user_indices is None:
+        raise UserError("a user-conditioned decoder trains on (image, embedding, user) triples; pass user_indices.")
+    extra = (user_indices.long(),) if decoder.config.user_conditioning else ()
     if decoder.config.use_vqgan:
         # the VQGAN is frozen, so every image is encoded once here instead of at every step
         decoder.fit_latent_scale(images[:512])
         model = _LatentDecoderLoss(decoder)
-        data = torch.utils.data.TensorDataset(decoder.encode_latents(images), embeds)
+        data = torch.utils.data.TensorDataset(decoder.encode_latents(images), embeds, *extra)
     else:
-        model, data = decoder, torch.utils.data.TensorDataset(images, embeds)
+        model, data = decoder, torch.utils.data.TensorDataset(images, embeds, *extra)
     result = run_loop(model, data, schedule, Path(run_dir), "decoder", resume=resume, sample_fn=sample_fn,
                   model_config=decoder.config.to_dict(), progress=progress)
     return unwrap_decoder(result.ema_model).eval(), result
@@ -203,7 +214,7 @@ def train_two_stage(images: torch.Tensor, user_indices: torch.Tensor, *, num_use
 
     clip_config = clip_config_for(num_users=num_users, channels=channels, image_size=size, sizes=budget.clip)
     dec_config = DecoderConfig(image_size=size, channels=channels, image_embed_dim=clip_config.dim_latent,
-                               **budget.decoder)
+                               **user_table_size(budget.decoder, num_users))
     if budget.vqgan_steps:
         vq_config = VQGanConfig(image_size=size, channels=channels, **(budget.vqgan or cpu_vqgan_sizes()))
         dec_config = replace(dec_config, use_vqgan=True, vqgan=vq_config)
@@ -223,7 +234,7 @@ def train_two_stage(images: torch.Tensor, user_indices: torch.Tensor, *, num_use
         out.decoder = timed("decoder", lambda: fit_decoder(
             images, embeds, dec_config,
             replace(schedule(budget.decoder_steps, budget.decoder_batch_size), max_seconds=_decoder_seconds(budget, out)),
-            work_dir, vqgan=out.vqgan, progress=progress))
+            work_dir, vqgan=out.vqgan, progress=progress, user_indices=user_indices))
         out.prior = timed("prior", lambda: fit_prior_for_clip(out.clip, images, user_indices, num_users=num_users,
                                                               budget=budget, seed=seed, work_dir=work_dir,
                                                               progress=progress, embeds=embeds))

@@ -102,6 +102,15 @@ class DecoderConfig:
             (benchmarks/sample_defects.py): v keeps the backgrounds at the real images' level
             (eps: a quarter of the samples brighter than any real image) but its samples follow
             their user less (A_gen 0.16-0.46 against 0.51-0.58), so eps stays the default.
+        user_conditioning: also condition on a learned embedding of the user ID, joined to the
+            image embedding (both are dropped together for classifier-free guidance). DALL-E 2's
+            decoder does the same with its caption: it keeps GLIDE's text pathway beside the CLIP
+            image embedding. The image embedding then says which of the user's walks to draw
+            and the user token whose walk it is, so identity no longer rests on the embedding
+            alone (on gait31 at K = 10 the embedding-only decoder's chain samples followed their
+            user less often than the label-conditioned single-stage decoder's). Training and
+            sampling then need each row's user index (`user_indices=`).
+        num_users: size of that user table (filled from the data when `user_conditioning`).
         embed_noise_std: in training, Gaussian noise about this fraction of its length is added
             to each embedding, which is then put back on its sphere: the decoder learns to read a
             neighbourhood of each real embedding, as the prior's samples land near, not on, them.
@@ -141,6 +150,8 @@ class DecoderConfig:
     ddim_eta: float = 0.0
     guidance_interval: tuple[float, float] = (0.0, 1.0)
     prediction: str = "eps"
+    user_conditioning: bool = False
+    num_users: int = 0
     embed_noise_std: float = 0.3
     p2_loss_weight_gamma: float = 1.0
     use_vqgan: bool = False
@@ -160,6 +171,8 @@ class DecoderConfig:
         if not 0.0 <= self.cond_drop_prob < 1.0:
             raise UserError(f"cond_drop_prob must be in [0, 1), got {self.cond_drop_prob}.")
         check_guidance_interval(self.guidance_interval)
+        if self.user_conditioning and self.num_users < 1:
+            raise UserError("user_conditioning needs num_users >= 1 (the size of the user table).")
         if self.prediction not in PREDICTIONS:
             raise UserError(f"--prediction must be one of {', '.join(PREDICTIONS)}, got {self.prediction!r}.")
         if self.use_vqgan and self.vqgan is not None:
@@ -202,9 +215,15 @@ class DecoderConfig:
                             f"{self.dit_patch_size}; pick a patch size that divides it.")
 
     @property
+    def condition_dim(self) -> int:
+        """Width of the vector the network is conditioned on: the image embedding, followed by
+        the user token of the same width when `user_conditioning`."""
+        return self.image_embed_dim * (2 if self.user_conditioning else 1)
+
+    @property
     def unet_cond_dim(self) -> int:
-        """cond_dim as given to the Unet: never equal to image_embed_dim (see module docstring)."""
-        return widened_cond_dim(self.cond_dim if exists(self.cond_dim) else self.dim, self.image_embed_dim)
+        """cond_dim as given to the Unet: never equal to the conditioning width (see module docstring)."""
+        return widened_cond_dim(self.cond_dim if exists(self.cond_dim) else self.dim, self.condition_dim)
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -284,7 +303,7 @@ class MicroDopplerDecoder(nn.Module):
             vqgan = vqgan if exists(vqgan) else build_vqgan(config.vqgan)
         unet = Unet(
             dim=config.dim,
-            image_embed_dim=config.image_embed_dim,
+            image_embed_dim=config.condition_dim,
             cond_dim=config.unet_cond_dim,
             num_image_tokens=config.num_image_tokens,
             channels=config.channels,
@@ -316,12 +335,14 @@ class MicroDopplerDecoder(nn.Module):
             from .dit import DiT
 
             channels, size, _ = self.diffused_shape
-            set_decoder_unet(self.decoder, DiT(channels=channels, size=size, image_embed_dim=config.image_embed_dim,
+            set_decoder_unet(self.decoder, DiT(channels=channels, size=size, image_embed_dim=config.condition_dim,
                                                dim=config.dim, depth=config.dit_depth, heads=config.attn_heads,
                                                patch_size=config.dit_patch_size))
         if config.use_vqgan:
             # the VQGAN is trained beforehand and stays frozen while the decoder trains
             decoder_vae(self.decoder).requires_grad_(False)
+        if config.user_conditioning:
+            self.user_embed = nn.Embedding(config.num_users, config.image_embed_dim)
         # latents are multiplied by this before diffusion and divided after; 1 until fitted
         self.register_buffer("latent_scale", torch.tensor(1.0))
         self.meta: dict = {}  # the bundle's meta after `load` (e.g. clip_fingerprint)
@@ -406,6 +427,7 @@ class MicroDopplerDecoder(nn.Module):
         self,
         images: torch.Tensor | None,
         image_embeds: torch.Tensor,
+        user_indices: torch.Tensor | None = None,
         *,
         latents: torch.Tensor | None = None,
     ) -> torch.Tensor:
@@ -414,6 +436,7 @@ class MicroDopplerDecoder(nn.Module):
         Args:
             images: (B, C, H, W) in [-1, 1]; may be None when `latents` is given.
             image_embeds: (B, D) embeddings of those images.
+            user_indices: (B,) their users (needed by, and only by, a `user_conditioning` decoder).
             latents: (B, *diffused_shape) cached output of `encode_latents` (latent decoder
                 only); skips re-encoding the images.
 
@@ -431,11 +454,37 @@ class MicroDopplerDecoder(nn.Module):
         if tuple(x_start.shape[1:]) != self.diffused_shape:
             raise UserError(f"latents have shape {tuple(x_start.shape)}, expected (B, {self.diffused_shape}).")
         self._check_embeds(image_embeds, x_start.shape[0])
-        image_embeds = self._noised_embeds(image_embeds)
+        condition = self.condition(self._noised_embeds(image_embeds), user_indices)
         times = torch.randint(0, self.config.timesteps, (x_start.shape[0],), device=x_start.device)
-        return decoder_p_losses(self.decoder, x_start, times, image_embed=image_embeds,
+        return decoder_p_losses(self.decoder, x_start, times, image_embed=condition,
                                 learned_variance=self.config.learned_variance, is_latent_diffusion=self.config.use_vqgan,
                                 predict_v=self.config.prediction == "v")
+
+    def condition(self, image_embeds: torch.Tensor, user_indices: torch.Tensor | None = None) -> torch.Tensor:
+        """The vector the network is conditioned on: the image embeddings, joined by their
+        users' tokens when `user_conditioning`.
+
+        Args:
+            image_embeds: (B, D).
+            user_indices: (B,) user indices, or (B, num_users) weights that mix user tokens
+                (one-hot rows equal the indices; interpolation between users passes blends).
+        """
+        if not self.config.user_conditioning:
+            if exists(user_indices):
+                raise UserError("user indices were given to a decoder that is not user-conditioned.")
+            return image_embeds
+        if user_indices is None:
+            raise UserError("this decoder is user-conditioned: give each row's user (user_indices=).")
+        user_indices = torch.as_tensor(user_indices, device=image_embeds.device)
+        if user_indices.is_floating_point():
+            tokens = user_indices.to(self.user_embed.weight.dtype) @ self.user_embed.weight
+        else:
+            if user_indices.numel() and not 0 <= int(user_indices.min()) <= int(user_indices.max()) < self.config.num_users:
+                raise UserError(f"user indices must lie in 0..{self.config.num_users - 1} for this decoder.")
+            tokens = self.user_embed(user_indices.long())
+        if tokens.shape[0] != image_embeds.shape[0]:
+            raise UserError(f"{tokens.shape[0]} users for {image_embeds.shape[0]} image embeddings.")
+        return torch.cat((image_embeds, tokens.to(image_embeds.dtype)), dim=-1)
 
     def _noised_embeds(self, image_embeds: torch.Tensor) -> torch.Tensor:
         std = self.config.embed_noise_std
@@ -454,6 +503,7 @@ class MicroDopplerDecoder(nn.Module):
         self,
         image_embeds: torch.Tensor,
         *,
+        user_indices: torch.Tensor | None = None,
         cond_scale: float = 1.0,
         timesteps: int | None = None,
         seed: int | None = None,
@@ -468,6 +518,8 @@ class MicroDopplerDecoder(nn.Module):
 
         Args:
             image_embeds: (B, D) embeddings to condition on.
+            user_indices: each row's user (or user-token weights), for a `user_conditioning`
+                decoder only; see `condition`.
             cond_scale: classifier-free guidance scale on the embedding (1 = none).
             timesteps: network evaluations (default config.sample_timesteps; config.timesteps = all).
             seed: seeds the starting noise (and per-step noise if eta > 0) through a private
@@ -486,6 +538,7 @@ class MicroDopplerDecoder(nn.Module):
         c = self.config
         batch = image_embeds.shape[0]
         self._check_embeds(image_embeds, batch)
+        condition = self.condition(image_embeds, user_indices)
         if cond_scale != 1.0 and c.cond_drop_prob == 0:
             raise UserError("cond_scale != 1 needs a decoder trained with cond_drop_prob > 0.")
         device = image_embeds.device
@@ -498,14 +551,14 @@ class MicroDopplerDecoder(nn.Module):
             cuda = [device] if device.type == "cuda" else []
             with torch.random.fork_rng(devices=cuda):
                 torch.manual_seed(int(seed))
-                return self._sample(image_embeds, cond_scale, timesteps, generator, noise, eta, callback, sampler,
+                return self._sample(condition, cond_scale, timesteps, generator, noise, eta, callback, sampler,
                                     guidance_interval)
-        return self._sample(image_embeds, cond_scale, timesteps, generator, noise, eta, callback, sampler,
+        return self._sample(condition, cond_scale, timesteps, generator, noise, eta, callback, sampler,
                             guidance_interval)
 
-    def _sample(self, image_embeds, cond_scale, timesteps, generator, noise, eta, callback, sampler, guidance_interval):
+    def _sample(self, condition, cond_scale, timesteps, generator, noise, eta, callback, sampler, guidance_interval):
         c = self.config
-        batch, device = image_embeds.shape[0], image_embeds.device
+        batch, device = condition.shape[0], condition.device
         shape = (batch, *self.diffused_shape)
         if exists(noise):
             if tuple(noise.shape) != shape:
@@ -521,7 +574,7 @@ class MicroDopplerDecoder(nn.Module):
 
         def model_fn(x, t):
             guided = lo <= float(t[0]) / (c.timesteps - 1) <= hi
-            out = guided_unet_forward(unet, x, t, image_embeds, cond_scale if guided else 1.0)
+            out = guided_unet_forward(unet, x, t, condition, cond_scale if guided else 1.0)
             pred = out[:, : x.shape[1]]  # drop the variance half when learned_variance
             x_start = (x_start_from_v if c.prediction == "v" else x_start_from_noise)(scheduler, x, t, pred)
             # pixels live in [-1, 1]; latents are unbounded

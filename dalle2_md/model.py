@@ -71,7 +71,8 @@ def sample_keys(labels: Sequence[str], num_samples_per_user: int, first_sample: 
 
 def decode_with_keyed_noise(decoder, image_embeds: torch.Tensor, keys: Sequence, *, seed: int = 0,
                             cond_scale: float = DEFAULTS.cond_scale, steps: int | None = None,
-                            eta: float = DEFAULTS.eta, sampler: str | None = None) -> torch.Tensor:
+                            eta: float = DEFAULTS.eta, sampler: str | None = None,
+                            user_indices: Sequence[int] | None = None) -> torch.Tensor:
     """Decode embeddings to images in [0, 1]; row i's noise (start and per-step) comes from the
     decoder stream of (seed, keys[i]) only. Shared by the chain and the baseline.
 
@@ -80,10 +81,22 @@ def decode_with_keyed_noise(decoder, image_embeds: torch.Tensor, keys: Sequence,
         image_embeds: (B, D).
         keys: B hashables, e.g. `sample_keys(...)`; equal keys give equal noise.
         seed, cond_scale, steps, eta, sampler: as for `MicroDopplerDALLE2.sample`.
+        user_indices: each row's user, for a user-conditioned decoder (ignored by others).
     """
     generators = keyed_generators(seed, _DECODER_STREAM, keys)
-    return decoder.sample(image_embeds, cond_scale=cond_scale, timesteps=steps, generator=generators, eta=eta,
-                          sampler=sampler)
+    users = decoder_users(decoder, user_indices, image_embeds.device)
+    return decoder.sample(image_embeds, user_indices=users, cond_scale=cond_scale, timesteps=steps,
+                          generator=generators, eta=eta, sampler=sampler)
+
+
+def decoder_users(decoder, user_indices, device) -> torch.Tensor | None:
+    """`user_indices` as the decoder's `user_indices=` argument: a tensor for a user-conditioned
+    decoder (which must have them), None for one conditioned on the image embedding alone."""
+    if not decoder.config.user_conditioning:
+        return None
+    if user_indices is None:
+        raise UserError("this model's decoder is user-conditioned: say whose image each embedding is (user_indices).")
+    return torch.as_tensor(user_indices, device=device)
 
 
 class MicroDopplerDALLE2(nn.Module):
@@ -200,12 +213,14 @@ class MicroDopplerDALLE2(nn.Module):
     @torch.no_grad()
     def decode(self, image_embeds: torch.Tensor, *, cond_scale: float = DEFAULTS.cond_scale,
                decoder_steps: int | None = DEFAULTS.decoder_steps, seed: int = 0, keys: Sequence | None = None,
-               eta: float = DEFAULTS.eta, sampler: str | None = None, colorize: bool = True) -> torch.Tensor:
+               eta: float = DEFAULTS.eta, sampler: str | None = None, colorize: bool = True,
+               user_indices: Sequence[int] | None = None) -> torch.Tensor:
         """Decode embeddings to images in [0, 1]; row i starts from the decoder noise keyed by
-        (seed, keys[i]) (default keys: the row numbers, so every row gets its own noise)."""
+        (seed, keys[i]) (default keys: the row numbers, so every row gets its own noise).
+        `user_indices`: each row's user, which a user-conditioned decoder needs."""
         keys = list(keys) if exists(keys) else [("row", i) for i in range(image_embeds.shape[0])]
         images = decode_with_keyed_noise(self.decoder, image_embeds, keys, seed=seed, cond_scale=cond_scale,
-                                         steps=decoder_steps, eta=eta, sampler=sampler)
+                                         steps=decoder_steps, eta=eta, sampler=sampler, user_indices=user_indices)
         return self.colorize(images) if colorize else images
 
     @renamed_keywords(user_ids="user_indices")
@@ -250,7 +265,7 @@ class MicroDopplerDALLE2(nn.Module):
         embeds = self.sample_image_embeds(rows, sample_indices=[j for _, j in keys], prior_cond_scale=prior_cond_scale,
                                           prior_steps=prior_steps, seed=seed, eta=eta, sampler=sampler)
         return self.decode(embeds, cond_scale=cond_scale, decoder_steps=decoder_steps, seed=seed, keys=keys, eta=eta,
-                           sampler=sampler, colorize=colorize)
+                           sampler=sampler, colorize=colorize, user_indices=rows)
 
     @torch.no_grad()
     def interpolation_frames(
@@ -287,8 +302,12 @@ class MicroDopplerDALLE2(nn.Module):
         positions = [float(t) for t in np.linspace(0.0, 1.0, steps)]
         embeds = torch.stack([slerp(ends[0], ends[1], t) for t in positions])
         noise = torch.stack([slerp(noise_a, noise_b, t) for t in positions]).view(steps, *shape[1:])
-        images = self.decoder.sample(embeds, cond_scale=cond_scale, timesteps=decoder_steps, noise=noise, eta=0.0,
-                                     sampler=sampler)
+        users = None
+        if self.decoder.config.user_conditioning:  # the user token blends linearly from a to b
+            ends_onehot = torch.eye(self.decoder.config.num_users, device=self.device)[[user_index_a, user_index_b]]
+            users = torch.stack([(1 - t) * ends_onehot[0] + t * ends_onehot[1] for t in positions])
+        images = self.decoder.sample(embeds, user_indices=users, cond_scale=cond_scale, timesteps=decoder_steps,
+                                     noise=noise, eta=0.0, sampler=sampler)
         return self.colorize(images) if colorize else images
 
     # the name before issue 11 (it takes indices, unlike generation.interpolate_users)

@@ -140,13 +140,14 @@ def _real_image_candidates(model, recipe: AugmentRecipe, budget, user_indices, s
     for u in user_indices:
         own = shot[0][shot[1] == u]
         per_image = math.ceil(count / len(own))
+        users = torch.full((len(own),), u, dtype=torch.long)
         common = dict(n=per_image, seed=seed + 7919 * u, cond_scale=recipe.cond_scale, steps=budget.sample_steps,
                       eta=recipe.eta)
         if recipe.source == "sdedit":
             embeds = _sdedit_conditions(model, recipe, own, u, per_image, seed + 7919 * u)
-            x = sdedit(model, own, strength=recipe.strength, image_embeds=embeds, **common)[:count]
+            x = sdedit(model, own, strength=recipe.strength, image_embeds=embeds, user_indices=users, **common)[:count]
         else:
-            x = variations_of(model, own, **common)[:count]
+            x = variations_of(model, own, user_indices=users, **common)[:count]
         images.append(x.cpu())  # both return model space, [-1, 1]
         ids.append(torch.full((len(x),), u, dtype=torch.long))
     return torch.cat(images), torch.cat(ids)

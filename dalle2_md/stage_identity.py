@@ -73,12 +73,14 @@ def decoder_accuracy(decoder, recogniser, image_embeds: torch.Tensor, user_indic
                      cond_scale: float = 1.0, steps: int | None = None, seed: int = 0, batch_size: int = 64,
                      sampler: str | None = None, eta: float | None = None) -> float:
     """Recogniser accuracy on images decoded from given (true) embeddings."""
+    from .model import decoder_users
     from .recogniser import predict
 
     correct = 0
     for start in range(0, len(image_embeds), batch_size):
         embeds = image_embeds[start : start + batch_size]
-        images = decoder.sample(embeds, cond_scale=cond_scale, timesteps=steps, seed=seed + start,
+        users = decoder_users(decoder, user_indices[start : start + batch_size], embeds.device)
+        images = decoder.sample(embeds, user_indices=users, cond_scale=cond_scale, timesteps=steps, seed=seed + start,
                                 sampler=sampler, eta=eta) * 2.0 - 1.0
         correct += (predict(recogniser, images.cpu()) == user_indices[start : start + batch_size]).sum().item()
     return correct / max(1, len(image_embeds))

@@ -28,10 +28,11 @@ from torch import nn
 
 # moved: issue 11 (the in-memory core to core.py, the data options to options.py)
 from .core import (CLIP_MAX_IMAGE_SIZE, TwoStageModels, clip_config_for, fit_clip, fit_decoder,  # noqa: F401
-                   fit_prior, fit_vqgan, prior_config_for, run_loop, train_two_stage, unwrap_decoder)
+                   fit_prior, fit_vqgan, prior_config_for, run_loop, train_two_stage, unwrap_decoder, user_table_size)
 from .display import as_image_tensor, colourise
 from .options import (DEFAULT_COLORMAP, DEFAULT_IMAGE_SIZE, DataOptions, display_colormap,  # noqa: F401
                       load_train_data, recorded_data_settings, skipped_summary, with_defaults, with_settings_from)
+from .model import decoder_users
 from .training import TrainConfig, TrainResult
 from .utils import UserError, exists, say
 
@@ -213,7 +214,8 @@ def _decoder_sample_fn(images, embeds, user_ids, colormap, steps):
     def sample_fn(ema_model, step):
         decoder = unwrap_decoder(ema_model)
         device = next(decoder.parameters()).device
-        fake = decoder.sample(embeds[pick].to(device), timesteps=steps, seed=0).cpu()
+        users = decoder_users(decoder, user_ids[pick], device)
+        fake = decoder.sample(embeds[pick].to(device), user_indices=users, timesteps=steps, seed=0).cpu()
         # one picture: the real image of each user on top, its decoded embedding below
         rows = [torch.cat(list(as_image_tensor(colourise(x, colormap))), dim=-1) for x in (real, fake)]
         return torch.cat(rows, dim=-2).unsqueeze(0)
@@ -245,11 +247,11 @@ def train_decoder_stage(run_dir, ds, clip, config: TrainConfig, *, sizes: dict |
     images, user_ids = ds.tensors()
     dec_config = DecoderConfig(image_size=ds.image_size, channels=ds.channels, image_embed_dim=clip.config.dim_latent,
                                use_vqgan=exists(vqgan_path), vqgan_path=str(vqgan_path) if exists(vqgan_path) else None,
-                               **(sizes or {}))
+                               **user_table_size(sizes or {}, len(ds.label_map)))
     steps = min(dec_config.sample_timesteps, 50)
     sample_fn = _decoder_sample_fn(images, embeds, user_ids, display_colormap(ds), steps)
     ema, result = fit_decoder(images, embeds, dec_config, config, run_dir, sample_fn=sample_fn, resume=resume,
-                              progress=progress)
+                              progress=progress, user_indices=user_ids)
     if _is_main():
         ema.save(final, meta=_meta(ds, clip))
     say(f"[decoder] wrote {final}")
@@ -382,7 +384,7 @@ def _check_decoder_sizes(ds, sizes, *, use_vqgan, vqgan_path, vqgan_sizes) -> No
     elif use_vqgan:
         vq = VQGanConfig(image_size=ds.image_size, channels=ds.channels, **(vqgan_sizes or cpu_vqgan_sizes()))
     DecoderConfig(image_size=ds.image_size, channels=ds.channels, image_embed_dim=1, use_vqgan=use_vqgan, vqgan=vq,
-                  **(sizes or {}))
+                  **user_table_size(sizes or {}, len(ds.label_map)))
 
 
 def missing_clip_message(output_dir: str | Path) -> str:

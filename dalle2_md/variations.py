@@ -59,6 +59,24 @@ def embed(model, images: torch.Tensor) -> torch.Tensor:
     return compute_image_embeds(model.clip, images).to(images.device)
 
 
+@torch.no_grad()
+def users_for(model, image_embeds: torch.Tensor, user_indices=None) -> torch.Tensor | None:
+    """The per-image users a user-conditioned decoder needs (None for one that is not): the
+    given `user_indices`, or else each image's user as the embedding model reads it (the user
+    token whose embedding is nearest the image's, CLIP's zero-shot classification)."""
+    if not model.decoder.config.user_conditioning:
+        return None
+    device = image_embeds.device
+    if exists(user_indices):
+        users = torch.as_tensor(user_indices, device=device).long()
+        if users.shape != (len(image_embeds),):
+            raise UserError(f"{users.numel()} user indices for {len(image_embeds)} images; give one per image.")
+        return users
+    num_users = model.decoder.config.num_users
+    tokens = model.clip.embed_users(torch.arange(num_users, device=device)).to(device)
+    return (image_embeds @ tokens.T).argmax(dim=-1)
+
+
 # keys the variation noise apart from the chain's prior (0) and decoder (1) streams
 _VARIATION_STREAM = 2
 
@@ -72,7 +90,7 @@ def _generators(seed: int, n_images: int, n: int) -> list[torch.Generator]:
 @torch.no_grad()
 def variations_of(model, images: torch.Tensor, n: int = 8, seed: int = 0, *, cond_scale: float = DEFAULTS.cond_scale,
                   steps: int | None = DEFAULTS.decoder_steps, eta: float = DEFAULTS.eta, sampler: str | None = None,
-                  batch_size: int = 64) -> torch.Tensor:
+                  batch_size: int = 64, user_indices=None) -> torch.Tensor:
     """Decode each image's own embedding from `n` different noises.
 
     Args:
@@ -85,17 +103,29 @@ def variations_of(model, images: torch.Tensor, n: int = 8, seed: int = 0, *, con
         eta: DDIM eta.
         sampler: "ddim" or "dpmpp_2m" (default `DEFAULTS.sampler`; ddim when eta > 0).
         batch_size: images decoded at once.
+        user_indices: (N,) each image's user, for a user-conditioned decoder (default: the user
+            the embedding model reads from the image, `users_for`).
     Returns:
         (N * n, C, H, W) in [-1, 1], image-major (the n variations of image 0 first).
     """
     if n < 1:
         raise UserError(f"--n must be at least 1, got {n}")
-    embeds = embed(model, images).repeat_interleave(n, dim=0)
+    own = embed(model, images)
+    users = _repeat(users_for(model, own, user_indices), n)
+    embeds = own.repeat_interleave(n, dim=0)
     gens = _generators(seed, len(images), n)
-    out = [model.decoder.sample(embeds[s:s + batch_size], cond_scale=cond_scale, timesteps=steps, eta=eta, sampler=sampler,
-                                generator=gens[s:s + batch_size])
+    out = [model.decoder.sample(embeds[s:s + batch_size], user_indices=_rows(users, s, batch_size), cond_scale=cond_scale,
+                                timesteps=steps, eta=eta, sampler=sampler, generator=gens[s:s + batch_size])
            for s in range(0, len(embeds), batch_size)]
     return torch.cat(out).cpu() * 2.0 - 1.0
+
+
+def _repeat(users, n):
+    return None if users is None else users.repeat_interleave(n, dim=0)
+
+
+def _rows(users, start, size):
+    return None if users is None else users[start:start + size]
 
 
 def sdedit_timesteps(num_train_timesteps: int, strength: float, steps: int) -> list[int]:
@@ -112,7 +142,7 @@ def sdedit_timesteps(num_train_timesteps: int, strength: float, steps: int) -> l
 @torch.no_grad()
 def sdedit(model, images: torch.Tensor, strength: float = 0.5, seed: int = 0, *, n: int = 1,
            cond_scale: float = DEFAULTS.cond_scale, steps: int | None = DEFAULTS.decoder_steps, eta: float = DEFAULTS.eta,
-           batch_size: int = 64, image_embeds: torch.Tensor | None = None) -> torch.Tensor:
+           batch_size: int = 64, image_embeds: torch.Tensor | None = None, user_indices=None) -> torch.Tensor:
     """SDEdit from real images: noise each to the step `strength` of the way into the decoder's
     schedule, then denoise with DDIM over the remaining steps, conditioned on its own embedding
     (or on given ones).
@@ -131,6 +161,7 @@ def sdedit(model, images: torch.Tensor, strength: float = 0.5, seed: int = 0, *,
             strength x steps of them).
         image_embeds: (N * n, D) embeddings to condition output i * n + j on, image-major
             (default: each image's own embedding, n times).
+        user_indices: (N,) each image's user, as in `variations_of`.
     Returns:
         (N * n, C, H, W) in [-1, 1], image-major.
     """
@@ -142,8 +173,10 @@ def sdedit(model, images: torch.Tensor, strength: float = 0.5, seed: int = 0, *,
     x = _check(model, images)
     if not times:
         return x.cpu().repeat_interleave(n, dim=0)
+    own = embed(model, x) if image_embeds is None or c.user_conditioning else None
+    users = _repeat(users_for(model, own, user_indices), n)
     if image_embeds is None:
-        embeds = embed(model, x).repeat_interleave(n, dim=0)
+        embeds = own.repeat_interleave(n, dim=0)
     elif tuple(image_embeds.shape[:1]) != (len(x) * n,):
         raise UserError(f"sdedit got {len(image_embeds)} embeddings for {len(x)} images x {n} outputs each")
     else:
@@ -157,8 +190,9 @@ def sdedit(model, images: torch.Tensor, strength: float = 0.5, seed: int = 0, *,
     a_t = alphas_cumprod(decoder.noise_scheduler)[times[0]].float().to(x.device)
     x_t = a_t.sqrt() * x_start + (1 - a_t).sqrt() * noise  # q(x_t | x_0)
     # DDIM over the explicit remaining times; the generators go on to the per-step noise (eta > 0)
-    out = [decoder.sample(embeds[s:s + batch_size], cond_scale=cond_scale, timesteps=times, noise=x_t[s:s + batch_size],
-                          eta=eta, sampler="ddim", generator=gens[s:s + batch_size])
+    out = [decoder.sample(embeds[s:s + batch_size], user_indices=_rows(users, s, batch_size), cond_scale=cond_scale,
+                          timesteps=times, noise=x_t[s:s + batch_size], eta=eta, sampler="ddim",
+                          generator=gens[s:s + batch_size])
            for s in range(0, len(embeds), batch_size)]
     return torch.cat(out).cpu() * 2.0 - 1.0
 

@@ -61,9 +61,11 @@ def fit_decoder_on_ramps(model, embed_dim: int, *, steps: int, normalize: bool =
     embeds = torch.randn(8, embed_dim)
     if normalize:
         embeds = torch.nn.functional.normalize(embeds, dim=-1)
+    # a user-conditioned decoder gets a user per ramp too
+    users = (torch.arange(8) % decoder.config.num_users,) if decoder.config.user_conditioning else ()
     opt = torch.optim.Adam(decoder.parameters(), lr=1e-3)
     for _ in range(steps):
-        loss = decoder(images, embeds)
+        loss = decoder(images, embeds, *users)
         opt.zero_grad()
         loss.backward()
         opt.step()

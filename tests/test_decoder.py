@@ -235,3 +235,48 @@ def test_v_prediction_learns_two_users(two_users):
     assert (torch.cdist(generated.flatten(1), real_centroids).argmin(1) == q).float().mean() >= 0.8
     middle_rows = generated[:, :, 6:10]  # between the two users' bands: background in every real image
     assert abs(middle_rows.mean().item() - x[:, :, 6:10].mean().item()) < 0.25
+
+
+def test_user_conditioned_decoder_draws_the_user_its_token_names(two_users):
+    """With one shared, uninformative image embedding for every image, only the user token says
+    which band to draw: a user-conditioned decoder trained briefly draws user k's band for token
+    k, and reads the token from the training triples, not from the embedding."""
+    x, y = two_users["x"], two_users["y"]
+    shared = torch.nn.functional.normalize(torch.ones(1, D), dim=-1)
+    m = tiny(user_conditioning=True, num_users=2, sample_timesteps=10)
+    opt = torch.optim.Adam(m.parameters(), lr=2e-3)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        for _ in range(100):
+            idx = torch.randint(0, len(y), (16,))
+            loss = m(x[idx], shared.expand(16, D), y[idx])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    q = torch.arange(2).repeat_interleave(8)
+    generated = m.eval().sample(shared.expand(16, D), user_indices=q, seed=3) * 2 - 1
+    real_centroids = torch.stack([x[y == k].mean(0).flatten() for k in (0, 1)])
+    assert (torch.cdist(generated.flatten(1), real_centroids).argmin(1) == q).float().mean() >= 0.8
+
+
+def test_user_tokens_are_required_blendable_and_saved(tmp_path):
+    m = tiny(user_conditioning=True, num_users=3)
+    e = torch.nn.functional.normalize(torch.randn(2, D), dim=-1)
+    with pytest.raises(UserError, match="user-conditioned"):
+        m.sample(e, seed=0)
+    with pytest.raises(UserError, match="0..2"):
+        m.sample(e, user_indices=torch.tensor([0, 3]), seed=0)
+    with pytest.raises(UserError, match="not user-conditioned"):
+        tiny().sample(e, user_indices=torch.tensor([0, 1]), seed=0)
+    with pytest.raises(UserError, match="num_users"):
+        tiny(user_conditioning=True)
+    # one-hot weights are the indices; a half blend is the mean of the two tokens
+    users = torch.tensor([2, 0])
+    assert torch.equal(m.condition(e, users), m.condition(e, torch.eye(3)[users]))
+    half = m.condition(e, torch.tensor([[0.5, 0.5, 0.0]] * 2))[:, D:]
+    assert torch.allclose(half, m.user_embed.weight[:2].mean(0).expand(2, D))
+    assert torch.equal(m.sample(e, user_indices=users, seed=0), m.sample(e, user_indices=torch.eye(3)[users], seed=0))
+    m.save(tmp_path / "d.pt")
+    loaded = MicroDopplerDecoder.load(tmp_path / "d.pt")
+    assert loaded.config.user_conditioning and loaded.config.num_users == 3
+    assert torch.equal(loaded.sample(e, user_indices=users, seed=0), m.eval().sample(e, user_indices=users, seed=0))

@@ -15,7 +15,7 @@ D = 16
 
 
 
-def make_model(seed=0, clip_fingerprint="aaaa", label_map=None):
+def make_model(seed=0, clip_fingerprint="aaaa", label_map=None, **decoder_fields):
     torch.manual_seed(seed)
     prior = UserConditionedDiffusionPrior(
         PriorConfig(num_users=3, dim=D, depth=1, heads=2, dim_head=8, timesteps=100, sample_timesteps=5)
@@ -24,7 +24,7 @@ def make_model(seed=0, clip_fingerprint="aaaa", label_map=None):
     decoder = MicroDopplerDecoder(
         config=DecoderConfig(
             image_size=16, channels=1, image_embed_dim=D, dim=8, dim_mults=(1, 2), timesteps=100,
-            sample_timesteps=5, attn_heads=2, attn_dim_head=8, num_resnet_blocks=1,
+            sample_timesteps=5, attn_heads=2, attn_dim_head=8, num_resnet_blocks=1, **decoder_fields,
         )
     )
     decoder.meta = {"clip_fingerprint": clip_fingerprint, "colormap": "jet"}
@@ -109,6 +109,27 @@ def test_interpolation_endpoints_equal_samples_of_each_user():
     torch.testing.assert_close(frames[-1], model.sample([2], seed=11)[0], atol=1e-5, rtol=0)
     with pytest.raises(UserError):
         model.interpolation_frames(0, 1, steps=1)
+
+
+def test_a_user_conditioned_decoder_gets_each_rows_user_through_the_chain():
+    """The chain hands the decoder the user it sampled the embedding for: the same embedding and
+    noise under another user token give another image, the rows equal a direct decode with those
+    users, and interpolation frames still start and end at each user's sample."""
+    model = make_model(user_conditioning=True, num_users=3)
+    torch.nn.init.normal_(model.decoder.user_embed.weight, std=3.0)  # tokens far apart, so they matter
+    fit_decoder_briefly(model)
+    images = model.sample([0, 2], num_samples_per_user=2, seed=4, colorize=False)
+    embeds = model.sample_image_embeds([0, 2], num_samples_per_user=2, seed=4)
+    keys = [("0", 0), ("0", 1), ("2", 0), ("2", 1)]
+    torch.testing.assert_close(images, model.decode(embeds, seed=4, keys=keys, user_indices=[0, 0, 2, 2],
+                                                    colorize=False), atol=1e-5, rtol=0)
+    swapped = model.decode(embeds, seed=4, keys=keys, user_indices=[1, 1, 1, 1], colorize=False)
+    assert (swapped - images).abs().amax() > 1e-3
+    with pytest.raises(UserError, match="user-conditioned"):
+        model.decode(embeds, seed=4, keys=keys)
+    frames = model.interpolation_frames(0, 2, steps=3, seed=11)
+    torch.testing.assert_close(frames[0], model.sample([0], seed=11)[0], atol=1e-5, rtol=0)
+    torch.testing.assert_close(frames[-1], model.sample([2], seed=11)[0], atol=1e-5, rtol=0)
 
 
 def test_slerp_keeps_norm_path_and_endpoints():

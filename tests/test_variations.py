@@ -1,6 +1,8 @@
 """Image variations and SDEdit: shapes, seeding, strength 0 = the input, the truncated schedule,
 and the `variations` command with its bad inputs."""
 
+from dataclasses import replace
+
 import pytest
 import torch
 from click.testing import CliRunner
@@ -199,3 +201,23 @@ def test_sdedit_conditions_other_than_the_own_embedding(model_and_images):
     alone = draw_candidates(model, partner, budget, (images[2:], torch.tensor([2])), 2, seed=1)
     assert ids.tolist() == [0, 0, 2, 2]
     torch.testing.assert_close(x[2:], alone[0], atol=2e-4, rtol=0)
+
+
+def test_variations_and_sdedit_of_a_user_conditioned_decoder_use_the_users_given_or_read_by_the_embedding_model():
+    from dalle2_md.decoder import MicroDopplerDecoder
+    from dalle2_md.variations import embed, users_for
+
+    model = tiny_chain(LABELS.to_dict())
+    model.decoder = MicroDopplerDecoder(config=replace(model.decoder.config, user_conditioning=True, num_users=3))
+    torch.nn.init.normal_(model.decoder.user_embed.weight, std=3.0)  # tokens far apart, so they matter
+    images = fit_briefly(model)[:3].clone()
+    read = users_for(model, embed(model, images))
+    tokens = model.clip.embed_users(torch.arange(3))
+    assert torch.equal(read, (embed(model, images) @ tokens.T).argmax(-1))
+    given = (read + 1) % 3
+    for draw in (lambda **kw: variations_of(model, images, n=2, seed=1, cond_scale=1.0, steps=3, **kw),
+                 lambda **kw: sdedit(model, images, strength=0.6, n=2, seed=1, cond_scale=1.0, steps=3, **kw)):
+        torch.testing.assert_close(draw(), draw(user_indices=read), atol=1e-5, rtol=0)
+        assert (draw(user_indices=given) - draw(user_indices=read)).abs().amax() > 1e-3
+    with pytest.raises(UserError, match="one per image"):
+        variations_of(model, images, n=1, user_indices=[0])

@@ -210,6 +210,23 @@ def test_generate_names_files_by_label_and_saves_npy(trained, work):
     assert (top_left[::6, ::6] == np.asarray(Image.open(out / "ID_2_000.png"))).all()
 
 
+def test_a_user_conditioned_decoder_trains_generates_and_interpolates_from_the_cli(trained, work):
+    from dalle2_md.decoder import MicroDopplerDecoder
+
+    invoke("train-decoder", "--data_root", work / "data", "--output_dir", work / "out", "--experiment_name", "dec_user",
+           "--max_steps", 2, "--clip_path", trained["clip"], "--user_conditioning", *TINY_DECODER, *QUIET)
+    path = work / "out" / "dec_user" / "decoder_final.pt"
+    config = MicroDopplerDecoder.load(path).config
+    assert config.user_conditioning and config.num_users == 3
+    out = work / "gen_user"
+    invoke("generate", "--decoder_path", path, "--prior_path", trained["prior"], "--clip_path", trained["clip"],
+           "--user_ids", "ID_1", "ID_3", "--num_samples_per_user", 2, "--sample_steps", 3, "--prior_steps", 3,
+           "--interpolate", "--interp_user_1", "ID_1", "--interp_user_2", "ID_3", "--interp_steps", 3,
+           "--output_dir", out, "--device", "cpu")
+    assert sorted(p.name for p in out.glob("ID_*.png")) == ["ID_1_000.png", "ID_1_001.png", "ID_3_000.png", "ID_3_001.png"]
+    assert list(out.glob("interpolation_*.png"))
+
+
 def test_unknown_user_lists_the_valid_labels(trained, work):
     result = invoke("generate", "--decoder_path", trained["decoder"], "--prior_path", trained["prior"],
                     "--user_ids", "9", "--output_dir", work / "gen_bad", ok=False)
