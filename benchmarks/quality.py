@@ -40,7 +40,7 @@ import torch  # noqa: E402
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from kshot import KSHOT_RECOGNISER, simulate, split  # noqa: E402
 
-from dalle2_md.augment import augmentation_gain, sample_tensors, train_generator  # noqa: E402
+from dalle2_md.augment import augmentation_gain, cached_generator, sample_tensors  # noqa: E402
 from dalle2_md.evaluate import RecogniserConfig, RecogniserTrainConfig, cached_recogniser, evaluate_samples  # noqa: E402
 from dalle2_md.labels import LabelMap  # noqa: E402
 from dalle2_md.presets import QUICK_BUDGET, GeneratorBudget  # noqa: E402
@@ -138,14 +138,16 @@ def phase_recogniser(p: Profile, data: dict, work: Path):
     return rec
 
 
-def phase_generators(p: Profile, data: dict, work: Path) -> dict:
-    """Two-stage and single-stage generators on the full real train split, same decoder budget."""
+def phase_generators(p: Profile, data: dict, work: Path, generator_cache: str | None = None) -> dict:
+    """Two-stage and single-stage generators on the full real train split, same decoder budget
+    (taken from `generator_cache` when an earlier run trained them there)."""
     images, ids = data["sets"]["train"]
     out = {}
     for kind in ("two_stage", "baseline"):
         start = time.perf_counter()
-        gen = train_generator(images, ids, num_users=p.num_users, kind=kind, budget=p.budget, seed=p.train_seed,
-                              run_dir=work / "runs" / kind, label_map=data["label_map"], colormap="jet")
+        gen = cached_generator(images, ids, cache_dir=generator_cache, num_users=p.num_users, kind=kind,
+                               budget=p.budget, seed=p.train_seed, run_dir=work / "runs" / kind,
+                               label_map=data["label_map"], colormap="jet")
         log(f"{kind}: trained in {time.perf_counter() - start:.0f}s "
             f"({', '.join(f'{k} {v:.0f}s' for k, v in gen.seconds.items())}); final losses {gen.final_losses}")
         # kept in the work folder, so other guidance scales or step counts can be sampled later
@@ -392,7 +394,7 @@ def run(p: Profile, *, work: Path, out_json: Path, page: Path, eval_dir: Path, n
     work.mkdir(parents=True, exist_ok=True)
     data = timed("data", lambda: phase_data(p))
     recogniser = timed("recogniser", lambda: phase_recogniser(p, data, work))
-    generators = phase_generators(p, data, work)
+    generators = phase_generators(p, data, work, generator_cache)
     for kind, gen in generators.items():
         timings[f"train_{kind}"] = sum(gen.seconds.values())
     samples = phase_samples(p, generators)

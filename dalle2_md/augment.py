@@ -66,6 +66,10 @@ def generator_cache_path(cache_dir: str | Path, images: torch.Tensor, user_indic
     h.update(user_indices.detach().cpu().long().contiguous().numpy().tobytes())
     fields = {name: getattr(budget, name) for name in _TRAINING_FIELDS
               if not (image_model_only and name in _PRIOR_FIELDS)}
+    if kind == "baseline":  # fields it ignores must not change its name
+        from .baseline import single_stage_decoder_fields
+
+        fields["decoder"] = single_stage_decoder_fields(budget.decoder)
     if budget.vqgan_steps:  # only then: pixel generators keep the names they were cached under
         fields.update(vqgan_steps=budget.vqgan_steps, vqgan_lr=budget.vqgan_lr, vqgan=budget.vqgan)
     if budget.decoder_seconds:
@@ -172,7 +176,7 @@ def train_generator(
         label_map, colormap: stored with the model.
         progress: progress bars.
     """
-    from .baseline import train_baseline
+    from .baseline import single_stage_decoder_fields, train_baseline
     from .decoder import DecoderConfig
     from .model import MicroDopplerDALLE2
 
@@ -185,7 +189,7 @@ def train_generator(
 
     if kind == "baseline":
         dec_config = DecoderConfig(image_size=size, channels=channels, image_embed_dim=budget.clip["dim_latent"],
-                                   **budget.decoder)
+                                   **single_stage_decoder_fields(budget.decoder))
         start = time.perf_counter()
         model, result = train_baseline(images, user_indices, num_users=num_users, decoder_config=dec_config,
                                        train_config=budget.schedule(budget.decoder_steps, budget.decoder_batch_size, seed),

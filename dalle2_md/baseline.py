@@ -29,6 +29,12 @@ from .training import TrainConfig, TrainResult, train
 from .utils import BundleError, UserError, renamed_keywords
 
 
+def single_stage_decoder_fields(decoder_fields: dict) -> dict:
+    """A generator budget's decoder fields as the baseline uses them: without the two-stage
+    decoder's user token (the baseline's only condition is already the user's embedding)."""
+    return {k: v for k, v in decoder_fields.items() if k not in ("user_conditioning", "num_users")}
+
+
 class SingleStageBaseline(nn.Module):
     """User ID -> learned embedding -> `MicroDopplerDecoder` -> spectrogram.
 

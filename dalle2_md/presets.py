@@ -21,8 +21,12 @@ from .training import TrainConfig
 # and backgrounds set by the noise rather than the embedding).
 CPU_CLIP_SIZES = dict(dim_latent=32, dim_image=64, dim_text=32, encoder_widths=(16, 32, 64), token_grid=2,
                       text_heads=2, text_dim_head=16, ssl_dim=32, ssl_hidden=64)
+# The user token beside the image embedding (DecoderConfig.user_conditioning): on gait31 at K = 10
+# (seeds 0-2) it raised the SDEdit recipe's gain from +3.5 to +6.0 points and the prior chain's
+# from -0.1 to +6.4 (benchmarks/augment_ablation.py, docs/results.md).
 CPU_DECODER_SIZES = dict(dim=16, dim_mults=(1, 2, 4), num_resnet_blocks=1, attn_heads=2, attn_dim_head=16,
-                         timesteps=1000, sample_timesteps=DEFAULTS.sample_timesteps, num_image_tokens=2)
+                         timesteps=1000, sample_timesteps=DEFAULTS.sample_timesteps, num_image_tokens=2,
+                         user_conditioning=True)
 CPU_PRIOR_SIZES = dict(depth=2, heads=2, dim_head=16, timesteps=1000, sample_timesteps=DEFAULTS.sample_timesteps)
 # A VQGAN that trains at 128 px on 2 CPU cores in minutes (0.43 s per step of 16 images at
 # f = 4 on one loaded core, measured; the 32-wide, 1-2 multiplier shape took 1.95 s): every
