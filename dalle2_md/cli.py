@@ -300,8 +300,10 @@ def train_clip_cmd(**kw):
 @_opt("sample_timesteps", type=int, default=DEFAULTS.sample_timesteps,
       help="Network evaluations when sampling (training grids and default for generate).")
 @_opt("cond_drop_prob", type=float, default=0.1, help="Embedding dropout, enables classifier-free guidance.")
-@_opt("user_conditioning", is_flag=True, default=False,
-      help="Also condition the decoder on a learned user-ID token beside the image embedding (as DALL-E 2's decoder keeps its caption).")
+@click.option("--user_conditioning/--no_user_conditioning", "--user-conditioning/--no-user-conditioning", "user_conditioning",
+              default=True, show_default=True,
+              help="Also condition the decoder on a learned user-ID token beside the image embedding, as DALL-E 2's "
+                   "decoder keeps its caption (off: the image embedding alone, as before).")
 @_opt("backbone", type=click.Choice(["unet", "dit"]), default="unet",
       help="Denoising network: the U-Net, or a DiT (patch transformer; width --dim, heads --attn_heads), meant for latents.")
 @_opt("dit_depth", type=int, default=4, help="DiT transformer blocks (with --backbone dit).")

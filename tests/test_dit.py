@@ -78,4 +78,5 @@ def test_backbone_dit_over_vqgan_latents_from_the_command_line(tmp_path):
     decoder = MicroDopplerDecoder.load(tmp_path / "dit" / "decoder_final.pt")
     assert isinstance(decoder.unet, DiT) and decoder.diffused_shape == (8, 8, 8)
     embeds = torch.nn.functional.normalize(torch.randn(2, 16), dim=-1)
-    assert decoder.sample(embeds, seed=0).shape == (2, 1, 32, 32)
+    assert decoder.config.user_conditioning  # the command's default: the DiT reads [embedding ; user token]
+    assert decoder.sample(embeds, user_indices=torch.tensor([0, 1]), seed=0).shape == (2, 1, 32, 32)

@@ -215,6 +215,10 @@ def test_a_user_conditioned_decoder_trains_generates_and_interpolates_from_the_c
 
     invoke("train-decoder", "--data_root", work / "data", "--output_dir", work / "out", "--experiment_name", "dec_user",
            "--max_steps", 2, "--clip_path", trained["clip"], "--user_conditioning", *TINY_DECODER, *QUIET)
+    # the default; --no_user_conditioning gives the embedding-only decoder
+    invoke("train-decoder", "--data_root", work / "data", "--output_dir", work / "out", "--experiment_name", "dec_plain",
+           "--max_steps", 1, "--clip_path", trained["clip"], "--no_user_conditioning", *TINY_DECODER, *QUIET)
+    assert not MicroDopplerDecoder.load(work / "out" / "dec_plain" / "decoder_final.pt").config.user_conditioning
     path = work / "out" / "dec_user" / "decoder_final.pt"
     config = MicroDopplerDecoder.load(path).config
     assert config.user_conditioning and config.num_users == 3
