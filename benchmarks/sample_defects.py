@@ -72,10 +72,10 @@ def draw(model, setting: dict, shot, n: int, seed: int, steps: int, sdedit_per_i
     common = dict(cond_scale=setting["cond_scale"], steps=steps, eta=setting["eta"])
     with model.decoder.guidance_interval_for(setting["guidance_interval"]):
         if setting["sdedit"] is not None:
-            x = sdedit(model, shot[0], strength=setting["sdedit"], seed=seed, n=sdedit_per_image, **common)
+            x = sdedit(model, shot[0], strength=setting["sdedit"], seed=seed, n=sdedit_per_image, user_indices=shot[1], **common)
             return x, shot[1].repeat_interleave(sdedit_per_image)
         if setting["variations"]:
-            return variations_of(model, shot[0], 1, seed, **common), shot[1].clone()
+            return variations_of(model, shot[0], 1, seed, user_indices=shot[1], **common), shot[1].clone()
         budget = GeneratorBudget(sample_steps=steps, prior_sample_steps=steps, cond_scale=setting["cond_scale"],
                                  eta=setting["eta"])
         return sample_tensors(model, sorted(set(shot[1].tolist())), n, seed=seed, budget=budget)
