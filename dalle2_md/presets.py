@@ -21,9 +21,10 @@ from .training import TrainConfig
 # and backgrounds set by the noise rather than the embedding).
 CPU_CLIP_SIZES = dict(dim_latent=32, dim_image=64, dim_text=32, encoder_widths=(16, 32, 64), token_grid=2,
                       text_heads=2, text_dim_head=16, ssl_dim=32, ssl_hidden=64)
-# The user token beside the image embedding (DecoderConfig.user_conditioning): on gait31 at K = 10
-# (seeds 0-2) it raised the SDEdit recipe's gain from +3.5 to +6.0 points and the prior chain's
-# from -0.1 to +6.4 (benchmarks/augment_ablation.py, docs/results.md).
+# The user token beside the image embedding (DecoderConfig.user_conditioning): on gait31 it raised
+# the SDEdit recipe's gain at K = 10 from +5.5 to +7.7 points (six seeds), at K = 20 from +1.1 to
+# +4.3, and the prior chain's at K = 10 from -0.1 to +6.4 (seeds 0-2; benchmarks/augment_ablation.py,
+# docs/results.md).
 CPU_DECODER_SIZES = dict(dim=16, dim_mults=(1, 2, 4), num_resnet_blocks=1, attn_heads=2, attn_dim_head=16,
                          timesteps=1000, sample_timesteps=DEFAULTS.sample_timesteps, num_image_tokens=2,
                          user_conditioning=True)
