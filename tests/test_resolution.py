@@ -1,5 +1,5 @@
 """One image size per run, read from the files: the README's decoder -> prior -> generate
-commands at 32 and 128 px with no `--image_size` on the prior or generation, `--resume latest` at
+commands at 32, 64 and 128 px with no `--image_size` on the prior or generation, `--resume latest` at
 128 px, the seed's prior `--dim` (the transformer's width, projected to the embedding size), and
 samples in the data's own colour (greyscale data -> greyscale PNGs)."""
 
@@ -46,6 +46,12 @@ def grey32(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
+def jet64(tmp_path_factory):
+    cwd = _site(tmp_path_factory, 64, greyscale=False)
+    return cwd, *_readme_chain(cwd, 64)
+
+
+@pytest.fixture(scope="module")
 def jet128(tmp_path_factory):
     cwd = _site(tmp_path_factory, 128, greyscale=False)
     return cwd, *_readme_chain(cwd, 128)
@@ -71,12 +77,19 @@ def test_colormap_flag_recolours_grey_samples(grey32):
     assert im.mode == "RGB" and (rgb[:, 0] - rgb[:, 2]).abs().max() > 50  # coloured, not grey
 
 
-def test_readme_chain_at_128px_keeps_jet_and_the_full_size(jet128):
-    cwd, prior, _ = jet128
-    assert "image_size 128" in prior.stdout
-    for png in sorted((cwd / "generated_images").glob("user_*_*.png")):
+@pytest.mark.parametrize("site, size", [("jet64", 64), ("jet128", 128)])
+def test_readme_chain_keeps_jet_and_the_full_size(site, size, request):
+    cwd, prior, _ = request.getfixturevalue(site)
+    assert f"image_size {size}" in prior.stdout  # read from clip_final.pt: the prior has no --image_size
+    pngs = sorted((cwd / "generated_images").glob("user_*_*.png"))
+    assert len(pngs) == 5 * 4
+    for png in pngs:
         with Image.open(png) as im:
-            assert (im.size, im.mode) == ((128, 128), "RGB")
+            assert (im.size, im.mode) == ((size, size), "RGB")
+
+
+def test_prior_keeps_the_seeds_default_width(jet128):
+    cwd = jet128[0]
     config = torch.load(cwd / "outputs/prior/prior_v1/prior_final.pt", weights_only=True)["config"]
     assert (config["dim"], config["embed_dim"]) == (512, 16)  # the seed's default width
 
