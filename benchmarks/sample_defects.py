@@ -12,11 +12,13 @@ train images) beside theirs (real test against real train).
 
     python benchmarks/sample_defects.py --generator_cache /tmp/generators
     python benchmarks/sample_defects.py --variants eps --settings "g=1;g=3;g=3,iv=0.15:0.7;g=1,var"
+    python benchmarks/sample_defects.py --variants eps --settings "g=3,st=1;g=3,st=0.99;g=3;g=3,st=0.925;g=3,st=0.9"
     python benchmarks/sample_defects.py --variants eps --settings "g=3;sd=0.5;sd=0.5,eta=1" --seed 1 \
         --generator_cache DIR --out benchmarks/results/synthetic_quality_k10_s1.json
 
 A setting is comma-separated: g=<decoder guidance>, iv=<lo>:<hi> (guidance interval), eta=<DDIM
-eta>, var (decode the K-shot images' own embeddings instead of prior samples), sd=<strength>
+eta>, st=<fraction of the schedule where sampling from noise starts: DecoderConfig.sample_start,
+default the decoder's>, var (decode the K-shot images' own embeddings instead of prior samples), sd=<strength>
 (SDEdit of the K-shot images, `--sdedit_per_image` each: the augmentation recipe's source). Prints
 a table, writes benchmarks/results/sample_defects.json.
 """
@@ -65,12 +67,14 @@ def parse(setting: str) -> dict:
     fields = dict(part.split("=") if "=" in part else (part, "1") for part in setting.split(","))
     interval = tuple(float(v) for v in fields.get("iv", "0:1").split(":"))
     return {"cond_scale": float(fields.get("g", 3)), "guidance_interval": interval, "variations": "var" in fields,
-            "eta": float(fields.get("eta", 0)), "sdedit": float(fields["sd"]) if "sd" in fields else None}
+            "eta": float(fields.get("eta", 0)), "sample_start": float(fields["st"]) if "st" in fields else None,
+            "sdedit": float(fields["sd"]) if "sd" in fields else None}
 
 
 def draw(model, setting: dict, shot, n: int, seed: int, steps: int, sdedit_per_image: int) -> tuple[torch.Tensor, torch.Tensor]:
     common = dict(cond_scale=setting["cond_scale"], steps=steps, eta=setting["eta"])
-    with model.decoder.guidance_interval_for(setting["guidance_interval"]):
+    with model.decoder.sampling_config_for(guidance_interval=setting["guidance_interval"],
+                                           sample_start=setting["sample_start"]):
         if setting["sdedit"] is not None:
             x = sdedit(model, shot[0], strength=setting["sdedit"], seed=seed, n=sdedit_per_image, user_indices=shot[1], **common)
             return x, shot[1].repeat_interleave(sdedit_per_image)

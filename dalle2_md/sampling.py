@@ -39,11 +39,15 @@ def check_sampler(sampler: str, eta: float = 0.0) -> str:
     return sampler
 
 
-def ddim_timesteps(num_train_timesteps: int, steps: int) -> list[int]:
-    """`steps` evenly spaced integer times from T-1 down to 0 (descending, unique)."""
+def ddim_timesteps(num_train_timesteps: int, steps: int, start: int | None = None) -> list[int]:
+    """`steps` evenly spaced integer times from `start` (default T-1) down to 0 (descending,
+    unique: fewer than `steps` when `start` + 1 < steps)."""
     if not 1 <= steps <= num_train_timesteps:
         raise UserError(f"sampling steps must be between 1 and {num_train_timesteps}, got {steps}.")
-    times = torch.linspace(num_train_timesteps - 1, 0, steps).round().long().tolist()
+    start = num_train_timesteps - 1 if start is None else start
+    if not 0 <= start < num_train_timesteps:
+        raise ValueError(f"start {start} outside the schedule 0..{num_train_timesteps - 1}")
+    times = torch.linspace(start, 0, steps).round().long().tolist()
     return list(dict.fromkeys(times))
 
 

@@ -182,9 +182,9 @@ class _OracleNet(torch.nn.Module):
 
 @pytest.mark.parametrize("prediction", ["eps", "v"])
 def test_sampler_reads_the_prediction_kind(prediction):
-    """With a perfect eps or v network every x_0 estimate, the first (t = T - 1) included, is
+    """With a perfect eps or v network every x_0 estimate, the first included, is
     the target, and so is the sample; a v network read as eps (or the reverse) misses the target
-    at t = T - 1 (the sampler can still drift back to it by t = 0, as x_t itself nears x_0)."""
+    at the first step (the sampler can still drift back to it by t = 0, as x_t itself nears x_0)."""
     from dalle2_md.compat import alphas_cumprod, set_decoder_unet
 
     def first_estimate_and_sample(config_prediction):
@@ -199,6 +199,45 @@ def test_sampler_reads_the_prediction_kind(prediction):
     assert torch.allclose(first, target, atol=1e-3) and torch.allclose(out, target, atol=1e-3)
     first_wrong, _ = first_estimate_and_sample("eps" if prediction == "v" else "v")
     assert (first_wrong - target).abs().mean() > 0.3
+
+
+class _BiasedEpsNet(_OracleNet):
+    """The perfect eps network plus a small constant error, as a trained one has."""
+
+    def forward(self, x, t, **_):
+        return super().forward(x, t) + 0.01
+
+
+def test_sample_start_keeps_the_first_estimate_bounded():
+    """From t = T - 1 an eps error of 0.01 is magnified by 1 / sqrt(abar_T) and the first x_0
+    estimate is clamped flat; from sample_start 0.96 it stays near the target. The sampled times
+    start where the config says, and a sampling-only override leaves the config as it was."""
+    from dalle2_md.compat import alphas_cumprod, set_decoder_unet
+
+    target = images(2) * 0.5
+
+    def run(start):
+        m = tiny(sample_start=start)
+        set_decoder_unet(m.decoder, _BiasedEpsNet(target, alphas_cumprod(m.noise_scheduler), "eps"))
+        seen = []
+        m.sample(torch.randn(2, D), timesteps=10, seed=0, callback=seen.append)
+        return seen
+
+    late, early = run(1.0), run(0.96)
+    assert late[0]["t"] == 99 and early[0]["t"] == 95 and len(early) == 10
+    assert (late[0]["x_start"] - target).abs().mean() > 0.4  # saturated at the clamp
+    assert (early[0]["x_start"] - target).abs().mean() < 0.2
+
+    m = tiny()
+    assert m.config.sample_start == 0.96
+    with m.sampling_config_for(sample_start=0.5):
+        assert m.config.sample_start == 0.5
+    assert m.config.sample_start == 0.96
+    old = m.config.to_dict()
+    del old["sample_start"]  # bundles written before the field: sampling-only, they get the default
+    assert DecoderConfig.from_dict(old).sample_start == 0.96
+    with pytest.raises(UserError, match="sample_start"):
+        tiny(sample_start=0.0)
 
 
 def test_prediction_field_round_trips_and_old_configs_read_as_eps(tmp_path):
