@@ -9,6 +9,8 @@ full chain. Prints a table, writes benchmarks/results/identity_stages_<data>.jso
     python benchmarks/identity_stages.py --data sim                 # the simulator (tuning set)
     python benchmarks/identity_stages.py --data digits              # held-out second data set
     python benchmarks/identity_stages.py --data sim --variants base,embed_noise
+    python benchmarks/identity_stages.py --data digits --variants p2_noise --decoder_steps 2400 \
+        --sample_starts 1,0.96 --guidance 1,3      # where the decoder's sampling starts, held out
 
 Data sets: "sim" = `dalle2-md synth` (default profile, or --profile gait31 when available);
 "digits" = scikit-learn's bundled 8x8 handwritten digits (10 classes, ~180 images each) upscaled
@@ -84,6 +86,37 @@ def load_sim(size: int, num_users: int, per_user: int, profile: str, seed: int =
     return ds.tensors()
 
 
+def darker_half(images: torch.Tensor) -> float:
+    """Mean of the darker half of each image in [0, 1] (its background level), averaged."""
+    values = ((images + 1) / 2).flatten(1).sort(1).values
+    return float(values[:, : values.shape[1] // 2].mean())
+
+
+def measure(model, recogniser, train, test, budget, scales, args, num_users, train_s) -> dict:
+    started = time.time()
+    stages = stage_identity_accuracies(model, recogniser, train, test, guidance_scales=scales,
+                                       num_samples_per_user=args.samples_per_user, max_decoded=args.max_decoded)
+    a_gen, level = {}, {}
+    for s in scales:
+        b = replace(budget, cond_scale=s)
+        x, ids = sample_tensors(model, list(range(num_users)), args.samples_per_user, seed=1234, budget=b)
+        a_gen[s], level[s] = accuracy(recogniser, x, ids)[0], darker_half(x)
+    return {"budget": budget.to_dict(), "sample_start": model.decoder.config.sample_start, "train_seconds": train_s,
+            "stages": stages, "A_gen": a_gen, "background": level, "background_real": darker_half(test[0]),
+            "seconds": train_s + time.time() - started}
+
+
+def report(name: str, row: dict) -> None:
+    stages = row["stages"]
+    dec = " ".join(f"g{s:g}:{v:.2f}" for s, v in stages["decoder"].items())
+    pri = " ".join(f"g{s:g}:{v:.2f} (spread {stages['prior_spread'][s]:.2f})" for s, v in stages["prior"].items())
+    ag = " ".join(f"g{s:g}:{v:.2f}" for s, v in row["A_gen"].items())
+    bg = " ".join(f"g{s:g}:{v:.3f}" for s, v in row["background"].items())
+    print(f"{name:>14} | emb {stages['embedding']:.2f} | prior {pri} | decoder(true emb) {dec} | A_gen {ag} "
+          f"| background {bg} (real {row['background_real']:.3f}) | {row['train_seconds']:.0f}+"
+          f"{row['seconds'] - row['train_seconds']:.0f} s", flush=True)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", choices=["sim", "digits"], default="sim")
@@ -99,6 +132,9 @@ def main():
     ap.add_argument("--guidance", default="1,2,3,4")
     ap.add_argument("--samples_per_user", type=int, default=16)
     ap.add_argument("--max_decoded", type=int, default=96)
+    ap.add_argument("--sample_starts", default=None,
+                    help="comma-separated DecoderConfig.sample_start values, each measured on the same decoders "
+                         "(default: the decoder's own)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
@@ -129,20 +165,13 @@ def main():
         with tempfile.TemporaryDirectory() as run_dir:
             gen = train_generator(*train, num_users=num_users, budget=budget, seed=0, run_dir=run_dir, colormap=colormap)
         train_s = time.time() - t0
-        stages = stage_identity_accuracies(gen.model, recogniser, train, test, guidance_scales=scales,
-                                num_samples_per_user=args.samples_per_user, max_decoded=args.max_decoded)
-        a_gen = {}
-        for s in scales:
-            b = replace(budget, cond_scale=s)
-            x, ids = sample_tensors(gen.model, list(range(num_users)), args.samples_per_user, seed=1234, budget=b)
-            a_gen[s] = accuracy(recogniser, x, ids)[0]
-        results["variants"][name] = {"budget": budget.to_dict(), "train_seconds": train_s, "stages": stages,
-                                     "A_gen": a_gen, "seconds": time.time() - t0}
-        dec = " ".join(f"g{s:g}:{v:.2f}" for s, v in stages["decoder"].items())
-        pri = " ".join(f"g{s:g}:{v:.2f} (spread {stages['prior_spread'][s]:.2f})" for s, v in stages["prior"].items())
-        ag = " ".join(f"g{s:g}:{v:.2f}" for s, v in a_gen.items())
-        print(f"{name:>14} | emb {stages['embedding']:.2f} | prior {pri} | decoder(true emb) {dec} | A_gen {ag} "
-              f"| {train_s:.0f}+{time.time() - t0 - train_s:.0f} s", flush=True)
+        starts = [float(v) for v in args.sample_starts.split(",")] if args.sample_starts else [None]
+        for start in starts:
+            key = name if start is None else f"{name}@start{start:g}"
+            with gen.model.decoder.sampling_config_for(sample_start=start):
+                results["variants"][key] = measure(gen.model, recogniser, train, test, budget, scales, args,
+                                                   num_users, train_s)
+            report(key, results["variants"][key])
     out = Path(args.out or ROOT / "benchmarks" / "results" / f"identity_stages_{args.data}.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results, indent=1, default=str))
