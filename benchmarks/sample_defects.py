@@ -52,6 +52,7 @@ VARIANTS = {  # decoder fields on top of CPU_DECODER_SIZES
     "eps": {},
     "v": {"prediction": "v"},
     "v_no_p2": {"prediction": "v", "p2_loss_weight_gamma": 0.0},
+    "eps_offset": {"offset_noise": 0.1},
 }
 BRIGHT = 0.4
 

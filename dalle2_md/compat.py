@@ -155,12 +155,13 @@ def decoder_vae(decoder: Decoder) -> nn.Module:
 
 
 def decoder_p_losses(decoder: Decoder, x_start: torch.Tensor, times: torch.Tensor, *, image_embed: torch.Tensor,
-                     learned_variance: bool, is_latent_diffusion: bool, predict_v: bool = False) -> torch.Tensor:
+                     learned_variance: bool, is_latent_diffusion: bool, predict_v: bool = False,
+                     noise: torch.Tensor | None = None) -> torch.Tensor:
     """The decoder's diffusion loss for its one U-Net at given times (x_start: pixels or latents);
-    the target is the noise, or v with `predict_v`."""
+    the target is the noise (`noise`, default standard Gaussian), or v with `predict_v`."""
     return decoder.p_losses(
         decoder_unet(decoder), x_start, times, image_embed=image_embed, noise_scheduler=noise_scheduler_of(decoder),
-        learned_variance=learned_variance, is_latent_diffusion=is_latent_diffusion, predict_v=predict_v,
+        learned_variance=learned_variance, is_latent_diffusion=is_latent_diffusion, predict_v=predict_v, noise=noise,
     )
 
 
@@ -257,7 +258,8 @@ _CALLABLES = [
     ("dalle2-pytorch", "dalle2_pytorch", "DiffusionPrior.p_losses", {"image_embed", "times", "text_cond"}),
     ("dalle2-pytorch", "dalle2_pytorch", "DiffusionPrior.l2norm_clamp_embed", None),
     ("dalle2-pytorch", "dalle2_pytorch", "Decoder.p_losses",
-     {"unet", "x_start", "times", "image_embed", "noise_scheduler", "learned_variance", "is_latent_diffusion", "predict_v"}),
+     {"unet", "x_start", "times", "image_embed", "noise_scheduler", "learned_variance", "is_latent_diffusion", "predict_v",
+      "noise"}),
     ("dalle2-pytorch", "dalle2_pytorch.dalle2_pytorch", "NoiseScheduler.sample_random_times", {"batch"}),
     ("dalle2-pytorch", "dalle2_pytorch.dalle2_pytorch", "NoiseScheduler.predict_start_from_noise",
      {"x_t", "t", "noise"}),
