@@ -240,6 +240,20 @@ def test_sample_start_keeps_the_first_estimate_bounded():
         tiny(sample_start=0.0)
 
 
+def test_offset_noise_shifts_each_images_noise_by_one_level(monkeypatch):
+    """offset_noise adds one Gaussian per image and channel to the training noise: the images'
+    noise means spread by about that std (plain noise: by 1 / sqrt(pixels))."""
+    import dalle2_md.decoder as decoder_module
+
+    seen = []
+    monkeypatch.setattr(decoder_module, "decoder_p_losses", lambda *a, noise, **k: seen.append(noise) or noise.sum())
+    x, e = images(64), torch.randn(64, D)
+    tiny()(x, e)
+    tiny(offset_noise=0.5)(x, e)
+    plain, offset = (n.mean(dim=(2, 3)).std().item() for n in seen)
+    assert plain < 0.15 and 0.35 < offset < 0.65
+
+
 def test_prediction_field_round_trips_and_old_configs_read_as_eps(tmp_path):
     m = tiny(prediction="v")
     m.save(tmp_path / "d.pt")
