@@ -110,16 +110,21 @@ class DecoderConfig:
             network's x_0 estimate there is its error magnified 20000x and clamped: the image's
             overall level comes from that. Starting a little lower, where sqrt(abar) is ~0.06
             (0.96; Stable Diffusion's schedule ends at 0.07) and the input is still noise to the
-            eye, keeps the estimate bounded. Measured on a K = 10 gait31 generator
-            (benchmarks/sample_defects.py, prior chain, guidance 3): images brighter than any
-            real one 0.21 -> 0.09, A_gen 0.69 -> 0.77, domain FID 16.1 -> 13.6 at 0.96. It only
-            changes where sampling starts, so it applies to every bundle, old ones included;
-            SDEdit, which starts from a noised real image, is unaffected.
+            eye, keeps the estimate bounded. Measured on the K = 10 gait31 generators of seeds
+            0 and 1 (benchmarks/sample_defects.py, prior chain, guidance 3): images brighter
+            than any real one 0.21 / 0.24 -> 0.08 / 0.13, A_gen 0.69 / 0.72 -> 0.77 / 0.78,
+            domain FID 16.1 / 13.2 -> 13.4 / 11.2; on the held-out digits no change at guidance
+            3 (docs/results.md). It only changes where sampling starts, so it applies to every
+            bundle, old ones included; SDEdit, which starts from a noised real image, is
+            unaffected.
         offset_noise: in training, each image's noise gets one more Gaussian per channel, of this
             standard deviation, shared by all its pixels ("offset noise", Guttenberg 2023). The
             schedule destroys an image's mean level last, so a network that never saw the mean
             noised keeps its samples' level near the starting noise's, mid-scale; the radar
-            backgrounds are dark. 0 = plain noise, as in bundles written before this field.
+            backgrounds are dark. 0 = plain noise, as in bundles written before this field,
+            and the default: at 0.1 on a K = 10 gait31 generator the samples' backgrounds came
+            to the real level (0.14 against 0.13) but A_gen fell (0.77 -> 0.62) and FID rose
+            (13.4 -> 20.6; benchmarks/sample_defects.py --variants eps_offset).
         user_conditioning: also condition on a learned embedding of the user ID, joined to the
             image embedding (both are dropped together for classifier-free guidance). DALL-E 2's
             decoder does the same with its caption: it keeps GLIDE's text pathway beside the CLIP
