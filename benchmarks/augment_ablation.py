@@ -62,6 +62,9 @@ RECIPES = {
     # decoder guidance only at middle noise levels (DecoderConfig.guidance_interval)
     "interval_nf": replace(DEFAULT, name="interval_nf", filter="none", guidance_interval=(0.15, 0.7)),
     "g1_nf": replace(DEFAULT, name="g1_nf", filter="none", cond_scale=1.0),
+    # guidance 2, after the decoder's sampling start moved to 0.96 (DecoderConfig.sample_start)
+    "g2_nf": replace(DEFAULT, name="g2_nf", filter="none", cond_scale=2.0),
+    "sdedit_g2_nf": replace(DEFAULT, name="sdedit_g2_nf", source="sdedit", strength=0.5, filter="none", cond_scale=2.0),
     # SDEdit around the winner of the 2400-step run: noise level, amount and weight of synthetic data
     "sdedit03_nf": replace(DEFAULT, name="sdedit03_nf", source="sdedit", strength=0.3, filter="none"),
     "sdedit_mk10_nf": replace(DEFAULT, name="sdedit_mk10_nf", source="sdedit", strength=0.5, filter="none", m_per_k=10.0),
