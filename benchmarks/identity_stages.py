@@ -34,6 +34,7 @@ import torch.nn.functional as F  # noqa: E402
 
 from dalle2_md.augment import GeneratorBudget, sample_tensors, train_generator  # noqa: E402
 from dalle2_md.evaluate import RecogniserTrainConfig, accuracy, train_recogniser  # noqa: E402
+from dalle2_md.metrics import background_levels  # noqa: E402
 from dalle2_md.stage_identity import stage_identity_accuracies  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -86,12 +87,6 @@ def load_sim(size: int, num_users: int, per_user: int, profile: str, seed: int =
     return ds.tensors()
 
 
-def darker_half(images: torch.Tensor) -> float:
-    """Mean of the darker half of each image in [0, 1] (its background level), averaged."""
-    values = ((images + 1) / 2).flatten(1).sort(1).values
-    return float(values[:, : values.shape[1] // 2].mean())
-
-
 def measure(model, recogniser, train, test, budget, scales, args, num_users, train_s) -> dict:
     started = time.time()
     stages = stage_identity_accuracies(model, recogniser, train, test, guidance_scales=scales,
@@ -100,9 +95,10 @@ def measure(model, recogniser, train, test, budget, scales, args, num_users, tra
     for s in scales:
         b = replace(budget, cond_scale=s)
         x, ids = sample_tensors(model, list(range(num_users)), args.samples_per_user, seed=1234, budget=b)
-        a_gen[s], level[s] = accuracy(recogniser, x, ids)[0], darker_half(x)
+        a_gen[s], level[s] = accuracy(recogniser, x, ids)[0], float(background_levels(x).mean())
     return {"budget": budget.to_dict(), "sample_start": model.decoder.config.sample_start, "train_seconds": train_s,
-            "stages": stages, "A_gen": a_gen, "background": level, "background_real": darker_half(test[0]),
+            "stages": stages, "A_gen": a_gen, "background": level,
+            "background_real": float(background_levels(test[0]).mean()),
             "seconds": train_s + time.time() - started}
 
 

@@ -41,7 +41,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from kshot import KSHOT_RECOGNISER, simulate, split  # noqa: E402
 
 from dalle2_md.augment import GeneratorBudget, cached_generator, kshot_indices, sample_tensors  # noqa: E402
-from dalle2_md.metrics import KINEMATIC_FIELDS, accuracy, domain_fid, kinematic_fidelity, to_scalar_images  # noqa: E402
+from dalle2_md.metrics import KINEMATIC_FIELDS, accuracy, background_levels, domain_fid, kinematic_fidelity, to_scalar_images  # noqa: E402
 from dalle2_md.presets import CPU_DECODER_SIZES  # noqa: E402
 from dalle2_md.recogniser import RecogniserConfig, RecogniserTrainConfig, train_recogniser  # noqa: E402
 from dalle2_md.synth import get_profile  # noqa: E402
@@ -58,9 +58,8 @@ BRIGHT = 0.4
 
 
 def background(images: torch.Tensor) -> dict:
-    """Mean of the darker half of each image (in [0, 1]) and the share of images above BRIGHT."""
-    values = ((images + 1) / 2).flatten(1).sort(1).values
-    level = values[:, : values.shape[1] // 2].mean(1)
+    """Mean background level (`metrics.background_levels`) and the share of images above BRIGHT."""
+    level = background_levels(images)
     return {"background": float(level.mean()), "bright_share": float((level > BRIGHT).float().mean())}
 
 

@@ -1,6 +1,6 @@
 """Measures of generated spectrograms against real ones (protocol: shared/micro-doppler.md §4).
 
-Owns identity accuracy, domain FID in recogniser-feature space, within-user diversity,
+Owns identity accuracy, background level, domain FID in recogniser-feature space, within-user diversity,
 per-user precision and recall (coverage of the real images), memorisation (nearest-training-neighbour distances) and kinematic fidelity (via
 `kinematics.read_kinematics`, with `to_scalar_images` to get scalar images back from model
 space). Every measure takes a trained `recogniser.Recogniser` or plain tensors and returns
@@ -60,6 +60,13 @@ class _FeatureExtractor(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self.recogniser.eval()
         return self.recogniser.features(x.float())
+
+
+def background_levels(images: torch.Tensor) -> torch.Tensor:
+    """(N,) mean of the darker half of each image's pixels, in [0, 1]: its background level
+    (the radar's noise floor, or a digit's blank paper), which a decoder can draw too light."""
+    values = ((images + 1) / 2).flatten(1).sort(1).values
+    return values[:, : values.shape[1] // 2].mean(1)
 
 
 def min_fid_samples(recogniser: Recogniser) -> int:

@@ -16,7 +16,7 @@ from PIL import Image
 from dalle2_md.bundle import load_bundle, state_fingerprint
 from dalle2_md.colormap import scalar_to_rgb
 from dalle2_md.data import DataWarning, MicroDopplerDataset
-from dalle2_md.metrics import accuracy, diversity, domain_fid, kinematic_fidelity, memorisation, to_scalar_images
+from dalle2_md.metrics import accuracy, background_levels, diversity, domain_fid, kinematic_fidelity, memorisation, to_scalar_images
 from dalle2_md.recogniser import (
     Recogniser,
     RecogniserConfig,
@@ -427,3 +427,12 @@ def test_precision_recall_tells_copies_and_collapse_from_a_fresh_draw():
     assert pr["collapsed"]["precision"] > 0.9 and pr["collapsed"]["recall"] < 0.2
     assert pr["off"]["precision"] < 0.1 and pr["off"]["recall"] < 0.1
     assert set(pr["fresh"]["per_user"]) == {0, 1}
+
+
+def test_background_levels_read_the_darker_half_of_each_image():
+    """A dark image with a bright torso line reads as dark; a uniformly light one as light."""
+    dark = torch.full((1, 1, 8, 8), -0.8)  # 0.1 in [0, 1]
+    dark[:, :, 3:5] = 1.0  # a quarter of the pixels: the torso line, not the background
+    light = torch.full((1, 1, 8, 8), 0.2)  # 0.6 in [0, 1]
+    levels = background_levels(torch.cat([dark, light]))
+    assert torch.allclose(levels, torch.tensor([0.1, 0.6]), atol=1e-6)
