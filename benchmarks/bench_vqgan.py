@@ -8,6 +8,7 @@ trained on simulated spectrograms at 128 px for each downsampling factor, then
 - training time, and a grid per factor (top row originals, bottom row reconstructions).
 
     python benchmarks/bench_vqgan.py [--factors 4 8] [--steps 400] [--out benchmarks/results/bench_vqgan.json]
+    python benchmarks/bench_vqgan.py --factors 4 --vqgan_config '{"codebook_heads": 4, "codebook_dim": 8}'
 
 Times are wall-clock on whatever else the machine is doing; one torch thread.
 """
@@ -38,21 +39,22 @@ def load_splits(work: Path, *, num_users: int, images_per_user: int, image_size:
             for split in ("train", "val", "test")}
 
 
-def bench_factor(factor: int, sets: dict, recogniser, *, steps: int, batch_size: int, seed: int, out_dir: Path) -> dict:
+def bench_factor(factor: int, sets: dict, recogniser, *, steps: int, batch_size: int, lr: float, seed: int, out_dir: Path,
+                 overrides: dict | None = None, tag: str = "") -> dict:
     train_images = sets["train"].images
     test_images, test_ids = sets["test"].tensors()
-    config = VQGanConfig(image_size=train_images.shape[-1], channels=1, **cpu_vqgan_sizes(factor))
+    config = VQGanConfig(image_size=train_images.shape[-1], channels=1, **cpu_vqgan_sizes(factor, **(overrides or {})))
     start = time.perf_counter()
-    vqgan, losses = train_vqgan(train_images, config, steps=steps, batch_size=batch_size, seed=seed)
+    vqgan, losses = train_vqgan(train_images, config, steps=steps, batch_size=batch_size, lr=lr, seed=seed)
     seconds = time.perf_counter() - start
     quality = reconstruction_quality(vqgan, test_images)
     recon = reconstruct(vqgan, test_images)
     a_recon, _ = accuracy(recogniser, recon, test_ids)
     pick = list(range(min(8, len(test_images))))
-    grid = save_grid((torch.cat((test_images[pick], recon[pick])) + 1) / 2, out_dir / f"bench_vqgan_f{factor}.png",
+    grid = save_grid((torch.cat((test_images[pick], recon[pick])) + 1) / 2, out_dir / f"bench_vqgan_f{factor}{tag}.png",
                      nrow=len(pick), colormap="jet")
     return {"factor": factor, "latent": [config.latent_channels, config.latent_size, config.latent_size],
-            "config": config.to_dict(), "steps": steps, "batch_size": batch_size, "train_seconds": seconds,
+            "config": config.to_dict(), "steps": steps, "batch_size": batch_size, "lr": lr, "train_seconds": seconds,
             "train_img_per_s": steps * batch_size / seconds, "final_loss": sum(losses[-20:]) / len(losses[-20:]),
             "psnr_db": quality["psnr"], "ssim": quality["ssim"], "a_recon": a_recon, "grid": str(grid)}
 
@@ -65,9 +67,13 @@ def main(argv=None) -> dict:
     parser.add_argument("--factors", type=int, nargs="+", default=[4, 8])
     parser.add_argument("--steps", type=int, default=400, help="VQGAN training steps per factor.")
     parser.add_argument("--batch_size", type=int, default=16)
+    parser.add_argument("--lr", type=float, default=1e-3, help="VQGAN learning rate")
     parser.add_argument("--recogniser_steps", type=int, default=300)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--work", type=Path, default=Path("/tmp/dalle2md_bench_vqgan"))
+    parser.add_argument("--vqgan_config", type=json.loads, default={},
+                        help="JSON overrides of the CPU-sized VQGAN's fields, e.g. '{\"codebook_heads\": 4}'")
+    parser.add_argument("--tag", default="", help="suffix of the grid files (one per configuration)")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/bench_vqgan.json"))
     a = parser.parse_args(argv)
     torch.set_num_threads(1)
@@ -86,8 +92,8 @@ def main(argv=None) -> dict:
     print(f"recogniser: {time.perf_counter() - start:.0f}s, A_real on test originals {a_real:.3f}", flush=True)
     rows = []
     for factor in a.factors:
-        row = bench_factor(factor, sets, recogniser, steps=a.steps, batch_size=a.batch_size, seed=a.seed,
-                           out_dir=a.out.parent)
+        row = bench_factor(factor, sets, recogniser, steps=a.steps, batch_size=a.batch_size, lr=a.lr, seed=a.seed,
+                           out_dir=a.out.parent, overrides=a.vqgan_config, tag=a.tag)
         rows.append(row)
         print(f"f={factor}: {row['train_seconds']:.0f}s", flush=True)
     print(f"\n{'f':>3} {'latent':>12} {'train s':>8} {'img/s':>6} {'PSNR dB':>8} {'SSIM':>6} {'A_real':>7} {'A_recon':>8}")

@@ -33,7 +33,7 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 from dalle2_md.augment import GeneratorBudget, sample_tensors, train_generator  # noqa: E402
-from dalle2_md.evaluate import RecogniserTrainConfig, accuracy, train_recogniser  # noqa: E402
+from dalle2_md.evaluate import RecogniserConfig, RecogniserTrainConfig, accuracy, train_recogniser  # noqa: E402
 from dalle2_md.metrics import background_levels  # noqa: E402
 from dalle2_md.stage_identity import stage_identity_accuracies  # noqa: E402
 
@@ -125,6 +125,8 @@ def main():
     ap.add_argument("--decoder_steps", type=int, default=800)
     ap.add_argument("--prior_steps", type=int, default=600)
     ap.add_argument("--recogniser_steps", type=int, default=600)
+    ap.add_argument("--recogniser", choices=["default", "kshot"], default="default",
+                    help="judge: the default recogniser shape, or the strong one of the K-shot benchmarks and the protocol")
     ap.add_argument("--guidance", default="1,2,3,4")
     ap.add_argument("--samples_per_user", type=int, default=16)
     ap.add_argument("--max_decoded", type=int, default=96)
@@ -146,7 +148,14 @@ def main():
     num_users = int(labels.max()) + 1
     print(f"data {args.data}: {num_users} users, train {len(train[0])}, test {len(test[0])}, {tuple(images.shape[1:])}")
     t0 = time.time()
-    recogniser = train_recogniser(*train, num_users=num_users, train=RecogniserTrainConfig(steps=args.recogniser_steps))
+    config = None
+    if args.recogniser == "kshot":
+        from kshot import KSHOT_RECOGNISER
+
+        config = RecogniserConfig(num_users=num_users, channels=images.shape[1], image_size=args.image_size,
+                                  **KSHOT_RECOGNISER)
+    recogniser = train_recogniser(*train, num_users=num_users, config=config,
+                                  train=RecogniserTrainConfig(steps=args.recogniser_steps))
     a_real, _ = accuracy(recogniser, *test)
     print(f"recogniser: A_real {a_real:.3f} ({time.time() - t0:.0f} s)")
     scales = [float(s) for s in args.guidance.split(",")]

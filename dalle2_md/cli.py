@@ -318,6 +318,11 @@ def train_clip_cmd(**kw):
 @_opt("vqgan_codebook_size", type=int, default=256, help="VQGAN codebook entries.")
 @_opt("vqgan_epochs", type=int, default=20, help="VQGAN training epochs (--max_steps applies to it too).")
 @_opt("vqgan_max_steps", type=int, default=None, help="VQGAN training steps; overrides the other lengths.")
+@_opt("vqgan_lr", type=float, default=1e-3,
+      help="VQGAN learning rate (at 3e-4 the CPU-sized VQGAN had not learned the limb arcs in 400 steps).")
+@_opt("vqgan_quantize", is_flag=True, default=False,
+      help="Decode through the VQGAN's codebook. Off by default: a codebook trained on a CPU erases the thin "
+           "limb arcs, so the decoder reads the encoder's continuous latent.")
 @_opt("clip_path", type=click.Path(path_type=str), default=None,
       help="Use this trained embedding model instead of training one into <run>/clip_final.pt.")
 @_opt("clip_epochs", type=int, default=20, help="Embedding-model epochs (--max_steps applies to it too).")
@@ -336,12 +341,13 @@ def train_decoder_cmd(**kw):
 
     factor, layers, dim = kw.pop("vqgan_factor"), kw.pop("vqgan_layers"), kw.pop("vqgan_dim")
     vqgan_sizes = cpu_vqgan_sizes(2**layers if layers is not None else factor, dim=dim,
-                                  codebook_size=kw.pop("vqgan_codebook_size"), resnet_groups=8 if dim % 8 == 0 else 1)
+                                  codebook_size=kw.pop("vqgan_codebook_size"), resnet_groups=8 if dim % 8 == 0 else 1,
+                                  quantize=kw.pop("vqgan_quantize"))
     paths = run_train_decoder(
         sizes=sizes, clip_path=kw.pop("clip_path"), clip_sizes=clip_sizes, clip_max_steps=kw.pop("clip_max_steps"),
         clip_epochs=kw.pop("clip_epochs"), use_vqgan=kw.pop("use_vqgan"), vqgan_path=kw.pop("vqgan_path"),
         vqgan_sizes=vqgan_sizes, vqgan_max_steps=kw.pop("vqgan_max_steps"), vqgan_epochs=kw.pop("vqgan_epochs"),
-        **_common(kw),
+        vqgan_lr=kw.pop("vqgan_lr"), **_common(kw),
     )
     for name, path in paths.items():
         say(f"{name}: {path}")

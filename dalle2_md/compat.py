@@ -43,6 +43,10 @@ dalle2-pytorch (module `dalle2_pytorch.dalle2_pytorch` unless named):
 - `VQGanVAE.recon_loss_fn` and the 3-tuple `(fmap, indices, commit_loss)` of
   `VQGanVAE.decode(fmap, return_indices_and_loss=True)` (vqgan.py): its `forward` drops the
   commitment term, so the loss is put together here (`vqgan_loss_terms`).
+- `VQGanVAE.enc_dec.decode` and the `vq_heads` / `vq_separate_codebook_per_head` keywords it
+  forwards to vector-quantize-pytorch (vqgan.py): `VQGanAutoencoder` decodes without the
+  quantiser when asked (a continuous latent), and several codebook heads quantise each latent
+  pixel with several codes.
 
 x-clip:
 
@@ -80,6 +84,7 @@ __all__ = [
     "noise_scheduler_of", "random_times", "x_start_from_noise", "x_start_from_v", "alphas_cumprod",
     "decoder_unet", "set_decoder_unet", "decoder_vae", "decoder_p_losses",
     "resize_cross_attention", "unet_conditioning_nulls", "unet_cond_dim", "vqgan_loss_terms",
+    "VQGanAutoencoder",
     "image_tower", "image_latent", "text_latent", "logit_scale", "attach_visual_ssl",
     "check_dependency_surface", "installed_version",
 ]
@@ -202,6 +207,26 @@ def unet_cond_dim(cond_dim: int, image_embed_dim: int) -> int:
 # --- dalle2-pytorch: VQGAN ------------------------------------------------------------------
 
 
+class VQGanAutoencoder(VQGanVAE):
+    """dalle2-pytorch's `VQGanVAE` whose decoder may skip the vector quantiser.
+
+    With `quantize=False` the latent stays continuous (as in latent diffusion's KL-f4 models):
+    a CPU-trained codebook of a few hundred codes per 4 x 4 patch erases the one-pixel limb arcs
+    that identify a walker, while the same encoder and decoder without it keep them. Everything
+    else (weights, encoder, `Decoder`'s isinstance checks) is the parent's.
+    """
+
+    def __init__(self, *, quantize: bool = True, **kwargs):
+        super().__init__(**kwargs)
+        self.quantize = quantize
+
+    def decode(self, fmap, return_indices_and_loss=False):
+        if self.quantize:
+            return super().decode(fmap, return_indices_and_loss=return_indices_and_loss)
+        out = self.enc_dec.decode(fmap)
+        return (out, None, fmap.new_zeros(())) if return_indices_and_loss else out
+
+
 def vqgan_loss_terms(vqgan: VQGanVAE, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(reconstruction loss, summed commitment loss, reconstructions) of images in [-1, 1]."""
     fmap = vqgan.encode(images)
@@ -311,7 +336,8 @@ def _tiny_instances() -> dict[str, Callable[[], nn.Module]]:
                       attn_heads=1),
             image_size=8, channels=1, timesteps=4),
         "VQGanVAE": lambda: VQGanVAE(dim=8, image_size=8, channels=1, layers=1, use_vgg_and_gan=False,
-                                     vq_codebook_size=4, vq_codebook_dim=4, encdec_resnet_groups=8),
+                                     vq_codebook_size=4, vq_codebook_dim=4, encdec_resnet_groups=8,
+                                     vq_heads=2, vq_separate_codebook_per_head=True),
         "CLIP": lambda: CLIP(dim_text=8, dim_image=8, dim_latent=8, num_text_tokens=4, text_enc_depth=1,
                              text_seq_len=2, text_heads=1, text_dim_head=4, visual_enc_depth=1, visual_image_size=8,
                              visual_patch_size=4, visual_heads=1, visual_dim_head=4, channels=1),
@@ -327,7 +353,7 @@ _ATTRIBUTES = {
     "Decoder": ("dalle2-pytorch", [
         "unets.0", "vaes", "noise_schedulers.0", "unets.0.image_to_tokens", "unets.0.null_image_embed",
         "unets.0.to_image_hiddens", "unets.0.null_image_hiddens", "unets.0.self_cond"]),
-    "VQGanVAE": ("dalle2-pytorch", ["recon_loss_fn"]),
+    "VQGanVAE": ("dalle2-pytorch", ["recon_loss_fn", "enc_dec", "vq.heads"]),
     "CLIP": ("x-clip", ["visual_transformer", "to_visual_latent", "text_transformer", "to_text_latent", "temperature"]),
 }
 

@@ -330,8 +330,8 @@ def run_train_decoder(*, data: DataOptions, run_dir, config: TrainConfig, sizes:
                       clip_path: str | None = None, clip_sizes: dict | None = None, clip_max_steps: int | None = None,
                       clip_epochs: int | None = 20, use_vqgan: bool = False, vqgan_path: str | None = None,
                       vqgan_sizes: dict | None = None, vqgan_max_steps: int | None = None,
-                      vqgan_epochs: int | None = 20, resume: str | None = None, overwrite: bool = False,
-                      progress: bool = True) -> dict:
+                      vqgan_epochs: int | None = 20, vqgan_lr: float | None = None, resume: str | None = None,
+                      overwrite: bool = False, progress: bool = True) -> dict:
     """`train_micro_doppler_decoder.py`: data -> embedding model (unless `clip_path`) -> VQGAN
     (with `use_vqgan`, unless `vqgan_path`) -> decoder. Returns the written bundle paths."""
     run_dir = Path(run_dir)
@@ -359,6 +359,8 @@ def run_train_decoder(*, data: DataOptions, run_dir, config: TrainConfig, sizes:
         clip = done.model if exists(done) else load_clip_for(out["clip"], ds)
     if use_vqgan and not exists(vqgan_path):
         vq_config = sub_schedule(config, max_steps=vqgan_max_steps, epochs=vqgan_epochs)
+        if exists(vqgan_lr):
+            vq_config = replace(vq_config, lr=vqgan_lr)
         _reuse_or_train("vqgan", run_dir, resume, overwrite, lambda: train_vqgan_stage(
             run_dir, ds, vq_config, sizes=vqgan_sizes, resume=_sub_resume(resume), overwrite=overwrite,
             progress=progress))

@@ -63,7 +63,15 @@ class VQGanConfig:
         resnet_groups: group-norm groups; dim must be divisible by it.
         use_attn: self-attention at the deepest stage (slower on CPU).
         codebook_size: number of codes in the vector quantiser.
-        codebook_dim: dimension the quantiser projects to before the code lookup.
+        codebook_dim: dimension the quantiser projects to before the code lookup (per head).
+        codebook_heads: codes per latent pixel, each from its own codebook over its own slice of
+            the projection. One code of 256 is 8 bits for an f x f patch, too few to keep a thin
+            limb arc; four heads give 32 bits.
+        quantize: decode through the vector quantiser (a VQGAN proper). Off: the decoder reads
+            the encoder's continuous latent (`compat.VQGanAutoencoder`), the CPU default, because
+            a codebook trained for minutes on 2 cores erases the thin limb arcs (docs/results.md).
+        use_cosine_sim: look codes up by cosine similarity (dalle2-pytorch's default), which
+            quantises only the direction of each slice and drops its length; off: Euclidean.
         l2_recon_loss: mean squared instead of L1 reconstruction loss.
     """
 
@@ -77,6 +85,9 @@ class VQGanConfig:
     use_attn: bool = False
     codebook_size: int = 512
     codebook_dim: int = 64
+    codebook_heads: int = 1
+    quantize: bool = True
+    use_cosine_sim: bool = True
     vq_decay: float = 0.8
     commitment_weight: float = 1.0
     l2_recon_loss: bool = False
@@ -94,6 +105,8 @@ class VQGanConfig:
             raise UserError(
                 f"VQGAN dim {self.dim} must be divisible by resnet_groups {self.resnet_groups}."
             )
+        if self.codebook_heads < 1:
+            raise UserError(f"VQGAN codebook_heads must be at least 1, got {self.codebook_heads}.")
         if self.layer_mults is not None and len(self.layer_mults) != self.layers:
             raise UserError(
                 f"VQGAN layer_mults {self.layer_mults} must have one entry per layer ({self.layers})."
@@ -131,16 +144,19 @@ def build_vqgan(config: VQGanConfig):
     Args:
         config: the autoencoder's shape.
     """
-    from dalle2_pytorch import VQGanVAE
+    from .compat import VQGanAutoencoder
 
     encdec = dict(
         encdec_num_resnet_blocks=config.num_resnet_blocks,
         encdec_resnet_groups=config.resnet_groups,
         encdec_use_attn=config.use_attn,
     )
+    # passed only when used, so a one-head VQGAN is built exactly as before this option
+    heads = dict(vq_heads=config.codebook_heads, vq_separate_codebook_per_head=True) if config.codebook_heads > 1 else {}
     if config.layer_mults is not None:
         encdec["encdec_layer_mults"] = list(config.layer_mults)
-    return VQGanVAE(
+    return VQGanAutoencoder(
+        quantize=config.quantize,
         dim=config.dim,
         image_size=config.image_size,
         channels=config.channels,
@@ -151,6 +167,8 @@ def build_vqgan(config: VQGanConfig):
         vq_codebook_size=config.codebook_size,
         vq_decay=config.vq_decay,
         vq_commitment_weight=config.commitment_weight,
+        vq_use_cosine_sim=config.use_cosine_sim,
+        **heads,
         **encdec,
     )
 
@@ -189,7 +207,7 @@ def train_vqgan(
     *,
     steps: int,
     batch_size: int = 16,
-    lr: float = 3e-4,
+    lr: float = 1e-3,
     seed: int = 0,
     vqgan=None,
     progress: bool = False,
@@ -228,7 +246,7 @@ def train_vqgan(
 
 @torch.no_grad()
 def reconstruct(vqgan, images: torch.Tensor, *, batch_size: int = 64) -> torch.Tensor:
-    """Encode, quantise and decode images in [-1, 1]; returns reconstructions clamped to [-1, 1]."""
+    """Encode, quantise (unless the config says not to) and decode images in [-1, 1]; returns reconstructions clamped to [-1, 1]."""
     was_training = vqgan.training
     vqgan.eval()
     out = [vqgan.decode(vqgan.encode(chunk)).clamp(-1, 1) for chunk in images.split(batch_size)]

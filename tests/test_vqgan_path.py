@@ -58,3 +58,50 @@ def test_quality_report_rises_as_the_vqgan_learns():
     vqgan, _ = train_vqgan(images, config, steps=60, batch_size=8, lr=3e-3, seed=0)
     after = reconstruction_quality(vqgan, images)
     assert after["psnr"] > before["psnr"] + 3 and after["ssim"] > before["ssim"] + 0.1
+
+
+def test_codebook_heads_quantise_each_latent_pixel_with_several_codes_and_round_trip(tmp_path):
+    from dalle2_md.vqgan import load_vqgan, reconstruct, save_vqgan
+
+    config = VQGanConfig(image_size=16, channels=1, **cpu_vqgan_sizes(4, dim=8, codebook_size=32, codebook_dim=4,
+                                                                      codebook_heads=2, use_cosine_sim=False,
+                                                                      quantize=True))
+    torch.manual_seed(0)
+    images = torch.rand(4, 1, 16, 16) * 2 - 1
+    vqgan = build_vqgan(config).eval()
+    _, indices, _ = vqgan.decode(vqgan.encode(images), return_indices_and_loss=True)
+    assert indices.shape == (4, 4, 4, 2)  # one code per head at each 4 x 4 latent pixel
+    assert not vqgan.vq.use_cosine_sim  # Euclidean lookup: the length of each slice is kept
+
+    path = save_vqgan(tmp_path / "vqgan.pt", vqgan, config)
+    loaded, loaded_config = load_vqgan(path)
+    assert loaded_config == config
+    assert torch.equal(reconstruct(loaded, images), reconstruct(vqgan, images))
+
+
+def test_unquantised_vqgan_decodes_the_continuous_latent_and_quantised_one_snaps_it_to_codes():
+    from dalle2_md.compat import VQGanAutoencoder
+
+    torch.manual_seed(0)
+    images = torch.rand(4, 1, 16, 16) * 2 - 1
+    config = VQGanConfig(image_size=16, channels=1, **cpu_vqgan_sizes(4, dim=8, codebook_size=4, codebook_dim=8))
+    assert not config.quantize  # the CPU default
+    vqgan = build_vqgan(config).eval()
+    assert isinstance(vqgan, VQGanAutoencoder)
+    latents = vqgan.encode(images)
+    continuous = vqgan.decode(latents)
+    assert torch.equal(continuous, vqgan.enc_dec.decode(latents))
+    _, indices, commit = vqgan.decode(latents, return_indices_and_loss=True)
+    assert indices is None and float(commit) == 0.0
+    vqgan.quantize = True  # the same weights through a 4-code codebook: at most 4 distinct latent vectors
+    _, indices, _ = vqgan.decode(latents, return_indices_and_loss=True)
+    assert indices.unique().numel() <= 4 and not torch.allclose(vqgan.decode(latents), continuous)
+
+
+def test_vqgan_configs_written_before_these_options_load_as_one_quantised_cosine_head():
+    new_fields = ("codebook_heads", "use_cosine_sim", "quantize")
+    old = {k: v for k, v in VQGanConfig(image_size=16).to_dict().items() if k not in new_fields}
+    config = VQGanConfig.from_dict(old)
+    assert config.codebook_heads == 1 and config.use_cosine_sim and config.quantize
+    with pytest.raises(Exception, match="codebook_heads"):
+        VQGanConfig(image_size=16, codebook_heads=0)
