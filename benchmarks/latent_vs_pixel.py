@@ -60,15 +60,18 @@ def profiles() -> dict:
     # 600 pixel steps at 64 px: about a quarter of an hour per arm on one core
     pixel = GeneratorBudget(decoder_steps=600, sample_steps=15, prior_sample_steps=15)
     latent = replace(pixel, vqgan_steps=400, decoder_steps=100_000)
-    full = Profile(name="latent64", image_size=64, samples_per_user=32,
-                   recogniser=dict(widths=(16, 32, 64), feature_dim=64, time_pool=4))
+    # the 8-user default simulator (72 recordings per user, 16 of them test): the 448 / 128 split
+    # of the first run of this comparison
+    full = Profile(name="latent64", simulator="default", num_users=8, per_user=72, num_test=16, image_size=64,
+                   samples_per_user=32, recogniser=dict(widths=(16, 32, 64), feature_dim=64, time_pool=4))
     arms = (Arm("pixel U-Net", pixel),
             Arm("latent U-Net (f = 4)", latent, same_time_as="pixel U-Net"),
             Arm("latent DiT (f = 4)", replace(latent, decoder=_dit(CPU_DECODER_SIZES, dim=64, attn_heads=4, dit_depth=4)),
                 same_time_as="pixel U-Net"))
     tiny = replace(QUICK_BUDGET, decoder_steps=12, prior_steps=10, clip_steps=10, decoder_batch_size=8)
     tiny_latent = replace(tiny, vqgan_steps=4, decoder_steps=100_000)
-    smoke = Profile(name="latent_smoke", num_users=3, image_size=32, images_per_user=20, samples_per_user=20,
+    smoke = Profile(name="latent_smoke", simulator="default", num_users=3, per_user=20, num_test=5, image_size=32,
+                    samples_per_user=20,
                     recogniser=dict(widths=(8, 16), feature_dim=16), recogniser_train=RecogniserTrainConfig(steps=20))
     smoke_arms = (Arm("pixel U-Net", tiny),
                   Arm("latent U-Net (f = 4)", tiny_latent, same_time_as="pixel U-Net"),
@@ -86,14 +89,14 @@ def run_arm(arm: Arm, p: Profile, data: dict, recogniser, rows: dict, work: Path
     budget = arm.budget
     if arm.same_time_as:
         budget = replace(budget, decoder_seconds=rows[arm.same_time_as]["seconds"]["decoder"])
-    images, ids = data["sets"]["train"].tensors()
+    images, ids = data["sets"]["train"]
     gen = train_generator(images, ids, num_users=p.num_users, kind="two_stage", budget=budget, seed=p.train_seed,
                           run_dir=work / "runs" / _slug(arm.name), label_map=data["label_map"],
                           colormap="jet")
     start = time.perf_counter()
     fake = sample_tensors(gen.model, list(range(p.num_users)), p.samples_per_user, seed=p.sample_seed, budget=budget)
     sample_seconds = time.perf_counter() - start
-    m = evaluate_samples(data["sets"]["train"].tensors(), data["sets"]["test"].tensors(), fake, recogniser=recogniser,
+    m = evaluate_samples(data["sets"]["train"], data["sets"]["test"], fake, recogniser=recogniser,
                          out_dir=eval_dir / _slug(arm.name),
                          label_map=data["label_map"], colormap="jet", grid_per_user=4)
     image_seconds = gen.seconds["decoder"] + gen.seconds.get("vqgan", 0.0)
@@ -134,7 +137,7 @@ def run_arms(name: str, *, work: Path, out_json: Path, eval_dir: Path) -> dict:
     p, arms = profiles()[name]
     started = time.perf_counter()
     work.mkdir(parents=True, exist_ok=True)
-    data = phase_data(p, work)
+    data = phase_data(p)
     recogniser = phase_recogniser(p, data, work)
     rows = {}
     for arm in arms:
