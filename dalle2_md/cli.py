@@ -589,9 +589,10 @@ def interpolate_cmd(**kw):
 @_opt("output_dir", type=click.Path(path_type=str), default="outputs/demo", help="Demo folder (its earlier outputs are replaced).")
 @_opt("quick", is_flag=True, default=False, help="Tiny sizes for a smoke test (about a minute on 2 CPU cores).")
 @_opt("seed", type=int, default=0, help="Seed of the data, training and samples.")
-@_opt("image_size", type=int, default=None, help="Side of the simulated images [default: 32, --quick 16].")
+@_opt("image_size", type=int, default=None, help="Side of the simulated images [default: 64, --quick 16].")
 @_opt("vqgan_steps", type=int, default=None,
-      help="Train a VQGAN (f = 4) this many steps and diffuse over its latent [default: 0, pixels].")
+      help="Train a VQGAN (f = 4) this many steps and diffuse over its latent; 0: over pixels "
+           "[default: 400, --quick 0].")
 @click.option("--progress/--no-progress", "progress", default=True, show_default=True, help="Show progress bars.")
 def demo_cmd(output_dir, quick, seed, image_size, vqgan_steps, progress):
     """Simulate a small data set, train embedding -> [VQGAN] -> decoder -> prior, generate a per-user
