@@ -385,13 +385,15 @@ def write_page(result: dict, path: Path, eval_dir: Path) -> None:
 # --------------------------------------------------------------------------------------------
 
 
-def reused_augmentation(p: Profile, path: Path) -> tuple[dict, dict | None]:
-    """The augmentation sections of an earlier results file whose K-shot settings are this run's
-    (the all-data generators do not enter them, so a run that changes only those can reuse them)."""
+def reused_augmentation(p: Profile, path: Path) -> tuple[dict, dict | None, str]:
+    """The augmentation sections and date of an earlier results file whose K-shot settings are
+    this run's (the all-data generators do not enter them, so a run that changes only those can
+    reuse them)."""
     old = json.loads(Path(path).read_text())
     mine = json.loads(json.dumps(asdict(p), default=list))
     keys = ("simulator", "num_users", "image_size", "per_user", "num_test", "data_seed", "recogniser",
             "recogniser_train", "k", "m", "aug_seeds", "baseline_aug_seeds", "aug_budget")
+
     def view(k, d):  # a pixel budget's VQGAN fields train nothing (the generator cache ignores them too)
         if k == "aug_budget" and isinstance(d, dict) and not d.get("vqgan_steps"):
             return {f: v for f, v in d.items() if f not in ("vqgan_lr", "vqgan")}
@@ -401,7 +403,7 @@ def reused_augmentation(p: Profile, path: Path) -> tuple[dict, dict | None]:
     if differ:
         raise SystemExit(f"--reuse_augmentation {path}: its K-shot settings differ from this profile's in "
                          f"{', '.join(differ)}; run the augmentation phase instead.")
-    return old["augmentation"], old.get("augmentation_baseline")
+    return old["augmentation"], old.get("augmentation_baseline"), old["date"]
 
 
 def run(p: Profile, *, work: Path, out_json: Path, page: Path, eval_dir: Path, notes: list[str],
@@ -426,10 +428,9 @@ def run(p: Profile, *, work: Path, out_json: Path, page: Path, eval_dir: Path, n
         timings[f"sample_{kind}"] = s["seconds"]
     metrics = timed("evaluate", lambda: phase_evaluate(p, data, recogniser, samples, eval_dir))
     if reuse_augmentation:
-        aug, aug_baseline = reused_augmentation(p, reuse_augmentation)
-        notes = notes + [f"The augmentation gains are reused from {reuse_augmentation} (dated "
-                         f"{json.loads(Path(reuse_augmentation).read_text())['date']}): same K-shot settings and "
-                         "generator budget; this run retrained only the all-data generators."]
+        aug, aug_baseline, dated = reused_augmentation(p, reuse_augmentation)
+        notes = notes + [f"The augmentation gains are reused from {reuse_augmentation} (dated {dated}): same K-shot "
+                         "settings and generator budget; this run retrained only the all-data generators."]
     else:
         aug = timed("augmentation", lambda: phase_augmentation(p, data, work, generator_cache))
         aug_baseline = None

@@ -319,7 +319,7 @@ def train_clip_cmd(**kw):
 @_opt("vqgan_epochs", type=int, default=20, help="VQGAN training epochs (--max_steps applies to it too).")
 @_opt("vqgan_max_steps", type=int, default=None, help="VQGAN training steps; overrides the other lengths.")
 @_opt("vqgan_lr", type=float, default=1e-3,
-      help="VQGAN learning rate (at 3e-4 the CPU-sized VQGAN had not learned the limb arcs in 400 steps).")
+      help="VQGAN learning rate (at 3e-4, 400 steps kept fewer limb arcs: benchmarks/bench_vqgan.py).")
 @_opt("vqgan_quantize", is_flag=True, default=False,
       help="Decode through the VQGAN's codebook. Off by default: a codebook trained on a CPU erases the thin "
            "limb arcs, so the decoder reads the encoder's continuous latent.")

@@ -33,8 +33,8 @@ CPU_PRIOR_SIZES = dict(depth=2, heads=2, dim_head=16, timesteps=1000, sample_tim
 # f = 4 on one loaded core, measured; the 32-wide, 1-2 multiplier shape took 1.95 s): every
 # stage 16 channels wide, so the latent has 16 channels, and a small codebook, which the
 # decoder skips (quantize=False): trained this briefly, one code of 256 per 4 x 4 patch erased
-# the limb arcs (recogniser 0.43 on reconstructions against 0.68 on the originals, 0.65 without
-# the quantiser; benchmarks/bench_vqgan.py, docs/results.md).
+# the limb arcs (recogniser 0.350 on reconstructions against 0.675 on the originals, 0.525 without
+# the quantiser, after 400 steps at 128 px; benchmarks/bench_vqgan.py, docs/results.md).
 # `vqgan.cpu_vqgan_sizes(factor)` adds the layer count of a downsampling factor.
 CPU_VQGAN_SIZES = dict(dim=16, num_resnet_blocks=1, resnet_groups=8, codebook_size=256, codebook_dim=16, quantize=False)
 
