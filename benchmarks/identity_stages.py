@@ -126,7 +126,8 @@ def main():
     ap.add_argument("--prior_steps", type=int, default=600)
     ap.add_argument("--recogniser_steps", type=int, default=600)
     ap.add_argument("--recogniser", choices=["default", "kshot"], default="default",
-                    help="judge: the default recogniser shape, or the strong one of the K-shot benchmarks and the protocol")
+                    help="judge: the default recogniser shape, or kshot.py's strong one (KSHOT_RECOGNISER as it is; "
+                         "quality.py's recogniser_config pools time by image size instead, 2 at 32 px)")
     ap.add_argument("--guidance", default="1,2,3,4")
     ap.add_argument("--samples_per_user", type=int, default=16)
     ap.add_argument("--max_decoded", type=int, default=96)
