@@ -10,7 +10,9 @@ benchmarks/augment_ablation.py, so its augmentation gain is the ablation's defau
     python benchmarks/quality.py               # CPU profile ("full"), writes benchmarks/results/quality.md
     python benchmarks/quality.py --generator_cache DIR   # the same, reusing cached K-shot generators
     python benchmarks/quality.py --smoke       # tiny end-to-end check (a few minutes)
-    python benchmarks/quality.py --gpu         # 256 x 256 profile for a lent GPU
+    python benchmarks/quality.py --gpu         # 256 x 256 pixel profile for a lent GPU
+    python benchmarks/quality.py --profile full128   # the protocol at 128 px through the latent path (CPU)
+    python benchmarks/quality.py --profile gpu256    # the protocol at 256 px through the latent path (GPU)
     python benchmarks/quality.py --profile latent64   # pixel vs latent U-Net vs latent DiT at 64 px,
                                                       # equal training time (benchmarks/latent_vs_pixel.py)
 
@@ -40,11 +42,12 @@ import torch  # noqa: E402
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from kshot import KSHOT_RECOGNISER, simulate, split  # noqa: E402
 
-from dalle2_md.augment import augmentation_gain, cached_generator, sample_tensors  # noqa: E402
+from dalle2_md.augment import augmentation_gain, cached_generator, kshot_indices, sample_tensors  # noqa: E402
 from dalle2_md.evaluate import RecogniserConfig, RecogniserTrainConfig, cached_recogniser, evaluate_samples  # noqa: E402
 from dalle2_md.labels import LabelMap  # noqa: E402
 from dalle2_md.presets import QUICK_BUDGET, GeneratorBudget  # noqa: E402
 from dalle2_md.synth import get_profile  # noqa: E402
+from dalle2_md.vqgan import cpu_vqgan_sizes  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 # the generator budget of benchmarks/augment_ablation.py (its default arguments): the K-shot generators
@@ -54,6 +57,12 @@ PROTOCOL_BUDGET = GeneratorBudget(sample_steps=15, prior_sample_steps=15)
 # chain's identity from 0.69 to 0.85 (A_real 0.74) and brought its backgrounds to the real level
 # (benchmarks/identity_stages.py, docs/results.md).
 ALL_DATA_BUDGET = replace(PROTOCOL_BUDGET, decoder_steps=7200)
+# 128 px through the latent path: the CPU VQGAN at f = 4 turns an image into a 16 x 32 x 32 latent,
+# on which a decoder step costs 0.46 s against 0.34 s for a 32 px pixel image (batch 16, one core,
+# measured), so the decoders get the K-shot generators' 2400 steps, not the 32 px profile's 7200.
+LATENT128_BUDGET = replace(PROTOCOL_BUDGET, vqgan_steps=1000)
+# the K-shot generators of the 128 px profile: 310 images need fewer VQGAN and decoder steps
+LATENT128_KSHOT_BUDGET = replace(PROTOCOL_BUDGET, vqgan_steps=400, decoder_steps=1600)
 
 
 @dataclass(frozen=True)
@@ -92,12 +101,32 @@ def _profiles() -> dict:
                      timesteps=1000, sample_timesteps=50, num_image_tokens=4),
         prior=dict(depth=6, heads=8, dim_head=32, timesteps=1000, sample_timesteps=64),
         sample_steps=50, prior_sample_steps=64)
+    # the CPU VQGAN's shape (a 256 px image becomes a 16 x 64 x 64 latent), trained longer
+    GPU_VQGAN = cpu_vqgan_sizes(4)
+    TINY_VQGAN = dict(dim=8, num_resnet_blocks=1, resnet_groups=4, codebook_size=16, codebook_dim=4, layers=1,
+                      layer_mults=(1,), quantize=False)
     return {
         "full": Profile(name="full"),
         "smoke": Profile(
             name="smoke", num_users=4, image_size=16, per_user=30, num_test=6, samples_per_user=20, budget=smoke_budget,
             recogniser=dict(widths=(8, 16), feature_dim=16), recogniser_train=RecogniserTrainConfig(steps=60, batch_size=16),
             k=4, m=10, aug_seeds=(0, 1, 2), baseline_aug_seeds=(0,), aug_budget=smoke_budget),
+        "full128": Profile(
+            name="full128", image_size=128, budget=LATENT128_BUDGET, aug_budget=LATENT128_KSHOT_BUDGET,
+            aug_seeds=(0, 1, 2), baseline_aug_seeds=()),
+        # a tiny latent run of the same phases: proves the 128 px profile's path runs (tests)
+        "smoke_latent": Profile(
+            name="smoke_latent", num_users=4, image_size=16, per_user=30, num_test=6, samples_per_user=20,
+            budget=replace(smoke_budget, vqgan_steps=3, vqgan=TINY_VQGAN), recogniser=dict(widths=(8, 16), feature_dim=16),
+            recogniser_train=RecogniserTrainConfig(steps=20, batch_size=8), k=4, m=4, aug_seeds=(0,),
+            baseline_aug_seeds=(0,), aug_budget=replace(smoke_budget, vqgan_steps=3, vqgan=TINY_VQGAN)),
+        "gpu256": Profile(
+            name="gpu256", image_size=256, per_user=200, num_test=40, samples_per_user=64,
+            budget=replace(gpu_budget, vqgan_steps=5000, vqgan=GPU_VQGAN),
+            recogniser=dict(KSHOT_RECOGNISER), recogniser_train=RecogniserTrainConfig(steps=3000, batch_size=32),
+            aug_budget=replace(gpu_budget, clip_steps=1000, decoder_steps=4000, prior_steps=3000, sample_steps=25,
+                               prior_sample_steps=25, vqgan_steps=2000, vqgan=GPU_VQGAN),
+            device_note="one lent GPU (256 x 256 through a VQGAN latent at f = 4; not run on the CPU machine)"),
         "gpu": Profile(
             name="gpu", image_size=256, per_user=200, num_test=40, samples_per_user=64, budget=gpu_budget,
             recogniser=dict(widths=(16, 32, 64, 64, 64), feature_dim=64),
@@ -382,6 +411,19 @@ def write_page(result: dict, path: Path, eval_dir: Path) -> None:
     path.write_text("\n".join(lines))
 
 
+def train_kshot_generators(p: Profile, data: dict, work: Path, generator_cache: str, seeds) -> None:
+    """The augmentation phase's two-stage generators, one per seed, into `generator_cache` (the
+    K-shot pick and cache key `augment._one_seed` uses, so the phase then finds them there)."""
+    images, ids = data["sets"]["train"]
+    for seed in seeds:
+        idx = kshot_indices(ids, p.k, seed)
+        gen = cached_generator(images[idx].clone(), ids[idx].clone(), cache_dir=generator_cache, num_users=p.num_users,
+                               kind="two_stage", budget=p.aug_budget, seed=seed,
+                               run_dir=work / "augment_two_stage" / f"seed_{seed}", label_map=data["label_map"])
+        log(f"K-shot generator, seed {seed}: in {generator_cache} "
+            f"({', '.join(f'{k} {v:.0f}s' for k, v in gen.seconds.items()) or 'found'})")
+
+
 # --------------------------------------------------------------------------------------------
 
 
@@ -471,7 +513,8 @@ def main():
     group = ap.add_mutually_exclusive_group()
     group.add_argument("--smoke", action="store_const", const="smoke", dest="profile", help="tiny end-to-end check")
     group.add_argument("--gpu", action="store_const", const="gpu", dest="profile", help="256 x 256 profile for a GPU")
-    group.add_argument("--profile", choices=("full", "smoke", "gpu", "latent64", "latent_smoke"), dest="profile")
+    group.add_argument("--profile", choices=("full", "full128", "smoke", "smoke_latent", "gpu", "gpu256", "latent64",
+                                             "latent_smoke"), dest="profile")
     ap.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1: the machine is shared)")
     ap.add_argument("--work_dir", default=None, help="scratch folder (data, runs, recogniser cache)")
     ap.add_argument("--out", default=None, help="JSON results file")
@@ -481,9 +524,13 @@ def main():
     ap.add_argument("--reuse_augmentation", type=Path, default=None,
                     help="take the augmentation gains from this earlier results JSON (same K-shot settings) "
                          "instead of rerunning them")
-    ap.add_argument("--train_only", choices=("two_stage", "baseline"), default=None,
-                    help="train (or find) this all-data generator in --generator_cache and stop: run one per "
-                         "process to train both at once, then the protocol finds them there")
+    ap.add_argument("--train_only", choices=("two_stage", "baseline", "kshot"), default=None,
+                    help="train (or find) this all-data generator, or with 'kshot' the K-shot two-stage generators "
+                         "of --kshot_seeds, in --generator_cache and stop: run one per process to train them at "
+                         "once, then the protocol finds them there")
+    ap.add_argument("--kshot_seeds", type=int, nargs="+", default=None,
+                    help="with --train_only kshot: the augmentation seeds to train generators for (default the "
+                         "profile's), in this order")
     ap.add_argument("--generator_cache", default=None,
                     help="folder of trained K-shot generators (augment_ablation.py's) reused by the augmentation phase")
     args = ap.parse_args()
@@ -500,11 +547,12 @@ def main():
         # docs/results.md quotes this page's figures; it is not overwritten
         defaults = (ROOT / "benchmarks/results/quality.json", ROOT / "benchmarks/results/quality.md",
                     ROOT / "benchmarks/results/quality")
-    elif name == "gpu":
-        defaults = (ROOT / "benchmarks/results/quality_gpu.json", ROOT / "docs/results_gpu.md",
-                    ROOT / "benchmarks/results/quality_gpu")
+    elif name in ("full128", "gpu", "gpu256"):
+        suffix = {"full128": "128", "gpu": "gpu", "gpu256": "gpu256"}[name]
+        defaults = (ROOT / f"benchmarks/results/quality_{suffix}.json", ROOT / f"benchmarks/results/quality_{suffix}.md",
+                    ROOT / f"benchmarks/results/quality_{suffix}")
     else:  # the smoke profile proves the script runs; it must not overwrite real results
-        base = Path("/tmp/dalle2md_quality_smoke")
+        base = Path(f"/tmp/dalle2md_quality_{name}")
         defaults = (base / "quality.json", base / "results.md", base / "eval")
     out_json, page, eval_dir = (Path(a) if a else d for a, d in zip((args.out, args.page, args.eval_dir), defaults))
     if args.page_only:
@@ -519,12 +567,20 @@ def main():
         notes.append("32 x 32: a 64 px pixel decoder step costs about 4x a 32 px one, and the protocol trains two "
                      "full-data generators and six K-shot ones; the 64 px gain is measured by "
                      "augment_ablation.py --image_size 64 (docs/results.md).")
+    if p.budget.vqgan_steps:
+        notes.append(f"{p.image_size} x {p.image_size} through the latent path: each generator trains a VQGAN "
+                     f"({p.budget.vqgan_steps} steps for the all-data ones, {p.aug_budget.vqgan_steps} for the K-shot "
+                     "ones) and its decoder diffuses over the VQGAN's continuous latent; the single-stage baseline "
+                     "trains its own VQGAN the same way.")
     log(f"profile {name}: {p.num_users} users, {p.image_size}px, work dir {work}")
     if args.train_only:
         if not args.generator_cache:
             raise SystemExit("--train_only needs --generator_cache: that is where the protocol finds the generator.")
         data = phase_data(p)
         images, ids = data["sets"]["train"]
+        if args.train_only == "kshot":
+            train_kshot_generators(p, data, work, args.generator_cache, args.kshot_seeds or p.aug_seeds)
+            return
         gen = cached_generator(images, ids, cache_dir=args.generator_cache, num_users=p.num_users, kind=args.train_only,
                                budget=p.budget, seed=p.train_seed, run_dir=work / "runs" / args.train_only,
                                label_map=data["label_map"], colormap="jet")

@@ -26,7 +26,7 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
-from .core import train_two_stage
+from .core import fit_budget_vqgan, latent_decoder_config, train_two_stage
 from .presets import GeneratorBudget  # noqa: F401  (moved: issue 11)
 from .utils import UserError, deprecated_alias, exists, renamed_keywords
 
@@ -188,13 +188,22 @@ def train_generator(
     seconds, losses = {}, {}
 
     if kind == "baseline":
-        dec_config = DecoderConfig(image_size=size, channels=channels, image_embed_dim=budget.clip["dim_latent"],
-                                   **single_stage_decoder_fields(budget.decoder))
+        # the two-stage decoder's shape and, under a latent budget, a VQGAN trained the same way
+        dec_config = latent_decoder_config(DecoderConfig(image_size=size, channels=channels,
+                                                         image_embed_dim=budget.clip["dim_latent"],
+                                                         **single_stage_decoder_fields(budget.decoder)), budget)
+        vqgan = None
+        if budget.vqgan_steps:
+            start = time.perf_counter()
+            with torch.random.fork_rng(devices=[]):
+                vqgan, result = fit_budget_vqgan(images, dec_config, budget, seed, run_dir / "baseline",
+                                                 progress=progress)
+            seconds["vqgan"], losses["vqgan"] = time.perf_counter() - start, _final_loss(result.losses)
         start = time.perf_counter()
         model, result = train_baseline(images, user_indices, num_users=num_users, decoder_config=dec_config,
                                        train_config=budget.schedule(budget.decoder_steps, budget.decoder_batch_size, seed),
                                        run_dir=run_dir / "baseline", label_map=label_map, colormap=colormap,
-                                       progress=progress)
+                                       progress=progress, vqgan=vqgan)
         seconds["decoder"], losses["decoder"] = time.perf_counter() - start, _final_loss(result.losses)
         return TrainedGenerator(kind=kind, model=model, seconds=seconds, num_train_images=len(images), final_losses=losses)
 

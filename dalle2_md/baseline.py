@@ -36,7 +36,8 @@ def single_stage_decoder_fields(decoder_fields: dict) -> dict:
 
 
 class SingleStageBaseline(nn.Module):
-    """User ID -> learned embedding -> `MicroDopplerDecoder` -> spectrogram.
+    """User ID -> learned embedding -> `MicroDopplerDecoder` -> spectrogram, over pixels or,
+    with `config.use_vqgan`, over a VQGAN's latent (then the bundle holds the VQGAN too).
 
     `loss = model(images, user_indices)` trains it (images in [-1, 1]); `model.sample(...)` returns
     images in [0, 1]. Classifier-free guidance works as in the two-stage decoder: the decoder
@@ -47,18 +48,19 @@ class SingleStageBaseline(nn.Module):
         config: the decoder's config; `image_embed_dim` is the size of the user embedding.
         label_map: the data set's label map as a dict, kept for the bundle.
         colormap: the colormap the data was drawn with ("jet"), or "none" for RGB models.
+        vqgan: a trained VQGAN to diffuse over (latent configs; default a fresh one of
+            `config.vqgan`'s shape, as `load` rebuilds it before loading the weights).
     """
 
-    def __init__(self, *, num_users: int, config: DecoderConfig, label_map: dict | None = None, colormap: str | None = None):
+    def __init__(self, *, num_users: int, config: DecoderConfig, label_map: dict | None = None, colormap: str | None = None,
+                 vqgan: nn.Module | None = None):
         super().__init__()
         if num_users < 1:
             raise UserError(f"the baseline needs at least one user, got num_users={num_users}.")
-        if config.use_vqgan:
-            raise UserError("the single-stage baseline works in pixel space; build it with use_vqgan=False.")
         self.num_users = int(num_users)
         self.config = config
         self.user_embed = nn.Embedding(num_users, config.image_embed_dim)
-        self.decoder = MicroDopplerDecoder(config=config)
+        self.decoder = MicroDopplerDecoder(config=config, vqgan=vqgan)
         self.label_map = label_map
         self.colormap = colormap or ("jet" if config.channels == 1 else "none")
         self.meta: dict = {}
@@ -77,9 +79,11 @@ class SingleStageBaseline(nn.Module):
         return indices
 
     @renamed_keywords(user_ids="user_indices")
-    def forward(self, images: torch.Tensor, user_indices: torch.Tensor) -> torch.Tensor:
-        """Diffusion loss of a batch: images (B, C, H, W) in [-1, 1], user_indices (B,) -> scalar."""
-        return self.decoder(images, self.embed(self._checked_indices(user_indices)))
+    def forward(self, images: torch.Tensor | None, user_indices: torch.Tensor, *,
+                latents: torch.Tensor | None = None) -> torch.Tensor:
+        """Diffusion loss of a batch: images (B, C, H, W) in [-1, 1] (or, for a latent decoder,
+        their cached `decoder.encode_latents` in `latents`), user_indices (B,) -> scalar."""
+        return self.decoder(images, self.embed(self._checked_indices(user_indices)), latents=latents)
 
     @renamed_keywords(user_ids="user_indices")
     @torch.no_grad()
@@ -176,8 +180,10 @@ def train_baseline(
     label_map: dict | None = None,
     colormap: str | None = None,
     progress: bool = True,
+    vqgan: nn.Module | None = None,
 ) -> tuple[SingleStageBaseline, TrainResult]:
-    """Train the single-stage baseline with the shared training loop.
+    """Train the single-stage baseline with the shared training loop (a latent one on the
+    images' VQGAN latents, encoded once: the VQGAN is frozen, as under the two-stage decoder).
 
     Args:
         images: (N, C, H, W) training images in [-1, 1].
@@ -188,6 +194,7 @@ def train_baseline(
         run_dir: folder for the loop's checkpoints and TensorBoard logs.
         label_map, colormap: stored with the model.
         progress: show a progress bar.
+        vqgan: the trained VQGAN a latent `decoder_config` (`use_vqgan`) diffuses over.
     Returns:
         (the EMA model in eval mode, the loop's `TrainResult`).
     """
@@ -197,10 +204,30 @@ def train_baseline(
                         f"{len(user_indices)}.")
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(train_config.seed)
-        model = SingleStageBaseline(num_users=num_users, config=decoder_config, label_map=label_map, colormap=colormap)
-    data = torch.utils.data.TensorDataset(images, user_indices)
+        model = SingleStageBaseline(num_users=num_users, config=decoder_config, label_map=label_map, colormap=colormap,
+                                    vqgan=vqgan)
+    if decoder_config.use_vqgan:
+        if vqgan is None:
+            raise UserError("a latent baseline (use_vqgan) trains over a trained VQGAN; pass vqgan=.")
+        model.decoder.fit_latent_scale(images[:512])
+        data = torch.utils.data.TensorDataset(model.decoder.encode_latents(images), user_indices)
+        model = _LatentBaselineLoss(model)
+    else:
+        data = torch.utils.data.TensorDataset(images, user_indices)
     result = train(model, data, train_config, run_dir=run_dir, stage="baseline", progress=progress,
                    model_config={"baseline": True, "num_users": num_users, "decoder": decoder_config.to_dict()})
-    ema = result.ema_model.eval()
+    ema = result.ema_model
+    ema = (ema.inner if isinstance(ema, _LatentBaselineLoss) else ema).eval()
     ema.meta = {"steps": result.step, "num_train_images": len(images)}
     return ema, result
+
+
+class _LatentBaselineLoss(nn.Module):
+    """`loss = module(latents, user_indices)`: the latent baseline trained on cached VQGAN latents."""
+
+    def __init__(self, baseline: SingleStageBaseline):
+        super().__init__()
+        self.inner = baseline
+
+    def forward(self, latents: torch.Tensor, user_indices: torch.Tensor) -> torch.Tensor:
+        return self.inner(None, user_indices, latents=latents)

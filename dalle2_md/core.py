@@ -200,7 +200,6 @@ def train_two_stage(images: torch.Tensor, user_indices: torch.Tensor, *, num_use
     """
     from .clip import compute_image_embeds
     from .decoder import DecoderConfig
-    from .vqgan import VQGanConfig, cpu_vqgan_sizes
 
     work_dir = Path(work_dir)
     _, channels, size, _ = images.shape
@@ -213,11 +212,9 @@ def train_two_stage(images: torch.Tensor, user_indices: torch.Tensor, *, num_use
         return model
 
     clip_config = clip_config_for(num_users=num_users, channels=channels, image_size=size, sizes=budget.clip)
-    dec_config = DecoderConfig(image_size=size, channels=channels, image_embed_dim=clip_config.dim_latent,
-                               **user_table_size(budget.decoder, num_users))
-    if budget.vqgan_steps:
-        vq_config = VQGanConfig(image_size=size, channels=channels, **(budget.vqgan or cpu_vqgan_sizes()))
-        dec_config = replace(dec_config, use_vqgan=True, vqgan=vq_config)
+    dec_config = latent_decoder_config(DecoderConfig(image_size=size, channels=channels,
+                                                     image_embed_dim=clip_config.dim_latent,
+                                                     **user_table_size(budget.decoder, num_users)), budget)
     schedule = lambda steps, batch: budget.schedule(steps, batch, seed)
     # the stages reseed the global RNG; the caller's stream is left as it was
     with torch.random.fork_rng(devices=[]):
@@ -226,11 +223,8 @@ def train_two_stage(images: torch.Tensor, user_indices: torch.Tensor, *, num_use
                                                   progress=progress))
         embeds = compute_image_embeds(out.clip, images)
         if budget.vqgan_steps:
-            # its own lr: the codebook's moving averages and the reconstruction loss want the
-            # gentler step the vqgan stage uses
-            out.vqgan = timed("vqgan", lambda: fit_vqgan(
-                images, vq_config, replace(schedule(budget.vqgan_steps, budget.decoder_batch_size), lr=budget.vqgan_lr),
-                work_dir, progress=progress))
+            out.vqgan = timed("vqgan", lambda: fit_budget_vqgan(images, dec_config, budget, seed, work_dir,
+                                                                progress=progress))
         out.decoder = timed("decoder", lambda: fit_decoder(
             images, embeds, dec_config,
             replace(schedule(budget.decoder_steps, budget.decoder_batch_size), max_seconds=_decoder_seconds(budget, out)),
@@ -240,6 +234,28 @@ def train_two_stage(images: torch.Tensor, user_indices: torch.Tensor, *, num_use
                                                               progress=progress, embeds=embeds))
     out.decoder.meta = {"clip_fingerprint": out.clip.fingerprint}
     return out
+
+
+def latent_decoder_config(dec_config, budget: GeneratorBudget):
+    """`dec_config` over the latent of the budget's VQGAN when `budget.vqgan_steps` > 0 (else as
+    it is): the two-stage decoder and the single-stage baseline build theirs the same way."""
+    from .vqgan import VQGanConfig, cpu_vqgan_sizes
+
+    if not budget.vqgan_steps:
+        return dec_config
+    vq_config = VQGanConfig(image_size=dec_config.image_size, channels=dec_config.channels,
+                            **(budget.vqgan or cpu_vqgan_sizes()))
+    return replace(dec_config, use_vqgan=True, vqgan=vq_config)
+
+
+def fit_budget_vqgan(images: torch.Tensor, dec_config, budget: GeneratorBudget, seed: int, work_dir: str | Path, *,
+                     progress: bool = False):
+    """The VQGAN of a latent `dec_config` (see `latent_decoder_config`), trained for
+    `budget.vqgan_steps` at batch `decoder_batch_size` and its own lr: the codebook's moving
+    averages and the reconstruction loss want a gentler step than the other stages. Returns
+    (VQGAN, record)."""
+    schedule = replace(budget.schedule(budget.vqgan_steps, budget.decoder_batch_size, seed), lr=budget.vqgan_lr)
+    return fit_vqgan(images, dec_config.vqgan, schedule, Path(work_dir), progress=progress)
 
 
 def fit_prior_for_clip(clip, images: torch.Tensor, user_indices: torch.Tensor, *, num_users: int,

@@ -370,3 +370,29 @@ def test_latent_generator_under_a_time_budget(tmp_path):
     # pixel generators keep the cache names they were saved under; latent ones get their own
     path = lambda b: generator_cache_path(tmp_path, images, ids, kind="two_stage", budget=b, seed=0)
     assert path(TINY) == path(replace(TINY, vqgan=budget.vqgan)) != path(budget)
+
+
+def test_latent_baseline_trains_over_its_own_vqgan_and_round_trips(tmp_path):
+    """A latent budget gives the single-stage baseline the two-stage decoder's latent path: a
+    VQGAN trained the same way, a fitted latent scale, full-size samples, and a bundle that
+    rebuilds the same sampler from the path alone."""
+    from dalle2_md.augment import cached_generator, sample_tensors
+    from dalle2_md.baseline import SingleStageBaseline
+
+    g = torch.Generator().manual_seed(0)
+    images, ids = torch.rand(12, 1, 16, 16, generator=g) * 2 - 1, torch.arange(12) % USERS
+    budget = replace(TINY, vqgan_steps=2, vqgan=dict(dim=8, num_resnet_blocks=1, resnet_groups=4, codebook_size=16,
+                                                     codebook_dim=4, layers=1, layer_mults=(1,), quantize=False))
+    gen = cached_generator(images, ids, cache_dir=tmp_path / "cache", num_users=USERS, kind="baseline", budget=budget,
+                           seed=0, run_dir=tmp_path / "run")
+    model = gen.model
+    assert isinstance(model, SingleStageBaseline) and model.config.use_vqgan
+    assert set(gen.seconds) == {"vqgan", "decoder"}
+    assert model.decoder.diffused_shape == (8, 8, 8) and model.decoder.latent_scale.item() != 1.0
+    a, a_ids = sample_tensors(model, [0, 2], 2, seed=3, budget=budget)
+    assert a.shape == (4, 1, 16, 16) and a_ids.tolist() == [0, 0, 2, 2] and a.min() >= -1 and a.max() <= 1
+    # the second call finds the bundle: same weights, VQGAN and latent scale included
+    again = cached_generator(images, ids, cache_dir=tmp_path / "cache", num_users=USERS, kind="baseline", budget=budget,
+                             seed=0, run_dir=tmp_path / "run2")
+    assert again.seconds == {} and again.model.decoder.latent_scale.item() == model.decoder.latent_scale.item()
+    assert torch.allclose(sample_tensors(again.model, [0, 2], 2, seed=3, budget=budget)[0], a, atol=1e-5)

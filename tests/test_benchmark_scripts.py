@@ -24,3 +24,28 @@ def test_latent_vs_pixel_smoke_trains_every_arm_within_the_pixel_arms_time(tmp_p
         assert row["seconds"]["vqgan"] > 0 and row["steps"]["decoder"] > 0
         assert row["budget"]["decoder_seconds"] == pixel_seconds  # equal compute: the pixel arm's seconds
         assert 0 <= row["a_gen_over_a_real"]
+
+
+def test_quality_latent_profile_runs_and_finds_kshot_generators_another_process_trained(tmp_path):
+    """The 128 px profile's path at smoke size: both all-data generators over a VQGAN latent, and
+    `--train_only kshot` (the second process of a 2-core run) fills the cache the augmentation
+    phase then takes its K-shot generator from."""
+    from dalle2_md.baseline import SingleStageBaseline
+
+    script, cache, work = str(ROOT / "benchmarks/quality.py"), tmp_path / "cache", tmp_path / "work"
+    common = ["--profile", "smoke_latent", "--work_dir", str(work), "--generator_cache", str(cache)]
+    first = subprocess.run([sys.executable, script, *common, "--train_only", "kshot"], capture_output=True, text=True,
+                           timeout=600, cwd=ROOT)
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert len(list(cache.glob("two_stage_seed0_*.pt"))) >= 1
+    out = tmp_path / "q.json"
+    proc = subprocess.run([sys.executable, script, *common, "--out", str(out), "--page", str(tmp_path / "q.md"),
+                           "--eval_dir", str(tmp_path / "eval")], capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(out.read_text())
+    assert result["augmentation"]["per_seed"][0]["generator_seconds"] == {}  # found, not retrained
+    assert {"vqgan", "decoder"} <= set(result["generators"]["baseline"]["seconds"])
+    assert {"vqgan", "decoder", "clip", "prior"} <= set(result["generators"]["two_stage"]["seconds"])
+    assert SingleStageBaseline.load(work / "baseline.pt").config.use_vqgan
+    for kind in ("two_stage", "baseline"):
+        assert 0 <= result["metrics"][kind]["identity"]["A_gen"] <= 1
