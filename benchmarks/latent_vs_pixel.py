@@ -67,6 +67,10 @@ def profiles() -> dict:
     arms = (Arm("pixel U-Net", pixel),
             Arm("latent U-Net (f = 4)", latent, same_time_as="pixel U-Net"),
             Arm("latent DiT (f = 4)", replace(latent, decoder=_dit(CPU_DECODER_SIZES, dim=64, attn_heads=4, dit_depth=4)),
+                same_time_as="pixel U-Net"),
+            # the DiT at a transformer's learning rate (the first DiT arm used every stage's 1e-3)
+            Arm("latent DiT lr 3e-4 (f = 4)",
+                replace(latent, decoder_lr=3e-4, decoder=_dit(CPU_DECODER_SIZES, dim=64, attn_heads=4, dit_depth=4)),
                 same_time_as="pixel U-Net"))
     tiny = replace(QUICK_BUDGET, decoder_steps=12, prior_steps=10, clip_steps=10, decoder_batch_size=8)
     tiny_latent = replace(tiny, vqgan_steps=4, decoder_steps=100_000)
@@ -133,14 +137,24 @@ def markdown(result: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def run_arms(name: str, *, work: Path, out_json: Path, eval_dir: Path) -> dict:
+def run_arms(name: str, *, work: Path, out_json: Path, eval_dir: Path, only: list[str] | None = None,
+             reuse: Path | None = None) -> dict:
     p, arms = profiles()[name]
+    unknown = sorted(set(only or ()) - {a.name for a in arms})
+    if unknown:
+        raise SystemExit(f"--arms: no arm {unknown}; the {name} arms are: {', '.join(a.name for a in arms)}")
     started = time.perf_counter()
     work.mkdir(parents=True, exist_ok=True)
     data = phase_data(p)
     recogniser = phase_recogniser(p, data, work)
-    rows = {}
+    # rows of an earlier run stand in for the arms not rerun (an equal-time arm reads its reference's seconds)
+    rows = {r["arm"]: r for r in json.loads(reuse.read_text())["rows"]} if reuse else {}
     for arm in arms:
+        if only and arm.name not in only:
+            continue
+        if arm.same_time_as and arm.same_time_as not in rows:
+            raise SystemExit(f"arm {arm.name!r} gets the time of {arm.same_time_as!r}: run that arm too, or give "
+                             "--reuse with a results file that has it.")
         rows[arm.name] = run_arm(arm, p, data, recogniser, rows, work, eval_dir)
     result = {"profile": name, "image_size": p.image_size, "num_users": p.num_users, "rows": list(rows.values()),
               "torch_threads": torch.get_num_threads(), "load_average_at_end": list(os.getloadavg()),
@@ -159,13 +173,16 @@ def main():
     ap.add_argument("--work_dir", default=None)
     ap.add_argument("--out", default=None)
     ap.add_argument("--eval_dir", default=None)
+    ap.add_argument("--arms", nargs="+", default=None, help="run only these arms (by name)")
+    ap.add_argument("--reuse", type=Path, default=None,
+                    help="an earlier results JSON whose rows stand in for the arms not rerun")
     args = ap.parse_args()
     torch.set_num_threads(1)
     name = "latent_smoke" if args.smoke else "latent64"
     base = Path("/tmp/dalle2md_latent_smoke") if args.smoke else ROOT / "benchmarks" / "results"
     run_arms(name, work=Path(args.work_dir or f"/tmp/dalle2md_{name}_work"),
              out_json=Path(args.out or base / "latent_vs_pixel.json"),
-             eval_dir=Path(args.eval_dir or base / "latent_vs_pixel"))
+             eval_dir=Path(args.eval_dir or base / "latent_vs_pixel"), only=args.arms, reuse=args.reuse)
 
 
 if __name__ == "__main__":

@@ -234,6 +234,17 @@ def _num(v):
     return v if isinstance(v, (int, float)) and v is not None and math.isfinite(v) else None
 
 
+def kinematic_ratios(m: dict) -> tuple:
+    """(worst error / its limit, errors, real-vs-real floors, limits) of one generator's metrics.
+    A quantity whose real-vs-real error is itself above 10 % (gait31's torso: users walk towards
+    and away, so its mean Doppler is near zero and relative errors explode) is held to its floor."""
+    errs = {k: _num(v) for k, v in m["kinematics"]["gen"]["mean_rel_error"].items()}
+    floors = {k: _num(v) for k, v in m["kinematics"]["floor"]["mean_rel_error"].items()}
+    limits = {k: max(0.10, floors.get(k) or 0.0) for k in errs}
+    worst = max((v / limits[k] for k, v in errs.items() if v is not None), default=None)
+    return worst, errs, floors, limits
+
+
 def goals(metrics: dict, aug: dict, aug_baseline: dict | None = None) -> list[dict]:
     """The protocol's targets, each with its measured value and whether it is met."""
     two, one = metrics["two_stage"], metrics["baseline"]
@@ -250,12 +261,7 @@ def goals(metrics: dict, aug: dict, aug_baseline: dict | None = None) -> list[di
         rel = fid / floor if fid is not None and floor else None
         add(f"FID <= 1.5 x floor ({kind})", rel, "<= 1.5", rel is not None and rel <= 1.5,
             f"FID {fid if fid is None else round(fid, 3)}, floor {floor if floor is None else round(floor, 3)}")
-        errs = {k: _num(v) for k, v in m["kinematics"]["gen"]["mean_rel_error"].items()}
-        floors = {k: _num(v) for k, v in m["kinematics"]["floor"]["mean_rel_error"].items()}
-        # a quantity whose real-vs-real error is itself above 10 % (gait31's torso: users walk towards
-        # and away, so its mean Doppler is near zero and relative errors explode) is held to its floor
-        limits = {k: max(0.10, floors.get(k) or 0.0) for k in errs}
-        worst = max((v / limits[k] for k, v in errs.items() if v is not None), default=None)
+        worst, errs, floors, limits = kinematic_ratios(m)
         add(f"kinematic errors < 10 % ({kind})", worst, "< 1 (worst error / max(0.10, its floor))",
             worst is not None and all(v is not None and v < limits[k] for k, v in errs.items()),
             ", ".join(f"{k} {_f(v)} (floor {_f(floors.get(k))})" for k, v in errs.items()))

@@ -74,6 +74,8 @@ def generator_cache_path(cache_dir: str | Path, images: torch.Tensor, user_indic
         fields.update(vqgan_steps=budget.vqgan_steps, vqgan_lr=budget.vqgan_lr, vqgan=budget.vqgan)
     if budget.decoder_seconds:
         fields.update(decoder_seconds=budget.decoder_seconds)
+    if budget.decoder_lr is not None:
+        fields.update(decoder_lr=budget.decoder_lr)
     h.update(json.dumps([kind, int(seed), fields], sort_keys=True, default=list).encode())
     return Path(cache_dir) / f"{kind}_seed{seed}_{'image_model_' if image_model_only else ''}{h.hexdigest()[:16]}.pt"
 
@@ -201,7 +203,7 @@ def train_generator(
             seconds["vqgan"], losses["vqgan"] = time.perf_counter() - start, _final_loss(result.losses)
         start = time.perf_counter()
         model, result = train_baseline(images, user_indices, num_users=num_users, decoder_config=dec_config,
-                                       train_config=budget.schedule(budget.decoder_steps, budget.decoder_batch_size, seed),
+                                       train_config=budget.decoder_schedule(seed),
                                        run_dir=run_dir / "baseline", label_map=label_map, colormap=colormap,
                                        progress=progress, vqgan=vqgan)
         seconds["decoder"], losses["decoder"] = time.perf_counter() - start, _final_loss(result.losses)

@@ -227,7 +227,7 @@ def train_two_stage(images: torch.Tensor, user_indices: torch.Tensor, *, num_use
                                                                 progress=progress))
         out.decoder = timed("decoder", lambda: fit_decoder(
             images, embeds, dec_config,
-            replace(schedule(budget.decoder_steps, budget.decoder_batch_size), max_seconds=_decoder_seconds(budget, out)),
+            replace(budget.decoder_schedule(seed), max_seconds=_decoder_seconds(budget, out)),
             work_dir, vqgan=out.vqgan, progress=progress, user_indices=user_indices))
         out.prior = timed("prior", lambda: fit_prior_for_clip(out.clip, images, user_indices, num_users=num_users,
                                                               budget=budget, seed=seed, work_dir=work_dir,

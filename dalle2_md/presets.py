@@ -10,7 +10,7 @@ runs, and GeneratorBudget.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 from .defaults import DEFAULTS, GENERATOR_DECODER_STEPS
 from .training import TrainConfig
@@ -62,7 +62,9 @@ class GeneratorBudget:
         batch_size: batch of the embedding model and the prior.
         decoder_batch_size: batch of the decoders (their steps cost the most: about 1 s per
             step of 16 at 32 px on one loaded CPU core, measured).
-        lr: learning rate of every stage but the VQGAN.
+        lr: learning rate of every stage but the VQGAN (and the decoders when `decoder_lr` is set).
+        decoder_lr: learning rate of the decoders (two-stage and single-stage); None: `lr`. A
+            transformer backbone (`decoder["backbone"] = "dit"`) wants a smaller step than the U-Net.
         vqgan_steps: > 0: train a VQGAN for this many steps (batch `decoder_batch_size`, lr
             `vqgan_lr`) and let the decoder diffuse over its latent; 0: a pixel decoder.
         vqgan: `VQGanConfig` size fields (default `vqgan.cpu_vqgan_sizes()`, f = 4).
@@ -85,6 +87,7 @@ class GeneratorBudget:
     decoder_batch_size: int = 16
     lr: float = 1e-3
     warmup_steps: int = 50
+    decoder_lr: float | None = None
     vqgan_steps: int = 0
     vqgan_lr: float = 1e-3
     vqgan: dict = field(default_factory=dict)
@@ -103,6 +106,12 @@ class GeneratorBudget:
         """The `TrainConfig` of one stage."""
         return TrainConfig(max_steps=steps, batch_size=batch_size, lr=self.lr, seed=seed,
                            warmup_steps=min(self.warmup_steps, steps // 10), log_every=max(1, steps // 10))
+
+    def decoder_schedule(self, seed: int) -> TrainConfig:
+        """The decoders' `TrainConfig`: `decoder_steps` at `decoder_batch_size`, at `decoder_lr`
+        when it is set."""
+        config = self.schedule(self.decoder_steps, self.decoder_batch_size, seed)
+        return config if self.decoder_lr is None else replace(config, lr=self.decoder_lr)
 
     def budget_fields(self) -> dict:
         """This budget's own fields (without a subclass's extra ones), e.g. to build a

@@ -396,3 +396,14 @@ def test_latent_baseline_trains_over_its_own_vqgan_and_round_trips(tmp_path):
                              seed=0, run_dir=tmp_path / "run2")
     assert again.seconds == {} and again.model.decoder.latent_scale.item() == model.decoder.latent_scale.item()
     assert torch.allclose(sample_tensors(again.model, [0, 2], 2, seed=3, budget=budget)[0], a, atol=1e-5)
+
+
+def test_decoder_lr_sets_the_decoders_step_and_names_its_own_cache_entry(tmp_path):
+    from dalle2_md.augment import generator_cache_path
+
+    assert TINY.decoder_schedule(0).lr == TINY.lr
+    slow = replace(TINY, decoder_lr=3e-4)
+    assert slow.decoder_schedule(0).lr == 3e-4 and slow.schedule(5, 4, 0).lr == TINY.lr  # other stages keep lr
+    images, ids = torch.zeros(4, 1, 16, 16), torch.tensor([0, 1, 0, 1])
+    path = lambda b: generator_cache_path(tmp_path, images, ids, kind="two_stage", budget=b, seed=0)
+    assert path(slow) != path(TINY) == path(replace(TINY, decoder_lr=None))

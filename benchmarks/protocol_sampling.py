@@ -1,0 +1,111 @@
+"""The protocol's all-data generators under other sampling settings: decoder guidance, sampler
+and DDIM eta, network evaluations. Per setting: A_gen / A_real, domain FID against its floor and
+the kinematic errors, judged exactly as benchmarks/quality.py judges its own samples, from the
+generators and reference recogniser a quality.py run left in its work folder (no training).
+
+    python benchmarks/protocol_sampling.py --work_dir /tmp/dalle2md_quality_full_work
+    python benchmarks/protocol_sampling.py --work_dir W --settings '[{"kind": "two_stage", "cond_scale": 2}]'
+
+Every setting samples the same users with the same seed. One torch thread; times are wall-clock
+on whatever else the machine runs.
+"""
+
+import os
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+import argparse  # noqa: E402
+import json  # noqa: E402
+import sys  # noqa: E402
+import time  # noqa: E402
+from dataclasses import replace  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import torch  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from quality import _profiles, kinematic_ratios, log, phase_data, phase_recogniser  # noqa: E402
+
+from dalle2_md.augment import sample_tensors  # noqa: E402
+from dalle2_md.baseline import SingleStageBaseline  # noqa: E402
+from dalle2_md.evaluate import _plain_floats, evaluate_samples  # noqa: E402
+from dalle2_md.model import MicroDopplerDALLE2  # noqa: E402
+
+# the protocol's own setting (guidance 3, 15 steps of the default sampler) first, then lower guidance,
+# stochastic DDIM and more steps
+DEFAULT_SETTINGS = [
+    {"kind": "two_stage", "cond_scale": 3.0},
+    {"kind": "two_stage", "cond_scale": 2.0},
+    {"kind": "two_stage", "cond_scale": 1.5},
+    {"kind": "two_stage", "cond_scale": 1.0},
+    {"kind": "two_stage", "cond_scale": 2.0, "sampler": "ddim", "eta": 1.0},
+    {"kind": "two_stage", "cond_scale": 2.0, "steps": 30},
+    {"kind": "baseline", "cond_scale": 3.0},
+    {"kind": "baseline", "cond_scale": 2.0},
+    {"kind": "baseline", "cond_scale": 1.0},
+]
+
+
+def setting_name(s: dict) -> str:
+    parts = [s["kind"], f"g{s.get('cond_scale', 3.0):g}"]
+    if s.get("sampler"):
+        parts.append(f"{s['sampler']}_eta{s.get('eta', 0.0):g}")
+    if s.get("steps"):
+        parts.append(f"{s['steps']}steps")
+    return "_".join(parts)
+
+
+def main(argv=None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--work_dir", type=Path, required=True, help="a quality.py work folder (two_stage.pt, baseline.pt, "
+                                                                 "recogniser.pt)")
+    ap.add_argument("--profile", default="full", help="the quality.py profile that filled it")
+    ap.add_argument("--settings", type=json.loads, default=DEFAULT_SETTINGS,
+                    help="JSON list of {kind, cond_scale, sampler, eta, steps}")
+    ap.add_argument("--eval_dir", type=Path, default=Path("/tmp/dalle2md_protocol_sampling"))
+    ap.add_argument("--out", type=Path, default=Path("benchmarks/results/protocol_sampling.json"))
+    args = ap.parse_args(argv)
+    torch.set_num_threads(1)
+    p = _profiles()[args.profile]
+    missing = [f for f in ("two_stage.pt", "baseline.pt", "recogniser.pt") if not (args.work_dir / f).exists()]
+    if missing:
+        raise SystemExit(f"{args.work_dir}: no {', '.join(missing)}; run benchmarks/quality.py --profile {args.profile} "
+                         f"--work_dir {args.work_dir} first.")
+    data = phase_data(p)
+    recogniser = phase_recogniser(p, data, args.work_dir)
+    models = {"two_stage": MicroDopplerDALLE2.load(args.work_dir / "two_stage.pt").eval(),
+              "baseline": SingleStageBaseline.load(args.work_dir / "baseline.pt").eval()}
+    rows = []
+    for s in args.settings:
+        steps = s.get("steps", p.budget.sample_steps)
+        budget = replace(p.budget, cond_scale=s.get("cond_scale", 3.0), sampler=s.get("sampler"), eta=s.get("eta", 0.0),
+                         sample_steps=steps, prior_sample_steps=steps)
+        start = time.perf_counter()
+        images, ids = sample_tensors(models[s["kind"]], list(range(p.num_users)), p.samples_per_user,
+                                     seed=p.sample_seed, budget=budget)
+        seconds = time.perf_counter() - start
+        m = evaluate_samples(data["sets"]["train"], data["sets"]["test"], (images, ids), recogniser=recogniser,
+                             out_dir=args.eval_dir / setting_name(s), label_map=data["label_map"], colormap="jet",
+                             grid_per_user=4)
+        worst, errs, floors, _ = kinematic_ratios(m)
+        fid, floor = m["fid"]["gen_vs_test"], m["fid"]["train_vs_test"]
+        rows.append({"setting": s, "name": setting_name(s), "A_gen": m["identity"]["A_gen"],
+                     "A_real": m["identity"]["A_real"], "A_gen_over_A_real": m["identity"]["A_gen_over_A_real"],
+                     "fid": fid, "fid_floor": floor, "fid_over_floor": fid / floor if floor else None,
+                     "kinematic_errors": errs, "kinematic_floors": floors, "worst_kinematic_ratio": worst,
+                     "sample_seconds": seconds})
+        r = rows[-1]
+        log(f"{r['name']}: A_gen/A_real {r['A_gen_over_A_real']:.3f}, FID {fid:.2f} ({r['fid_over_floor']:.1f}x floor), "
+            f"worst kinematic ratio {worst:.2f}, {seconds:.0f}s")
+        args.out.parent.mkdir(parents=True, exist_ok=True)  # after every setting: a stopped run keeps what it measured
+        args.out.write_text(json.dumps(_plain_floats({"profile": args.profile, "work_dir": str(args.work_dir),
+                                                      "samples_per_user": p.samples_per_user, "rows": rows}), indent=1))
+    print(f"\n{'setting':<34} {'A_gen/A_real':>12} {'FID/floor':>9} {'worst kin.':>10}")
+    for r in rows:
+        print(f"{r['name']:<34} {r['A_gen_over_A_real']:>12.3f} {r['fid_over_floor']:>9.2f} {r['worst_kinematic_ratio']:>10.2f}")
+    print(f"wrote {args.out}")
+    return {"rows": rows}
+
+
+if __name__ == "__main__":
+    main()
