@@ -32,7 +32,7 @@ from dalle2_md.evaluate import _plain_floats, evaluate_samples  # noqa: E402
 from dalle2_md.model import MicroDopplerDALLE2  # noqa: E402
 
 # the protocol's own setting (guidance 3, 15 steps of the default sampler) first, then lower guidance,
-# stochastic DDIM and more steps
+# stochastic DDIM and more steps; "guidance_interval": [lo, hi] guides only there (fractions of the schedule)
 DEFAULT_SETTINGS = [
     {"kind": "two_stage", "cond_scale": 3.0},
     {"kind": "two_stage", "cond_scale": 2.0},
@@ -52,6 +52,8 @@ def setting_name(s: dict) -> str:
         parts.append(f"{s['sampler']}_eta{s.get('eta', 0.0):g}")
     if s.get("steps"):
         parts.append(f"{s['steps']}steps")
+    if s.get("guidance_interval"):
+        parts.append("interval{:g}-{:g}".format(*s["guidance_interval"]))
     return "_".join(parts)
 
 
@@ -61,7 +63,7 @@ def main(argv=None) -> dict:
                                                                  "recogniser.pt)")
     ap.add_argument("--profile", default="full", help="the quality.py profile that filled it")
     ap.add_argument("--settings", type=json.loads, default=DEFAULT_SETTINGS,
-                    help="JSON list of {kind, cond_scale, sampler, eta, steps}")
+                    help="JSON list of {kind, cond_scale, sampler, eta, steps, guidance_interval}")
     ap.add_argument("--eval_dir", type=Path, default=Path("/tmp/dalle2md_protocol_sampling"))
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results/protocol_sampling.json"))
     args = ap.parse_args(argv)
@@ -80,9 +82,11 @@ def main(argv=None) -> dict:
         steps = s.get("steps", p.budget.sample_steps)
         budget = replace(p.budget, cond_scale=s.get("cond_scale", 3.0), sampler=s.get("sampler"), eta=s.get("eta", 0.0),
                          sample_steps=steps, prior_sample_steps=steps)
+        model = models[s["kind"]]
         start = time.perf_counter()
-        images, ids = sample_tensors(models[s["kind"]], list(range(p.num_users)), p.samples_per_user,
-                                     seed=p.sample_seed, budget=budget)
+        with model.decoder.guidance_interval_for(s.get("guidance_interval")):
+            images, ids = sample_tensors(model, list(range(p.num_users)), p.samples_per_user, seed=p.sample_seed,
+                                         budget=budget)
         seconds = time.perf_counter() - start
         m = evaluate_samples(data["sets"]["train"], data["sets"]["test"], (images, ids), recogniser=recogniser,
                              out_dir=args.eval_dir / setting_name(s), label_map=data["label_map"], colormap="jet",
