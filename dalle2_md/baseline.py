@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .bundle import load_bundle, save_bundle
+from .core import LatentLoss, unwrap_decoder
 from .decoder import DecoderConfig, MicroDopplerDecoder
 from .model import decode_with_keyed_noise, sample_keys, user_labels
 from .sampling import DEFAULTS
@@ -211,23 +212,11 @@ def train_baseline(
             raise UserError("a latent baseline (use_vqgan) trains over a trained VQGAN; pass vqgan=.")
         model.decoder.fit_latent_scale(images[:512])
         data = torch.utils.data.TensorDataset(model.decoder.encode_latents(images), user_indices)
-        model = _LatentBaselineLoss(model)
+        model = LatentLoss(model)
     else:
         data = torch.utils.data.TensorDataset(images, user_indices)
     result = train(model, data, train_config, run_dir=run_dir, stage="baseline", progress=progress,
                    model_config={"baseline": True, "num_users": num_users, "decoder": decoder_config.to_dict()})
-    ema = result.ema_model
-    ema = (ema.inner if isinstance(ema, _LatentBaselineLoss) else ema).eval()
+    ema = unwrap_decoder(result.ema_model).eval()
     ema.meta = {"steps": result.step, "num_train_images": len(images)}
     return ema, result
-
-
-class _LatentBaselineLoss(nn.Module):
-    """`loss = module(latents, user_indices)`: the latent baseline trained on cached VQGAN latents."""
-
-    def __init__(self, baseline: SingleStageBaseline):
-        super().__init__()
-        self.inner = baseline
-
-    def forward(self, latents: torch.Tensor, user_indices: torch.Tensor) -> torch.Tensor:
-        return self.inner(None, user_indices, latents=latents)

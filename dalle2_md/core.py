@@ -38,20 +38,22 @@ def run_loop(model, dataset, config: TrainConfig, run_dir: Path, stage: str, *, 
     return result
 
 
-class _LatentDecoderLoss(nn.Module):
-    """`loss = module(latents, image_embeds)`: the latent decoder trained on cached VQGAN latents."""
+class LatentLoss(nn.Module):
+    """`loss = module(latents, *condition)`: a latent decoder, or the latent single-stage
+    baseline, trained on cached VQGAN latents (the training loop hands batches over positionally;
+    the wrapped module takes the latents by keyword, with no images)."""
 
-    def __init__(self, decoder):
+    def __init__(self, inner: nn.Module):
         super().__init__()
-        self.inner = decoder
+        self.inner = inner
 
-    def forward(self, latents, image_embeds, user_indices=None):
-        return self.inner(None, image_embeds, user_indices, latents=latents)
+    def forward(self, latents, *condition):
+        return self.inner(None, *condition, latents=latents)
 
 
 def unwrap_decoder(module):
-    """The decoder inside a trained module (the latent decoder is trained wrapped)."""
-    return module.inner if isinstance(module, _LatentDecoderLoss) else module
+    """The model inside a trained module (latent decoders and baselines are trained wrapped)."""
+    return module.inner if isinstance(module, LatentLoss) else module
 
 
 def clip_config_for(*, num_users: int, channels: int, image_size: int, sizes: dict | None):
@@ -139,7 +141,7 @@ def fit_decoder(images: torch.Tensor, embeds: torch.Tensor, dec_config, schedule
     if decoder.config.use_vqgan:
         # the VQGAN is frozen, so every image is encoded once here instead of at every step
         decoder.fit_latent_scale(images[:512])
-        model = _LatentDecoderLoss(decoder)
+        model = LatentLoss(decoder)
         data = torch.utils.data.TensorDataset(decoder.encode_latents(images), embeds, *extra)
     else:
         model, data = decoder, torch.utils.data.TensorDataset(images, embeds, *extra)
@@ -251,9 +253,7 @@ def latent_decoder_config(dec_config, budget: GeneratorBudget):
 def fit_budget_vqgan(images: torch.Tensor, dec_config, budget: GeneratorBudget, seed: int, work_dir: str | Path, *,
                      progress: bool = False):
     """The VQGAN of a latent `dec_config` (see `latent_decoder_config`), trained for
-    `budget.vqgan_steps` at batch `decoder_batch_size` and its own lr: the codebook's moving
-    averages and the reconstruction loss want a gentler step than the other stages. Returns
-    (VQGAN, record)."""
+    `budget.vqgan_steps` at batch `decoder_batch_size` and lr `vqgan_lr`. Returns (VQGAN, record)."""
     schedule = replace(budget.schedule(budget.vqgan_steps, budget.decoder_batch_size, seed), lr=budget.vqgan_lr)
     return fit_vqgan(images, dec_config.vqgan, schedule, Path(work_dir), progress=progress)
 
