@@ -58,7 +58,7 @@ def main():
     ap.add_argument("--keep", default=None, help="write the demo here and keep it (default: a temporary folder)")
     ap.add_argument("--out", default=None, help="JSON results file (default: benchmarks/results/bench_demo_<variant>.json)")
     ap.add_argument("--image_size", type=int, default=None, help="the demo's --image_size (default: its own)")
-    ap.add_argument("--vqgan_steps", type=int, default=None, help="the demo's --vqgan_steps (default: pixels)")
+    ap.add_argument("--vqgan_steps", type=int, default=None, help="the demo's --vqgan_steps (default: its own, 400: over a VQGAN latent)")
     args = ap.parse_args()
 
     with tempfile.TemporaryDirectory(prefix="bench-demo-") as tmp:
