@@ -79,8 +79,9 @@ def main(argv=None) -> dict:
               "baseline": SingleStageBaseline.load(args.work_dir / "baseline.pt").eval()}
     rows = []
     for s in args.settings:
-        steps = s.get("steps", p.budget.sample_steps)
-        budget = replace(p.budget, cond_scale=s.get("cond_scale", 3.0), sampler=s.get("sampler"), eta=s.get("eta", 0.0),
+        steps = s.get("steps", p.budget.sample_steps)  # a setting's missing fields are the protocol's own
+        budget = replace(p.budget, cond_scale=s.get("cond_scale", p.budget.cond_scale),
+                         sampler=s.get("sampler", p.budget.sampler), eta=s.get("eta", p.budget.eta),
                          sample_steps=steps, prior_sample_steps=steps)
         model = models[s["kind"]]
         start = time.perf_counter()

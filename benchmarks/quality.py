@@ -42,7 +42,7 @@ import torch  # noqa: E402
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from kshot import KSHOT_RECOGNISER, simulate, split  # noqa: E402
 
-from dalle2_md.augment import augmentation_gain, cached_generator, kshot_indices, sample_tensors  # noqa: E402
+from dalle2_md.augment import augmentation_gain, cached_generator, kshot_generator, sample_tensors  # noqa: E402
 from dalle2_md.evaluate import RecogniserConfig, RecogniserTrainConfig, cached_recogniser, evaluate_samples  # noqa: E402
 from dalle2_md.labels import LabelMap  # noqa: E402
 from dalle2_md.presets import QUICK_BUDGET, GeneratorBudget  # noqa: E402
@@ -418,14 +418,12 @@ def write_page(result: dict, path: Path, eval_dir: Path) -> None:
 
 
 def train_kshot_generators(p: Profile, data: dict, work: Path, generator_cache: str, seeds) -> None:
-    """The augmentation phase's two-stage generators, one per seed, into `generator_cache` (the
-    K-shot pick and cache key `augment._one_seed` uses, so the phase then finds them there)."""
-    images, ids = data["sets"]["train"]
+    """The augmentation phase's two-stage generators, one per seed, into `generator_cache`
+    (through `augment.kshot_generator`, as the phase itself, so it then finds them there)."""
     for seed in seeds:
-        idx = kshot_indices(ids, p.k, seed)
-        gen = cached_generator(images[idx].clone(), ids[idx].clone(), cache_dir=generator_cache, num_users=p.num_users,
-                               kind="two_stage", budget=p.aug_budget, seed=seed,
-                               run_dir=work / "augment_two_stage" / f"seed_{seed}", label_map=data["label_map"])
+        _, _, gen = kshot_generator(*data["sets"]["train"], k=p.k, seed=seed, kind="two_stage", budget=p.aug_budget,
+                                    num_users=p.num_users, work_dir=work / "augment_two_stage",
+                                    generator_cache=generator_cache, label_map=data["label_map"])
         log(f"K-shot generator, seed {seed}: in {generator_cache} "
             f"({', '.join(f'{k} {v:.0f}s' for k, v in gen.seconds.items()) or 'found'})")
 

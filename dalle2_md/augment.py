@@ -434,6 +434,20 @@ def _save_recipe_grid(shot, fake, path: Path, *, colormap: str | None) -> Path |
     return save_grid((torch.cat(rows) + 1) / 2, path, nrow=GRID_REAL + GRID_FAKE, colormap=colormap, min_tile=64)
 
 
+def kshot_generator(images, user_indices, *, k: int, seed: int, kind: str, budget: GeneratorBudget, num_users: int,
+                    work_dir: Path, generator_cache=None, label_map=None, colormap: str | None = "jet",
+                    progress: bool = False):
+    """One augmentation repetition's K-shot pick and its generator (from `generator_cache` when
+    an earlier call, in this process or another, trained it); returns (indices, shot, generator).
+    The generator gets copies of the K-shot tensors and nothing else."""
+    idx = kshot_indices(user_indices, k, seed)
+    shot = (images[idx].clone(), user_indices[idx].clone())
+    gen = cached_generator(*shot, cache_dir=generator_cache, num_users=num_users, kind=kind, budget=budget, seed=seed,
+                           run_dir=Path(work_dir) / f"seed_{seed}", label_map=label_map, colormap=colormap,
+                           progress=progress)
+    return idx, shot, gen
+
+
 def _one_seed(images, user_indices, test, *, seed, k, recipes, num_users, generator, budget, recogniser_train,
               recogniser_shape, work_dir, label_map, colormap, progress, log, generator_cache=None) -> dict:
     """One repetition: K-shot pick, one generator, the real-only recogniser, then every recipe."""
@@ -442,12 +456,9 @@ def _one_seed(images, user_indices, test, *, seed, k, recipes, num_users, genera
     from .recipe import candidates_needed, draw_candidates, draw_synthetic, sampling_key, train_augmented
 
     t0 = time.perf_counter()
-    idx = kshot_indices(user_indices, k, seed)
-    # the generator gets copies of the K-shot tensors and nothing else
-    shot = (images[idx].clone(), user_indices[idx].clone())
-    gen = cached_generator(*shot, cache_dir=generator_cache, num_users=num_users, kind=generator, budget=budget,
-                           seed=seed, run_dir=work_dir / f"seed_{seed}", label_map=label_map, colormap=colormap,
-                           progress=progress)
+    idx, shot, gen = kshot_generator(images, user_indices, k=k, seed=seed, kind=generator, budget=budget,
+                                     num_users=num_users, work_dir=work_dir, generator_cache=generator_cache,
+                                     label_map=label_map, colormap=colormap, progress=progress)
     t_gen = time.perf_counter()
     rec_cfg = replace(recogniser_train, seed=seed)
     shape = RecogniserConfig(num_users=num_users, channels=images.shape[1], image_size=images.shape[-1],
