@@ -8,6 +8,12 @@ generators and reference recogniser a quality.py run left in its work folder (no
 
 Every setting samples the same users with the same seed. One torch thread; times are wall-clock
 on whatever else the machine runs.
+
+Kind "true_embeds" splits the chain's shortfall between its stages: the two-stage decoder given
+the embeddings of real *train* images of each user (as many as the chain draws, picked with the
+sampling seed) instead of the prior's samples. If its FID is near the floor, the prior's draws
+are what the chain lacks; if not, the decoder is. Every two-stage row also reports the prior's
+within-user spread over that of the real train embeddings (`prior_spread_ratio`).
 """
 
 import os
@@ -28,8 +34,10 @@ from quality import _profiles, kinematic_ratios, log, phase_data, phase_recognis
 
 from dalle2_md.augment import sample_tensors  # noqa: E402
 from dalle2_md.baseline import SingleStageBaseline  # noqa: E402
+from dalle2_md.clip import compute_image_embeds  # noqa: E402
 from dalle2_md.evaluate import _plain_floats, evaluate_samples  # noqa: E402
-from dalle2_md.model import MicroDopplerDALLE2  # noqa: E402
+from dalle2_md.model import MicroDopplerDALLE2, sample_keys  # noqa: E402
+from dalle2_md.stage_identity import within_user_spread  # noqa: E402
 
 # the protocol's own setting (guidance 3, 15 steps of the default sampler) first, then lower guidance,
 # stochastic DDIM and more steps; "guidance_interval": [lo, hi] guides only there (fractions of the schedule)
@@ -57,13 +65,46 @@ def setting_name(s: dict) -> str:
     return "_".join(parts)
 
 
+def real_embeds_per_user(embeds: torch.Tensor, ids: torch.Tensor, num_users: int, n: int, seed: int):
+    """(num_users * n, D) real train embeddings, user-major, n per user drawn without replacement
+    (with replacement where a user has fewer than n), reproducible from `seed`."""
+    g = torch.Generator().manual_seed(seed)
+    rows = []
+    for u in range(num_users):
+        own = torch.nonzero(ids == u).flatten()
+        pick = torch.randperm(len(own), generator=g)[:n] if len(own) >= n else torch.randint(len(own), (n,), generator=g)
+        rows.append(own[pick])
+    return embeds[torch.cat(rows)]
+
+
+def draw(model, budget, s: dict, p, real_embeds) -> tuple[torch.Tensor, torch.Tensor, float | None]:
+    """(images in [-1, 1], user indices, prior spread over real spread or None) for one setting."""
+    users, n = list(range(p.num_users)), p.samples_per_user
+    ids = torch.tensor([u for u in users for _ in range(n)], dtype=torch.long)
+    if s["kind"] == "true_embeds":
+        embeds = real_embeds_per_user(*real_embeds, p.num_users, n, p.sample_seed)
+        images = model.decode(embeds, cond_scale=budget.cond_scale, decoder_steps=budget.sample_steps,
+                              seed=p.sample_seed, keys=sample_keys(model.labels_of(users), n), eta=budget.eta,
+                              sampler=budget.sampler, colorize=False, user_indices=ids.tolist())
+        return images.cpu() * 2.0 - 1.0, ids, None
+    images, ids = sample_tensors(model, users, n, seed=p.sample_seed, budget=budget)
+    if s["kind"] != "two_stage":
+        return images, ids, None
+    # the same prior draws the chain decoded (same keys and seed), against the real train embeddings' spread
+    embeds = model.sample_image_embeds(users, num_samples_per_user=n, prior_cond_scale=budget.prior_cond_scale,
+                                       prior_steps=budget.prior_sample_steps, seed=p.sample_seed, eta=budget.eta,
+                                       sampler=budget.sampler)
+    return images, ids, within_user_spread(embeds, ids) / within_user_spread(*real_embeds)
+
+
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--work_dir", type=Path, required=True, help="a quality.py work folder (two_stage.pt, baseline.pt, "
                                                                  "recogniser.pt)")
     ap.add_argument("--profile", default="full", help="the quality.py profile that filled it")
     ap.add_argument("--settings", type=json.loads, default=DEFAULT_SETTINGS,
-                    help="JSON list of {kind, cond_scale, sampler, eta, steps, guidance_interval}")
+                    help="JSON list of {kind (two_stage, baseline, true_embeds), cond_scale, sampler, eta, steps, "
+                         "guidance_interval}")
     ap.add_argument("--eval_dir", type=Path, default=Path("/tmp/dalle2md_protocol_sampling"))
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results/protocol_sampling.json"))
     args = ap.parse_args(argv)
@@ -77,6 +118,9 @@ def main(argv=None) -> dict:
     recogniser = phase_recogniser(p, data, args.work_dir)
     models = {"two_stage": MicroDopplerDALLE2.load(args.work_dir / "two_stage.pt").eval(),
               "baseline": SingleStageBaseline.load(args.work_dir / "baseline.pt").eval()}
+    models["true_embeds"] = models["two_stage"]
+    train_images, train_ids = data["sets"]["train"]
+    real_embeds = (compute_image_embeds(models["two_stage"].clip, train_images), train_ids)
     rows = []
     for s in args.settings:
         steps = s.get("steps", p.budget.sample_steps)  # a setting's missing fields are the protocol's own
@@ -86,8 +130,7 @@ def main(argv=None) -> dict:
         model = models[s["kind"]]
         start = time.perf_counter()
         with model.decoder.guidance_interval_for(s.get("guidance_interval")):
-            images, ids = sample_tensors(model, list(range(p.num_users)), p.samples_per_user, seed=p.sample_seed,
-                                         budget=budget)
+            images, ids, spread_ratio = draw(model, budget, s, p, real_embeds)
         seconds = time.perf_counter() - start
         m = evaluate_samples(data["sets"]["train"], data["sets"]["test"], (images, ids), recogniser=recogniser,
                              out_dir=args.eval_dir / setting_name(s), label_map=data["label_map"], colormap="jet",
@@ -98,10 +141,11 @@ def main(argv=None) -> dict:
                      "A_real": m["identity"]["A_real"], "A_gen_over_A_real": m["identity"]["A_gen_over_A_real"],
                      "fid": fid, "fid_floor": floor, "fid_over_floor": fid / floor if floor else None,
                      "kinematic_errors": errs, "kinematic_floors": floors, "worst_kinematic_ratio": worst,
-                     "sample_seconds": seconds})
+                     "prior_spread_ratio": spread_ratio, "sample_seconds": seconds})
         r = rows[-1]
         log(f"{r['name']}: A_gen/A_real {r['A_gen_over_A_real']:.3f}, FID {fid:.2f} ({r['fid_over_floor']:.1f}x floor), "
-            f"worst kinematic ratio {worst:.2f}, {seconds:.0f}s")
+            f"worst kinematic ratio {worst:.2f}, {seconds:.0f}s"
+            + (f", prior spread {spread_ratio:.2f} of the real one" if spread_ratio is not None else ""))
         args.out.parent.mkdir(parents=True, exist_ok=True)  # after every setting: a stopped run keeps what it measured
         args.out.write_text(json.dumps(_plain_floats({"profile": args.profile, "work_dir": str(args.work_dir),
                                                       "samples_per_user": p.samples_per_user, "rows": rows}), indent=1))
