@@ -14,6 +14,10 @@ the embeddings of real *train* images of each user (as many as the chain draws, 
 sampling seed) instead of the prior's samples. If its FID is near the floor, the prior's draws
 are what the chain lacks; if not, the decoder is. Every two-stage row also reports the prior's
 within-user spread over that of the real train embeddings (`prior_spread_ratio`).
+
+A two-stage setting's "prior_steps": N swaps in a prior retrained for N steps on the same
+embeddings (the protocol's prior budget otherwise; cached as `prior_<N>.pt` in the work folder),
+so a longer-trained prior is judged with the same embedding model and decoder.
 """
 
 import os
@@ -35,8 +39,10 @@ from quality import _profiles, kinematic_ratios, log, phase_data, phase_recognis
 from dalle2_md.augment import sample_tensors  # noqa: E402
 from dalle2_md.baseline import SingleStageBaseline  # noqa: E402
 from dalle2_md.clip import compute_image_embeds  # noqa: E402
+from dalle2_md.core import fit_prior_for_clip  # noqa: E402
 from dalle2_md.evaluate import _plain_floats, evaluate_samples  # noqa: E402
 from dalle2_md.model import MicroDopplerDALLE2, sample_keys  # noqa: E402
+from dalle2_md.prior import UserConditionedDiffusionPrior  # noqa: E402
 from dalle2_md.stage_identity import within_user_spread  # noqa: E402
 
 # the protocol's own setting (guidance 3, 15 steps of the default sampler) first, then lower guidance,
@@ -62,7 +68,23 @@ def setting_name(s: dict) -> str:
         parts.append(f"{s['steps']}steps")
     if s.get("guidance_interval"):
         parts.append("interval{:g}-{:g}".format(*s["guidance_interval"]))
+    if s.get("prior_steps"):
+        parts.append(f"prior{s['prior_steps']}")
     return "_".join(parts)
+
+
+def retrained_prior(model, steps: int, p, work_dir: Path, real_embeds) -> UserConditionedDiffusionPrior:
+    """The two-stage generator's prior retrained for `steps` on the real train embeddings (the
+    protocol's prior budget and seed otherwise), cached in `work_dir`."""
+    path = work_dir / f"prior_{steps}.pt"
+    if path.exists():
+        return UserConditionedDiffusionPrior.load(path).eval()
+    embeds, ids = real_embeds
+    log(f"training a prior for {steps} steps -> {path}")
+    prior, _ = fit_prior_for_clip(model.clip, None, ids, num_users=p.num_users, embeds=embeds, seed=p.train_seed,
+                                  budget=replace(p.budget, prior_steps=steps), work_dir=work_dir / f"runs/prior_{steps}")
+    prior.save(path, label_map=model.label_map, meta=prior.meta)
+    return prior.eval()
 
 
 def real_embeds_per_user(embeds: torch.Tensor, ids: torch.Tensor, num_users: int, n: int, seed: int):
@@ -104,7 +126,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--profile", default="full", help="the quality.py profile that filled it")
     ap.add_argument("--settings", type=json.loads, default=DEFAULT_SETTINGS,
                     help="JSON list of {kind (two_stage, baseline, true_embeds), cond_scale, sampler, eta, steps, "
-                         "guidance_interval}")
+                         "guidance_interval, prior_steps}")
     ap.add_argument("--eval_dir", type=Path, default=Path("/tmp/dalle2md_protocol_sampling"))
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results/protocol_sampling.json"))
     args = ap.parse_args(argv)
@@ -128,9 +150,18 @@ def main(argv=None) -> dict:
                          sampler=s.get("sampler", p.budget.sampler), eta=s.get("eta", p.budget.eta),
                          sample_steps=steps, prior_sample_steps=steps)
         model = models[s["kind"]]
+        stored_prior = getattr(model, "prior", None)
+        if s.get("prior_steps"):
+            if s["kind"] != "two_stage":
+                raise SystemExit(f"setting {s}: prior_steps applies to the two-stage generator only")
+            model.prior = retrained_prior(model, int(s["prior_steps"]), p, args.work_dir, real_embeds)
         start = time.perf_counter()
-        with model.decoder.guidance_interval_for(s.get("guidance_interval")):
-            images, ids, spread_ratio = draw(model, budget, s, p, real_embeds)
+        try:
+            with model.decoder.guidance_interval_for(s.get("guidance_interval")):
+                images, ids, spread_ratio = draw(model, budget, s, p, real_embeds)
+        finally:
+            if stored_prior is not None:
+                model.prior = stored_prior
         seconds = time.perf_counter() - start
         m = evaluate_samples(data["sets"]["train"], data["sets"]["test"], (images, ids), recogniser=recogniser,
                              out_dir=args.eval_dir / setting_name(s), label_map=data["label_map"], colormap="jet",

@@ -53,15 +53,19 @@ def test_quality_latent_profile_runs_and_finds_kshot_generators_another_process_
     # at the protocol's own setting it reproduces the protocol's A_gen
     settings = [{"kind": "two_stage", "cond_scale": 3.0}, {"kind": "baseline", "cond_scale": 1.0,
                                                             "guidance_interval": [0.1, 0.9]},
-                {"kind": "true_embeds", "cond_scale": 3.0}]
+                {"kind": "true_embeds", "cond_scale": 3.0}, {"kind": "two_stage", "cond_scale": 3.0, "prior_steps": 40}]
     sweep = tmp_path / "ps.json"
     proc = subprocess.run([sys.executable, str(ROOT / "benchmarks/protocol_sampling.py"), "--profile", "smoke_latent",
                            "--work_dir", str(work), "--settings", json.dumps(settings), "--out", str(sweep),
                            "--eval_dir", str(tmp_path / "ps_eval")], capture_output=True, text=True, timeout=600, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = json.loads(sweep.read_text())["rows"]
-    assert [r["name"] for r in rows] == ["two_stage_g3", "baseline_g1_interval0.1-0.9", "true_embeds_g3"]
+    assert [r["name"] for r in rows] == ["two_stage_g3", "baseline_g1_interval0.1-0.9", "true_embeds_g3",
+                                         "two_stage_g3_prior40"]
     assert rows[0]["A_gen"] == result["metrics"]["two_stage"]["identity"]["A_gen"]
     # the chain's prior draws have a spread; the other kinds draw no embeddings from a prior
     assert rows[0]["prior_spread_ratio"] > 0 and rows[1]["prior_spread_ratio"] is None
     assert rows[2]["prior_spread_ratio"] is None and 0 <= rows[2]["A_gen"] <= 1 and rows[2]["fid"] > 0
+    # a prior retrained with the protocol's own budget (40 steps here) and seed is the protocol's prior
+    assert (work / "prior_40.pt").exists()
+    assert rows[3]["A_gen"] == rows[0]["A_gen"] and rows[3]["prior_spread_ratio"] == rows[0]["prior_spread_ratio"]
