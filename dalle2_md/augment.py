@@ -76,6 +76,8 @@ def generator_cache_path(cache_dir: str | Path, images: torch.Tensor, user_indic
         fields.update(decoder_seconds=budget.decoder_seconds)
     if budget.decoder_lr is not None:
         fields.update(decoder_lr=budget.decoder_lr)
+    if budget.decoder_lr_schedule not in (None, "constant"):  # "constant" is what the cached ones trained with
+        fields.update(decoder_lr_schedule=budget.decoder_lr_schedule)
     h.update(json.dumps([kind, int(seed), fields], sort_keys=True, default=list).encode())
     return Path(cache_dir) / f"{kind}_seed{seed}_{'image_model_' if image_model_only else ''}{h.hexdigest()[:16]}.pt"
 

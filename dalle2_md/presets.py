@@ -65,6 +65,9 @@ class GeneratorBudget:
         lr: learning rate of every stage but the VQGAN (and the decoders when `decoder_lr` is set).
         decoder_lr: learning rate of the decoders (two-stage and single-stage); None: `lr`. A
             transformer backbone (`decoder["backbone"] = "dit"`) wants a smaller step than the U-Net.
+        decoder_lr_schedule: None or "constant": the decoders keep their learning rate after
+            warmup; "cosine": it decays to 0 at the last step (a diffusion model's samples are
+            judged at its final weights, which a constant step keeps moving).
         vqgan_steps: > 0: train a VQGAN for this many steps (batch `decoder_batch_size`, lr
             `vqgan_lr`) and let the decoder diffuse over its latent; 0: a pixel decoder.
         vqgan: `VQGanConfig` size fields (default `vqgan.cpu_vqgan_sizes()`, f = 4).
@@ -88,6 +91,7 @@ class GeneratorBudget:
     lr: float = 1e-3
     warmup_steps: int = 50
     decoder_lr: float | None = None
+    decoder_lr_schedule: str | None = None
     vqgan_steps: int = 0
     vqgan_lr: float = 1e-3
     vqgan: dict = field(default_factory=dict)
@@ -109,9 +113,11 @@ class GeneratorBudget:
 
     def decoder_schedule(self, seed: int) -> TrainConfig:
         """The decoders' `TrainConfig`: `decoder_steps` at `decoder_batch_size`, at `decoder_lr`
-        when it is set."""
+        and `decoder_lr_schedule` when they are set."""
         config = self.schedule(self.decoder_steps, self.decoder_batch_size, seed)
-        return config if self.decoder_lr is None else replace(config, lr=self.decoder_lr)
+        if self.decoder_lr is not None:
+            config = replace(config, lr=self.decoder_lr)
+        return config if self.decoder_lr_schedule is None else replace(config, lr_schedule=self.decoder_lr_schedule)
 
     def budget_fields(self) -> dict:
         """This budget's own fields (without a subclass's extra ones), e.g. to build a

@@ -407,3 +407,15 @@ def test_decoder_lr_sets_the_decoders_step_and_names_its_own_cache_entry(tmp_pat
     images, ids = torch.zeros(4, 1, 16, 16), torch.tensor([0, 1, 0, 1])
     path = lambda b: generator_cache_path(tmp_path, images, ids, kind="two_stage", budget=b, seed=0)
     assert path(slow) != path(TINY) == path(replace(TINY, decoder_lr=None))
+
+
+def test_decoder_lr_schedule_decays_only_the_decoders_and_names_its_own_cache_entry(tmp_path):
+    from dalle2_md.augment import generator_cache_path
+
+    cosine = replace(TINY, decoder_lr_schedule="cosine")
+    assert cosine.decoder_schedule(0).lr_schedule == "cosine" and cosine.schedule(5, 4, 0).lr_schedule == "constant"
+    assert TINY.decoder_schedule(0).lr_schedule == "constant"
+    images, ids = torch.zeros(4, 1, 16, 16), torch.tensor([0, 1, 0, 1])
+    path = lambda b: generator_cache_path(tmp_path, images, ids, kind="two_stage", budget=b, seed=0)
+    # "constant" is what every cached generator trained with, so it keeps their names
+    assert path(cosine) != path(TINY) == path(replace(TINY, decoder_lr_schedule="constant"))
