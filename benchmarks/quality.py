@@ -537,6 +537,9 @@ def main():
                          "profile's), in this order")
     ap.add_argument("--generator_cache", default=None,
                     help="folder of trained K-shot generators (augment_ablation.py's) reused by the augmentation phase")
+    ap.add_argument("--budget", type=json.loads, default=None,
+                    help='JSON of GeneratorBudget fields that replace the all-data generators\' ones, e.g. '
+                         '\'{"decoder_lr_schedule": "cosine"}\' (the K-shot generators keep theirs)')
     args = ap.parse_args()
     name = args.profile or "full"
     if name.startswith("latent"):
@@ -546,6 +549,8 @@ def main():
             f"--{k}={v}" for k, v in (("work_dir", args.work_dir), ("out", args.out), ("eval_dir", args.eval_dir)) if v]
         return latent_main()
     p = _profiles()[name]
+    if args.budget:
+        p = replace(p, budget=replace(p.budget, **args.budget))
     torch.set_num_threads(args.threads)
     if name == "full":
         # docs/results.md quotes this page's figures; it is not overwritten
@@ -589,6 +594,7 @@ def main():
                                budget=p.budget, seed=p.train_seed, run_dir=work / "runs" / args.train_only,
                                label_map=data["label_map"], colormap="jet")
         log(f"{args.train_only}: in {args.generator_cache} ({', '.join(f'{k} {v:.0f}s' for k, v in gen.seconds.items())})")
+        gen.model.save(work / f"{args.train_only}.pt")  # where protocol_sampling.py looks for it
         return
     run(p, work=work, out_json=out_json, page=page, eval_dir=eval_dir, notes=notes, generator_cache=args.generator_cache,
         reuse_augmentation=args.reuse_augmentation)
