@@ -148,7 +148,8 @@ def main(argv=None) -> dict:
         steps = s.get("steps", p.budget.sample_steps)  # a setting's missing fields are the protocol's own
         budget = replace(p.budget, cond_scale=s.get("cond_scale", p.budget.cond_scale),
                          sampler=s.get("sampler", p.budget.sampler), eta=s.get("eta", p.budget.eta),
-                         sample_steps=steps, prior_sample_steps=steps)
+                         sample_steps=steps, prior_sample_steps=steps,
+                         guidance_interval=s.get("guidance_interval", p.budget.guidance_interval))
         model = models[s["kind"]]
         stored_prior = getattr(model, "prior", None)
         if s.get("prior_steps"):
@@ -157,7 +158,7 @@ def main(argv=None) -> dict:
             model.prior = retrained_prior(model, int(s["prior_steps"]), p, args.work_dir, real_embeds)
         start = time.perf_counter()
         try:
-            with model.decoder.guidance_interval_for(s.get("guidance_interval")):
+            with model.decoder.guidance_interval_for(budget.guidance_interval):  # true_embeds decodes directly
                 images, ids, spread_ratio = draw(model, budget, s, p, real_embeds)
         finally:
             if stored_prior is not None:

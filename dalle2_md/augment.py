@@ -238,10 +238,15 @@ def sample_tensors(
         user_indices: users to draw for, as indices 0..N-1.
         num_samples_per_user: images per user.
         seed: sampling seed.
-        budget: DDIM steps and guidance scales.
+        budget: DDIM steps, guidance scales and interval.
     Returns:
         (images (len(user_indices) * n, C, H, W) in [-1, 1], user indices), user-major.
     """
+    with model.decoder.guidance_interval_for(budget.guidance_interval):
+        return _sample_tensors(model, user_indices, num_samples_per_user, seed=seed, budget=budget)
+
+
+def _sample_tensors(model, user_indices, num_samples_per_user, *, seed, budget):
     from .baseline import SingleStageBaseline
 
     out = []

@@ -81,6 +81,8 @@ class GeneratorBudget:
         sample_steps, prior_sample_steps: network evaluations when generating.
         cond_scale, prior_cond_scale: classifier-free guidance when generating (1 = none).
         sampler, eta: sampler and DDIM eta when generating (see `sampling.resolve_sampler`).
+        guidance_interval: (lo, hi): the decoder's guidance only at sampling times lo <= t / T <=
+            hi when generating (None: the decoder's own setting, guidance at every step).
     """
 
     clip_steps: int = 300
@@ -105,6 +107,7 @@ class GeneratorBudget:
     prior_cond_scale: float = DEFAULTS.prior_cond_scale
     sampler: str | None = None
     eta: float = DEFAULTS.eta
+    guidance_interval: tuple[float, float] | None = None
 
     def schedule(self, steps: int, batch_size: int, seed: int) -> TrainConfig:
         """The `TrainConfig` of one stage."""

@@ -419,3 +419,26 @@ def test_decoder_lr_schedule_decays_only_the_decoders_and_names_its_own_cache_en
     path = lambda b: generator_cache_path(tmp_path, images, ids, kind="two_stage", budget=b, seed=0)
     # "constant" is what every cached generator trained with, so it keeps their names
     assert path(cosine) != path(TINY) == path(replace(TINY, decoder_lr_schedule="constant"))
+
+
+def test_budget_guidance_interval_is_the_decoders_while_sample_tensors_draws(monkeypatch):
+    """`GeneratorBudget.guidance_interval` reaches the decoder for the draw only; None leaves the
+    decoder's own (guidance at every step)."""
+    from types import SimpleNamespace
+
+    from dalle2_md.augment import sample_tensors
+    from dalle2_md.decoder import DecoderConfig, MicroDopplerDecoder
+
+    decoder = MicroDopplerDecoder(config=DecoderConfig(image_size=16, image_embed_dim=8, dim=8, dim_mults=(1, 2),
+                                                       attn_heads=1, attn_dim_head=8, num_resnet_blocks=1))
+    seen = []
+
+    def fake_sample(users, *, num_samples_per_user, **kwargs):
+        seen.append(decoder.config.guidance_interval)
+        return torch.zeros(num_samples_per_user * len(users), 1, 4, 4)
+
+    model = SimpleNamespace(decoder=decoder, sample=fake_sample)
+    images, ids = sample_tensors(model, [0, 2], 3, budget=replace(TINY, guidance_interval=(0.15, 0.7)))
+    sample_tensors(model, [1], 1, budget=TINY)
+    assert seen == [(0.15, 0.7), (0.15, 0.7), (0.0, 1.0)] and decoder.config.guidance_interval == (0.0, 1.0)
+    assert images.shape[0] == 6 and ids.tolist() == [0, 0, 0, 2, 2, 2]
