@@ -56,7 +56,13 @@ PROTOCOL_BUDGET = GeneratorBudget(sample_steps=15, prior_sample_steps=15)
 # each of 2480 images about 15 times (a K = 10 one about 120 times), and on gait31 7200 steps raised the
 # chain's identity from 0.69 to 0.85 (A_real 0.74) and brought its backgrounds to the real level
 # (benchmarks/identity_stages.py, docs/results.md).
-ALL_DATA_BUDGET = replace(PROTOCOL_BUDGET, decoder_steps=7200)
+# Their prior trains 4000 steps, not 1000: 1000 steps of 32 are 13 passes over 2480 embeddings, and
+# its draws kept to one walking direction per user (within-user spread 0.74 of the real embeddings';
+# 4000 steps: 0.91, FID 5.7x -> 4.4x its floor at guidance 1.5, worst kinematic ratio 1.55 -> 1.30).
+# They are sampled at decoder guidance 2 applied only in 0.15 <= t / T <= 0.7, the setting with the
+# lowest FID that keeps A_gen >= 0.95 A_real (benchmarks/protocol_sampling.py; docs/results.md).
+ALL_DATA_BUDGET = replace(PROTOCOL_BUDGET, decoder_steps=7200, prior_steps=4000, cond_scale=2.0,
+                          guidance_interval=(0.15, 0.7))
 # 128 px through the latent path: the CPU VQGAN at f = 4 turns an image into a 16 x 32 x 32 latent,
 # on which a decoder step costs 0.46 s against 0.34 s for a 32 px pixel image (batch 16, one core,
 # measured), so the decoders get the K-shot generators' 2400 steps, not the 32 px profile's 7200.
@@ -342,7 +348,9 @@ def write_page(result: dict, path: Path, eval_dir: Path) -> None:
         f"steps of batch {p['budget']['decoder_batch_size']}); the two-stage model also trains its embedding model "
         f"({p['budget']['clip_steps']} steps) and prior ({p['budget']['prior_steps']} steps). "
         f"{p['samples_per_user']} samples per user, {p['budget']['sample_steps']} decoder sampling steps "
-        f"({p['budget']['prior_sample_steps']} prior steps), guidance scale {p['budget']['cond_scale']}.",
+        f"({p['budget']['prior_sample_steps']} prior steps), guidance scale {p['budget']['cond_scale']}"
+        + (" applied only at sampling times {:g} <= t / T <= {:g}".format(*p['budget']['guidance_interval'])
+           if p['budget'].get('guidance_interval') else "") + ".",
         "", "| measure | two-stage | single-stage |", "|---|---|---|",
         row("recogniser accuracy on real test, A_real", lambda m: m["identity"]["A_real"]),
         row("identity accuracy of samples, A_gen", lambda m: m["identity"]["A_gen"]),
@@ -440,10 +448,13 @@ def reused_augmentation(p: Profile, path: Path) -> tuple[dict, dict | None, str]
     keys = ("simulator", "num_users", "image_size", "per_user", "num_test", "data_seed", "recogniser",
             "recogniser_train", "k", "m", "aug_seeds", "baseline_aug_seeds", "aug_budget")
 
-    def view(k, d):  # a pixel budget's VQGAN fields train nothing (the generator cache ignores them too)
-        if k == "aug_budget" and isinstance(d, dict) and not d.get("vqgan_steps"):
-            return {f: v for f, v in d.items() if f not in ("vqgan_lr", "vqgan")}
-        return d
+    def view(k, d):
+        if k != "aug_budget" or not isinstance(d, dict):
+            return d
+        # a field that is None is the one a file written before it existed did not name
+        d = {f: v for f, v in d.items() if v is not None}
+        # a pixel budget's VQGAN fields train nothing (the generator cache ignores them too)
+        return d if d.get("vqgan_steps") else {f: v for f, v in d.items() if f not in ("vqgan_lr", "vqgan")}
 
     differ = [k for k in keys if view(k, old["profile"].get(k)) != view(k, mine[k])]
     if differ:

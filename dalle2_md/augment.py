@@ -50,6 +50,8 @@ _TRAINING_FIELDS = ("clip_steps", "decoder_steps", "prior_steps", "batch_size", 
                     "warmup_steps", "clip", "decoder", "prior")
 # the prior trains last, from the embedding model alone: these do not change the image model
 _PRIOR_FIELDS = ("prior_steps", "prior")
+# the single-stage baseline has no embedding model and no prior
+_TWO_STAGE_ONLY_FIELDS = ("clip_steps", "prior_steps", "clip", "prior")
 
 
 def generator_cache_path(cache_dir: str | Path, images: torch.Tensor, user_indices: torch.Tensor, *, kind: str,
@@ -70,6 +72,9 @@ def generator_cache_path(cache_dir: str | Path, images: torch.Tensor, user_indic
         from .baseline import single_stage_decoder_fields
 
         fields["decoder"] = single_stage_decoder_fields(budget.decoder)
+        # nor the stages it does not have: named with the defaults, so the names cached before this stay
+        defaults = GeneratorBudget()
+        fields.update({name: getattr(defaults, name) for name in _TWO_STAGE_ONLY_FIELDS})
     if budget.vqgan_steps:  # only then: pixel generators keep the names they were cached under
         fields.update(vqgan_steps=budget.vqgan_steps, vqgan_lr=budget.vqgan_lr, vqgan=budget.vqgan)
     if budget.decoder_seconds:

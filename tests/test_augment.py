@@ -442,3 +442,17 @@ def test_budget_guidance_interval_is_the_decoders_while_sample_tensors_draws(mon
     sample_tensors(model, [1], 1, budget=TINY)
     assert seen == [(0.15, 0.7), (0.15, 0.7), (0.0, 1.0)] and decoder.config.guidance_interval == (0.0, 1.0)
     assert images.shape[0] == 6 and ids.tolist() == [0, 0, 0, 2, 2, 2]
+
+
+def test_baseline_cache_name_ignores_the_stages_it_does_not_have(tmp_path):
+    """The single-stage baseline trains no embedding model and no prior: their budget fields do
+    not rename it (a protocol whose prior trains longer finds its cached baseline), while its
+    decoder's fields still do."""
+    from dalle2_md.augment import generator_cache_path
+
+    images, ids = torch.zeros(4, 1, 16, 16), torch.tensor([0, 1, 0, 1])
+    path = lambda b, kind="baseline": generator_cache_path(tmp_path, images, ids, kind=kind, budget=b, seed=0)
+    other_stages = replace(TINY, prior_steps=TINY.prior_steps + 7, clip_steps=TINY.clip_steps + 3)
+    assert path(other_stages) == path(TINY)
+    assert path(other_stages, "two_stage") != path(TINY, "two_stage")
+    assert path(replace(TINY, decoder_steps=TINY.decoder_steps + 1)) != path(TINY)
