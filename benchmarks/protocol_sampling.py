@@ -168,22 +168,25 @@ def main(argv=None) -> dict:
                              out_dir=args.eval_dir / setting_name(s), label_map=data["label_map"], colormap="jet",
                              grid_per_user=4)
         worst, errs, floors, _ = kinematic_ratios(m)
-        fid, floor = m["fid"]["gen_vs_test"], m["fid"]["train_vs_test"]
+        fid, floor, matched = m["fid"]["gen_vs_test"], m["fid"]["train_vs_test"], m["fid"]["train_vs_test_matched"]
         rows.append({"setting": s, "name": setting_name(s), "A_gen": m["identity"]["A_gen"],
                      "A_real": m["identity"]["A_real"], "A_gen_over_A_real": m["identity"]["A_gen_over_A_real"],
                      "fid": fid, "fid_floor": floor, "fid_over_floor": fid / floor if floor else None,
+                     "fid_floor_matched": matched, "fid_over_matched_floor": fid / matched if matched else None,
                      "kinematic_errors": errs, "kinematic_floors": floors, "worst_kinematic_ratio": worst,
                      "prior_spread_ratio": spread_ratio, "sample_seconds": seconds})
         r = rows[-1]
-        log(f"{r['name']}: A_gen/A_real {r['A_gen_over_A_real']:.3f}, FID {fid:.2f} ({r['fid_over_floor']:.1f}x floor), "
+        log(f"{r['name']}: A_gen/A_real {r['A_gen_over_A_real']:.3f}, FID {fid:.2f} ({r['fid_over_floor']:.1f}x floor, "
+            f"{r['fid_over_matched_floor']:.1f}x the size-matched one), "
             f"worst kinematic ratio {worst:.2f}, {seconds:.0f}s"
             + (f", prior spread {spread_ratio:.2f} of the real one" if spread_ratio is not None else ""))
         args.out.parent.mkdir(parents=True, exist_ok=True)  # after every setting: a stopped run keeps what it measured
         args.out.write_text(json.dumps(_plain_floats({"profile": args.profile, "work_dir": str(args.work_dir),
                                                       "samples_per_user": p.samples_per_user, "rows": rows}), indent=1))
-    print(f"\n{'setting':<34} {'A_gen/A_real':>12} {'FID/floor':>9} {'worst kin.':>10}")
+    print(f"\n{'setting':<40} {'A_gen/A_real':>12} {'FID/floor':>9} {'FID/matched':>11} {'worst kin.':>10}")
     for r in rows:
-        print(f"{r['name']:<34} {r['A_gen_over_A_real']:>12.3f} {r['fid_over_floor']:>9.2f} {r['worst_kinematic_ratio']:>10.2f}")
+        print(f"{r['name']:<40} {r['A_gen_over_A_real']:>12.3f} {r['fid_over_floor']:>9.2f} "
+              f"{r['fid_over_matched_floor']:>11.2f} {r['worst_kinematic_ratio']:>10.2f}")
     print(f"wrote {args.out}")
     return {"rows": rows}
 

@@ -218,6 +218,27 @@ def _fid_or_note(recogniser, a, b, notes: list[str], what: str) -> float | None:
         return None
 
 
+def _matched_fid_floor(recogniser, tr, te, gen, notes: list[str], draws: int = 3) -> float | None:
+    """FID of real train images vs real test as many per user as the generated set has (at most
+    all of a user's), mean over `draws` seeded draws: what real data scores at the generated set's
+    size and user balance. FID falls as a set grows, so a floor on every train image (usually
+    several times the generated set) is out of reach of real data drawn at that size."""
+    counts = torch.bincount(gen[1].long().cpu(), minlength=int(tr[1].max()) + 1)
+    values = []
+    for seed in range(draws):
+        g = torch.Generator().manual_seed(seed)
+        rows = []
+        for u, n in enumerate(counts.tolist()):
+            own = torch.nonzero(tr[1].cpu() == u).flatten()
+            rows.append(own[torch.randperm(len(own), generator=g)[:n]])
+        value = _fid_or_note(recogniser, tr[0][torch.cat(rows)], te[0], notes,
+                             "FID size-matched real train vs real test")
+        if value is None:
+            return None
+        values.append(value)
+    return sum(values) / len(values)
+
+
 def _fmt(v, digits: int = 3) -> str:
     if v is None or (isinstance(v, float) and not math.isfinite(v)):
         return "n/a"
@@ -255,7 +276,8 @@ def _write_report(path: Path, m: dict, names: list[str]) -> None:
         f"| identity accuracy A_gen | {_fmt(id_['A_gen'])} | A_real {_fmt(id_['A_real'])} (chance {_fmt(id_['chance'])}) |",
         f"| A_gen / A_real | {_fmt(id_['A_gen_over_A_real'])} | 1.0 = as recognisable as real |",
         *_stage_rows(m.get("stages"), id_["A_real"]),
-        f"| domain FID gen vs real test | {_fmt(fid['gen_vs_test'])} | floor (real train vs test) {_fmt(fid['train_vs_test'])} |",
+        f"| domain FID gen vs real test | {_fmt(fid['gen_vs_test'])} | floor (real train vs test) {_fmt(fid['train_vs_test'])}; "
+        f"size-matched {_fmt(fid.get('train_vs_test_matched'))} |",
         f"| diversity (features) gen | {_fmt(m['diversity']['features']['gen_mean'])} | real test {_fmt(m['diversity']['features']['real_mean'])} |",
         f"| diversity (pixels) gen | {_fmt(m['diversity']['pixels']['gen_mean'])} | real test {_fmt(m['diversity']['pixels']['real_mean'])} |",
         f"| likely copies (pixels) | {_fmt(m['memorisation']['pixels']['copy_fraction'])} | ~{m['memorisation']['pixels']['quantile']} for fresh data |",
@@ -404,13 +426,15 @@ def _feature_metrics(recogniser: Recogniser, tr, te, gen, quantile: float, notes
     f_tr, f_te, f_gen = (extract_features(recogniser, x[0]) for x in (tr, te, gen))
     fid_gen = _fid_or_note(recogniser, te[0], gen[0], notes, "FID gen vs real test")
     fid_floor = _fid_or_note(recogniser, tr[0], te[0], notes, "FID real train vs real test")
+    fid_matched = _matched_fid_floor(recogniser, tr, te, gen, notes)
 
     div_f_gen, div_f_real = diversity(f_gen, gen[1]), diversity(f_te, te[1])
     div_p_gen, div_p_real = diversity(gen[0].flatten(1), gen[1]), diversity(te[0].flatten(1), te[1])
     mem_f = memorisation(f_gen, f_tr, f_te, quantile=quantile)
     mem_p = memorisation(gen[0], tr[0], te[0], quantile=quantile)
     return {
-        "fid": {"gen_vs_test": fid_gen, "train_vs_test": fid_floor, "feature_dim": recogniser.num_features},
+        "fid": {"gen_vs_test": fid_gen, "train_vs_test": fid_floor, "train_vs_test_matched": fid_matched,
+                "feature_dim": recogniser.num_features},
         "diversity": {
             "features": {"gen_mean": div_f_gen["mean"], "real_mean": div_f_real["mean"], "gen_per_user": div_f_gen["per_user"], "real_per_user": div_f_real["per_user"]},
             "pixels": {"gen_mean": div_p_gen["mean"], "real_mean": div_p_real["mean"], "gen_per_user": div_p_gen["per_user"], "real_per_user": div_p_real["per_user"]},

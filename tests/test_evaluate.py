@@ -144,6 +144,24 @@ def test_fid_is_zero_on_itself_and_grows_with_noise(data, recogniser):
     assert all(b > a for a, b in zip(fids, fids[1:])), fids
 
 
+def test_size_matched_fid_floor_draws_the_generated_sets_users_and_counts(data, recogniser, monkeypatch):
+    """The size-matched floor compares real test with real train images drawn per user as many
+    as the generated set has; at the train split's own counts it is the all-train floor."""
+    from dalle2_md import report
+
+    train, test = data["train"], data["test"]
+    full = report._matched_fid_floor(recogniser, train, test, (train[0], train[1]), [])
+    assert full == pytest.approx(domain_fid(recogniser, train[0], test[0]), rel=1e-4, abs=1e-6)
+    drawn = []
+    monkeypatch.setattr(report, "_fid_or_note", lambda rec, a, b, notes, what: drawn.append(a) or 1.0)
+    gen_ids = torch.tensor([0] * 5 + [2] * 3)
+    assert report._matched_fid_floor(recogniser, train, test, (torch.zeros(8, 1, 4, 4), gen_ids), [], draws=2) == 1.0
+    for images in drawn:  # each draw: 5 of user 0's train images, 3 of user 2's, none of the others
+        rows = [next(i for i in range(len(train[0])) if torch.equal(train[0][i], x)) for x in images]
+        assert sorted(train[1][rows].tolist()) == [0] * 5 + [2] * 3
+    assert len(drawn) == 2 and not torch.equal(drawn[0], drawn[1])
+
+
 def test_fid_refuses_too_few_samples(data, recogniser):
     images = data["test"][0]
     with pytest.raises(UserError, match="at least 17"):
@@ -239,6 +257,7 @@ def test_evaluate_samples_writes_metrics_report_and_plots(data, recogniser, tmp_
     assert m["identity"]["A_real"] == accuracy(recogniser, *data["test"])[0]
     assert m["identity"]["A_gen"] == accuracy(recogniser, *generated)[0]
     assert saved["fid"]["gen_vs_test"] is not None and saved["fid"]["train_vs_test"] is not None
+    assert saved["fid"]["train_vs_test_matched"] > 0
     assert saved["memorisation"]["pixels"]["copy_fraction"] < 0.5
     report = (out / "report.md").read_text()
     assert "A_gen" in report and "user_3" in report and "floor" in report
