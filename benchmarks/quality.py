@@ -492,7 +492,8 @@ def run(p: Profile, *, work: Path, out_json: Path, page: Path, eval_dir: Path, n
     if reuse_augmentation:
         aug, aug_baseline, dated = reused_augmentation(p, reuse_augmentation)
         notes = notes + [f"The augmentation gains are reused from {reuse_augmentation} (dated {dated}): same K-shot "
-                         "settings and generator budget; this run retrained only the all-data generators."]
+                         "settings and generator budget; only the all-data generators were trained (or taken from "
+                         "the generator cache)."]
     else:
         aug = timed("augmentation", lambda: phase_augmentation(p, data, work, generator_cache))
         aug_baseline = None
