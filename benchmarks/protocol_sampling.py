@@ -70,6 +70,8 @@ def setting_name(s: dict) -> str:
         parts.append("interval{:g}-{:g}".format(*s["guidance_interval"]))
     if s.get("prior_steps"):
         parts.append(f"prior{s['prior_steps']}")
+    if s.get("sample_start"):
+        parts.append(f"start{s['sample_start']:g}")
     return "_".join(parts)
 
 
@@ -126,7 +128,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--profile", default="full", help="the quality.py profile that filled it")
     ap.add_argument("--settings", type=json.loads, default=DEFAULT_SETTINGS,
                     help="JSON list of {kind (two_stage, baseline, true_embeds), cond_scale, sampler, eta, steps, "
-                         "guidance_interval, prior_steps}")
+                         "guidance_interval, prior_steps, sample_start}")
     ap.add_argument("--eval_dir", type=Path, default=Path("/tmp/dalle2md_protocol_sampling"))
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results/protocol_sampling.json"))
     args = ap.parse_args(argv)
@@ -158,7 +160,8 @@ def main(argv=None) -> dict:
             model.prior = retrained_prior(model, int(s["prior_steps"]), p, args.work_dir, real_embeds)
         start = time.perf_counter()
         try:
-            with model.decoder.guidance_interval_for(budget.guidance_interval):  # true_embeds decodes directly
+            with model.decoder.guidance_interval_for(budget.guidance_interval), \
+                    model.decoder.sampling_config_for(sample_start=s.get("sample_start")):  # true_embeds decodes directly
                 images, ids, spread_ratio = draw(model, budget, s, p, real_embeds)
         finally:
             if stored_prior is not None:

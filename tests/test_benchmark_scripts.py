@@ -52,7 +52,7 @@ def test_quality_latent_profile_runs_and_finds_kshot_generators_another_process_
     # protocol_sampling.py re-judges those generators under other sampling settings, no training;
     # at the protocol's own setting it reproduces the protocol's A_gen
     settings = [{"kind": "two_stage", "cond_scale": 3.0}, {"kind": "baseline", "cond_scale": 1.0,
-                                                            "guidance_interval": [0.1, 0.9]},
+                                                            "guidance_interval": [0.1, 0.9], "sample_start": 1.0},
                 {"kind": "true_embeds", "cond_scale": 3.0}, {"kind": "two_stage", "cond_scale": 3.0, "prior_steps": 40}]
     sweep = tmp_path / "ps.json"
     proc = subprocess.run([sys.executable, str(ROOT / "benchmarks/protocol_sampling.py"), "--profile", "smoke_latent",
@@ -60,7 +60,7 @@ def test_quality_latent_profile_runs_and_finds_kshot_generators_another_process_
                            "--eval_dir", str(tmp_path / "ps_eval")], capture_output=True, text=True, timeout=600, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = json.loads(sweep.read_text())["rows"]
-    assert [r["name"] for r in rows] == ["two_stage_g3", "baseline_g1_interval0.1-0.9", "true_embeds_g3",
+    assert [r["name"] for r in rows] == ["two_stage_g3", "baseline_g1_interval0.1-0.9_start1", "true_embeds_g3",
                                          "two_stage_g3_prior40"]
     assert rows[0]["A_gen"] == result["metrics"]["two_stage"]["identity"]["A_gen"]
     # the chain's prior draws have a spread; the other kinds draw no embeddings from a prior
