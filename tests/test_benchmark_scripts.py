@@ -49,6 +49,16 @@ def test_quality_latent_profile_runs_and_finds_kshot_generators_another_process_
     assert SingleStageBaseline.load(work / "baseline.pt").config.use_vqgan
     for kind in ("two_stage", "baseline"):
         assert 0 <= result["metrics"][kind]["identity"]["A_gen"] <= 1
+    # --budget changes the all-data generators' training: another cache entry, left in the work folder too
+    other = tmp_path / "work_cosine"
+    before = set(cache.glob("baseline_seed0_*.pt"))
+    proc = subprocess.run([sys.executable, script, "--profile", "smoke_latent", "--work_dir", str(other),
+                           "--generator_cache", str(cache), "--train_only", "baseline",
+                           "--budget", json.dumps({"decoder_lr_schedule": "cosine"})],
+                          capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert len(set(cache.glob("baseline_seed0_*.pt")) - before) == 1
+    assert SingleStageBaseline.load(other / "baseline.pt").config.use_vqgan
     # protocol_sampling.py re-judges those generators under other sampling settings, no training;
     # at the protocol's own setting it reproduces the protocol's A_gen
     settings = [{"kind": "two_stage", "cond_scale": 3.0}, {"kind": "baseline", "cond_scale": 1.0,
