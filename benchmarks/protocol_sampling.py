@@ -129,11 +129,15 @@ def main(argv=None) -> dict:
     ap.add_argument("--settings", type=json.loads, default=DEFAULT_SETTINGS,
                     help="JSON list of {kind (two_stage, baseline, true_embeds), cond_scale, sampler, eta, steps, "
                          "guidance_interval, prior_steps, sample_start}")
+    ap.add_argument("--sample_seed", type=int, default=None,
+                    help="sampling seed (default the profile's): other draws of the same settings, for FID's own noise")
     ap.add_argument("--eval_dir", type=Path, default=Path("/tmp/dalle2md_protocol_sampling"))
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results/protocol_sampling.json"))
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
     p = _profiles()[args.profile]
+    if args.sample_seed is not None:
+        p = replace(p, sample_seed=args.sample_seed)
     missing = [f for f in ("two_stage.pt", "baseline.pt", "recogniser.pt") if not (args.work_dir / f).exists()]
     if missing:
         raise SystemExit(f"{args.work_dir}: no {', '.join(missing)}; run benchmarks/quality.py --profile {args.profile} "
@@ -185,7 +189,8 @@ def main(argv=None) -> dict:
             + (f", prior spread {spread_ratio:.2f} of the real one" if spread_ratio is not None else ""))
         args.out.parent.mkdir(parents=True, exist_ok=True)  # after every setting: a stopped run keeps what it measured
         args.out.write_text(json.dumps(_plain_floats({"profile": args.profile, "work_dir": str(args.work_dir),
-                                                      "samples_per_user": p.samples_per_user, "rows": rows}), indent=1))
+                                                      "samples_per_user": p.samples_per_user, "sample_seed": p.sample_seed,
+                                                      "rows": rows}), indent=1))
     print(f"\n{'setting':<40} {'A_gen/A_real':>12} {'FID/floor':>9} {'FID/matched':>11} {'worst kin.':>10}")
     for r in rows:
         print(f"{r['name']:<40} {r['A_gen_over_A_real']:>12.3f} {r['fid_over_floor']:>9.2f} "
