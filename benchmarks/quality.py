@@ -11,12 +11,18 @@ benchmarks/augment_ablation.py, so its augmentation gain is the ablation's defau
     python benchmarks/quality.py --generator_cache DIR   # the same, reusing cached K-shot generators
     python benchmarks/quality.py --smoke       # tiny end-to-end check (a few minutes)
     python benchmarks/quality.py --gpu         # 256 x 256 pixel profile for a lent GPU
-    python benchmarks/quality.py --profile full128   # the protocol at 128 px through the latent path (CPU)
+    python benchmarks/quality.py --profile full128 --workers 2   # the protocol at 128 px through the latent
+                                                                # path (CPU), on both cores
     python benchmarks/quality.py --profile gpu256    # the protocol at 256 px through the latent path (GPU)
     python benchmarks/quality.py --profile latent64   # pixel vs latent U-Net vs latent DiT at 64 px,
                                                       # equal training time (benchmarks/latent_vs_pixel.py)
 
 One function per phase: data, recogniser, generators, samples, evaluation, augmentation, report.
+With `--workers N` the main process starts N - 1 helper processes of this script (`--lane`) that
+train the single-stage generator and run whole K-shot repetitions (generator, recognisers,
+recipe) while it trains the two-stage one; they share the generator cache and a per-run folder of
+finished repetitions, and a lock file beside each file in the making keeps two processes from
+making the same one (`utils.claimed`).
 Goals are reported against, never asserted: a goal not reached shows up as "no" in the table.
 """
 
@@ -221,15 +227,70 @@ def phase_evaluate(p: Profile, data: dict, recogniser, samples: dict, eval_dir: 
 
 
 def phase_augmentation(p: Profile, data: dict, work: Path, generator_cache: str | None = None,
-                       generator: str = "two_stage") -> dict:
+                       generator: str = "two_stage", seeds=None, seed_results: Path | None = None,
+                       skip_busy_seeds: bool = False) -> dict | None:
     """Augmentation gain at K real per user (the generator's default recipe), the generator
     trained on those K only; the recognisers have the reference recogniser's shape."""
     shape = {k: v for k, v in asdict(recogniser_config(p)).items() if k not in ("num_users", "channels", "image_size")}
-    seeds = p.aug_seeds if generator == "two_stage" else p.baseline_aug_seeds
+    if seeds is None:
+        seeds = p.aug_seeds if generator == "two_stage" else p.baseline_aug_seeds
     return augmentation_gain(data["sets"]["train"], data["sets"]["test"], num_users=p.num_users,
                              work_dir=work / f"augment_{generator}", k=p.k, m=p.m, seeds=seeds, generator=generator,
                              budget=p.aug_budget, recogniser_train=p.recogniser_train, recogniser_shape=shape,
-                             label_map=data["label_map"], log=log, generator_cache=generator_cache)
+                             label_map=data["label_map"], log=log, generator_cache=generator_cache,
+                             seed_results=seed_results, skip_busy_seeds=skip_busy_seeds)
+
+
+# --------------------------------------------------------------------------------------------
+# helper processes (--workers)
+
+
+def lane(p: Profile, work: Path, generator_cache: str, seed_results: Path, number: int) -> None:
+    """What helper process `number` (1, 2, ...) does: the all-data single-stage generator (the
+    main process needs it right after its own two-stage one), then whole K-shot repetitions from
+    the last seed back, skipping any that another process is running."""
+    data = phase_data(p)
+    images, ids = data["sets"]["train"]
+    if number == 1:
+        gen = cached_generator(images, ids, cache_dir=generator_cache, num_users=p.num_users, kind="baseline",
+                               budget=p.budget, seed=p.train_seed, run_dir=work / "runs" / "baseline",
+                               label_map=data["label_map"], colormap="jet")
+        log(f"lane {number}: baseline in {generator_cache} "
+            f"({', '.join(f'{k} {v:.0f}s' for k, v in gen.seconds.items()) or 'found'})")
+    for generator, seeds in (("two_stage", p.aug_seeds), ("baseline", p.baseline_aug_seeds)):
+        for seed in reversed(seeds):
+            phase_augmentation(p, data, work, generator_cache, generator, seeds=[seed], seed_results=seed_results,
+                               skip_busy_seeds=True)
+    log(f"lane {number}: done")
+
+
+def start_lanes(p: Profile, workers: int, work: Path, generator_cache: str, seed_results: Path,
+                threads: int) -> list:
+    """Start `workers - 1` helper processes of this script; each writes its log into `work`."""
+    import subprocess
+
+    procs = []
+    for number in range(1, workers):
+        log_path = work / f"lane_{number}.log"
+        cmd = [sys.executable, str(Path(__file__).resolve()), "--profile", p.name, "--work_dir", str(work),
+               "--generator_cache", str(generator_cache), "--threads", str(threads), "--lane", str(number),
+               "--seed_results", str(seed_results)]
+        with open(log_path, "w") as out:
+            procs.append((number, log_path, subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)))
+        log(f"lane {number}: pid {procs[-1][2].pid}, log {log_path}")
+    return procs
+
+
+def finish_lanes(procs: list) -> list[dict]:
+    """Wait for the helper processes; what each did, for the results file. One that failed has
+    left nothing the main process relied on (it made whatever it found missing itself)."""
+    out = []
+    for number, log_path, proc in procs:
+        rc = proc.wait()
+        if rc != 0:
+            log(f"lane {number} exited with status {rc}; see {log_path}")
+        out.append({"lane": number, "returncode": rc, "log": str(log_path)})
+    return out
 
 
 # --------------------------------------------------------------------------------------------
@@ -469,8 +530,45 @@ def reused_augmentation(p: Profile, path: Path) -> tuple[dict, dict | None, str]
 
 
 def run(p: Profile, *, work: Path, out_json: Path, page: Path, eval_dir: Path, notes: list[str],
-        generator_cache: str | None = None, reuse_augmentation: Path | None = None) -> dict:
+        generator_cache: str | None = None, reuse_augmentation: Path | None = None, workers: int = 1,
+        threads: int = 1) -> dict:
     started = time.perf_counter()
+    seed_results, lanes = None, []
+    if workers > 1:
+        generator_cache = generator_cache or str(work / "generator_cache")
+        # this run's own folder: a finished repetition is found again only within the run
+        seed_results = work / "seed_results" / time.strftime("%Y%m%d-%H%M%S")
+        work.mkdir(parents=True, exist_ok=True)
+        lanes = start_lanes(p, workers, work, generator_cache, seed_results, threads)
+        notes = notes + [f"{workers} processes of {threads} torch thread(s) each: the main one and "
+                         f"{workers - 1} helper(s) (--workers {workers}) that trained the single-stage generator "
+                         "and whole K-shot repetitions from the last seed back."]
+    try:
+        result = _run(p, work=work, eval_dir=eval_dir, notes=notes, generator_cache=generator_cache,
+                      reuse_augmentation=reuse_augmentation, seed_results=seed_results)
+    except BaseException:
+        for _, _, proc in lanes:
+            proc.terminate()
+        raise
+    if lanes:
+        result["lanes"] = finish_lanes(lanes)
+    result["goals"] = goals(result["metrics"], result["augmentation"], result["augmentation_baseline"])
+    result["wall_seconds"] = time.perf_counter() - started
+    from dalle2_md.evaluate import _plain_floats
+
+    result = _plain_floats(result)
+    out_json.parent.mkdir(parents=True, exist_ok=True)
+    out_json.write_text(json.dumps(result, indent=1))
+    write_page(result, page, eval_dir)
+    log(f"wrote {out_json} and {page} ({result['wall_seconds'] / 60:.1f} min)")
+    for g in result["goals"]:
+        log(f"goal {'MET ' if g['met'] else 'NOT MET'}: {g['goal']}: {_f(g['value'])} (target {g['target']}; {g['detail']})")
+    return result
+
+
+def _run(p: Profile, *, work: Path, eval_dir: Path, notes: list[str], generator_cache: str | None,
+         reuse_augmentation: Path | None, seed_results: Path | None) -> dict:
+    """Every phase in order; the results file's content, less goals and wall time."""
     timings = {}
 
     def timed(name, fn):
@@ -495,10 +593,12 @@ def run(p: Profile, *, work: Path, out_json: Path, page: Path, eval_dir: Path, n
                          "settings and generator budget; only the all-data generators were trained (or taken from "
                          "the generator cache)."]
     else:
-        aug = timed("augmentation", lambda: phase_augmentation(p, data, work, generator_cache))
+        aug = timed("augmentation", lambda: phase_augmentation(p, data, work, generator_cache,
+                                                               seed_results=seed_results))
         aug_baseline = None
     if p.baseline_aug_seeds and not reuse_augmentation:
-        aug_baseline = timed("augmentation_baseline", lambda: phase_augmentation(p, data, work, generator_cache, "baseline"))
+        aug_baseline = timed("augmentation_baseline", lambda: phase_augmentation(p, data, work, generator_cache, "baseline",
+                                                                                 seed_results=seed_results))
     result = {
         "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
         "profile": json.loads(json.dumps(asdict(p), default=list)),
@@ -515,17 +615,6 @@ def run(p: Profile, *, work: Path, out_json: Path, page: Path, eval_dir: Path, n
         "timings": timings,
         "notes": notes,
     }
-    result["goals"] = goals(result["metrics"], aug, aug_baseline)
-    result["wall_seconds"] = time.perf_counter() - started
-    from dalle2_md.evaluate import _plain_floats
-
-    result = _plain_floats(result)
-    out_json.parent.mkdir(parents=True, exist_ok=True)
-    out_json.write_text(json.dumps(result, indent=1))
-    write_page(result, page, eval_dir)
-    log(f"wrote {out_json} and {page} ({result['wall_seconds'] / 60:.1f} min)")
-    for g in result["goals"]:
-        log(f"goal {'MET ' if g['met'] else 'NOT MET'}: {g['goal']}: {_f(g['value'])} (target {g['target']}; {g['detail']})")
     return result
 
 
@@ -552,6 +641,12 @@ def main():
     ap.add_argument("--kshot_seeds", type=int, nargs="+", default=None,
                     help="with --train_only kshot: the augmentation seeds to train generators for (default the "
                          "profile's), in this order")
+    ap.add_argument("--workers", type=int, default=1,
+                    help="processes to run the protocol in (default 1); with 2 on a 2-core machine a helper trains "
+                         "the single-stage generator and K-shot repetitions beside the main process "
+                         "(the generator cache defaults to WORK_DIR/generator_cache)")
+    ap.add_argument("--lane", type=int, default=None, help=argparse.SUPPRESS)  # a helper process of --workers
+    ap.add_argument("--seed_results", type=Path, default=None, help=argparse.SUPPRESS)
     ap.add_argument("--generator_cache", default=None,
                     help="folder of trained K-shot generators (augment_ablation.py's) reused by the augmentation phase")
     ap.add_argument("--budget", type=json.loads, default=None,
@@ -613,8 +708,12 @@ def main():
         log(f"{args.train_only}: in {args.generator_cache} ({', '.join(f'{k} {v:.0f}s' for k, v in gen.seconds.items())})")
         gen.model.save(work / f"{args.train_only}.pt")  # where protocol_sampling.py looks for it
         return
+    if args.lane:
+        return lane(p, work, args.generator_cache, args.seed_results, args.lane)
+    if args.workers < 1:
+        raise SystemExit(f"--workers {args.workers}: give 1 or more processes.")
     run(p, work=work, out_json=out_json, page=page, eval_dir=eval_dir, notes=notes, generator_cache=args.generator_cache,
-        reuse_augmentation=args.reuse_augmentation)
+        reuse_augmentation=args.reuse_augmentation, workers=args.workers, threads=args.threads)
 
 
 if __name__ == "__main__":

@@ -28,7 +28,7 @@ import torch
 
 from .core import fit_budget_vqgan, latent_decoder_config, train_two_stage
 from .presets import GeneratorBudget  # noqa: F401  (moved: issue 11)
-from .utils import UserError, deprecated_alias, exists, renamed_keywords
+from .utils import UserError, atomic_write, claimed, deprecated_alias, exists, renamed_keywords, say
 
 GENERATORS = ("two_stage", "baseline")
 
@@ -101,20 +101,23 @@ def cached_generator(images: torch.Tensor, user_indices: torch.Tensor, *, cache_
     key = dict(kind=kind, budget=budget, seed=seed)
     path = generator_cache_path(cache_dir, images, user_indices, **key)
     loader = SingleStageBaseline if kind == "baseline" else MicroDopplerDALLE2
-    if path.exists():
-        return TrainedGenerator(kind=kind, model=loader.load(path).eval(), seconds={}, num_train_images=len(images),
-                                final_losses={})
-    image_model = generator_cache_path(cache_dir, images, user_indices, image_model_only=True, **key)
-    if kind == "two_stage" and image_model.exists():
-        gen = _with_new_prior(loader.load(image_model).eval(), images, user_indices, budget=budget, seed=seed,
-                              **train_kwargs)
-    else:
-        gen = train_generator(images, user_indices, kind=kind, budget=budget, seed=seed, **train_kwargs)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    gen.model.save(path)
-    if kind == "two_stage" and not image_model.exists():
-        _link_or_copy(path, image_model)
-    return gen
+    # another process sharing the cache (quality.py --workers) may be training this very generator
+    with claimed(path, on_wait=say):
+        if path.exists():
+            return TrainedGenerator(kind=kind, model=loader.load(path).eval(), seconds={},
+                                    num_train_images=len(images), final_losses={})
+        image_model = generator_cache_path(cache_dir, images, user_indices, image_model_only=True, **key)
+        if kind == "two_stage" and image_model.exists():
+            gen = _with_new_prior(loader.load(image_model).eval(), images, user_indices, budget=budget, seed=seed,
+                                  **train_kwargs)
+        else:
+            gen = train_generator(images, user_indices, kind=kind, budget=budget, seed=seed,
+                                  vqgan_cache=Path(cache_dir) / "vqgan", **train_kwargs)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        gen.model.save(path)
+        if kind == "two_stage" and not image_model.exists():
+            _link_or_copy(path, image_model)
+        return gen
 
 
 def _with_new_prior(model, images, user_indices, *, budget: GeneratorBudget, seed: int, num_users: int, run_dir,
@@ -167,6 +170,7 @@ def train_generator(
     label_map: dict | None = None,
     colormap: str | None = "jet",
     progress: bool = False,
+    vqgan_cache: str | Path | None = None,
 ) -> TrainedGenerator:
     """Train a generator on exactly these images (and nothing else).
 
@@ -206,7 +210,7 @@ def train_generator(
             start = time.perf_counter()
             with torch.random.fork_rng(devices=[]):
                 vqgan, result = fit_budget_vqgan(images, dec_config, budget, seed, run_dir / "baseline",
-                                                 progress=progress)
+                                                 progress=progress, cache_dir=vqgan_cache)
             seconds["vqgan"], losses["vqgan"] = time.perf_counter() - start, _final_loss(result.losses)
         start = time.perf_counter()
         model, result = train_baseline(images, user_indices, num_users=num_users, decoder_config=dec_config,
@@ -217,7 +221,7 @@ def train_generator(
         return TrainedGenerator(kind=kind, model=model, seconds=seconds, num_train_images=len(images), final_losses=losses)
 
     parts = train_two_stage(images, user_indices, num_users=num_users, budget=budget, seed=seed, work_dir=run_dir,
-                            progress=progress)
+                            progress=progress, vqgan_cache=vqgan_cache)
     losses = {name: _final_loss(result.losses) for name, result in parts.results.items()}
     model = MicroDopplerDALLE2(prior=parts.prior, decoder=parts.decoder, clip=parts.clip, label_map=label_map,
                                colormap=colormap).eval()
@@ -346,7 +350,9 @@ def augmentation_gain(
     log: Callable[[str], None] | None = None,
     progress: bool = False,
     generator_cache: str | Path | None = None,
-) -> dict:
+    seed_results: str | Path | None = None,
+    skip_busy_seeds: bool = False,
+) -> dict | None:
     """Recogniser accuracy on real test when trained on K real images per user vs on those K plus
     M generated per user, the generator trained on the same K only; mean ± std over seeds.
 
@@ -371,6 +377,12 @@ def augmentation_gain(
         log: called with one line per finished repetition.
         progress: progress bars.
         generator_cache: folder of trained generators to reuse across runs (`cached_generator`).
+        seed_results: folder where each finished repetition is kept (JSON, named by a hash of the
+            tensors and every setting) and found again, by a later call or by another process
+            running the same seeds at once; give each run its own folder (the name does not
+            hash the code).
+        skip_busy_seeds: leave out the seeds another process is running in `seed_results`
+            instead of waiting for them (a helper process); None when it ran none of them.
     Returns:
         {"k", "m", "generator", "seeds", "per_seed": [...], "acc_real", "acc_aug",
          "gain_points" (each {"mean", "std" (sample std over seeds), "values"}; the first recipe's),
@@ -387,18 +399,62 @@ def augmentation_gain(
     recipes = _resolved_recipes(recipes, m=m, k=k, generator=generator)
     started = time.perf_counter()
     per_seed = []
+    settings = [k, generator, budget.to_dict(), [r.to_dict() for r in recipes], asdict(recogniser_train),
+                recogniser_shape, num_users]
     for seed in seeds:
-        per_seed.append(_one_seed(images, user_indices, (test_images, test_ids), seed=int(seed), k=k, recipes=recipes,
-                                  num_users=num_users, generator=generator, budget=budget,
-                                  recogniser_train=recogniser_train, recogniser_shape=recogniser_shape,
-                                  work_dir=Path(work_dir), label_map=label_map,
-                                  colormap=colormap, progress=progress, log=log,
-                                  generator_cache=generator_cache))
+        run_seed = lambda seed=int(seed): _one_seed(
+            images, user_indices, (test_images, test_ids), seed=seed, k=k, recipes=recipes, num_users=num_users,
+            generator=generator, budget=budget, recogniser_train=recogniser_train, recogniser_shape=recogniser_shape,
+            work_dir=Path(work_dir), label_map=label_map, colormap=colormap, progress=progress, log=log,
+            generator_cache=generator_cache)
+        if exists(seed_results):
+            path = seed_result_path(seed_results, (images, user_indices, test_images, test_ids), settings, int(seed))
+            row = _kept_seed(path, run_seed, wait=not skip_busy_seeds)
+            if row is None:
+                continue
+        else:
+            row = run_seed()
+        per_seed.append(row)
         if exists(train_files):
             per_seed[-1]["kshot_files"] = [train_files[i] for i in per_seed[-1].pop("kshot_indices")]
+    if not per_seed:
+        return None
     result = summarise_seeds(per_seed, recipes, num_users=num_users)
     return {**result, "k": k, "m": recipes[0].num_per_user(k), "generator": generator, "num_test": len(test_images), "budget": budget.to_dict(),
             "recogniser_train": asdict(recogniser_train), "seconds": time.perf_counter() - started}
+
+
+def seed_result_path(folder: str | Path, tensors: Sequence[torch.Tensor], settings: list, seed: int) -> Path:
+    """Where `augmentation_gain` keeps one seed's finished repetition (see its `seed_results`)."""
+    import hashlib
+    import json
+
+    h = hashlib.sha256()
+    for t in tensors:
+        h.update(t.detach().cpu().contiguous().numpy().tobytes())
+    h.update(json.dumps([settings, seed], sort_keys=True, default=str).encode())
+    return Path(folder) / f"seed{seed}_{h.hexdigest()[:16]}.json"
+
+
+def _kept_seed(path: Path, run_seed: Callable[[], dict], *, wait: bool) -> dict | None:
+    """The repetition kept at `path`, or run now and kept there; None when another process is
+    running it and `wait` is off."""
+    import json
+
+    with claimed(path, wait=wait, on_wait=say) as mine:
+        if not mine:
+            return None
+        if path.exists():
+            row = json.loads(path.read_text())
+            # JSON keys are strings; the per-user accuracies are keyed by user index
+            row["per_user_real"] = {int(u): v for u, v in row["per_user_real"].items()}
+            for r in row["recipes"].values():
+                r["per_user_aug"] = {int(u): v for u, v in r["per_user_aug"].items()}
+            return row
+        row = run_seed()
+        with atomic_write(path, "w") as f:
+            json.dump(row, f)
+        return row
 
 
 def summarise_seeds(per_seed: list[dict], recipes: Sequence, *, num_users: int) -> dict:

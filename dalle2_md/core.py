@@ -21,7 +21,7 @@ from torch import nn
 
 from .presets import GeneratorBudget
 from .training import TrainConfig, TrainResult, train
-from .utils import UserError, say
+from .utils import UserError, claimed, exists, say
 
 CLIP_MAX_IMAGE_SIZE = 64
 
@@ -185,7 +185,8 @@ def _decoder_seconds(budget: GeneratorBudget, out: "TwoStageModels") -> float | 
 
 
 def train_two_stage(images: torch.Tensor, user_indices: torch.Tensor, *, num_users: int, budget: GeneratorBudget,
-                    seed: int = 0, work_dir: str | Path, progress: bool = False) -> TwoStageModels:
+                    seed: int = 0, work_dir: str | Path, progress: bool = False,
+                    vqgan_cache: str | Path | None = None) -> TwoStageModels:
     """Embedding model -> [VQGAN] -> decoder -> prior, trained on exactly these tensors (nothing
     else); the core under the demo, the augmentation harness and the quality benchmark (the
     training commands run the same `fit_*` parts one command at a time). The VQGAN is trained when
@@ -199,6 +200,7 @@ def train_two_stage(images: torch.Tensor, user_indices: torch.Tensor, *, num_use
         seed: seeds every stage (each stage's weights start from `torch.manual_seed(seed)`).
         work_dir: folder of the training loop's checkpoints and logs (one subfolder per stage).
         progress: progress bars.
+        vqgan_cache: folder where `fit_budget_vqgan` finds (or leaves) the VQGAN.
     """
     from .clip import compute_image_embeds
     from .decoder import DecoderConfig
@@ -226,7 +228,7 @@ def train_two_stage(images: torch.Tensor, user_indices: torch.Tensor, *, num_use
         embeds = compute_image_embeds(out.clip, images)
         if budget.vqgan_steps:
             out.vqgan = timed("vqgan", lambda: fit_budget_vqgan(images, dec_config, budget, seed, work_dir,
-                                                                progress=progress))
+                                                                progress=progress, cache_dir=vqgan_cache))
         out.decoder = timed("decoder", lambda: fit_decoder(
             images, embeds, dec_config,
             replace(budget.decoder_schedule(seed), max_seconds=_decoder_seconds(budget, out)),
@@ -251,11 +253,44 @@ def latent_decoder_config(dec_config, budget: GeneratorBudget):
 
 
 def fit_budget_vqgan(images: torch.Tensor, dec_config, budget: GeneratorBudget, seed: int, work_dir: str | Path, *,
-                     progress: bool = False):
+                     progress: bool = False, cache_dir: str | Path | None = None):
     """The VQGAN of a latent `dec_config` (see `latent_decoder_config`), trained for
-    `budget.vqgan_steps` at batch `decoder_batch_size` and lr `vqgan_lr`. Returns (VQGAN, record)."""
+    `budget.vqgan_steps` at batch `decoder_batch_size` and lr `vqgan_lr`. Returns (VQGAN, record).
+
+    With `cache_dir`, a VQGAN trained before on the same images, config and schedule is loaded
+    from there (record None) instead of trained again: the two-stage chain and the single-stage
+    baseline of one data set train this same autoencoder, seed for seed."""
+    from .bundle import load_bundle
+    from .vqgan import load_vqgan, save_vqgan
+
     schedule = replace(budget.schedule(budget.vqgan_steps, budget.decoder_batch_size, seed), lr=budget.vqgan_lr)
-    return fit_vqgan(images, dec_config.vqgan, schedule, Path(work_dir), progress=progress)
+    if not exists(cache_dir):
+        return fit_vqgan(images, dec_config.vqgan, schedule, Path(work_dir), progress=progress)
+    path = vqgan_cache_path(cache_dir, images, dec_config.vqgan, schedule)
+    with claimed(path, on_wait=say):
+        if path.exists():
+            vqgan, meta = load_vqgan(path)[0], load_bundle(path, kind="vqgan")["meta"]
+            say(f"[vqgan] found in {path}")
+            # the record of the run that trained it: nothing was trained here
+            return vqgan, TrainResult(model=vqgan, ema_model=vqgan, step=int(meta.get("steps", 0)), seconds=0.0,
+                                      losses=[float(meta["final_loss"])] if "final_loss" in meta else [],
+                                      start_step=int(meta.get("steps", 0)))
+        vqgan, result = fit_vqgan(images, dec_config.vqgan, schedule, Path(work_dir), progress=progress)
+        tail = result.losses[-max(1, len(result.losses) // 10):]
+        save_vqgan(path, vqgan, dec_config.vqgan,
+                   meta={"steps": result.step, "final_loss": float(sum(tail) / len(tail)) if tail else float("nan")})
+        return vqgan, result
+
+
+def vqgan_cache_path(cache_dir: str | Path, images: torch.Tensor, vq_config, schedule: TrainConfig) -> Path:
+    """`fit_budget_vqgan`'s cache file: named by a hash of the images' bytes, the VQGAN config and
+    the training schedule."""
+    import hashlib
+    import json
+
+    h = hashlib.sha256(images.detach().cpu().contiguous().numpy().tobytes())
+    h.update(json.dumps([vq_config.to_dict(), asdict(schedule)], sort_keys=True, default=str).encode())
+    return Path(cache_dir) / f"vqgan_{h.hexdigest()[:16]}.pt"
 
 
 def fit_prior_for_clip(clip, images: torch.Tensor, user_indices: torch.Tensor, *, num_users: int,

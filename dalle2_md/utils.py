@@ -1,6 +1,6 @@
 """Small helpers shared by every stage: existence defaults, seeding, user-facing errors, the one
 rule for reading stored configs (`checked_fields`), short listings for messages, atomic file
-writes, the package-version stamp that goes into every saved artefact, and the two shims that
+writes, a lock file that lets processes share a cache (`claimed`), the package-version stamp that goes into every saved artefact, and the two shims that
 keep a renamed keyword or function working for one release (`renamed_keywords`,
 `deprecated_alias`); and `say`, the one channel for user-facing lines.
 
@@ -22,6 +22,7 @@ import functools
 import os
 import random
 import tempfile
+import time
 import warnings
 from collections.abc import Iterable, Mapping
 from contextlib import contextmanager
@@ -154,6 +155,55 @@ def atomic_write(path: str | os.PathLike, mode: str = "wb"):
         if os.path.exists(tmp):
             os.remove(tmp)
         raise
+
+
+def _holder_alive(lock: Path) -> bool:
+    try:
+        pid = int(lock.read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return True  # being written this instant: treat as held
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+@contextmanager
+def claimed(path: str | os.PathLike, *, wait: bool = True, poll_seconds: float = 5.0,
+            on_wait: Callable[[str], None] | None = None):
+    """Hold `<path>.lock` while this process makes `path`, so processes that share a cache
+    folder never make the same file twice. Yields True once the lock is held. When a live
+    process holds it: with `wait`, wait until it lets go (the caller then usually finds `path`
+    made); without, yield False at once so the caller can do other work. A lock left by a dead
+    process is taken over."""
+    lock = Path(f"{os.fspath(path)}.lock")
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    told = False
+    while True:
+        try:
+            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            if not _holder_alive(lock):
+                lock.unlink(missing_ok=True)
+                continue
+            if not wait:
+                yield False
+                return
+            if on_wait and not told:
+                on_wait(f"waiting for process {lock.read_text().strip() or '?'} to finish {Path(path).name}")
+                told = True
+            time.sleep(poll_seconds)
+            continue
+        with os.fdopen(fd, "w") as f:
+            f.write(f"{os.getpid()}\n")
+        break
+    try:
+        yield True
+    finally:
+        lock.unlink(missing_ok=True)
 
 
 def renamed_keywords(**old_to_new: str) -> Callable:
