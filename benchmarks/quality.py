@@ -19,8 +19,8 @@ benchmarks/augment_ablation.py, so its augmentation gain is the ablation's defau
 
 One function per phase: data, recogniser, generators, samples, evaluation, augmentation, report.
 With `--workers N` the main process starts N - 1 helper processes of this script (`--lane`) that
-train the single-stage generator and run whole K-shot repetitions (generator, recognisers,
-recipe) while it trains the two-stage one; they share the generator cache and a per-run folder of
+run whole K-shot repetitions (generator, recognisers, recipe) and train the single-stage
+generator while it trains, samples and judges the two-stage one; they share the generator cache and a per-run folder of
 finished repetitions, and a lock file beside each file in the making keeps two processes from
 making the same one (`utils.claimed`).
 Goals are reported against, never asserted: a goal not reached shows up as "no" in the table.
@@ -184,12 +184,13 @@ def phase_recogniser(p: Profile, data: dict, work: Path):
     return rec
 
 
-def phase_generators(p: Profile, data: dict, work: Path, generator_cache: str | None = None) -> dict:
+def phase_generators(p: Profile, data: dict, work: Path, generator_cache: str | None = None,
+                     kinds=("two_stage", "baseline")) -> dict:
     """Two-stage and single-stage generators on the full real train split, same decoder budget
     (taken from `generator_cache` when an earlier run trained them there)."""
     images, ids = data["sets"]["train"]
     out = {}
-    for kind in ("two_stage", "baseline"):
+    for kind in kinds:
         start = time.perf_counter()
         gen = cached_generator(images, ids, cache_dir=generator_cache, num_users=p.num_users, kind=kind,
                                budget=p.budget, seed=p.train_seed, run_dir=work / "runs" / kind,
@@ -246,21 +247,30 @@ def phase_augmentation(p: Profile, data: dict, work: Path, generator_cache: str 
 
 
 def lane(p: Profile, work: Path, generator_cache: str, seed_results: Path, number: int) -> None:
-    """What helper process `number` (1, 2, ...) does: the all-data single-stage generator (the
-    main process needs it right after its own two-stage one), then whole K-shot repetitions from
-    the last seed back, skipping any that another process is running."""
+    """What helper process `number` (1, 2, ...) does: whole K-shot repetitions from the last seed
+    back, skipping any that another process is running; helper 1 trains the all-data single-stage
+    generator after its first repetition. By then the main process has trained the VQGAN both
+    all-data generators share, and it needs the single-stage one only after it has sampled its
+    own and run a repetition (see `_run`)."""
     data = phase_data(p)
     images, ids = data["sets"]["train"]
-    if number == 1:
+
+    def repetition(generator, seed):
+        phase_augmentation(p, data, work, generator_cache, generator, seeds=[seed], seed_results=seed_results,
+                           skip_busy_seeds=True)
+
+    def all_data_baseline():
         gen = cached_generator(images, ids, cache_dir=generator_cache, num_users=p.num_users, kind="baseline",
                                budget=p.budget, seed=p.train_seed, run_dir=work / "runs" / "baseline",
                                label_map=data["label_map"], colormap="jet")
         log(f"lane {number}: baseline in {generator_cache} "
             f"({', '.join(f'{k} {v:.0f}s' for k, v in gen.seconds.items()) or 'found'})")
-    for generator, seeds in (("two_stage", p.aug_seeds), ("baseline", p.baseline_aug_seeds)):
-        for seed in reversed(seeds):
-            phase_augmentation(p, data, work, generator_cache, generator, seeds=[seed], seed_results=seed_results,
-                               skip_busy_seeds=True)
+
+    jobs = [("two_stage", s) for s in reversed(p.aug_seeds)] + [("baseline", s) for s in reversed(p.baseline_aug_seeds)]
+    if number == 1:
+        jobs.insert(min(1, len(jobs)), None)
+    for job in jobs:
+        all_data_baseline() if job is None else repetition(*job)
     log(f"lane {number}: done")
 
 
@@ -541,8 +551,8 @@ def run(p: Profile, *, work: Path, out_json: Path, page: Path, eval_dir: Path, n
         work.mkdir(parents=True, exist_ok=True)
         lanes = start_lanes(p, workers, work, generator_cache, seed_results, threads)
         notes = notes + [f"{workers} processes of {threads} torch thread(s) each: the main one and "
-                         f"{workers - 1} helper(s) (--workers {workers}) that trained the single-stage generator "
-                         "and whole K-shot repetitions from the last seed back."]
+                         f"{workers - 1} helper(s) (--workers {workers}) that ran whole K-shot repetitions from the "
+                         "last seed back and trained the single-stage generator after the first."]
     try:
         result = _run(p, work=work, eval_dir=eval_dir, notes=notes, generator_cache=generator_cache,
                       reuse_augmentation=reuse_augmentation, seed_results=seed_results)
@@ -580,12 +590,16 @@ def _run(p: Profile, *, work: Path, eval_dir: Path, notes: list[str], generator_
     work.mkdir(parents=True, exist_ok=True)
     data = timed("data", lambda: phase_data(p))
     recogniser = timed("recogniser", lambda: phase_recogniser(p, data, work))
-    generators = phase_generators(p, data, work, generator_cache)
-    for kind, gen in generators.items():
-        timings[f"train_{kind}"] = sum(gen.seconds.values())
-    samples = phase_samples(p, generators)
-    for kind, s in samples.items():
-        timings[f"sample_{kind}"] = s["seconds"]
+    generators, samples = {}, {}
+    for kind in ("two_stage", "baseline"):
+        generators.update(phase_generators(p, data, work, generator_cache, kinds=(kind,)))
+        timings[f"train_{kind}"] = sum(generators[kind].seconds.values())
+        samples.update(phase_samples(p, {kind: generators[kind]}))
+        timings[f"sample_{kind}"] = samples[kind]["seconds"]
+        if kind == "two_stage" and seed_results and not reuse_augmentation:
+            # while a helper trains the single-stage generator: the K-shot repetitions nobody has taken
+            timed("augmentation_first_pass", lambda: phase_augmentation(
+                p, data, work, generator_cache, seed_results=seed_results, skip_busy_seeds=True))
     metrics = timed("evaluate", lambda: phase_evaluate(p, data, recogniser, samples, eval_dir))
     if reuse_augmentation:
         aug, aug_baseline, dated = reused_augmentation(p, reuse_augmentation)
@@ -712,6 +726,10 @@ def main():
         return lane(p, work, args.generator_cache, args.seed_results, args.lane)
     if args.workers < 1:
         raise SystemExit(f"--workers {args.workers}: give 1 or more processes.")
+    if args.workers > 1 and args.reuse_augmentation:
+        raise SystemExit("--reuse_augmentation runs no K-shot repetitions for helper processes to share; leave out "
+                         "--workers (--train_only baseline in a second process trains the single-stage generator "
+                         "beside it).")
     run(p, work=work, out_json=out_json, page=page, eval_dir=eval_dir, notes=notes, generator_cache=args.generator_cache,
         reuse_augmentation=args.reuse_augmentation, workers=args.workers, threads=args.threads)
 

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .bundle import load_bundle, save_bundle
-from .core import LatentLoss, unwrap_decoder
+from .core import LatentLoss, channels_last_unet, unwrap_decoder
 from .decoder import DecoderConfig, MicroDopplerDecoder
 from .model import decode_with_keyed_noise, sample_keys, user_labels
 from .sampling import DEFAULTS
@@ -207,6 +207,7 @@ def train_baseline(
         torch.manual_seed(train_config.seed)
         model = SingleStageBaseline(num_users=num_users, config=decoder_config, label_map=label_map, colormap=colormap,
                                     vqgan=vqgan)
+    channels_last_unet(model.decoder)  # as the two-stage decoder trains
     if decoder_config.use_vqgan:
         if vqgan is None:
             raise UserError("a latent baseline (use_vqgan) trains over a trained VQGAN; pass vqgan=.")

@@ -134,7 +134,7 @@ def fit_decoder(images: torch.Tensor, embeds: torch.Tensor, dec_config, schedule
     from .decoder import build_decoder
 
     torch.manual_seed(schedule.seed)
-    decoder = build_decoder(dec_config, vqgan=vqgan)
+    decoder = channels_last_unet(build_decoder(dec_config, vqgan=vqgan))
     if decoder.config.user_conditioning and user_indices is None:
         raise UserError("a user-conditioned decoder trains on (image, embedding, user) triples; pass user_indices.")
     extra = (user_indices.long(),) if decoder.config.user_conditioning else ()
@@ -148,6 +148,16 @@ def fit_decoder(images: torch.Tensor, embeds: torch.Tensor, dec_config, schedule
     result = run_loop(model, data, schedule, Path(run_dir), "decoder", resume=resume, sample_fn=sample_fn,
                   model_config=decoder.config.to_dict(), progress=progress)
     return unwrap_decoder(result.ema_model).eval(), result
+
+
+def channels_last_unet(decoder: nn.Module) -> nn.Module:
+    """Store the denoising network's 4-d weights channels-last (NHWC) for training: the
+    convolutions then pick NHWC kernels, 10 % faster per CPU step at the protocol's sizes
+    (benchmarks/bench_memory_format.py). Bundles save contiguous copies, so files are unchanged."""
+    from .compat import decoder_unet
+
+    decoder_unet(decoder.decoder).to(memory_format=torch.channels_last)
+    return decoder
 
 
 def fit_prior(embeds: torch.Tensor, user_indices: torch.Tensor, prior_config, schedule: TrainConfig, run_dir: Path,

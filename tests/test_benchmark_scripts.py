@@ -79,3 +79,27 @@ def test_quality_latent_profile_runs_and_finds_kshot_generators_another_process_
     # a prior retrained with the protocol's own budget (40 steps here) and seed is the protocol's prior
     assert (work / "prior_40.pt").exists()
     assert rows[3]["A_gen"] == rows[0]["A_gen"] and rows[3]["prior_spread_ratio"] == rows[0]["prior_spread_ratio"]
+
+
+def test_quality_with_two_workers_trains_nothing_twice(tmp_path):
+    """`--workers 2`: a helper process trains the single-stage generator and K-shot repetitions
+    beside the main one; every generator and every repetition is made by exactly one of them."""
+    out, work = tmp_path / "q.json", tmp_path / "work"
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks/quality.py"), "--profile", "smoke_latent",
+                           "--workers", "2", "--work_dir", str(work), "--out", str(out), "--page", str(tmp_path / "q.md"),
+                           "--eval_dir", str(tmp_path / "eval")], capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(out.read_text())
+    assert [(r["lane"], r["returncode"]) for r in result["lanes"]] == [(1, 0)]
+    lane_log = (work / "lane_1.log").read_text()
+    assert "lane 1: done" in lane_log
+    # one "[augment] seed 0" line per generator kind, whichever process ran it
+    runs = [line for line in (proc.stdout + lane_log).splitlines() if "[augment] seed 0" in line]
+    assert len(runs) == 2, runs
+    assert result["augmentation"]["seeds"] == [0] and result["augmentation_baseline"]["seeds"] == [0]
+    cache = work / "generator_cache"
+    # each generator file once (two-stage ones also under their image-model name), one VQGAN per data set
+    assert len(list(cache.glob("baseline_seed0_*.pt"))) == 2  # all data and K-shot
+    assert len(list(cache.glob("two_stage_seed0_image_model_*.pt"))) == 2
+    assert len(list((cache / "vqgan").glob("vqgan_*.pt"))) == 2
+    assert not list(work.rglob("*.lock"))

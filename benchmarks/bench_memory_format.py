@@ -1,0 +1,100 @@
+"""Decoder training step time on CPU with the U-Net's weights NCHW (PyTorch's default) vs
+channels-last (what `core.channels_last_unet` does before every decoder training), at the
+quality protocol's two decoder shapes: the 32 px pixel decoder and the 128 px profile's decoder
+over its 16 x 32 x 32 VQGAN latent. Rounds alternate between the two layouts in one process, so
+machine load hits both alike; the ratio is what to read.
+
+    python benchmarks/bench_memory_format.py [--rounds 3 --steps 8 --out benchmarks/results/bench_memory_format.json]
+"""
+
+import os
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+import argparse  # noqa: E402
+import copy  # noqa: E402
+import json  # noqa: E402
+import time  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import torch  # noqa: E402
+
+from dalle2_md.compat import decoder_unet  # noqa: E402
+from dalle2_md.core import LatentLoss, latent_decoder_config, user_table_size  # noqa: E402
+from dalle2_md.decoder import DecoderConfig, build_decoder  # noqa: E402
+from dalle2_md.presets import GeneratorBudget  # noqa: E402
+
+NUM_USERS, EMBED_DIM, BATCH = 31, 32, 16
+
+
+def models(image_size: int, budget: GeneratorBudget):
+    """(NCHW training module, channels-last copy, one batch) for the protocol's decoder at this size."""
+    config = latent_decoder_config(DecoderConfig(image_size=image_size, channels=1, image_embed_dim=EMBED_DIM,
+                                                 **user_table_size(budget.decoder, NUM_USERS)), budget)
+    torch.manual_seed(0)
+    decoder = build_decoder(config)
+    embeds, users = torch.randn(BATCH, EMBED_DIM), torch.randint(0, NUM_USERS, (BATCH,))
+    if config.use_vqgan:
+        channels, size, _ = decoder.diffused_shape
+        module, x = LatentLoss(decoder), torch.randn(BATCH, channels, size, size)
+        unet = lambda m: decoder_unet(m.inner.decoder)
+    else:
+        module, x = decoder, torch.rand(BATCH, 1, image_size, image_size) * 2 - 1
+        unet = lambda m: decoder_unet(m.decoder)
+    nhwc = copy.deepcopy(module)
+    unet(nhwc).to(memory_format=torch.channels_last)
+    return module, nhwc, (x, embeds, users)
+
+
+def seconds_per_step(module, batch, steps: int) -> float:
+    opt = torch.optim.AdamW([p for p in module.parameters() if p.requires_grad], lr=1e-4)
+    torch.manual_seed(1)
+    for i in range(steps + 1):  # the first step warms up the kernels
+        if i == 1:
+            start = time.perf_counter()
+        loss = module(*batch)
+        loss.backward()
+        opt.step()
+        opt.zero_grad()
+    return (time.perf_counter() - start) / steps
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--steps", type=int, default=8)
+    ap.add_argument("--out", default="benchmarks/results/bench_memory_format.json")
+    args = ap.parse_args()
+    torch.set_num_threads(1)
+    protocol = GeneratorBudget(sample_steps=15, prior_sample_steps=15)  # quality.py's PROTOCOL_BUDGET
+    shapes = {"32 px pixel decoder": (32, protocol),
+              "128 px decoder over a 16 x 32 x 32 latent": (128, GeneratorBudget(vqgan_steps=1000))}
+    rows = []
+    for name, (size, budget) in shapes.items():
+        nchw, nhwc, batch = models(size, budget)
+        with torch.no_grad():  # same weights, same input: the layouts compute the same function
+            torch.manual_seed(2)
+            a = nchw(*batch)
+            torch.manual_seed(2)
+            b = nhwc(*batch)
+        times = {"nchw": [], "channels_last": []}
+        for _ in range(args.rounds):
+            times["nchw"].append(seconds_per_step(nchw, batch, args.steps))
+            times["channels_last"].append(seconds_per_step(nhwc, batch, args.steps))
+        best = {k: min(v) for k, v in times.items()}
+        rows.append({"decoder": name, "batch": BATCH, "seconds_per_step": times, "best": best,
+                     "speedup": best["nchw"] / best["channels_last"], "loss_difference": abs(float(a - b))})
+    print(f"| decoder (batch {BATCH}, 1 thread) | NCHW s/step | channels-last s/step | speed-up | loss difference |")
+    print("|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['decoder']} | {r['best']['nchw']:.3f} | {r['best']['channels_last']:.3f} | "
+              f"{r['speedup']:.2f}x | {r['loss_difference']:.1e} |")
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"rounds": args.rounds, "steps": args.steps, "threads": 1,
+                               "load_average": os.getloadavg(), "rows": rows}, indent=1))
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
