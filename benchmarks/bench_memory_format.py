@@ -1,5 +1,5 @@
 """Decoder training step time on CPU with the U-Net's weights NCHW (PyTorch's default) vs
-channels-last (what `core.channels_last_unet` does before every decoder training), at the
+channels-last (what `core.channels_last_unet` does before a latent decoder trains), at the
 quality protocol's two decoder shapes: the 32 px pixel decoder and the 128 px profile's decoder
 over its 16 x 32 x 32 VQGAN latent. Rounds alternate between the two layouts in one process, so
 machine load hits both alike; the ratio is what to read.
