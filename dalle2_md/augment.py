@@ -28,7 +28,7 @@ import torch
 
 from .core import fit_budget_vqgan, latent_decoder_config, train_two_stage
 from .presets import GeneratorBudget  # noqa: F401  (moved: issue 11)
-from .utils import UserError, atomic_write, claimed, deprecated_alias, exists, renamed_keywords, say
+from .utils import UserError, atomic_write, claimed, content_digest, deprecated_alias, exists, renamed_keywords, say
 
 GENERATORS = ("two_stage", "baseline")
 
@@ -60,12 +60,6 @@ def generator_cache_path(cache_dir: str | Path, images: torch.Tensor, user_indic
     hashes the tensors' bytes, the kind, the seed and the budget's training fields. With
     `image_model_only`, the name of the same generator by its embedding model and decoder alone
     (the budget's prior fields left out), under which a prior of another budget finds them."""
-    import hashlib
-    import json
-
-    h = hashlib.sha256()
-    h.update(images.detach().cpu().contiguous().numpy().tobytes())
-    h.update(user_indices.detach().cpu().long().contiguous().numpy().tobytes())
     fields = {name: getattr(budget, name) for name in _TRAINING_FIELDS
               if not (image_model_only and name in _PRIOR_FIELDS)}
     if kind == "baseline":  # fields it ignores must not change its name
@@ -83,8 +77,8 @@ def generator_cache_path(cache_dir: str | Path, images: torch.Tensor, user_indic
         fields.update(decoder_lr=budget.decoder_lr)
     if budget.decoder_lr_schedule not in (None, "constant"):  # "constant" is what the cached ones trained with
         fields.update(decoder_lr_schedule=budget.decoder_lr_schedule)
-    h.update(json.dumps([kind, int(seed), fields], sort_keys=True, default=list).encode())
-    return Path(cache_dir) / f"{kind}_seed{seed}_{'image_model_' if image_model_only else ''}{h.hexdigest()[:16]}.pt"
+    digest = content_digest([images, user_indices.long()], [kind, int(seed), fields], default=list)
+    return Path(cache_dir) / f"{kind}_seed{seed}_{'image_model_' if image_model_only else ''}{digest}.pt"
 
 
 def cached_generator(images: torch.Tensor, user_indices: torch.Tensor, *, cache_dir: str | Path | None, kind: str,
@@ -426,14 +420,7 @@ def augmentation_gain(
 
 def seed_result_path(folder: str | Path, tensors: Sequence[torch.Tensor], settings: list, seed: int) -> Path:
     """Where `augmentation_gain` keeps one seed's finished repetition (see its `seed_results`)."""
-    import hashlib
-    import json
-
-    h = hashlib.sha256()
-    for t in tensors:
-        h.update(t.detach().cpu().contiguous().numpy().tobytes())
-    h.update(json.dumps([settings, seed], sort_keys=True, default=str).encode())
-    return Path(folder) / f"seed{seed}_{h.hexdigest()[:16]}.json"
+    return Path(folder) / f"seed{seed}_{content_digest(tensors, [settings, seed])}.json"
 
 
 def _kept_seed(path: Path, run_seed: Callable[[], dict], *, wait: bool) -> dict | None:

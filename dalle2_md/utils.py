@@ -1,7 +1,8 @@
 """Small helpers shared by every stage: existence defaults, seeding, user-facing errors, the one
 rule for reading stored configs (`checked_fields`), short listings for messages, atomic file
-writes, a lock file that lets processes share a cache (`claimed`), the package-version stamp that goes into every saved artefact, and the two shims that
-keep a renamed keyword or function working for one release (`renamed_keywords`,
+writes, a lock file that lets processes share a cache (`claimed`) and the content hash that
+names cached files (`content_digest`), the package-version stamp that goes into every saved
+artefact, and the two shims that keep a renamed keyword or function working for one release (`renamed_keywords`,
 `deprecated_alias`); and `say`, the one channel for user-facing lines.
 
 How the package talks to its user (issue 11), one rule:
@@ -155,6 +156,20 @@ def atomic_write(path: str | os.PathLike, mode: str = "wb"):
         if os.path.exists(tmp):
             os.remove(tmp)
         raise
+
+
+def content_digest(tensors: Iterable[Any], settings: Any, *, default: Callable = str) -> str:
+    """16 hex digits of a SHA-256 over the tensors' bytes, then `settings` as sorted JSON (its
+    non-JSON values through `default`): the name part of every cached file, so a file is found
+    again only for exactly the same inputs and settings."""
+    import hashlib
+    import json
+
+    h = hashlib.sha256()
+    for t in tensors:
+        h.update(t.detach().cpu().contiguous().numpy().tobytes())
+    h.update(json.dumps(settings, sort_keys=True, default=default).encode())
+    return h.hexdigest()[:16]
 
 
 def _holder_alive(lock: Path) -> bool:
