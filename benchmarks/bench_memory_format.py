@@ -1,8 +1,11 @@
-"""Decoder training step time on CPU with the U-Net's weights NCHW (PyTorch's default) vs
-channels-last (what `core.channels_last_unet` does before a latent decoder trains), at the
-quality protocol's two decoder shapes: the 32 px pixel decoder and the 128 px profile's decoder
-over its 16 x 32 x 32 VQGAN latent. Rounds alternate between the two layouts in one process, so
-machine load hits both alike; the ratio is what to read.
+"""Decoder training step time on CPU with the U-Net's weights NCHW (PyTorch's default), channels-last
+(what `core.channels_last_unet` does before a latent decoder trains), and channels-last with the
+training step compiled (`TrainConfig.compile`, torch.compile with inductor), at the quality
+protocol's two decoder shapes: the 32 px pixel decoder and the 128 px profile's decoder over its
+16 x 32 x 32 VQGAN latent. Rounds alternate between the arms in one process, so machine load hits
+them alike; the ratios are what to read. The compiled arm's first step, which compiles, is timed
+on its own (`compile_seconds`): set TORCHINDUCTOR_CACHE_DIR to an empty folder to time a first
+compilation, as a fresh machine pays it.
 
     python benchmarks/bench_memory_format.py [--rounds 3 --steps 8 --out benchmarks/results/bench_memory_format.json]
 """
@@ -10,6 +13,7 @@ machine load hits both alike; the ratio is what to read.
 import os
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("TORCHINDUCTOR_COMPILE_THREADS", "1")
 
 import argparse  # noqa: E402
 import copy  # noqa: E402
@@ -46,11 +50,16 @@ def models(image_size: int, budget: GeneratorBudget):
     return module, nhwc, (x, embeds, users)
 
 
-def seconds_per_step(module, batch, steps: int) -> float:
+def seconds_per_step(module, batch, steps: int, first: list | None = None) -> float:
+    """Mean seconds of `steps` training steps after one warm-up step (whose time is appended to
+    `first` when given)."""
     opt = torch.optim.AdamW([p for p in module.parameters() if p.requires_grad], lr=1e-4)
     torch.manual_seed(1)
-    for i in range(steps + 1):  # the first step warms up the kernels
+    start = time.perf_counter()
+    for i in range(steps + 1):  # the first step warms up the kernels (and compiles)
         if i == 1:
+            if first is not None:
+                first.append(time.perf_counter() - start)
             start = time.perf_counter()
         loss = module(*batch)
         loss.backward()
@@ -77,18 +86,25 @@ def main():
             a = nchw(*batch)
             torch.manual_seed(2)
             b = nhwc(*batch)
-        times = {"nchw": [], "channels_last": []}
-        for _ in range(args.rounds):
-            times["nchw"].append(seconds_per_step(nchw, batch, args.steps))
-            times["channels_last"].append(seconds_per_step(nhwc, batch, args.steps))
+        # the compiled arm wraps its own copy: the wrapper shares weights with what it wraps
+        arms = {"nchw": nchw, "channels_last": nhwc, "compiled": torch.compile(copy.deepcopy(nhwc))}
+        times, compile_seconds = {arm: [] for arm in arms}, []
+        for i in range(args.rounds):
+            for arm, module in arms.items():
+                first = compile_seconds if arm == "compiled" and i == 0 else None
+                times[arm].append(seconds_per_step(module, batch, args.steps, first))
         best = {k: min(v) for k, v in times.items()}
         rows.append({"decoder": name, "batch": BATCH, "seconds_per_step": times, "best": best,
-                     "speedup": best["nchw"] / best["channels_last"], "loss_difference": abs(float(a - b))})
-    print(f"| decoder (batch {BATCH}, 1 thread) | NCHW s/step | channels-last s/step | speed-up | loss difference |")
-    print("|---|---|---|---|---|")
+                     "speedup": best["nchw"] / best["channels_last"],
+                     "compiled_speedup": best["channels_last"] / best["compiled"],
+                     "compile_seconds": compile_seconds[0], "loss_difference": abs(float(a - b))})
+    print(f"| decoder (batch {BATCH}, 1 thread) | NCHW s/step | channels-last s/step | speed-up | loss difference "
+          "| compiled s/step | compiled vs channels-last | first compiled step s |")
+    print("|---|---|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['decoder']} | {r['best']['nchw']:.3f} | {r['best']['channels_last']:.3f} | "
-              f"{r['speedup']:.2f}x | {r['loss_difference']:.1e} |")
+              f"{r['speedup']:.2f}x | {r['loss_difference']:.1e} | {r['best']['compiled']:.3f} | "
+              f"{r['compiled_speedup']:.2f}x | {r['compile_seconds']:.0f} |")
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"rounds": args.rounds, "steps": args.steps, "threads": 1,

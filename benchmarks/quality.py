@@ -28,9 +28,11 @@ Goals are reported against, never asserted: a goal not reached shows up as "no" 
 
 import os
 
-# one thread for numpy / BLAS unless asked otherwise; set before torch / numpy are imported
+# one thread for numpy / BLAS (and for torch.compile's code generation, which otherwise takes
+# every core from the other worker) unless asked otherwise; set before torch / numpy are imported
 _THREADS = "1"
-for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMEXPR_NUM_THREADS"):
+for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMEXPR_NUM_THREADS",
+            "TORCHINDUCTOR_COMPILE_THREADS"):
     os.environ.setdefault(var, _THREADS)
 
 import argparse  # noqa: E402
@@ -72,9 +74,12 @@ ALL_DATA_BUDGET = replace(PROTOCOL_BUDGET, decoder_steps=7200, prior_steps=4000,
 # 128 px through the latent path: the CPU VQGAN at f = 4 turns an image into a 16 x 32 x 32 latent,
 # on which a decoder step costs 0.46 s against 0.34 s for a 32 px pixel image (batch 16, one core,
 # measured), so the decoders get the K-shot generators' 2400 steps, not the 32 px profile's 7200.
-LATENT128_BUDGET = replace(PROTOCOL_BUDGET, vqgan_steps=1000)
+# Their training steps are compiled: 0.75x the eager step after a first step that compiles for
+# about 3.5 min (15 s once torch's cache holds the graph), which 1600 steps repay
+# (benchmarks/bench_memory_format.py).
+LATENT128_BUDGET = replace(PROTOCOL_BUDGET, vqgan_steps=1000, decoder_compile=True)
 # the K-shot generators of the 128 px profile: 310 images need fewer VQGAN and decoder steps
-LATENT128_KSHOT_BUDGET = replace(PROTOCOL_BUDGET, vqgan_steps=400, decoder_steps=1600)
+LATENT128_KSHOT_BUDGET = replace(PROTOCOL_BUDGET, vqgan_steps=400, decoder_steps=1600, decoder_compile=True)
 
 
 @dataclass(frozen=True)

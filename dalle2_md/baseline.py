@@ -74,7 +74,9 @@ class SingleStageBaseline(nn.Module):
 
     def _checked_indices(self, user_indices) -> torch.Tensor:
         indices = torch.as_tensor(user_indices, dtype=torch.long, device=self.user_embed.weight.device).reshape(-1)
-        if len(indices) and (int(indices.min()) < 0 or int(indices.max()) >= self.num_users):
+        # a compiled training step (its data checked when loaded) skips the check: reading the
+        # indices back would make torch.compile specialise on every batch's min and max
+        if len(indices) and not torch.compiler.is_compiling() and (int(indices.min()) < 0 or int(indices.max()) >= self.num_users):
             bad = sorted({int(u) for u in indices.tolist() if not 0 <= u < self.num_users})
             raise UserError(f"user indices {bad} out of range: this baseline knows 0..{self.num_users - 1}.")
         return indices

@@ -225,6 +225,9 @@ def _train_options(*, output_dir, experiment_name, batch_size):
         _opt("max_grad_norm", type=float, default=1.0, help="Gradient clipping norm; 0 turns clipping off."),
         _opt("ema_decay", type=float, default=0.995, help="EMA decay of the weights used for sampling and saved."),
         _opt("mixed_precision", type=click.Choice(["no", "fp16", "bf16"]), default="no", help="Mixed precision (accelerate)."),
+        _opt("compile", is_flag=True, default=False,
+             help="torch.compile the training step (needs a C++ compiler on CPU; the first step compiles for minutes, "
+                  "later steps run faster; a failed compilation trains on without it)."),
         _opt("gradient_accumulation_steps", type=int, default=1, help="Micro-steps per optimizer step."),
         _opt("seed", type=int, default=0, help="Seeds weights, data order and noise."),
         _opt("log_every", type=int, default=10, help="TensorBoard scalars every N steps."),
@@ -265,7 +268,7 @@ def _common(kw):
     config = TrainConfig(
         max_steps=max_steps, epochs=None if max_steps is not None else epochs, batch_size=kw.pop("batch_size"), lr=kw.pop("lr"),
         warmup_steps=kw.pop("warmup_steps"), max_grad_norm=grad if grad and grad > 0 else None,
-        ema_decay=kw.pop("ema_decay"), mixed_precision=kw.pop("mixed_precision"),
+        ema_decay=kw.pop("ema_decay"), mixed_precision=kw.pop("mixed_precision"), compile=kw.pop("compile"),
         gradient_accumulation_steps=kw.pop("gradient_accumulation_steps"), seed=kw.pop("seed"),
         log_every=kw.pop("log_every"), checkpoint_every=kw.pop("checkpoint_every"),
         sample_every=kw.pop("sample_every"), keep_last=kw.pop("keep_last"), num_workers=kw.pop("num_workers"),

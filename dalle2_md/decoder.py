@@ -517,7 +517,9 @@ class MicroDopplerDecoder(nn.Module):
         if user_indices.is_floating_point():
             tokens = user_indices.to(self.user_embed.weight.dtype) @ self.user_embed.weight
         else:
-            if user_indices.numel() and not 0 <= int(user_indices.min()) <= int(user_indices.max()) < self.config.num_users:
+            # skipped inside a compiled training step, as in baseline.SingleStageBaseline._checked_indices
+            if (user_indices.numel() and not torch.compiler.is_compiling()
+                    and not 0 <= int(user_indices.min()) <= int(user_indices.max()) < self.config.num_users):
                 raise UserError(f"user indices must lie in 0..{self.config.num_users - 1} for this decoder.")
             tokens = self.user_embed(user_indices.long())
         if tokens.shape[0] != image_embeds.shape[0]:

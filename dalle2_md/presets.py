@@ -83,6 +83,8 @@ class GeneratorBudget:
         sampler, eta: sampler and DDIM eta when generating (see `sampling.resolve_sampler`).
         guidance_interval: (lo, hi): the decoder's guidance only at sampling times lo <= t / T <=
             hi when generating (None: the decoder's own setting, guidance at every step).
+        decoder_compile: torch.compile the decoders' training steps (`TrainConfig.compile`): worth
+            it where a decoder trains long enough to repay the first step's compilation.
     """
 
     clip_steps: int = 300
@@ -108,6 +110,7 @@ class GeneratorBudget:
     sampler: str | None = None
     eta: float = DEFAULTS.eta
     guidance_interval: tuple[float, float] | None = None
+    decoder_compile: bool = False
 
     def schedule(self, steps: int, batch_size: int, seed: int) -> TrainConfig:
         """The `TrainConfig` of one stage."""
@@ -116,10 +119,12 @@ class GeneratorBudget:
 
     def decoder_schedule(self, seed: int) -> TrainConfig:
         """The decoders' `TrainConfig`: `decoder_steps` at `decoder_batch_size`, at `decoder_lr`
-        and `decoder_lr_schedule` when they are set."""
+        and `decoder_lr_schedule` when they are set, compiled with `decoder_compile`."""
         config = self.schedule(self.decoder_steps, self.decoder_batch_size, seed)
         if self.decoder_lr is not None:
             config = replace(config, lr=self.decoder_lr)
+        if self.decoder_compile:
+            config = replace(config, compile=True)
         return config if self.decoder_lr_schedule is None else replace(config, lr_schedule=self.decoder_lr_schedule)
 
     def budget_fields(self) -> dict:

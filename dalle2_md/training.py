@@ -71,6 +71,11 @@ class TrainConfig:
     ema_update_every: int = 1
     ema_start_step: int = 0
     mixed_precision: str = "no"  # no | fp16 | bf16
+    # torch.compile the forward and backward (inductor). The first step pays the compilation
+    # (about 3.5 min for the 128 px latent decoder on one CPU core, 15 s from torch's on-disk
+    # cache), then a step costs about 0.75x (benchmarks/bench_memory_format.py); a failed
+    # compilation trains on without it, with one line saying so
+    compile: bool = False
     gradient_accumulation_steps: int = 1
     seed: int = 0
     log_every: int = 10
@@ -310,6 +315,15 @@ def _call(model: nn.Module, batch) -> Tensor:
     return model(batch)
 
 
+class _LossShapeError(TypeError):
+    """The model's forward returned no scalar: the model's fault, not the compiler's."""
+
+
+def _check_scalar(loss: Tensor, stage: str) -> None:
+    if loss.ndim != 0:
+        raise _LossShapeError(f"the {stage} model's forward must return a scalar loss, got shape {tuple(loss.shape)}")
+
+
 def _make_accelerator(config: TrainConfig, run_dir: Path):
     from accelerate import Accelerator
 
@@ -467,6 +481,9 @@ class _Trainer:
         optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
         self.model, self.optimizer = self.accelerator.prepare(model, optimizer)
         self.unwrapped = self.accelerator.unwrap_model(self.model)
+        # the compiled wrapper shares the weights; checkpoints, EMA and clipping use self.model
+        self.forward_model = torch.compile(self.model) if config.compile else self.model
+        self.compiling = config.compile  # until the first compiled step has run forward and backward
         # not prepared: accelerate's scheduler wrapper steps once per process, which would stretch warmup
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(unwrap_optimizer(self.optimizer),
                                                            _lr_lambda(config, self.total_steps))
@@ -556,11 +573,7 @@ class _Trainer:
         returns (loss of the optimizer step, gradient norm) then, else None."""
         accelerator, result = self.accelerator, None
         with accelerator.accumulate(self.model):
-            loss = _call(self.model, batch)
-            if loss.ndim != 0:
-                raise TypeError(f"the {self.stage} model's forward must return a scalar loss, "
-                                f"got shape {tuple(loss.shape)}")
-            accelerator.backward(loss)
+            loss = self._forward_backward(batch)
             self.acc_loss += loss.detach().float() / self.config.gradient_accumulation_steps
             if accelerator.sync_gradients:
                 # one collective per optimizer step; every process sees the same value, so all
@@ -581,6 +594,25 @@ class _Trainer:
                 raise _nonfinite_error(self.step + 1, "the weight update", self.last_ckpt) from None
             self.optimizer.zero_grad(set_to_none=True)
         return result
+
+    def _forward_backward(self, batch) -> Tensor:
+        """The loss of one micro-batch, its gradients accumulated. The first compiled step may fail
+        to compile (no C++ compiler, an op inductor cannot lower): then the step runs again eagerly
+        and so does the rest of the run."""
+        try:
+            loss = _call(self.forward_model, batch)
+            _check_scalar(loss, self.stage)
+            self.accelerator.backward(loss)
+        except Exception as e:
+            if not self.compiling or isinstance(e, (UserError, _LossShapeError)):
+                raise
+            first_line = (str(e).strip().splitlines() or [""])[0][:200]
+            say(f"{self.stage}: torch.compile failed ({type(e).__name__}: {first_line}); training on without it")
+            self.forward_model, self.compiling = self.model, False
+            self.optimizer.zero_grad(set_to_none=True)
+            return self._forward_backward(batch)
+        self.compiling = False
+        return loss
 
     def _after_step(self, step_loss: float, grad_norm: Tensor | None) -> None:
         config, step = self.config, self.step + 1

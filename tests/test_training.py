@@ -310,3 +310,66 @@ def test_max_seconds_ends_the_run_as_its_last_step(tmp_path):
     assert load_checkpoint(result.checkpoint, stage="toy")["step"] == 1  # the final checkpoint is written
     with pytest.raises(UserError, match="max_seconds"):
         cfg(max_steps=1, max_seconds=0)
+
+
+class NoisyMLP(nn.Module):
+    """forward(x, y) -> MSE loss with dropout and input noise, and no Python state for
+    torch.compile to guard on."""
+
+    def __init__(self):
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(4, 16), nn.SiLU(), nn.Dropout(0.1), nn.Linear(16, 1))
+
+    def forward(self, x, y):
+        x = x + 0.01 * torch.randn_like(x)
+        return nn.functional.mse_loss(self.net(x).squeeze(-1), y)
+
+
+def _train_noisy_mlp(tmp: Path, **kw):
+    torch.manual_seed(7)
+    return train(NoisyMLP(), toy_data(), cfg(max_steps=6, **kw), run_dir=tmp, stage="toy", progress=False)
+
+
+def test_compiled_training_captures_graphs_and_is_the_same_run(tmp_path, monkeypatch):
+    # a backend that runs the captured graph as it is: the loop's compiled path without the
+    # minutes inductor spends generating code (benchmarks/bench_memory_format.py times inductor)
+    captured = []
+
+    def run_as_captured(graph_module, example_inputs):
+        captured.append(graph_module)
+        return graph_module.forward
+
+    real_compile = torch.compile
+    monkeypatch.setattr(torch, "compile", lambda model, **kw: real_compile(model, backend=run_as_captured))
+    torch._dynamo.reset()
+    compiled = _train_noisy_mlp(tmp_path / "compiled", compile=True)
+    eager = _train_noisy_mlp(tmp_path / "eager")
+    assert captured, "torch.compile never captured the training step"
+    assert compiled.losses == pytest.approx(eager.losses, rel=1e-5)
+    for name, value in weights(eager.model).items():
+        assert torch.allclose(weights(compiled.model)[name], value, atol=1e-6), name
+    # the checkpoint holds the plain module's weights, not the compiled wrapper's names
+    assert not any("_orig_mod" in k for k in load_checkpoint(latest_checkpoint(tmp_path / "compiled"))["state_dict"])
+
+
+def test_a_failed_compilation_trains_on_eagerly_and_says_so(tmp_path, monkeypatch, capsys):
+    def broken_backend(graph_module, example_inputs):
+        raise RuntimeError("no working C++ compiler")
+
+    real_compile = torch.compile
+    monkeypatch.setattr(torch, "compile", lambda model, **kw: real_compile(model, backend=broken_backend))
+    torch._dynamo.reset()
+    fell_back = _train_noisy_mlp(tmp_path / "fell_back", compile=True)
+    eager = _train_noisy_mlp(tmp_path / "eager")
+    said = capsys.readouterr()
+    assert "torch.compile failed" in said.out + said.err and "training on without it" in said.out + said.err
+    assert fell_back.losses == pytest.approx(eager.losses, rel=1e-6)
+
+
+def test_a_budget_with_decoder_compile_compiles_the_decoders_only():
+    from dalle2_md.presets import GeneratorBudget
+
+    budget = GeneratorBudget(decoder_compile=True)
+    assert budget.decoder_schedule(seed=0).compile
+    assert not budget.schedule(budget.prior_steps, budget.batch_size, 0).compile
+    assert not GeneratorBudget().decoder_schedule(seed=0).compile
