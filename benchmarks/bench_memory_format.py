@@ -2,12 +2,16 @@
 (what `core.channels_last_unet` does before a latent decoder trains), and channels-last with the
 training step compiled (`TrainConfig.compile`, torch.compile with inductor), at the quality
 protocol's two decoder shapes: the 32 px pixel decoder and the 128 px profile's decoder over its
-16 x 32 x 32 VQGAN latent. Rounds alternate between the arms in one process, so machine load hits
+16 x 32 x 32 VQGAN latent (and AdamW's step over that decoder's weights, per-tensor loop vs fused).
+Rounds alternate between the arms in one process, so machine load hits
 them alike; the ratios are what to read. The compiled arm's first step, which compiles, is timed
 on its own (`compile_seconds`): set TORCHINDUCTOR_CACHE_DIR to an empty folder to time a first
-compilation, as a fresh machine pays it.
+compilation, as a fresh machine pays it. `--other_core busy` keeps a second process training the
+128 px latent decoder meanwhile, as the quality protocol's second worker does (the two share
+caches and memory bandwidth).
 
     python benchmarks/bench_memory_format.py [--rounds 3 --steps 8 --out benchmarks/results/bench_memory_format.json]
+    python benchmarks/bench_memory_format.py --other_core busy --out benchmarks/results/bench_memory_format_busy.json
 """
 
 import os
@@ -18,6 +22,8 @@ os.environ.setdefault("TORCHINDUCTOR_COMPILE_THREADS", "1")
 import argparse  # noqa: E402
 import copy  # noqa: E402
 import json  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
 import time  # noqa: E402
 from pathlib import Path  # noqa: E402
 
@@ -53,7 +59,8 @@ def models(image_size: int, budget: GeneratorBudget):
 def seconds_per_step(module, batch, steps: int, first: list | None = None) -> float:
     """Mean seconds of `steps` training steps after one warm-up step (whose time is appended to
     `first` when given)."""
-    opt = torch.optim.AdamW([p for p in module.parameters() if p.requires_grad], lr=1e-4)
+    # fused, as `training.train` builds it
+    opt = torch.optim.AdamW([p for p in module.parameters() if p.requires_grad], lr=1e-4, fused=True)
     torch.manual_seed(1)
     start = time.perf_counter()
     for i in range(steps + 1):  # the first step warms up the kernels (and compiles)
@@ -68,12 +75,68 @@ def seconds_per_step(module, batch, steps: int, first: list | None = None) -> fl
     return (time.perf_counter() - start) / steps
 
 
+def optimizer_milliseconds(rounds: int = 30) -> dict:
+    """AdamW's step over the 128 px latent decoder's weights: the per-tensor loop (PyTorch's
+    default on a CPU) against the fused kernel `training.train` uses."""
+    _, module, _ = models(128, GeneratorBudget(vqgan_steps=1000))
+    params = [p for p in module.parameters() if p.requires_grad]
+    for p in params:
+        p.grad = torch.randn_like(p)
+    out = {}
+    for name, kw in (("loop", {}), ("fused", {"fused": True})):
+        opt = torch.optim.AdamW(params, lr=1e-4, **kw)
+        opt.step()
+        start = time.perf_counter()
+        for _ in range(rounds):
+            opt.step()
+        out[name] = 1000 * (time.perf_counter() - start) / rounds
+    return out
+
+
+def keep_busy() -> None:
+    """Train the 128 px latent decoder eagerly until killed (the load of `--other_core busy`)."""
+    torch.set_num_threads(1)
+    _, nhwc, batch = models(128, GeneratorBudget(vqgan_steps=1000))
+    while True:
+        seconds_per_step(nhwc, batch, 8)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--steps", type=int, default=8)
+    ap.add_argument("--other_core", choices=("idle", "busy"), default="idle")
+    ap.add_argument("--keep_busy", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--out", default="benchmarks/results/bench_memory_format.json")
     args = ap.parse_args()
+    if args.keep_busy:
+        return keep_busy()
+    load = None
+    if args.other_core == "busy":
+        load = subprocess.Popen([sys.executable, __file__, "--keep_busy"], stdout=subprocess.DEVNULL)
+    try:
+        rows = measure(args)
+        optimizer = optimizer_milliseconds()
+    finally:
+        if load is not None:
+            load.kill()
+    print(f"| decoder (batch {BATCH}, 1 thread, other core {args.other_core}) | NCHW s/step | channels-last s/step "
+          "| speed-up | loss difference | compiled s/step | compiled vs channels-last | first compiled step s |")
+    print("|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['decoder']} | {r['best']['nchw']:.3f} | {r['best']['channels_last']:.3f} | "
+              f"{r['speedup']:.2f}x | {r['loss_difference']:.1e} | {r['best']['compiled']:.3f} | "
+              f"{r['compiled_speedup']:.2f}x | {r['compile_seconds']:.0f} |")
+    print(f"AdamW step over the 128 px latent decoder's weights: per-tensor loop {optimizer['loop']:.1f} ms, "
+          f"fused {optimizer['fused']:.1f} ms")
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"rounds": args.rounds, "steps": args.steps, "threads": 1, "other_core": args.other_core,
+                               "load_average": os.getloadavg(), "rows": rows, "adamw_step_ms": optimizer}, indent=1))
+    print(f"wrote {out}")
+
+
+def measure(args) -> list[dict]:
     torch.set_num_threads(1)
     protocol = GeneratorBudget(sample_steps=15, prior_sample_steps=15)  # quality.py's PROTOCOL_BUDGET
     shapes = {"32 px pixel decoder": (32, protocol),
@@ -98,18 +161,7 @@ def main():
                      "speedup": best["nchw"] / best["channels_last"],
                      "compiled_speedup": best["channels_last"] / best["compiled"],
                      "compile_seconds": compile_seconds[0], "loss_difference": abs(float(a - b))})
-    print(f"| decoder (batch {BATCH}, 1 thread) | NCHW s/step | channels-last s/step | speed-up | loss difference "
-          "| compiled s/step | compiled vs channels-last | first compiled step s |")
-    print("|---|---|---|---|---|---|---|---|")
-    for r in rows:
-        print(f"| {r['decoder']} | {r['best']['nchw']:.3f} | {r['best']['channels_last']:.3f} | "
-              f"{r['speedup']:.2f}x | {r['loss_difference']:.1e} | {r['best']['compiled']:.3f} | "
-              f"{r['compiled_speedup']:.2f}x | {r['compile_seconds']:.0f} |")
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"rounds": args.rounds, "steps": args.steps, "threads": 1,
-                               "load_average": os.getloadavg(), "rows": rows}, indent=1))
-    print(f"wrote {out}")
+    return rows
 
 
 if __name__ == "__main__":

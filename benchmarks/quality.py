@@ -74,9 +74,9 @@ ALL_DATA_BUDGET = replace(PROTOCOL_BUDGET, decoder_steps=7200, prior_steps=4000,
 # 128 px through the latent path: the CPU VQGAN at f = 4 turns an image into a 16 x 32 x 32 latent,
 # on which a decoder step costs 0.46 s against 0.34 s for a 32 px pixel image (batch 16, one core,
 # measured), so the decoders get the K-shot generators' 2400 steps, not the 32 px profile's 7200.
-# Their steps are not compiled (`decoder_compile`): alone on a core a compiled step costs 0.80x,
-# but with both cores busy 0.385 against 0.435 s (0.89x, measured in the training loop), and the
-# first compilation took 4.5 min in the profile's run, more than a 1600-step decoder saves.
+# Their steps are not compiled (`decoder_compile`): a compiled step costs 0.82-0.93x an eager one
+# here, so a 1300-step decoder saves 30-70 s, against a first compilation of 85-207 s
+# (benchmarks/bench_memory_format.py); at the profile's scale that nets nothing sure.
 LATENT128_BUDGET = replace(PROTOCOL_BUDGET, vqgan_steps=1000)
 # the K-shot generators of the 128 px profile: 310 images need fewer VQGAN and decoder steps.
 # 1300 decoder steps (67 passes over the 310 images), not 1600, fit the profile in 60 min on two

@@ -72,8 +72,8 @@ class TrainConfig:
     ema_start_step: int = 0
     mixed_precision: str = "no"  # no | fp16 | bf16
     # torch.compile the forward and backward (inductor). The first step pays the compilation
-    # (about 3.5 min for the 128 px latent decoder on one CPU core, 15 s from torch's on-disk
-    # cache), then a step costs about 0.75x (benchmarks/bench_memory_format.py); a failed
+    # (85-207 s for the quality protocol's decoders on one CPU core, 11-15 s from torch's on-disk
+    # cache), then a step costs 0.70-0.93x (benchmarks/bench_memory_format.py); a failed
     # compilation trains on without it, with one line saying so
     compile: bool = False
     gradient_accumulation_steps: int = 1

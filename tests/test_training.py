@@ -373,3 +373,15 @@ def test_a_budget_with_decoder_compile_compiles_the_decoders_only():
     assert budget.decoder_schedule(seed=0).compile
     assert not budget.schedule(budget.prior_steps, budget.batch_size, 0).compile
     assert not GeneratorBudget().decoder_schedule(seed=0).compile
+
+
+def test_the_fused_optimizer_makes_the_per_tensor_loops_update(tmp_path, monkeypatch):
+    # the loop builds AdamW fused (one kernel over all weights); the default per-tensor loop must
+    # give the same run
+    fused = _train_noisy_mlp(tmp_path / "fused")
+    real_adamw = torch.optim.AdamW
+    monkeypatch.setattr(torch.optim, "AdamW", lambda params, fused=None, **kw: real_adamw(params, **kw))
+    looped = _train_noisy_mlp(tmp_path / "looped")
+    assert fused.losses == pytest.approx(looped.losses, rel=1e-5)
+    for name, value in weights(looped.model).items():
+        assert torch.allclose(weights(fused.model)[name], value, atol=1e-6), name
