@@ -324,6 +324,11 @@ def _check_scalar(loss: Tensor, stage: str) -> None:
         raise _LossShapeError(f"the {stage} model's forward must return a scalar loss, got shape {tuple(loss.shape)}")
 
 
+def _finite_weights(model: nn.Module) -> bool:
+    params = [p.detach() for p in model.parameters() if p.is_floating_point()]
+    return not params or bool(torch.isfinite(torch.stack([p.sum() for p in params])).all())
+
+
 def _make_accelerator(config: TrainConfig, run_dir: Path):
     from accelerate import Accelerator
 
@@ -596,6 +601,10 @@ class _Trainer:
                 if "overflow" not in str(e):
                     raise
                 raise _nonfinite_error(self.step + 1, "the weight update", self.last_ckpt) from None
+            # the fused AdamW does not raise on overflow, it writes inf: caught here, before any
+            # checkpoint can hold the weights (one pass over them)
+            if accelerator.sync_gradients and not _finite_weights(self.unwrapped):
+                raise _nonfinite_error(self.step + 1, "the weight update", self.last_ckpt)
             self.optimizer.zero_grad(set_to_none=True)
         return result
 

@@ -304,7 +304,7 @@ def _train_as_before(images, ids, cfg):
         torch.manual_seed(cfg.seed)
         model = Recogniser(config=TINY)
     g = torch.Generator().manual_seed(cfg.seed)
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, fused=True)  # as the loop's
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(s, cfg.steps) / cfg.steps)))
     losses = []
     for _ in range(cfg.steps):
@@ -340,7 +340,7 @@ def plain_recogniser_loop(images, ids, config, cfg, synthetic=None):
 
     model = _initial_recogniser(config, cfg.seed, None)
     objective, stream = _Objective(model, cfg.synthetic_weight), _BatchStream((images, ids), synthetic, cfg)
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, fused=True)  # as the loop's
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(s, cfg.steps) / max(1, cfg.steps))))
     for _ in range(cfg.steps):
