@@ -601,10 +601,6 @@ class _Trainer:
                 if "overflow" not in str(e):
                     raise
                 raise _nonfinite_error(self.step + 1, "the weight update", self.last_ckpt) from None
-            # the fused AdamW does not raise on overflow, it writes inf: caught here, before any
-            # checkpoint can hold the weights (one pass over them)
-            if accelerator.sync_gradients and not _finite_weights(self.unwrapped):
-                raise _nonfinite_error(self.step + 1, "the weight update", self.last_ckpt)
             self.optimizer.zero_grad(set_to_none=True)
         return result
 
@@ -650,6 +646,11 @@ class _Trainer:
             if exists(out):
                 self.samples.append(out)
         if (config.checkpoint_every and step % config.checkpoint_every == 0) or last:
+            # the fused AdamW writes inf on overflow instead of raising: a step whose update did
+            # that is stopped here, before a checkpoint holds it (any earlier one would already
+            # have stopped the run through the next step's loss)
+            if not _finite_weights(self.unwrapped):
+                raise _nonfinite_error(step, "the weight update", self.last_ckpt)
             if (path := self._save()) is not None:
                 self.last_ckpt = path
                 if config.keep_last:
