@@ -152,9 +152,10 @@ def fit_decoder(images: torch.Tensor, embeds: torch.Tensor, dec_config, schedule
 
 def channels_last_unet(decoder: nn.Module) -> nn.Module:
     """Store a latent decoder's denoising network 4-d weights channels-last (NHWC) for training:
-    its convolutions then pick NHWC kernels, 1.08x faster per CPU step on the 128 px profile's
-    16 x 32 x 32 latent, while the 32 px pixel decoder is 0.97x (benchmarks/bench_memory_format.py),
-    so pixel decoders are left as they are. Bundles save contiguous copies: files are unchanged."""
+    its convolutions then pick NHWC kernels, 1.06-1.10x faster per CPU step on the 128 px profile's
+    16 x 32 x 32 latent, while the 32 px pixel decoder gains nothing (0.97-1.00x,
+    benchmarks/bench_memory_format.py), so pixel decoders are left as they are. Bundles save
+    contiguous copies: files are unchanged."""
     from .compat import decoder_unet
 
     if decoder.config.use_vqgan:
