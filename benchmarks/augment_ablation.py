@@ -32,10 +32,12 @@ import torch  # noqa: E402
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from kshot import KSHOT_RECOGNISER, simulate, split  # noqa: E402
 
-from dalle2_md.augment import GeneratorBudget, _mean_std, augmentation_gain, summarise_seeds  # noqa: E402
-from dalle2_md.evaluate import RecogniserTrainConfig, _plain_floats  # noqa: E402
-from dalle2_md.recipe import AugmentRecipe  # noqa: E402
-from dalle2_md.synth import get_profile  # noqa: E402
+from dalle2_md.training.presets import GeneratorBudget
+from dalle2_md.augmentation.harness import _mean_std, augmentation_gain, summarise_seeds
+from dalle2_md.evaluation.recogniser import RecogniserTrainConfig
+from dalle2_md.evaluation.report import _plain_floats
+from dalle2_md.augmentation.recipe import AugmentRecipe  # noqa: E402
+from dalle2_md.data.simulator import get_profile  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 # the base of the ablation run in docs/results.md: the recogniser filter on (the default then)

@@ -20,13 +20,15 @@ from pathlib import Path
 
 import torch
 
-from dalle2_md import curate
-from dalle2_md.augment import GeneratorBudget, load_splits, train_generator
-from dalle2_md.display import save_grid
-from dalle2_md.evaluate import RecogniserTrainConfig, accuracy, train_recogniser
-from dalle2_md.model import MicroDopplerDALLE2
-from dalle2_md.variations import sdedit, variations_of
-from dalle2_md.synth import synthesize_dataset
+from dalle2_md.generation import curate
+from dalle2_md.training.presets import GeneratorBudget
+from dalle2_md.augmentation.harness import load_splits, train_generator
+from dalle2_md.data.display import save_grid
+from dalle2_md.evaluation.recogniser import RecogniserTrainConfig, train_recogniser
+from dalle2_md.evaluation.recogniser import accuracy
+from dalle2_md.models.chain import MicroDopplerDALLE2
+from dalle2_md.generation.variations import sdedit, variations_of
+from dalle2_md.data.simulator import synthesize_dataset
 
 
 def cached_draws(draw):

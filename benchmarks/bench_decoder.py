@@ -20,8 +20,8 @@ from pathlib import Path
 
 import torch
 
-from dalle2_md.decoder import DecoderConfig, MicroDopplerDecoder
-from dalle2_md.vqgan import VQGanConfig
+from dalle2_md.models.decoder import DecoderConfig, MicroDopplerDecoder
+from dalle2_md.models.vqgan import VQGanConfig
 
 # a decoder that trains at a usable pace on a laptop CPU (the seed's dim=128, 4 stages is
 # ~16x the compute); the VQGAN maps 64 px to a 16 px, 64-channel latent

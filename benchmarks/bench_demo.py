@@ -25,7 +25,7 @@ from pathlib import Path
 
 def run_demo(full: bool, out_dir: Path, threads: int | None, image_size: int | None = None,
              vqgan_steps: int | None = None) -> dict:
-    command = [sys.executable, "-m", "dalle2_md.cli", "demo", "--output_dir", str(out_dir), "--no-progress"]
+    command = [sys.executable, "-m", "dalle2_md.cli.main", "demo", "--output_dir", str(out_dir), "--no-progress"]
     if not full:
         command.append("--quick")
     for flag, value in (("--image_size", image_size), ("--vqgan_steps", vqgan_steps)):

@@ -33,7 +33,7 @@ CHILD = r"""
 import json, resource, sys, time, torch
 spec = json.loads(sys.argv[1])
 torch.set_num_threads(spec["threads"])
-from dalle2_md.generation import load_generator, write_samples
+from dalle2_md.generation.samples import load_generator, write_samples
 model = load_generator(model_path=spec["bundle"], device="cpu")
 extra = {"sampler": spec["sampler"]} if spec.get("sampler") else {}
 write_samples(model, spec["out"] + "_warm", user_labels=spec["users"][:1], num_samples_per_user=1, sample_steps=2, prior_steps=2)
@@ -50,10 +50,10 @@ print("RESULT " + json.dumps({"seconds": seconds, "images": len(spec["users"]) *
 def build_bundle(path: Path, image_size: int, num_users: int, tiny: bool = False) -> Path:
     import torch
 
-    from dalle2_md.decoder import DecoderConfig, MicroDopplerDecoder
-    from dalle2_md.model import MicroDopplerDALLE2
-    from dalle2_md.prior import PriorConfig, UserConditionedDiffusionPrior
-    from dalle2_md.presets import CPU_CLIP_SIZES, CPU_DECODER_SIZES, CPU_PRIOR_SIZES
+    from dalle2_md.models.decoder import DecoderConfig, MicroDopplerDecoder
+    from dalle2_md.models.chain import MicroDopplerDALLE2
+    from dalle2_md.models.prior import PriorConfig, UserConditionedDiffusionPrior
+    from dalle2_md.training.presets import CPU_CLIP_SIZES, CPU_DECODER_SIZES, CPU_PRIOR_SIZES
 
     torch.manual_seed(0)
     dim = CPU_CLIP_SIZES["dim_latent"]

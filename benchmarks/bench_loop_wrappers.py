@@ -26,11 +26,12 @@ sys.path.insert(0, str(ROOT / "tests"))
 from test_clip import USERS, tiny_config, toy_spectrograms  # noqa: E402
 from test_evaluate import plain_recogniser_loop  # noqa: E402
 
-from dalle2_md.clip import MicroDopplerClip, compute_image_embeds, train_clip  # noqa: E402
-from dalle2_md.stage_identity import within_user_spread  # noqa: E402
-from dalle2_md.vqgan import (  # noqa: E402
-    VQGanConfig, build_vqgan, cpu_vqgan_sizes, reconstruction_quality, train_vqgan, vqgan_loss,
-)
+from dalle2_md.models.embedding import MicroDopplerClip, compute_image_embeds
+from dalle2_md.training.fit import train_clip
+from dalle2_md.evaluation.stages import within_user_spread  # noqa: E402
+from dalle2_md.models.vqgan import VQGanConfig, build_vqgan, reconstruction_quality, vqgan_loss
+from dalle2_md.training.presets import cpu_vqgan_sizes
+from dalle2_md.training.fit import train_vqgan
 
 
 def plain_clip(images, user_indices, config, *, steps, batch_size, lr, seed):
@@ -73,7 +74,7 @@ def plain_recogniser(images, user_indices, config, train):
 
 
 def recogniser_row(train_fn) -> dict:
-    from dalle2_md.recogniser import RecogniserConfig, RecogniserTrainConfig
+    from dalle2_md.evaluation.recogniser import RecogniserConfig, RecogniserTrainConfig
 
     g = torch.Generator().manual_seed(0)
     user_indices = torch.arange(31 * 10) % 31
@@ -129,7 +130,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(1)
     toy = toy_spectrograms(40, seed=0), toy_spectrograms(24, seed=1)
-    from dalle2_md.recogniser import train_recogniser
+    from dalle2_md.evaluation.recogniser import train_recogniser
 
     loops = {
         "plain loop (before)": (plain_clip, plain_vqgan, plain_recogniser),

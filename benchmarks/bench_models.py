@@ -68,9 +68,9 @@ def chain_sampling(*, use_vqgan: bool, batch: int, step_counts: tuple[int, ...])
     Returns:
         one dict per count: steps, seconds, prior_seconds, seconds_per_image, peak_rss_mib.
     """
-    from dalle2_md.decoder import MicroDopplerDecoder
-    from dalle2_md.model import MicroDopplerDALLE2
-    from dalle2_md.prior import PriorConfig, UserConditionedDiffusionPrior
+    from dalle2_md.models.decoder import MicroDopplerDecoder
+    from dalle2_md.models.chain import MicroDopplerDALLE2
+    from dalle2_md.models.prior import PriorConfig, UserConditionedDiffusionPrior
 
     torch.manual_seed(0)
     prior = UserConditionedDiffusionPrior(PriorConfig(num_users=bench_prior.NUM_USERS, **DEFAULT_PRIOR))

@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 from dalle2_pytorch import DiffusionPrior, DiffusionPriorNetwork
 
-from dalle2_md.prior import PriorConfig, UserConditionedDiffusionPrior
+from dalle2_md.models.prior import PriorConfig, UserConditionedDiffusionPrior
 
 SIZES = {
     # name: (dim, depth, heads, dim_head, batch, steps, warmup)

@@ -31,13 +31,15 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from dalle2_md.augment import GeneratorBudget, train_generator  # noqa: E402
-from dalle2_md.data import MicroDopplerDataset  # noqa: E402
-from dalle2_md.evaluate import (RecogniserConfig, RecogniserTrainConfig, accuracy, cached_recogniser,  # noqa: E402
-                                domain_fid, kinematic_fidelity, to_scalar_images)
-from dalle2_md.model import MicroDopplerDALLE2  # noqa: E402
-from dalle2_md.sampling import SAMPLERS  # noqa: E402
-from dalle2_md.synth import synthesize_dataset  # noqa: E402
+from dalle2_md.training.presets import GeneratorBudget
+from dalle2_md.augmentation.harness import train_generator
+from dalle2_md.data.dataset import MicroDopplerDataset
+from dalle2_md.evaluation.recogniser import RecogniserConfig, RecogniserTrainConfig, cached_recogniser
+from dalle2_md.evaluation.recogniser import accuracy
+from dalle2_md.evaluation.metrics import domain_fid, kinematic_fidelity, to_scalar_images
+from dalle2_md.models.chain import MicroDopplerDALLE2  # noqa: E402
+from dalle2_md.defaults import SAMPLERS
+from dalle2_md.data.simulator import synthesize_dataset  # noqa: E402
 
 NFES = (5, 10, 15, 25, 50, 100, 1000)
 TOLERANCE = 0.02

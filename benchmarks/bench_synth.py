@@ -24,8 +24,8 @@ from pathlib import Path  # noqa: E402
 import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from dalle2_md.colormap import scalar_to_rgb  # noqa: E402
-from dalle2_md.synth import PNG_COMPRESS_LEVEL, get_profile, make_users, sample_rng, simulate_spectrogram  # noqa: E402
+from dalle2_md.data.colormap import scalar_to_rgb  # noqa: E402
+from dalle2_md.data.simulator import PNG_COMPRESS_LEVEL, get_profile, make_users, sample_rng, simulate_spectrogram  # noqa: E402
 
 
 def _timed(fn, n):

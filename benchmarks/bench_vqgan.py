@@ -22,11 +22,14 @@ from pathlib import Path
 
 import torch
 
-from dalle2_md.data import MicroDopplerDataset
-from dalle2_md.display import save_grid
-from dalle2_md.evaluate import RecogniserConfig, RecogniserTrainConfig, accuracy, cached_recogniser
-from dalle2_md.synth import synthesize_dataset
-from dalle2_md.vqgan import VQGanConfig, cpu_vqgan_sizes, reconstruct, reconstruction_quality, train_vqgan
+from dalle2_md.data.dataset import MicroDopplerDataset
+from dalle2_md.data.display import save_grid
+from dalle2_md.evaluation.recogniser import RecogniserConfig, RecogniserTrainConfig, cached_recogniser
+from dalle2_md.evaluation.recogniser import accuracy
+from dalle2_md.data.simulator import synthesize_dataset
+from dalle2_md.models.vqgan import VQGanConfig, reconstruct, reconstruction_quality
+from dalle2_md.training.presets import cpu_vqgan_sizes
+from dalle2_md.training.fit import train_vqgan
 
 
 def load_splits(work: Path, *, num_users: int, images_per_user: int, image_size: int, seed: int) -> dict:

@@ -32,10 +32,12 @@ from pathlib import Path  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-from dalle2_md.augment import GeneratorBudget, sample_tensors, train_generator  # noqa: E402
-from dalle2_md.evaluate import RecogniserConfig, RecogniserTrainConfig, accuracy, train_recogniser  # noqa: E402
-from dalle2_md.metrics import background_levels  # noqa: E402
-from dalle2_md.stage_identity import stage_identity_accuracies  # noqa: E402
+from dalle2_md.training.presets import GeneratorBudget
+from dalle2_md.augmentation.harness import sample_tensors, train_generator
+from dalle2_md.evaluation.recogniser import RecogniserConfig, RecogniserTrainConfig, train_recogniser
+from dalle2_md.evaluation.recogniser import accuracy
+from dalle2_md.evaluation.metrics import background_levels  # noqa: E402
+from dalle2_md.evaluation.stages import stage_identity_accuracies  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -75,8 +77,8 @@ def load_digits(size: int):
 
 
 def load_sim(size: int, num_users: int, per_user: int, profile: str, seed: int = 0):
-    from dalle2_md.data import MicroDopplerDataset
-    from dalle2_md.synth import synthesize_dataset
+    from dalle2_md.data.dataset import MicroDopplerDataset
+    from dalle2_md.data.simulator import synthesize_dataset
 
     root = Path(tempfile.mkdtemp(prefix="idstages_"))
     kwargs = dict(num_users=num_users, images_per_user=per_user, image_size=size, seed=seed, progress=False)

@@ -36,11 +36,11 @@ from pathlib import Path  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from dalle2_md.augment import kshot_indices  # noqa: E402
-from dalle2_md.colormap import rgb_to_scalar, scalar_to_rgb  # noqa: E402
-from dalle2_md.evaluate import (LEGACY_RECOGNISER_TRAIN, RecogniserConfig, RecogniserTrainConfig,  # noqa: E402
-                                accuracy, train_recogniser)
-from dalle2_md.synth import get_profile, make_users, sample_rng, simulate_spectrogram  # noqa: E402
+from dalle2_md.augmentation.harness import kshot_indices  # noqa: E402
+from dalle2_md.data.colormap import rgb_to_scalar, scalar_to_rgb  # noqa: E402
+from dalle2_md.evaluation.recogniser import LEGACY_RECOGNISER_TRAIN, RecogniserConfig, RecogniserTrainConfig, train_recogniser
+from dalle2_md.evaluation.recogniser import accuracy
+from dalle2_md.data.simulator import get_profile, make_users, sample_rng, simulate_spectrogram  # noqa: E402
 
 ARM_NAMES = {"strong": "strong (defaults)", "legacy": "earlier settings (shift + noise, 300 steps)"}
 # a recogniser small enough that 30 trainings at 64 px fit ~15 min on one shared CPU thread

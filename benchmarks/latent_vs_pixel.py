@@ -32,10 +32,10 @@ import torch  # noqa: E402
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from quality import Profile, log, phase_data, phase_recogniser  # noqa: E402
 
-from dalle2_md.augment import sample_tensors, train_generator  # noqa: E402
-from dalle2_md.presets import CPU_DECODER_SIZES, QUICK_BUDGET, TINY_DECODER_SIZES, GeneratorBudget  # noqa: E402
-from dalle2_md.recogniser import RecogniserTrainConfig  # noqa: E402
-from dalle2_md.report import evaluate_samples  # noqa: E402
+from dalle2_md.augmentation.harness import sample_tensors, train_generator  # noqa: E402
+from dalle2_md.training.presets import CPU_DECODER_SIZES, QUICK_BUDGET, TINY_DECODER_SIZES, GeneratorBudget  # noqa: E402
+from dalle2_md.evaluation.recogniser import RecogniserTrainConfig  # noqa: E402
+from dalle2_md.evaluation.report import evaluate_samples  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 KINEMATICS = ("torso", "max_envelope", "cadence")

@@ -36,14 +36,14 @@ import torch  # noqa: E402
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from quality import _profiles, kinematic_ratios, log, phase_data, phase_recogniser  # noqa: E402
 
-from dalle2_md.augment import sample_tensors  # noqa: E402
-from dalle2_md.baseline import SingleStageBaseline  # noqa: E402
-from dalle2_md.clip import compute_image_embeds  # noqa: E402
-from dalle2_md.core import fit_prior_for_clip  # noqa: E402
-from dalle2_md.evaluate import _plain_floats, evaluate_samples  # noqa: E402
-from dalle2_md.model import MicroDopplerDALLE2, sample_keys  # noqa: E402
-from dalle2_md.prior import UserConditionedDiffusionPrior  # noqa: E402
-from dalle2_md.stage_identity import within_user_spread  # noqa: E402
+from dalle2_md.augmentation.harness import sample_tensors  # noqa: E402
+from dalle2_md.models.single_stage import SingleStageBaseline  # noqa: E402
+from dalle2_md.models.embedding import compute_image_embeds  # noqa: E402
+from dalle2_md.training.fit import fit_prior_for_clip  # noqa: E402
+from dalle2_md.evaluation.report import _plain_floats, evaluate_samples
+from dalle2_md.models.chain import MicroDopplerDALLE2, sample_keys  # noqa: E402
+from dalle2_md.models.prior import UserConditionedDiffusionPrior  # noqa: E402
+from dalle2_md.evaluation.stages import within_user_spread  # noqa: E402
 
 # the protocol's own setting (guidance 3, 15 steps of the default sampler) first, then lower guidance,
 # stochastic DDIM and more steps; "guidance_interval": [lo, hi] guides only there (fractions of the schedule)

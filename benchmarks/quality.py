@@ -50,12 +50,13 @@ import torch  # noqa: E402
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from kshot import KSHOT_RECOGNISER, simulate, split  # noqa: E402
 
-from dalle2_md.augment import augmentation_gain, cached_generator, kshot_generator, sample_tensors  # noqa: E402
-from dalle2_md.evaluate import RecogniserConfig, RecogniserTrainConfig, cached_recogniser, evaluate_samples  # noqa: E402
-from dalle2_md.labels import LabelMap  # noqa: E402
-from dalle2_md.presets import QUICK_BUDGET, GeneratorBudget  # noqa: E402
-from dalle2_md.synth import get_profile  # noqa: E402
-from dalle2_md.vqgan import cpu_vqgan_sizes  # noqa: E402
+from dalle2_md.augmentation.harness import augmentation_gain, cached_generator, kshot_generator, sample_tensors  # noqa: E402
+from dalle2_md.evaluation.recogniser import RecogniserConfig, RecogniserTrainConfig, cached_recogniser
+from dalle2_md.evaluation.report import evaluate_samples
+from dalle2_md.data.labels import LabelMap  # noqa: E402
+from dalle2_md.training.presets import QUICK_BUDGET, GeneratorBudget  # noqa: E402
+from dalle2_md.data.simulator import get_profile  # noqa: E402
+from dalle2_md.training.presets import cpu_vqgan_sizes
 
 ROOT = Path(__file__).resolve().parents[1]
 # the generator budget of benchmarks/augment_ablation.py (its default arguments): the K-shot generators
@@ -573,7 +574,7 @@ def run(p: Profile, *, work: Path, out_json: Path, page: Path, eval_dir: Path, n
         result["lanes"] = finish_lanes(lanes)
     result["goals"] = goals(result["metrics"], result["augmentation"], result["augmentation_baseline"])
     result["wall_seconds"] = time.perf_counter() - started
-    from dalle2_md.evaluate import _plain_floats
+    from dalle2_md.evaluation.report import _plain_floats
 
     result = _plain_floats(result)
     out_json.parent.mkdir(parents=True, exist_ok=True)

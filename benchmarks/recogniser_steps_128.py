@@ -25,9 +25,9 @@ import torch  # noqa: E402
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import quality  # noqa: E402
 
-from dalle2_md.augment import kshot_indices  # noqa: E402
-from dalle2_md.metrics import accuracy  # noqa: E402
-from dalle2_md.recogniser import train_recogniser  # noqa: E402
+from dalle2_md.augmentation.harness import kshot_indices  # noqa: E402
+from dalle2_md.evaluation.recogniser import accuracy
+from dalle2_md.evaluation.recogniser import train_recogniser  # noqa: E402
 
 
 def main():

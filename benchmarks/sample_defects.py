@@ -40,12 +40,14 @@ import torch  # noqa: E402
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from kshot import KSHOT_RECOGNISER, simulate, split  # noqa: E402
 
-from dalle2_md.augment import GeneratorBudget, cached_generator, kshot_indices, sample_tensors  # noqa: E402
-from dalle2_md.metrics import KINEMATIC_FIELDS, accuracy, background_levels, domain_fid, kinematic_fidelity, to_scalar_images  # noqa: E402
-from dalle2_md.presets import CPU_DECODER_SIZES  # noqa: E402
-from dalle2_md.recogniser import RecogniserConfig, RecogniserTrainConfig, train_recogniser  # noqa: E402
-from dalle2_md.synth import get_profile  # noqa: E402
-from dalle2_md.variations import sdedit, variations_of  # noqa: E402
+from dalle2_md.training.presets import GeneratorBudget
+from dalle2_md.augmentation.harness import cached_generator, kshot_indices, sample_tensors
+from dalle2_md.evaluation.metrics import KINEMATIC_FIELDS, background_levels, domain_fid, kinematic_fidelity, to_scalar_images
+from dalle2_md.evaluation.recogniser import accuracy
+from dalle2_md.training.presets import CPU_DECODER_SIZES  # noqa: E402
+from dalle2_md.evaluation.recogniser import RecogniserConfig, RecogniserTrainConfig, train_recogniser  # noqa: E402
+from dalle2_md.data.simulator import get_profile  # noqa: E402
+from dalle2_md.generation.variations import sdedit, variations_of  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 VARIANTS = {  # decoder fields on top of CPU_DECODER_SIZES

@@ -34,13 +34,15 @@ import torch.nn.functional as F  # noqa: E402
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from kshot import KSHOT_RECOGNISER, simulate, split  # noqa: E402
 
-from dalle2_md.augment import GeneratorBudget, cached_generator, kshot_indices, sample_tensors  # noqa: E402
-from dalle2_md.metrics import accuracy, domain_fid, precision_recall  # noqa: E402
-from dalle2_md.recipe import AugmentRecipe, draw_candidates  # noqa: E402
-from dalle2_md.recogniser import RecogniserConfig, RecogniserTrainConfig, train_recogniser  # noqa: E402
-from dalle2_md.stage_identity import nearest_centroid_accuracy, user_centroids, within_user_spread  # noqa: E402
-from dalle2_md.synth import get_profile  # noqa: E402
-from dalle2_md.variations import embed  # noqa: E402
+from dalle2_md.training.presets import GeneratorBudget
+from dalle2_md.augmentation.harness import cached_generator, kshot_indices, sample_tensors
+from dalle2_md.evaluation.recogniser import accuracy
+from dalle2_md.evaluation.metrics import domain_fid, precision_recall
+from dalle2_md.augmentation.recipe import AugmentRecipe, draw_candidates  # noqa: E402
+from dalle2_md.evaluation.recogniser import RecogniserConfig, RecogniserTrainConfig, train_recogniser  # noqa: E402
+from dalle2_md.evaluation.stages import nearest_centroid_accuracy, user_centroids, within_user_spread  # noqa: E402
+from dalle2_md.data.simulator import get_profile  # noqa: E402
+from dalle2_md.generation.variations import embed  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 SDEDIT = {"sdedit 0.5": "own", "sdedit 0.5, partner": "partner", "sdedit 0.5, prior": "prior"}

@@ -22,7 +22,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_sampling import log, setup  # noqa: E402
-from dalle2_md.evaluate import accuracy, diversity, domain_fid, extract_features  # noqa: E402
+from dalle2_md.evaluation.recogniser import accuracy
+from dalle2_md.evaluation.metrics import diversity, domain_fid
+from dalle2_md.evaluation.recogniser import extract_features
 
 
 def main():

@@ -12,18 +12,18 @@ torch and dalle2-pytorch, so that `dalle2-md --help` stays quick.
 
 from importlib import import_module
 
-from .version import __version__
+from dalle2_md.version import __version__
 
 # public name -> module that defines it
 _LAZY = {
-    "MicroDopplerDALLE2": "model",
-    "UserConditionedDiffusionPrior": "prior",
-    "UserConditionedPriorNetwork": "prior",
-    "PriorConfig": "prior",
-    "MicroDopplerDecoder": "decoder",
-    "DecoderConfig": "decoder",
-    "MicroDopplerClip": "clip",
-    "ClipConfig": "clip",
+    "MicroDopplerDALLE2": "models.chain",
+    "UserConditionedDiffusionPrior": "models.prior",
+    "UserConditionedPriorNetwork": "models.prior",
+    "PriorConfig": "models.prior",
+    "MicroDopplerDecoder": "models.decoder",
+    "DecoderConfig": "models.decoder",
+    "MicroDopplerClip": "models.embedding",
+    "ClipConfig": "models.embedding",
 }
 
 __all__ = ["__version__", *_LAZY]

@@ -14,8 +14,8 @@ from typing import Callable, Sequence
 
 import torch
 
-from .defaults import DEFAULTS, SAMPLERS, SamplingDefaults  # noqa: F401  (re-exported)
-from .utils import UserError, exists
+from dalle2_md.defaults import DEFAULTS, SAMPLERS, SamplingDefaults  # noqa: F401  (re-exported)
+from dalle2_md.utils import UserError, exists
 
 Generators = torch.Generator | Sequence[torch.Generator] | None
 

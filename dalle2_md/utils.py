@@ -19,12 +19,10 @@ How the package talks to its user (issue 11), one rule:
 
 from __future__ import annotations
 
-import functools
 import os
 import random
 import tempfile
 import time
-import warnings
 from collections.abc import Iterable, Mapping
 from contextlib import contextmanager
 from dataclasses import fields
@@ -128,7 +126,7 @@ def package_versions() -> dict[str, str]:
     """Versions of the packages that shape a saved model, stored beside its weights."""
     from importlib.metadata import PackageNotFoundError, version
 
-    from .version import __version__
+    from dalle2_md.version import __version__
 
     found = {"dalle2-md": __version__}
     for name in ("torch", "dalle2-pytorch", "x-clip", "numpy"):
@@ -219,42 +217,3 @@ def claimed(path: str | os.PathLike, *, wait: bool = True, poll_seconds: float =
         yield True
     finally:
         lock.unlink(missing_ok=True)
-
-
-def renamed_keywords(**old_to_new: str) -> Callable:
-    """Decorator: accept each old keyword (`renamed_keywords(user_ids="user_indices")`) as its new
-    name for one release, with a DeprecationWarning naming both, so callers' scripts keep working.
-    Giving both names is a TypeError, as for any repeated argument."""
-
-    def wrap(func):
-        @functools.wraps(func)
-        def inner(*args, **kwargs):
-            for old, new in old_to_new.items():
-                if old not in kwargs:
-                    continue
-                if new in kwargs:
-                    raise TypeError(f"{func.__qualname__}() got both {old}= (its old name) and {new}=")
-                warnings.warn(f"{func.__qualname__}({old}=...) is deprecated; use {new}=... (renamed in issue 11)",
-                              DeprecationWarning, stacklevel=2)
-                kwargs[new] = kwargs.pop(old)
-            return func(*args, **kwargs)
-
-        return inner
-
-    return wrap
-
-
-def deprecated_alias(func: Callable, old_name: str) -> Callable:
-    """`old_name = deprecated_alias(new_func, "old_name")`: the old name of a renamed function or
-    method, which still works for one release and warns (DeprecationWarning) on each call. Name a
-    method's old name with its class ("MicroDopplerDALLE2.interpolate") for a clear message."""
-
-    @functools.wraps(func)
-    def inner(*args, **kwargs):
-        warnings.warn(f"{old_name} is deprecated; use {func.__qualname__} (renamed in issue 11)",
-                      DeprecationWarning, stacklevel=2)
-        return func(*args, **kwargs)
-
-    inner.__name__, inner.__qualname__ = old_name.rsplit(".", 1)[-1], old_name
-    inner.__doc__ = f"Deprecated old name of `{func.__qualname__}` (issue 11)."
-    return inner

@@ -19,7 +19,7 @@ def two_users():
     """Two users: a bright band near the top vs near the bottom (with noise); embeddings are two
     fixed vectors plus small noise. A tiny pixel decoder trained briefly with plain Adam follows
     its embedding (test_decoder::test_learns_two_users). Session-wide: trained once."""
-    from dalle2_md.decoder import DecoderConfig, MicroDopplerDecoder
+    from dalle2_md.models.decoder import DecoderConfig, MicroDopplerDecoder
 
     g = torch.Generator().manual_seed(0)
 

@@ -9,13 +9,16 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from dalle2_md import augment, core
-from dalle2_md.augment import GeneratorBudget, augmentation_gain, kshot_indices, load_splits
-from dalle2_md.cli import cli
-from dalle2_md.metrics import accuracy
-from dalle2_md.recogniser import RecogniserTrainConfig, train_recogniser
-from dalle2_md.recipe import AugmentRecipe, draw_synthetic, train_augmented
-from dalle2_md.synth import synthesize_dataset
+from dalle2_md.augmentation import harness as augment
+
+from dalle2_md.training import fit as core
+from dalle2_md.training.presets import GeneratorBudget
+from dalle2_md.augmentation.harness import augmentation_gain, kshot_indices, load_splits
+from dalle2_md.cli.main import cli
+from dalle2_md.evaluation.recogniser import accuracy
+from dalle2_md.evaluation.recogniser import RecogniserTrainConfig, train_recogniser
+from dalle2_md.augmentation.recipe import AugmentRecipe, draw_synthetic, train_augmented
+from dalle2_md.data.simulator import synthesize_dataset
 from dalle2_md.utils import UserError
 
 SIZE = 16
@@ -171,8 +174,8 @@ def test_augment_eval_cli_writes_its_result(data_root, tmp_path):
 
 
 def test_evaluate_cli_samples_a_baseline_bundle(data_root, tmp_path):
-    from dalle2_md.baseline import SingleStageBaseline
-    from dalle2_md.decoder import DecoderConfig
+    from dalle2_md.models.single_stage import SingleStageBaseline
+    from dalle2_md.models.decoder import DecoderConfig
 
     config = DecoderConfig(image_size=SIZE, channels=1, image_embed_dim=8, **TINY.decoder)
     path = SingleStageBaseline(num_users=USERS, config=config).save(tmp_path / "baseline.pt")
@@ -187,7 +190,7 @@ def test_evaluate_cli_samples_a_baseline_bundle(data_root, tmp_path):
 
 
 def test_real_only_arm_is_a_plain_recogniser_run_and_filters_see_only_kshot(data_root, tmp_path, monkeypatch):
-    import dalle2_md.recogniser as recogniser_module
+    import dalle2_md.evaluation.recogniser as recogniser_module
 
     sets = load_splits(data_root, image_size=SIZE, split_file=tmp_path / "split.json")
     train, test = sets["train"].tensors(), sets["test"].tensors()
@@ -226,7 +229,7 @@ class _ByBrightness(torch.nn.Module):
 
 
 def test_recogniser_filter_keeps_confident_samples_first_by_index(monkeypatch):
-    from dalle2_md import augment as augment_module
+    from dalle2_md.augmentation import harness as augment_module
 
     def fake_sample_tensors(model, user_indices, count, *, seed, budget):
         # per user: alternating bright and dark candidates
@@ -266,7 +269,7 @@ def test_mixing_rules_train_different_recognisers():
 def test_generator_cache_reuses_only_an_identical_training(tmp_path, monkeypatch):
     """A cached generator is reused by a call with the same tensors, seed and training budget
     (same samples, nothing trained), and retrained when any of those differ."""
-    from dalle2_md.augment import cached_generator, sample_tensors
+    from dalle2_md.augmentation.harness import cached_generator, sample_tensors
 
     g = torch.Generator().manual_seed(0)
     images, ids = torch.rand(12, 1, SIZE, SIZE, generator=g) * 2 - 1, torch.arange(3).repeat_interleave(4)
@@ -295,7 +298,7 @@ def test_generator_cache_reuses_only_an_identical_training(tmp_path, monkeypatch
 def test_generator_cache_trains_only_the_prior_when_only_its_budget_changed(tmp_path, monkeypatch):
     """A prior-only budget change reuses the cached embedding model and decoder and trains just
     the prior; the result is the generator a full training with that budget gives."""
-    from dalle2_md.augment import cached_generator, sample_tensors
+    from dalle2_md.augmentation.harness import cached_generator, sample_tensors
 
     g = torch.Generator().manual_seed(0)
     images, ids = torch.rand(12, 1, SIZE, SIZE, generator=g) * 2 - 1, torch.arange(3).repeat_interleave(4)
@@ -324,9 +327,9 @@ def test_recipe_guidance_interval_applies_to_its_draw_only(monkeypatch):
     own is back afterwards; recipes that differ only in it do not share candidates."""
     from types import SimpleNamespace
 
-    from dalle2_md import augment as augment_module
-    from dalle2_md.decoder import DecoderConfig, MicroDopplerDecoder
-    from dalle2_md.recipe import draw_candidates, sampling_key
+    from dalle2_md.augmentation import harness as augment_module
+    from dalle2_md.models.decoder import DecoderConfig, MicroDopplerDecoder
+    from dalle2_md.augmentation.recipe import draw_candidates, sampling_key
 
     decoder = MicroDopplerDecoder(config=DecoderConfig(image_size=16, image_embed_dim=8, dim=8, dim_mults=(1, 2),
                                                        attn_heads=1, attn_dim_head=8, num_resnet_blocks=1))
@@ -346,8 +349,8 @@ def test_recipe_guidance_interval_applies_to_its_draw_only(monkeypatch):
 
 
 def test_default_source_falls_back_to_the_prior_for_the_baseline():
-    from dalle2_md.augment import _resolved_recipes
-    from dalle2_md.recipe import default_source
+    from dalle2_md.augmentation.harness import _resolved_recipes
+    from dalle2_md.augmentation.recipe import default_source
 
     assert default_source("two_stage") == AugmentRecipe().source == "sdedit"
     assert default_source("baseline") == "prior"
@@ -357,7 +360,7 @@ def test_default_source_falls_back_to_the_prior_for_the_baseline():
 def test_latent_generator_under_a_time_budget(tmp_path):
     """`vqgan_steps` puts a VQGAN under the decoder; `decoder_seconds` is shared by the VQGAN and
     the decoder, which stops when it runs out (the step count is then only a cap)."""
-    from dalle2_md.augment import generator_cache_path, train_generator
+    from dalle2_md.augmentation.harness import generator_cache_path, train_generator
 
     g = torch.Generator().manual_seed(0)
     images, ids = torch.rand(12, 1, 16, 16, generator=g) * 2 - 1, torch.arange(12) % USERS
@@ -376,8 +379,8 @@ def test_latent_baseline_trains_over_its_own_vqgan_and_round_trips(tmp_path):
     """A latent budget gives the single-stage baseline the two-stage decoder's latent path: a
     VQGAN trained the same way, a fitted latent scale, full-size samples, and a bundle that
     rebuilds the same sampler from the path alone."""
-    from dalle2_md.augment import cached_generator, sample_tensors
-    from dalle2_md.baseline import SingleStageBaseline
+    from dalle2_md.augmentation.harness import cached_generator, sample_tensors
+    from dalle2_md.models.single_stage import SingleStageBaseline
 
     g = torch.Generator().manual_seed(0)
     images, ids = torch.rand(12, 1, 16, 16, generator=g) * 2 - 1, torch.arange(12) % USERS
@@ -399,7 +402,7 @@ def test_latent_baseline_trains_over_its_own_vqgan_and_round_trips(tmp_path):
 
 
 def test_decoder_lr_sets_the_decoders_step_and_names_its_own_cache_entry(tmp_path):
-    from dalle2_md.augment import generator_cache_path
+    from dalle2_md.augmentation.harness import generator_cache_path
 
     assert TINY.decoder_schedule(0).lr == TINY.lr
     slow = replace(TINY, decoder_lr=3e-4)
@@ -410,7 +413,7 @@ def test_decoder_lr_sets_the_decoders_step_and_names_its_own_cache_entry(tmp_pat
 
 
 def test_decoder_lr_schedule_decays_only_the_decoders_and_names_its_own_cache_entry(tmp_path):
-    from dalle2_md.augment import generator_cache_path
+    from dalle2_md.augmentation.harness import generator_cache_path
 
     cosine = replace(TINY, decoder_lr_schedule="cosine")
     assert cosine.decoder_schedule(0).lr_schedule == "cosine" and cosine.schedule(5, 4, 0).lr_schedule == "constant"
@@ -426,8 +429,8 @@ def test_budget_guidance_interval_is_the_decoders_while_sample_tensors_draws(mon
     decoder's own (guidance at every step)."""
     from types import SimpleNamespace
 
-    from dalle2_md.augment import sample_tensors
-    from dalle2_md.decoder import DecoderConfig, MicroDopplerDecoder
+    from dalle2_md.augmentation.harness import sample_tensors
+    from dalle2_md.models.decoder import DecoderConfig, MicroDopplerDecoder
 
     decoder = MicroDopplerDecoder(config=DecoderConfig(image_size=16, image_embed_dim=8, dim=8, dim_mults=(1, 2),
                                                        attn_heads=1, attn_dim_head=8, num_resnet_blocks=1))
@@ -448,7 +451,7 @@ def test_baseline_cache_name_ignores_the_stages_it_does_not_have(tmp_path):
     """The single-stage baseline trains no embedding model and no prior: their budget fields do
     not rename it (a protocol whose prior trains longer finds its cached baseline), while its
     decoder's fields still do."""
-    from dalle2_md.augment import generator_cache_path
+    from dalle2_md.augmentation.harness import generator_cache_path
 
     images, ids = torch.zeros(4, 1, 16, 16), torch.tensor([0, 1, 0, 1])
     path = lambda b, kind="baseline": generator_cache_path(tmp_path, images, ids, kind=kind, budget=b, seed=0)

@@ -21,7 +21,7 @@ import torch
 from click.testing import CliRunner
 from PIL import Image
 
-from dalle2_md.cli import cli, join_variadic
+from dalle2_md.cli.main import cli, join_variadic
 
 REPO = Path(__file__).resolve().parents[1]
 TINY_CLIP = ["--clip_dim", "16", "--clip_widths", "8,16", "--clip_dim_image", "32"]
@@ -63,7 +63,7 @@ def assert_ok(result):
 @pytest.fixture(scope="module")
 def base(tmp_path_factory):
     """Good hierarchical and flat data sets, and a trained embedding model, decoder and prior."""
-    from dalle2_md.synth import synthesize_dataset
+    from dalle2_md.data.simulator import synthesize_dataset
 
     root = tmp_path_factory.mktemp("bad")
     synthesize_dataset(root / "good", num_users=3, images_per_user=4, image_size=16, layout="kaggle", progress=False)

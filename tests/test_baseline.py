@@ -4,9 +4,10 @@ conditioned on the user."""
 import pytest
 import torch
 
-from dalle2_md.baseline import SingleStageBaseline, is_baseline_bundle, train_baseline
-from dalle2_md.decoder import DecoderConfig, MicroDopplerDecoder
-from dalle2_md.training import TrainConfig
+from dalle2_md.models.single_stage import SingleStageBaseline, is_baseline_bundle
+from dalle2_md.training.fit import train_baseline
+from dalle2_md.models.decoder import DecoderConfig, MicroDopplerDecoder
+from dalle2_md.training.loop import TrainConfig
 from dalle2_md.utils import BundleError, UserError
 
 SIZE = 16
@@ -94,7 +95,7 @@ def test_training_reaches_the_user_table_and_the_denoiser_depends_on_the_user(tm
 
 
 def test_baseline_bundles_have_their_own_kind_and_old_decoder_kind_ones_still_load(model, tmp_path):
-    from dalle2_md.bundle import load_bundle, save_bundle
+    from dalle2_md.models.bundle import load_bundle, save_bundle
 
     path = model.save(tmp_path / "new.pt")
     assert load_bundle(path)["kind"] == "baseline"

@@ -30,7 +30,7 @@ def test_quality_latent_profile_runs_and_finds_kshot_generators_another_process_
     """The 128 px profile's path at smoke size: both all-data generators over a VQGAN latent, and
     `--train_only kshot` (the second process of a 2-core run) fills the cache the augmentation
     phase then takes its K-shot generator from."""
-    from dalle2_md.baseline import SingleStageBaseline
+    from dalle2_md.models.single_stage import SingleStageBaseline
 
     script, cache, work = str(ROOT / "benchmarks/quality.py"), tmp_path / "cache", tmp_path / "work"
     common = ["--profile", "smoke_latent", "--work_dir", str(work), "--generator_cache", str(cache)]

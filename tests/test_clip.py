@@ -5,18 +5,11 @@ import numpy as np
 import pytest
 import torch
 
-from dalle2_md import clip as clip_mod
-from dalle2_md.bundle import save_bundle
-from dalle2_md.clip import (
-    ClipConfig,
-    MicroDopplerClip,
-    cached_image_embeds,
-    compute_image_embeds,
-    dataset_key_for,
-    train_clip,
-    user_tokens,
-)
-from dalle2_md.stage_identity import within_user_spread
+from dalle2_md.models import embedding as clip_mod
+from dalle2_md.models.bundle import save_bundle
+from dalle2_md.models.embedding import ClipConfig, MicroDopplerClip, cached_image_embeds, compute_image_embeds, dataset_key_for, user_tokens
+from dalle2_md.training.fit import train_clip
+from dalle2_md.evaluation.stages import within_user_spread
 from dalle2_md.utils import BundleError, UserError
 
 USERS = 4

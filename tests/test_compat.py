@@ -7,7 +7,7 @@ from dalle2_pytorch import Decoder, Unet, VQGanVAE
 from dalle2_pytorch.dalle2_pytorch import CrossAttention, NoiseScheduler, ResnetBlock
 from x_clip import CLIP
 
-from dalle2_md import compat
+from dalle2_md.models import compat
 
 
 def test_installed_dependencies_have_the_whole_surface():

@@ -7,7 +7,7 @@ import importlib
 import pytest
 import torch
 
-from dalle2_md import compat
+from dalle2_md.models import compat
 
 
 def _instances() -> dict:

@@ -21,8 +21,8 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from dalle2_md.cli import cli, join_variadic
-from dalle2_md.training import latest_checkpoint, load_checkpoint
+from dalle2_md.cli.main import cli, join_variadic
+from dalle2_md.training.loop import latest_checkpoint, load_checkpoint
 
 TINY_CLIP = ["--clip_dim", "16", "--clip_widths", "8,16", "--clip_dim_image", "32"]
 TINY_PRIOR = ["--depth", "1", "--heads", "2", "--dim_head", "8", "--timesteps", "50", "--sample_timesteps", "4"]
@@ -33,7 +33,7 @@ EVERY = 3  # checkpoint interval of the killed runs
 CHILD = r'''
 import contextlib, os, sys, time
 import ema_pytorch
-import dalle2_md.training as training
+import dalle2_md.training.loop as training
 
 _update = ema_pytorch.EMA.update
 def update(self, *args, **kwargs):
@@ -57,7 +57,7 @@ def paused_atomic_write(path, mode="wb"):
                 time.sleep(600)
 training.atomic_write = paused_atomic_write
 
-from dalle2_md.cli import main
+from dalle2_md.cli.main import main
 main(sys.argv[1:])
 '''
 
@@ -80,7 +80,7 @@ def tree_hash(*roots):
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
-    from dalle2_md.synth import synthesize_dataset
+    from dalle2_md.data.simulator import synthesize_dataset
 
     root = tmp_path_factory.mktemp("crash")
     synthesize_dataset(root / "data", num_users=3, images_per_user=4, image_size=16, layout="kaggle", progress=False)
@@ -210,7 +210,7 @@ def test_absurd_lr_stops_with_the_step_and_the_usual_fixes(setup, lr, what, step
 
 
 def test_nan_loss_stops_at_its_step_keeps_the_last_checkpoint_and_resumes_with_lower_lr(setup, monkeypatch):
-    from dalle2_md.prior import UserConditionedDiffusionPrior
+    from dalle2_md.models.prior import UserConditionedDiffusionPrior
 
     calls = []
     real_forward = UserConditionedDiffusionPrior.forward

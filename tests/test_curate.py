@@ -10,10 +10,11 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-import dalle2_md.curate as curate
-import dalle2_md.recogniser as recogniser_module
-from dalle2_md.cli import cli, join_variadic
-from dalle2_md.data import LabelMap, MicroDopplerDataset
+import dalle2_md.generation.curate as curate
+import dalle2_md.evaluation.recogniser as recogniser_module
+from dalle2_md.cli.main import cli, join_variadic
+from dalle2_md.data.labels import LabelMap
+from dalle2_md.data.dataset import MicroDopplerDataset
 from dalle2_md.sampling import keyed_generators, randn
 from dalle2_md.utils import UserError
 
@@ -201,10 +202,10 @@ def test_written_layouts_read_back_with_the_original_labels(tmp_path, layout):
 
 
 def tiny_chain(label_map: dict):
-    from dalle2_md.clip import ClipConfig, MicroDopplerClip
-    from dalle2_md.decoder import DecoderConfig, MicroDopplerDecoder
-    from dalle2_md.model import MicroDopplerDALLE2
-    from dalle2_md.prior import PriorConfig, UserConditionedDiffusionPrior
+    from dalle2_md.models.embedding import ClipConfig, MicroDopplerClip
+    from dalle2_md.models.decoder import DecoderConfig, MicroDopplerDecoder
+    from dalle2_md.models.chain import MicroDopplerDALLE2
+    from dalle2_md.models.prior import PriorConfig, UserConditionedDiffusionPrior
 
     torch.manual_seed(0)
     clip = MicroDopplerClip(ClipConfig(num_users=3, image_size=16, dim_latent=16, dim_text=16, dim_image=32,
@@ -232,7 +233,7 @@ def test_chain_samples_depend_only_on_seed_user_and_index():
 def tiny_chain_on_simulated_data(root) -> dict:
     """3 simulated users x 10 images at 16 px under `root/data` and an untrained tiny chain
     knowing their labels at `root/chain.pt`."""
-    from dalle2_md.synth import synthesize_dataset
+    from dalle2_md.data.simulator import synthesize_dataset
 
     synthesize_dataset(root / "data", num_users=3, images_per_user=10, image_size=16, layout="kaggle", progress=False)
     lm = MicroDopplerDataset(root / "data", image_size=16).label_map

@@ -14,18 +14,13 @@ import torch
 from click.testing import CliRunner
 from PIL import Image
 
-from dalle2_md.cli import cli
-from dalle2_md.colormap import scalar_to_rgb
-from dalle2_md.data import (
-    DataWarning,
-    LabelMap,
-    MicroDopplerDataset,
-    load_split,
-    make_split,
-    save_split,
-    scan_data_root,
-)
-from dalle2_md.display import colourise, save_grid
+from dalle2_md.cli.main import cli
+from dalle2_md.data.colormap import scalar_to_rgb
+from dalle2_md.data.scanning import DataWarning, scan_data_root
+from dalle2_md.data.labels import LabelMap
+from dalle2_md.data.dataset import MicroDopplerDataset
+from dalle2_md.data.splits import load_split, make_split, save_split
+from dalle2_md.data.display import colourise, save_grid
 from dalle2_md.utils import DataError
 
 RNG = np.random.default_rng(0)
@@ -237,7 +232,7 @@ def test_split_reproducible_disjoint_saved_and_reused(tmp_path, caplog):
     make_hier(data, ["user_3"], per_user=3)
     make_hier(data, ["user_4"], per_user=2)
     index = scan_data_root(data)
-    with caplog.at_level(logging.WARNING, logger="dalle2_md.splits"):
+    with caplog.at_level(logging.WARNING, logger="dalle2_md.data.splits"):
         a = make_split(index, seed=0)
     assert "user_4 (2)" in caplog.text  # small users go to train, and that is logged
     assert a == make_split(index, seed=0)

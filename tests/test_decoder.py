@@ -4,18 +4,11 @@ bundles, size checks, and a two-user learning test (tiny models, CPU)."""
 import pytest
 import torch
 
-from dalle2_md.bundle import load_bundle
-from dalle2_md.decoder import DecoderConfig, MicroDopplerDecoder, build_decoder
+from dalle2_md.models.bundle import load_bundle
+from dalle2_md.models.decoder import DecoderConfig, MicroDopplerDecoder, build_decoder
 from dalle2_md.utils import UserError
-from dalle2_md.vqgan import (
-    VQGanConfig,
-    encode_latents,
-    load_vqgan,
-    psnr,
-    reconstruct,
-    save_vqgan,
-    train_vqgan,
-)
+from dalle2_md.models.vqgan import VQGanConfig, encode_latents, load_vqgan, psnr, reconstruct, save_vqgan
+from dalle2_md.training.fit import train_vqgan
 
 D = 16
 
@@ -185,7 +178,7 @@ def test_sampler_reads_the_prediction_kind(prediction):
     """With a perfect eps or v network every x_0 estimate, the first included, is
     the target, and so is the sample; a v network read as eps (or the reverse) misses the target
     at the first step (the sampler can still drift back to it by t = 0, as x_t itself nears x_0)."""
-    from dalle2_md.compat import alphas_cumprod, set_decoder_unet
+    from dalle2_md.models.compat import alphas_cumprod, set_decoder_unet
 
     def first_estimate_and_sample(config_prediction):
         m = tiny(prediction=config_prediction)
@@ -212,7 +205,7 @@ def test_sample_start_keeps_the_first_estimate_bounded():
     """From t = T - 1 an eps error of 0.01 is magnified by 1 / sqrt(abar_T) and the first x_0
     estimate is clamped flat; from sample_start 0.96 it stays near the target. The sampled times
     start where the config says, and a sampling-only override leaves the config as it was."""
-    from dalle2_md.compat import alphas_cumprod, set_decoder_unet
+    from dalle2_md.models.compat import alphas_cumprod, set_decoder_unet
 
     target = images(2) * 0.5
 
@@ -243,7 +236,7 @@ def test_sample_start_keeps_the_first_estimate_bounded():
 def test_offset_noise_shifts_each_images_noise_by_one_level(monkeypatch):
     """offset_noise adds one Gaussian per image and channel to the training noise: the images'
     noise means spread by about that std (plain noise: by 1 / sqrt(pixels))."""
-    import dalle2_md.decoder as decoder_module
+    import dalle2_md.models.decoder as decoder_module
 
     seen = []
     monkeypatch.setattr(decoder_module, "decoder_p_losses", lambda *a, noise, **k: seen.append(noise) or noise.sum())

@@ -8,7 +8,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from dalle2_md.cli import cli, join_variadic
+from dalle2_md.cli.main import cli, join_variadic
 
 TINY_CLIP = ["--clip_dim", "16", "--clip_widths", "8,16", "--clip_dim_image", "32"]
 TINY_DECODER = ["--dim", "16", "--dim_mults", "1,2", "--attn_heads", "2", "--attn_dim_head", "8",
@@ -35,7 +35,7 @@ def losses(stage_dir: Path) -> list[tuple[int, float]]:
 
 
 def weights(path: Path) -> dict:
-    from dalle2_md.bundle import load_bundle
+    from dalle2_md.models.bundle import load_bundle
 
     return load_bundle(path)["state_dict"]
 
@@ -47,7 +47,7 @@ def same_weights(a: dict, b: dict) -> bool:
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     """Decoder runs (embedding model + decoder) and prior runs: twice with seed 0, once with seed 1."""
-    from dalle2_md.synth import synthesize_dataset
+    from dalle2_md.data.simulator import synthesize_dataset
 
     root = tmp_path_factory.mktemp("det")
     synthesize_dataset(root / "data", num_users=3, images_per_user=6, image_size=16, layout="kaggle", progress=False)

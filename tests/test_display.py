@@ -10,8 +10,8 @@ import pytest
 import torch
 from PIL import Image
 
-from dalle2_md.colormap import scalar_to_rgb
-from dalle2_md.display import colourise, save_grid, tile_grid
+from dalle2_md.data.colormap import scalar_to_rgb
+from dalle2_md.data.display import colourise, save_grid, tile_grid
 from dalle2_md.utils import BundleError, checked_fields
 
 
@@ -50,12 +50,12 @@ def test_checked_fields_refuses_unknown_keys_and_drops_retired_ones():
 
 def _stored_configs():
     """(class, an instance, how it is written into bundles and checkpoints)."""
-    from dalle2_md.clip import ClipConfig
-    from dalle2_md.decoder import DecoderConfig
-    from dalle2_md.prior import PriorConfig
-    from dalle2_md.recogniser import RecogniserConfig
-    from dalle2_md.training import TrainConfig
-    from dalle2_md.vqgan import VQGanConfig
+    from dalle2_md.models.embedding import ClipConfig
+    from dalle2_md.models.decoder import DecoderConfig
+    from dalle2_md.models.prior import PriorConfig
+    from dalle2_md.evaluation.recogniser import RecogniserConfig
+    from dalle2_md.training.loop import TrainConfig
+    from dalle2_md.models.vqgan import VQGanConfig
 
     return [(ClipConfig, ClipConfig(num_users=3, image_size=16), ClipConfig.to_dict),
             (DecoderConfig, DecoderConfig(vqgan=VQGanConfig()), DecoderConfig.to_dict),
@@ -78,7 +78,7 @@ def test_every_stored_config_round_trips_and_refuses_an_unknown_key(index):
 
 
 def test_a_bundle_with_an_unknown_config_key_is_refused_naming_file_and_key(tmp_path):
-    from dalle2_md.recogniser import Recogniser, RecogniserConfig
+    from dalle2_md.evaluation.recogniser import Recogniser, RecogniserConfig
 
     path = Recogniser(config=RecogniserConfig(num_users=2, image_size=16, widths=(4,), feature_dim=4)).save(tmp_path / "rec.pt")
     assert Recogniser.load(path).config.num_users == 2
@@ -90,7 +90,7 @@ def test_a_bundle_with_an_unknown_config_key_is_refused_naming_file_and_key(tmp_
 
 
 def test_a_prior_bundle_with_an_unknown_config_key_is_refused_naming_file_and_key(tmp_path):
-    from dalle2_md.prior import PriorConfig, UserConditionedDiffusionPrior
+    from dalle2_md.models.prior import PriorConfig, UserConditionedDiffusionPrior
 
     prior = UserConditionedDiffusionPrior(PriorConfig(num_users=2, dim=8, depth=1, heads=2, dim_head=4, timesteps=10,
                                                       sample_timesteps=2))

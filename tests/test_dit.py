@@ -5,9 +5,9 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from dalle2_md.cli import cli, join_variadic
-from dalle2_md.decoder import DecoderConfig, MicroDopplerDecoder
-from dalle2_md.dit import DiT
+from dalle2_md.cli.main import cli, join_variadic
+from dalle2_md.models.decoder import DecoderConfig, MicroDopplerDecoder
+from dalle2_md.models.dit import DiT
 from dalle2_md.utils import UserError
 
 DIT = dict(image_size=16, channels=1, image_embed_dim=8, dim=32, attn_heads=4, backbone="dit", dit_depth=2,
@@ -66,7 +66,7 @@ def test_dit_config_checks_and_old_configs_default_to_the_unet():
 
 
 def test_backbone_dit_over_vqgan_latents_from_the_command_line(tmp_path):
-    from dalle2_md.synth import synthesize_dataset
+    from dalle2_md.data.simulator import synthesize_dataset
 
     synthesize_dataset(tmp_path / "data", num_users=3, images_per_user=5, image_size=32, progress=False)
     args = ("train-decoder --data_root {data} --output_dir {out} --experiment_name dit --use_vqgan --vqgan_factor 4 "

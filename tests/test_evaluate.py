@@ -13,11 +13,13 @@ import pytest
 import torch
 from PIL import Image
 
-from dalle2_md.bundle import load_bundle, state_fingerprint
-from dalle2_md.colormap import scalar_to_rgb
-from dalle2_md.data import DataWarning, MicroDopplerDataset
-from dalle2_md.metrics import accuracy, background_levels, diversity, domain_fid, kinematic_fidelity, memorisation, to_scalar_images
-from dalle2_md.recogniser import (
+from dalle2_md.models.bundle import load_bundle, state_fingerprint
+from dalle2_md.data.colormap import scalar_to_rgb
+from dalle2_md.data.scanning import DataWarning
+from dalle2_md.data.dataset import MicroDopplerDataset
+from dalle2_md.evaluation.recogniser import accuracy
+from dalle2_md.evaluation.metrics import background_levels, diversity, domain_fid, kinematic_fidelity, memorisation, to_scalar_images
+from dalle2_md.evaluation.recogniser import (
     Recogniser,
     RecogniserConfig,
     RecogniserTrainConfig,
@@ -26,8 +28,8 @@ from dalle2_md.recogniser import (
     predict,
     train_recogniser,
 )
-from dalle2_md.report import evaluate_samples, load_generated_folder
-from dalle2_md.synth import make_users, sample_rng, simulate_spectrogram, synthesize_dataset
+from dalle2_md.evaluation.report import evaluate_samples, load_generated_folder
+from dalle2_md.data.simulator import make_users, sample_rng, simulate_spectrogram, synthesize_dataset
 from dalle2_md.utils import DataError, UserError
 
 NUM_USERS, PER_USER, SIZE, SEED = 4, 20, 32, 0
@@ -147,7 +149,7 @@ def test_fid_is_zero_on_itself_and_grows_with_noise(data, recogniser):
 def test_size_matched_fid_floor_draws_the_generated_sets_users_and_counts(data, recogniser, monkeypatch):
     """The size-matched floor compares real test with real train images drawn per user as many
     as the generated set has; at the train split's own counts it is the all-train floor."""
-    from dalle2_md import report
+    from dalle2_md.evaluation import report
 
     train, test = data["train"], data["test"]
     full = report._matched_fid_floor(recogniser, train, test, (train[0], train[1]), [])
@@ -275,7 +277,7 @@ def test_evaluate_samples_records_fid_it_cannot_compute(data, recogniser, tmp_pa
 
 
 def test_masks_keep_shape_and_fill_a_band_with_the_image_mean():
-    from dalle2_md.recogniser import _augment
+    from dalle2_md.evaluation.recogniser import _augment
 
     x = torch.rand(6, 1, 16, 16) * 2 - 1
     off = RecogniserTrainConfig(max_shift=0.0, noise_std=0.0, time_masks=0, freq_masks=0)
@@ -298,7 +300,7 @@ def _train_as_before(images, ids, cfg):
 
     import torch.nn.functional as F
 
-    from dalle2_md.recogniser import _augment
+    from dalle2_md.evaluation.recogniser import _augment
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.seed)
@@ -320,7 +322,7 @@ def _train_as_before(images, ids, cfg):
 
 
 def test_real_only_training_is_unchanged_by_the_synthetic_option(data):
-    from dalle2_md.recogniser import LEGACY_RECOGNISER_TRAIN
+    from dalle2_md.evaluation.recogniser import LEGACY_RECOGNISER_TRAIN
 
     images, ids = data["train"]
     # the settings that existed before (shift + noise): the new options, off, draw nothing
@@ -336,7 +338,7 @@ def plain_recogniser_loop(images, ids, config, cfg, synthetic=None):
     over the same batch stream; returns (model, its objective, the stream)."""
     import math
 
-    from dalle2_md.recogniser import _BatchStream, _initial_recogniser, _Objective
+    from dalle2_md.evaluation.recogniser import _BatchStream, _initial_recogniser, _Objective
 
     model = _initial_recogniser(config, cfg.seed, None)
     objective, stream = _Objective(model, cfg.synthetic_weight), _BatchStream((images, ids), synthetic, cfg)
@@ -354,7 +356,7 @@ def plain_recogniser_loop(images, ids, config, cfg, synthetic=None):
 def test_recogniser_trains_through_the_shared_loop_exactly_as_a_plain_loop(data, monkeypatch):
     """`training.train` (accelerate, EMA, grad-norm logging) adds nothing to the recogniser's
     updates: weights equal a plain AdamW + cosine-to-10 % loop over the same batch stream."""
-    from dalle2_md import training
+    from dalle2_md.training import loop as training
 
     images, ids = data["train"]
     fake = (images.flip(-1)[:10], ids[:10])
@@ -417,7 +419,9 @@ def test_time_pooled_recogniser_trains_and_round_trips(data, tmp_path):
 
 def test_old_evaluate_import_path_reexports_the_moved_names():
     import dalle2_md.evaluate as old
-    from dalle2_md import metrics, recogniser, report
+    from dalle2_md.evaluation import metrics
+    from dalle2_md.evaluation import recogniser
+    from dalle2_md.evaluation import report
 
     moved = {recogniser: ["Recogniser", "RecogniserConfig", "RecogniserTrainConfig", "LEGACY_RECOGNISER_TRAIN",
                           "train_recogniser", "cached_recogniser", "predict", "extract_features", "_augment"],
@@ -430,7 +434,7 @@ def test_old_evaluate_import_path_reexports_the_moved_names():
 
 
 def test_precision_recall_tells_copies_and_collapse_from_a_fresh_draw():
-    from dalle2_md.metrics import precision_recall
+    from dalle2_md.evaluation.metrics import precision_recall
 
     g = torch.Generator().manual_seed(0)
     users = torch.arange(2).repeat_interleave(40)

@@ -7,15 +7,15 @@ import torch
 from click.testing import CliRunner
 from PIL import Image
 
-from dalle2_md.cli import cli, join_variadic
-from dalle2_md.fastpath import FastPaths, apply_fast_paths
-from dalle2_md.generation import write_samples
+from dalle2_md.cli.main import cli, join_variadic
+from dalle2_md.generation.fastpath import FastPaths, apply_fast_paths
+from dalle2_md.generation.samples import write_samples
 
 from test_model import make_model
 
 @pytest.fixture(scope="module")
 def model():
-    from dalle2_md.data import LabelMap
+    from dalle2_md.data.labels import LabelMap
 
     return make_model(label_map=LabelMap.from_folder_names(["ID_1", "ID_2", "ID_7"]).to_dict())
 
@@ -84,7 +84,7 @@ def test_cli_sampler_eta_and_fast_flags(model, tmp_path):
 def test_cli_guidance_interval(model, tmp_path, monkeypatch):
     """--guidance_interval reaches the sampler: some steps guided, the others not; a bad value is
     one clear error."""
-    import dalle2_md.decoder as decoder_module
+    import dalle2_md.models.decoder as decoder_module
 
     bundle = model.save(tmp_path / "chain.pt")
     scales, real = [], decoder_module.guided_unet_forward

@@ -2,8 +2,8 @@
 
 import torch
 
-from dalle2_md.decoder import DecoderConfig, MicroDopplerDecoder, guided_unet_forward
-from dalle2_md.prior import PriorConfig, UserConditionedDiffusionPrior
+from dalle2_md.models.decoder import DecoderConfig, MicroDopplerDecoder, guided_unet_forward
+from dalle2_md.models.prior import PriorConfig, UserConditionedDiffusionPrior
 
 D = 16
 
@@ -50,7 +50,7 @@ def _tiny_decoder(**kw):
 def test_guidance_interval_guides_only_the_steps_inside_it(monkeypatch):
     """Times 99, 66, 33, 0 (t / 99 = 1, 0.67, 0.33, 0): the interval (0.3, 0.7) guides the middle
     two; an interval holding no sampling time is exactly the unguided sample."""
-    import dalle2_md.decoder as decoder_module
+    import dalle2_md.models.decoder as decoder_module
 
     decoder, e = _tiny_decoder(), torch.randn(2, D)
     scales, real = [], decoder_module.guided_unet_forward

@@ -4,8 +4,8 @@ simulator's ground truth, clutter rejection, and pixel-unit behaviour on toy ima
 import numpy as np
 import pytest
 
-from dalle2_md.kinematics import Kinematics, read_kinematics
-from dalle2_md.synth import make_users, sample_rng, simulate_spectrogram
+from dalle2_md.evaluation.kinematics import Kinematics, read_kinematics
+from dalle2_md.data.simulator import make_users, sample_rng, simulate_spectrogram
 
 
 @pytest.fixture(scope="module")

@@ -4,11 +4,11 @@ import pytest
 import torch
 
 from conftest import fit_decoder_on_ramps
-from dalle2_md.bundle import save_bundle
-from dalle2_md.colormap import rgb_to_scalar
-from dalle2_md.decoder import DecoderConfig, MicroDopplerDecoder
-from dalle2_md.model import MicroDopplerDALLE2, slerp
-from dalle2_md.prior import PriorConfig, UserConditionedDiffusionPrior
+from dalle2_md.models.bundle import save_bundle
+from dalle2_md.data.colormap import rgb_to_scalar
+from dalle2_md.models.decoder import DecoderConfig, MicroDopplerDecoder
+from dalle2_md.models.chain import MicroDopplerDALLE2, slerp
+from dalle2_md.models.prior import PriorConfig, UserConditionedDiffusionPrior
 from dalle2_md.utils import BundleError, UserError
 
 D = 16

@@ -1,11 +1,11 @@
-"""Tests for dalle2_md.prior: user-conditioned diffusion prior, DDIM sampler, bundles, learning."""
+"""Tests for dalle2_md.models.prior: user-conditioned diffusion prior, DDIM sampler, bundles, learning."""
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from dalle2_md.bundle import save_bundle
-from dalle2_md.prior import PriorConfig, UserConditionedDiffusionPrior
+from dalle2_md.models.bundle import save_bundle
+from dalle2_md.models.prior import PriorConfig, UserConditionedDiffusionPrior
 from dalle2_md.sampling import sample_ddim
 from dalle2_md.utils import BundleError, UserError
 

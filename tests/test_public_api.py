@@ -25,12 +25,12 @@ def _heavy_modules_after(code: str) -> dict:
 def test_public_classes_import_from_the_package():
     from dalle2_md import (MicroDopplerClip, MicroDopplerDALLE2, MicroDopplerDecoder, UserConditionedDiffusionPrior,
                            UserConditionedPriorNetwork)
-    from dalle2_md.model import MicroDopplerDALLE2 as chain
+    from dalle2_md.models.chain import MicroDopplerDALLE2 as chain
 
     assert MicroDopplerDALLE2 is chain
-    assert issubclass(UserConditionedDiffusionPrior, dalle2_md.prior.DiffusionPrior)
+    assert issubclass(UserConditionedDiffusionPrior, dalle2_md.models.prior.DiffusionPrior)
     assert {c.__module__ for c in (MicroDopplerClip, MicroDopplerDecoder, UserConditionedPriorNetwork)} == {
-        "dalle2_md.clip", "dalle2_md.decoder", "dalle2_md.prior"}
+        "dalle2_md.models.embedding", "dalle2_md.models.decoder", "dalle2_md.models.prior"}
     assert set(PUBLIC) <= set(dalle2_md.__all__) and set(PUBLIC) <= set(dir(dalle2_md))
 
 
@@ -41,7 +41,7 @@ def test_unknown_name_is_an_attribute_error():
 
 def test_importing_the_package_and_cli_help_load_no_torch():
     assert not any(_heavy_modules_after("import dalle2_md").values())
-    help_run = "from dalle2_md.cli import main\ntry:\n    main(['--help'])\nexcept SystemExit:\n    pass"
+    help_run = "from dalle2_md.cli.main import main\ntry:\n    main(['--help'])\nexcept SystemExit:\n    pass"
     assert not any(_heavy_modules_after(help_run).values())
     # and the lazy names do load them when asked for
     assert _heavy_modules_after("from dalle2_md import MicroDopplerDALLE2")["dalle2_pytorch"]

@@ -8,7 +8,7 @@ import torch
 from PIL import Image
 from test_seed_commands import DECODER, GENERATE, NUM_USERS, PRIOR, ok, run
 
-from dalle2_md.prior import PriorConfig, UserConditionedDiffusionPrior
+from dalle2_md.models.prior import PriorConfig, UserConditionedDiffusionPrior
 
 DATA = {"/path/to/your/data": "data", "--num_users 31": f"--num_users {NUM_USERS}"}
 # size flags only; the prior gets no --image_size and no --colormap. Three U-Net stages: the
@@ -21,7 +21,7 @@ CLIP = "--clip_path ./outputs/decoder/decoder_v1/clip_final.pt"
 
 
 def _site(tmp_path_factory, size, *, greyscale):
-    from dalle2_md.synth import synthesize_dataset
+    from dalle2_md.data.simulator import synthesize_dataset
 
     cwd = tmp_path_factory.mktemp(f"site{size}")
     synthesize_dataset(cwd / "data", num_users=NUM_USERS, images_per_user=5, image_size=size, progress=False)

@@ -16,7 +16,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from dalle2_md.cli import cli, join_variadic
+from dalle2_md.cli.main import cli, join_variadic
 
 PACKAGE = Path(__file__).resolve().parents[1] / "dalle2_md"
 TINY_CLIP = ["--clip_dim", "16", "--clip_widths", "8,16", "--clip_dim_image", "32"]
@@ -52,7 +52,7 @@ def invoke(*args):
 
 @pytest.fixture(scope="module")
 def base(tmp_path_factory):
-    from dalle2_md.synth import synthesize_dataset
+    from dalle2_md.data.simulator import synthesize_dataset
 
     root = tmp_path_factory.mktemp("safe")
     synthesize_dataset(root / "data", num_users=3, images_per_user=4, image_size=16, layout="kaggle", progress=False)

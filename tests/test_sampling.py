@@ -4,7 +4,7 @@ dispatch and per-sample noise."""
 import pytest
 import torch
 
-from dalle2_md.compat import NoiseScheduler
+from dalle2_md.models.compat import NoiseScheduler
 from dalle2_md.sampling import keyed_generators, randn, run_sampler, sample_ddim, sample_dpmpp_2m
 from dalle2_md.utils import UserError
 

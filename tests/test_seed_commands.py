@@ -81,7 +81,7 @@ def ok(result):
 @pytest.fixture(scope="module")
 def site(tmp_path_factory):
     """A working folder with the simulated data in `data/` (hierarchical user_0..user_5)."""
-    from dalle2_md.synth import synthesize_dataset
+    from dalle2_md.data.simulator import synthesize_dataset
 
     cwd = tmp_path_factory.mktemp("seed")
     synthesize_dataset(cwd / "data", num_users=NUM_USERS, images_per_user=5, image_size=16, progress=False)
@@ -122,7 +122,7 @@ def test_scripts_accept_every_seed_flag():
 
 
 def test_decoder_command_writes_the_readme_files(site, decoder_run):
-    from dalle2_md.bundle import load_bundle
+    from dalle2_md.models.bundle import load_bundle
 
     run_dir = site / "outputs" / "decoder" / "decoder_v1"
     for name in ("decoder_final.pt", "clip_final.pt", "label_map.json", "split.json"):
@@ -151,8 +151,8 @@ def test_prior_command_without_clip_path_says_which_flag_and_file(site, decoder_
 def test_prior_command_with_clip_path_writes_prior_final(site, prior_run):
     import torch
 
-    from dalle2_md.clip import MicroDopplerClip
-    from dalle2_md.prior import UserConditionedDiffusionPrior
+    from dalle2_md.models.embedding import MicroDopplerClip
+    from dalle2_md.models.prior import UserConditionedDiffusionPrior
 
     prior = UserConditionedDiffusionPrior.load(site / "outputs" / "prior" / "prior_v1" / "prior_final.pt")
     clip = MicroDopplerClip.load(site / "outputs" / "decoder" / "decoder_v1" / "clip_final.pt")

@@ -13,12 +13,12 @@ from dataclasses import replace
 import pytest
 import torch
 
-from dalle2_md import augment
-from dalle2_md.augment import augmentation_gain
-from dalle2_md.core import fit_budget_vqgan, latent_decoder_config
-from dalle2_md.decoder import DecoderConfig
-from dalle2_md.recipe import AugmentRecipe
-from dalle2_md.recogniser import RecogniserTrainConfig
+from dalle2_md.augmentation import harness as augment
+from dalle2_md.augmentation.harness import augmentation_gain
+from dalle2_md.training.fit import fit_budget_vqgan, latent_decoder_config
+from dalle2_md.models.decoder import DecoderConfig
+from dalle2_md.augmentation.recipe import AugmentRecipe
+from dalle2_md.evaluation.recogniser import RecogniserTrainConfig
 from dalle2_md.utils import claimed
 
 from test_augment import TINY

@@ -8,8 +8,8 @@ import pytest
 import torch
 from test_curate import tiny_chain_on_simulated_data
 
-from dalle2_md.decoder import DecoderConfig, MicroDopplerDecoder
-from dalle2_md.stage_identity import nearest_centroid_accuracy, user_centroids
+from dalle2_md.models.decoder import DecoderConfig, MicroDopplerDecoder
+from dalle2_md.evaluation.stages import nearest_centroid_accuracy, user_centroids
 
 
 def test_nearest_centroid_accuracy_counts_own_user_hits():
@@ -23,7 +23,7 @@ def test_nearest_centroid_accuracy_counts_own_user_hits():
 
 
 def test_within_user_spread_tells_a_collapsed_prior_from_a_spread_one():
-    from dalle2_md.stage_identity import within_user_spread
+    from dalle2_md.evaluation.stages import within_user_spread
 
     g = torch.Generator().manual_seed(0)
     users = torch.arange(3).repeat_interleave(20)
@@ -60,10 +60,10 @@ def test_embedding_noise_only_in_training_and_keeps_the_norm():
 
 
 def test_decoder_that_follows_its_embedding_scores_above_chance(two_users):
-    from dalle2_md.decoder import MicroDopplerDecoder
-    from dalle2_md.metrics import accuracy
-    from dalle2_md.recogniser import RecogniserConfig, RecogniserTrainConfig, train_recogniser
-    from dalle2_md.stage_identity import decoder_accuracy
+    from dalle2_md.models.decoder import MicroDopplerDecoder
+    from dalle2_md.evaluation.recogniser import accuracy
+    from dalle2_md.evaluation.recogniser import RecogniserConfig, RecogniserTrainConfig, train_recogniser
+    from dalle2_md.evaluation.stages import decoder_accuracy
 
     trained, x, y, centres = (two_users[k] for k in ("model", "x", "y", "centres"))
     judge = train_recogniser(x, y, config=RecogniserConfig(num_users=2, image_size=16, widths=(8, 16), feature_dim=8),
@@ -84,10 +84,10 @@ def chain_run(tmp_path_factory):
 
 
 def test_prior_stage_is_nearest_train_centroid_of_the_prior_samples(chain_run):
-    from dalle2_md.augment import load_splits
-    from dalle2_md.model import MicroDopplerDALLE2
-    from dalle2_md.recogniser import RecogniserTrainConfig, train_recogniser
-    from dalle2_md.stage_identity import stage_identity_accuracies
+    from dalle2_md.augmentation.harness import load_splits
+    from dalle2_md.models.chain import MicroDopplerDALLE2
+    from dalle2_md.evaluation.recogniser import RecogniserTrainConfig, train_recogniser
+    from dalle2_md.evaluation.stages import stage_identity_accuracies
 
     model = MicroDopplerDALLE2.load(chain_run["model"])
     sets = load_splits(chain_run["data"], image_size=16, split_file=chain_run["root"] / "split.json")
@@ -114,7 +114,7 @@ def test_evaluate_command_reports_the_stages_per_guidance_scale(chain_run):
 
     from click.testing import CliRunner
 
-    from dalle2_md.cli import cli
+    from dalle2_md.cli.main import cli
 
     out = chain_run["root"] / "eval"
     result = CliRunner().invoke(cli, [
@@ -143,8 +143,8 @@ def test_evaluate_command_on_parts_uses_the_embedding_model_beside_the_decoder(c
 
     from click.testing import CliRunner
 
-    from dalle2_md.cli import cli
-    from dalle2_md.model import MicroDopplerDALLE2
+    from dalle2_md.cli.main import cli
+    from dalle2_md.models.chain import MicroDopplerDALLE2
 
     model = MicroDopplerDALLE2.load(chain_run["model"])
     model.prior.save(tmp_path / "prior_final.pt", label_map=model.label_map, meta=model.prior.meta)

@@ -9,9 +9,9 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-from dalle2_md.cli import cli
-from dalle2_md.colormap import rgb_to_scalar, scalar_to_rgb
-from dalle2_md.synth import (
+from dalle2_md.cli.main import cli
+from dalle2_md.data.colormap import rgb_to_scalar, scalar_to_rgb
+from dalle2_md.data.simulator import (
     CONTACT_PAD,
     RadarConfig,
     image_axes,
@@ -228,7 +228,7 @@ def test_user_spread_packs_users_closer():
 
 def test_gait31_neighbours_overlap_in_speed():
     """One user's recordings spread wider in speed than the gap to the next user's mean."""
-    from dalle2_md.synth import get_profile
+    from dalle2_md.data.simulator import get_profile
 
     prof = get_profile("gait31")
     users = sorted(make_users(31, seed=0, spread=prof.user_spread), key=lambda u: u.speed_mps)

@@ -12,7 +12,7 @@ import pytest
 import torch
 from torch import nn
 
-from dalle2_md.training import (
+from dalle2_md.training.loop import (
     TrainConfig,
     latest_checkpoint,
     load_checkpoint,
@@ -228,7 +228,7 @@ import sys, torch
 from pathlib import Path
 sys.path.insert(0, {tests!r})
 from test_training import make_model, toy_data, cfg
-from dalle2_md.training import train
+from dalle2_md.training.loop import train
 from accelerate import PartialState
 res = train(make_model(), toy_data(), cfg(max_steps=6, gradient_accumulation_steps=2, checkpoint_every=3),
             run_dir=Path({run!r}), stage="toy", progress=False)
@@ -284,7 +284,7 @@ def test_a_batch_stream_trains_by_steps_only_and_on_step_sees_every_step(tmp_pat
 
 
 def test_cosine_schedule_decays_to_its_floor():
-    from dalle2_md.training import _lr_lambda
+    from dalle2_md.training.loop import _lr_lambda
 
     for floor in (0.0, 0.1):
         factor = _lr_lambda(cfg(max_steps=10, lr_schedule="cosine", lr_floor=floor, warmup_steps=2), 10)
@@ -367,7 +367,7 @@ def test_a_failed_compilation_trains_on_eagerly_and_says_so(tmp_path, monkeypatc
 
 
 def test_a_budget_with_decoder_compile_compiles_the_decoders_only():
-    from dalle2_md.presets import GeneratorBudget
+    from dalle2_md.training.presets import GeneratorBudget
 
     budget = GeneratorBudget(decoder_compile=True)
     assert budget.decoder_schedule(seed=0).compile

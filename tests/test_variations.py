@@ -8,9 +8,9 @@ import torch
 from click.testing import CliRunner
 from PIL import Image
 
-from dalle2_md.cli import cli
+from dalle2_md.cli.main import cli
 from dalle2_md.utils import UserError
-from dalle2_md.variations import EmbeddingDecoder, sdedit, sdedit_timesteps, variations_of
+from dalle2_md.generation.variations import EmbeddingDecoder, sdedit, sdedit_timesteps, variations_of
 from conftest import fit_decoder_on_ramps
 from test_curate import LABELS, tiny_chain
 
@@ -72,7 +72,7 @@ def files(tmp_path_factory, model_and_images):
     root = tmp_path_factory.mktemp("var")
     path = model.save(root / "chain.pt")
     model.decoder.save(root / "decoder.pt", meta=model.decoder.meta)
-    from dalle2_md.display import colourise
+    from dalle2_md.data.display import colourise
 
     rgb = colourise((images[:1] + 1) / 2, "jet")[0]
     Image.fromarray(rgb).save(root / "real.png")
@@ -117,8 +117,8 @@ def test_cli_decoder_without_its_embedding_model_is_one_clear_error(files):
 
 
 def test_the_augmentation_recipe_gets_model_space_variations_of_each_users_own_images(model_and_images):
-    from dalle2_md.augment import GeneratorBudget
-    from dalle2_md.recipe import AugmentRecipe, _candidates
+    from dalle2_md.training.presets import GeneratorBudget
+    from dalle2_md.augmentation.recipe import AugmentRecipe, _candidates
 
     model, images = model_and_images
     shot = (images, torch.tensor([0, 0, 2]))
@@ -131,8 +131,8 @@ def test_the_augmentation_recipe_gets_model_space_variations_of_each_users_own_i
 
 
 def test_sdedit_is_a_recipe_source_that_keeps_each_users_own_images(model_and_images):
-    from dalle2_md.augment import GeneratorBudget
-    from dalle2_md.recipe import AugmentRecipe, draw_candidates, sampling_key
+    from dalle2_md.training.presets import GeneratorBudget
+    from dalle2_md.augmentation.recipe import AugmentRecipe, draw_candidates, sampling_key
 
     model, images = model_and_images
     # two "users" with clearly different real images: ramps and their mirror images
@@ -157,9 +157,9 @@ def test_sdedit_conditions_other_than_the_own_embedding(model_and_images):
     prior's samples; both change the outputs, both depend on the user's own seed only."""
     import torch.nn.functional as F
 
-    from dalle2_md.augment import GeneratorBudget
-    from dalle2_md.recipe import AugmentRecipe, _sdedit_conditions, sampling_key
-    from dalle2_md.variations import embed
+    from dalle2_md.training.presets import GeneratorBudget
+    from dalle2_md.augmentation.recipe import AugmentRecipe, _sdedit_conditions, sampling_key
+    from dalle2_md.generation.variations import embed
 
     model, images = model_and_images
     own_embeds = embed(model, images)
@@ -194,7 +194,7 @@ def test_sdedit_conditions_other_than_the_own_embedding(model_and_images):
     with pytest.raises(UserError, match="condition"):
         AugmentRecipe(condition="neighbour")
     budget = GeneratorBudget(sample_steps=3)
-    from dalle2_md.recipe import draw_candidates
+    from dalle2_md.augmentation.recipe import draw_candidates
 
     shot = (images, torch.tensor([0, 0, 2]))
     x, ids = draw_candidates(model, partner, budget, shot, 2, seed=1)
@@ -204,8 +204,8 @@ def test_sdedit_conditions_other_than_the_own_embedding(model_and_images):
 
 
 def test_variations_and_sdedit_of_a_user_conditioned_decoder_use_the_users_given_or_read_by_the_embedding_model():
-    from dalle2_md.decoder import MicroDopplerDecoder
-    from dalle2_md.variations import embed, users_for
+    from dalle2_md.models.decoder import MicroDopplerDecoder
+    from dalle2_md.generation.variations import embed, users_for
 
     model = tiny_chain(LABELS.to_dict())
     model.decoder = MicroDopplerDecoder(config=replace(model.decoder.config, user_conditioning=True, num_users=3))

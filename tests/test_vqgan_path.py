@@ -5,8 +5,10 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from dalle2_md.cli import cli, join_variadic
-from dalle2_md.vqgan import VQGanConfig, build_vqgan, cpu_vqgan_sizes, reconstruction_quality, train_vqgan
+from dalle2_md.cli.main import cli, join_variadic
+from dalle2_md.models.vqgan import VQGanConfig, build_vqgan, reconstruction_quality
+from dalle2_md.training.presets import cpu_vqgan_sizes
+from dalle2_md.training.fit import train_vqgan
 
 TINY = ("--max_steps 2 --dim 8 --dim_mults 1 2 --attn_heads 2 --attn_dim_head 8 --num_resnet_blocks 1 "
         "--timesteps 50 --sample_timesteps 3 --clip_dim 16 --clip_widths 8 16 --clip_dim_image 32 "
@@ -19,7 +21,7 @@ def invoke(*args):
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
-    from dalle2_md.synth import synthesize_dataset
+    from dalle2_md.data.simulator import synthesize_dataset
 
     root = tmp_path_factory.mktemp("vq") / "data"
     synthesize_dataset(root, num_users=3, images_per_user=5, image_size=32, progress=False)
@@ -28,8 +30,8 @@ def data(tmp_path_factory):
 
 @pytest.mark.parametrize("factor", [4, 8])
 def test_vqgan_factor_sets_the_latent_size_and_the_bundle_reports_quality(data, tmp_path, factor):
-    from dalle2_md.bundle import load_bundle
-    from dalle2_md.decoder import MicroDopplerDecoder
+    from dalle2_md.models.bundle import load_bundle
+    from dalle2_md.models.decoder import MicroDopplerDecoder
 
     result = invoke("train-decoder", "--data_root", data, "--output_dir", tmp_path, "--experiment_name", "latent",
                     "--use_vqgan", "--vqgan_factor", factor, *TINY)
@@ -61,7 +63,7 @@ def test_quality_report_rises_as_the_vqgan_learns():
 
 
 def test_codebook_heads_quantise_each_latent_pixel_with_several_codes_and_round_trip(tmp_path):
-    from dalle2_md.vqgan import load_vqgan, reconstruct, save_vqgan
+    from dalle2_md.models.vqgan import load_vqgan, reconstruct, save_vqgan
 
     config = VQGanConfig(image_size=16, channels=1, **cpu_vqgan_sizes(4, dim=8, codebook_size=32, codebook_dim=4,
                                                                       codebook_heads=2, use_cosine_sim=False,
@@ -80,7 +82,7 @@ def test_codebook_heads_quantise_each_latent_pixel_with_several_codes_and_round_
 
 
 def test_unquantised_vqgan_decodes_the_continuous_latent_and_quantised_one_snaps_it_to_codes():
-    from dalle2_md.compat import VQGanAutoencoder
+    from dalle2_md.models.compat import VQGanAutoencoder
 
     torch.manual_seed(0)
     images = torch.rand(4, 1, 16, 16) * 2 - 1

@@ -13,17 +13,11 @@ import torch
 from click.testing import CliRunner
 from PIL import Image
 
-from dalle2_md.cli import cli, join_variadic
-from dalle2_md.training import TrainConfig
+from dalle2_md.cli.main import cli, join_variadic
+from dalle2_md.training.loop import TrainConfig
 from dalle2_md.utils import UserError
-from dalle2_md.workflows import (
-    DataOptions,
-    check_can_write,
-    load_train_data,
-    sub_schedule,
-    train_clip_stage,
-    train_prior_stage,
-)
+from dalle2_md.training.options import DataOptions, load_train_data
+from dalle2_md.training.stages import check_can_write, sub_schedule, train_clip_stage, train_prior_stage
 
 TINY_CLIP = ["--clip_dim", "16", "--clip_widths", "8", "16", "--clip_dim_image", "32"]
 TINY_DECODER = ["--dim", "16", "--dim_mults", "1", "2", "--attn_heads", "2", "--attn_dim_head", "8",
@@ -44,7 +38,7 @@ def invoke(*args, ok=True):
 
 @pytest.fixture(scope="module")
 def work(tmp_path_factory):
-    from dalle2_md.synth import synthesize_dataset
+    from dalle2_md.data.simulator import synthesize_dataset
 
     root = tmp_path_factory.mktemp("wf")
     synthesize_dataset(root / "data", num_users=3, images_per_user=6, image_size=16, layout="kaggle", progress=False)
@@ -81,7 +75,7 @@ def test_variadic_flags_are_joined_and_comma_lists_parse():
     argv = ["generate", "--user_ids", "0", "1", "ID_3", "--num_samples_per_user", "2", "--dim-mults", "1", "2"]
     assert join_variadic(argv) == ["generate", "--user_ids", "0,1,ID_3", "--num_samples_per_user", "2",
                                    "--dim-mults", "1,2"]
-    from dalle2_md.cli import _int_tuple, _str_list
+    from dalle2_md.cli.main import _int_tuple, _str_list
 
     assert _int_tuple(None, None, "1,2,4,8") == (1, 2, 4, 8)
     assert _str_list(None, None, "0,ID_5") == ["0", "ID_5"]
@@ -96,7 +90,7 @@ def test_sub_schedule_follows_max_steps_unless_told_otherwise():
 
 
 def test_decoder_run_layout_and_bundle_meta(trained, work):
-    from dalle2_md.bundle import load_bundle
+    from dalle2_md.models.bundle import load_bundle
 
     run = work / "out" / "dec"
     for stage in ("clip", "decoder"):
@@ -131,7 +125,7 @@ def test_tensorboard_has_scalars_and_sample_grids(trained, work):
 
 
 def test_resume_continues_the_step_count_and_reproduces_the_loss(trained, work):
-    from dalle2_md.clip import MicroDopplerClip
+    from dalle2_md.models.embedding import MicroDopplerClip
 
     data = DataOptions(data_root=str(work / "data"), image_size=16, cache_dir=str(work / "cache"))
     clip = MicroDopplerClip.load(trained["clip"])
@@ -186,7 +180,7 @@ def test_prior_without_clip_path_names_the_flag_and_file(trained, work):
 def test_prior_dim_other_than_the_embedding_size_is_projected(trained, work):
     invoke("train-prior", "--data_root", work / "data", "--output_dir", work / "out", "--experiment_name", "wide",
            "--max_steps", 1, "--clip_path", trained["clip"], "--dim", 32, *TINY_PRIOR, *QUIET)
-    from dalle2_md.prior import UserConditionedDiffusionPrior
+    from dalle2_md.models.prior import UserConditionedDiffusionPrior
 
     prior = UserConditionedDiffusionPrior.load(work / "out" / "wide" / "prior_final.pt")
     assert (prior.config.dim, prior.image_embed_dim) == (32, 16)  # a 32-wide transformer over 16-d embeddings
@@ -211,7 +205,7 @@ def test_generate_names_files_by_label_and_saves_npy(trained, work):
 
 
 def test_a_user_conditioned_decoder_trains_generates_and_interpolates_from_the_cli(trained, work):
-    from dalle2_md.decoder import MicroDopplerDecoder
+    from dalle2_md.models.decoder import MicroDopplerDecoder
 
     invoke("train-decoder", "--data_root", work / "data", "--output_dir", work / "out", "--experiment_name", "dec_user",
            "--max_steps", 2, "--clip_path", trained["clip"], "--user_conditioning", *TINY_DECODER, *QUIET)
@@ -264,7 +258,7 @@ def test_interpolate_writes_strip_and_frames(trained, work):
 
 
 def test_chained_bundle_generates_what_its_parts_do(trained, work):
-    from dalle2_md.model import MicroDopplerDALLE2
+    from dalle2_md.models.chain import MicroDopplerDALLE2
 
     path = MicroDopplerDALLE2.from_parts(prior_path=trained["prior"], decoder_path=trained["decoder"],
                                          clip_path=trained["clip"]).save(work / "chain.pt")
@@ -298,7 +292,7 @@ def test_latent_decoder_trains_vqgan_first(trained, work):
     invoke("train-decoder", "--data_root", work / "data", "--output_dir", work / "out", "--experiment_name", "latent",
            "--max_steps", 2, "--clip_path", trained["clip"], "--use_vqgan", "--vqgan_dim", 8, "--vqgan_layers", 1,
            "--vqgan_codebook_size", 16, *TINY_DECODER, "--dim-mults", "1,2", *QUIET)
-    from dalle2_md.decoder import MicroDopplerDecoder
+    from dalle2_md.models.decoder import MicroDopplerDecoder
 
     assert (run / "vqgan_final.pt").is_file() and not (run / "clip_final.pt").exists()
     decoder = MicroDopplerDecoder.load(run / "decoder_final.pt")
@@ -306,7 +300,7 @@ def test_latent_decoder_trains_vqgan_first(trained, work):
 
 
 def test_flat_structure_is_required_when_asked(tmp_path, work):
-    from dalle2_md.synth import synthesize_dataset
+    from dalle2_md.data.simulator import synthesize_dataset
 
     result = invoke("train-clip", "--data-root", work / "data", "--output-dir", tmp_path, "--flat-structure",
                     "--max_steps", 1, *QUIET, ok=False)
@@ -330,7 +324,7 @@ def test_quick_demo_writes_report(tmp_path):
 
 
 def test_quick_demo_over_a_vqgan_latent(tmp_path):
-    from dalle2_md.decoder import MicroDopplerDecoder
+    from dalle2_md.models.decoder import MicroDopplerDecoder
 
     invoke("demo", "--quick", "--image_size", 32, "--vqgan_steps", 3, "--output_dir", tmp_path / "demo", "--no-progress")
     run = tmp_path / "demo" / "run"
@@ -359,10 +353,11 @@ class _ReplayGenerator:
 def test_demo_metrics_judge_real_and_generated_images(trained, tmp_path):
     """The demo's identity accuracy: the recogniser recognises real test images well above chance
     (A_real), and A_gen scores generated images against the user they were asked for."""
-    from dalle2_md.data import MicroDopplerDataset
-    from dalle2_md.model import MicroDopplerDALLE2
-    from dalle2_md.synth import synthesize_dataset
-    from dalle2_md.workflows import DataOptions, DemoConfig, demo_metrics, load_train_data
+    from dalle2_md.data.dataset import MicroDopplerDataset
+    from dalle2_md.models.chain import MicroDopplerDALLE2
+    from dalle2_md.data.simulator import synthesize_dataset
+    from dalle2_md.training.options import DataOptions, load_train_data
+    from dalle2_md.cli.demo import DemoConfig, demo_metrics
 
     # the module's 3 users (same simulator seed) with 30 images each, so the test split has 9
     # images; and 6 further draws per user that no recogniser sees
@@ -399,7 +394,7 @@ def test_demo_metrics_judge_real_and_generated_images(trained, tmp_path):
 
 def test_check_names_a_truncated_image(tmp_path):
     """The self-check reads the data as training does and, like every command, names what it skipped."""
-    from dalle2_md.synth import synthesize_dataset
+    from dalle2_md.data.simulator import synthesize_dataset
 
     synthesize_dataset(tmp_path / "data", num_users=3, images_per_user=6, image_size=16, progress=False)
     victim = sorted((tmp_path / "data" / "user_1").glob("*.png"))[0]
@@ -414,9 +409,9 @@ def test_check_names_a_truncated_image(tmp_path):
 def test_stage_functions_and_two_stage_core_train_the_same_models(work, tmp_path):
     """One pipeline: the training commands' stage functions and `train_two_stage` (demo,
     augmentation harness) give identical weights from the same data, budget and seed."""
-    from dalle2_md.presets import QUICK_BUDGET
-    from dalle2_md.core import train_two_stage
-    from dalle2_md.stages import train_decoder_stage
+    from dalle2_md.training.presets import QUICK_BUDGET
+    from dalle2_md.training.fit import train_two_stage
+    from dalle2_md.training.stages import train_decoder_stage
 
     budget = replace(QUICK_BUDGET, clip_steps=2, decoder_steps=2, prior_steps=2, batch_size=8, decoder_batch_size=8,
                      clip=CLIP_SIZES, prior=PRIOR_SIZES)
@@ -438,21 +433,6 @@ def test_stage_functions_and_two_stage_core_train_the_same_models(work, tmp_path
             assert torch.equal(value, trained[key]), f"{name}.{key} differs"
     assert core.decoder.meta["clip_fingerprint"] == clip.fingerprint
 
-
-def test_old_import_paths_name_the_moved_objects():
-    """stages.py was split into core / options / stages (issue 11): the old paths give the very
-    same objects, so callers' imports keep working."""
-    from dalle2_md import core, options, stages, utils, workflows
-
-    for module, names in ((core, ["train_two_stage", "fit_clip", "fit_decoder", "fit_prior", "TwoStageModels",
-                                  "clip_config_for", "prior_config_for", "CLIP_MAX_IMAGE_SIZE"]),
-                          (options, ["DataOptions", "load_train_data", "with_defaults", "recorded_data_settings",
-                                     "with_settings_from", "display_colormap", "skipped_summary", "DEFAULT_IMAGE_SIZE"])):
-        for name in names:
-            assert getattr(stages, name) is getattr(module, name), name
-            if not name.startswith(("fit_", "clip_config", "prior_config", "skipped")):
-                assert getattr(workflows, name) is getattr(module, name), name
-    assert stages.log is utils.say and workflows.log is utils.say
 
 
 def test_say_prints_once_on_the_first_process(monkeypatch, capsys):

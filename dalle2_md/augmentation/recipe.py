@@ -1,0 +1,268 @@
+"""Augmentation recipes: how generated spectrograms are drawn, filtered and mixed with a few real
+ones to train a recogniser.
+
+Owns `AugmentRecipe` (one row of the ablation: source, guidance, eta, filter, synthetic-to-real
+ratio, mixing), `draw_synthetic` (samples for every user, optionally drawn in excess and filtered
+by a recogniser trained on the generator's own real images) and `train_augmented` (the
+recogniser trained on real + synthetic by the recipe's mixing rule). `augment.augmentation_gain`
+runs one trained generator per seed through several recipes.
+
+Mixing rules (the real batches are the same in every rule, see `recogniser.train_recogniser`):
+- "separate": each step one real batch and one synthetic batch, the synthetic loss weighted by
+  `synthetic_weight`;
+- "concat": real and synthetic pooled into one set (the old harness: a larger set means fewer
+  passes over the real images);
+- "pretrain": the recogniser first trains on synthetic images only, then on the real ones from
+  those weights.
+"""
+
+from __future__ import annotations
+
+import math
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass, replace
+
+from dalle2_md.utils import UserError
+
+# torch is imported inside the functions: the command line reads AugmentRecipe's defaults for --help
+
+SOURCES = ("prior", "variations", "sdedit")
+CONDITIONS = ("own", "partner", "prior")
+MIXING = ("separate", "concat", "pretrain")
+RECIPE_FILTERS = ("none", "recogniser")
+
+
+@dataclass(frozen=True, kw_only=True)
+class AugmentRecipe:
+    """One way to turn a trained generator into recogniser training data.
+
+    Args:
+        name: row name in reports.
+        source: "prior" (user -> prior -> decoder) or "variations" (the embeddings of the real
+            K-shot images, decoded from fresh noise: DALL-E 2's image variations) or "sdedit"
+            (each K-shot image noised `strength` of the way into the schedule and denoised with
+            its own embedding: the real image's coarse layout, new detail). Default "sdedit" at
+            strength 0.5: on gait31 at K = 10 with the 2400-step decoder it gained +3.5 +- 1.7
+            points over the strong real-only recogniser, the prior chain -0.1 +- 1.9 and
+            variations +0.9 +- 1.2 (3 seeds), and +5.5 +- 3.5 over six seeds, three of them fresh
+            (benchmarks/augment_ablation.py, docs/results.md).
+        strength: SDEdit noise level in (0, 1]; read only by source "sdedit".
+        condition: what an SDEdit output is conditioned on (read only by source "sdedit"):
+            "own" (the source image's own embedding), "partner" (the source image's embedding
+            moved a uniform random fraction of the way towards another K-shot image of the same
+            user: the layout of one walk, details from between two) or "prior" (a prior sample
+            for the user).
+        m_per_k: generated images per user = round(m_per_k * K).
+        cond_scale, prior_cond_scale: decoder / prior classifier-free guidance.
+        guidance_interval: (lo, hi) noise levels where decoder guidance applies (see
+            `decoder.DecoderConfig.guidance_interval`); None = as stored in the generator.
+        eta: DDIM eta (0 deterministic; 1 ancestral).
+        filter: "none", or "recogniser": keep a sample when a recogniser trained on the K real
+            images gives its intended user at least `min_confidence`. Default "none": on gait31
+            at K = 10 the filter kept 42 % of the samples and gained -0.1 +- 1.5 points against
+            +1.1 +- 1.7 without it (benchmarks/augment_ablation.py, docs/results.md).
+        min_confidence: softmax threshold of the recogniser filter.
+        oversample: candidates drawn per kept image when filtering (the first passing ones by
+            sample index are kept; fewer are kept when too few pass).
+        mixing: "separate", "concat" or "pretrain" (see the module docstring); "concat" lost
+            9.5 points where "separate" lost 0.1 in the same ablation.
+        synthetic_weight: loss weight of the synthetic batch under "separate".
+    """
+
+    name: str = "default"
+    source: str = "sdedit"
+    strength: float = 0.5
+    condition: str = "own"
+    m_per_k: float = 3.0
+    cond_scale: float = 3.0
+    prior_cond_scale: float = 1.0
+    guidance_interval: tuple[float, float] | None = None
+    eta: float = 0.0
+    filter: str = "none"
+    min_confidence: float = 0.5
+    oversample: float = 2.0
+    mixing: str = "separate"
+    synthetic_weight: float = 0.5
+
+    def __post_init__(self):
+        for value, allowed, what in ((self.source, SOURCES, "source"), (self.mixing, MIXING, "mixing"),
+                                     (self.filter, RECIPE_FILTERS, "filter"), (self.condition, CONDITIONS, "condition")):
+            if value not in allowed:
+                raise UserError(f"recipe {what} {value!r} is not one of {', '.join(allowed)}")
+        if not 0.0 < self.strength <= 1.0:
+            raise UserError(f"recipe {self.name}: strength must lie in (0, 1], got {self.strength}")
+        if self.m_per_k <= 0 or self.oversample < 1:
+            raise UserError(f"recipe {self.name}: m_per_k must be > 0 and oversample >= 1")
+
+    def num_per_user(self, k: int) -> int:
+        return max(1, int(round(self.m_per_k * k)))
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def default_source(generator: str) -> str:
+    """The default recipe's source for a generator kind: the single-stage baseline has no
+    embeddings to start variations or SDEdit from, so it draws from its prior path."""
+    return AugmentRecipe.source if generator == "two_stage" else "prior"
+
+
+def _confidence(recogniser, images, user_indices, batch_size: int = 256):
+    """Softmax probability of each image's intended user, (N,)."""
+    import torch
+
+    recogniser.eval()
+    with torch.no_grad():
+        probs = [recogniser(images[i : i + batch_size]).softmax(-1) for i in range(0, len(images), batch_size)]
+    return torch.cat(probs).gather(1, user_indices[:, None]).squeeze(1)
+
+
+def _candidates(model, recipe: AugmentRecipe, budget, user_indices, shot, count: int, seed: int):
+    """`count` samples per user: (images in [-1, 1], user indices), user-major."""
+    from dalle2_md.augmentation.harness import sample_tensors
+
+    budget = replace(budget, cond_scale=recipe.cond_scale, prior_cond_scale=recipe.prior_cond_scale, eta=recipe.eta)
+    decoder = getattr(model, "decoder", None)
+    interval = nullcontext() if decoder is None else decoder.guidance_interval_for(recipe.guidance_interval)
+    with interval:  # the recipe's interval holds for this draw only
+        if recipe.source == "prior":
+            return sample_tensors(model, user_indices, count, seed=seed, budget=budget)
+        return _real_image_candidates(model, recipe, budget, user_indices, shot, count, seed)
+
+
+def _real_image_candidates(model, recipe: AugmentRecipe, budget, user_indices, shot, count: int, seed: int):
+    """`_candidates` of the sources that start from each user's K-shot images."""
+    import torch
+
+    from dalle2_md.generation.variations import sdedit, variations_of
+
+    images, ids = [], []
+    for u in user_indices:
+        own = shot[0][shot[1] == u]
+        per_image = math.ceil(count / len(own))
+        users = torch.full((len(own),), u, dtype=torch.long)
+        common = dict(n=per_image, seed=seed + 7919 * u, cond_scale=recipe.cond_scale, steps=budget.sample_steps,
+                      eta=recipe.eta)
+        if recipe.source == "sdedit":
+            embeds = _sdedit_conditions(model, recipe, own, u, per_image, seed + 7919 * u)
+            x = sdedit(model, own, strength=recipe.strength, image_embeds=embeds, user_indices=users, **common)[:count]
+        else:
+            x = variations_of(model, own, user_indices=users, **common)[:count]
+        images.append(x.cpu())  # both return model space, [-1, 1]
+        ids.append(torch.full((len(x),), u, dtype=torch.long))
+    return torch.cat(images), torch.cat(ids)
+
+
+def _sdedit_conditions(model, recipe: AugmentRecipe, own, user_index: int, per_image: int, seed: int):
+    """(len(own) * per_image, D) embeddings the SDEdit outputs of one user are conditioned on,
+    image-major; None for "own". Drawn from the user's own seed only, so one user's outputs do
+    not depend on the other users."""
+    import torch
+    import torch.nn.functional as F
+
+    from dalle2_md.generation.variations import embed
+
+    if recipe.condition == "own":
+        return None
+    n = len(own) * per_image
+    if recipe.condition == "prior":
+        return model.sample_image_embeds([user_index] * n, sample_indices=list(range(n)),
+                                         prior_cond_scale=recipe.prior_cond_scale, seed=seed, eta=recipe.eta)
+    e = embed(model, own).cpu()
+    g = torch.Generator().manual_seed(seed)
+    source = torch.arange(len(own)).repeat_interleave(per_image)
+    # another image of the same user (itself when the user has only one)
+    partner = (source + torch.randint(1, max(2, len(own)), (n,), generator=g)) % len(own)
+    fraction = torch.rand(n, 1, generator=g)
+    return F.normalize((1 - fraction) * e[source] + fraction * e[partner], dim=-1)
+
+
+def sampling_key(recipe: AugmentRecipe) -> tuple:
+    """Recipes with the same key draw the same candidates (sample j of user u depends only on
+    the seed, u and j), so one draw of the largest count serves them all."""
+    strength = recipe.strength if recipe.source == "sdedit" else None
+    condition = recipe.condition if recipe.source == "sdedit" else None
+    interval = tuple(recipe.guidance_interval) if recipe.guidance_interval is not None else None
+    return (recipe.source, strength, condition, recipe.cond_scale, recipe.prior_cond_scale, interval, recipe.eta)
+
+
+def candidates_needed(recipe: AugmentRecipe, k: int) -> int:
+    """Candidates per user the recipe looks at."""
+    wanted = recipe.num_per_user(k)
+    return wanted if recipe.filter == "none" else int(math.ceil(wanted * recipe.oversample))
+
+
+def draw_candidates(model, recipe: AugmentRecipe, budget, shot, count: int, *, seed: int):
+    """`count` candidates per user of the K-shot set: (images in [-1, 1], user indices), user-major."""
+    import torch
+
+    user_indices = sorted(torch.unique(shot[1]).tolist())
+    return _candidates(model, recipe, budget, user_indices, shot, count, seed)
+
+
+def draw_synthetic(model, recipe: AugmentRecipe, budget, shot, *, seed: int, filter_recogniser=None,
+                   candidates=None) -> dict:
+    """Synthetic training images for every user of the K-shot set.
+
+    Args:
+        model: the trained generator (a `MicroDopplerDALLE2`, or the baseline for source "prior").
+        recipe: how to draw and filter.
+        budget: the generator's `GeneratorBudget` (sampling steps, sampler).
+        shot: the K-shot (images (N, C, H, W) in [-1, 1], user indices) the generator was trained on.
+        seed: sampling seed.
+        filter_recogniser: a recogniser trained on `shot` only (needed by filter "recogniser").
+        candidates: (images, user indices) from `draw_candidates` with at least
+            `candidates_needed(recipe, K)` per user, drawn with the same sampling key and seed
+            (default: drawn here).
+    Returns:
+        {"images", "user_indices", "acceptance" (kept / looked at, per user index), "num_drawn"}.
+    """
+    import torch
+
+    users = sorted(torch.unique(shot[1]).tolist())
+    k = min(int((shot[1] == u).sum()) for u in users)
+    wanted, needed = recipe.num_per_user(k), candidates_needed(recipe, k)
+    if recipe.filter != "none" and filter_recogniser is None:
+        raise UserError("the recogniser filter needs a recogniser trained on the generator's own real images")
+    images, ids = candidates if candidates is not None else draw_candidates(model, recipe, budget, shot, needed, seed=seed)
+    # the first `needed` candidates of each user (a larger shared draw holds them as its prefix)
+    rank = torch.zeros(len(ids), dtype=torch.long)
+    for u in users:
+        mine = torch.nonzero(ids == u).flatten()
+        rank[mine] = torch.arange(len(mine))
+    looked = rank < needed
+    images, ids = images[looked], ids[looked]
+    keep = torch.ones(len(ids), dtype=torch.bool)
+    if recipe.filter == "recogniser":
+        keep = _confidence(filter_recogniser, images, ids) >= recipe.min_confidence
+    kept_images, kept_ids, acceptance = [], [], {}
+    for u in users:
+        mine = torch.nonzero((ids == u) & keep).flatten()[:wanted]
+        acceptance[u] = float(((ids == u) & keep).sum()) / max(1, int((ids == u).sum()))
+        kept_images.append(images[mine])
+        kept_ids.append(ids[mine])
+    return {"images": torch.cat(kept_images), "user_indices": torch.cat(kept_ids), "acceptance": acceptance,
+            "num_drawn": len(images)}
+
+
+def train_augmented(recipe: AugmentRecipe, real, synthetic, *, num_users: int, train_config, config=None):
+    """A recogniser trained on real + synthetic images by the recipe's mixing rule.
+
+    Args:
+        config: the recogniser's `RecogniserConfig` (default: the standard one for the images).
+    """
+    import torch
+
+    from dalle2_md.evaluation.recogniser import train_recogniser
+
+    common = dict(num_users=num_users, config=config)
+    if len(synthetic[0]) == 0:
+        return train_recogniser(*real, train=train_config, **common)
+    if recipe.mixing == "concat":
+        return train_recogniser(torch.cat([real[0], synthetic[0]]), torch.cat([real[1], synthetic[1]]),
+                                train=train_config, **common)
+    if recipe.mixing == "separate":
+        return train_recogniser(*real, synthetic=synthetic, train=replace(train_config, synthetic_weight=recipe.synthetic_weight),
+                                **common)
+    pretrained = train_recogniser(*synthetic, train=train_config, **common)
+    return train_recogniser(*real, train=train_config, init=pretrained, **common)
