@@ -56,7 +56,7 @@ def main():
     ap.add_argument("--decoder_steps", type=int, default=600)
     ap.add_argument("--prior_steps", type=int, default=400)
     ap.add_argument("--guidance", type=float, nargs="+", default=[1.0, 3.0], help="decoder guidance scales")
-    ap.add_argument("--sampler", default=None, help="ddim or dpmpp_2m [default: DEFAULTS.sampler]")
+    ap.add_argument("--sampler", default=None, help="ddim or dpmpp_2m [default: DEFAULT_SAMPLER]")
     ap.add_argument("--min_confidence", type=float, default=0.5)
     ap.add_argument("--margin", type=float, default=0.1)
     ap.add_argument("--out", default="benchmarks/results/bench_curate.json")

@@ -30,7 +30,7 @@ from pathlib import Path  # noqa: E402
 import torch  # noqa: E402
 
 from dalle2_md.models.compat import decoder_unet  # noqa: E402
-from dalle2_md.models.decoder import LatentLoss
+from dalle2_md.training.fit import LatentLoss
 from dalle2_md.training.fit import latent_decoder_config, user_table_size
 from dalle2_md.models.decoder import DecoderConfig, build_decoder  # noqa: E402
 from dalle2_md.training.presets import GeneratorBudget  # noqa: E402

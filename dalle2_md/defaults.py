@@ -1,5 +1,5 @@
-"""Sampling defaults of every command and API that samples (set from
-`benchmarks/bench_sampling.py`), and the generator budget's decoder steps, in one place: no torch
+"""How trained generators are sampled: `SamplingConfig`, the one set of sampling settings that
+the chain, generation, curation, recipes and generator budgets share, and its defaults. No torch
 import, so the command line can show them in --help cheaply.
 """
 
@@ -8,39 +8,49 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 SAMPLERS = ("ddim", "dpmpp_2m")
+# the deterministic sampler runs when none is named and eta == 0 (`sampling.resolve_sampler`)
+DEFAULT_SAMPLER = "dpmpp_2m"
+# network evaluations per stage that newly trained models store as their `sample_timesteps`:
+# the fewest with quality no worse than 1000 steps (benchmarks/bench_sampling.py, docs/results.md)
+SAMPLE_TIMESTEPS = 25
+# optimiser steps of the decoder in a `training.presets.GeneratorBudget` (augment-eval, the
+# demo); here so the command line shows it without importing torch
+GENERATOR_DECODER_TRAIN_STEPS = 2400
 
 
 @dataclass(frozen=True)
-class SamplingDefaults:
-    """Defaults of every command and API that samples (the one place to change them).
+class SamplingConfig:
+    """How a trained generator is sampled.
 
     Args:
-        sampler: "ddim" or "dpmpp_2m" (chosen by `benchmarks/bench_sampling.py`).
-        sample_timesteps: network evaluations per stage that newly trained models store as
-            their `sample_timesteps` (the train commands' and CPU sizes' default; chosen by
-            `benchmarks/bench_sampling.py`: the fewest with quality no worse than 1000 steps).
-        decoder_steps, prior_steps: network evaluations per stage when a command is given no
-            count; None = each model's own `sample_timesteps` (set when it was trained).
-        eta: DDIM stochasticity (0 = deterministic; > 0 needs the ddim sampler).
-        cond_scale: decoder guidance on the image embedding (1 = none). 3, measured with
-            `benchmarks/identity_stages.py`: at guidance 1 the decoder under-uses its embedding
-            (true test embeddings decoded to the right user 0.57 of the time on the simulator,
-            0.38 on the held-out digits set); at 3: 0.77 and 0.74, and A_gen 0.75 -> 0.95 and
-            0.39 -> 0.81. Past 3 the simulator gains nothing (0.78 at 4).
+        sampler: "ddim" or "dpmpp_2m"; None: DDIM when eta > 0 (the only stochastic one), else
+            `DEFAULT_SAMPLER`.
+        decoder_steps, prior_steps: network evaluations per stage; None: each model's own
+            `sample_timesteps` (set when it was trained).
+        cond_scale: decoder guidance on the image embedding (1 = none). 3: chosen by
+            `benchmarks/identity_stages.py` (the decoder under-uses its embedding at 1), see
+            docs/results.md.
         prior_cond_scale: prior guidance on the user (1 = none).
+        eta: DDIM stochasticity (0 = deterministic; > 0 needs the ddim sampler).
+        guidance_interval: (lo, hi) fractions of the schedule where decoder guidance applies;
+            None: the decoder's own setting (`DecoderConfig.guidance_interval`).
+        sample_start: where sampling from pure noise starts, a fraction of the schedule; None:
+            the decoder's own setting (`DecoderConfig.sample_start`).
     """
 
-    sampler: str = "dpmpp_2m"
-    sample_timesteps: int = 25
+    sampler: str | None = None
     decoder_steps: int | None = None
     prior_steps: int | None = None
-    eta: float = 0.0
     cond_scale: float = 3.0
     prior_cond_scale: float = 1.0
+    eta: float = 0.0
+    guidance_interval: tuple[float, float] | None = None
+    sample_start: float | None = None
+
+    def decoder_overrides(self) -> dict:
+        """The decoder config fields this sampling sets for the duration of a draw
+        (`MicroDopplerDecoder.sampling_config_for`); None leaves a field as stored."""
+        return {"guidance_interval": self.guidance_interval, "sample_start": self.sample_start}
 
 
-DEFAULTS = SamplingDefaults()
-
-# optimiser steps of the decoder in a `presets.GeneratorBudget` (augment-eval, the demo); here so
-# the command line shows it without importing torch. Why 2400: see GeneratorBudget.
-GENERATOR_DECODER_STEPS = 2400
+DEFAULTS = SamplingConfig()

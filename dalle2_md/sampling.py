@@ -14,7 +14,7 @@ from typing import Callable, Sequence
 
 import torch
 
-from dalle2_md.defaults import DEFAULTS, SAMPLERS, SamplingDefaults  # noqa: F401  (re-exported)
+from dalle2_md.defaults import DEFAULT_SAMPLER, SAMPLERS
 from dalle2_md.utils import UserError, exists
 
 Generators = torch.Generator | Sequence[torch.Generator] | None
@@ -22,9 +22,9 @@ Generators = torch.Generator | Sequence[torch.Generator] | None
 
 def resolve_sampler(sampler: str | None, eta: float = 0.0) -> str:
     """The sampler to run: the one asked for, else DDIM when eta > 0 (the only stochastic one),
-    else `DEFAULTS.sampler`; checked by `check_sampler`."""
+    else `DEFAULT_SAMPLER`; checked by `check_sampler`."""
     if sampler is None:
-        sampler = "ddim" if eta > 0 else DEFAULTS.sampler
+        sampler = "ddim" if eta > 0 else DEFAULT_SAMPLER
     return check_sampler(sampler, eta)
 
 

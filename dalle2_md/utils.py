@@ -217,3 +217,13 @@ def claimed(path: str | os.PathLike, *, wait: bool = True, poll_seconds: float =
         yield True
     finally:
         lock.unlink(missing_ok=True)
+
+
+def to_unit(x):
+    """Model space [-1, 1] -> display space [0, 1] (tensors and arrays alike)."""
+    return (x + 1) / 2
+
+
+def to_signed(x):
+    """Display space [0, 1] -> model space [-1, 1] (tensors and arrays alike)."""
+    return x * 2 - 1

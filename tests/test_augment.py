@@ -12,6 +12,7 @@ from click.testing import CliRunner
 from dalle2_md.augmentation import harness as augment
 
 from dalle2_md.training import fit as core
+from dalle2_md.defaults import SamplingConfig
 from dalle2_md.training.presets import GeneratorBudget
 from dalle2_md.augmentation.harness import augmentation_gain, kshot_indices, load_splits
 from dalle2_md.cli.main import cli
@@ -25,13 +26,13 @@ SIZE = 16
 USERS = 3
 PER_USER = 30  # 9 test images under the default split, enough to tell a floor above chance
 TINY = GeneratorBudget(
-    clip_steps=2, decoder_steps=2, prior_steps=2, batch_size=8, decoder_batch_size=4, warmup_steps=0,
+    clip_train_steps=2, decoder_train_steps=2, prior_train_steps=2, batch_size=8, decoder_batch_size=4, warmup_steps=0,
     clip=dict(dim_latent=8, dim_image=16, dim_text=8, encoder_widths=(8,), token_grid=2, text_heads=1,
               text_dim_head=8, ssl_dim=8, ssl_hidden=16),
     decoder=dict(dim=8, dim_mults=(1, 2), num_resnet_blocks=1, attn_heads=1, attn_dim_head=8, timesteps=20,
                  sample_timesteps=2, num_image_tokens=1),
     prior=dict(depth=1, heads=1, dim_head=8, timesteps=20, sample_timesteps=2),
-    sample_steps=2, prior_sample_steps=2)
+    sampling=SamplingConfig(decoder_steps=2, prior_steps=2))
 
 
 @pytest.fixture(scope="module")
@@ -229,15 +230,15 @@ class _ByBrightness(torch.nn.Module):
 
 
 def test_recogniser_filter_keeps_confident_samples_first_by_index(monkeypatch):
-    from dalle2_md.augmentation import harness as augment_module
+    from dalle2_md.generation import samples as samples_module
 
-    def fake_sample_tensors(model, user_indices, count, *, seed, budget):
+    def fake_sample_tensors(model, user_indices, count, *, seed, sampling):
         # per user: alternating bright and dark candidates
         levels = torch.tensor([0.9 if i % 2 == 0 else -0.9 for i in range(count)])
         images = torch.cat([levels[:, None, None, None].expand(count, 1, 4, 4) for _ in user_indices])
         return images, torch.tensor([u for u in user_indices for _ in range(count)])
 
-    monkeypatch.setattr(augment_module, "sample_tensors", fake_sample_tensors)
+    monkeypatch.setattr(samples_module, "sample_tensors", fake_sample_tensors)
     shot = (torch.zeros(4, 1, 4, 4), torch.tensor([0, 0, 1, 1]))
     recipe = AugmentRecipe(source="prior", filter="recogniser", m_per_k=1.0, oversample=2.0, min_confidence=0.9)
     drawn = draw_synthetic(None, recipe, TINY, shot, seed=0, filter_recogniser=_ByBrightness())
@@ -269,7 +270,8 @@ def test_mixing_rules_train_different_recognisers():
 def test_generator_cache_reuses_only_an_identical_training(tmp_path, monkeypatch):
     """A cached generator is reused by a call with the same tensors, seed and training budget
     (same samples, nothing trained), and retrained when any of those differ."""
-    from dalle2_md.augmentation.harness import cached_generator, sample_tensors
+    from dalle2_md.augmentation.harness import cached_generator
+    from dalle2_md.generation.samples import sample_tensors
 
     g = torch.Generator().manual_seed(0)
     images, ids = torch.rand(12, 1, SIZE, SIZE, generator=g) * 2 - 1, torch.arange(3).repeat_interleave(4)
@@ -284,10 +286,10 @@ def test_generator_cache_reuses_only_an_identical_training(tmp_path, monkeypatch
     first = cached_generator(images, ids, budget=TINY, seed=0, **common)
     again = cached_generator(images, ids, budget=TINY, seed=0, **common)
     assert trained == [0] and again.seconds == {}
-    assert torch.equal(sample_tensors(first.model, [0, 2], 2, budget=TINY)[0], sample_tensors(again.model, [0, 2], 2, budget=TINY)[0])
+    assert torch.equal(sample_tensors(first.model, [0, 2], 2, sampling=TINY.sampling)[0], sample_tensors(again.model, [0, 2], 2, sampling=TINY.sampling)[0])
     # a sampling-only change reuses it; a training change, another seed or other images do not
-    cached_generator(images, ids, budget=replace(TINY, cond_scale=2.0), seed=0, **common)
-    cached_generator(images, ids, budget=replace(TINY, decoder_steps=3), seed=0, **common)
+    cached_generator(images, ids, budget=replace(TINY, sampling=replace(TINY.sampling, cond_scale=2.0)), seed=0, **common)
+    cached_generator(images, ids, budget=replace(TINY, decoder_train_steps=3), seed=0, **common)
     cached_generator(images, ids, budget=TINY, seed=1, **common)
     cached_generator(images.flip(0), ids, budget=TINY, seed=0, **common)
     assert trained == [0, 0, 1, 0]
@@ -298,27 +300,28 @@ def test_generator_cache_reuses_only_an_identical_training(tmp_path, monkeypatch
 def test_generator_cache_trains_only_the_prior_when_only_its_budget_changed(tmp_path, monkeypatch):
     """A prior-only budget change reuses the cached embedding model and decoder and trains just
     the prior; the result is the generator a full training with that budget gives."""
-    from dalle2_md.augmentation.harness import cached_generator, sample_tensors
+    from dalle2_md.augmentation.harness import cached_generator
+    from dalle2_md.generation.samples import sample_tensors
 
     g = torch.Generator().manual_seed(0)
     images, ids = torch.rand(12, 1, SIZE, SIZE, generator=g) * 2 - 1, torch.arange(3).repeat_interleave(4)
     common = dict(kind="two_stage", num_users=3, run_dir=tmp_path / "run")
     cached_generator(images, ids, budget=TINY, seed=0, cache_dir=tmp_path / "cache", **common)
-    longer_prior = replace(TINY, prior_steps=TINY.prior_steps + 3)
+    longer_prior = replace(TINY, prior_train_steps=TINY.prior_train_steps + 3)
     full = cached_generator(images, ids, budget=longer_prior, seed=0, cache_dir=None, **common)
     monkeypatch.setattr(augment, "train_generator", lambda *a, **k: pytest.fail("the image model was retrained"))
     reused = cached_generator(images, ids, budget=longer_prior, seed=0, cache_dir=tmp_path / "cache", **common)
-    assert set(reused.seconds) == {"prior"} and reused.steps == {"prior": longer_prior.prior_steps}
+    assert set(reused.seconds) == {"prior"} and reused.steps == {"prior": longer_prior.prior_train_steps}
     for part in ("clip", "decoder", "prior"):
         a, b = getattr(full.model, part).state_dict(), getattr(reused.model, part).state_dict()
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), part
-    assert torch.equal(sample_tensors(full.model, [0, 2], 2, budget=TINY)[0],
-                      sample_tensors(reused.model, [0, 2], 2, budget=TINY)[0])
+    assert torch.equal(sample_tensors(full.model, [0, 2], 2, sampling=TINY.sampling)[0],
+                      sample_tensors(reused.model, [0, 2], 2, sampling=TINY.sampling)[0])
     # the new generator is cached under its own name; a decoder change still retrains everything
     again = cached_generator(images, ids, budget=longer_prior, seed=0, cache_dir=tmp_path / "cache", **common)
     assert again.seconds == {}
     with pytest.raises(pytest.fail.Exception, match="retrained"):
-        cached_generator(images, ids, budget=replace(longer_prior, decoder_steps=3), seed=0,
+        cached_generator(images, ids, budget=replace(longer_prior, decoder_train_steps=3), seed=0,
                          cache_dir=tmp_path / "cache", **common)
 
 
@@ -327,24 +330,25 @@ def test_recipe_guidance_interval_applies_to_its_draw_only(monkeypatch):
     own is back afterwards; recipes that differ only in it do not share candidates."""
     from types import SimpleNamespace
 
-    from dalle2_md.augmentation import harness as augment_module
-    from dalle2_md.models.decoder import DecoderConfig, MicroDopplerDecoder
     from dalle2_md.augmentation.recipe import draw_candidates, sampling_key
+    from dalle2_md.models.chain import MicroDopplerDALLE2
+    from dalle2_md.models.decoder import DecoderConfig, MicroDopplerDecoder
 
     decoder = MicroDopplerDecoder(config=DecoderConfig(image_size=16, image_embed_dim=8, dim=8, dim_mults=(1, 2),
                                                        attn_heads=1, attn_dim_head=8, num_resnet_blocks=1))
-    model, seen = SimpleNamespace(decoder=decoder), []
+    seen = []
 
-    def fake_sample_tensors(model, user_indices, count, *, seed, budget):
-        seen.append(model.decoder.config.guidance_interval)
-        return torch.zeros(count * len(user_indices), 1, 4, 4), torch.tensor([u for u in user_indices for _ in range(count)])
+    def fake_sample(users, *, num_samples_per_user, **kwargs):
+        seen.append(decoder.config.guidance_interval)
+        return torch.zeros(num_samples_per_user * len(users), 1, 4, 4)
 
-    monkeypatch.setattr(augment_module, "sample_tensors", fake_sample_tensors)
+    model = SimpleNamespace(decoder=decoder, sample=fake_sample)
+    model.sample_users = lambda *a, **k: MicroDopplerDALLE2.sample_users(model, *a, **k)
     shot = (torch.zeros(2, 1, 4, 4), torch.tensor([0, 1]))
     narrow = AugmentRecipe(source="prior", guidance_interval=(0.15, 0.7))
     draw_candidates(model, narrow, TINY, shot, 2, seed=0)
     draw_candidates(model, AugmentRecipe(source="prior"), TINY, shot, 2, seed=0)
-    assert seen == [(0.15, 0.7), (0.0, 1.0)] and decoder.config.guidance_interval == (0.0, 1.0)
+    assert seen == [(0.15, 0.7)] * 2 + [(0.0, 1.0)] * 2 and decoder.config.guidance_interval == (0.0, 1.0)
     assert sampling_key(narrow) != sampling_key(AugmentRecipe(source="prior"))
 
 
@@ -364,7 +368,7 @@ def test_latent_generator_under_a_time_budget(tmp_path):
 
     g = torch.Generator().manual_seed(0)
     images, ids = torch.rand(12, 1, 16, 16, generator=g) * 2 - 1, torch.arange(12) % USERS
-    budget = replace(TINY, vqgan_steps=2, decoder_steps=10_000, decoder_seconds=1e-6,
+    budget = replace(TINY, vqgan_train_steps=2, decoder_train_steps=10_000, decoder_seconds=1e-6,
                      vqgan=dict(dim=8, num_resnet_blocks=1, resnet_groups=4, codebook_size=16, codebook_dim=4, layers=1,
                                 layer_mults=(1,)))
     gen = train_generator(images, ids, num_users=USERS, kind="two_stage", budget=budget, seed=0, run_dir=tmp_path)
@@ -379,12 +383,13 @@ def test_latent_baseline_trains_over_its_own_vqgan_and_round_trips(tmp_path):
     """A latent budget gives the single-stage baseline the two-stage decoder's latent path: a
     VQGAN trained the same way, a fitted latent scale, full-size samples, and a bundle that
     rebuilds the same sampler from the path alone."""
-    from dalle2_md.augmentation.harness import cached_generator, sample_tensors
+    from dalle2_md.augmentation.harness import cached_generator
+    from dalle2_md.generation.samples import sample_tensors
     from dalle2_md.models.single_stage import SingleStageBaseline
 
     g = torch.Generator().manual_seed(0)
     images, ids = torch.rand(12, 1, 16, 16, generator=g) * 2 - 1, torch.arange(12) % USERS
-    budget = replace(TINY, vqgan_steps=2, vqgan=dict(dim=8, num_resnet_blocks=1, resnet_groups=4, codebook_size=16,
+    budget = replace(TINY, vqgan_train_steps=2, vqgan=dict(dim=8, num_resnet_blocks=1, resnet_groups=4, codebook_size=16,
                                                      codebook_dim=4, layers=1, layer_mults=(1,), quantize=False))
     gen = cached_generator(images, ids, cache_dir=tmp_path / "cache", num_users=USERS, kind="baseline", budget=budget,
                            seed=0, run_dir=tmp_path / "run")
@@ -392,13 +397,13 @@ def test_latent_baseline_trains_over_its_own_vqgan_and_round_trips(tmp_path):
     assert isinstance(model, SingleStageBaseline) and model.config.use_vqgan
     assert set(gen.seconds) == {"vqgan", "decoder"}
     assert model.decoder.diffused_shape == (8, 8, 8) and model.decoder.latent_scale.item() != 1.0
-    a, a_ids = sample_tensors(model, [0, 2], 2, seed=3, budget=budget)
+    a, a_ids = sample_tensors(model, [0, 2], 2, seed=3, sampling=budget.sampling)
     assert a.shape == (4, 1, 16, 16) and a_ids.tolist() == [0, 0, 2, 2] and a.min() >= -1 and a.max() <= 1
     # the second call finds the bundle: same weights, VQGAN and latent scale included
     again = cached_generator(images, ids, cache_dir=tmp_path / "cache", num_users=USERS, kind="baseline", budget=budget,
                              seed=0, run_dir=tmp_path / "run2")
     assert again.seconds == {} and again.model.decoder.latent_scale.item() == model.decoder.latent_scale.item()
-    assert torch.allclose(sample_tensors(again.model, [0, 2], 2, seed=3, budget=budget)[0], a, atol=1e-5)
+    assert torch.allclose(sample_tensors(again.model, [0, 2], 2, seed=3, sampling=budget.sampling)[0], a, atol=1e-5)
 
 
 def test_decoder_lr_sets_the_decoders_step_and_names_its_own_cache_entry(tmp_path):
@@ -424,12 +429,14 @@ def test_decoder_lr_schedule_decays_only_the_decoders_and_names_its_own_cache_en
     assert path(cosine) != path(TINY) == path(replace(TINY, decoder_lr_schedule="constant"))
 
 
-def test_budget_guidance_interval_is_the_decoders_while_sample_tensors_draws(monkeypatch):
-    """`GeneratorBudget.guidance_interval` reaches the decoder for the draw only; None leaves the
+def test_sampling_guidance_interval_is_the_decoders_while_the_chain_draws():
+    """`SamplingConfig.guidance_interval` reaches the decoder for the draw only; None leaves the
     decoder's own (guidance at every step)."""
     from types import SimpleNamespace
 
-    from dalle2_md.augmentation.harness import sample_tensors
+    from dalle2_md.defaults import SamplingConfig
+    from dalle2_md.generation.samples import sample_tensors
+    from dalle2_md.models.chain import MicroDopplerDALLE2
     from dalle2_md.models.decoder import DecoderConfig, MicroDopplerDecoder
 
     decoder = MicroDopplerDecoder(config=DecoderConfig(image_size=16, image_embed_dim=8, dim=8, dim_mults=(1, 2),
@@ -441,8 +448,9 @@ def test_budget_guidance_interval_is_the_decoders_while_sample_tensors_draws(mon
         return torch.zeros(num_samples_per_user * len(users), 1, 4, 4)
 
     model = SimpleNamespace(decoder=decoder, sample=fake_sample)
-    images, ids = sample_tensors(model, [0, 2], 3, budget=replace(TINY, guidance_interval=(0.15, 0.7)))
-    sample_tensors(model, [1], 1, budget=TINY)
+    model.sample_users = lambda *a, **k: MicroDopplerDALLE2.sample_users(model, *a, **k)
+    images, ids = sample_tensors(model, [0, 2], 3, sampling=SamplingConfig(guidance_interval=(0.15, 0.7)))
+    sample_tensors(model, [1], 1, sampling=TINY.sampling)
     assert seen == [(0.15, 0.7), (0.15, 0.7), (0.0, 1.0)] and decoder.config.guidance_interval == (0.0, 1.0)
     assert images.shape[0] == 6 and ids.tolist() == [0, 0, 0, 2, 2, 2]
 
@@ -455,7 +463,7 @@ def test_baseline_cache_name_ignores_the_stages_it_does_not_have(tmp_path):
 
     images, ids = torch.zeros(4, 1, 16, 16), torch.tensor([0, 1, 0, 1])
     path = lambda b, kind="baseline": generator_cache_path(tmp_path, images, ids, kind=kind, budget=b, seed=0)
-    other_stages = replace(TINY, prior_steps=TINY.prior_steps + 7, clip_steps=TINY.clip_steps + 3)
+    other_stages = replace(TINY, prior_train_steps=TINY.prior_train_steps + 7, clip_train_steps=TINY.clip_train_steps + 3)
     assert path(other_stages) == path(TINY)
     assert path(other_stages, "two_stage") != path(TINY, "two_stage")
-    assert path(replace(TINY, decoder_steps=TINY.decoder_steps + 1)) != path(TINY)
+    assert path(replace(TINY, decoder_train_steps=TINY.decoder_train_steps + 1)) != path(TINY)

@@ -113,9 +113,3 @@ def test_baseline_bundles_have_their_own_kind_and_old_decoder_kind_ones_still_lo
         loaded = SingleStageBaseline.load(old)
         assert loaded.num_users == 3
         assert torch.equal(loaded.sample([2], steps=2, seed=4), reference)
-
-
-def test_baseline_old_user_ids_keyword_warns(model):
-    with pytest.warns(DeprecationWarning, match="use user_indices="):
-        old = model.sample(user_ids=[1], steps=2, seed=0)
-    assert torch.equal(old, model.sample(user_indices=[1], steps=2, seed=0))

@@ -13,6 +13,7 @@ from click.testing import CliRunner
 import dalle2_md.generation.curate as curate
 import dalle2_md.evaluation.recogniser as recogniser_module
 from dalle2_md.cli.main import cli, join_variadic
+from dalle2_md.defaults import SamplingConfig
 from dalle2_md.data.labels import LabelMap
 from dalle2_md.data.dataset import MicroDopplerDataset
 from dalle2_md.sampling import keyed_generators, randn
@@ -222,7 +223,7 @@ def tiny_chain(label_map: dict):
 
 def test_chain_samples_depend_only_on_seed_user_and_index():
     model = tiny_chain(LABELS.to_dict())
-    for settings in (curate.SamplingSettings(), curate.SamplingSettings(eta=1.0, sampler="ddim")):
+    for settings in (SamplingConfig(), SamplingConfig(eta=1.0, sampler="ddim")):
         draw = curate.chain_sampler(model, settings)
         block = draw(1, [0, 1, 2, 3], 5)
         assert block.shape == (4, 1, 16, 16) and block.min() >= -1 and block.max() <= 1

@@ -417,22 +417,6 @@ def test_time_pooled_recogniser_trains_and_round_trips(data, tmp_path):
     assert not torch.allclose(unpooled.eval().features(images[:3]), model.features(images[:3]))
 
 
-def test_old_evaluate_import_path_reexports_the_moved_names():
-    import dalle2_md.evaluate as old
-    from dalle2_md.evaluation import metrics
-    from dalle2_md.evaluation import recogniser
-    from dalle2_md.evaluation import report
-
-    moved = {recogniser: ["Recogniser", "RecogniserConfig", "RecogniserTrainConfig", "LEGACY_RECOGNISER_TRAIN",
-                          "train_recogniser", "cached_recogniser", "predict", "extract_features", "_augment"],
-             metrics: ["KINEMATIC_FIELDS", "accuracy", "domain_fid", "diversity", "memorisation", "kinematic_fidelity",
-                       "min_fid_samples", "read_kinematics_batch", "to_scalar_images"],
-             report: ["evaluate_samples", "load_generated_folder", "_plain_floats"]}
-    for module, names in moved.items():
-        for name in names:
-            assert getattr(old, name) is getattr(module, name), f"evaluate.{name} is not {module.__name__}.{name}"
-
-
 def test_precision_recall_tells_copies_and_collapse_from_a_fresh_draw():
     from dalle2_md.evaluation.metrics import precision_recall
 

@@ -2,7 +2,8 @@
 
 import torch
 
-from dalle2_md.models.decoder import DecoderConfig, MicroDopplerDecoder, guided_unet_forward
+from dalle2_md.models.decoder import DecoderConfig, MicroDopplerDecoder
+from dalle2_md.models.guidance import guided_unet_forward
 from dalle2_md.models.prior import PriorConfig, UserConditionedDiffusionPrior
 
 D = 16

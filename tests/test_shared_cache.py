@@ -25,7 +25,7 @@ from test_augment import TINY
 
 TINY_VQGAN = dict(dim=8, num_resnet_blocks=1, resnet_groups=4, codebook_size=16, codebook_dim=4, layers=1,
                   layer_mults=(1,), quantize=False)
-LATENT = replace(TINY, vqgan_steps=3, vqgan=TINY_VQGAN)
+LATENT = replace(TINY, vqgan_train_steps=3, vqgan=TINY_VQGAN)
 
 
 def _dead_pid() -> int:

@@ -371,7 +371,7 @@ def test_a_budget_with_decoder_compile_compiles_the_decoders_only():
 
     budget = GeneratorBudget(decoder_compile=True)
     assert budget.decoder_schedule(seed=0).compile
-    assert not budget.schedule(budget.prior_steps, budget.batch_size, 0).compile
+    assert not budget.schedule(budget.prior_train_steps, budget.batch_size, 0).compile
     assert not GeneratorBudget().decoder_schedule(seed=0).compile
 
 

@@ -9,6 +9,7 @@ from click.testing import CliRunner
 from PIL import Image
 
 from dalle2_md.cli.main import cli
+from dalle2_md.defaults import SAMPLE_TIMESTEPS, SamplingConfig
 from dalle2_md.utils import UserError
 from dalle2_md.generation.variations import EmbeddingDecoder, sdedit, sdedit_timesteps, variations_of
 from conftest import fit_decoder_on_ramps
@@ -123,7 +124,7 @@ def test_the_augmentation_recipe_gets_model_space_variations_of_each_users_own_i
     model, images = model_and_images
     shot = (images, torch.tensor([0, 0, 2]))
     recipe = AugmentRecipe(source="variations", filter="none", cond_scale=1.0)
-    x, ids = _candidates(model, recipe, GeneratorBudget(sample_steps=3), [0, 2], shot, 3, seed=5)
+    x, ids = _candidates(model, recipe, GeneratorBudget(sampling=SamplingConfig(decoder_steps=3, prior_steps=SAMPLE_TIMESTEPS)), [0, 2], shot, 3, seed=5)
     assert ids.tolist() == [0, 0, 0, 2, 2, 2]
     assert x.shape == (6, 1, 16, 16) and x.min() >= -1 and x.max() <= 1
     torch.testing.assert_close(x[3:], variations_of(model, images[2:], n=3, seed=5 + 7919 * 2, cond_scale=1.0, steps=3),
@@ -137,7 +138,7 @@ def test_sdedit_is_a_recipe_source_that_keeps_each_users_own_images(model_and_im
     model, images = model_and_images
     # two "users" with clearly different real images: ramps and their mirror images
     shot = (torch.cat([images[:2], images[:2].flip(-2)]), torch.tensor([0, 0, 1, 1]))
-    budget = GeneratorBudget(sample_steps=4)
+    budget = GeneratorBudget(sampling=SamplingConfig(decoder_steps=4, prior_steps=SAMPLE_TIMESTEPS))
     recipe = AugmentRecipe(source="sdedit", strength=0.1)
     fake, users = draw_candidates(model, recipe, budget, shot, 3, seed=0)
     assert fake.shape == (6, 1, 16, 16) and users.tolist() == [0, 0, 0, 1, 1, 1]
@@ -193,7 +194,7 @@ def test_sdedit_conditions_other_than_the_own_embedding(model_and_images):
     assert len({sampling_key(AugmentRecipe(source="sdedit", condition=c)) for c in ("own", "partner", "prior")}) == 3
     with pytest.raises(UserError, match="condition"):
         AugmentRecipe(condition="neighbour")
-    budget = GeneratorBudget(sample_steps=3)
+    budget = GeneratorBudget(sampling=SamplingConfig(decoder_steps=3, prior_steps=SAMPLE_TIMESTEPS))
     from dalle2_md.augmentation.recipe import draw_candidates
 
     shot = (images, torch.tensor([0, 0, 2]))

@@ -413,7 +413,7 @@ def test_stage_functions_and_two_stage_core_train_the_same_models(work, tmp_path
     from dalle2_md.training.fit import train_two_stage
     from dalle2_md.training.stages import train_decoder_stage
 
-    budget = replace(QUICK_BUDGET, clip_steps=2, decoder_steps=2, prior_steps=2, batch_size=8, decoder_batch_size=8,
+    budget = replace(QUICK_BUDGET, clip_train_steps=2, decoder_train_steps=2, prior_train_steps=2, batch_size=8, decoder_batch_size=8,
                      clip=CLIP_SIZES, prior=PRIOR_SIZES)
     ds = load_train_data(DataOptions(data_root=str(work / "data"), image_size=16), tmp_path / "run")
     images, user_indices = ds.tensors()

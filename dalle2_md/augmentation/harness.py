@@ -46,12 +46,12 @@ class TrainedGenerator:
 
 
 # the budget fields that change what training produces (sampling fields do not)
-_TRAINING_FIELDS = ("clip_steps", "decoder_steps", "prior_steps", "batch_size", "decoder_batch_size", "lr",
+_TRAINING_FIELDS = ("clip_train_steps", "decoder_train_steps", "prior_train_steps", "batch_size", "decoder_batch_size", "lr",
                     "warmup_steps", "clip", "decoder", "prior")
 # the prior trains last, from the embedding model alone: these do not change the image model
-_PRIOR_FIELDS = ("prior_steps", "prior")
+_PRIOR_FIELDS = ("prior_train_steps", "prior")
 # the single-stage baseline has no embedding model and no prior
-_TWO_STAGE_ONLY_FIELDS = ("clip_steps", "prior_steps", "clip", "prior")
+_TWO_STAGE_ONLY_FIELDS = ("clip_train_steps", "prior_train_steps", "clip", "prior")
 
 
 def generator_cache_path(cache_dir: str | Path, images: torch.Tensor, user_indices: torch.Tensor, *, kind: str,
@@ -69,8 +69,8 @@ def generator_cache_path(cache_dir: str | Path, images: torch.Tensor, user_indic
         # nor the stages it does not have: named with the defaults, so the names cached before this stay
         defaults = GeneratorBudget()
         fields.update({name: getattr(defaults, name) for name in _TWO_STAGE_ONLY_FIELDS})
-    if budget.vqgan_steps:  # only then: pixel generators keep the names they were cached under
-        fields.update(vqgan_steps=budget.vqgan_steps, vqgan_lr=budget.vqgan_lr, vqgan=budget.vqgan)
+    if budget.vqgan_train_steps:  # only then: pixel generators keep the names they were cached under
+        fields.update(vqgan_train_steps=budget.vqgan_train_steps, vqgan_lr=budget.vqgan_lr, vqgan=budget.vqgan)
     if budget.decoder_seconds:
         fields.update(decoder_seconds=budget.decoder_seconds)
     if budget.decoder_lr is not None:
@@ -200,7 +200,7 @@ def train_generator(
                                                          image_embed_dim=budget.clip["dim_latent"],
                                                          **single_stage_decoder_fields(budget.decoder)), budget)
         vqgan = None
-        if budget.vqgan_steps:
+        if budget.vqgan_train_steps:
             start = time.perf_counter()
             with torch.random.fork_rng(devices=[]):
                 vqgan, result = fit_budget_vqgan(images, dec_config, budget, seed, run_dir / "baseline",
@@ -221,50 +221,6 @@ def train_generator(
                                colormap=colormap).eval()
     return TrainedGenerator(kind=kind, model=model, seconds=parts.seconds, num_train_images=len(images),
                             final_losses=losses, steps={name: result.step for name, result in parts.results.items()})
-
-
-@torch.no_grad()
-def sample_tensors(
-    model: torch.nn.Module,
-    user_indices: Sequence[int],
-    num_samples_per_user: int,
-    *,
-    seed: int = 0,
-    budget: GeneratorBudget = GeneratorBudget(),
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Samples of either generator kind, in model space, one user at a time (bounded memory;
-    the noise conventions make a user's samples independent of the others anyway).
-
-    Args:
-        model: a `MicroDopplerDALLE2` or `SingleStageBaseline`.
-        user_indices: users to draw for, as indices 0..N-1.
-        num_samples_per_user: images per user.
-        seed: sampling seed.
-        budget: DDIM steps, guidance scales and interval.
-    Returns:
-        (images (len(user_indices) * n, C, H, W) in [-1, 1], user indices), user-major.
-    """
-    with model.decoder.guidance_interval_for(budget.guidance_interval):
-        return _sample_tensors(model, user_indices, num_samples_per_user, seed=seed, budget=budget)
-
-
-def _sample_tensors(model, user_indices, num_samples_per_user, *, seed, budget):
-    from dalle2_md.models.single_stage import SingleStageBaseline
-
-    out = []
-    for u in user_indices:
-        if isinstance(model, SingleStageBaseline):
-            x = model.sample([u], num_samples_per_user=num_samples_per_user, cond_scale=budget.cond_scale,
-                             steps=budget.sample_steps, seed=seed, eta=budget.eta, sampler=budget.sampler)
-        else:
-            x = model.sample([u], num_samples_per_user=num_samples_per_user, cond_scale=budget.cond_scale,
-                             prior_cond_scale=budget.prior_cond_scale, prior_steps=budget.prior_sample_steps,
-                             decoder_steps=budget.sample_steps, seed=seed, eta=budget.eta, sampler=budget.sampler,
-                             colorize=False)
-        out.append(x.cpu() * 2.0 - 1.0)
-    ids = torch.tensor([u for u in user_indices for _ in range(num_samples_per_user)], dtype=torch.long)
-    return torch.cat(out), ids
-
 
 
 def kshot_indices(user_indices: torch.Tensor, k: int, seed: int) -> torch.Tensor:

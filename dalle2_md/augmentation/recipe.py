@@ -19,9 +19,9 @@ Mixing rules (the real batches are the same in every rule, see `recogniser.train
 from __future__ import annotations
 
 import math
-from contextlib import nullcontext
 from dataclasses import asdict, dataclass, replace
 
+from dalle2_md.defaults import SamplingConfig
 from dalle2_md.utils import UserError
 
 # torch is imported inside the functions: the command line reads AugmentRecipe's defaults for --help
@@ -117,20 +117,26 @@ def _confidence(recogniser, images, user_indices, batch_size: int = 256):
     return torch.cat(probs).gather(1, user_indices[:, None]).squeeze(1)
 
 
+def recipe_sampling(recipe: AugmentRecipe, budget) -> SamplingConfig:
+    """The budget's sampling with the recipe's guidance, eta and guidance interval (the budget's
+    interval where the recipe sets none)."""
+    interval = recipe.guidance_interval if recipe.guidance_interval is not None else budget.sampling.guidance_interval
+    return replace(budget.sampling, cond_scale=recipe.cond_scale, prior_cond_scale=recipe.prior_cond_scale,
+                   eta=recipe.eta, guidance_interval=interval)
+
+
 def _candidates(model, recipe: AugmentRecipe, budget, user_indices, shot, count: int, seed: int):
     """`count` samples per user: (images in [-1, 1], user indices), user-major."""
-    from dalle2_md.augmentation.harness import sample_tensors
+    from dalle2_md.generation.samples import sample_tensors
 
-    budget = replace(budget, cond_scale=recipe.cond_scale, prior_cond_scale=recipe.prior_cond_scale, eta=recipe.eta)
-    decoder = getattr(model, "decoder", None)
-    interval = nullcontext() if decoder is None else decoder.guidance_interval_for(recipe.guidance_interval)
-    with interval:  # the recipe's interval holds for this draw only
-        if recipe.source == "prior":
-            return sample_tensors(model, user_indices, count, seed=seed, budget=budget)
-        return _real_image_candidates(model, recipe, budget, user_indices, shot, count, seed)
+    sampling = recipe_sampling(recipe, budget)
+    if recipe.source == "prior":
+        return sample_tensors(model, user_indices, count, seed=seed, sampling=sampling)
+    with model.decoder.sampling_config_for(**sampling.decoder_overrides()):  # for this draw only
+        return _real_image_candidates(model, recipe, sampling, user_indices, shot, count, seed)
 
 
-def _real_image_candidates(model, recipe: AugmentRecipe, budget, user_indices, shot, count: int, seed: int):
+def _real_image_candidates(model, recipe: AugmentRecipe, sampling, user_indices, shot, count: int, seed: int):
     """`_candidates` of the sources that start from each user's K-shot images."""
     import torch
 
@@ -141,8 +147,8 @@ def _real_image_candidates(model, recipe: AugmentRecipe, budget, user_indices, s
         own = shot[0][shot[1] == u]
         per_image = math.ceil(count / len(own))
         users = torch.full((len(own),), u, dtype=torch.long)
-        common = dict(n=per_image, seed=seed + 7919 * u, cond_scale=recipe.cond_scale, steps=budget.sample_steps,
-                      eta=recipe.eta)
+        common = dict(n=per_image, seed=seed + 7919 * u, cond_scale=sampling.cond_scale, steps=sampling.decoder_steps,
+                      eta=sampling.eta)
         if recipe.source == "sdedit":
             embeds = _sdedit_conditions(model, recipe, own, u, per_image, seed + 7919 * u)
             x = sdedit(model, own, strength=recipe.strength, image_embeds=embeds, user_indices=users, **common)[:count]

@@ -44,7 +44,7 @@ class DemoConfig(GeneratorBudget):
     # demo (637 against 817 CPU seconds, benchmarks/bench_demo.py --full) and its samples follow
     # their user (A_gen 0.81, A_real 1.00)
     image_size: int = 64
-    vqgan_steps: int = 400
+    vqgan_train_steps: int = 400
     samples_per_user: int = 4
     eval_samples_per_user: int = 8
     recogniser_steps: int = 300
@@ -103,12 +103,12 @@ def run_demo(out_dir: str | Path = "outputs/demo", config: DemoConfig | None = N
                            clip_path=final_path(run_dir, "clip"))
     samples = out / "samples"
     made = timed("generate", lambda: write_samples(
-        model, samples, num_samples_per_user=config.samples_per_user, sample_steps=config.sample_steps,
-        prior_steps=config.prior_sample_steps, seed=seed))
+        model, samples, num_samples_per_user=config.samples_per_user, sample_steps=config.sampling.decoder_steps,
+        prior_steps=config.sampling.prior_steps, seed=seed))
     names = ds.label_map.names
     strip = timed("interpolate", lambda: write_interpolation(
         model, samples, user_label_a=names[0], user_label_b=names[-1], steps=config.interp_steps, seed=seed,
-        sample_steps=config.sample_steps, prior_steps=config.prior_sample_steps))["strip"]
+        sample_steps=config.sampling.decoder_steps, prior_steps=config.sampling.prior_steps))["strip"]
     metrics = timed("evaluate", lambda: demo_metrics(model, ds, data, run_dir, config, seed))
     rss = peak_rss_mb()
     report = _write_demo_report(out, config, timings, rss, made["grid"], strip, data_dir, names, metrics)
@@ -140,7 +140,7 @@ def demo_metrics(model, train_ds, data: DataOptions, run_dir: Path, config: Demo
     users = list(range(num_users))
     # the model's own channels (scalars for jet data), in the data layer's [-1, 1]
     fake = model.sample(users, num_samples_per_user=config.eval_samples_per_user, seed=seed + 1,
-                        decoder_steps=config.sample_steps, prior_steps=config.prior_sample_steps, colorize=False) * 2 - 1
+                        decoder_steps=config.sampling.decoder_steps, prior_steps=config.sampling.prior_steps, colorize=False) * 2 - 1
     fake_ids = torch.arange(num_users).repeat_interleave(config.eval_samples_per_user)
     a_real, _ = accuracy(recogniser, test_images, test_ids)
     a_gen, _ = accuracy(recogniser, fake, fake_ids)
@@ -162,8 +162,8 @@ def _write_demo_report(out: Path, config: DemoConfig, timings: dict, rss: float,
         "",
         f"Simulated data: {config.num_users} users x {config.images_per_user} images at {config.image_size} px "
         f"(`{data_dir}`; contact sheet: ![real]({rel(data_dir / 'contact_sheet.png')})). "
-        + (f"The decoder diffuses over the latent of a VQGAN trained {config.vqgan_steps} steps."
-           if config.vqgan_steps else "The decoder diffuses over pixels."),
+        + (f"The decoder diffuses over the latent of a VQGAN trained {config.vqgan_train_steps} steps."
+           if config.vqgan_train_steps else "The decoder diffuses over pixels."),
         "",
         f"## Generated samples: one row per user ({', '.join(names)})",
         "",

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import click
 
-from dalle2_md.defaults import DEFAULTS, GENERATOR_DECODER_STEPS, SAMPLERS
+from dalle2_md.defaults import DEFAULT_SAMPLER, DEFAULTS, GENERATOR_DECODER_TRAIN_STEPS, SAMPLE_TIMESTEPS, SAMPLERS
 from dalle2_md.augmentation.recipe import CONDITIONS, MIXING, RECIPE_FILTERS, SOURCES, AugmentRecipe
 
 RECIPE = AugmentRecipe()  # the defaults of augment-eval
@@ -300,7 +300,7 @@ def train_clip_cmd(**kw):
 @_opt("attn_heads", type=int, default=16, help="U-Net attention heads.")
 @_opt("attn_dim_head", type=int, default=32, help="U-Net attention head width.")
 @_opt("timesteps", type=int, default=1000, help="Diffusion timesteps in training.")
-@_opt("sample_timesteps", type=int, default=DEFAULTS.sample_timesteps,
+@_opt("sample_timesteps", type=int, default=SAMPLE_TIMESTEPS,
       help="Network evaluations when sampling (training grids and default for generate).")
 @_opt("cond_drop_prob", type=float, default=0.1, help="Embedding dropout, enables classifier-free guidance.")
 @click.option("--user_conditioning/--no_user_conditioning", "--user-conditioning/--no-user-conditioning", "user_conditioning",
@@ -368,7 +368,7 @@ def train_decoder_cmd(**kw):
 @_opt("heads", type=int, default=8, help="Attention heads.")
 @_opt("dim_head", type=int, default=64, help="Attention head width.")
 @_opt("timesteps", type=int, default=1000, help="Diffusion timesteps in training.")
-@_opt("sample_timesteps", type=int, default=DEFAULTS.sample_timesteps, help="Network evaluations when sampling (default for generate).")
+@_opt("sample_timesteps", type=int, default=SAMPLE_TIMESTEPS, help="Network evaluations when sampling (default for generate).")
 @_opt("cond_drop_prob", type=float, default=0.2, help="User-ID dropout for classifier-free guidance.")
 def train_prior_cmd(**kw):
     """Stage 2: train the user-conditioned diffusion prior on the embedding model's image
@@ -392,7 +392,7 @@ _model_options = _apply(
     _opt("guidance_interval", default=None,
          help="lo,hi: apply decoder guidance only at noise levels t/T in [lo, hi] [default: as stored in the decoder]."),
     _opt("sampler", type=click.Choice(SAMPLERS), default=None,
-         help=f"Sampler of both stages [default: {DEFAULTS.sampler}; ddim when --eta > 0]."),
+         help=f"Sampler of both stages [default: {DEFAULT_SAMPLER}; ddim when --eta > 0]."),
     _opt("sample_steps", type=int, default=DEFAULTS.decoder_steps,
          help="Decoder network evaluations [default: the decoder's sample_timesteps]."),
     _opt("prior_steps", type=int, default=DEFAULTS.prior_steps,
@@ -451,14 +451,15 @@ _curation_options = _apply(
 
 def _generate_dataset(kw, batch_size):
     """The curated-set path of `generate` and `generate-dataset`."""
-    from dalle2_md.generation.curate import SamplingSettings, generate_dataset
+    from dalle2_md.defaults import SamplingConfig
+    from dalle2_md.generation.curate import generate_dataset
 
     paths = {k: kw.get(k) for k in ("model_path", "decoder_path", "prior_path", "clip_path")}
     model = _load_model(kw)
     near = Path(paths["model_path"] or paths["decoder_path"]).parent / "split.json"
     split_file = kw["split_file"] or (str(near) if kw["data_root"] and near.is_file() else None)
-    sampling = SamplingSettings(cond_scale=kw["cond_scale"], prior_cond_scale=kw["prior_cond_scale"], eta=kw["eta"],
-                                sampler=kw["sampler"], sample_steps=kw["sample_steps"], prior_steps=kw["prior_steps"])
+    sampling = SamplingConfig(cond_scale=kw["cond_scale"], prior_cond_scale=kw["prior_cond_scale"], eta=kw["eta"],
+                              sampler=kw["sampler"], decoder_steps=kw["sample_steps"], prior_steps=kw["prior_steps"])
     model_id = {**{k: str(Path(v).resolve()) for k, v in paths.items() if v},
                 "clip_fingerprint": (getattr(model.decoder, "meta", None) or {}).get("clip_fingerprint")}
     done = generate_dataset(
@@ -553,7 +554,7 @@ def generate_cmd(**kw):
 @_opt("sample_steps", type=int, default=DEFAULTS.decoder_steps,
       help="Decoder network evaluations [default: the decoder's sample_timesteps]; SDEdit runs the part below --strength.")
 @_opt("sampler", type=click.Choice(SAMPLERS), default=None,
-      help=f"Sampler of the variations [default: {DEFAULTS.sampler}; ddim when --eta > 0]; SDEdit always runs DDIM.")
+      help=f"Sampler of the variations [default: {DEFAULT_SAMPLER}; ddim when --eta > 0]; SDEdit always runs DDIM.")
 @_opt("eta", type=float, default=DEFAULTS.eta, help="DDIM eta (0 = deterministic).")
 @_opt("seed", type=int, default=0, help="Same seed, same images.")
 @_opt("resize", is_flag=True, default=False, help="Resize images of another size to the model's, as training data is.")
@@ -606,7 +607,7 @@ def demo_cmd(output_dir, quick, seed, image_size, vqgan_steps, progress):
     from dalle2_md.cli.demo import DemoConfig, run_demo
 
     config = DemoConfig.quick() if quick else DemoConfig()
-    changes = {k: v for k, v in (("image_size", image_size), ("vqgan_steps", vqgan_steps)) if v is not None}
+    changes = {k: v for k, v in (("image_size", image_size), ("vqgan_train_steps", vqgan_steps)) if v is not None}
     done = run_demo(output_dir, replace(config, **changes), seed=seed, progress=progress)
     for stage, seconds in done["timings"].items():
         say(f"{stage:<12} {seconds:7.1f}s")
@@ -733,7 +734,7 @@ def _stage_identity_of(model, recogniser, sets, scales, *, num_samples_per_user,
 @click.option("--prior_steps", "--prior-steps", "prior_steps", default=DEFAULTS.prior_steps, type=int, help="Prior network evaluations [default: the prior's].")
 @click.option("--cond_scale", "--cond-scale", "cond_scale", default=DEFAULTS.cond_scale, type=float, help="Decoder guidance (1 = none).")
 @click.option("--prior_cond_scale", "--prior-cond-scale", "prior_cond_scale", default=DEFAULTS.prior_cond_scale, type=float, help="Prior guidance (1 = none).")
-@click.option("--sampler", type=click.Choice(SAMPLERS), default=None, help=f"Sampler [default: {DEFAULTS.sampler}; ddim when --eta > 0].")
+@click.option("--sampler", type=click.Choice(SAMPLERS), default=None, help=f"Sampler [default: {DEFAULT_SAMPLER}; ddim when --eta > 0].")
 @click.option("--eta", default=DEFAULTS.eta, type=float, help="DDIM eta (0 = deterministic).")
 @click.option("--seed", default=0, type=int, help="Sampling seed.")
 @click.option("--recogniser_steps", "--recogniser-steps", "recogniser_steps", default=300, type=int, help="Recogniser training steps.")
@@ -748,7 +749,9 @@ def evaluate_cmd(data_root, split_file, split_seed, model_path, decoder_path, pr
     model also identity stage by stage: prior samples and decoded true embeddings, per
     --stage_guidance scale."""
     from dalle2_md.training.presets import GeneratorBudget
-    from dalle2_md.augmentation.harness import load_splits, sample_tensors
+    from dalle2_md.augmentation.harness import load_splits
+    from dalle2_md.defaults import SamplingConfig
+    from dalle2_md.generation.samples import sample_tensors
     from dalle2_md.evaluation.recogniser import RecogniserTrainConfig, cached_recogniser
     from dalle2_md.evaluation.report import evaluate_samples, load_generated_folder
 
@@ -783,9 +786,9 @@ def evaluate_cmd(data_root, split_file, split_seed, model_path, decoder_path, pr
                                    train=RecogniserTrainConfig(steps=recogniser_steps),
                                    val=sets["val"].tensors() if sets["val"] is not None else None, label_map=lm.to_dict())
     if model is not None:
-        budget = GeneratorBudget(sample_steps=sample_steps, prior_sample_steps=prior_steps, cond_scale=cond_scale,
-                                 prior_cond_scale=prior_cond_scale, sampler=sampler, eta=eta)
-        generated = sample_tensors(model, list(range(len(lm))), num_samples_per_user, seed=seed, budget=budget)
+        sampling = SamplingConfig(decoder_steps=sample_steps, prior_steps=prior_steps, cond_scale=cond_scale,
+                                  prior_cond_scale=prior_cond_scale, sampler=sampler, eta=eta)
+        generated = sample_tensors(model, list(range(len(lm))), num_samples_per_user, seed=seed, sampling=sampling)
     else:
         generated = load_generated_folder(generated_dir, lm, image_size, colormap)[:2]
     stages = None
@@ -840,11 +843,11 @@ def evaluate_cmd(data_root, split_file, split_seed, model_path, decoder_path, pr
 @click.option("--seeds", default="0,1,2", help="Comma-separated seeds, one repetition each (>= 3 for a std).")
 @click.option("--generator", type=click.Choice(["two_stage", "baseline"]), default="two_stage", help="Which generator to train.")
 @click.option("--clip_steps", "--clip-steps", "clip_steps", default=300, type=int, help="Embedding-model steps.")
-@click.option("--decoder_steps", "--decoder-steps", "decoder_steps", default=GENERATOR_DECODER_STEPS, type=int,
+@click.option("--decoder_steps", "--decoder-steps", "decoder_steps", default=GENERATOR_DECODER_TRAIN_STEPS, type=int,
               help="Decoder steps.")
 @click.option("--prior_steps", "--prior-steps", "prior_steps", default=1000, type=int, help="Prior steps.")
 @click.option("--sample_steps", "--sample-steps", "sample_steps", default=25, type=int, help="Decoder network evaluations when generating.")
-@click.option("--sampler", type=click.Choice(SAMPLERS), default=None, help=f"Sampler [default: {DEFAULTS.sampler}; ddim when --eta > 0].")
+@click.option("--sampler", type=click.Choice(SAMPLERS), default=None, help=f"Sampler [default: {DEFAULT_SAMPLER}; ddim when --eta > 0].")
 @click.option("--eta", default=RECIPE.eta, type=float, help="DDIM eta when generating (0 = deterministic).")
 @click.option("--recogniser_steps", "--recogniser-steps", "recogniser_steps", default=None, type=int,
               help="Steps of each recogniser [default: the strong baseline's].")
@@ -862,7 +865,7 @@ def augment_eval_cmd(data_root, split_file, split_seed, image_size, colormap, k,
 
     from dalle2_md.training.presets import GeneratorBudget
     from dalle2_md.augmentation.harness import augmentation_gain, load_splits, write_augment_report
-    from dalle2_md.models.decoder import check_guidance_interval
+    from dalle2_md.models.guidance import check_guidance_interval
     from dalle2_md.evaluation.recogniser import RecogniserTrainConfig
     from dalle2_md.evaluation.report import _plain_floats
     from dalle2_md.augmentation.recipe import AugmentRecipe, default_source
@@ -882,8 +885,8 @@ def augment_eval_cmd(data_root, split_file, split_seed, image_size, colormap, k,
         raise UserError(f"--seeds must be comma-separated integers, e.g. 0,1,2 (got {seeds!r}).") from None
     sets = load_splits(data_root, image_size=image_size, colormap=colormap, split_file=split_file, split_seed=split_seed)
     train, test = sets["train"], sets["test"]
-    budget = GeneratorBudget(clip_steps=clip_steps, decoder_steps=decoder_steps, prior_steps=prior_steps,
-                             sample_steps=sample_steps, sampler=sampler, eta=eta)
+    budget = GeneratorBudget(clip_train_steps=clip_steps, decoder_train_steps=decoder_steps, prior_train_steps=prior_steps,
+                             sampling=replace(GeneratorBudget().sampling, decoder_steps=sample_steps, sampler=sampler, eta=eta))
     out = Path(output_dir)
     result = augmentation_gain(
         train.tensors(), test.tensors(), num_users=len(train.label_map), work_dir=out / "runs", k=k, m=m,

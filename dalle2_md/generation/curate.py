@@ -29,11 +29,11 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
-from dalle2_md.defaults import DEFAULTS
+from dalle2_md.defaults import DEFAULTS, SamplingConfig
 from dalle2_md.evaluation.metrics import KINEMATIC_FIELDS, read_kinematics_batch, to_scalar_images
 from dalle2_md.evaluation.recogniser import RecogniserTrainConfig, cached_recogniser, train_recogniser
 from dalle2_md.data.simulator import WRITE_LAYOUTS, layout_relpath
-from dalle2_md.utils import UserError, atomic_write, exists, say
+from dalle2_md.utils import UserError, atomic_write, exists, say, to_signed
 
 FILTERS = ("none", "recogniser", "kinematic", "both")
 JOURNAL, MANIFEST = "manifest.jsonl", "manifest.json"
@@ -209,19 +209,7 @@ def build_filter(
 # the chain as a per-sample generator
 
 
-@dataclass(frozen=True, kw_only=True)
-class SamplingSettings:
-    """How the chain samples (recorded in the manifest); None = the model's / `DEFAULTS`' choice."""
-
-    cond_scale: float = DEFAULTS.cond_scale
-    prior_cond_scale: float = DEFAULTS.prior_cond_scale
-    eta: float = DEFAULTS.eta
-    sampler: str | None = None
-    sample_steps: int | None = DEFAULTS.decoder_steps
-    prior_steps: int | None = DEFAULTS.prior_steps
-
-
-def chain_sampler(model, settings: SamplingSettings = SamplingSettings()) -> GenerateFn:
+def chain_sampler(model, sampling: SamplingConfig = DEFAULTS) -> GenerateFn:
     """A `GenerateFn` over a `MicroDopplerDALLE2`: sample i of a user is the chain's sample keyed
     by (seed, user label, i) (its prior and decoder noise, start and per-step), so it is the same
     image whichever block, batch or other users it is drawn with."""
@@ -229,11 +217,12 @@ def chain_sampler(model, settings: SamplingSettings = SamplingSettings()) -> Gen
     @torch.no_grad()
     def draw(user_index: int, sample_indices: Sequence[int], seed: int) -> torch.Tensor:
         indices = [int(i) for i in sample_indices]
-        images = model.sample([user_index] * len(indices), sample_indices=indices, seed=seed,
-                              cond_scale=settings.cond_scale, prior_cond_scale=settings.prior_cond_scale,
-                              prior_steps=settings.prior_steps, decoder_steps=settings.sample_steps, eta=settings.eta,
-                              sampler=settings.sampler, colorize=False)
-        return images.cpu() * 2.0 - 1.0
+        with model.decoder.sampling_config_for(**sampling.decoder_overrides()):
+            images = model.sample([user_index] * len(indices), sample_indices=indices, seed=seed,
+                                  cond_scale=sampling.cond_scale, prior_cond_scale=sampling.prior_cond_scale,
+                                  prior_steps=sampling.prior_steps, decoder_steps=sampling.decoder_steps,
+                                  eta=sampling.eta, sampler=sampling.sampler, colorize=False)
+        return to_signed(images.cpu())
 
     return draw
 
@@ -612,7 +601,7 @@ def generate_dataset(
     kinematic_margin: float = 0.1,
     recogniser_steps: int = 300,
     layout: str | None = None,
-    sampling: SamplingSettings = SamplingSettings(),
+    sampling: SamplingConfig = DEFAULTS,
     seed: int = 0,
     batch_size: int = 32,
     max_draws_per_user: int | None = None,

@@ -17,8 +17,8 @@ from typing import Sequence
 import torch
 
 from dalle2_md.data.display import GRID_MIN_TILE, save_grid
-from dalle2_md.defaults import DEFAULTS
-from dalle2_md.utils import UserError, exists, say
+from dalle2_md.defaults import DEFAULTS, SamplingConfig
+from dalle2_md.utils import UserError, exists, say, to_signed
 
 def load_generator(*, model_path=None, prior_path=None, decoder_path=None, clip_path=None, device: str = "cpu"):
     """A `MicroDopplerDALLE2` from a chained bundle or from a prior + decoder pair (refused when
@@ -107,7 +107,7 @@ def write_samples(model, output_dir, *, user_labels: Sequence[str] | None = None
         batch_size: most images sampled at once.
         save_npy: also save each scalar spectrogram (H, W) in [0, 1] as .npy.
         eta: DDIM eta (> 0 selects the ddim sampler).
-        sampler: "ddim" or "dpmpp_2m" (default `sampling.DEFAULTS.sampler`).
+        sampler: "ddim" or "dpmpp_2m" (default `sampling.DEFAULT_SAMPLER`).
         fast: GPU fast paths (`fastpath.FastPaths`); each falls back on a CPU with one line.
         progress: show a progress bar.
     Returns:
@@ -186,3 +186,18 @@ def write_interpolation(model, output_dir, *, user_label_a: str, user_label_b: s
     strip = save_grid(frames, out / f"{name}.png", nrow=steps, colormap="none", min_tile=GRID_MIN_TILE)
     return {"strip": strip, "frames": paths}
 
+
+@torch.no_grad()
+def sample_tensors(model, user_indices: Sequence[int], num_samples_per_user: int, *,
+                   sampling: SamplingConfig = DEFAULTS, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Samples of either generator kind (anything with `sample_users`: the chain or the
+    single-stage baseline) in model space, one user at a time (bounded memory; the keyed noise
+    makes a user's samples independent of the others anyway).
+
+    Returns:
+        (images (len(user_indices) * n, C, H, W) in [-1, 1], their user indices), user-major.
+    """
+    out = [to_signed(model.sample_users([u], num_samples_per_user, sampling=sampling, seed=seed).cpu())
+           for u in user_indices]
+    ids = torch.tensor([u for u in user_indices for _ in range(num_samples_per_user)], dtype=torch.long)
+    return torch.cat(out), ids

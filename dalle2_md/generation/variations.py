@@ -101,7 +101,7 @@ def variations_of(model, images: torch.Tensor, n: int = 8, seed: int = 0, *, con
         cond_scale: decoder guidance on the embedding (1 = none).
         steps: network evaluations (default the decoder's `sample_timesteps`).
         eta: DDIM eta.
-        sampler: "ddim" or "dpmpp_2m" (default `DEFAULTS.sampler`; ddim when eta > 0).
+        sampler: "ddim" or "dpmpp_2m" (default `DEFAULT_SAMPLER`; ddim when eta > 0).
         batch_size: images decoded at once.
         user_indices: (N,) each image's user, for a user-conditioned decoder (default: the user
             the embedding model reads from the image, `users_for`).

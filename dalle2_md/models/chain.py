@@ -27,7 +27,7 @@ from dalle2_md.models.bundle import load_bundle, save_bundle
 from dalle2_md.models.embedding import ClipConfig, MicroDopplerClip
 from dalle2_md.models.decoder import DecoderConfig, MicroDopplerDecoder
 from dalle2_md.models.prior import PriorConfig, UserConditionedDiffusionPrior
-from dalle2_md.defaults import DEFAULTS
+from dalle2_md.defaults import DEFAULTS, SamplingConfig
 from dalle2_md.sampling import keyed_generators, randn
 from dalle2_md.utils import BundleError, UserError, exists
 
@@ -250,7 +250,7 @@ class MicroDopplerDALLE2(nn.Module):
                 `sample_timesteps`).
             seed: same seed, same images.
             eta: DDIM eta of both stages (0 = deterministic; > 0 selects the ddim sampler).
-            sampler: "ddim" or "dpmpp_2m" for both stages (default `sampling.DEFAULTS.sampler`).
+            sampler: "ddim" or "dpmpp_2m" for both stages (default `sampling.DEFAULT_SAMPLER`).
             sample_indices: instead of `num_samples_per_user`, the sample index of each entry
                 of `user_indices` (for batches that mix users and samples: `user_indices=[0, 0, 3]`,
                 `sample_indices=[5, 6, 0]` gives exactly those rows of the full sets).
@@ -264,6 +264,21 @@ class MicroDopplerDALLE2(nn.Module):
                                           prior_steps=prior_steps, seed=seed, eta=eta, sampler=sampler)
         return self.decode(embeds, cond_scale=cond_scale, decoder_steps=decoder_steps, seed=seed, keys=keys, eta=eta,
                            sampler=sampler, colorize=colorize, user_indices=rows)
+
+    @torch.no_grad()
+    def sample_users(self, user_indices: Sequence[int], num_samples_per_user: int, *,
+                     sampling: SamplingConfig = DEFAULTS, seed: int = 0) -> torch.Tensor:
+        """The generator interface shared with `SingleStageBaseline`: `sample` with the settings of
+        `sampling` (its guidance interval and sample start included), no colormap.
+
+        Returns:
+            (len(user_indices) * num_samples_per_user, C, H, W) in [0, 1], user-major.
+        """
+        with self.decoder.sampling_config_for(**sampling.decoder_overrides()):
+            return self.sample(user_indices, num_samples_per_user=num_samples_per_user, cond_scale=sampling.cond_scale,
+                               prior_cond_scale=sampling.prior_cond_scale, prior_steps=sampling.prior_steps,
+                               decoder_steps=sampling.decoder_steps, seed=seed, eta=sampling.eta,
+                               sampler=sampling.sampler, colorize=False)
 
     @torch.no_grad()
     def interpolation_frames(

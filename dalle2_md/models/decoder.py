@@ -1,28 +1,12 @@
 """The decoder stage: a diffusion U-Net that turns an image embedding (from our embedding model)
-into a spectrogram, in pixel space or over a VQGAN latent; its config, DDIM sampler and bundle.
+into a spectrogram, in pixel space or over a VQGAN latent; its config, sampling and bundle.
 
-Built from dalle2-pytorch's `Unet` and `Decoder` (one U-Net, no CLIP inside: the caller passes
-precomputed `image_embed` tensors). What we add around them:
-
-- image range: our data layer gives images in [-1, 1]. dalle2-pytorch's `auto_normalize_img`
-  would map [0, 1] -> [-1, 1] on the way in and back on the way out, and in its DDIM loop it
-  also "unnormalises" latents before the VQGAN decodes them. We build the `Decoder` with
-  `auto_normalize_img=False`, so it sees [-1, 1] pixels or raw latents throughout, and convert
-  to [0, 1] ourselves at the very end of `sample`.
-- latents: `Decoder.forward` re-encodes every batch through the VQGAN. We call its `p_losses`
-  directly instead (`compat.decoder_p_losses`), so latent training can run on latents cached
-  once (`encode_latents`), and scale them to about unit variance (`latent_scale`, fitted once)
-  as the diffusion assumes.
-- cond_dim: when `cond_dim == image_embed_dim`, `Unet.image_to_tokens` turns into an identity
-  and `forward` crashes (or, when the batch equals num_image_tokens, silently mixes samples).
-  `unet_cond_dim` then widens cond_dim by 8 so the projection to tokens is always built.
-- every other reach into dalle2-pytorch internals (`unets[0]`, `vaes[0]`, the noise schedule, the
-  cross-attention resize, the guidance hooks' targets) goes through `compat`.
-- sampling: the shared samplers (`sampling`: DDIM, DPM-Solver++(2M)) with an explicit noise
-  tensor, a seeded `torch.Generator` or one generator per image, so seeded samples are
-  reproducible and the global RNG is never touched. Classifier-free guidance runs the
-  conditional and the null halves as one batch of 2B (`guided_unet_forward`), not as the two
-  forwards of dalle2-pytorch's `Unet.forward_with_cond_scale`.
+Built from dalle2-pytorch's `Unet` and `Decoder` (one U-Net, no CLIP inside). Around them: images
+stay in [-1, 1] (`auto_normalize_img=False`; [0, 1] only at the end of `sample`); latent training
+calls `p_losses` on latents cached once and scaled to unit variance; `cond_dim` is widened so
+the embedding-to-tokens projection is always built (`compat.unet_cond_dim`); sampling runs the
+shared samplers of `dalle2_md.sampling` with keyed noise, and guidance as one batched forward
+(`guidance.guided_unet_forward`). Why each of these: docs/design.md.
 """
 
 from __future__ import annotations
@@ -37,10 +21,10 @@ from torch import nn
 
 from dalle2_md.models.bundle import load_bundle, save_bundle
 from dalle2_md.models.compat import (alphas_cumprod, decoder_p_losses, decoder_unet, decoder_vae, noise_scheduler_of,
-                     resize_cross_attention, set_decoder_unet, unet_conditioning_nulls,
-                     x_start_from_noise, x_start_from_v)
+                     resize_cross_attention, set_decoder_unet, x_start_from_noise, x_start_from_v)
 from dalle2_md.models.compat import unet_cond_dim as widened_cond_dim
 from dalle2_md.sampling import Generators, ddim_timesteps, randn, run_sampler
+from dalle2_md.models.guidance import check_guidance_interval, guided_unet_forward
 from dalle2_md.utils import BundleError, UserError, checked_fields, exists
 from dalle2_md.models.vqgan import VQGanConfig, build_vqgan, encode_latents, load_vqgan, nearby_multiples
 
@@ -48,20 +32,6 @@ from dalle2_md.models.vqgan import VQGanConfig, build_vqgan, encode_latents, loa
 PREDICTIONS = ("eps", "v")
 # where sampling from pure noise starts (fraction of the schedule); see DecoderConfig.sample_start
 SAMPLE_START = 0.96
-
-
-def check_guidance_interval(interval) -> tuple[float, float]:
-    """(lo, hi) as floats with 0 <= lo <= hi <= 1, from a pair or the flag's "lo,hi" text, or a
-    UserError naming the flag."""
-    if isinstance(interval, str):
-        interval = interval.split(",")
-    try:
-        lo, hi = (float(v) for v in interval)
-    except (TypeError, ValueError):
-        raise UserError(f"--guidance_interval must be two numbers lo,hi, got {interval!r}.") from None
-    if not 0.0 <= lo <= hi <= 1.0:
-        raise UserError(f"--guidance_interval {lo:g},{hi:g} must satisfy 0 <= lo <= hi <= 1 (fractions of the schedule).")
-    return lo, hi
 
 
 @dataclass(frozen=True)
@@ -87,62 +57,31 @@ class DecoderConfig:
         loss_type: "l1", "l2" or "huber".
         learned_variance: also learn the variance (improved DDPM); DDIM does not use it.
         ddim_eta: 0 for deterministic DDIM; 1 for DDPM-like noise at every step.
-        guidance_interval: (lo, hi): classifier-free guidance is applied only at sampling times
-            t with lo <= t / (timesteps - 1) <= hi, the conditional branch alone elsewhere
-            (Kynkaanniemi et al. 2024, "Applying Guidance in a Limited Interval Improves Sample
-            and Distribution Quality in Diffusion Models"): guidance at the highest noise levels
-            pushes the image's overall level, not its identity. (0, 1) = everywhere, as in
-            bundles written before this field; `MicroDopplerDecoder.sample` can override it.
-            (0.15, 0.7) gave the best FID and A_gen on gait31 but a lower augmentation gain
-            (docs/results.md), hence the default (0, 1).
-        prediction: what the network predicts: "eps" (the noise; bundles written before this
-            field) or "v" (sqrt(abar) eps - sqrt(1 - abar) x_0, Salimans & Ho 2022, "Progressive
-            Distillation for Fast Sampling of Diffusion Models"). From an eps prediction the
-            x_0 estimate divides by sqrt(abar), which is ~0 near t = T, so the first sampling
-            steps fix the image's overall level from an estimate that is mostly clamped noise;
-            a v prediction stays bounded there. Measured on a K = 10 gait31 generator
-            (benchmarks/sample_defects.py): v keeps the backgrounds at the real images' level
-            (eps: a quarter of the samples brighter than any real image) but its samples follow
-            their user less (A_gen 0.16-0.46 against 0.51-0.58), so eps stays the default.
+        guidance_interval: (lo, hi): classifier-free guidance only at sampling times with
+            lo <= t / (timesteps - 1) <= hi, the conditional branch alone elsewhere
+            (Kynkaanniemi et al. 2024); (0, 1) = everywhere, the default (a narrower interval
+            lowered the augmentation gain, docs/results.md). `sample` can override it.
+        prediction: what the network predicts: "eps" (the noise) or "v" (Salimans & Ho 2022).
+            "eps": chosen by `experiments/sample_defects.py`, see docs/results.md.
         sample_start: where sampling from pure noise starts, as a fraction t / (T - 1) of the
-            schedule (1 = the last training time, as in bundles written before this field). At
-            t = T - 1 the cosine schedule keeps sqrt(abar) = 5e-5 of the image, so an eps
-            network's x_0 estimate there is its error magnified 20000x and clamped: the image's
-            overall level comes from that. Starting a little lower, where sqrt(abar) is ~0.06
-            (0.96; Stable Diffusion's schedule ends at 0.07) and the input is still noise to the
-            eye, keeps the estimate bounded. Measured on the K = 10 gait31 generators of seeds
-            0 and 1 (benchmarks/sample_defects.py, prior chain, guidance 3): images brighter
-            than any real one 0.21 / 0.24 -> 0.08 / 0.13, A_gen 0.69 / 0.72 -> 0.77 / 0.78,
-            domain FID 16.1 / 13.2 -> 13.4 / 11.2; on the held-out digits no change at guidance
-            3 (docs/results.md). It only changes where sampling starts, so it applies to every
-            bundle, old ones included; SDEdit, which starts from a noised real image, is
-            unaffected.
-        offset_noise: in training, each image's noise gets one more Gaussian per channel, of this
-            standard deviation, shared by all its pixels ("offset noise", Guttenberg 2023). The
-            schedule destroys an image's mean level last, so a network that never saw the mean
-            noised keeps its samples' level near the starting noise's, mid-scale; the radar
-            backgrounds are dark. 0 = plain noise, as in bundles written before this field,
-            and the default: at 0.1 on a K = 10 gait31 generator the samples' backgrounds came
-            to the real level (0.14 against 0.13) but A_gen fell (0.77 -> 0.62) and FID rose
-            (13.4 -> 20.6; benchmarks/sample_defects.py --variants eps_offset).
+            schedule. Below 1 because at t = T - 1 the cosine schedule keeps almost none of the
+            image, so an eps network's first x_0 estimate (which sets the image's level) is
+            magnified noise. 0.96: chosen by `experiments/sample_defects.py`, see
+            docs/results.md. Applies to every bundle; SDEdit is unaffected.
+        offset_noise: in training, one more Gaussian per image and channel, of this standard
+            deviation, shared by all its pixels (offset noise). 0 = plain noise, the default:
+            chosen by `experiments/sample_defects.py`, see docs/results.md.
         user_conditioning: also condition on a learned embedding of the user ID, joined to the
-            image embedding (both are dropped together for classifier-free guidance). DALL-E 2's
-            decoder does the same with its caption: it keeps GLIDE's text pathway beside the CLIP
-            image embedding. The image embedding then says which of the user's walks to draw
-            and the user token whose walk it is, so identity no longer rests on the embedding
-            alone (on gait31 at K = 10 the embedding-only decoder's chain samples followed their
-            user less often than the label-conditioned single-stage decoder's). Training and
-            sampling then need each row's user index (`user_indices=`).
+            image embedding (both dropped together for guidance), as DALL-E 2's decoder keeps
+            its caption beside the CLIP image embedding: the embedding says which walk to draw,
+            the token whose walk it is. Training and sampling then need `user_indices=`.
         num_users: size of that user table (filled from the data when `user_conditioning`).
-        embed_noise_std: in training, Gaussian noise about this fraction of its length is added
-            to each embedding, which is then put back on its sphere: the decoder learns to read a
-            neighbourhood of each real embedding, as the prior's samples land near, not on, them.
-        p2_loss_weight_gamma: P2 weighting of the loss over noise levels (Choi et al. 2022,
-            "Perception Prioritized Training of Diffusion Models"); 0 = uniform, 1 = their choice
-            and ours. Weighting towards high noise is where a sample's coarse content, and so its
-            identity, is decided: on the simulator (benchmarks/identity_stages.py, 800 decoder
-            steps) true test embeddings were decoded to the right user 0.78 of the time at
-            guidance 1 with it against 0.57 without, and A_gen rose from 0.75 to 0.97.
+        embed_noise_std: in training, Gaussian noise of about this fraction of its length is
+            added to each embedding, which is then put back on its sphere: the decoder learns a
+            neighbourhood of each real embedding, where the prior's samples land.
+        p2_loss_weight_gamma: P2 weighting of the loss over noise levels (Choi et al. 2022);
+            0 = uniform. 1 weights the high noise levels where identity is decided: chosen by
+            `benchmarks/identity_stages.py`, see docs/results.md.
         use_vqgan: diffuse over a VQGAN latent instead of pixels.
         vqgan: the VQGAN's config (filled from `vqgan_path` when that is given).
         vqgan_path: a "vqgan" bundle whose trained weights `build_decoder` loads; the decoder
@@ -269,49 +208,6 @@ class DecoderConfig:
         return cls(**d)
 
 
-def guided_unet_forward(unet: nn.Module, x: torch.Tensor, t: torch.Tensor, image_embeds: torch.Tensor,
-                        cond_scale: float) -> torch.Tensor:
-    """Classifier-free guidance, null + (cond - null) * cond_scale, in one U-Net call of 2B.
-
-    dalle2-pytorch's `Unet.forward` drops conditioning for a whole call (its keep mask comes
-    from one probability), so its `forward_with_cond_scale` runs the U-Net twice. Here the
-    second half of a doubled batch gets the null conditioning instead: forward hooks replace
-    the outputs of `image_to_tokens` (cross-attention tokens) and `to_image_hiddens` (the
-    embedding added to the time hiddens) with the U-Net's learned nulls for those rows -- the
-    values its own dropout would put there.
-
-    Args:
-        unet: a dalle2-pytorch `Unet` conditioned on image embeddings.
-        x: (B, C, H, W) noised input; t: (B,) times; image_embeds: (B, D).
-        cond_scale: 1 runs the conditional branch alone.
-    Returns:
-        the U-Net output for x, (B, C', H, W).
-    """
-    if cond_scale == 1:
-        return unet(x, t, image_embed=image_embeds)
-    if getattr(unet, "guides_in_one_batch", False):  # dit.DiT nulls its own embedding rows
-        return unet.forward_with_cond_scale(x, t, image_embed=image_embeds, cond_scale=cond_scale)
-    batch, hooked = x.shape[0], []
-
-    def null_second_half(null):
-        def hook(module, inputs, output):
-            hooked.append(module)
-            null_rows = null.to(output.dtype).expand(batch, *output.shape[1:])
-            return torch.cat((output[:batch], null_rows), dim=0)
-        return hook
-
-    handles = [module.register_forward_hook(null_second_half(null)) for module, null in unet_conditioning_nulls(unet)]
-    try:
-        out = unet(torch.cat((x, x)), torch.cat((t, t)), image_embed=torch.cat((image_embeds, image_embeds)))
-    finally:
-        for handle in handles:
-            handle.remove()
-    if not hooked:
-        raise RuntimeError("the U-Net never projected the image embedding; guidance would not null anything")
-    cond, null = out[:batch], out[batch:]
-    return null + (cond - null) * cond_scale
-
-
 class MicroDopplerDecoder(nn.Module):
     """Image-embedding-conditioned diffusion decoder.
 
@@ -380,18 +276,13 @@ class MicroDopplerDecoder(nn.Module):
         return self
 
     @contextmanager
-    def guidance_interval_for(self, interval: tuple[float, float] | None):
-        """`interval` as the default guidance interval inside the block only (None: unchanged),
-        for callers that sample through the chain rather than calling `sample` themselves."""
-        with self.sampling_config_for(guidance_interval=check_guidance_interval(interval) if exists(interval) else None):
-            yield self
-
-    @contextmanager
     def sampling_config_for(self, **fields):
         """Config fields that only change sampling (guidance_interval, sample_start, ...) set
         inside the block only; None values leave a field as it is."""
         stored = self.config
         changes = {k: v for k, v in fields.items() if exists(v)}
+        if "guidance_interval" in changes:
+            changes["guidance_interval"] = check_guidance_interval(changes["guidance_interval"])
         if changes:
             self.config = replace(stored, **changes)
         try:
@@ -706,32 +597,3 @@ def build_decoder(config: DecoderConfig, *, vqgan: nn.Module | None = None) -> M
     return MicroDopplerDecoder(config=config, vqgan=vqgan)
 
 
-class LatentLoss(nn.Module):
-    """`loss = module(latents, *condition)`: a latent decoder, or the latent single-stage
-    baseline, trained on cached VQGAN latents (the training loop hands batches over positionally;
-    the wrapped module takes the latents by keyword, with no images)."""
-
-    def __init__(self, inner: nn.Module):
-        super().__init__()
-        self.inner = inner
-
-    def forward(self, latents, *condition):
-        return self.inner(None, *condition, latents=latents)
-
-
-def unwrap_decoder(module):
-    """The model inside a trained module (latent decoders and baselines are trained wrapped)."""
-    return module.inner if isinstance(module, LatentLoss) else module
-
-
-def channels_last_unet(decoder: nn.Module) -> nn.Module:
-    """Store a latent decoder's denoising network 4-d weights channels-last (NHWC) for training:
-    its convolutions then pick NHWC kernels, 1.06-1.10x faster per CPU step on the 128 px profile's
-    16 x 32 x 32 latent, while the 32 px pixel decoder gains nothing (0.97-1.00x,
-    benchmarks/bench_memory_format.py), so pixel decoders are left as they are. Bundles save
-    contiguous copies: files are unchanged."""
-    from dalle2_md.models.compat import decoder_unet
-
-    if decoder.config.use_vqgan:
-        decoder_unet(decoder.decoder).to(memory_format=torch.channels_last)
-    return decoder

@@ -25,7 +25,7 @@ from dalle2_md.models.bundle import load_bundle, save_bundle
 
 from dalle2_md.models.decoder import DecoderConfig, MicroDopplerDecoder
 from dalle2_md.models.chain import decode_with_keyed_noise, sample_keys, user_labels
-from dalle2_md.defaults import DEFAULTS
+from dalle2_md.defaults import DEFAULTS, SamplingConfig
 from dalle2_md.utils import BundleError, UserError
 
 
@@ -118,6 +118,15 @@ class SingleStageBaseline(nn.Module):
         keys = sample_keys(user_labels(self.label_map, indices.tolist()), num_samples_per_user)
         return decode_with_keyed_noise(self.decoder, embeds, keys, seed=seed, cond_scale=cond_scale, steps=steps,
                                        eta=eta, sampler=sampler)
+
+    @torch.no_grad()
+    def sample_users(self, user_indices: Sequence[int], num_samples_per_user: int, *,
+                     sampling: SamplingConfig = DEFAULTS, seed: int = 0) -> torch.Tensor:
+        """The generator interface shared with `MicroDopplerDALLE2`: `sample` with the settings of
+        `sampling` (it has no prior, so the prior's settings do not apply)."""
+        with self.decoder.sampling_config_for(**sampling.decoder_overrides()):
+            return self.sample(user_indices, num_samples_per_user=num_samples_per_user, cond_scale=sampling.cond_scale,
+                               steps=sampling.decoder_steps, seed=seed, eta=sampling.eta, sampler=sampling.sampler)
 
     # bundle
 

@@ -12,31 +12,21 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass, field, replace
 
-from dalle2_md.defaults import DEFAULTS, GENERATOR_DECODER_STEPS
+from dalle2_md.defaults import GENERATOR_DECODER_TRAIN_STEPS, SAMPLE_TIMESTEPS, SamplingConfig
 from dalle2_md.models.vqgan import layers_for_factor
 from dalle2_md.training.loop import TrainConfig
 
 # Model sizes that train in minutes on 2 CPU cores (the demo and the evaluation protocol).
-# 32 px and a dim-16 U-Net: the decoder gets ~1500 steps in the demo's time budget, which is
-# where users became clearly distinct (600 steps at 64 px gave torso lines at the wrong height
-# and backgrounds set by the noise rather than the embedding).
 CPU_CLIP_SIZES = dict(dim_latent=32, dim_image=64, dim_text=32, encoder_widths=(16, 32, 64), token_grid=2,
                       text_heads=2, text_dim_head=16, ssl_dim=32, ssl_hidden=64)
-# The user token beside the image embedding (DecoderConfig.user_conditioning): on gait31 it raised
-# the SDEdit recipe's gain at K = 10 from +5.5 to +7.7 points (six seeds), at K = 20 from +1.1 to
-# +4.3, and the prior chain's at K = 10 from -0.1 to +6.4 (seeds 0-2; benchmarks/augment_ablation.py,
-# docs/results.md).
+# user_conditioning: chosen by `benchmarks/augment_ablation.py`, see docs/results.md
 CPU_DECODER_SIZES = dict(dim=16, dim_mults=(1, 2, 4), num_resnet_blocks=1, attn_heads=2, attn_dim_head=16,
-                         timesteps=1000, sample_timesteps=DEFAULTS.sample_timesteps, num_image_tokens=2,
+                         timesteps=1000, sample_timesteps=SAMPLE_TIMESTEPS, num_image_tokens=2,
                          user_conditioning=True)
-CPU_PRIOR_SIZES = dict(depth=2, heads=2, dim_head=16, timesteps=1000, sample_timesteps=DEFAULTS.sample_timesteps)
-# A VQGAN that trains at 128 px on 2 CPU cores in minutes (0.43 s per step of 16 images at
-# f = 4 on one loaded core, measured; the 32-wide, 1-2 multiplier shape took 1.95 s): every
-# stage 16 channels wide, so the latent has 16 channels, and a small codebook, which the
-# decoder skips (quantize=False): trained this briefly, one code of 256 per 4 x 4 patch erased
-# the limb arcs (recogniser 0.350 on reconstructions against 0.675 on the originals, 0.525 without
-# the quantiser, after 400 steps at 128 px; benchmarks/bench_vqgan.py, docs/results.md).
-# `vqgan.cpu_vqgan_sizes(factor)` adds the layer count of a downsampling factor.
+CPU_PRIOR_SIZES = dict(depth=2, heads=2, dim_head=16, timesteps=1000, sample_timesteps=SAMPLE_TIMESTEPS)
+# A VQGAN that trains at 128 px on 2 CPU cores in minutes: every stage 16 channels wide, and a
+# codebook the decoder skips (quantize=False): trained this briefly, a codebook erases the limb
+# arcs (benchmarks/bench_vqgan.py, see docs/results.md). `cpu_vqgan_sizes(factor)` adds the layers.
 CPU_VQGAN_SIZES = dict(dim=16, num_resnet_blocks=1, resnet_groups=8, codebook_size=256, codebook_dim=16, quantize=False)
 
 # Smoke-run sizes (the quick demo, the quality benchmark's smoke profile): prove that the
@@ -54,63 +44,51 @@ class GeneratorBudget:
     baseline's decoder gets exactly the two-stage decoder's shape and step budget).
 
     Args:
-        clip_steps, decoder_steps, prior_steps: optimiser steps per stage (the baseline trains
-            only its decoder, for `decoder_steps`). 2400 decoder steps, not 1500: on the
-            simulator the decoder then follows its embedding (true test embeddings decoded to the
-            right user 0.92 / 0.94 at guidance 1 / 3, against 0.73 / 0.83 at 800 steps,
-            benchmarks/identity_stages.py), and on gait31 at K = 10 the SDEdit recipe's gain rose
-            from +1.2 to +3.5 points (benchmarks/augment_ablation.py; docs/results.md).
+        clip_train_steps, decoder_train_steps, prior_train_steps: optimiser steps per stage (the
+            single-stage baseline trains only its decoder, for `decoder_train_steps`). 2400
+            decoder steps: chosen by `benchmarks/identity_stages.py` and
+            `benchmarks/augment_ablation.py`, see docs/results.md.
         batch_size: batch of the embedding model and the prior.
-        decoder_batch_size: batch of the decoders (their steps cost the most: about 1 s per
-            step of 16 at 32 px on one loaded CPU core, measured).
+        decoder_batch_size: batch of the decoders (their steps cost the most).
         lr: learning rate of every stage but the VQGAN (and the decoders when `decoder_lr` is set).
         decoder_lr: learning rate of the decoders (two-stage and single-stage); None: `lr`. A
             transformer backbone (`decoder["backbone"] = "dit"`) wants a smaller step than the U-Net.
         decoder_lr_schedule: None or "constant": the decoders keep their learning rate after
             warmup; "cosine": it decays to 0 at the last step (a diffusion model's samples are
             judged at its final weights, which a constant step keeps moving).
-        vqgan_steps: > 0: train a VQGAN for this many steps (batch `decoder_batch_size`, lr
+        vqgan_train_steps: > 0: train a VQGAN for this many steps (batch `decoder_batch_size`, lr
             `vqgan_lr`) and let the decoder diffuse over its latent; 0: a pixel decoder.
         vqgan: `VQGanConfig` size fields (default `vqgan.cpu_vqgan_sizes()`, f = 4).
         decoder_seconds: a wall-clock budget for the two-stage image model, the VQGAN (when
-            trained) and the decoder together: the decoder stops at `decoder_steps` or when the
+            trained) and the decoder together: the decoder stops at `decoder_train_steps` or when the
             time is up, whichever comes first (equal-compute comparisons of pixel and latent
             decoders, whose steps cost differently).
         warmup_steps: linear warmup of every stage (capped at a tenth of its steps).
         clip, decoder, prior: size fields of ClipConfig / DecoderConfig / PriorConfig (without
             num_users, image size, channels and embedding width, which follow the data).
-        sample_steps, prior_sample_steps: network evaluations when generating.
-        cond_scale, prior_cond_scale: classifier-free guidance when generating (1 = none).
-        sampler, eta: sampler and DDIM eta when generating (see `sampling.resolve_sampler`).
-        guidance_interval: (lo, hi): the decoder's guidance only at sampling times lo <= t / T <=
-            hi when generating (None: the decoder's own setting, guidance at every step).
+        sampling: how the generator is sampled (`SamplingConfig`; both stages at
+            `SAMPLE_TIMESTEPS` network evaluations).
         decoder_compile: torch.compile the decoders' training steps (`TrainConfig.compile`): worth
             it where a decoder trains long enough to repay the first step's compilation.
     """
 
-    clip_steps: int = 300
-    decoder_steps: int = GENERATOR_DECODER_STEPS
-    prior_steps: int = 1000
+    clip_train_steps: int = 300
+    decoder_train_steps: int = GENERATOR_DECODER_TRAIN_STEPS
+    prior_train_steps: int = 1000
     batch_size: int = 32
     decoder_batch_size: int = 16
     lr: float = 1e-3
     warmup_steps: int = 50
     decoder_lr: float | None = None
     decoder_lr_schedule: str | None = None
-    vqgan_steps: int = 0
+    vqgan_train_steps: int = 0
     vqgan_lr: float = 1e-3
     vqgan: dict = field(default_factory=dict)
     decoder_seconds: float | None = None
     clip: dict = field(default_factory=lambda: dict(CPU_CLIP_SIZES))
     decoder: dict = field(default_factory=lambda: dict(CPU_DECODER_SIZES))
     prior: dict = field(default_factory=lambda: dict(CPU_PRIOR_SIZES))
-    sample_steps: int = DEFAULTS.sample_timesteps
-    prior_sample_steps: int = DEFAULTS.sample_timesteps
-    cond_scale: float = DEFAULTS.cond_scale
-    prior_cond_scale: float = DEFAULTS.prior_cond_scale
-    sampler: str | None = None
-    eta: float = DEFAULTS.eta
-    guidance_interval: tuple[float, float] | None = None
+    sampling: SamplingConfig = SamplingConfig(decoder_steps=SAMPLE_TIMESTEPS, prior_steps=SAMPLE_TIMESTEPS)
     decoder_compile: bool = False
 
     def schedule(self, steps: int, batch_size: int, seed: int) -> TrainConfig:
@@ -119,9 +97,9 @@ class GeneratorBudget:
                            warmup_steps=min(self.warmup_steps, steps // 10), log_every=max(1, steps // 10))
 
     def decoder_schedule(self, seed: int) -> TrainConfig:
-        """The decoders' `TrainConfig`: `decoder_steps` at `decoder_batch_size`, at `decoder_lr`
+        """The decoders' `TrainConfig`: `decoder_train_steps` at `decoder_batch_size`, at `decoder_lr`
         and `decoder_lr_schedule` when they are set, compiled with `decoder_compile`."""
-        config = self.schedule(self.decoder_steps, self.decoder_batch_size, seed)
+        config = self.schedule(self.decoder_train_steps, self.decoder_batch_size, seed)
         if self.decoder_lr is not None:
             config = replace(config, lr=self.decoder_lr)
         if self.decoder_compile:
@@ -140,8 +118,8 @@ class GeneratorBudget:
 
 # the quick demo's budget; the quality benchmark's smoke profile varies it
 QUICK_BUDGET = GeneratorBudget(
-    clip_steps=20, decoder_steps=30, prior_steps=30, batch_size=16, decoder_batch_size=16,
-    clip=dict(TINY_CLIP_SIZES), decoder=dict(TINY_DECODER_SIZES), prior=dict(TINY_PRIOR_SIZES), sample_steps=8, prior_sample_steps=8,
+    clip_train_steps=20, decoder_train_steps=30, prior_train_steps=30, batch_size=16, decoder_batch_size=16,
+    clip=dict(TINY_CLIP_SIZES), decoder=dict(TINY_DECODER_SIZES), prior=dict(TINY_PRIOR_SIZES), sampling=SamplingConfig(decoder_steps=8, prior_steps=8),
 )
 
 

@@ -28,7 +28,7 @@ from torch import nn
 
 # moved: issue 11 (the in-memory core to core.py, the data options to options.py)
 from dalle2_md.training.fit import TwoStageModels, clip_config_for, fit_clip, fit_decoder, fit_prior, fit_vqgan, prior_config_for, user_table_size
-from dalle2_md.models.decoder import unwrap_decoder
+from dalle2_md.training.fit import unwrap_decoder
 from dalle2_md.data.display import as_image_tensor, colourise
 from dalle2_md.training.options import (DEFAULT_COLORMAP, DEFAULT_IMAGE_SIZE, DataOptions, display_colormap,  # noqa: F401
                       load_train_data, recorded_data_settings, skipped_summary, with_defaults, with_settings_from)
