@@ -28,7 +28,7 @@ from dalle2_md.evaluation.recogniser import RecogniserTrainConfig, train_recogni
 from dalle2_md.evaluation.recogniser import accuracy
 from dalle2_md.models.chain import MicroDopplerDALLE2
 from dalle2_md.generation.variations import sdedit, variations_of
-from dalle2_md.data.simulator import synthesize_dataset
+from dalle2_md.data.synthesize import synthesize_dataset
 
 
 def cached_draws(draw):

@@ -39,7 +39,7 @@ from dalle2_md.evaluation.recogniser import accuracy
 from dalle2_md.evaluation.metrics import domain_fid, kinematic_fidelity, to_scalar_images
 from dalle2_md.models.chain import MicroDopplerDALLE2  # noqa: E402
 from dalle2_md.defaults import SAMPLERS
-from dalle2_md.data.simulator import synthesize_dataset  # noqa: E402
+from dalle2_md.data.synthesize import synthesize_dataset
 
 NFES = (5, 10, 15, 25, 50, 100, 1000)
 TOLERANCE = 0.02

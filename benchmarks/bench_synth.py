@@ -25,7 +25,8 @@ import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from dalle2_md.data.colormap import scalar_to_rgb  # noqa: E402
-from dalle2_md.data.simulator import PNG_COMPRESS_LEVEL, get_profile, make_users, sample_rng, simulate_spectrogram  # noqa: E402
+from dalle2_md.data.synthesize import PNG_COMPRESS_LEVEL, sample_rng
+from dalle2_md.data.simulator import get_profile, make_users, simulate_spectrogram
 
 
 def _timed(fn, n):

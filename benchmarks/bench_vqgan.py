@@ -26,7 +26,7 @@ from dalle2_md.data.dataset import MicroDopplerDataset
 from dalle2_md.data.display import save_grid
 from dalle2_md.evaluation.recogniser import RecogniserConfig, RecogniserTrainConfig, cached_recogniser
 from dalle2_md.evaluation.recogniser import accuracy
-from dalle2_md.data.simulator import synthesize_dataset
+from dalle2_md.data.synthesize import synthesize_dataset
 from dalle2_md.models.vqgan import VQGanConfig, reconstruct, reconstruction_quality
 from dalle2_md.training.presets import cpu_vqgan_sizes
 from dalle2_md.training.fit import train_vqgan

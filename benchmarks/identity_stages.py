@@ -33,7 +33,8 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 from dalle2_md.training.presets import GeneratorBudget
-from dalle2_md.augmentation.harness import sample_tensors, train_generator
+from dalle2_md.generation.samples import sample_tensors
+from dalle2_md.augmentation.harness import train_generator
 from dalle2_md.evaluation.recogniser import RecogniserConfig, RecogniserTrainConfig, train_recogniser
 from dalle2_md.evaluation.recogniser import accuracy
 from dalle2_md.evaluation.metrics import background_levels  # noqa: E402
@@ -78,7 +79,7 @@ def load_digits(size: int):
 
 def load_sim(size: int, num_users: int, per_user: int, profile: str, seed: int = 0):
     from dalle2_md.data.dataset import MicroDopplerDataset
-    from dalle2_md.data.simulator import synthesize_dataset
+    from dalle2_md.data.synthesize import synthesize_dataset
 
     root = Path(tempfile.mkdtemp(prefix="idstages_"))
     kwargs = dict(num_users=num_users, images_per_user=per_user, image_size=size, seed=seed, progress=False)

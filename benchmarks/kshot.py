@@ -40,7 +40,8 @@ from dalle2_md.augmentation.harness import kshot_indices  # noqa: E402
 from dalle2_md.data.colormap import rgb_to_scalar, scalar_to_rgb  # noqa: E402
 from dalle2_md.evaluation.recogniser import LEGACY_RECOGNISER_TRAIN, RecogniserConfig, RecogniserTrainConfig, train_recogniser
 from dalle2_md.evaluation.recogniser import accuracy
-from dalle2_md.data.simulator import get_profile, make_users, sample_rng, simulate_spectrogram  # noqa: E402
+from dalle2_md.data.simulator import get_profile, make_users, simulate_spectrogram
+from dalle2_md.data.synthesize import sample_rng
 
 ARM_NAMES = {"strong": "strong (defaults)", "legacy": "earlier settings (shift + noise, 300 steps)"}
 # a recogniser small enough that 30 trainings at 64 px fit ~15 min on one shared CPU thread

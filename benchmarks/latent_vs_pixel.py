@@ -32,7 +32,8 @@ import torch  # noqa: E402
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from quality import Profile, log, phase_data, phase_recogniser  # noqa: E402
 
-from dalle2_md.augmentation.harness import sample_tensors, train_generator  # noqa: E402
+from dalle2_md.generation.samples import sample_tensors
+from dalle2_md.augmentation.harness import train_generator
 from dalle2_md.training.presets import CPU_DECODER_SIZES, QUICK_BUDGET, TINY_DECODER_SIZES, GeneratorBudget  # noqa: E402
 from dalle2_md.evaluation.recogniser import RecogniserTrainConfig  # noqa: E402
 from dalle2_md.evaluation.report import evaluate_samples  # noqa: E402

@@ -36,7 +36,7 @@ import torch  # noqa: E402
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from quality import _profiles, kinematic_ratios, log, phase_data, phase_recogniser  # noqa: E402
 
-from dalle2_md.augmentation.harness import sample_tensors  # noqa: E402
+from dalle2_md.generation.samples import sample_tensors
 from dalle2_md.models.single_stage import SingleStageBaseline  # noqa: E402
 from dalle2_md.models.embedding import compute_image_embeds  # noqa: E402
 from dalle2_md.training.fit import fit_prior_for_clip  # noqa: E402

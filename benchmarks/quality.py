@@ -50,7 +50,8 @@ import torch  # noqa: E402
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from kshot import KSHOT_RECOGNISER, simulate, split  # noqa: E402
 
-from dalle2_md.augmentation.harness import augmentation_gain, cached_generator, kshot_generator, sample_tensors  # noqa: E402
+from dalle2_md.augmentation.harness import augmentation_gain, cached_generator, kshot_generator
+from dalle2_md.generation.samples import sample_tensors
 from dalle2_md.evaluation.recogniser import RecogniserConfig, RecogniserTrainConfig, cached_recogniser
 from dalle2_md.evaluation.report import evaluate_samples
 from dalle2_md.data.labels import LabelMap  # noqa: E402

@@ -41,7 +41,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from kshot import KSHOT_RECOGNISER, simulate, split  # noqa: E402
 
 from dalle2_md.training.presets import GeneratorBudget
-from dalle2_md.augmentation.harness import cached_generator, kshot_indices, sample_tensors
+from dalle2_md.augmentation.harness import cached_generator, kshot_indices
+from dalle2_md.generation.samples import sample_tensors
 from dalle2_md.evaluation.metrics import KINEMATIC_FIELDS, background_levels, domain_fid, kinematic_fidelity, to_scalar_images
 from dalle2_md.evaluation.recogniser import accuracy
 from dalle2_md.training.presets import CPU_DECODER_SIZES  # noqa: E402

@@ -35,7 +35,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from kshot import KSHOT_RECOGNISER, simulate, split  # noqa: E402
 
 from dalle2_md.training.presets import GeneratorBudget
-from dalle2_md.augmentation.harness import cached_generator, kshot_indices, sample_tensors
+from dalle2_md.augmentation.harness import cached_generator, kshot_indices
+from dalle2_md.generation.samples import sample_tensors
 from dalle2_md.evaluation.recogniser import accuracy
 from dalle2_md.evaluation.metrics import domain_fid, precision_recall
 from dalle2_md.augmentation.recipe import AugmentRecipe, draw_candidates  # noqa: E402

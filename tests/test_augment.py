@@ -19,7 +19,7 @@ from dalle2_md.cli.main import cli
 from dalle2_md.evaluation.recogniser import accuracy
 from dalle2_md.evaluation.recogniser import RecogniserTrainConfig, train_recogniser
 from dalle2_md.augmentation.recipe import AugmentRecipe, draw_synthetic, train_augmented
-from dalle2_md.data.simulator import synthesize_dataset
+from dalle2_md.data.synthesize import synthesize_dataset
 from dalle2_md.utils import UserError
 
 SIZE = 16

@@ -63,7 +63,7 @@ def assert_ok(result):
 @pytest.fixture(scope="module")
 def base(tmp_path_factory):
     """Good hierarchical and flat data sets, and a trained embedding model, decoder and prior."""
-    from dalle2_md.data.simulator import synthesize_dataset
+    from dalle2_md.data.synthesize import synthesize_dataset
 
     root = tmp_path_factory.mktemp("bad")
     synthesize_dataset(root / "good", num_users=3, images_per_user=4, image_size=16, layout="kaggle", progress=False)

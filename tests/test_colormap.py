@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 
 from dalle2_md.data.colormap import LUT_SIZE, check_colormap_residual, rgb_to_scalar, scalar_to_rgb
-from dalle2_md.data.simulator import make_users, sample_rng, simulate_spectrogram
+from dalle2_md.data.simulator import make_users, simulate_spectrogram
+from dalle2_md.data.synthesize import sample_rng
 
 # jet holds pure blue for 5 table entries; the inverse maps that colour to the run's middle,
 # so scalars on the 8-bit grid come back within 2 entries

@@ -22,7 +22,7 @@ import torch
 from click.testing import CliRunner
 
 from dalle2_md.cli.main import cli, join_variadic
-from dalle2_md.training.loop import latest_checkpoint, load_checkpoint
+from dalle2_md.training.checkpoints import latest_checkpoint, load_checkpoint
 
 TINY_CLIP = ["--clip_dim", "16", "--clip_widths", "8,16", "--clip_dim_image", "32"]
 TINY_PRIOR = ["--depth", "1", "--heads", "2", "--dim_head", "8", "--timesteps", "50", "--sample_timesteps", "4"]
@@ -80,7 +80,7 @@ def tree_hash(*roots):
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
-    from dalle2_md.data.simulator import synthesize_dataset
+    from dalle2_md.data.synthesize import synthesize_dataset
 
     root = tmp_path_factory.mktemp("crash")
     synthesize_dataset(root / "data", num_users=3, images_per_user=4, image_size=16, layout="kaggle", progress=False)

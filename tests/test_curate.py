@@ -234,7 +234,7 @@ def test_chain_samples_depend_only_on_seed_user_and_index():
 def tiny_chain_on_simulated_data(root) -> dict:
     """3 simulated users x 10 images at 16 px under `root/data` and an untrained tiny chain
     knowing their labels at `root/chain.pt`."""
-    from dalle2_md.data.simulator import synthesize_dataset
+    from dalle2_md.data.synthesize import synthesize_dataset
 
     synthesize_dataset(root / "data", num_users=3, images_per_user=10, image_size=16, layout="kaggle", progress=False)
     lm = MicroDopplerDataset(root / "data", image_size=16).label_map

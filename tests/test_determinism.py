@@ -47,7 +47,7 @@ def same_weights(a: dict, b: dict) -> bool:
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     """Decoder runs (embedding model + decoder) and prior runs: twice with seed 0, once with seed 1."""
-    from dalle2_md.data.simulator import synthesize_dataset
+    from dalle2_md.data.synthesize import synthesize_dataset
 
     root = tmp_path_factory.mktemp("det")
     synthesize_dataset(root / "data", num_users=3, images_per_user=6, image_size=16, layout="kaggle", progress=False)

@@ -66,7 +66,7 @@ def test_dit_config_checks_and_old_configs_default_to_the_unet():
 
 
 def test_backbone_dit_over_vqgan_latents_from_the_command_line(tmp_path):
-    from dalle2_md.data.simulator import synthesize_dataset
+    from dalle2_md.data.synthesize import synthesize_dataset
 
     synthesize_dataset(tmp_path / "data", num_users=3, images_per_user=5, image_size=32, progress=False)
     args = ("train-decoder --data_root {data} --output_dir {out} --experiment_name dit --use_vqgan --vqgan_factor 4 "

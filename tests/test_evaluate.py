@@ -29,7 +29,8 @@ from dalle2_md.evaluation.recogniser import (
     train_recogniser,
 )
 from dalle2_md.evaluation.report import evaluate_samples, load_generated_folder
-from dalle2_md.data.simulator import make_users, sample_rng, simulate_spectrogram, synthesize_dataset
+from dalle2_md.data.simulator import make_users, simulate_spectrogram
+from dalle2_md.data.synthesize import sample_rng, synthesize_dataset
 from dalle2_md.utils import DataError, UserError
 
 NUM_USERS, PER_USER, SIZE, SEED = 4, 20, 32, 0

@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 
 from dalle2_md.evaluation.kinematics import Kinematics, read_kinematics
-from dalle2_md.data.simulator import make_users, sample_rng, simulate_spectrogram
+from dalle2_md.data.simulator import make_users, simulate_spectrogram
+from dalle2_md.data.synthesize import sample_rng
 
 
 @pytest.fixture(scope="module")

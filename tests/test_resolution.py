@@ -21,7 +21,7 @@ CLIP = "--clip_path ./outputs/decoder/decoder_v1/clip_final.pt"
 
 
 def _site(tmp_path_factory, size, *, greyscale):
-    from dalle2_md.data.simulator import synthesize_dataset
+    from dalle2_md.data.synthesize import synthesize_dataset
 
     cwd = tmp_path_factory.mktemp(f"site{size}")
     synthesize_dataset(cwd / "data", num_users=NUM_USERS, images_per_user=5, image_size=size, progress=False)

@@ -52,7 +52,7 @@ def invoke(*args):
 
 @pytest.fixture(scope="module")
 def base(tmp_path_factory):
-    from dalle2_md.data.simulator import synthesize_dataset
+    from dalle2_md.data.synthesize import synthesize_dataset
 
     root = tmp_path_factory.mktemp("safe")
     synthesize_dataset(root / "data", num_users=3, images_per_user=4, image_size=16, layout="kaggle", progress=False)

@@ -81,7 +81,7 @@ def ok(result):
 @pytest.fixture(scope="module")
 def site(tmp_path_factory):
     """A working folder with the simulated data in `data/` (hierarchical user_0..user_5)."""
-    from dalle2_md.data.simulator import synthesize_dataset
+    from dalle2_md.data.synthesize import synthesize_dataset
 
     cwd = tmp_path_factory.mktemp("seed")
     synthesize_dataset(cwd / "data", num_users=NUM_USERS, images_per_user=5, image_size=16, progress=False)

@@ -11,15 +11,8 @@ from PIL import Image
 
 from dalle2_md.cli.main import cli
 from dalle2_md.data.colormap import rgb_to_scalar, scalar_to_rgb
-from dalle2_md.data.simulator import (
-    CONTACT_PAD,
-    RadarConfig,
-    image_axes,
-    make_users,
-    sample_rng,
-    simulate_spectrogram,
-    synthesize_dataset,
-)
+from dalle2_md.data.synthesize import CONTACT_PAD, sample_rng, synthesize_dataset
+from dalle2_md.data.simulator import RadarConfig, image_axes, make_users, simulate_spectrogram
 from dalle2_md.utils import UserError
 
 

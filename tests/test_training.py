@@ -12,12 +12,8 @@ import pytest
 import torch
 from torch import nn
 
-from dalle2_md.training.loop import (
-    TrainConfig,
-    latest_checkpoint,
-    load_checkpoint,
-    train,
-)
+from dalle2_md.training.loop import TrainConfig, train
+from dalle2_md.training.checkpoints import latest_checkpoint, load_checkpoint
 from dalle2_md.utils import BundleError, UserError
 
 

@@ -22,7 +22,7 @@ import torch
 from click.testing import CliRunner
 
 from dalle2_md.cli.main import cli, join_variadic
-from dalle2_md.training.loop import load_checkpoint
+from dalle2_md.training.checkpoints import load_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
 STEPS, GLOBAL_BATCH = 4, 64
@@ -58,7 +58,7 @@ def tb_losses(stage_dir: Path) -> list[float]:
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
-    from dalle2_md.data.simulator import synthesize_dataset
+    from dalle2_md.data.synthesize import synthesize_dataset
 
     root = tmp_path_factory.mktemp("ddp")
     synthesize_dataset(root / "data", num_users=3, images_per_user=8, image_size=16, layout="kaggle", progress=False)

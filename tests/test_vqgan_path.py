@@ -21,7 +21,7 @@ def invoke(*args):
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
-    from dalle2_md.data.simulator import synthesize_dataset
+    from dalle2_md.data.synthesize import synthesize_dataset
 
     root = tmp_path_factory.mktemp("vq") / "data"
     synthesize_dataset(root, num_users=3, images_per_user=5, image_size=32, progress=False)

@@ -38,7 +38,7 @@ def invoke(*args, ok=True):
 
 @pytest.fixture(scope="module")
 def work(tmp_path_factory):
-    from dalle2_md.data.simulator import synthesize_dataset
+    from dalle2_md.data.synthesize import synthesize_dataset
 
     root = tmp_path_factory.mktemp("wf")
     synthesize_dataset(root / "data", num_users=3, images_per_user=6, image_size=16, layout="kaggle", progress=False)
@@ -300,7 +300,7 @@ def test_latent_decoder_trains_vqgan_first(trained, work):
 
 
 def test_flat_structure_is_required_when_asked(tmp_path, work):
-    from dalle2_md.data.simulator import synthesize_dataset
+    from dalle2_md.data.synthesize import synthesize_dataset
 
     result = invoke("train-clip", "--data-root", work / "data", "--output-dir", tmp_path, "--flat-structure",
                     "--max_steps", 1, *QUIET, ok=False)
@@ -355,7 +355,7 @@ def test_demo_metrics_judge_real_and_generated_images(trained, tmp_path):
     (A_real), and A_gen scores generated images against the user they were asked for."""
     from dalle2_md.data.dataset import MicroDopplerDataset
     from dalle2_md.models.chain import MicroDopplerDALLE2
-    from dalle2_md.data.simulator import synthesize_dataset
+    from dalle2_md.data.synthesize import synthesize_dataset
     from dalle2_md.training.options import DataOptions, load_train_data
     from dalle2_md.cli.demo import DemoConfig, demo_metrics
 
@@ -394,7 +394,7 @@ def test_demo_metrics_judge_real_and_generated_images(trained, tmp_path):
 
 def test_check_names_a_truncated_image(tmp_path):
     """The self-check reads the data as training does and, like every command, names what it skipped."""
-    from dalle2_md.data.simulator import synthesize_dataset
+    from dalle2_md.data.synthesize import synthesize_dataset
 
     synthesize_dataset(tmp_path / "data", num_users=3, images_per_user=6, image_size=16, progress=False)
     victim = sorted((tmp_path / "data" / "user_1").glob("*.png"))[0]

@@ -74,7 +74,7 @@ def run_checks(work_dir: str | Path, *, data_root: str | None = None, num_users:
 
 
 def _simulate(data_root: str, num_users: int, size: int, flat_structure: bool) -> str:
-    from dalle2_md.data.simulator import synthesize_dataset
+    from dalle2_md.data.synthesize import synthesize_dataset
 
     s = synthesize_dataset(data_root, num_users=num_users, images_per_user=6, image_size=size, progress=False,
                            layout="flat" if flat_structure else "hierarchical")

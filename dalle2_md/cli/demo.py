@@ -75,7 +75,7 @@ def run_demo(out_dir: str | Path = "outputs/demo", config: DemoConfig | None = N
     Returns:
         {"report": path, "timings": {stage: seconds}, "peak_rss_mb": float, "grid": path, "strip": path}
     """
-    from dalle2_md.data.simulator import synthesize_dataset
+    from dalle2_md.data.synthesize import synthesize_dataset
 
     config = config or DemoConfig()
     out = Path(out_dir)

@@ -110,7 +110,7 @@ def inspect_data(data_root, image_size, colormap, num_users, split_file, split_s
 @click.option("--progress/--no-progress", default=True, help="Show a progress bar.")
 def synth(profile, num_users, images_per_user, image_size, layout, out, seed, progress):
     """Simulate per-user gait micro-Doppler spectrograms (jet PNGs) with their ground truth."""
-    from dalle2_md.data.simulator import synthesize_dataset
+    from dalle2_md.data.synthesize import synthesize_dataset
 
     s = synthesize_dataset(
         out,

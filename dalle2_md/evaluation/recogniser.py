@@ -417,7 +417,8 @@ def train_recogniser(
         The trained recogniser in eval mode; `.meta` holds the training config and history, and
         `real_batches_sha` (a hash of every real batch's indices, equal across arms).
     """
-    from dalle2_md.training.loop import kept_global_rng, train as train_loop
+    from dalle2_md.training.checkpoints import kept_global_rng
+    from dalle2_md.training.loop import train as train_loop
 
     images, user_indices, config, val, synthetic = _checked_training_data(images, user_indices, num_users, config, val, synthetic)
     model = _initial_recogniser(config, train.seed, init)

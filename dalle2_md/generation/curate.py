@@ -32,7 +32,8 @@ import torch
 from dalle2_md.defaults import DEFAULTS, SamplingConfig
 from dalle2_md.evaluation.metrics import KINEMATIC_FIELDS, read_kinematics_batch, to_scalar_images
 from dalle2_md.evaluation.recogniser import RecogniserTrainConfig, cached_recogniser, train_recogniser
-from dalle2_md.data.simulator import WRITE_LAYOUTS, layout_relpath
+from dalle2_md.data.simulator import WRITE_LAYOUTS
+from dalle2_md.data.synthesize import layout_relpath
 from dalle2_md.utils import UserError, atomic_write, exists, say, to_signed
 
 FILTERS = ("none", "recogniser", "kinematic", "both")

@@ -364,7 +364,8 @@ def train_vqgan(
         (vqgan in eval mode, list of per-step losses). Like the stage, the raw weights, not an
         EMA copy: the codebook is itself a moving average of the online encoder's outputs.
     """
-    from dalle2_md.training.loop import TrainConfig, kept_global_rng, train
+    from dalle2_md.training.loop import TrainConfig, train
+    from dalle2_md.training.checkpoints import kept_global_rng
 
     _check_images(images, config)
     with kept_global_rng():

@@ -77,7 +77,7 @@ def check_can_write(path: Path, *, overwrite: bool, resume: str | None) -> None:
     """Refuse to replace a finished bundle `<run>/<stage>_final.pt`, or the checkpoints of an
     interrupted run in `<run>/<stage>/checkpoints/`, unless asked to (`--overwrite`, which then
     deletes that stage's old checkpoints so two runs never mix) or continuing (`--resume`)."""
-    from dalle2_md.training.loop import _list_checkpoints
+    from dalle2_md.training.checkpoints import _list_checkpoints
 
     path = Path(path)
     if resume is not None:
@@ -338,7 +338,7 @@ def run_train_decoder(*, data: DataOptions, run_dir, config: TrainConfig, sizes:
     run_dir = Path(run_dir)
     check_can_write(final_path(run_dir, "decoder"), overwrite=overwrite, resume=resume)
     if exists(resume) and str(resume) != "latest":
-        from dalle2_md.training.loop import load_checkpoint
+        from dalle2_md.training.checkpoints import load_checkpoint
 
         load_checkpoint(resume, stage="decoder")
     own_clip = final_path(run_dir, "clip")
