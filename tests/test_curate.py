@@ -11,6 +11,7 @@ import torch
 from click.testing import CliRunner
 
 import dalle2_md.generation.curate as curate
+import dalle2_md.generation.filters as filters
 import dalle2_md.evaluation.recogniser as recogniser_module
 from dalle2_md.cli.main import cli, join_variadic
 from dalle2_md.defaults import SamplingConfig
@@ -41,8 +42,8 @@ def real_set():
 
 def test_kinematic_filter_keeps_samples_inside_the_users_real_range_and_margin_widens_it():
     images, ids = real_set()
-    ranges = curate.kinematic_ranges(images, ids, num_users=2)
-    tight = curate.KinematicFilter(ranges, margin=0.0)
+    ranges = filters.kinematic_ranges(images, ids, num_users=2)
+    tight = filters.KinematicFilter(ranges, margin=0.0)
     samples = torch.stack([walker(8, 1 / 7), walker(14, 1 / 7), walker(8, 1 / 20), walker(10, 1 / 7)])
     scores, passed = tight(samples, 0)
     # inside / torso of user 1 / cadence too slow / torso one row above user 0's range
@@ -52,7 +53,7 @@ def test_kinematic_filter_keeps_samples_inside_the_users_real_range_and_margin_w
     # the margin's unit is the spread over all users (torso 8..15 rows): 0.2 of it (1.4 rows) takes
     # in the 10-row torso, not user 1's 14 rows
     assert ranges.spread[0] == pytest.approx(7, abs=0.01)
-    assert curate.KinematicFilter(ranges, margin=0.2)(samples, 0)[1].tolist() == [True, False, False, True]
+    assert filters.KinematicFilter(ranges, margin=0.2)(samples, 0)[1].tolist() == [True, False, False, True]
 
 
 class MeanLogits(torch.nn.Module):
@@ -66,12 +67,12 @@ class MeanLogits(torch.nn.Module):
 def test_recogniser_filter_keeps_samples_confident_for_their_own_user():
     images = torch.stack([torch.full((1, 8, 8), v) for v in (-0.5, -0.05, 0.05, 0.5)])
     confidence_user0 = torch.sigmoid(8 * torch.tensor([-0.5, -0.05, 0.05, 0.5]))
-    scores, passed = curate.RecogniserFilter(MeanLogits(), min_confidence=0.6)(images, 0)
+    scores, passed = filters.RecogniserFilter(MeanLogits(), min_confidence=0.6)(images, 0)
     assert scores["confidence"] == pytest.approx(confidence_user0.tolist(), abs=1e-6)
     assert passed.tolist() == (confidence_user0 >= 0.6).tolist() == [False, False, False, True]
-    _, passed1 = curate.RecogniserFilter(MeanLogits(), min_confidence=0.6)(images, 1)
+    _, passed1 = filters.RecogniserFilter(MeanLogits(), min_confidence=0.6)(images, 1)
     assert passed1.tolist() == [True, False, False, False]
-    both = curate.combine_filters([curate.RecogniserFilter(MeanLogits(), 0.6), lambda x, u: ({"odd": [1, 0, 1, 0]}, np.array([1, 0, 1, 0], bool))])
+    both = filters.combine_filters([filters.RecogniserFilter(MeanLogits(), 0.6), lambda x, u: ({"odd": [1, 0, 1, 0]}, np.array([1, 0, 1, 0], bool))])
     scores, passed = both(images, 0)
     assert passed.tolist() == [False, False, False, False] and "odd" in scores and "confidence" in scores
 
@@ -253,7 +254,7 @@ def invoke(*args):
 
 def test_the_filters_are_fitted_on_the_train_split_and_never_see_test_images(bundle, monkeypatch):
     seen = []
-    real_train, real_read = recogniser_module.train_recogniser, curate.read_kinematics_batch
+    real_train, real_read = recogniser_module.train_recogniser, filters.read_kinematics_batch
 
     def spy_train(images, *a, **kw):
         seen.append(("recogniser", images.clone()))
@@ -264,7 +265,7 @@ def test_the_filters_are_fitted_on_the_train_split_and_never_see_test_images(bun
         return real_read(scalars, *a, **kw)
 
     monkeypatch.setattr(recogniser_module, "train_recogniser", spy_train)
-    monkeypatch.setattr(curate, "read_kinematics_batch", spy_read)
+    monkeypatch.setattr(filters, "read_kinematics_batch", spy_read)
     out = bundle["root"] / "spy"
     split = bundle["root"] / "split.json"
     sets = {s: MicroDopplerDataset(bundle["data"], image_size=16, split=s, split_file=split) for s in ("train", "test")}
@@ -311,15 +312,3 @@ def test_cli_bad_curation_inputs_are_one_clear_error(bundle, extra, message):
                     bundle["root"] / "bad", *extra, *data)
     assert result.exit_code == 2, result.output
     assert message in result.output and "Traceback" not in result.output
-
-
-def test_in_memory_curation_keeps_the_same_samples_as_the_written_set(tmp_path):
-    run(tmp_path / "out", fake_generator(), num_samples_per_user=4)
-    images, ids, stats = curate.curate_tensors(fake_generator(), user_indices=[0, 1, 2], num_samples_per_user=4, seed=3,
-                                               filter_fn=mean_filter, batch_size=4)
-    manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
-    kept = [r for r in manifest["samples"] if r["status"] == "kept"]
-    assert ids.tolist() == [r["user_index"] for r in kept]
-    expected = torch.cat([fake_generator()(r["user_index"], [r["sample_index"]], 3) for r in kept])
-    torch.testing.assert_close(images, expected)
-    assert {u: s["drawn"] for u, s in stats.items()} == {i: v["drawn"] for i, v in enumerate(manifest["users"].values())}

@@ -30,180 +30,16 @@ import numpy as np
 import torch
 
 from dalle2_md.defaults import DEFAULTS, SamplingConfig
-from dalle2_md.evaluation.metrics import KINEMATIC_FIELDS, read_kinematics_batch, to_scalar_images
-from dalle2_md.evaluation.recogniser import RecogniserTrainConfig, cached_recogniser, train_recogniser
+from dalle2_md.evaluation.recogniser import RecogniserTrainConfig
 from dalle2_md.data.simulator import WRITE_LAYOUTS
 from dalle2_md.data.synthesize import layout_relpath
+from dalle2_md.generation.filters import FilterFn, build_filter
 from dalle2_md.utils import UserError, atomic_write, exists, say, to_signed
 
-FILTERS = ("none", "recogniser", "kinematic", "both")
 JOURNAL, MANIFEST = "manifest.jsonl", "manifest.json"
 CACHE_DIR = ".curate"  # the filter's recogniser, reused by a re-run (hidden: data loaders skip it)
 # (user_index, sample_indices, seed) -> (len(sample_indices), C, H, W) in [-1, 1]
 GenerateFn = Callable[[int, Sequence[int], int], torch.Tensor]
-# (images (B, C, H, W) in [-1, 1], user_index) -> ({score name: (B,) values}, (B,) bool passed)
-FilterFn = Callable[[torch.Tensor, int], tuple[dict, np.ndarray]]
-
-
-# --------------------------------------------------------------------------------------------
-# filters
-
-
-@dataclass(frozen=True)
-class RecogniserFilter:
-    """Keeps a sample when the recogniser gives its intended user probability >= min_confidence."""
-
-    recogniser: torch.nn.Module
-    min_confidence: float = 0.5
-
-    @torch.no_grad()
-    def __call__(self, images: torch.Tensor, user_index: int) -> tuple[dict, np.ndarray]:
-        self.recogniser.eval()
-        probs = torch.softmax(self.recogniser(images.float()), dim=-1)
-        confidence = probs[:, user_index].numpy().astype(np.float64)
-        predicted = probs.argmax(-1).numpy()
-        scores = {"confidence": confidence.tolist(), "predicted_index": predicted.tolist()}
-        return scores, confidence >= self.min_confidence
-
-
-@dataclass(frozen=True)
-class KinematicRanges:
-    """Per-user [low, high] of each kinematic quantity on real images, in pixel units.
-
-    Args:
-        low, high: (num_users, len(KINEMATIC_FIELDS)) arrays, quantities in KINEMATIC_FIELDS order.
-        spread: (len(KINEMATIC_FIELDS),) range of each quantity over all users' images: the unit
-            of the margin.
-    """
-
-    low: np.ndarray
-    high: np.ndarray
-    spread: np.ndarray
-
-    def bounds(self, user_index: int, margin: float) -> tuple[np.ndarray, np.ndarray]:
-        """The user's range widened at each end by `margin` times the quantity's spread over all
-        users. Not the user's own width: from a few dozen images that can be a tenth of a pixel
-        (measured at 32 px, benchmarks/bench_curate.py), which no fraction of it would widen."""
-        pad = margin * self.spread
-        return self.low[user_index] - pad, self.high[user_index] + pad
-
-    def to_dict(self) -> dict:
-        return {k: {"low": self.low[:, i].tolist(), "high": self.high[:, i].tolist(), "spread": float(self.spread[i])}
-                for i, k in enumerate(KINEMATIC_FIELDS)}
-
-
-def scalar_spectrograms(images: torch.Tensor, colormap: str | None) -> np.ndarray:
-    """Model-space images (N, C, H, W) in [-1, 1] -> (N, H, W) scalars in [0, 1] for kinematics."""
-    return to_scalar_images(images, None if colormap in (None, "none") else colormap)
-
-
-def kinematic_ranges(images: torch.Tensor, user_indices: torch.Tensor, *, num_users: int, colormap: str | None = "jet") -> KinematicRanges:
-    """Each user's range (min..max over their images) of torso velocity, max envelope and cadence.
-
-    Args:
-        images: (N, C, H, W) in [-1, 1], the real images the generator was trained on.
-        user_indices: (N,) user indices.
-        num_users: number of users; a user without images gets an empty range (nothing passes).
-        colormap: colormap of 3-channel images ("none" for grey RGB).
-    """
-    values = read_kinematics_batch(scalar_spectrograms(images, colormap))
-    table = np.stack([values[k] for k in KINEMATIC_FIELDS], axis=1)  # (N, Q)
-    ids = np.asarray(torch.as_tensor(user_indices).reshape(-1))
-    low = np.full((num_users, table.shape[1]), np.inf)
-    high = np.full((num_users, table.shape[1]), -np.inf)
-    for u in range(num_users):
-        mine = table[ids == u]
-        if len(mine):
-            with np.errstate(all="ignore"):
-                low[u], high[u] = np.nanmin(mine, axis=0), np.nanmax(mine, axis=0)
-    with np.errstate(all="ignore"):
-        spread = np.nan_to_num(np.nanmax(table, axis=0) - np.nanmin(table, axis=0))
-    return KinematicRanges(low=low, high=high, spread=spread)
-
-
-@dataclass(frozen=True)
-class KinematicFilter:
-    """Keeps a sample whose torso velocity, max envelope and cadence all lie inside its user's
-    real range widened at each end by `margin` times the quantity's spread over all users."""
-
-    ranges: KinematicRanges
-    margin: float = 0.1
-    colormap: str | None = "jet"
-
-    def __call__(self, images: torch.Tensor, user_index: int) -> tuple[dict, np.ndarray]:
-        values = read_kinematics_batch(scalar_spectrograms(images, self.colormap))
-        lo, hi = self.ranges.bounds(user_index, self.margin)
-        table = np.stack([values[k] for k in KINEMATIC_FIELDS], axis=1)
-        inside = (table >= lo) & (table <= hi)  # NaN (no cadence found) is never inside
-        scores = {k: values[k].tolist() for k in KINEMATIC_FIELDS}
-        scores["kinematic_inside"] = inside.all(axis=1).tolist()
-        return scores, inside.all(axis=1)
-
-
-def combine_filters(filters: Sequence[FilterFn]) -> FilterFn:
-    """One filter that passes a sample when every filter does; scores are merged."""
-
-    def combined(images: torch.Tensor, user_index: int) -> tuple[dict, np.ndarray]:
-        scores, passed = {}, np.ones(len(images), dtype=bool)
-        for f in filters:
-            s, p = f(images, user_index)
-            scores.update(s)
-            passed &= np.asarray(p, dtype=bool)
-        return scores, passed
-
-    return combined
-
-
-def build_filter(
-    kind: str,
-    train_images: torch.Tensor,
-    train_user_indices: torch.Tensor,
-    *,
-    num_users: int,
-    min_confidence: float = 0.5,
-    kinematic_margin: float = 0.1,
-    colormap: str | None = "jet",
-    recogniser_train: RecogniserTrainConfig = RecogniserTrainConfig(),
-    recogniser_cache: str | Path | None = None,
-    label_map: dict | None = None,
-) -> tuple[FilterFn, dict]:
-    """The filter of `kind` fitted on the generator's own training images, and what it was fitted
-    with (for the manifest).
-
-    Args:
-        kind: "none", "recogniser", "kinematic" or "both".
-        train_images: (N, C, H, W) in [-1, 1]: the real images the generator was trained on, and
-            only those (never validation or test images).
-        train_user_indices: (N,) user indices.
-        num_users: users the generator knows.
-        min_confidence: recogniser probability of the intended user needed to keep a sample.
-        kinematic_margin: widening of each user's kinematic range at each end, as a fraction of
-            the quantity's spread over all users' training images.
-        colormap: colormap of the images (kinematics read scalar spectrograms).
-        recogniser_train: how the recogniser is trained.
-        recogniser_cache: bundle path to reuse a recogniser trained on exactly these images.
-        label_map: stored with the cached recogniser.
-    """
-    if kind not in FILTERS:
-        raise UserError(f"unknown filter {kind!r}: use one of {', '.join(FILTERS)}")
-    if not 0.0 <= min_confidence <= 1.0:
-        raise UserError(f"--min_confidence must lie in [0, 1], got {min_confidence}")
-    if kinematic_margin < 0:
-        raise UserError(f"--kinematic_margin must be >= 0, got {kinematic_margin}")
-    filters, info = [], {"kind": kind, "num_train_images": int(len(train_images))}
-    if kind in ("recogniser", "both"):
-        if exists(recogniser_cache):
-            recogniser = cached_recogniser(recogniser_cache, train_images, train_user_indices, num_users=num_users,
-                                           train=recogniser_train, label_map=label_map)
-        else:
-            recogniser = train_recogniser(train_images, train_user_indices, num_users=num_users, train=recogniser_train)
-        filters.append(RecogniserFilter(recogniser, min_confidence))
-        info.update(min_confidence=min_confidence, recogniser_train=asdict(recogniser_train))
-    if kind in ("kinematic", "both"):
-        ranges = kinematic_ranges(train_images, train_user_indices, num_users=num_users, colormap=colormap)
-        filters.append(KinematicFilter(ranges, kinematic_margin, colormap))
-        info.update(kinematic_margin=kinematic_margin, kinematic_ranges=ranges.to_dict())
-    return combine_filters(filters), info
 
 
 # --------------------------------------------------------------------------------------------
@@ -522,37 +358,6 @@ def _judge_block(generate_fn: GenerateFn, filter_fn: FilterFn | None, user: int,
     images = generate_fn(user, indices, seed).float()
     scores, passed = filter_fn(images, user) if exists(filter_fn) else ({}, np.ones(len(images), dtype=bool))
     return images, scores, np.asarray(passed, dtype=bool)
-
-
-def curate_tensors(generate_fn: GenerateFn, *, user_indices: Sequence[int], num_samples_per_user: int, seed: int = 0,
-                   filter_fn: FilterFn | None = None, batch_size: int = 32,
-                   max_draws_per_user: int | None = None) -> tuple[torch.Tensor, torch.Tensor, dict]:
-    """The in-memory form of `curate_dataset` for the augmentation harness: the same draws and
-    the same kept samples, returned instead of written.
-
-    Returns:
-        (images (M, C, H, W) in [-1, 1], user indices (M,), {user: {"kept", "drawn"}}), user-major;
-        M < len(user_indices) * num_samples_per_user when a user hits the cap (default 10 x N).
-    """
-    cap = max_draws_per_user if exists(max_draws_per_user) else 10 * num_samples_per_user
-    kept_images, kept_ids, stats = [], [], {}
-    for user in user_indices:
-        kept = drawn = 0
-        while kept < num_samples_per_user and drawn < cap:
-            indices = list(range(drawn, min(drawn + batch_size, cap)))
-            images, _, passed = _judge_block(generate_fn, filter_fn, user, indices, seed)
-            for j in range(len(indices)):
-                if kept >= num_samples_per_user:
-                    break
-                drawn += 1
-                if passed[j]:
-                    kept_images.append(images[j])
-                    kept_ids.append(user)
-                    kept += 1
-        stats[int(user)] = {"kept": kept, "drawn": drawn}
-    if not kept_images:
-        return torch.empty(0), torch.empty(0, dtype=torch.long), stats
-    return torch.stack(kept_images), torch.tensor(kept_ids, dtype=torch.long), stats
 
 
 def _plain(v):
