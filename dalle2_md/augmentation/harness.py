@@ -315,24 +315,19 @@ def augmentation_gain(
         recipes: `recipe.AugmentRecipe`s run on each seed's one trained generator (default: the
             default recipe); the first one's figures also appear at the top level.
         recogniser_train: `recogniser.RecogniserTrainConfig` (its seed is replaced per repetition).
-        recogniser_shape: `RecogniserConfig` fields other than num_users / channels / image_size
-            (e.g. the small time-pooled recogniser of benchmarks/kshot.py); default the standard one.
-        train_files, test_files: relative paths of the train / test images (same order as the
-            tensors); with them the picked files are recorded and checked disjoint from test.
+        recogniser_shape: `RecogniserConfig` fields other than num_users / channels / image_size.
+        train_files, test_files: relative paths of the images (order of the tensors): the
+            picked files are recorded and checked disjoint from test.
         label_map, colormap: passed to the generator.
-        log: called with one line per finished repetition.
-        progress: progress bars.
+        log, progress: one line per finished repetition; progress bars.
         generator_cache: folder of trained generators to reuse across runs (`cached_generator`).
-        seed_results: folder where each finished repetition is kept (JSON, named by a hash of the
-            tensors and every setting) and found again, by a later call or by another process
-            running the same seeds at once; give each run its own folder (the name does not
-            hash the code).
-        skip_busy_seeds: leave out the seeds another process is running in `seed_results`
-            instead of waiting for them (a helper process); None when it ran none of them.
+        seed_results: folder where each finished repetition is kept (named by a hash of the
+            tensors and settings, not the code) and found again, by a later call or a process
+            running the same seeds at once; `skip_busy_seeds` leaves out the seeds another
+            process is running instead of waiting (returns None when it ran none).
     Returns:
-        {"k", "m", "generator", "seeds", "per_seed": [...], "acc_real", "acc_aug",
-         "gain_points" (each {"mean", "std" (sample std over seeds), "values"}; the first recipe's),
-         "recipes" ({name: the same per recipe, with acceptance}), "budget", "seconds"}.
+        {"per_seed", "acc_real", "acc_aug", "gain_points" (each {"mean", "std", "values"}; the first
+         recipe's), "recipes" ({name: the same}), "k", "m", "generator", "budget", "seconds"}.
     """
     from dalle2_md.evaluation.recogniser import RecogniserTrainConfig
 
@@ -344,30 +339,40 @@ def augmentation_gain(
         raise UserError("give at least one seed")
     recipes = _resolved_recipes(recipes, m=m, k=k, generator=generator)
     started = time.perf_counter()
-    per_seed = []
     settings = [k, generator, budget.to_dict(), [r.to_dict() for r in recipes], asdict(recogniser_train),
                 recogniser_shape, num_users]
-    for seed in seeds:
-        run_seed = lambda seed=int(seed): _one_seed(
-            images, user_indices, (test_images, test_ids), seed=seed, k=k, recipes=recipes, num_users=num_users,
-            generator=generator, budget=budget, recogniser_train=recogniser_train, recogniser_shape=recogniser_shape,
-            work_dir=Path(work_dir), label_map=label_map, colormap=colormap, progress=progress, log=log,
-            generator_cache=generator_cache)
-        if exists(seed_results):
-            path = seed_result_path(seed_results, (images, user_indices, test_images, test_ids), settings, int(seed))
-            row = _kept_seed(path, run_seed, wait=not skip_busy_seeds)
-            if row is None:
-                continue
-        else:
-            row = run_seed()
-        per_seed.append(row)
-        if exists(train_files):
-            per_seed[-1]["kshot_files"] = [train_files[i] for i in per_seed[-1].pop("kshot_indices")]
+
+    def run_seed(seed: int) -> dict:
+        return _one_seed(images, user_indices, (test_images, test_ids), seed=seed, k=k, recipes=recipes,
+                         num_users=num_users, generator=generator, budget=budget, recogniser_train=recogniser_train,
+                         recogniser_shape=recogniser_shape, work_dir=Path(work_dir), label_map=label_map,
+                         colormap=colormap, progress=progress, log=log, generator_cache=generator_cache)
+
+    kept = None if not exists(seed_results) else \
+        lambda seed: seed_result_path(seed_results, (images, user_indices, test_images, test_ids), settings, seed)
+    per_seed = _seed_rows(seeds, run_seed, kept, wait=not skip_busy_seeds, train_files=train_files)
     if not per_seed:
         return None
     result = summarise_seeds(per_seed, recipes, num_users=num_users)
     return {**result, "k": k, "m": recipes[0].num_per_user(k), "generator": generator, "num_test": len(test_images), "budget": budget.to_dict(),
             "recogniser_train": asdict(recogniser_train), "seconds": time.perf_counter() - started}
+
+
+def _seed_rows(seeds, run_seed, kept_path, *, wait: bool, train_files) -> list[dict]:
+    """One row per seed: run here, or found kept at `kept_path(seed)` (None: keep nothing);
+    a seed another process is running is waited for, or left out when not `wait`."""
+    rows = []
+    for seed in map(int, seeds):
+        if exists(kept_path):
+            row = _kept_seed(kept_path(seed), lambda seed=seed: run_seed(seed), wait=wait)
+            if row is None:
+                continue
+        else:
+            row = run_seed(seed)
+        if exists(train_files):
+            row["kshot_files"] = [train_files[i] for i in row.pop("kshot_indices")]
+        rows.append(row)
+    return rows
 
 
 def seed_result_path(folder: str | Path, tensors: Sequence[torch.Tensor], settings: list, seed: int) -> Path:
