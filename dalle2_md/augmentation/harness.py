@@ -318,8 +318,7 @@ def augmentation_gain(
         recogniser_shape: `RecogniserConfig` fields other than num_users / channels / image_size.
         train_files, test_files: relative paths of the images (order of the tensors): the
             picked files are recorded and checked disjoint from test.
-        label_map, colormap: passed to the generator.
-        log, progress: one line per finished repetition; progress bars.
+        label_map, colormap, log, progress: for the generator; a line per repetition; bars.
         generator_cache: folder of trained generators to reuse across runs (`cached_generator`).
         seed_results: folder where each finished repetition is kept (named by a hash of the
             tensors and settings, not the code) and found again, by a later call or a process
