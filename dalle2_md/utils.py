@@ -1,17 +1,17 @@
 """Small helpers shared by every stage: existence defaults, seeding, user-facing errors, the one
 rule for reading stored configs (`checked_fields`), short listings for messages, atomic file
 writes, a lock file that lets processes share a cache (`claimed`) and the content hash that
-names cached files (`content_digest`), the package-version stamp that goes into every saved
-artefact, and the two shims that keep a renamed keyword or function working for one release (`renamed_keywords`,
-`deprecated_alias`); and `say`, the one channel for user-facing lines.
+names cached files (`content_digest`), the one JSON cleaner (`plain_json`), the package-version stamp that goes into every saved
+artefact, the range conversions `to_unit` / `to_signed`, and `say`, the one channel for
+user-facing lines.
 
-How the package talks to its user (issue 11), one rule:
+How the package talks to its user, one rule:
     - progress and information lines (what was read, trained, written, how fast): `say(message)`,
       printed to stdout on the first process only. The CLI commands print their results through
       it too; only the CLI's `Error: ...` line goes to stderr (through click, as the exit status
       says the command failed).
     - `warnings.warn` only for what a library user may want to filter or turn into an error:
-      DeprecationWarning for old names, and genuine warnings about their data or run
+      genuine warnings about their data or run
       (DataWarning for skipped images, a colormap that does not fit, changed settings on resume).
     - `logging` only where a test reads the record through caplog (the split's note about users
       too small to split, in splits.py); nothing else uses it.
@@ -227,3 +227,20 @@ def to_unit(x):
 def to_signed(x):
     """Display space [0, 1] -> model space [-1, 1] (tensors and arrays alike)."""
     return x * 2 - 1
+
+
+def plain_json(obj: Any) -> Any:
+    """`obj` with JSON types only, so every file the package writes is strict JSON: dict keys as
+    strings, tuples as lists, numpy scalars and arrays as Python numbers and lists, NaN / inf as
+    None."""
+    if isinstance(obj, Mapping):
+        return {str(k): plain_json(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [plain_json(v) for v in obj]
+    if isinstance(obj, np.ndarray):
+        return plain_json(obj.tolist())
+    if isinstance(obj, np.generic):
+        obj = obj.item()
+    if isinstance(obj, float) and not np.isfinite(obj):
+        return None
+    return obj

@@ -1,4 +1,4 @@
-"""Augmentation gain (protocol: shared/micro-doppler.md §4): does adding generated spectrograms
+"""Augmentation gain (the evaluation protocol: docs/guide/evaluation.md): does adding generated spectrograms
 to a few real ones train a better recogniser?
 
 Owns: `train_generator` (either the two-stage chain embedding -> decoder -> prior of
@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from dalle2_md.training.fit import fit_budget_vqgan, latent_decoder_config, train_two_stage
-from dalle2_md.training.presets import GeneratorBudget  # noqa: F401  (moved: issue 11)
+from dalle2_md.training.presets import GeneratorBudget
 from dalle2_md.utils import UserError, atomic_write, claimed, content_digest, exists, say
 
 GENERATORS = ("two_stage", "baseline")

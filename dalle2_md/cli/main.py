@@ -748,7 +748,6 @@ def evaluate_cmd(data_root, split_file, split_seed, model_path, decoder_path, pr
     FID, diversity, memorisation, kinematic fidelity (metrics.json, report.md, plots); with a
     model also identity stage by stage: prior samples and decoded true embeddings, per
     --stage_guidance scale."""
-    from dalle2_md.training.presets import GeneratorBudget
     from dalle2_md.augmentation.harness import load_splits
     from dalle2_md.defaults import SamplingConfig
     from dalle2_md.generation.samples import sample_tensors
@@ -867,7 +866,7 @@ def augment_eval_cmd(data_root, split_file, split_seed, image_size, colormap, k,
     from dalle2_md.augmentation.harness import augmentation_gain, load_splits, write_augment_report
     from dalle2_md.models.guidance import check_guidance_interval
     from dalle2_md.evaluation.recogniser import RecogniserTrainConfig
-    from dalle2_md.evaluation.report import _plain_floats
+    from dalle2_md.utils import plain_json
     from dalle2_md.augmentation.recipe import AugmentRecipe, default_source
 
     source = source or default_source(generator)
@@ -895,7 +894,7 @@ def augment_eval_cmd(data_root, split_file, split_seed, image_size, colormap, k,
         train_files=[train.index.relpath(f) for f in train.files], test_files=[test.index.relpath(f) for f in test.files],
         label_map=train.label_map.to_dict(), colormap=train.colormap or "none", log=say, progress=progress)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "augment.json").write_text(json.dumps(_plain_floats(result), indent=1))
+    (out / "augment.json").write_text(json.dumps(plain_json(result), indent=1))
     report = write_augment_report(result, out / "augment.md")
     g = result["gain_points"]
     say(f"gain {g['mean']:+.1f} ± {g['std']:.1f} points at K={k}, M={result['m']}; wrote {out / 'augment.json'} and {report}")

@@ -267,21 +267,6 @@ class MicroDopplerDataset(Dataset):
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
         return self._to_float(self._store[i]), int(self.user_indices[i])
 
-    @property
-    def labels(self) -> list[int]:
-        """Deprecated (issue 11): every image's user index as a list, despite the name (the
-        original labels are in `label_map`); use `user_indices.tolist()`."""
-        warnings.warn("MicroDopplerDataset.labels holds user indices, not labels, and is deprecated; "
-                      "use user_indices.tolist()", DeprecationWarning, stacklevel=2)
-        return self.user_indices.tolist()
-
-    @property
-    def user_ids(self) -> torch.Tensor:
-        """Deprecated name of `user_indices` (issue 11)."""
-        warnings.warn("MicroDopplerDataset.user_ids is deprecated; use user_indices (renamed in issue 11)",
-                      DeprecationWarning, stacklevel=2)
-        return self.user_indices
-
     def __repr__(self) -> str:
         return (
             f"MicroDopplerDataset({len(self)} images, {len(self.label_map)} users, {self.layout}, "

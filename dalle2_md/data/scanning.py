@@ -22,11 +22,10 @@ from pathlib import Path, PurePosixPath
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from dalle2_md.data.labels import DATA_LAYOUTS, USER_DIR_RE, LabelMap
+from dalle2_md.data.labels import USER_DIR_RE, LabelMap
 from dalle2_md.utils import DataError, short_list
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
-LAYOUTS = DATA_LAYOUTS  # the old name (issue 11); synth.LAYOUTS is the simulator's own list
 METADATA_FILE = "metadata.json"
 
 
@@ -45,14 +44,6 @@ class DataIndex:
     user_indices: list[int]
     label_map: LabelMap
     skipped: list[tuple[Path, str]] = field(default_factory=list)
-
-    @property
-    def labels(self) -> list[int]:
-        """Deprecated (issue 11): every file's user index, despite the name (the original labels
-        are in `label_map`); use `user_indices`."""
-        warnings.warn("DataIndex.labels holds user indices, not labels, and is deprecated; use user_indices",
-                      DeprecationWarning, stacklevel=2)
-        return self.user_indices
 
     def relpath(self, path: Path) -> str:
         return Path(path).relative_to(self.root).as_posix()

@@ -1,4 +1,4 @@
-"""Measures of generated spectrograms against real ones (protocol: shared/micro-doppler.md §4).
+"""Measures of generated spectrograms against real ones (the evaluation protocol: docs/guide/evaluation.md).
 
 Owns identity accuracy, background level, domain FID in recogniser-feature space, within-user diversity,
 per-user precision and recall (coverage of the real images), memorisation (nearest-training-neighbour distances) and kinematic fidelity (via

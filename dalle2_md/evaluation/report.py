@@ -23,7 +23,7 @@ from dalle2_md.data.display import colourise, tile_grid
 from dalle2_md.evaluation.metrics import KINEMATIC_FIELDS, diversity, domain_fid, kinematic_fidelity, memorisation, to_scalar_images
 from dalle2_md.evaluation.recogniser import accuracy
 from dalle2_md.evaluation.recogniser import Recogniser, _check_labelled, extract_features
-from dalle2_md.utils import DataError, UserError, atomic_write
+from dalle2_md.utils import DataError, UserError, atomic_write, plain_json
 
 
 # --------------------------------------------------------------------------------------------
@@ -90,19 +90,6 @@ def load_generated_folder(folder: str | Path, label_map, image_size: int, colorm
 
 # --------------------------------------------------------------------------------------------
 # the whole evaluation
-
-
-def _plain_floats(obj):
-    """NaN/inf -> None and int keys -> str, so metrics.json is strict JSON."""
-    if isinstance(obj, dict):
-        return {str(k): _plain_floats(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_plain_floats(v) for v in obj]
-    if isinstance(obj, (float, np.floating)):
-        return float(obj) if math.isfinite(obj) else None
-    if isinstance(obj, np.integer):
-        return int(obj)
-    return obj
 
 
 def _label_names(label_map, num: int) -> list[str]:
@@ -391,7 +378,7 @@ def evaluate_samples(
     _plot_grid(out / "samples_grid.png", tr, gen, names, users[:grid_max_users], grid_per_user, colormap)
     _write_report(out / "report.md", metrics, names)
     with atomic_write(out / "metrics.json", "w") as f:
-        json.dump(_plain_floats(metrics), f, indent=1)
+        json.dump(plain_json(metrics), f, indent=1)
     return metrics
 
 

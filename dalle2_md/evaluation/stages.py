@@ -8,14 +8,13 @@ Owns the three stage accuracies that `dalle2-md evaluate` reports beside A_gen:
 - prior: the prior's samples for each user, classified the same way (per prior guidance scale),
   and their spread: the within-user spread of the samples over that of the real train
   embeddings. Accuracy alone cannot tell a prior that has learnt each user's spread of walks from
-  one that returns the user's mean embedding every time (both score 1.0); the spread can (the
-  CPU prior at 1000 steps: 1.00 accurate, spread 0.04 of the real one on gait31 at K = 10);
+  one that returns the user's mean embedding every time (both score 1.0); the spread can;
 - decoder: the *true* embeddings of real test images decoded to images and classified by the
   recogniser (per decoder guidance scale). This isolates the decoder: if it fails here, the
   prior cannot be blamed.
 
 The accuracies are fractions in [0, 1]; chance is 1 / num_users. `stage_identity_accuracies` returns
-them together (`stage_identity` is its name before issue 11, kept for one release).
+them together.
 """
 
 from __future__ import annotations

@@ -34,7 +34,7 @@ from dalle2_md.evaluation.recogniser import RecogniserTrainConfig
 from dalle2_md.data.simulator import WRITE_LAYOUTS
 from dalle2_md.data.synthesize import layout_relpath
 from dalle2_md.generation.filters import FilterFn, build_filter
-from dalle2_md.utils import UserError, atomic_write, exists, say, to_signed
+from dalle2_md.utils import UserError, atomic_write, exists, plain_json, say, to_signed
 
 JOURNAL, MANIFEST = "manifest.jsonl", "manifest.json"
 CACHE_DIR = ".curate"  # the filter's recogniser, reused by a re-run (hidden: data loaders skip it)
@@ -335,7 +335,7 @@ def _curate_block(generate_fn: GenerateFn, filter_fn: FilterFn | None, out: Path
                         "sample_index": index, "seed": seed, "status": status,
                         "guidance": settings.get("cond_scale"), "prior_guidance": settings.get("prior_cond_scale"),
                         "eta": settings.get("eta"),
-                        "scores": {k: _plain(v[j]) for k, v in scores.items()}})
+                        "scores": {k: plain_json(v[j]) for k, v in scores.items()}})
     return records
 
 
@@ -358,10 +358,6 @@ def _judge_block(generate_fn: GenerateFn, filter_fn: FilterFn | None, user: int,
     images = generate_fn(user, indices, seed).float()
     scores, passed = filter_fn(images, user) if exists(filter_fn) else ({}, np.ones(len(images), dtype=bool))
     return images, scores, np.asarray(passed, dtype=bool)
-
-
-def _plain(v):
-    return v.item() if isinstance(v, np.generic) else v
 
 
 def train_split_tensors(data_root, *, image_size: int, colormap: str | None, label_map: dict | None,

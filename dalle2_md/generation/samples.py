@@ -1,24 +1,24 @@
 """Generation from trained bundles: `load_generator` (a chained bundle, or a prior + decoder pair
 checked against each other), `write_samples` (PNGs named by user label plus a grid) and
 `write_interpolation` (a strip and frames between two users). Users are given by their original
-labels ("ID_5", `user_labels`); the model turns them into contiguous indices.
-
-Old names (issue 11) still work for one release and warn: `generate` (= `write_samples`; not to
-be confused with `augment.sample_tensors`, once also called `generate`, which returns tensors),
-`interpolate_users` (= `write_interpolation`), the keywords `users=`, `user_a=`, `user_b=`.
+labels ("ID_5", `user_labels`); the model turns them into contiguous indices. `sample_tensors`
+draws N per user in model space from either generator kind, for the evaluation and recipes.
 """
 
 from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import torch
 
 from dalle2_md.data.display import GRID_MIN_TILE, save_grid
 from dalle2_md.defaults import DEFAULTS, SamplingConfig
 from dalle2_md.utils import UserError, exists, say, to_signed
+
+if TYPE_CHECKING:
+    from dalle2_md.generation.fastpath import FastPaths
 
 def load_generator(*, model_path=None, prior_path=None, decoder_path=None, clip_path=None, device: str = "cpu"):
     """A `MicroDopplerDALLE2` from a chained bundle or from a prior + decoder pair (refused when

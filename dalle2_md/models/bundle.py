@@ -14,23 +14,16 @@ names the file and says what to do.
 from __future__ import annotations
 
 import hashlib
-import json
 import pickle
 from pathlib import Path
-from typing import Any
 
 import torch
 
-from dalle2_md.utils import BundleError, atomic_write, package_versions
+from dalle2_md.utils import BundleError, atomic_write, package_versions, plain_json
 
 FORMAT = "dalle2-md"
 FORMAT_VERSION = 1
 KINDS = ("clip", "prior", "decoder", "vqgan", "dalle2", "checkpoint", "recogniser", "baseline")
-
-
-def _plain(obj: Any) -> Any:
-    """Round-trip through JSON so configs hold only str/int/float/bool/None/list/dict."""
-    return json.loads(json.dumps(obj))
 
 
 def save_bundle(
@@ -49,11 +42,11 @@ def save_bundle(
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
         "kind": kind,
-        "config": _plain(config),
+        "config": plain_json(config),
         "state_dict": {k: v.detach().cpu().contiguous() for k, v in state_dict.items()},
-        "label_map": _plain(label_map) if label_map is not None else None,
+        "label_map": plain_json(label_map) if label_map is not None else None,
         "versions": package_versions(),
-        "meta": _plain(meta or {}),
+        "meta": plain_json(meta or {}),
     }
     path = Path(path)
     with atomic_write(path) as f:

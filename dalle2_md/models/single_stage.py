@@ -1,13 +1,13 @@
-"""The single-stage baseline the two-stage model is judged against (shared/micro-doppler.md §4):
+"""The single-stage baseline the two-stage model is judged against (docs/guide/evaluation.md):
 the same diffusion decoder, conditioned directly on a learned per-user embedding; no embedding
 model, no prior.
 
-Owns `SingleStageBaseline` (training loss, seeded sampling, bundle) and `train_baseline`, which
-runs it through `training.train` like every other stage.
+Owns `SingleStageBaseline` (training loss, seeded sampling, bundle); `training.fit.train_baseline`
+trains it through the one training loop.
 
 Bundle: kind "baseline", config = the decoder's config, meta {"baseline": true, "num_users": N},
 weights under "user_embed.*" and "decoder.*"; `MicroDopplerDecoder.load` refuses it by its kind.
-Baselines saved before issue 11 carry kind "decoder": their config is a plain decoder config, so
+Older baseline files carry kind "decoder": their config is a plain decoder config, so
 they are told from a two-stage decoder by the meta flag (or, failing that, the user table in the
 weights); `SingleStageBaseline.load` and `is_baseline_bundle` accept both.
 """
@@ -138,8 +138,8 @@ class SingleStageBaseline(nn.Module):
 
     @classmethod
     def load(cls, path: str | Path) -> "SingleStageBaseline":
-        """Rebuild a baseline from its bundle alone (eval mode); also reads the "decoder"-kind
-        baseline bundles written before issue 11."""
+        """Rebuild a baseline from its bundle alone (eval mode); also reads older "decoder"-kind
+        baseline bundles."""
         payload = load_bundle(path, kind=("baseline", "decoder"))
         if not _holds_baseline(payload):
             raise BundleError(f"{path}: is a two-stage decoder, not a single-stage baseline; load it with "
@@ -157,7 +157,7 @@ class SingleStageBaseline(nn.Module):
 
 
 def _holds_baseline(payload: dict) -> bool:
-    """A "baseline" bundle, or one written before issue 11: kind "decoder" with the baseline's
+    """A "baseline" bundle, or an older one of kind "decoder" with the baseline's
     meta flag or its user table (a two-stage decoder has neither)."""
     if payload.get("kind") == "baseline":
         return True

@@ -26,7 +26,6 @@ from pathlib import Path
 import torch
 from torch import nn
 
-# moved: issue 11 (the in-memory core to core.py, the data options to options.py)
 from dalle2_md.training.fit import TwoStageModels, clip_config_for, fit_clip, fit_decoder, fit_prior, fit_vqgan, prior_config_for, user_table_size
 from dalle2_md.training.fit import unwrap_decoder
 from dalle2_md.data.display import as_image_tensor, colourise
