@@ -44,5 +44,5 @@ setup(
         # the held-out second data set of benchmarks/identity_stages.py (scikit-learn's bundled digits)
         "bench": ["scikit-learn>=1.3"],
     },
-    entry_points={"console_scripts": ["dalle2-md = dalle2_md.cli.main:main"]},
+    entry_points={"console_scripts": ["dalle2-md = dalle2_md.cli:main"]},
 )

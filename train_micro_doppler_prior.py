@@ -3,7 +3,7 @@
 Same as `dalle2-md train-prior`; every option is listed by `python train_micro_doppler_prior.py --help`.
 """
 
-from dalle2_md.cli.main import run_command
+from dalle2_md.cli import run_command
 
 if __name__ == "__main__":
     run_command("train-prior", prog_name="train_micro_doppler_prior.py")

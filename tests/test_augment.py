@@ -165,7 +165,7 @@ def test_augment_eval_cli_writes_its_result(data_root, tmp_path):
     out = tmp_path / "aug"
     result = CliRunner().invoke(cli, [
         "augment-eval", "--data_root", str(data_root), "--image_size", str(SIZE), "--k", "2", "--m", "1",
-        "--seeds", "0,1", "--clip_steps", "2", "--decoder_steps", "1", "--prior_steps", "2", "--sample_steps", "1",
+        "--seeds", "0,1", "--clip_train_steps", "2", "--decoder_train_steps", "1", "--prior_train_steps", "2", "--sample_steps", "1",
         "--recogniser_steps", "2", "--output_dir", str(out), "--no-progress"])
     assert result.exit_code == 0, result.output
     saved = json.loads((out / "augment.json").read_text())

@@ -1,7 +1,6 @@
 """dalle2_md/compat.py: the installed dalle2-pytorch / x-clip still have every internal we use, a
 moved one is named clearly, and the workarounds there are still needed and still work."""
 
-import pytest
 import torch
 from dalle2_pytorch import Decoder, Unet, VQGanVAE
 from dalle2_pytorch.dalle2_pytorch import CrossAttention, NoiseScheduler, ResnetBlock

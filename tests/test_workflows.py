@@ -75,10 +75,10 @@ def test_variadic_flags_are_joined_and_comma_lists_parse():
     argv = ["generate", "--user_ids", "0", "1", "ID_3", "--num_samples_per_user", "2", "--dim-mults", "1", "2"]
     assert join_variadic(argv) == ["generate", "--user_ids", "0,1,ID_3", "--num_samples_per_user", "2",
                                    "--dim-mults", "1,2"]
-    from dalle2_md.cli.main import _int_tuple, _str_list
+    from dalle2_md.cli.options import int_tuple, str_list
 
-    assert _int_tuple(None, None, "1,2,4,8") == (1, 2, 4, 8)
-    assert _str_list(None, None, "0,ID_5") == ["0", "ID_5"]
+    assert int_tuple(None, None, "1,2,4,8") == (1, 2, 4, 8)
+    assert str_list(None, None, "0,ID_5") == ["0", "ID_5"]
 
 
 def test_sub_schedule_follows_max_steps_unless_told_otherwise():
@@ -357,7 +357,7 @@ def test_demo_metrics_judge_real_and_generated_images(trained, tmp_path):
     from dalle2_md.models.chain import MicroDopplerDALLE2
     from dalle2_md.data.synthesize import synthesize_dataset
     from dalle2_md.training.options import DataOptions, load_train_data
-    from dalle2_md.cli.demo import DemoConfig, demo_metrics
+    from dalle2_md.cli.demo_run import DemoConfig, demo_metrics
 
     # the module's 3 users (same simulator seed) with 30 images each, so the test split has 9
     # images; and 6 further draws per user that no recogniser sees
@@ -392,18 +392,60 @@ def test_demo_metrics_judge_real_and_generated_images(trained, tmp_path):
     assert replay[1] < metrics["chance"]  # the same draws, asked for as the next user, are not
 
 
+def _truncate(path: Path) -> None:
+    raw = path.read_bytes()
+    path.write_bytes(raw[: len(raw) // 2])
+
+
+def _check_lines(result) -> dict:
+    """{check name: its PASS/FAIL line} of a `check` run, and "summary": its last line."""
+    lines = result.output.splitlines()
+    named = {line.split(":", 1)[0][6:]: line for line in lines if line.startswith(("PASS  ", "FAIL  "))}
+    return {**named, "summary": next(line for line in reversed(lines) if "checks passed" in line)}
+
+
 def test_check_names_a_truncated_image(tmp_path):
     """The self-check reads the data as training does and, like every command, names what it skipped."""
     from dalle2_md.data.synthesize import synthesize_dataset
 
     synthesize_dataset(tmp_path / "data", num_users=3, images_per_user=6, image_size=16, progress=False)
     victim = sorted((tmp_path / "data" / "user_1").glob("*.png"))[0]
-    raw = victim.read_bytes()
-    victim.write_bytes(raw[: len(raw) // 2])
+    _truncate(victim)
     result = invoke("check", "--data_root", tmp_path / "data", "--num_users", 3, "--image_size", 16, "--steps", 1,
                     "--work_dir", tmp_path / "work")
-    data_line = next(line for line in result.output.splitlines() if line.startswith("PASS  data layout"))
-    assert f"skipped 1 unreadable file(s): {victim.name}" in data_line and "truncated" in data_line
+    lines = _check_lines(result)
+    assert lines["data layout and images per user"].startswith("PASS")
+    every = lines["every file, every split"]
+    assert every.startswith("PASS") and "17 of 18 files decoded" in every
+    assert f"skipped 1 unreadable file(s), as training skips them: user_1/{victim.name}" in every and "truncated" in every
+    assert lines["summary"] == (f"{len(lines) - 1}/{len(lines) - 1} checks passed; 1 unreadable file(s) skipped, "
+                                f"as training skips them: user_1/{victim.name}")
+
+
+def test_check_names_an_unreadable_image_outside_the_training_split(tmp_path):
+    """A file the training split never reads (val/test) is decoded by the check too and named with a
+    count: a named skip, as training skips it, that fails no check."""
+    from dalle2_md.data.scanning import scan_data_root
+    from dalle2_md.data.simulator import synthesize_dataset
+    from dalle2_md.data.splits import resolve_split
+
+    data = tmp_path / "data"
+    synthesize_dataset(data, num_users=3, images_per_user=8, image_size=16, progress=False)
+    index = scan_data_root(data)
+    held_out = resolve_split(index, None, 0)["test"]  # the check's split: seed 0, as --split_seed's default
+    rel = sorted(r for r in held_out if r.startswith("user_2/"))[0]
+    _truncate(data / rel)
+    result = invoke("check", "--data_root", data, "--num_users", 3, "--image_size", 16, "--steps", 1,
+                    "--work_dir", tmp_path / "work")
+    split = json.loads((tmp_path / "work" / "run" / "split.json").read_text())
+    assert rel not in split["train"] and rel in split["test"]  # outside what training reads
+    lines = _check_lines(result)
+    assert "skipped" not in lines["data layout and images per user"]  # the train split read cleanly
+    every = lines["every file, every split"]
+    assert every.startswith("PASS") and "23 of 24 files decoded" in every
+    assert f"skipped 1 unreadable file(s), as training skips them: {rel} (unreadable or truncated" in every
+    assert all(line.startswith("PASS") for name, line in lines.items() if name != "summary")
+    assert lines["summary"].endswith(f"checks passed; 1 unreadable file(s) skipped, as training skips them: {rel}")
 
 
 def test_stage_functions_and_two_stage_core_train_the_same_models(work, tmp_path):

@@ -1,134 +1,47 @@
-"""The installation / data self-check behind `test_micro_doppler.py` and `dalle2-md check`:
-every stage a few steps through the same stage functions the training commands run, then one
-sample; one `Check` (name, passed, detail) per step, never raising.
-"""
+"""The `check` command (= `test_micro_doppler.py`): every stage a few steps on simulated data or
+on your own, one PASS/FAIL line per check (what it runs is cli/selfcheck.py)."""
 
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass, field
-from pathlib import Path
+import sys
 
-from dalle2_md.generation.samples import load_generator, write_samples
-from dalle2_md.training.presets import QUICK_BUDGET
-from dalle2_md.training.options import DataOptions, load_train_data, skipped_summary
-from dalle2_md.training.stages import final_path, train_clip_stage, train_decoder_stage, train_prior_stage, train_vqgan_stage
-from dalle2_md.training.loop import TrainConfig
-from dalle2_md.utils import DataError, UserError
+import click
 
-# the self-check's VQGAN: the smallest that trains (sizes follow vqgan.VQGanConfig)
-CHECK_VQGAN_SIZES = dict(dim=8, layers=1, codebook_size=32, codebook_dim=8)
+from dalle2_md.cli.options import opt
+from dalle2_md.utils import UserError, say
 
 
-@dataclass
-class Check:
-    name: str
-    ok: bool
-    detail: str = ""
+@click.command("check")
+@opt("create_dummy", is_flag=True, default=False, help="Check on a simulated data set (not your data).")
+@opt("data_root", type=click.Path(path_type=str), default=None, help="Check your own data set instead.")
+@opt("num_users", type=int, default=5, help="Users to simulate, or the number expected in --data_root.")
+@opt("image_size", type=int, default=None, help="Image side for the check [default: 32 simulated, 64 own data].")
+@opt("flat_structure", is_flag=True, default=False, help="Require (or simulate) the flat layout.")
+@opt("steps", type=int, default=2, help="Training steps per stage.")
+@opt("work_dir", type=click.Path(path_type=str), default=None, help="Keep the check's files here [default: a temporary folder].")
+def check_cmd(create_dummy, data_root, num_users, image_size, flat_structure, steps, work_dir):
+    """Read every file of the data, run every stage for a few steps and sample once; prints one
+    PASS/FAIL line per check and exits 1 if any failed (what test_micro_doppler.py runs). A file
+    that cannot be read is skipped, named and counted, as training skips it; it fails nothing."""
+    import tempfile
+
+    from dalle2_md.cli.selfcheck import run_checks
+
+    if create_dummy == (data_root is not None):
+        raise UserError("give either --create_dummy (simulated data) or --data_root PATH (your data).")
+    with tempfile.TemporaryDirectory(prefix="dalle2md-check-") as tmp:
+        checks = run_checks(work_dir or tmp, data_root=data_root, num_users=num_users, image_size=image_size,
+                            steps=steps, flat_structure=flat_structure)
+    say("")
+    for c in checks:
+        say(f"{'PASS' if c.ok else 'FAIL'}  {c.name}: {c.detail}")
+    failed = sum(not c.ok for c in checks)
+    skipped = sorted({f for c in checks for f in c.skipped})
+    listed = ", ".join(skipped[:5]) + (f", ... {len(skipped) - 5} more (named above)" if len(skipped) > 5 else "")
+    note = f"; {len(skipped)} unreadable file(s) skipped, as training skips them: {listed}" if skipped else ""
+    say(f"{len(checks) - failed}/{len(checks)} checks passed{note}")
+    if failed:
+        sys.exit(1)
 
 
-@dataclass
-class Checklist:
-    """The checks run so far, and what they left for the later ones (`state`)."""
-
-    work: Path
-    checks: list[Check] = field(default_factory=list)
-    state: dict = field(default_factory=dict)
-
-    def run(self, name: str, fn) -> None:
-        """Run one check; after a failure the rest are reported as skipped."""
-        if self.checks and not all(c.ok for c in self.checks):
-            self.checks.append(Check(name, False, "skipped: an earlier check failed"))
-            return
-        try:
-            self.checks.append(Check(name, True, fn() or ""))
-        except Exception as e:  # a check reports every failure; it must not stop the report
-            self.checks.append(Check(name, False, f"{type(e).__name__}: {e}"))
-
-
-def run_checks(work_dir: str | Path, *, data_root: str | None = None, num_users: int = 5, image_size: int | None = None,
-               steps: int = 2, flat_structure: bool = False) -> list[Check]:
-    """Run every stage for a few steps and sample once; one `Check` per step, never raising.
-
-    Args:
-        work_dir: scratch folder for the run.
-        data_root: the user's data; None builds a simulated data set of `num_users` users.
-        num_users: users to simulate, or the number expected in `data_root`.
-        image_size: side the images are read at (default 32 simulated, 64 for own data).
-        steps: training steps per stage.
-        flat_structure: require the flat layout.
-    """
-    work = Path(work_dir)
-    size = image_size or (32 if data_root is None else 64)
-    checks = Checklist(work=work)
-    if data_root is None:
-        data_root = str(work / "data")
-        checks.run("simulated data set", lambda: _simulate(data_root, num_users, size, flat_structure))
-    options = DataOptions(data_root=data_root, num_users=num_users, image_size=size, flat_structure=flat_structure,
-                          cache_dir=str(work / ".cache"))
-    checks.run("data layout and images per user", lambda: _check_data(checks, options))
-    checks.run("label map", lambda: _describe_label_map(checks))
-    _check_stages(checks, TrainConfig(max_steps=steps, batch_size=8, lr=1e-3, log_every=1), size)
-    checks.run("sample from prior + decoder", lambda: _check_sample(checks))
-    return checks.checks
-
-
-def _simulate(data_root: str, num_users: int, size: int, flat_structure: bool) -> str:
-    from dalle2_md.data.synthesize import synthesize_dataset
-
-    s = synthesize_dataset(data_root, num_users=num_users, images_per_user=6, image_size=size, progress=False,
-                           layout="flat" if flat_structure else "hierarchical")
-    return f"{s['num_images']} simulated spectrograms in {data_root}"
-
-
-def _check_data(checks: Checklist, options: DataOptions) -> str:
-    ds = load_train_data(options, checks.work / "run")
-    checks.state["ds"] = ds
-    counts = dict(zip(ds.label_map.names, ds.counts()))
-    few = [n for n, c in counts.items() if c < 2]
-    if few:
-        raise DataError(f"users with fewer than 2 training images: {few}")
-    # like every other command, the check names what it could not read
-    skipped = f"; {skipped_summary(ds.skipped)}" if ds.skipped else ""
-    return f"layout {ds.layout}; training images per user: {counts}{skipped}"
-
-
-def _describe_label_map(checks: Checklist) -> str:
-    names = checks.state["ds"].label_map.names
-    return (f"{len(names)} users -> {checks.work / 'run' / 'label_map.json'}: "
-            f"{', '.join(f'{n}->{i}' for i, n in enumerate(names))}")
-
-
-def _check_stages(checks: Checklist, tc: TrainConfig, size: int) -> None:
-    """Each training stage through the function its command runs, with a finite last loss."""
-    run, cache, state = checks.work / "run", checks.work / ".cache", checks.state
-
-    def stage(name, fn):
-        def go():
-            done = fn()
-            state[name] = done
-            loss = done.train.losses[-1] if done.train and done.train.losses else float("nan")
-            if not math.isfinite(loss):
-                raise UserError(f"loss is not finite ({loss})")
-            return f"{done.train.step} steps, last loss {loss:.4f} -> {done.final}"
-        checks.run(f"train {name}", go)
-
-    kw = dict(overwrite=True, progress=False)
-    dec_sizes = {**QUICK_BUDGET.decoder, "dim_mults": (1, 2) if size % 2 == 0 else (1,)}
-    stage("clip", lambda: train_clip_stage(run, state["ds"], tc, sizes=QUICK_BUDGET.clip, **kw))
-    stage("vqgan", lambda: train_vqgan_stage(run, state["ds"], tc, sizes=CHECK_VQGAN_SIZES, **kw))
-    stage("decoder", lambda: train_decoder_stage(run, state["ds"], state["clip"].model, tc, sizes=dec_sizes,
-                                                 cache_dir=cache, **kw))
-    stage("latent decoder", lambda: train_decoder_stage(
-        run / "latent", state["ds"], state["clip"].model, tc, sizes={**dec_sizes, "dim_mults": (1,)},
-        vqgan_path=state["vqgan"].final, cache_dir=cache, **kw))
-    stage("prior", lambda: train_prior_stage(run, state["ds"], state["clip"].model, tc, sizes=QUICK_BUDGET.prior,
-                                             cache_dir=cache, **kw))
-
-
-def _check_sample(checks: Checklist) -> str:
-    run = checks.work / "run"
-    model = load_generator(prior_path=final_path(run, "prior"), decoder_path=final_path(run, "decoder"))
-    made = write_samples(model, checks.work / "samples", user_labels=[checks.state["ds"].label_map.names[0]],
-                         num_samples_per_user=1, sample_steps=4, prior_steps=4)
-    return f"wrote {made['images'][0]}"
+COMMANDS = (check_cmd,)
