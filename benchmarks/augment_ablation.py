@@ -11,7 +11,8 @@ and mixing); the real-only arm is the strong recogniser (`RecogniserTrainConfig`
 
 Prints one line per (seed, recipe) and a table; writes benchmarks/results/augment_ablation_k<K>.json
 and .md. One torch thread per process. Data: gait31 (data seed 1, the seed the recogniser's
-defaults were not picked on), the last `--num_test` recordings of each user held out as test.
+defaults were not picked on), the last `--num_test` recordings of each user held out as test
+(`dalle2_md.evaluation.protocol.simulate` and `split`); recogniser shape `protocol.KSHOT_RECOGNISER`.
 """
 
 import os
@@ -29,15 +30,13 @@ from pathlib import Path  # noqa: E402
 
 import torch  # noqa: E402
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from kshot import KSHOT_RECOGNISER, simulate, split  # noqa: E402
-
-from dalle2_md.training.presets import GeneratorBudget
-from dalle2_md.augmentation.harness import _mean_std, augmentation_gain, summarise_seeds
-from dalle2_md.evaluation.recogniser import RecogniserTrainConfig
-from dalle2_md.evaluation.report import _plain_floats
+from dalle2_md.augmentation.harness import _mean_std, augmentation_gain, summarise_seeds  # noqa: E402
 from dalle2_md.augmentation.recipe import AugmentRecipe  # noqa: E402
 from dalle2_md.data.simulator import get_profile  # noqa: E402
+from dalle2_md.evaluation.protocol import KSHOT_RECOGNISER, simulate, split  # noqa: E402
+from dalle2_md.evaluation.recogniser import RecogniserTrainConfig  # noqa: E402
+from dalle2_md.evaluation.report import _plain_floats  # noqa: E402
+from dalle2_md.training.presets import GeneratorBudget  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 # the base of the ablation run in docs/results.md: the recogniser filter on (the default then)

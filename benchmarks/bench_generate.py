@@ -1,16 +1,15 @@
-"""Throughput and memory of `generate`: images/s at 32, 64 and 128 px, the old path (the main
-branch's code: one call per chunk of users, noise shared by sample index, DDIM) against this
-one, and peak RSS for 31 users x 200 images at 64 px.
+"""Throughput and memory of `generate`: images/s at 32, 64 and 128 px, an older checkout's code
+(`--old`) against this one, and peak RSS for 31 users x 200 images at 64 px.
 
-Both paths run without guidance (cond_scale 1, the old default), so they do the same network
-evaluations. Models are untrained (random weights cost the same per step as trained ones) with the CPU
-sizes of `presets.CPU_*_SIZES`; each measurement runs in a child process with its own
-PYTHONPATH (OLD = a checkout of the old code, default /work/main; NEW = this repository), so
+Both paths run without guidance (cond_scale 1), so they do the same network evaluations. Models
+are untrained (random weights cost the same per step as trained ones) with the CPU sizes of
+`dalle2_md.training.presets.CPU_*_SIZES`; each measurement runs in a child process with its own
+PYTHONPATH (OLD = a checkout of the older code, default /work/main; NEW = this repository), so
 peak RSS is that child's alone. Rows:
 
-    old      main's generate, DDIM, the CPU sizes' default steps (decoder 25, prior 16)
-    new      this generate, same sampler and steps (what batching and the new code change)
-    new-dpm  this generate, DPM-Solver++(2M) at --dpm_steps (the measured default)
+    old      the older checkout's generate, DDIM, the CPU sizes' default steps (decoder 25, prior 16)
+    new      this generate, same sampler and steps (what batching and the code change)
+    new-dpm  this generate, DPM-Solver++(2M) at --dpm_steps (the default sampler)
 
     python benchmarks/bench_generate.py --threads 1
     python benchmarks/bench_generate.py --skip_rss        # throughput only
@@ -27,13 +26,15 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
 
 CHILD = r"""
 import json, resource, sys, time, torch
 spec = json.loads(sys.argv[1])
 torch.set_num_threads(spec["threads"])
-from dalle2_md.generation.samples import load_generator, write_samples
+try:
+    from dalle2_md.generation.samples import load_generator, write_samples
+except ImportError:  # a checkout from before the subpackages (dalle2_md/generation.py)
+    from dalle2_md.generation import load_generator, write_samples
 model = load_generator(model_path=spec["bundle"], device="cpu")
 extra = {"sampler": spec["sampler"]} if spec.get("sampler") else {}
 write_samples(model, spec["out"] + "_warm", user_labels=spec["users"][:1], num_samples_per_user=1, sample_steps=2, prior_steps=2)

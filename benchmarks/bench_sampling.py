@@ -5,7 +5,7 @@ Trains one small two-stage generator on simulated data once (kept in --work, reu
 runs), and a recogniser on the real train split; then samples the same users with the same
 seed at every step count (both stages get the same count), so rows differ only in the solver.
 Two rules pick a step count per sampler, both against the reference:
-  within:   |A_gen - reference A_gen| <= 0.02 (the issue's rule: converged to the reference);
+  within:   |A_gen - reference A_gen| <= 0.02 (converged to the reference);
   no_worse: A_gen >= reference A_gen - 0.02 and domain FID ratio <= 1.1 x the reference's
             (equal quality: few-step samples that are *more* recognisable than the 1000-step
             ones are not rejected, blurry ones with a high FID are).
@@ -23,13 +23,10 @@ default.
 
 import argparse
 import json
-import sys
 import time
 from pathlib import Path
 
 import torch
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from dalle2_md.training.presets import GeneratorBudget
 from dalle2_md.augmentation.harness import train_generator

@@ -1,4 +1,4 @@
-"""The latent path's autoencoder judged on its own: the CPU-sized VQGAN (`vqgan.cpu_vqgan_sizes`)
+"""The latent path's autoencoder judged on its own: the CPU-sized VQGAN (`dalle2_md.training.presets.cpu_vqgan_sizes`)
 trained on simulated spectrograms at 128 px for each downsampling factor, then
 
 - PSNR and SSIM (torchmetrics) of its reconstructions of the held-out test images;

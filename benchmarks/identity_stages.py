@@ -32,13 +32,12 @@ from pathlib import Path  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-from dalle2_md.training.presets import GeneratorBudget
-from dalle2_md.generation.samples import sample_tensors
-from dalle2_md.augmentation.harness import train_generator
-from dalle2_md.evaluation.recogniser import RecogniserConfig, RecogniserTrainConfig, train_recogniser
-from dalle2_md.evaluation.recogniser import accuracy
+from dalle2_md.augmentation.harness import sample_tensors, train_generator  # noqa: E402
 from dalle2_md.evaluation.metrics import background_levels  # noqa: E402
+from dalle2_md.evaluation.protocol import KSHOT_RECOGNISER  # noqa: E402
+from dalle2_md.evaluation.recogniser import RecogniserConfig, RecogniserTrainConfig, accuracy, train_recogniser  # noqa: E402
 from dalle2_md.evaluation.stages import stage_identity_accuracies  # noqa: E402
+from dalle2_md.training.presets import GeneratorBudget  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -79,7 +78,7 @@ def load_digits(size: int):
 
 def load_sim(size: int, num_users: int, per_user: int, profile: str, seed: int = 0):
     from dalle2_md.data.dataset import MicroDopplerDataset
-    from dalle2_md.data.synthesize import synthesize_dataset
+    from dalle2_md.data.simulator import synthesize_dataset
 
     root = Path(tempfile.mkdtemp(prefix="idstages_"))
     kwargs = dict(num_users=num_users, images_per_user=per_user, image_size=size, seed=seed, progress=False)
@@ -129,8 +128,8 @@ def main():
     ap.add_argument("--prior_steps", type=int, default=600)
     ap.add_argument("--recogniser_steps", type=int, default=600)
     ap.add_argument("--recogniser", choices=["default", "kshot"], default="default",
-                    help="judge: the default recogniser shape, or kshot.py's strong one (KSHOT_RECOGNISER as it is; "
-                         "quality.py's recogniser_config pools time by image size instead, 2 at 32 px)")
+                    help="judge: the default recogniser shape, or the K-shot one (protocol.KSHOT_RECOGNISER as it is; "
+                         "protocol.recogniser_config pools time by image size instead, 2 at 32 px)")
     ap.add_argument("--guidance", default="1,2,3,4")
     ap.add_argument("--samples_per_user", type=int, default=16)
     ap.add_argument("--max_decoded", type=int, default=96)
@@ -154,8 +153,6 @@ def main():
     t0 = time.time()
     config = None
     if args.recogniser == "kshot":
-        from kshot import KSHOT_RECOGNISER
-
         config = RecogniserConfig(num_users=num_users, channels=images.shape[1], image_size=args.image_size,
                                   **KSHOT_RECOGNISER)
     recogniser = train_recogniser(*train, num_users=num_users, config=config,

@@ -1,23 +1,21 @@
 """K-shot curve of the real-only recogniser on the gait31 simulator profile.
 
-Simulates gait31 (seeded, in memory, through the jet colormap round trip the data loader does),
-holds out a fixed real test split (and a validation split), and trains the real-only recogniser
-on K = 5, 10, 20, 50 and all training images per user, over several seeds: once with the strong
-defaults of `RecogniserTrainConfig` (SpecAugment masks, mixup, enough steps) and once with the
-earlier settings (`LEGACY_RECOGNISER_TRAIN`: time shift and noise only, 300 steps). Prints a
-table, writes benchmarks/results/kshot.json and a markdown table benchmarks/results/kshot.md.
-One torch thread.
+Simulates gait31 in memory and splits it per user (`dalle2_md.evaluation.protocol.simulate` and
+`split`: the last `--num_test` recordings test, the `--num_val` before them validation), then
+trains the real-only recogniser (`protocol.KSHOT_RECOGNISER` shape) on K = 5, 10, 20, 50 and all
+training images per user, over several seeds, once per training arm of `protocol.RECOGNISER_ARMS`:
+"strong" (the `RecogniserTrainConfig` defaults: SpecAugment masks, mixup, 2500 steps) and "legacy"
+(time shift and noise only, 300 steps). Reports real test accuracy, mean ± std over seeds; writes
+benchmarks/results/kshot.json and kshot.md. One torch thread.
 
     python benchmarks/kshot.py [--ks 5 10 20 50 0] [--seeds 0 1 2] [--data_seed 1] [--arms strong legacy]
 
-The defaults were picked on data seed 0's validation split, so the table uses data seed 1. On a
-shared CPU the work can be split over processes and merged:
+The recogniser's defaults were picked on data seed 0's validation split, so the table uses data
+seed 1. The work can be split over processes and merged (a run's log stands in for its JSON when
+the run was cut short: its finished seeds are used, and cells with fewer than 3 seeds say so):
 
     python benchmarks/kshot.py --ks 5 10 --out /tmp/a.json & python benchmarks/kshot.py --ks 20 50 0 --arms strong --out /tmp/b.json
     python benchmarks/kshot.py --merge /tmp/a.json /tmp/b.json [/tmp/c.log]
-
-(a run's log may stand in for its JSON when it was cut short: its finished seeds are used, and
-cells with fewer than 3 seeds say so).
 """
 
 import os
@@ -37,38 +35,11 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from dalle2_md.augmentation.harness import kshot_indices  # noqa: E402
-from dalle2_md.data.colormap import rgb_to_scalar, scalar_to_rgb  # noqa: E402
-from dalle2_md.evaluation.recogniser import LEGACY_RECOGNISER_TRAIN, RecogniserConfig, RecogniserTrainConfig, train_recogniser
-from dalle2_md.evaluation.recogniser import accuracy
-from dalle2_md.data.simulator import get_profile, make_users, simulate_spectrogram
-from dalle2_md.data.synthesize import sample_rng
+from dalle2_md.data.simulator import get_profile  # noqa: E402
+from dalle2_md.evaluation.protocol import KSHOT_RECOGNISER, RECOGNISER_ARMS, simulate, split  # noqa: E402
+from dalle2_md.evaluation.recogniser import RecogniserConfig, RecogniserTrainConfig, accuracy, train_recogniser  # noqa: E402
 
 ARM_NAMES = {"strong": "strong (defaults)", "legacy": "earlier settings (shift + noise, 300 steps)"}
-# a recogniser small enough that 30 trainings at 64 px fit ~15 min on one shared CPU thread
-KSHOT_RECOGNISER = dict(widths=(8, 16, 32), feature_dim=64, pool_rows=4, time_pool=4)
-
-
-def simulate(num_users: int, per_user: int, image_size: int, seed: int, profile) -> tuple[torch.Tensor, torch.Tensor]:
-    """(N, 1, S, S) model-space images in [-1, 1] ordered by (user, index), and user ids."""
-    users = make_users(num_users, seed, spread=profile.user_spread)
-    images, ids = [], []
-    for u in users:
-        for i in range(per_user):
-            img, _ = simulate_spectrogram(u, sample_rng(seed, u.user_id, i), image_size=image_size, variation=profile.variation)
-            scalar, _ = rgb_to_scalar(scalar_to_rgb(img, "jet"))  # what loading the PNG gives back
-            images.append(scalar)
-            ids.append(u.user_id)
-    x = torch.from_numpy(np.stack(images)).float()[:, None] * 2 - 1
-    return x, torch.tensor(ids)
-
-
-def split(user_indices: torch.Tensor, per_user: int, num_test: int, num_val: int) -> dict:
-    """Fixed per-user split by recording index: the last `num_test` test, the `num_val` before val."""
-    index = torch.arange(len(user_indices)) % per_user
-    test = index >= per_user - num_test
-    val = (index >= per_user - num_test - num_val) & ~test
-    return {"train": torch.nonzero(~test & ~val).reshape(-1), "val": torch.nonzero(val).reshape(-1),
-            "test": torch.nonzero(test).reshape(-1)}
 
 
 def run_arm(name, train_cfg, rec_cfg, images, ids, parts, ks, seeds, pool):
@@ -143,8 +114,7 @@ def main():
     print(f"simulated {len(images)} images in {time.perf_counter() - started:.0f}s; train pool {pool} per user")
     ks = [k if 0 < k < pool else pool for k in args.ks]
     rec_cfg = RecogniserConfig(num_users=profile.num_users, channels=1, image_size=args.image_size, **KSHOT_RECOGNISER)
-    arms = [(ARM_NAMES[a], cfg) for a, cfg in (("strong", RecogniserTrainConfig()), ("legacy", LEGACY_RECOGNISER_TRAIN))
-            if a in args.arms]
+    arms = [(ARM_NAMES[a], cfg) for a, cfg in RECOGNISER_ARMS.items() if a in args.arms]
     rows = []
     for name, cfg in arms:
         rows += run_arm(name, cfg, rec_cfg, images, ids, parts, ks, args.seeds, pool)

@@ -1,29 +1,27 @@
-"""The fixed quality protocol (shared/micro-doppler.md §4) on the simulator: two-stage vs
-single-stage generator, judged by the recogniser, identity accuracy, domain FID, diversity,
-memorisation, kinematic fidelity and augmentation gain; writes JSON and a results page.
+"""The quality protocol on the simulator: the two-stage generator against the single-stage one,
+each trained on the real train split and judged by a recogniser trained on real images (identity
+accuracy A_gen / A_real, domain FID against its real-vs-real floor, diversity, memorisation,
+kinematic errors) and by the augmentation gain at K real images per user; writes JSON and a
+results page, with every goal marked met or not (goals are reported, never asserted).
 
-The CPU profile runs on the gait31 simulator profile (31 users with recording-to-recording
-variation, data seed 1) with the split, recogniser shape, generator budget and default recipe of
-benchmarks/augment_ablation.py, so its augmentation gain is the ablation's default row, and with
-`--generator_cache` (the folder the ablation runs filled) it reuses their K-shot generators.
+The data, split, recogniser settings and profiles are `dalle2_md.evaluation.protocol`'s: the
+"full" profile is gait31 (31 users, data seed 1) at 32 px with the split, recogniser shape,
+K-shot generator budget and default recipe of benchmarks/augment_ablation.py, so its augmentation
+gain is the ablation's default row, and `--generator_cache` reuses the ablation's K-shot generators.
 
     python benchmarks/quality.py               # CPU profile ("full"), writes benchmarks/results/quality.md
     python benchmarks/quality.py --generator_cache DIR   # the same, reusing cached K-shot generators
-    python benchmarks/quality.py --smoke       # tiny end-to-end check (a few minutes)
-    python benchmarks/quality.py --gpu         # 256 x 256 pixel profile for a lent GPU
-    python benchmarks/quality.py --profile full128 --workers 2   # the protocol at 128 px through the latent
-                                                                # path (CPU), on both cores
-    python benchmarks/quality.py --profile gpu256    # the protocol at 256 px through the latent path (GPU)
-    python benchmarks/quality.py --profile latent64   # pixel vs latent U-Net vs latent DiT at 64 px,
-                                                      # equal training time (benchmarks/latent_vs_pixel.py)
+    python benchmarks/quality.py --smoke       # tiny end-to-end check (a few minutes, writes under /tmp)
+    python benchmarks/quality.py --profile full128 --workers 2   # 128 px through the latent path (CPU), both cores
+    python benchmarks/quality.py --profile gpu256    # 256 px through the latent path (a GPU)
+    python benchmarks/quality.py --gpu         # 256 px in pixels (a GPU)
 
 One function per phase: data, recogniser, generators, samples, evaluation, augmentation, report.
 With `--workers N` the main process starts N - 1 helper processes of this script (`--lane`) that
 run whole K-shot repetitions (generator, recognisers, recipe) and train the single-stage
-generator while it trains, samples and judges the two-stage one; they share the generator cache and a per-run folder of
-finished repetitions, and a lock file beside each file in the making keeps two processes from
-making the same one (`utils.claimed`).
-Goals are reported against, never asserted: a goal not reached shows up as "no" in the table.
+generator while it trains, samples and judges the two-stage one; they share the generator cache
+and a per-run folder of finished repetitions, and a lock file beside each file in the making keeps
+two processes from making the same one (`dalle2_md.utils.claimed`).
 """
 
 import os
@@ -42,122 +40,24 @@ import math  # noqa: E402
 import platform  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
-from dataclasses import asdict, dataclass, field, replace  # noqa: E402
+from dataclasses import asdict, replace  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import torch  # noqa: E402
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from kshot import KSHOT_RECOGNISER, simulate, split  # noqa: E402
-
-from dalle2_md.augmentation.harness import augmentation_gain, cached_generator, kshot_generator
-from dalle2_md.generation.samples import sample_tensors
-from dalle2_md.evaluation.recogniser import RecogniserConfig, RecogniserTrainConfig, cached_recogniser
-from dalle2_md.evaluation.report import evaluate_samples
-from dalle2_md.data.labels import LabelMap  # noqa: E402
-from dalle2_md.training.presets import QUICK_BUDGET, GeneratorBudget  # noqa: E402
-from dalle2_md.data.simulator import get_profile  # noqa: E402
-from dalle2_md.training.presets import cpu_vqgan_sizes
+from dalle2_md.augmentation.harness import augmentation_gain, cached_generator, kshot_generator, sample_tensors  # noqa: E402
+from dalle2_md.evaluation.protocol import (  # noqa: E402
+    PROFILE_NAMES,
+    Profile,
+    kinematic_ratios,
+    profiles,
+    protocol_data,
+    recogniser_config,
+    reference_recogniser,
+)
+from dalle2_md.evaluation.report import _plain_floats, evaluate_samples  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
-# the generator budget of benchmarks/augment_ablation.py (its default arguments): the K-shot generators
-PROTOCOL_BUDGET = GeneratorBudget(sample_steps=15, prior_sample_steps=15)
-# The generators on all train images train their decoder 3x longer: in 2400 steps of 16 a decoder sees
-# each of 2480 images about 15 times (a K = 10 one about 120 times), and on gait31 7200 steps raised the
-# chain's identity from 0.69 to 0.85 (A_real 0.74) and brought its backgrounds to the real level
-# (benchmarks/identity_stages.py, docs/results.md).
-# Their prior trains 4000 steps, not 1000: 1000 steps of 32 are 13 passes over 2480 embeddings, and
-# its draws kept to one walking direction per user (within-user spread 0.74 of the real embeddings';
-# 4000 steps: 0.91, FID 5.7x -> 4.4x its floor at guidance 1.5, worst kinematic ratio 1.55 -> 1.30).
-# They are sampled at decoder guidance 2 applied only in 0.15 <= t / T <= 0.7, the setting with the
-# lowest FID that keeps A_gen >= 0.95 A_real (benchmarks/protocol_sampling.py; docs/results.md).
-ALL_DATA_BUDGET = replace(PROTOCOL_BUDGET, decoder_steps=7200, prior_steps=4000, cond_scale=2.0,
-                          guidance_interval=(0.15, 0.7))
-# 128 px through the latent path: the CPU VQGAN at f = 4 turns an image into a 16 x 32 x 32 latent,
-# on which a decoder step costs 0.46 s against 0.34 s for a 32 px pixel image (batch 16, one core,
-# measured), so the decoders get the K-shot generators' 2400 steps, not the 32 px profile's 7200.
-# Their steps are not compiled (`decoder_compile`): a compiled step costs 0.82-0.93x an eager one
-# here, so a 1300-step decoder saves 30-70 s, against a first compilation of 85-207 s
-# (benchmarks/bench_memory_format.py); at the profile's scale that nets nothing sure.
-LATENT128_BUDGET = replace(PROTOCOL_BUDGET, vqgan_steps=1000)
-# the K-shot generators of the 128 px profile: 310 images need fewer VQGAN and decoder steps.
-# 1300 decoder steps (67 passes over the 310 images), not 1600, fit the profile in 60 min on two
-# cores; the cut falls on the generator, not on the K-shot recognisers: 2000 recogniser steps
-# instead of 2500 lowered the real-only arm from 0.732 to 0.679 (seed 0), which would inflate
-# the gain against a weaker baseline.
-LATENT128_KSHOT_BUDGET = replace(PROTOCOL_BUDGET, vqgan_steps=400, decoder_steps=1300)
-
-
-@dataclass(frozen=True)
-class Profile:
-    """Every setting of one protocol run (all of it is written into the JSON and the page)."""
-
-    name: str
-    simulator: str = "gait31"
-    num_users: int = 31
-    image_size: int = 32
-    per_user: int = 100  # recordings per user; the last `num_test` of each are the test split
-    num_test: int = 20
-    data_seed: int = 1
-    train_seed: int = 0
-    sample_seed: int = 1234
-    samples_per_user: int = 32
-    budget: GeneratorBudget = ALL_DATA_BUDGET
-    recogniser: dict = field(default_factory=lambda: dict(KSHOT_RECOGNISER))  # time_pool: image_size / 16
-    recogniser_train: RecogniserTrainConfig = RecogniserTrainConfig()
-    k: int = 10
-    m: int | None = None  # None: the default recipe's M = m_per_k x K
-    aug_seeds: tuple = (0, 1, 2, 3, 4, 5)
-    baseline_aug_seeds: tuple = (0, 1, 2)  # the single-stage generator's gain, for the two-stage >= single-stage goal
-    aug_budget: GeneratorBudget = PROTOCOL_BUDGET
-    device_note: str = "CPU"
-
-
-def _profiles() -> dict:
-    # the quick demo's sizes, with its own step counts
-    smoke_budget = replace(QUICK_BUDGET, prior_steps=40, decoder_batch_size=8, warmup_steps=5)
-    gpu_budget = GeneratorBudget(
-        clip_steps=3000, decoder_steps=20000, prior_steps=10000, batch_size=64, decoder_batch_size=32, lr=3e-4,
-        warmup_steps=500,
-        clip=dict(dim_latent=128, dim_image=256, dim_text=128, encoder_widths=(32, 64, 128, 256, 256), token_grid=4),
-        decoder=dict(dim=64, dim_mults=(1, 2, 4, 8), num_resnet_blocks=2, attn_heads=4, attn_dim_head=32,
-                     timesteps=1000, sample_timesteps=50, num_image_tokens=4),
-        prior=dict(depth=6, heads=8, dim_head=32, timesteps=1000, sample_timesteps=64),
-        sample_steps=50, prior_sample_steps=64)
-    # the CPU VQGAN's shape (a 256 px image becomes a 16 x 64 x 64 latent), trained longer
-    GPU_VQGAN = cpu_vqgan_sizes(4)
-    TINY_VQGAN = dict(dim=8, num_resnet_blocks=1, resnet_groups=4, codebook_size=16, codebook_dim=4, layers=1,
-                      layer_mults=(1,), quantize=False)
-    return {
-        "full": Profile(name="full"),
-        "smoke": Profile(
-            name="smoke", num_users=4, image_size=16, per_user=30, num_test=6, samples_per_user=20, budget=smoke_budget,
-            recogniser=dict(widths=(8, 16), feature_dim=16), recogniser_train=RecogniserTrainConfig(steps=60, batch_size=16),
-            k=4, m=10, aug_seeds=(0, 1, 2), baseline_aug_seeds=(0,), aug_budget=smoke_budget),
-        "full128": Profile(
-            name="full128", image_size=128, budget=LATENT128_BUDGET, aug_budget=LATENT128_KSHOT_BUDGET,
-            aug_seeds=(0, 1, 2), baseline_aug_seeds=()),
-        # a tiny latent run of the same phases: proves the 128 px profile's path runs (tests)
-        "smoke_latent": Profile(
-            name="smoke_latent", num_users=4, image_size=16, per_user=30, num_test=6, samples_per_user=20,
-            budget=replace(smoke_budget, vqgan_steps=3, vqgan=TINY_VQGAN), recogniser=dict(widths=(8, 16), feature_dim=16),
-            recogniser_train=RecogniserTrainConfig(steps=20, batch_size=8), k=4, m=4, aug_seeds=(0,),
-            baseline_aug_seeds=(0,), aug_budget=replace(smoke_budget, vqgan_steps=3, vqgan=TINY_VQGAN)),
-        "gpu256": Profile(
-            name="gpu256", image_size=256, per_user=200, num_test=40, samples_per_user=64,
-            budget=replace(gpu_budget, vqgan_steps=5000, vqgan=GPU_VQGAN),
-            recogniser=dict(KSHOT_RECOGNISER), recogniser_train=RecogniserTrainConfig(steps=3000, batch_size=32),
-            aug_budget=replace(gpu_budget, clip_steps=1000, decoder_steps=4000, prior_steps=3000, sample_steps=25,
-                               prior_sample_steps=25, vqgan_steps=2000, vqgan=GPU_VQGAN),
-            device_note="one lent GPU (256 x 256 through a VQGAN latent at f = 4; not run on the CPU machine)"),
-        "gpu": Profile(
-            name="gpu", image_size=256, per_user=200, num_test=40, samples_per_user=64, budget=gpu_budget,
-            recogniser=dict(widths=(16, 32, 64, 64, 64), feature_dim=64),
-            recogniser_train=RecogniserTrainConfig(steps=1500, batch_size=32),
-            aug_budget=replace(gpu_budget, clip_steps=1000, decoder_steps=4000, prior_steps=3000, sample_steps=25,
-                               prior_sample_steps=25),
-            device_note="one lent GPU (256 x 256; not run on the CPU machine)"),
-    }
 
 
 def log(message: str) -> None:
@@ -169,30 +69,17 @@ def log(message: str) -> None:
 
 
 def phase_data(p: Profile) -> dict:
-    """Simulate the users (in memory, through the colormap round trip the data loader does) and
-    split each user's recordings: the last `num_test` are test (the split of augment_ablation.py)."""
-    images, ids = simulate(p.num_users, p.per_user, p.image_size, p.data_seed, get_profile(p.simulator))
-    parts = split(ids, p.per_user, p.num_test, 0)
-    sets = {name: (images[parts[name]], ids[parts[name]]) for name in ("train", "test")}
-    label_map = LabelMap(names=tuple(f"ID_{u + 1}" for u in range(p.num_users)), ids=tuple(range(1, p.num_users + 1)),
-                         layout="hierarchical")
-    log(f"data: {', '.join(f'{s} {len(x)}' for s, (x, _) in sets.items())} images, {p.num_users} users "
+    """The profile's data (`protocol.protocol_data`): simulated users, the last `num_test`
+    recordings of each held out as test."""
+    data = protocol_data(p)
+    log(f"data: {', '.join(f'{s} {len(x)}' for s, (x, _) in data['sets'].items())} images, {p.num_users} users "
         f"({p.simulator}), {p.image_size}px")
-    return {"sets": sets, "label_map": label_map.to_dict()}
-
-
-def recogniser_config(p: Profile) -> RecogniserConfig:
-    shape = dict(p.recogniser)
-    if "time_pool" in shape or "pool_rows" in shape:  # the K-shot shape: pool time as augment_ablation.py does
-        shape["time_pool"] = max(1, p.image_size // 16)
-    return RecogniserConfig(num_users=p.num_users, channels=1, image_size=p.image_size, **shape)
+    return data
 
 
 def phase_recogniser(p: Profile, data: dict, work: Path):
     """The reference recogniser: all real train images, cached in the work folder."""
-    rec = cached_recogniser(work / "recogniser.pt", *data["sets"]["train"], config=recogniser_config(p),
-                            train=p.recogniser_train, label_map=data["label_map"])
-    return rec
+    return reference_recogniser(p, data, work)
 
 
 def phase_generators(p: Profile, data: dict, work: Path, generator_cache: str | None = None,
@@ -320,17 +207,6 @@ def finish_lanes(procs: list) -> list[dict]:
 
 def _num(v):
     return v if isinstance(v, (int, float)) and v is not None and math.isfinite(v) else None
-
-
-def kinematic_ratios(m: dict) -> tuple:
-    """(worst error / its limit, errors, real-vs-real floors, limits) of one generator's metrics.
-    A quantity whose real-vs-real error is itself above 10 % (gait31's torso: users walk towards
-    and away, so its mean Doppler is near zero and relative errors explode) is held to its floor."""
-    errs = {k: _num(v) for k, v in m["kinematics"]["gen"]["mean_rel_error"].items()}
-    floors = {k: _num(v) for k, v in m["kinematics"]["floor"]["mean_rel_error"].items()}
-    limits = {k: max(0.10, floors.get(k) or 0.0) for k in errs}
-    worst = max((v / limits[k] for k, v in errs.items() if v is not None), default=None)
-    return worst, errs, floors, limits
 
 
 def goals(metrics: dict, aug: dict, aug_baseline: dict | None = None) -> list[dict]:
@@ -514,7 +390,7 @@ def write_page(result: dict, path: Path, eval_dir: Path) -> None:
 
 def train_kshot_generators(p: Profile, data: dict, work: Path, generator_cache: str, seeds) -> None:
     """The augmentation phase's two-stage generators, one per seed, into `generator_cache`
-    (through `augment.kshot_generator`, as the phase itself, so it then finds them there)."""
+    (through `dalle2_md.augmentation.harness.kshot_generator`, as the phase itself, so it then finds them there)."""
     for seed in seeds:
         _, _, gen = kshot_generator(*data["sets"]["train"], k=p.k, seed=seed, kind="two_stage", budget=p.aug_budget,
                                     num_users=p.num_users, work_dir=work / "augment_two_stage",
@@ -575,8 +451,6 @@ def run(p: Profile, *, work: Path, out_json: Path, page: Path, eval_dir: Path, n
         result["lanes"] = finish_lanes(lanes)
     result["goals"] = goals(result["metrics"], result["augmentation"], result["augmentation_baseline"])
     result["wall_seconds"] = time.perf_counter() - started
-    from dalle2_md.evaluation.report import _plain_floats
-
     result = _plain_floats(result)
     out_json.parent.mkdir(parents=True, exist_ok=True)
     out_json.write_text(json.dumps(result, indent=1))
@@ -648,8 +522,7 @@ def main():
     group = ap.add_mutually_exclusive_group()
     group.add_argument("--smoke", action="store_const", const="smoke", dest="profile", help="tiny end-to-end check")
     group.add_argument("--gpu", action="store_const", const="gpu", dest="profile", help="256 x 256 profile for a GPU")
-    group.add_argument("--profile", choices=("full", "full128", "smoke", "smoke_latent", "gpu", "gpu256", "latent64",
-                                             "latent_smoke"), dest="profile")
+    group.add_argument("--profile", choices=PROFILE_NAMES, dest="profile")
     ap.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1: the machine is shared)")
     ap.add_argument("--work_dir", default=None, help="scratch folder (data, runs, recogniser cache)")
     ap.add_argument("--out", default=None, help="JSON results file")
@@ -679,13 +552,7 @@ def main():
                          '\'{"decoder_lr_schedule": "cosine"}\' (the K-shot generators keep theirs)')
     args = ap.parse_args()
     name = args.profile or "full"
-    if name.startswith("latent"):
-        from latent_vs_pixel import main as latent_main
-
-        sys.argv = [sys.argv[0]] + (["--smoke"] if name == "latent_smoke" else []) + [
-            f"--{k}={v}" for k, v in (("work_dir", args.work_dir), ("out", args.out), ("eval_dir", args.eval_dir)) if v]
-        return latent_main()
-    p = _profiles()[name]
+    p = profiles()[name]
     if args.budget:
         p = replace(p, budget=replace(p.budget, **args.budget))
     torch.set_num_threads(args.threads)
@@ -731,7 +598,7 @@ def main():
                                budget=p.budget, seed=p.train_seed, run_dir=work / "runs" / args.train_only,
                                label_map=data["label_map"], colormap="jet")
         log(f"{args.train_only}: in {args.generator_cache} ({', '.join(f'{k} {v:.0f}s' for k, v in gen.seconds.items())})")
-        gen.model.save(work / f"{args.train_only}.pt")  # where protocol_sampling.py looks for it
+        gen.model.save(work / f"{args.train_only}.pt")  # where experiments/protocol_sampling.py looks for it
         return
     if args.lane:
         return lane(p, work, args.generator_cache, args.seed_results, args.lane)

@@ -1,18 +1,50 @@
-"""Benchmark scripts whose figures docs/results.md quotes still run against today's library (a
-smoke run each: tiny models, seconds). latent_vs_pixel.py had stopped running when the quality
-protocol's data phase changed under it."""
+"""Scripts under benchmarks/ and experiments/ whose figures docs/results.md quotes still run
+against today's library (a smoke run each: tiny models, seconds), and every script imports the
+installed package only (no sys.path edits, no imports from tests/ or from another script)."""
 
+import ast
 import json
 import subprocess
 import sys
 from pathlib import Path
 
+import torch
+
 ROOT = Path(__file__).resolve().parents[1]
+SCRIPTS = sorted((ROOT / "benchmarks").glob("*.py")) + sorted((ROOT / "experiments").glob("*.py"))
+
+
+def test_scripts_import_the_package_only():
+    script_names = {p.stem for p in SCRIPTS}
+    test_modules = {p.stem for p in (ROOT / "tests").glob("*.py")}
+    for path in SCRIPTS:
+        source = path.read_text()
+        assert "sys.path" not in source, f"{path.name} edits sys.path"
+        for node in ast.walk(ast.parse(source)):
+            if isinstance(node, ast.Import):
+                modules = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                modules = [node.module or ""]
+            else:
+                continue
+            for module in modules:
+                top = module.split(".")[0]
+                assert top not in script_names, f"{path.name} imports the script {module}"
+                assert top not in test_modules and top != "tests", f"{path.name} imports {module} from tests/"
+
+
+def test_protocol_profiles_and_split():
+    from dalle2_md.evaluation.protocol import PROFILE_NAMES, profiles, split
+
+    assert set(profiles()) == set(PROFILE_NAMES)
+    parts = split(torch.arange(3).repeat_interleave(10), per_user=10, num_test=2, num_val=3)
+    assert [len(parts[k]) for k in ("train", "val", "test")] == [15, 9, 6]
+    assert parts["test"][:2].tolist() == [8, 9] and parts["val"][:3].tolist() == [5, 6, 7]
 
 
 def test_latent_vs_pixel_smoke_trains_every_arm_within_the_pixel_arms_time(tmp_path):
     out = tmp_path / "lvp.json"
-    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks/latent_vs_pixel.py"), "--smoke",
+    proc = subprocess.run([sys.executable, str(ROOT / "experiments/latent_vs_pixel.py"), "--smoke",
                            "--work_dir", str(tmp_path / "work"), "--out", str(out), "--eval_dir", str(tmp_path / "eval")],
                           capture_output=True, text=True, timeout=600, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -59,13 +91,13 @@ def test_quality_latent_profile_runs_and_finds_kshot_generators_another_process_
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert len(set(cache.glob("baseline_seed0_*.pt")) - before) == 1
     assert SingleStageBaseline.load(other / "baseline.pt").config.use_vqgan
-    # protocol_sampling.py re-judges those generators under other sampling settings, no training;
+    # experiments/protocol_sampling.py re-judges those generators under other sampling settings, no training;
     # at the protocol's own setting it reproduces the protocol's A_gen
     settings = [{"kind": "two_stage", "cond_scale": 3.0}, {"kind": "baseline", "cond_scale": 1.0,
                                                             "guidance_interval": [0.1, 0.9], "sample_start": 1.0},
                 {"kind": "true_embeds", "cond_scale": 3.0}, {"kind": "two_stage", "cond_scale": 3.0, "prior_steps": 40}]
     sweep = tmp_path / "ps.json"
-    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks/protocol_sampling.py"), "--profile", "smoke_latent",
+    proc = subprocess.run([sys.executable, str(ROOT / "experiments/protocol_sampling.py"), "--profile", "smoke_latent",
                            "--work_dir", str(work), "--settings", json.dumps(settings), "--out", str(sweep),
                            "--eval_dir", str(tmp_path / "ps_eval")], capture_output=True, text=True, timeout=600, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr[-3000:]

@@ -1,7 +1,7 @@
 """Benchmark: training-step time of dalle2-pytorch's stock DiffusionPrior vs dalle2-md's
 user-conditioned prior (and the stock network with max_text_len=0, to isolate the padding).
 
-    python benchmarks/bench_prior.py [--sizes small,seed] [--threads 1] [--out FILE]
+    python experiments/bench_prior.py [--sizes small,seed] [--threads 1] [--out FILE]
 
 A step is forward + backward + Adam update on random embeddings; the figure is the median over
 `steps` after `warmup`. The machine is shared, so compare rows of one run, not runs.

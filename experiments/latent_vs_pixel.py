@@ -1,4 +1,4 @@
-"""Pixel vs latent decoder, and U-Net vs DiT over the latent, at equal training time (issue 9).
+"""Pixel vs latent decoder, and U-Net vs DiT over the latent, at equal training time.
 
 Each arm is a whole two-stage generator (embedding model, [VQGAN,] decoder, prior) trained on the
 same simulated users at 64 px. The pixel U-Net decoder trains a fixed number of steps; every
@@ -7,9 +7,8 @@ latent arm then gets exactly the seconds that decoder took, for its VQGAN and it
 quality protocol: A_gen / A_real by the reference recogniser, domain FID against its size-matched
 floor, kinematic errors against theirs, plus training and sampling images per second.
 
-    python benchmarks/latent_vs_pixel.py                    # 64 px, 8 users (about an hour on one core)
-    python benchmarks/latent_vs_pixel.py --smoke            # 32 px, tiny models: proves it runs
-    python benchmarks/quality.py --profile latent64         # the same, from the protocol script
+    python experiments/latent_vs_pixel.py                   # 64 px, 8 users (about an hour on one core)
+    python experiments/latent_vs_pixel.py --smoke           # 32 px, tiny models: proves it runs
 
 Writes benchmarks/results/latent_vs_pixel.json and .md (per-arm evaluation reports and sample
 grids in benchmarks/results/latent_vs_pixel/).
@@ -22,24 +21,24 @@ for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
 
 import argparse  # noqa: E402
 import json  # noqa: E402
-import sys  # noqa: E402
 import time  # noqa: E402
 from dataclasses import dataclass, replace  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import torch  # noqa: E402
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from quality import Profile, log, phase_data, phase_recogniser  # noqa: E402
-
-from dalle2_md.generation.samples import sample_tensors
-from dalle2_md.augmentation.harness import train_generator
-from dalle2_md.training.presets import CPU_DECODER_SIZES, QUICK_BUDGET, TINY_DECODER_SIZES, GeneratorBudget  # noqa: E402
+from dalle2_md.augmentation.harness import sample_tensors, train_generator  # noqa: E402
+from dalle2_md.evaluation.protocol import Profile, protocol_data, reference_recogniser  # noqa: E402
 from dalle2_md.evaluation.recogniser import RecogniserTrainConfig  # noqa: E402
 from dalle2_md.evaluation.report import evaluate_samples  # noqa: E402
+from dalle2_md.training.presets import CPU_DECODER_SIZES, QUICK_BUDGET, TINY_DECODER_SIZES, GeneratorBudget  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 KINEMATICS = ("torso", "max_envelope", "cadence")
+
+
+def log(message: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
 
 
 @dataclass(frozen=True)
@@ -146,8 +145,10 @@ def run_arms(name: str, *, work: Path, out_json: Path, eval_dir: Path, only: lis
         raise SystemExit(f"--arms: no arm {unknown}; the {name} arms are: {', '.join(a.name for a in arms)}")
     started = time.perf_counter()
     work.mkdir(parents=True, exist_ok=True)
-    data = phase_data(p)
-    recogniser = phase_recogniser(p, data, work)
+    data = protocol_data(p)
+    log(f"data: {', '.join(f'{s} {len(x)}' for s, (x, _) in data['sets'].items())} images, {p.num_users} users "
+        f"({p.simulator}), {p.image_size}px")
+    recogniser = reference_recogniser(p, data, work)
     # rows of an earlier run stand in for the arms not rerun (an equal-time arm reads its reference's seconds)
     rows = {r["arm"]: r for r in json.loads(reuse.read_text())["rows"]} if reuse else {}
     for arm in arms:

@@ -1,10 +1,10 @@
 """The protocol's all-data generators under other sampling settings: decoder guidance, sampler
 and DDIM eta, network evaluations. Per setting: A_gen / A_real, domain FID against its floor and
 the kinematic errors, judged exactly as benchmarks/quality.py judges its own samples, from the
-generators and reference recogniser a quality.py run left in its work folder (no training).
+generators and reference recogniser a benchmarks/quality.py run left in its work folder (no training).
 
-    python benchmarks/protocol_sampling.py --work_dir /tmp/dalle2md_quality_full_work
-    python benchmarks/protocol_sampling.py --work_dir W --settings '[{"kind": "two_stage", "cond_scale": 2}]'
+    python experiments/protocol_sampling.py --work_dir /tmp/dalle2md_quality_full_work
+    python experiments/protocol_sampling.py --work_dir W --settings '[{"kind": "two_stage", "cond_scale": 2}]'
 
 Every setting samples the same users with the same seed. One torch thread; times are wall-clock
 on whatever else the machine runs.
@@ -26,24 +26,26 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import argparse  # noqa: E402
 import json  # noqa: E402
-import sys  # noqa: E402
 import time  # noqa: E402
 from dataclasses import replace  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import torch  # noqa: E402
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from quality import _profiles, kinematic_ratios, log, phase_data, phase_recogniser  # noqa: E402
-
-from dalle2_md.generation.samples import sample_tensors
-from dalle2_md.models.single_stage import SingleStageBaseline  # noqa: E402
-from dalle2_md.models.embedding import compute_image_embeds  # noqa: E402
-from dalle2_md.training.fit import fit_prior_for_clip  # noqa: E402
-from dalle2_md.evaluation.report import _plain_floats, evaluate_samples
-from dalle2_md.models.chain import MicroDopplerDALLE2, sample_keys  # noqa: E402
-from dalle2_md.models.prior import UserConditionedDiffusionPrior  # noqa: E402
+from dalle2_md.augmentation.harness import sample_tensors  # noqa: E402
+from dalle2_md.evaluation.protocol import kinematic_ratios, profiles, protocol_data, reference_recogniser  # noqa: E402
+from dalle2_md.evaluation.report import _plain_floats, evaluate_samples  # noqa: E402
 from dalle2_md.evaluation.stages import within_user_spread  # noqa: E402
+from dalle2_md.models.chain import MicroDopplerDALLE2, sample_keys  # noqa: E402
+from dalle2_md.models.embedding import compute_image_embeds  # noqa: E402
+from dalle2_md.models.prior import UserConditionedDiffusionPrior  # noqa: E402
+from dalle2_md.models.single_stage import SingleStageBaseline  # noqa: E402
+from dalle2_md.training.fit import fit_prior_for_clip  # noqa: E402
+
+
+def log(message: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
+
 
 # the protocol's own setting (guidance 3, 15 steps of the default sampler) first, then lower guidance,
 # stochastic DDIM and more steps; "guidance_interval": [lo, hi] guides only there (fractions of the schedule)
@@ -135,15 +137,15 @@ def main(argv=None) -> dict:
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results/protocol_sampling.json"))
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
-    p = _profiles()[args.profile]
+    p = profiles()[args.profile]
     if args.sample_seed is not None:
         p = replace(p, sample_seed=args.sample_seed)
     missing = [f for f in ("two_stage.pt", "baseline.pt", "recogniser.pt") if not (args.work_dir / f).exists()]
     if missing:
         raise SystemExit(f"{args.work_dir}: no {', '.join(missing)}; run benchmarks/quality.py --profile {args.profile} "
                          f"--work_dir {args.work_dir} first.")
-    data = phase_data(p)
-    recogniser = phase_recogniser(p, data, args.work_dir)
+    data = protocol_data(p)
+    recogniser = reference_recogniser(p, data, args.work_dir)
     models = {"two_stage": MicroDopplerDALLE2.load(args.work_dir / "two_stage.pt").eval(),
               "baseline": SingleStageBaseline.load(args.work_dir / "baseline.pt").eval()}
     models["true_embeds"] = models["two_stage"]

@@ -1,7 +1,7 @@
 """How varied the K-shot generators' draws are, stage by stage: the prior's embeddings against the
 real ones, and the images of each source against the real images in recogniser features.
 
-One gait31 K-shot pick (32 px, data seed 1, the split of augment_ablation.py). Embedding space:
+One gait31 K-shot pick (32 px, data seed 1, the split of benchmarks/augment_ablation.py). Embedding space:
 for the two-stage generator with priors trained for each `--prior_steps` (the embedding model and
 decoder come from the cache; only the prior is trained), the within-user spread of the prior's
 samples over that of the K-shot and of all real train embeddings, their nearest-centroid accuracy,
@@ -9,10 +9,10 @@ their mean distance to the nearest K-shot embedding (real test images: their own
 reference for "new") and their per-user recall of the real train embeddings. Image space: for the
 single-stage generator, the prior chain, SDEdit and its conditions, and the real K-shot and test
 images, the within-user spread of recogniser features, per-user precision and recall against all
-real train images (`metrics.precision_recall`), A_gen and domain FID, judged by a recogniser
+real train images (`evaluation.metrics.precision_recall`), A_gen and domain FID, judged by a recogniser
 trained on all real train images.
 
-    python benchmarks/sample_variety.py --seed 0 --generator_cache DIR [--prior_steps 1000,4000,12000]
+    python experiments/sample_variety.py --seed 0 --generator_cache DIR [--prior_steps 1000,4000,12000]
 
 Prints two tables; writes benchmarks/results/sample_variety_k<K>_s<seed>.json. One torch thread.
 """
@@ -24,15 +24,11 @@ for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
 
 import argparse  # noqa: E402
 import json  # noqa: E402
-import sys  # noqa: E402
 from dataclasses import replace  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from kshot import KSHOT_RECOGNISER, simulate, split  # noqa: E402
 
 from dalle2_md.training.presets import GeneratorBudget
 from dalle2_md.augmentation.harness import cached_generator, kshot_indices
@@ -43,6 +39,7 @@ from dalle2_md.augmentation.recipe import AugmentRecipe, draw_candidates  # noqa
 from dalle2_md.evaluation.recogniser import RecogniserConfig, RecogniserTrainConfig, train_recogniser  # noqa: E402
 from dalle2_md.evaluation.stages import nearest_centroid_accuracy, user_centroids, within_user_spread  # noqa: E402
 from dalle2_md.data.simulator import get_profile  # noqa: E402
+from dalle2_md.evaluation.protocol import KSHOT_RECOGNISER, simulate, split  # noqa: E402
 from dalle2_md.generation.variations import embed  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -1,5 +1,5 @@
 """Decoder training step time on CPU with the U-Net's weights NCHW (PyTorch's default), channels-last
-(what `core.channels_last_unet` does before a latent decoder trains), and channels-last with the
+(what `dalle2_md.models.decoder.channels_last_unet` does before a latent decoder trains), and channels-last with the
 training step compiled (`TrainConfig.compile`, torch.compile with inductor), at the quality
 protocol's two decoder shapes: the 32 px pixel decoder and the 128 px profile's decoder over its
 16 x 32 x 32 VQGAN latent (and AdamW's step over that decoder's weights, per-tensor loop vs fused).
@@ -10,8 +10,8 @@ compilation, as a fresh machine pays it. `--other_core busy` keeps a second proc
 128 px latent decoder meanwhile, as the quality protocol's second worker does (the two share
 caches and memory bandwidth).
 
-    python benchmarks/bench_memory_format.py [--rounds 3 --steps 8 --out benchmarks/results/bench_memory_format.json]
-    python benchmarks/bench_memory_format.py --other_core busy --out benchmarks/results/bench_memory_format_busy.json
+    python experiments/bench_memory_format.py [--rounds 3 --steps 8 --out benchmarks/results/bench_memory_format.json]
+    python experiments/bench_memory_format.py --other_core busy --out benchmarks/results/bench_memory_format_busy.json
 """
 
 import os
@@ -34,6 +34,7 @@ from dalle2_md.training.fit import LatentLoss
 from dalle2_md.training.fit import latent_decoder_config, user_table_size
 from dalle2_md.models.decoder import DecoderConfig, build_decoder  # noqa: E402
 from dalle2_md.training.presets import GeneratorBudget  # noqa: E402
+from dalle2_md.evaluation.protocol import PROTOCOL_BUDGET  # noqa: E402
 
 NUM_USERS, EMBED_DIM, BATCH = 31, 32, 16
 
@@ -60,7 +61,7 @@ def models(image_size: int, budget: GeneratorBudget):
 def seconds_per_step(module, batch, steps: int, first: list | None = None) -> float:
     """Mean seconds of `steps` training steps after one warm-up step (whose time is appended to
     `first` when given)."""
-    # fused, as `training.train` builds it
+    # fused, as `training.loop.train` builds it
     opt = torch.optim.AdamW([p for p in module.parameters() if p.requires_grad], lr=1e-4, fused=True)
     torch.manual_seed(1)
     start = time.perf_counter()
@@ -78,7 +79,7 @@ def seconds_per_step(module, batch, steps: int, first: list | None = None) -> fl
 
 def optimizer_milliseconds(rounds: int = 30) -> dict:
     """AdamW's step over the 128 px latent decoder's weights: the per-tensor loop (PyTorch's
-    default on a CPU) against the fused kernel `training.train` uses."""
+    default on a CPU) against the fused kernel `training.loop.train` uses."""
     _, module, _ = models(128, GeneratorBudget(vqgan_steps=1000))
     params = [p for p in module.parameters() if p.requires_grad]
     for p in params:
@@ -139,8 +140,7 @@ def main():
 
 def measure(args) -> list[dict]:
     torch.set_num_threads(1)
-    protocol = GeneratorBudget(sample_steps=15, prior_sample_steps=15)  # quality.py's PROTOCOL_BUDGET
-    shapes = {"32 px pixel decoder": (32, protocol),
+    shapes = {"32 px pixel decoder": (32, PROTOCOL_BUDGET),
               "128 px decoder over a 16 x 32 x 32 latent": (128, GeneratorBudget(vqgan_steps=1000))}
     rows = []
     for name, (size, budget) in shapes.items():

@@ -1,7 +1,7 @@
 """What the K-shot generator's samples get wrong, per decoder variant and sampling setting.
 
-One gait31 K-shot pick (32 px, data seed 1, the split of augment_ablation.py), one generator per
-decoder variant trained on it (or taken from --generator_cache: augment_ablation.py writes the
+One gait31 K-shot pick (32 px, data seed 1, the split of benchmarks/augment_ablation.py), one generator per
+decoder variant trained on it (or taken from --generator_cache: benchmarks/augment_ablation.py writes the
 same files), then for every setting: the background level of the samples (mean of the darker half
 of each image, and the share above 0.4, which no real image reaches), A_gen by a recogniser trained
 on ALL real train images and by one trained on the K-shot images, domain FID against the real
@@ -10,10 +10,10 @@ the same size against the same test images: FID grows as sets shrink, so the flo
 size), and the kinematic errors (torso velocity, envelope, cadence per user, relative to the real
 train images) beside theirs (real test against real train).
 
-    python benchmarks/sample_defects.py --generator_cache /tmp/generators
-    python benchmarks/sample_defects.py --variants eps --settings "g=1;g=3;g=3,iv=0.15:0.7;g=1,var"
-    python benchmarks/sample_defects.py --variants eps --settings "g=3,st=1;g=3,st=0.99;g=3;g=3,st=0.925;g=3,st=0.9"
-    python benchmarks/sample_defects.py --variants eps --settings "g=3;sd=0.5;sd=0.5,eta=1" --seed 1 \
+    python experiments/sample_defects.py --generator_cache /tmp/generators
+    python experiments/sample_defects.py --variants eps --settings "g=1;g=3;g=3,iv=0.15:0.7;g=1,var"
+    python experiments/sample_defects.py --variants eps --settings "g=3,st=1;g=3,st=0.99;g=3;g=3,st=0.925;g=3,st=0.9"
+    python experiments/sample_defects.py --variants eps --settings "g=3;sd=0.5;sd=0.5,eta=1" --seed 1 \
         --generator_cache DIR --out benchmarks/results/synthetic_quality_k10_s1.json
 
 A setting is comma-separated: g=<decoder guidance>, iv=<lo>:<hi> (guidance interval), eta=<DDIM
@@ -30,15 +30,11 @@ for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
 
 import argparse  # noqa: E402
 import json  # noqa: E402
-import sys  # noqa: E402
 import time  # noqa: E402
 from dataclasses import replace  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import torch  # noqa: E402
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from kshot import KSHOT_RECOGNISER, simulate, split  # noqa: E402
 
 from dalle2_md.training.presets import GeneratorBudget
 from dalle2_md.augmentation.harness import cached_generator, kshot_indices
@@ -48,6 +44,7 @@ from dalle2_md.evaluation.recogniser import accuracy
 from dalle2_md.training.presets import CPU_DECODER_SIZES  # noqa: E402
 from dalle2_md.evaluation.recogniser import RecogniserConfig, RecogniserTrainConfig, train_recogniser  # noqa: E402
 from dalle2_md.data.simulator import get_profile  # noqa: E402
+from dalle2_md.evaluation.protocol import KSHOT_RECOGNISER, simulate, split  # noqa: E402
 from dalle2_md.generation.variations import sdedit, variations_of  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -61,7 +58,7 @@ BRIGHT = 0.4
 
 
 def background(images: torch.Tensor) -> dict:
-    """Mean background level (`metrics.background_levels`) and the share of images above BRIGHT."""
+    """Mean background level (`evaluation.metrics.background_levels`) and the share of images above BRIGHT."""
     level = background_levels(images)
     return {"background": float(level.mean()), "bright_share": float((level > BRIGHT).float().mean())}
 

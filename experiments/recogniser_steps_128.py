@@ -2,11 +2,12 @@
 the baseline of the augmentation gain stay as strong? (It does not: this is why the profile's
 60-minute cut falls on the K-shot decoders instead; see docs/results.md.)
 
-Same data, K-shot picks, recogniser shape and training settings as `quality.py --profile
-full128`, only the step count varies. Prints a table and writes JSON. One torch thread; run
-several invocations side by side to use more cores.
+Same data, K-shot picks, recogniser shape and training settings as `benchmarks/quality.py
+--profile full128` (`dalle2_md.evaluation.protocol.profiles()["full128"]`), only the step count
+varies. Prints a table and writes JSON. One torch thread; run several invocations side by side to
+use more cores.
 
-    python benchmarks/recogniser_steps_128.py [--steps 2000 2500 --seeds 0 --out benchmarks/results/recogniser_steps_128.json]
+    python experiments/recogniser_steps_128.py [--steps 2000 2500 --seeds 0 --out benchmarks/results/recogniser_steps_128.json]
 """
 
 import os
@@ -15,19 +16,15 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import argparse  # noqa: E402
 import json  # noqa: E402
-import sys  # noqa: E402
 import time  # noqa: E402
 from dataclasses import replace  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import torch  # noqa: E402
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import quality  # noqa: E402
-
 from dalle2_md.augmentation.harness import kshot_indices  # noqa: E402
-from dalle2_md.evaluation.recogniser import accuracy
-from dalle2_md.evaluation.recogniser import train_recogniser  # noqa: E402
+from dalle2_md.evaluation.protocol import profiles, protocol_data, recogniser_config  # noqa: E402
+from dalle2_md.evaluation.recogniser import accuracy, train_recogniser  # noqa: E402
 
 
 def main():
@@ -38,10 +35,10 @@ def main():
     ap.add_argument("--out", default="benchmarks/results/recogniser_steps_128.json")
     args = ap.parse_args()
     torch.set_num_threads(1)
-    p = quality._profiles()[args.profile]
-    data = quality.phase_data(p)
+    p = profiles()[args.profile]
+    data = protocol_data(p)
     (images, ids), test = data["sets"]["train"], data["sets"]["test"]
-    shape = quality.recogniser_config(p)
+    shape = recogniser_config(p)
     rows = []
     for seed in args.seeds:
         idx = kshot_indices(ids, p.k, seed)

@@ -1,11 +1,12 @@
-"""`clip.train_clip`, `vqgan.train_vqgan` and `recogniser.train_recogniser` now train through
-`training.train` (the loop the CLI stages run). This compares them with the plain loops they
-replaced (kept below as reference), on the setups of tests/test_clip.py (toy users, 120 steps),
-tests/test_vqgan_path.py (smooth 16 px images, 60 steps) and the augmentation benchmark's
-recogniser (32 px, default widths, time pool 2, batch 32, 300 steps): the numbers those tests
-assert, the wall-clock time, and for the recogniser whether the weights are bit-identical.
+"""`train_clip`, `train_vqgan` and `train_recogniser` train through the shared loop
+(`dalle2_md.training.loop.train`, the loop the CLI stages run). This compares them with plain
+loops (kept below as reference), on the setups of tests/test_clip.py (toy users, 120 steps; its
+toy data is copied below), tests/test_vqgan_path.py (smooth 16 px images, 60 steps) and the
+augmentation benchmark's recogniser (32 px, default widths, time pool 2, batch 32, 300 steps): the
+numbers those tests assert, the wall-clock time, and for the recogniser whether the weights are
+bit-identical.
 
-    python benchmarks/bench_loop_wrappers.py [--repeats 2] [--out benchmarks/results/bench_loop_wrappers.json]
+    python experiments/bench_loop_wrappers.py [--repeats 2] [--out benchmarks/results/bench_loop_wrappers.json]
 
 Times are wall-clock on whatever else the machine is doing; one torch thread.
 """
@@ -14,28 +15,73 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
+import math
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tests"))
-
-from test_clip import USERS, tiny_config, toy_spectrograms  # noqa: E402
-from test_evaluate import plain_recogniser_loop  # noqa: E402
-
-from dalle2_md.models.embedding import MicroDopplerClip, compute_image_embeds
-from dalle2_md.training.fit import train_clip
-from dalle2_md.evaluation.stages import within_user_spread  # noqa: E402
+from dalle2_md.evaluation.recogniser import _BatchStream, _initial_recogniser, _Objective
+from dalle2_md.evaluation.stages import within_user_spread
+from dalle2_md.models.embedding import ClipConfig, MicroDopplerClip, compute_image_embeds
 from dalle2_md.models.vqgan import VQGanConfig, build_vqgan, reconstruction_quality, vqgan_loss
+from dalle2_md.training.fit import train_clip, train_vqgan
 from dalle2_md.training.presets import cpu_vqgan_sizes
-from dalle2_md.training.fit import train_vqgan
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# the toy setup of tests/test_clip.py
+USERS = 4
+SIZE = 20  # not a power of 2 on purpose
+
+
+def tiny_config(**kw):
+    base = dict(
+        num_users=USERS, image_size=SIZE, channels=1, dim_latent=16, dim_image=32, dim_text=16,
+        encoder_widths=(8, 16, 32), token_grid=2, text_heads=2, text_dim_head=8,
+        ssl_dim=16, ssl_hidden=32,
+    )
+    base.update(kw)
+    return ClipConfig(**base)
+
+
+def toy_spectrograms(n_per_user, seed, size=SIZE):
+    """1-channel images: a wavy horizontal line whose height and wobble rate are the user's,
+    with per-image phase, wobble amplitude, offset, gain and noise (within-user variation)."""
+    rng = np.random.default_rng(seed)
+    rows, cols = np.arange(size)[:, None], np.arange(size)[None, :]
+    images, users = [], []
+    for u in range(USERS):
+        freq, centre = 1 + u, size * (0.2 + 0.2 * u)
+        for _ in range(n_per_user):
+            line = centre + rng.uniform(0.5, 3) * np.sin(2 * np.pi * freq * cols / size + rng.uniform(0, 2 * np.pi))
+            line = line + rng.normal(0, 0.8)
+            img = np.exp(-0.5 * ((rows - line) / 1.2) ** 2) * rng.uniform(0.6, 1.0)
+            images.append(img + rng.normal(0, 0.1, img.shape))
+            users.append(u)
+    images = torch.tensor(np.stack(images)[:, None], dtype=torch.float32) * 2 - 1
+    return images, torch.tensor(users)
+
+
+def plain_recogniser_loop(images, ids, config, cfg, synthetic=None):
+    """The recogniser's updates without the shared loop: AdamW, cosine decay to 10 %, raw weights,
+    over the same batch stream; returns (model, its objective, the stream) (as in tests/test_evaluate.py)."""
+    model = _initial_recogniser(config, cfg.seed, None)
+    objective, stream = _Objective(model, cfg.synthetic_weight), _BatchStream((images, ids), synthetic, cfg)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, fused=True)  # as the loop's
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(s, cfg.steps) / max(1, cfg.steps))))
+    for _ in range(cfg.steps):
+        objective(**next(stream)).backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        sched.step()
+    return model.eval(), objective, stream
 
 
 def plain_clip(images, user_indices, config, *, steps, batch_size, lr, seed):
-    """The loop `train_clip` ran before: Adam, a fresh random batch each step, raw weights."""
+    """A plain embedding-model loop: Adam, a fresh random batch each step, raw weights."""
     torch.manual_seed(seed)
     model = MicroDopplerClip(config).train()
     opt = torch.optim.Adam(model.parameters(), lr=lr)
@@ -50,7 +96,7 @@ def plain_clip(images, user_indices, config, *, steps, batch_size, lr, seed):
 
 
 def plain_vqgan(images, config, *, steps, batch_size, lr, seed):
-    """The loop `train_vqgan` ran before: Adam over shuffled epochs, raw weights."""
+    """A plain VQGAN loop: Adam over shuffled epochs, raw weights."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         vqgan = build_vqgan(config).train()
@@ -68,8 +114,7 @@ def plain_vqgan(images, config, *, steps, batch_size, lr, seed):
 
 
 def plain_recogniser(images, user_indices, config, train):
-    """The loop `train_recogniser` ran before: AdamW, cosine decay to 10 %, raw weights (the
-    reference loop of tests/test_evaluate.py)."""
+    """A plain recogniser loop: AdamW, cosine decay to 10 %, raw weights (`plain_recogniser_loop`)."""
     return plain_recogniser_loop(images, user_indices, config, train)[0]
 
 

@@ -1,30 +1,64 @@
 """Sampling for data: DDIM eta and guidance of both stages against identity accuracy, diversity
-and domain FID (issue 10, item 3), on the generator and recogniser `bench_sampling.py` trained
-and cached in its --work folder (trained there if missing).
+and domain FID, on the generator and recogniser benchmarks/bench_sampling.py trains and caches in
+its --work folder (the same setup, trained there if missing).
 
 Every setting samples the same users with the same seed; eta = 0 runs the default sampler,
 eta > 0 runs DDIM (the only stochastic one). Augmentation gain per setting is not measured
 here (it needs one recogniser training per setting; see `dalle2-md augment-eval`).
 
-    python benchmarks/sweep_sampling.py                     # 32 settings, a few minutes at 16 px
+    python experiments/sweep_sampling.py                     # 32 settings, a few minutes at 16 px
 """
 
 import argparse
 import itertools
 import json
-import sys
 import time
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from bench_sampling import log, setup  # noqa: E402
-from dalle2_md.evaluation.recogniser import accuracy
+from dalle2_md.augmentation.harness import train_generator
+from dalle2_md.data.dataset import MicroDopplerDataset
+from dalle2_md.data.simulator import synthesize_dataset
 from dalle2_md.evaluation.metrics import diversity, domain_fid
-from dalle2_md.evaluation.recogniser import extract_features
+from dalle2_md.evaluation.recogniser import (RecogniserConfig, RecogniserTrainConfig, accuracy, cached_recogniser,
+                                             extract_features)
+from dalle2_md.models.chain import MicroDopplerDALLE2
+from dalle2_md.training.presets import GeneratorBudget
+
+
+def log(message: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
+
+
+def setup(work: Path, quick: bool, num_users: int, image_size: int):
+    """Data, the recogniser and the generator (each cached in `work`), as benchmarks/bench_sampling.py
+    makes them (so the two scripts share a --work folder)."""
+    data_dir = work / "data"
+    if not data_dir.exists():
+        synthesize_dataset(data_dir, num_users=num_users, images_per_user=30 if quick else 40, image_size=image_size,
+                           seed=0, progress=False)
+    sets = {s: MicroDopplerDataset(data_dir, image_size=image_size, split=s, split_file=work / "split.json",
+                                   split_fractions=(0.7, 0.1, 0.2)) for s in ("train", "val", "test")}
+    train, val = sets["train"].tensors(), sets["val"].tensors()
+    label_map = sets["train"].label_map.to_dict()
+    rec = cached_recogniser(work / "recogniser.pt", *train, val=val, label_map=label_map,
+                            config=RecogniserConfig(num_users=num_users, channels=1, image_size=image_size,
+                                                    widths=(8, 16, 32), feature_dim=16),
+                            train=RecogniserTrainConfig(steps=60 if quick else 300, batch_size=32))
+    bundle = work / "generator.pt"
+    if bundle.exists():
+        model = MicroDopplerDALLE2.load(bundle)
+    else:
+        budget = GeneratorBudget(clip_steps=150, decoder_steps=800, prior_steps=400) if not quick else GeneratorBudget(
+            clip_steps=20, decoder_steps=40, prior_steps=40)
+        start = time.perf_counter()
+        gen = train_generator(*train, num_users=num_users, budget=budget, seed=0, run_dir=work / "runs",
+                              label_map=label_map, colormap="jet")
+        log(f"generator trained in {time.perf_counter() - start:.0f}s ({gen.seconds})")
+        model = gen.model
+        model.save(bundle)
+    return sets, rec, model.eval()
 
 
 def main():
