@@ -30,12 +30,13 @@ from pathlib import Path  # noqa: E402
 
 import torch  # noqa: E402
 
-from dalle2_md.augmentation.harness import _mean_std, augmentation_gain, summarise_seeds  # noqa: E402
+from dalle2_md.augmentation.harness import mean_std, augmentation_gain, summarise_seeds  # noqa: E402
 from dalle2_md.augmentation.recipe import AugmentRecipe  # noqa: E402
 from dalle2_md.data.simulator import get_profile  # noqa: E402
 from dalle2_md.evaluation.protocol import KSHOT_RECOGNISER, simulate, split  # noqa: E402
 from dalle2_md.evaluation.recogniser import RecogniserTrainConfig  # noqa: E402
-from dalle2_md.evaluation.report import _plain_floats  # noqa: E402
+from dalle2_md.defaults import SamplingConfig  # noqa: E402
+from dalle2_md.utils import plain_json  # noqa: E402
 from dalle2_md.training.presets import GeneratorBudget  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -116,7 +117,7 @@ def markdown(result: dict, args) -> str:
 def write(result: dict, args, out: str | None) -> None:
     out = Path(out or ROOT / "benchmarks" / "results" / f"augment_ablation_k{result['k']}.json")
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(_plain_floats(result), indent=1))
+    out.write_text(json.dumps(plain_json(result), indent=1))
     table = markdown(result, args)
     out.with_suffix(".md").write_text(table)
     print(table)
@@ -168,7 +169,7 @@ def from_logs(paths: list[str], k: int, image_size: int, out: str | None) -> dic
             continue
         real, aug = [100 * float(r["real"]) for r in mine], [100 * float(r["aug"]) for r in mine]
         gain = [a - b for a, b in zip(aug, real)]
-        stats = {key: _mean_std(v) for key, v in (("acc_real", real), ("acc_aug", aug), ("gain_points", gain))}
+        stats = {key: mean_std(v) for key, v in (("acc_real", real), ("acc_aug", aug), ("gain_points", gain))}
         stats["kept_over_drawn"] = sum(int(r["kept"]) for r in mine) / max(1, sum(int(r["drawn"]) for r in mine))
         result["recipes"][name] = stats
         lines.append(f"| {name} | {len(mine)} | {stats['acc_real']['mean']:.1f} ± {stats['acc_real']['std']:.1f} | "
@@ -194,9 +195,9 @@ def main():
     ap.add_argument("--per_user", type=int, default=100)
     ap.add_argument("--num_test", type=int, default=20)
     ap.add_argument("--data_seed", type=int, default=1)
-    ap.add_argument("--clip_steps", type=int, default=GeneratorBudget.clip_steps)
-    ap.add_argument("--decoder_steps", type=int, default=GeneratorBudget.decoder_steps)
-    ap.add_argument("--prior_steps", type=int, default=GeneratorBudget.prior_steps)
+    ap.add_argument("--clip_train_steps", "--clip_steps", type=int, default=GeneratorBudget.clip_train_steps)
+    ap.add_argument("--decoder_train_steps", "--decoder_steps", type=int, default=GeneratorBudget.decoder_train_steps)
+    ap.add_argument("--prior_train_steps", "--prior_steps", type=int, default=GeneratorBudget.prior_train_steps)
     ap.add_argument("--sample_steps", type=int, default=15)
     ap.add_argument("--decoder_config", default=None, type=json.loads,
                     help='DecoderConfig fields over the CPU sizes, as JSON (e.g. \'{"embed_noise_std": 0.6}\')')
@@ -225,8 +226,9 @@ def main():
     parts = split(ids, args.per_user, args.num_test, 0)
     train, test = (images[parts["train"]], ids[parts["train"]]), (images[parts["test"]], ids[parts["test"]])
     recipes = [RECIPES[name] for name in args.recipes.split(",")]
-    budget = GeneratorBudget(clip_steps=args.clip_steps, decoder_steps=args.decoder_steps, prior_steps=args.prior_steps,
-                             sample_steps=args.sample_steps, prior_sample_steps=args.sample_steps)
+    budget = GeneratorBudget(clip_train_steps=args.clip_train_steps, decoder_train_steps=args.decoder_train_steps,
+                             prior_train_steps=args.prior_train_steps,
+                             sampling=SamplingConfig(decoder_steps=args.sample_steps, prior_steps=args.sample_steps))
     if args.decoder_config:
         budget = replace(budget, decoder={**budget.decoder, **args.decoder_config})
     rec_train = RecogniserTrainConfig()

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import torch
 
+from dalle2_md.defaults import SamplingConfig
 from dalle2_md.generation import curate
 from dalle2_md.training.presets import GeneratorBudget
 from dalle2_md.augmentation.harness import load_splits, train_generator
@@ -52,9 +53,9 @@ def main():
     ap.add_argument("--size", type=int, default=32)
     ap.add_argument("--n", type=int, default=20, help="kept samples wanted per user")
     ap.add_argument("--cap", type=int, default=100, help="most draws per user")
-    ap.add_argument("--clip_steps", type=int, default=200)
-    ap.add_argument("--decoder_steps", type=int, default=600)
-    ap.add_argument("--prior_steps", type=int, default=400)
+    ap.add_argument("--clip_train_steps", "--clip_steps", type=int, default=200)
+    ap.add_argument("--decoder_train_steps", "--decoder_steps", type=int, default=600)
+    ap.add_argument("--prior_train_steps", "--prior_steps", type=int, default=400)
     ap.add_argument("--guidance", type=float, nargs="+", default=[1.0, 3.0], help="decoder guidance scales")
     ap.add_argument("--sampler", default=None, help="ddim or dpmpp_2m [default: DEFAULT_SAMPLER]")
     ap.add_argument("--min_confidence", type=float, default=0.5)
@@ -74,7 +75,8 @@ def main():
     lm = sets["train"].label_map
     train_x, train_y = sets["train"].tensors()
     test_x, test_y = sets["test"].tensors()
-    budget = GeneratorBudget(clip_steps=args.clip_steps, decoder_steps=args.decoder_steps, prior_steps=args.prior_steps)
+    budget = GeneratorBudget(clip_train_steps=args.clip_train_steps, decoder_train_steps=args.decoder_train_steps,
+                             prior_train_steps=args.prior_train_steps)
     t0 = time.perf_counter()
     loaded = bool(args.generator and Path(args.generator).is_file())
     if loaded:
@@ -94,7 +96,7 @@ def main():
                                             kinematic_margin=args.margin, recogniser_train=RecogniserTrainConfig(steps=300))[0]
     rows = []
     for guidance in args.guidance:
-        draw = cached_draws(curate.chain_sampler(model, curate.SamplingSettings(cond_scale=guidance, sampler=args.sampler)))
+        draw = cached_draws(curate.chain_sampler(model, SamplingConfig(cond_scale=guidance, sampler=args.sampler)))
         for kind, filter_fn in filters.items():
             t0 = time.perf_counter()
             out = work / f"set_g{guidance}_{kind}"

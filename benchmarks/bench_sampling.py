@@ -65,8 +65,8 @@ def setup(work: Path, quick: bool, num_users: int, image_size: int):
     if bundle.exists():
         model = MicroDopplerDALLE2.load(bundle)
     else:
-        budget = GeneratorBudget(clip_steps=150, decoder_steps=800, prior_steps=400) if not quick else GeneratorBudget(
-            clip_steps=20, decoder_steps=40, prior_steps=40)
+        budget = GeneratorBudget(clip_train_steps=150, decoder_train_steps=800, prior_train_steps=400) if not quick \
+            else GeneratorBudget(clip_train_steps=20, decoder_train_steps=40, prior_train_steps=40)
         start = time.perf_counter()
         gen = train_generator(*train, num_users=num_users, budget=budget, seed=0, run_dir=work / "runs",
                               label_map=label_map, colormap="jet")

@@ -32,7 +32,8 @@ from pathlib import Path  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-from dalle2_md.augmentation.harness import sample_tensors, train_generator  # noqa: E402
+from dalle2_md.generation.samples import sample_tensors
+from dalle2_md.augmentation.harness import train_generator
 from dalle2_md.evaluation.metrics import background_levels  # noqa: E402
 from dalle2_md.evaluation.protocol import KSHOT_RECOGNISER  # noqa: E402
 from dalle2_md.evaluation.recogniser import RecogniserConfig, RecogniserTrainConfig, accuracy, train_recogniser  # noqa: E402
@@ -78,7 +79,7 @@ def load_digits(size: int):
 
 def load_sim(size: int, num_users: int, per_user: int, profile: str, seed: int = 0):
     from dalle2_md.data.dataset import MicroDopplerDataset
-    from dalle2_md.data.simulator import synthesize_dataset
+    from dalle2_md.data.synthesize import synthesize_dataset
 
     root = Path(tempfile.mkdtemp(prefix="idstages_"))
     kwargs = dict(num_users=num_users, images_per_user=per_user, image_size=size, seed=seed, progress=False)
@@ -95,8 +96,8 @@ def measure(model, recogniser, train, test, budget, scales, args, num_users, tra
                                        num_samples_per_user=args.samples_per_user, max_decoded=args.max_decoded)
     a_gen, level = {}, {}
     for s in scales:
-        b = replace(budget, cond_scale=s)
-        x, ids = sample_tensors(model, list(range(num_users)), args.samples_per_user, seed=1234, budget=b)
+        sampling = replace(budget.sampling, cond_scale=s)
+        x, ids = sample_tensors(model, list(range(num_users)), args.samples_per_user, seed=1234, sampling=sampling)
         a_gen[s], level[s] = accuracy(recogniser, x, ids)[0], float(background_levels(x).mean())
     return {"budget": budget.to_dict(), "sample_start": model.decoder.config.sample_start, "train_seconds": train_s,
             "stages": stages, "A_gen": a_gen, "background": level,
@@ -123,9 +124,9 @@ def main():
     ap.add_argument("--num_users", type=int, default=8)
     ap.add_argument("--images_per_user", type=int, default=60)
     ap.add_argument("--variants", default="base")
-    ap.add_argument("--clip_steps", type=int, default=300)
-    ap.add_argument("--decoder_steps", type=int, default=800)
-    ap.add_argument("--prior_steps", type=int, default=600)
+    ap.add_argument("--clip_train_steps", "--clip_steps", type=int, default=300)
+    ap.add_argument("--decoder_train_steps", "--decoder_steps", type=int, default=800)
+    ap.add_argument("--prior_train_steps", "--prior_steps", type=int, default=600)
     ap.add_argument("--recogniser_steps", type=int, default=600)
     ap.add_argument("--recogniser", choices=["default", "kshot"], default="default",
                     help="judge: the default recogniser shape, or the K-shot one (protocol.KSHOT_RECOGNISER as it is; "
@@ -165,7 +166,8 @@ def main():
     for name in args.variants.split(","):
         over = dict(VARIANTS[name])
         dec_over = over.pop("decoder", {})
-        base = GeneratorBudget(clip_steps=args.clip_steps, decoder_steps=args.decoder_steps, prior_steps=args.prior_steps)
+        base = GeneratorBudget(clip_train_steps=args.clip_train_steps, decoder_train_steps=args.decoder_train_steps,
+                               prior_train_steps=args.prior_train_steps)
         budget = replace(base, decoder={**base.decoder, **dec_over}, **over)
         t0 = time.time()
         with tempfile.TemporaryDirectory() as run_dir:

@@ -45,7 +45,8 @@ from pathlib import Path  # noqa: E402
 
 import torch  # noqa: E402
 
-from dalle2_md.augmentation.harness import augmentation_gain, cached_generator, kshot_generator, sample_tensors  # noqa: E402
+from dalle2_md.augmentation.harness import augmentation_gain, cached_generator, kshot_generator
+from dalle2_md.generation.samples import sample_tensors
 from dalle2_md.evaluation.protocol import (  # noqa: E402
     PROFILE_NAMES,
     Profile,
@@ -55,7 +56,8 @@ from dalle2_md.evaluation.protocol import (  # noqa: E402
     recogniser_config,
     reference_recogniser,
 )
-from dalle2_md.evaluation.report import _plain_floats, evaluate_samples  # noqa: E402
+from dalle2_md.evaluation.report import evaluate_samples
+from dalle2_md.utils import plain_json  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -106,7 +108,7 @@ def phase_samples(p: Profile, generators: dict) -> dict:
     out = {}
     for kind, gen in generators.items():
         start = time.perf_counter()
-        images, ids = sample_tensors(gen.model, list(range(p.num_users)), p.samples_per_user, seed=p.sample_seed, budget=p.budget)
+        images, ids = sample_tensors(gen.model, list(range(p.num_users)), p.samples_per_user, seed=p.sample_seed, sampling=p.budget.sampling)
         out[kind] = {"images": images, "ids": ids, "seconds": time.perf_counter() - start}
         log(f"{kind}: {len(images)} samples in {out[kind]['seconds']:.0f}s")
     return out
@@ -305,13 +307,13 @@ def write_page(result: dict, path: Path, eval_dir: Path) -> None:
 
     lines += [
         "", "## Two-stage vs single-stage", "",
-        f"Both generators trained on the real train split with the same decoder (shape and {p['budget']['decoder_steps']} "
+        f"Both generators trained on the real train split with the same decoder (shape and {p['budget']['decoder_train_steps']} "
         f"steps of batch {p['budget']['decoder_batch_size']}); the two-stage model also trains its embedding model "
-        f"({p['budget']['clip_steps']} steps) and prior ({p['budget']['prior_steps']} steps). "
-        f"{p['samples_per_user']} samples per user, {p['budget']['sample_steps']} decoder sampling steps "
-        f"({p['budget']['prior_sample_steps']} prior steps), guidance scale {p['budget']['cond_scale']}"
-        + (" applied only at sampling times {:g} <= t / T <= {:g}".format(*p['budget']['guidance_interval'])
-           if p['budget'].get('guidance_interval') else "") + ".",
+        f"({p['budget']['clip_train_steps']} steps) and prior ({p['budget']['prior_train_steps']} steps). "
+        f"{p['samples_per_user']} samples per user, {p['budget']['sampling']['decoder_steps']} decoder sampling steps "
+        f"({p['budget']['sampling']['prior_steps']} prior steps), guidance scale {p['budget']['sampling']['cond_scale']}"
+        + (" applied only at sampling times {:g} <= t / T <= {:g}".format(*p['budget']['sampling']['guidance_interval'])
+           if p['budget']['sampling'].get('guidance_interval') else "") + ".",
         "", "| measure | two-stage | single-stage |", "|---|---|---|",
         row("recogniser accuracy on real test, A_real", lambda m: m["identity"]["A_real"]),
         row("identity accuracy of samples, A_gen", lambda m: m["identity"]["A_gen"]),
@@ -350,8 +352,8 @@ def write_page(result: dict, path: Path, eval_dir: Path) -> None:
     lines += [
         "", f"## Augmentation gain (K = {aug['k']} real, M = {aug['m']} generated per user)", "",
         f"For each seed {aug['seeds']}: K real images per user drawn from the real train split; a two-stage generator "
-        f"trained on those K only (embedding {ab['clip_steps']}, decoder {ab['decoder_steps']}, prior "
-        f"{ab['prior_steps']} steps; {ab['sample_steps']} sampling steps); M images per user drawn by the recipe "
+        f"trained on those K only (embedding {ab['clip_train_steps']}, decoder {ab['decoder_train_steps']}, prior "
+        f"{ab['prior_train_steps']} steps; {ab['sampling']['decoder_steps']} sampling steps); M images per user drawn by the recipe "
         f"'{recipe['name']}' (source {source}, decoder guidance {recipe['cond_scale']:g}, eta {recipe['eta']:g}, "
         f"filter {recipe['filter']}, mixing {recipe['mixing']}); recognisers ({aug['recogniser_train']['steps']} steps "
         f"each, no validation set) trained on K real vs K real + M generated, both tested on the {aug['num_test']} real "
@@ -417,7 +419,7 @@ def reused_augmentation(p: Profile, path: Path) -> tuple[dict, dict | None, str]
         # a field that is None is the one a file written before it existed did not name
         d = {f: v for f, v in d.items() if v is not None}
         # a pixel budget's VQGAN fields train nothing (the generator cache ignores them too)
-        return d if d.get("vqgan_steps") else {f: v for f, v in d.items() if f not in ("vqgan_lr", "vqgan")}
+        return d if d.get("vqgan_train_steps") else {f: v for f, v in d.items() if f not in ("vqgan_lr", "vqgan")}
 
     differ = [k for k in keys if view(k, old["profile"].get(k)) != view(k, mine[k])]
     if differ:
@@ -451,7 +453,7 @@ def run(p: Profile, *, work: Path, out_json: Path, page: Path, eval_dir: Path, n
         result["lanes"] = finish_lanes(lanes)
     result["goals"] = goals(result["metrics"], result["augmentation"], result["augmentation_baseline"])
     result["wall_seconds"] = time.perf_counter() - started
-    result = _plain_floats(result)
+    result = plain_json(result)
     out_json.parent.mkdir(parents=True, exist_ok=True)
     out_json.write_text(json.dumps(result, indent=1))
     write_page(result, page, eval_dir)
@@ -580,9 +582,9 @@ def main():
         notes.append("32 x 32: a 64 px pixel decoder step costs about 4x a 32 px one, and the protocol trains two "
                      "full-data generators and six K-shot ones; the 64 px gain is measured by "
                      "augment_ablation.py --image_size 64 (docs/results.md).")
-    if p.budget.vqgan_steps:
+    if p.budget.vqgan_train_steps:
         notes.append(f"{p.image_size} x {p.image_size} through the latent path: each generator trains a VQGAN "
-                     f"({p.budget.vqgan_steps} steps for the all-data ones, {p.aug_budget.vqgan_steps} for the K-shot "
+                     f"({p.budget.vqgan_train_steps} steps for the all-data ones, {p.aug_budget.vqgan_train_steps} for the K-shot "
                      "ones) and its decoder diffuses over the VQGAN's continuous latent; the single-stage baseline "
                      "trains its own VQGAN the same way.")
     log(f"profile {name}: {p.num_users} users, {p.image_size}px, work dir {work}")

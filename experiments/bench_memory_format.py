@@ -80,7 +80,7 @@ def seconds_per_step(module, batch, steps: int, first: list | None = None) -> fl
 def optimizer_milliseconds(rounds: int = 30) -> dict:
     """AdamW's step over the 128 px latent decoder's weights: the per-tensor loop (PyTorch's
     default on a CPU) against the fused kernel `training.loop.train` uses."""
-    _, module, _ = models(128, GeneratorBudget(vqgan_steps=1000))
+    _, module, _ = models(128, GeneratorBudget(vqgan_train_steps=1000))
     params = [p for p in module.parameters() if p.requires_grad]
     for p in params:
         p.grad = torch.randn_like(p)
@@ -98,7 +98,7 @@ def optimizer_milliseconds(rounds: int = 30) -> dict:
 def keep_busy() -> None:
     """Train the 128 px latent decoder eagerly until killed (the load of `--other_core busy`)."""
     torch.set_num_threads(1)
-    _, nhwc, batch = models(128, GeneratorBudget(vqgan_steps=1000))
+    _, nhwc, batch = models(128, GeneratorBudget(vqgan_train_steps=1000))
     while True:
         seconds_per_step(nhwc, batch, 8)
 
@@ -141,7 +141,7 @@ def main():
 def measure(args) -> list[dict]:
     torch.set_num_threads(1)
     shapes = {"32 px pixel decoder": (32, PROTOCOL_BUDGET),
-              "128 px decoder over a 16 x 32 x 32 latent": (128, GeneratorBudget(vqgan_steps=1000))}
+              "128 px decoder over a 16 x 32 x 32 latent": (128, GeneratorBudget(vqgan_train_steps=1000))}
     rows = []
     for name, (size, budget) in shapes.items():
         nchw, nhwc, batch = models(size, budget)

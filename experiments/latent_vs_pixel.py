@@ -27,7 +27,9 @@ from pathlib import Path  # noqa: E402
 
 import torch  # noqa: E402
 
-from dalle2_md.augmentation.harness import sample_tensors, train_generator  # noqa: E402
+from dalle2_md.defaults import SamplingConfig  # noqa: E402
+from dalle2_md.generation.samples import sample_tensors
+from dalle2_md.augmentation.harness import train_generator
 from dalle2_md.evaluation.protocol import Profile, protocol_data, reference_recogniser  # noqa: E402
 from dalle2_md.evaluation.recogniser import RecogniserTrainConfig  # noqa: E402
 from dalle2_md.evaluation.report import evaluate_samples  # noqa: E402
@@ -58,8 +60,8 @@ def _dit(sizes: dict, **over) -> dict:
 
 def profiles() -> dict:
     # 600 pixel steps at 64 px: about a quarter of an hour per arm on one core
-    pixel = GeneratorBudget(decoder_steps=600, sample_steps=15, prior_sample_steps=15)
-    latent = replace(pixel, vqgan_steps=400, decoder_steps=100_000)
+    pixel = GeneratorBudget(decoder_train_steps=600, sampling=SamplingConfig(decoder_steps=15, prior_steps=15))
+    latent = replace(pixel, vqgan_train_steps=400, decoder_train_steps=100_000)
     # the 8-user default simulator (72 recordings per user, 16 of them test): the 448 / 128 split
     # of the first run of this comparison
     full = Profile(name="latent64", simulator="default", num_users=8, per_user=72, num_test=16, image_size=64,
@@ -72,8 +74,8 @@ def profiles() -> dict:
             Arm("latent DiT lr 3e-4 (f = 4)",
                 replace(latent, decoder_lr=3e-4, decoder=_dit(CPU_DECODER_SIZES, dim=64, attn_heads=4, dit_depth=4)),
                 same_time_as="pixel U-Net"))
-    tiny = replace(QUICK_BUDGET, decoder_steps=12, prior_steps=10, clip_steps=10, decoder_batch_size=8)
-    tiny_latent = replace(tiny, vqgan_steps=4, decoder_steps=100_000)
+    tiny = replace(QUICK_BUDGET, decoder_train_steps=12, prior_train_steps=10, clip_train_steps=10, decoder_batch_size=8)
+    tiny_latent = replace(tiny, vqgan_train_steps=4, decoder_train_steps=100_000)
     smoke = Profile(name="latent_smoke", simulator="default", num_users=3, per_user=20, num_test=5, image_size=32,
                     samples_per_user=20,
                     recogniser=dict(widths=(8, 16), feature_dim=16), recogniser_train=RecogniserTrainConfig(steps=20))
@@ -98,7 +100,7 @@ def run_arm(arm: Arm, p: Profile, data: dict, recogniser, rows: dict, work: Path
                           run_dir=work / "runs" / _slug(arm.name), label_map=data["label_map"],
                           colormap="jet")
     start = time.perf_counter()
-    fake = sample_tensors(gen.model, list(range(p.num_users)), p.samples_per_user, seed=p.sample_seed, budget=budget)
+    fake = sample_tensors(gen.model, list(range(p.num_users)), p.samples_per_user, seed=p.sample_seed, sampling=budget.sampling)
     sample_seconds = time.perf_counter() - start
     m = evaluate_samples(data["sets"]["train"], data["sets"]["test"], fake, recogniser=recogniser,
                          out_dir=eval_dir / _slug(arm.name),

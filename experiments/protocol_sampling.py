@@ -32,9 +32,10 @@ from pathlib import Path  # noqa: E402
 
 import torch  # noqa: E402
 
-from dalle2_md.augmentation.harness import sample_tensors  # noqa: E402
+from dalle2_md.generation.samples import sample_tensors
 from dalle2_md.evaluation.protocol import kinematic_ratios, profiles, protocol_data, reference_recogniser  # noqa: E402
-from dalle2_md.evaluation.report import _plain_floats, evaluate_samples  # noqa: E402
+from dalle2_md.evaluation.report import evaluate_samples  # noqa: E402
+from dalle2_md.utils import plain_json  # noqa: E402
 from dalle2_md.evaluation.stages import within_user_spread  # noqa: E402
 from dalle2_md.models.chain import MicroDopplerDALLE2, sample_keys  # noqa: E402
 from dalle2_md.models.embedding import compute_image_embeds  # noqa: E402
@@ -86,7 +87,7 @@ def retrained_prior(model, steps: int, p, work_dir: Path, real_embeds) -> UserCo
     embeds, ids = real_embeds
     log(f"training a prior for {steps} steps -> {path}")
     prior, _ = fit_prior_for_clip(model.clip, None, ids, num_users=p.num_users, embeds=embeds, seed=p.train_seed,
-                                  budget=replace(p.budget, prior_steps=steps), work_dir=work_dir / f"runs/prior_{steps}")
+                                  budget=replace(p.budget, prior_train_steps=steps), work_dir=work_dir / f"runs/prior_{steps}")
     prior.save(path, label_map=model.label_map, meta=prior.meta)
     return prior.eval()
 
@@ -109,17 +110,19 @@ def draw(model, budget, s: dict, p, real_embeds) -> tuple[torch.Tensor, torch.Te
     ids = torch.tensor([u for u in users for _ in range(n)], dtype=torch.long)
     if s["kind"] == "true_embeds":
         embeds = real_embeds_per_user(*real_embeds, p.num_users, n, p.sample_seed)
-        images = model.decode(embeds, cond_scale=budget.cond_scale, decoder_steps=budget.sample_steps,
-                              seed=p.sample_seed, keys=sample_keys(model.labels_of(users), n), eta=budget.eta,
-                              sampler=budget.sampler, colorize=False, user_indices=ids.tolist())
+        sampling = budget.sampling
+        images = model.decode(embeds, cond_scale=sampling.cond_scale, decoder_steps=sampling.decoder_steps,
+                              seed=p.sample_seed, keys=sample_keys(model.labels_of(users), n), eta=sampling.eta,
+                              sampler=sampling.sampler, colorize=False, user_indices=ids.tolist())
         return images.cpu() * 2.0 - 1.0, ids, None
-    images, ids = sample_tensors(model, users, n, seed=p.sample_seed, budget=budget)
+    images, ids = sample_tensors(model, users, n, seed=p.sample_seed, sampling=budget.sampling)
     if s["kind"] != "two_stage":
         return images, ids, None
     # the same prior draws the chain decoded (same keys and seed), against the real train embeddings' spread
-    embeds = model.sample_image_embeds(users, num_samples_per_user=n, prior_cond_scale=budget.prior_cond_scale,
-                                       prior_steps=budget.prior_sample_steps, seed=p.sample_seed, eta=budget.eta,
-                                       sampler=budget.sampler)
+    sampling = budget.sampling
+    embeds = model.sample_image_embeds(users, num_samples_per_user=n, prior_cond_scale=sampling.prior_cond_scale,
+                                       prior_steps=sampling.prior_steps, seed=p.sample_seed, eta=sampling.eta,
+                                       sampler=sampling.sampler)
     return images, ids, within_user_spread(embeds, ids) / within_user_spread(*real_embeds)
 
 
@@ -153,11 +156,12 @@ def main(argv=None) -> dict:
     real_embeds = (compute_image_embeds(models["two_stage"].clip, train_images), train_ids)
     rows = []
     for s in args.settings:
-        steps = s.get("steps", p.budget.sample_steps)  # a setting's missing fields are the protocol's own
-        budget = replace(p.budget, cond_scale=s.get("cond_scale", p.budget.cond_scale),
-                         sampler=s.get("sampler", p.budget.sampler), eta=s.get("eta", p.budget.eta),
-                         sample_steps=steps, prior_sample_steps=steps,
-                         guidance_interval=s.get("guidance_interval", p.budget.guidance_interval))
+        own = p.budget.sampling  # a setting's missing fields are the protocol's own
+        steps = s.get("steps", own.decoder_steps)
+        budget = replace(p.budget, sampling=replace(
+            own, cond_scale=s.get("cond_scale", own.cond_scale), sampler=s.get("sampler", own.sampler),
+            eta=s.get("eta", own.eta), decoder_steps=steps, prior_steps=steps,
+            guidance_interval=s.get("guidance_interval", own.guidance_interval)))
         model = models[s["kind"]]
         stored_prior = getattr(model, "prior", None)
         if s.get("prior_steps"):
@@ -166,8 +170,8 @@ def main(argv=None) -> dict:
             model.prior = retrained_prior(model, int(s["prior_steps"]), p, args.work_dir, real_embeds)
         start = time.perf_counter()
         try:
-            with model.decoder.guidance_interval_for(budget.guidance_interval), \
-                    model.decoder.sampling_config_for(sample_start=s.get("sample_start")):  # true_embeds decodes directly
+            with model.decoder.sampling_config_for(guidance_interval=budget.sampling.guidance_interval,
+                                                   sample_start=s.get("sample_start")):  # true_embeds decodes directly
                 images, ids, spread_ratio = draw(model, budget, s, p, real_embeds)
         finally:
             if stored_prior is not None:
@@ -190,7 +194,7 @@ def main(argv=None) -> dict:
             f"worst kinematic ratio {worst:.2f}, {seconds:.0f}s"
             + (f", prior spread {spread_ratio:.2f} of the real one" if spread_ratio is not None else ""))
         args.out.parent.mkdir(parents=True, exist_ok=True)  # after every setting: a stopped run keeps what it measured
-        args.out.write_text(json.dumps(_plain_floats({"profile": args.profile, "work_dir": str(args.work_dir),
+        args.out.write_text(json.dumps(plain_json({"profile": args.profile, "work_dir": str(args.work_dir),
                                                       "samples_per_user": p.samples_per_user, "sample_seed": p.sample_seed,
                                                       "rows": rows}), indent=1))
     print(f"\n{'setting':<40} {'A_gen/A_real':>12} {'FID/floor':>9} {'FID/matched':>11} {'worst kin.':>10}")

@@ -36,6 +36,7 @@ from pathlib import Path  # noqa: E402
 
 import torch  # noqa: E402
 
+from dalle2_md.defaults import SamplingConfig  # noqa: E402
 from dalle2_md.training.presets import GeneratorBudget
 from dalle2_md.augmentation.harness import cached_generator, kshot_indices
 from dalle2_md.generation.samples import sample_tensors
@@ -80,9 +81,9 @@ def draw(model, setting: dict, shot, n: int, seed: int, steps: int, sdedit_per_i
             return x, shot[1].repeat_interleave(sdedit_per_image)
         if setting["variations"]:
             return variations_of(model, shot[0], 1, seed, user_indices=shot[1], **common), shot[1].clone()
-        budget = GeneratorBudget(sample_steps=steps, prior_sample_steps=steps, cond_scale=setting["cond_scale"],
-                                 eta=setting["eta"])
-        return sample_tensors(model, sorted(set(shot[1].tolist())), n, seed=seed, budget=budget)
+        sampling = SamplingConfig(decoder_steps=steps, prior_steps=steps, cond_scale=setting["cond_scale"],
+                                  eta=setting["eta"])
+        return sample_tensors(model, sorted(set(shot[1].tolist())), n, seed=seed, sampling=sampling)
 
 
 def fidelity(all_train, train, test, fake, seed: int) -> dict:
@@ -105,7 +106,7 @@ def main():
     ap.add_argument("--samples_per_user", type=int, default=8)
     ap.add_argument("--sdedit_per_image", type=int, default=3, help="SDEdit outputs per K-shot image (M = 3 K)")
     ap.add_argument("--sample_steps", type=int, default=15)
-    ap.add_argument("--decoder_steps", type=int, default=GeneratorBudget.decoder_steps)
+    ap.add_argument("--decoder_train_steps", "--decoder_steps", type=int, default=GeneratorBudget.decoder_train_steps)
     ap.add_argument("--generator_cache", default=None)
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "sample_defects.json"))
     args = ap.parse_args()
@@ -127,7 +128,7 @@ def main():
     print(f"real K-shot {result['real']['kshot']}, test accuracy: all-train recogniser "
           f"{result['real']['test_accuracy_all_train']:.3f}, K-shot {result['real']['test_accuracy_kshot']:.3f}", flush=True)
     for variant in args.variants.split(","):
-        budget = GeneratorBudget(decoder_steps=args.decoder_steps,
+        budget = GeneratorBudget(decoder_train_steps=args.decoder_train_steps,
                                  decoder=dict(CPU_DECODER_SIZES) if not VARIANTS[variant] else {**CPU_DECODER_SIZES, **VARIANTS[variant]})
         gen = cached_generator(*shot, cache_dir=args.generator_cache, kind="two_stage", budget=budget, seed=args.seed,
                                num_users=profile.num_users, run_dir=Path(f"/tmp/sample_defects_{os.getpid()}") / variant,

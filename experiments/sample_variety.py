@@ -30,6 +30,7 @@ from pathlib import Path  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
+from dalle2_md.defaults import SamplingConfig  # noqa: E402
 from dalle2_md.training.presets import GeneratorBudget
 from dalle2_md.augmentation.harness import cached_generator, kshot_indices
 from dalle2_md.generation.samples import sample_tensors
@@ -57,7 +58,7 @@ def prior_rows(gen, shot, train, test, prior_steps, args, budget, num_users) -> 
              "spread_over_shot": within_user_spread(e_test, test[1]) / shot_spread}]
     for steps in prior_steps:
         model = cached_generator(*shot, cache_dir=args.generator_cache, kind="two_stage",
-                                 budget=replace(budget, prior_steps=steps), seed=args.seed, num_users=num_users,
+                                 budget=replace(budget, prior_train_steps=steps), seed=args.seed, num_users=num_users,
                                  run_dir=Path(f"/tmp/sample_variety_{os.getpid()}/prior{steps}"), colormap="jet").model
         e = model.sample_image_embeds(list(range(num_users)), num_samples_per_user=args.samples_per_user,
                                       prior_steps=args.sample_steps, seed=args.seed)
@@ -74,9 +75,10 @@ def prior_rows(gen, shot, train, test, prior_steps, args, budget, num_users) -> 
 def image_sets(two, one, shot, test, args, budget, num_users) -> dict:
     users = list(range(num_users))
     n = args.samples_per_user
-    sets = {"single-stage, guidance 3": sample_tensors(one, users, n, seed=args.seed, budget=budget),
-            "single-stage, guidance 1": sample_tensors(one, users, n, seed=args.seed, budget=replace(budget, cond_scale=1.0)),
-            "prior chain, guidance 3": sample_tensors(two, users, n, seed=args.seed, budget=budget)}
+    guided, unguided = budget.sampling, replace(budget.sampling, cond_scale=1.0)
+    sets = {"single-stage, guidance 3": sample_tensors(one, users, n, seed=args.seed, sampling=guided),
+            "single-stage, guidance 1": sample_tensors(one, users, n, seed=args.seed, sampling=unguided),
+            "prior chain, guidance 3": sample_tensors(two, users, n, seed=args.seed, sampling=guided)}
     for name, condition in SDEDIT.items():
         recipe = AugmentRecipe(source="sdedit", strength=0.5, condition=condition)
         sets[name] = draw_candidates(two, recipe, budget, shot, n, seed=args.seed)
@@ -91,7 +93,7 @@ def main():
     ap.add_argument("--prior_steps", default="1000,4000,12000")
     ap.add_argument("--samples_per_user", type=int, default=30)
     ap.add_argument("--sample_steps", type=int, default=15)
-    ap.add_argument("--decoder_steps", type=int, default=GeneratorBudget.decoder_steps)
+    ap.add_argument("--decoder_train_steps", "--decoder_steps", type=int, default=GeneratorBudget.decoder_train_steps)
     ap.add_argument("--generator_cache", default=None)
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
@@ -104,8 +106,8 @@ def main():
     train, test = (images[parts["train"]], ids[parts["train"]]), (images[parts["test"]], ids[parts["test"]])
     pick = kshot_indices(train[1], args.k, args.seed)
     shot = (train[0][pick].clone(), train[1][pick].clone())
-    budget = GeneratorBudget(decoder_steps=args.decoder_steps, prior_steps=1000, sample_steps=args.sample_steps,
-                             prior_sample_steps=args.sample_steps)
+    budget = GeneratorBudget(decoder_train_steps=args.decoder_train_steps, prior_train_steps=1000,
+                             sampling=SamplingConfig(decoder_steps=args.sample_steps, prior_steps=args.sample_steps))
     common = dict(cache_dir=args.generator_cache, budget=budget, seed=args.seed, num_users=num_users, colormap="jet",
                   run_dir=Path(f"/tmp/sample_variety_{os.getpid()}"))
     two = cached_generator(*shot, kind="two_stage", **common)

@@ -20,7 +20,8 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-from dalle2_md.cli.main import cli, join_variadic
+from dalle2_md.cli.main import cli
+from dalle2_md.cli.options import join_variadic
 
 REPO = Path(__file__).resolve().parents[1]
 TINY_CLIP = ["--clip_dim", "16", "--clip_widths", "8,16", "--clip_dim_image", "32"]

@@ -12,7 +12,8 @@ from pathlib import Path
 import click
 import pytest
 
-from dalle2_md.cli import cli, main, run_command
+from dalle2_md.cli.main import cli, run_command
+from dalle2_md.cli import main
 from dalle2_md.cli.options import int_tuple, join_variadic
 from dalle2_md.defaults import SAMPLE_TIMESTEPS
 

@@ -13,7 +13,8 @@ from click.testing import CliRunner
 import dalle2_md.generation.curate as curate
 import dalle2_md.generation.filters as filters
 import dalle2_md.evaluation.recogniser as recogniser_module
-from dalle2_md.cli.main import cli, join_variadic
+from dalle2_md.cli.main import cli
+from dalle2_md.cli.options import join_variadic
 from dalle2_md.defaults import SamplingConfig
 from dalle2_md.data.labels import LabelMap
 from dalle2_md.data.dataset import MicroDopplerDataset

@@ -8,7 +8,8 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from dalle2_md.cli.main import cli, join_variadic
+from dalle2_md.cli.main import cli
+from dalle2_md.cli.options import join_variadic
 
 TINY_CLIP = ["--clip_dim", "16", "--clip_widths", "8,16", "--clip_dim_image", "32"]
 TINY_DECODER = ["--dim", "16", "--dim_mults", "1,2", "--attn_heads", "2", "--attn_dim_head", "8",

@@ -5,7 +5,8 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from dalle2_md.cli.main import cli, join_variadic
+from dalle2_md.cli.main import cli
+from dalle2_md.cli.options import join_variadic
 from dalle2_md.models.decoder import DecoderConfig, MicroDopplerDecoder
 from dalle2_md.models.dit import DiT
 from dalle2_md.utils import UserError

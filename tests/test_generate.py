@@ -7,7 +7,8 @@ import torch
 from click.testing import CliRunner
 from PIL import Image
 
-from dalle2_md.cli.main import cli, join_variadic
+from dalle2_md.cli.main import cli
+from dalle2_md.cli.options import join_variadic
 from dalle2_md.generation.fastpath import FastPaths, apply_fast_paths
 from dalle2_md.generation.samples import write_samples
 

@@ -16,7 +16,8 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from dalle2_md.cli.main import cli, join_variadic
+from dalle2_md.cli.main import cli
+from dalle2_md.cli.options import join_variadic
 
 PACKAGE = Path(__file__).resolve().parents[1] / "dalle2_md"
 TINY_CLIP = ["--clip_dim", "16", "--clip_widths", "8,16", "--clip_dim_image", "32"]

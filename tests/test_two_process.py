@@ -21,7 +21,8 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from dalle2_md.cli.main import cli, join_variadic
+from dalle2_md.cli.main import cli
+from dalle2_md.cli.options import join_variadic
 from dalle2_md.training.checkpoints import load_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]

@@ -5,7 +5,8 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from dalle2_md.cli.main import cli, join_variadic
+from dalle2_md.cli.main import cli
+from dalle2_md.cli.options import join_variadic
 from dalle2_md.models.vqgan import VQGanConfig, build_vqgan, reconstruction_quality
 from dalle2_md.training.presets import cpu_vqgan_sizes
 from dalle2_md.training.fit import train_vqgan

@@ -13,7 +13,8 @@ import torch
 from click.testing import CliRunner
 from PIL import Image
 
-from dalle2_md.cli.main import cli, join_variadic
+from dalle2_md.cli.main import cli
+from dalle2_md.cli.options import join_variadic
 from dalle2_md.training.loop import TrainConfig
 from dalle2_md.utils import UserError
 from dalle2_md.training.options import DataOptions, load_train_data
@@ -426,7 +427,7 @@ def test_check_names_an_unreadable_image_outside_the_training_split(tmp_path):
     """A file the training split never reads (val/test) is decoded by the check too and named with a
     count: a named skip, as training skips it, that fails no check."""
     from dalle2_md.data.scanning import scan_data_root
-    from dalle2_md.data.simulator import synthesize_dataset
+    from dalle2_md.data.synthesize import synthesize_dataset
     from dalle2_md.data.splits import resolve_split
 
     data = tmp_path / "data"

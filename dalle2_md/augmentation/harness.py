@@ -245,7 +245,7 @@ def kshot_indices(user_indices: torch.Tensor, k: int, seed: int) -> torch.Tensor
     return torch.cat(picked).sort().values
 
 
-def _mean_std(values: list[float]) -> dict:
+def mean_std(values: list[float]) -> dict:
     arr = np.asarray(values, dtype=np.float64)
     std = float(arr.std(ddof=1)) if len(arr) > 1 else float("nan")
     return {"mean": float(arr.mean()), "std": std, "values": arr.tolist()}
@@ -408,17 +408,17 @@ def summarise_seeds(per_seed: list[dict], recipes: Sequence, *, num_users: int) 
         rows = [s_["recipes"][r.name] for s_ in per_seed]
         by_recipe[r.name] = {
             "recipe": r.to_dict(),
-            "acc_aug": _mean_std([x["acc_aug"] for x in rows]),
-            "gain_points": _mean_std([x["gain_points"] for x in rows]),
-            "a_gen_kshot_recogniser": _mean_std([x["a_gen_kshot_recogniser"] for x in rows]),
-            "num_generated_per_user": _mean_std([x["num_generated"] / num_users for x in rows]),
-            "acceptance": _mean_std([x["mean_acceptance"] for x in rows]),
+            "acc_aug": mean_std([x["acc_aug"] for x in rows]),
+            "gain_points": mean_std([x["gain_points"] for x in rows]),
+            "a_gen_kshot_recogniser": mean_std([x["a_gen_kshot_recogniser"] for x in rows]),
+            "num_generated_per_user": mean_std([x["num_generated"] / num_users for x in rows]),
+            "acceptance": mean_std([x["mean_acceptance"] for x in rows]),
         }
     first = by_recipe[recipes[0].name]
     return {
         "seeds": [int(s_["seed"]) for s_ in per_seed],
         "per_seed": per_seed,
-        "acc_real": _mean_std([r["acc_real"] for r in per_seed]),
+        "acc_real": mean_std([r["acc_real"] for r in per_seed]),
         "acc_aug": first["acc_aug"],
         "gain_points": first["gain_points"],
         "a_gen_kshot_recogniser": first["a_gen_kshot_recogniser"],

@@ -235,7 +235,7 @@ def augment_eval_cmd(data_root, split_file, split_seed, image_size, colormap, k,
     from dalle2_md.augmentation.recipe import default_source
     from dalle2_md.evaluation.recogniser import RecogniserTrainConfig
     from dalle2_md.utils import plain_json
-    from dalle2_md.models.decoder import check_guidance_interval
+    from dalle2_md.models.guidance import check_guidance_interval
     from dalle2_md.training.presets import GeneratorBudget
 
     source = source or default_source(generator)

@@ -30,7 +30,9 @@ import torch
 
 from dalle2_md.data.colormap import rgb_to_scalar, scalar_to_rgb
 from dalle2_md.data.labels import LabelMap
-from dalle2_md.data.simulator import get_profile, make_users, sample_rng, simulate_spectrogram
+from dalle2_md.defaults import SamplingConfig
+from dalle2_md.data.simulator import get_profile, make_users, simulate_spectrogram
+from dalle2_md.data.synthesize import sample_rng
 from dalle2_md.evaluation.recogniser import (
     LEGACY_RECOGNISER_TRAIN,
     RecogniserConfig,
@@ -114,16 +116,16 @@ def split(user_indices: torch.Tensor, per_user: int, num_test: int, num_val: int
 # generator budgets
 
 # the K-shot generators (benchmarks/augment_ablation.py's default arguments)
-PROTOCOL_BUDGET = GeneratorBudget(sample_steps=15, prior_sample_steps=15)
+PROTOCOL_BUDGET = GeneratorBudget(sampling=SamplingConfig(decoder_steps=15, prior_steps=15))
 # the generators on all train images: the decoder 3x longer (7200 steps), the prior 4000 steps, sampled
 # at decoder guidance 2 applied only in 0.15 <= t / T <= 0.7 (docs/results.md gives the measurements)
-ALL_DATA_BUDGET = replace(PROTOCOL_BUDGET, decoder_steps=7200, prior_steps=4000, cond_scale=2.0,
-                          guidance_interval=(0.15, 0.7))
+ALL_DATA_BUDGET = replace(PROTOCOL_BUDGET, decoder_train_steps=7200, prior_train_steps=4000,
+                          sampling=replace(PROTOCOL_BUDGET.sampling, cond_scale=2.0, guidance_interval=(0.15, 0.7)))
 # 128 px through the latent path: the CPU VQGAN at f = 4 (a 16 x 32 x 32 latent); the decoders get
 # the K-shot generators' 2400 steps, eager (not compiled)
-LATENT128_BUDGET = replace(PROTOCOL_BUDGET, vqgan_steps=1000)
+LATENT128_BUDGET = replace(PROTOCOL_BUDGET, vqgan_train_steps=1000)
 # the K-shot generators of the 128 px profile: 310 images, fewer VQGAN and decoder steps
-LATENT128_KSHOT_BUDGET = replace(PROTOCOL_BUDGET, vqgan_steps=400, decoder_steps=1300)
+LATENT128_KSHOT_BUDGET = replace(PROTOCOL_BUDGET, vqgan_train_steps=400, decoder_train_steps=1300)
 
 
 # --------------------------------------------------------------------------------------------
@@ -163,15 +165,15 @@ def profiles() -> dict[str, Profile]:
     smoke_latent: tiny runs of the same phases that prove the pixel and latent paths run.
     """
     # the quick demo's sizes, with its own step counts
-    smoke_budget = replace(QUICK_BUDGET, prior_steps=40, decoder_batch_size=8, warmup_steps=5)
+    smoke_budget = replace(QUICK_BUDGET, prior_train_steps=40, decoder_batch_size=8, warmup_steps=5)
     gpu_budget = GeneratorBudget(
-        clip_steps=3000, decoder_steps=20000, prior_steps=10000, batch_size=64, decoder_batch_size=32, lr=3e-4,
+        clip_train_steps=3000, decoder_train_steps=20000, prior_train_steps=10000, batch_size=64, decoder_batch_size=32, lr=3e-4,
         warmup_steps=500,
         clip=dict(dim_latent=128, dim_image=256, dim_text=128, encoder_widths=(32, 64, 128, 256, 256), token_grid=4),
         decoder=dict(dim=64, dim_mults=(1, 2, 4, 8), num_resnet_blocks=2, attn_heads=4, attn_dim_head=32,
                      timesteps=1000, sample_timesteps=50, num_image_tokens=4),
         prior=dict(depth=6, heads=8, dim_head=32, timesteps=1000, sample_timesteps=64),
-        sample_steps=50, prior_sample_steps=64)
+        sampling=SamplingConfig(decoder_steps=50, prior_steps=64))
     # the CPU VQGAN's shape (a 256 px image becomes a 16 x 64 x 64 latent), trained longer
     gpu_vqgan = cpu_vqgan_sizes(4)
     tiny_vqgan = dict(dim=8, num_resnet_blocks=1, resnet_groups=4, codebook_size=16, codebook_dim=4, layers=1,
@@ -188,22 +190,23 @@ def profiles() -> dict[str, Profile]:
         # a tiny latent run of the same phases: proves the 128 px profile's path runs (tests)
         "smoke_latent": Profile(
             name="smoke_latent", num_users=4, image_size=16, per_user=30, num_test=6, samples_per_user=20,
-            budget=replace(smoke_budget, vqgan_steps=3, vqgan=tiny_vqgan), recogniser=dict(widths=(8, 16), feature_dim=16),
+            budget=replace(smoke_budget, vqgan_train_steps=3, vqgan=tiny_vqgan), recogniser=dict(widths=(8, 16), feature_dim=16),
             recogniser_train=RecogniserTrainConfig(steps=20, batch_size=8), k=4, m=4, aug_seeds=(0,),
-            baseline_aug_seeds=(0,), aug_budget=replace(smoke_budget, vqgan_steps=3, vqgan=tiny_vqgan)),
+            baseline_aug_seeds=(0,), aug_budget=replace(smoke_budget, vqgan_train_steps=3, vqgan=tiny_vqgan)),
         "gpu256": Profile(
             name="gpu256", image_size=256, per_user=200, num_test=40, samples_per_user=64,
-            budget=replace(gpu_budget, vqgan_steps=5000, vqgan=gpu_vqgan),
+            budget=replace(gpu_budget, vqgan_train_steps=5000, vqgan=gpu_vqgan),
             recogniser=dict(KSHOT_RECOGNISER), recogniser_train=RecogniserTrainConfig(steps=3000, batch_size=32),
-            aug_budget=replace(gpu_budget, clip_steps=1000, decoder_steps=4000, prior_steps=3000, sample_steps=25,
-                               prior_sample_steps=25, vqgan_steps=2000, vqgan=gpu_vqgan),
+            aug_budget=replace(gpu_budget, clip_train_steps=1000, decoder_train_steps=4000, prior_train_steps=3000,
+                               sampling=SamplingConfig(decoder_steps=25, prior_steps=25), vqgan_train_steps=2000,
+                               vqgan=gpu_vqgan),
             device_note="one lent GPU (256 x 256 through a VQGAN latent at f = 4; not run on the CPU machine)"),
         "gpu": Profile(
             name="gpu", image_size=256, per_user=200, num_test=40, samples_per_user=64, budget=gpu_budget,
             recogniser=dict(widths=(16, 32, 64, 64, 64), feature_dim=64),
             recogniser_train=RecogniserTrainConfig(steps=1500, batch_size=32),
-            aug_budget=replace(gpu_budget, clip_steps=1000, decoder_steps=4000, prior_steps=3000, sample_steps=25,
-                               prior_sample_steps=25),
+            aug_budget=replace(gpu_budget, clip_train_steps=1000, decoder_train_steps=4000, prior_train_steps=3000,
+                               sampling=SamplingConfig(decoder_steps=25, prior_steps=25)),
             device_note="one lent GPU (256 x 256; not run on the CPU machine)"),
     }
 
