@@ -1,6 +1,6 @@
 """`train_clip`, `train_vqgan` and `train_recogniser` train through the shared loop
 (`dalle2_md.training.loop.train`, the loop the CLI stages run). This compares them with plain
-loops (kept below as reference), on the setups of tests/test_clip.py (toy users, 120 steps; its
+loops (kept below as reference), on the setups of tests/models/test_clip.py (toy users, 120 steps; its
 toy data is copied below), tests/test_vqgan_path.py (smooth 16 px images, 60 steps) and the
 augmentation benchmark's recogniser (32 px, default widths, time pool 2, batch 32, 300 steps): the
 numbers those tests assert, the wall-clock time, and for the recogniser whether the weights are
@@ -31,7 +31,7 @@ from dalle2_md.training.presets import cpu_vqgan_sizes
 
 ROOT = Path(__file__).resolve().parents[1]
 
-# the toy setup of tests/test_clip.py
+# the toy setup of tests/models/test_clip.py
 USERS = 4
 SIZE = 20  # not a power of 2 on purpose
 

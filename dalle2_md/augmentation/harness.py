@@ -2,7 +2,7 @@
 to a few real ones train a better recogniser?
 
 Owns: `train_generator` (either the two-stage chain embedding -> decoder -> prior of
-`core.train_two_stage`, or the single-stage baseline, trained on exactly the tensors it is
+`training.fit.train_two_stage`, or the single-stage baseline, trained on exactly the tensors it is
 given; its sizes and steps are a `presets.GeneratorBudget`), `sample_tensors`
 (model-space samples per user, as tensors; the old name `generate` still works and warns), `kshot_indices` (the seeded K-per-user pick from the train split)
 and `augmentation_gain`, the harness behind `dalle2-md augment-eval`; with a `generator_cache`

@@ -4,7 +4,7 @@ ones to train a recogniser.
 Owns `AugmentRecipe` (one row of the ablation: source, guidance, eta, filter, synthetic-to-real
 ratio, mixing), `draw_synthetic` (samples for every user, optionally drawn in excess and filtered
 by a recogniser trained on the generator's own real images) and `train_augmented` (the
-recogniser trained on real + synthetic by the recipe's mixing rule). `augment.augmentation_gain`
+recogniser trained on real + synthetic by the recipe's mixing rule). `harness.augmentation_gain`
 runs one trained generator per seed through several recipes.
 
 Mixing rules (the real batches are the same in every rule, see `recogniser.train_recogniser`):
@@ -41,11 +41,8 @@ class AugmentRecipe:
         source: "prior" (user -> prior -> decoder) or "variations" (the embeddings of the real
             K-shot images, decoded from fresh noise: DALL-E 2's image variations) or "sdedit"
             (each K-shot image noised `strength` of the way into the schedule and denoised with
-            its own embedding: the real image's coarse layout, new detail). Default "sdedit" at
-            strength 0.5: on gait31 at K = 10 with the 2400-step decoder it gained +3.5 +- 1.7
-            points over the strong real-only recogniser, the prior chain -0.1 +- 1.9 and
-            variations +0.9 +- 1.2 (3 seeds), and +5.5 +- 3.5 over six seeds, three of them fresh
-            (benchmarks/augment_ablation.py, docs/results.md).
+            its own embedding: the real image's coarse layout, new detail). "sdedit" at strength
+            0.5: chosen by `benchmarks/augment_ablation.py`, see docs/results.md.
         strength: SDEdit noise level in (0, 1]; read only by source "sdedit".
         condition: what an SDEdit output is conditioned on (read only by source "sdedit"):
             "own" (the source image's own embedding), "partner" (the source image's embedding
@@ -55,17 +52,16 @@ class AugmentRecipe:
         m_per_k: generated images per user = round(m_per_k * K).
         cond_scale, prior_cond_scale: decoder / prior classifier-free guidance.
         guidance_interval: (lo, hi) noise levels where decoder guidance applies (see
-            `decoder.DecoderConfig.guidance_interval`); None = as stored in the generator.
+            `DecoderConfig.guidance_interval`); None = as stored in the generator.
         eta: DDIM eta (0 deterministic; 1 ancestral).
         filter: "none", or "recogniser": keep a sample when a recogniser trained on the K real
-            images gives its intended user at least `min_confidence`. Default "none": on gait31
-            at K = 10 the filter kept 42 % of the samples and gained -0.1 +- 1.5 points against
-            +1.1 +- 1.7 without it (benchmarks/augment_ablation.py, docs/results.md).
+            images gives its intended user at least `min_confidence`. "none": chosen by
+            `benchmarks/augment_ablation.py`, see docs/results.md.
         min_confidence: softmax threshold of the recogniser filter.
         oversample: candidates drawn per kept image when filtering (the first passing ones by
             sample index are kept; fewer are kept when too few pass).
-        mixing: "separate", "concat" or "pretrain" (see the module docstring); "concat" lost
-            9.5 points where "separate" lost 0.1 in the same ablation.
+        mixing: "separate", "concat" or "pretrain" (see the module docstring); "separate":
+            chosen by the same ablation.
         synthetic_weight: loss weight of the synthetic batch under "separate".
     """
 

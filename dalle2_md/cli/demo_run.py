@@ -41,9 +41,8 @@ class DemoConfig(GeneratorBudget):
 
     num_users: int = 6
     images_per_user: int = 30
-    # 64 px over the continuous f = 4 VQGAN latent (16 x 16 x 16): less CPU than the 32 px pixel
-    # demo (637 against 817 CPU seconds, benchmarks/bench_demo.py --full) and its samples follow
-    # their user (A_gen 0.81, A_real 1.00)
+    # 64 px over the continuous f = 4 VQGAN latent (16 x 16 x 16): cheaper than the 32 px pixel demo
+    # and its samples follow their user (benchmarks/bench_demo.py, see docs/results.md)
     image_size: int = 64
     vqgan_train_steps: int = 400
     samples_per_user: int = 4

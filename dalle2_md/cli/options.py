@@ -11,7 +11,7 @@ No torch here: `dalle2-md --help` imports this module, and only torch-free datac
 (`defaults.SamplingDefaults`, `DataOptions`, `AugmentRecipe`) can give defaults at import
 time. The defaults that mirror torch-bound dataclasses (`TrainConfig`, `DecoderConfig`,
 `PriorConfig`, `ClipConfig`, `GeneratorBudget`) are literals, pinned to those dataclasses by
-tests/test_cli_layout.py.
+tests/cli/test_cli_layout.py.
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 embedding model, optional VQGAN, decoder) and `train-prior` (stage 2). Each turns its options
 into sizes + `DataOptions` + `TrainConfig` and calls `training.stages.run_train_*`.
 
-Size defaults mirror `DecoderConfig` / `PriorConfig` (pinned by tests/test_cli_layout.py), except
+Size defaults mirror `DecoderConfig` / `PriorConfig` (pinned by tests/cli/test_cli_layout.py), except
 --sample_timesteps (`defaults.DEFAULTS`), --user_conditioning (on here, off in `DecoderConfig`)
 and the VQGAN's, which are the CPU sizes of `presets.cpu_vqgan_sizes`.
 """

@@ -3,7 +3,7 @@
 Works on any (H, W) image in [0, 1] with rows = Doppler (positive velocity on top, zero Doppler
 at row H // 2) and columns = time: simulated, real or generated, after the colormap has been
 inverted. Values come in pixel units (rows above zero Doppler, steps per column) and, when the
-image axes are known (see `synth.image_axes`), in m/s and steps/s too.
+image axes are known (see `data.simulator.image_axes`), in m/s and steps/s too.
 """
 
 from __future__ import annotations
@@ -98,7 +98,7 @@ def read_kinematics(
         scalar_image: (H, W) in [0, 1]; rows Doppler with zero at row H // 2 and positive on
             top, columns time; 1 = peak, 0 = `dynamic_range_db` below it.
         axes: optional physical axes with `mps_per_row`, `s_per_col` and `zero_row` (as in
-            `synth.image_axes` and the simulator's ground truth); without them values are in
+            `data.simulator.image_axes` and the simulator's ground truth); without them values are in
             pixel units only and zero Doppler is taken to be row H // 2.
         threshold_db: envelopes hold the rows within this many dB of the column peak.
         dynamic_range_db: the dB span that [0, 1] covers, to turn `threshold_db` into scalar units.

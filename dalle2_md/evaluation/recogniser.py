@@ -182,11 +182,9 @@ class RecogniserTrainConfig:
         eval_every: with validation data, evaluate every this many steps (0: steps // 10) and
             keep the weights with the best validation accuracy.
 
-    The defaults are the strong real-only baseline, picked on the validation split of gait31 at
-    64 px (data seed 0, K = 10 and 90, widths (8, 16, 32), time_pool 4): lr 3e-3 beat 5e-3
-    (val 0.77 vs 0.51 at K = 10), mixup 0.2 beat none at K = 10 (0.77 vs 0.70) and tied at K = 90,
-    validation accuracy still rose up to 2000 steps at K = 90, hence 2500.
-    `LEGACY_RECOGNISER_TRAIN` keeps the earlier settings (shift and noise only, 300 steps).
+    The defaults are the strong real-only baseline, picked on the validation split of gait31
+    (`benchmarks/kshot.py`, see docs/results.md). `LEGACY_RECOGNISER_TRAIN`: shift and noise
+    only, 300 steps.
     """
 
     steps: int = 2500

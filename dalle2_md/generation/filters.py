@@ -53,8 +53,8 @@ class KinematicRanges:
 
     def bounds(self, user_index: int, margin: float) -> tuple[np.ndarray, np.ndarray]:
         """The user's range widened at each end by `margin` times the quantity's spread over all
-        users. Not the user's own width: from a few dozen images that can be a tenth of a pixel
-        (measured at 32 px, benchmarks/bench_curate.py), which no fraction of it would widen."""
+        users. Not the user's own width: from a few dozen images that can be a tenth of a pixel,
+        which no fraction of it would widen (benchmarks/bench_curate.py)."""
         pad = margin * self.spread
         return self.low[user_index] - pad, self.high[user_index] + pad
 

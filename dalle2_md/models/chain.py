@@ -296,7 +296,7 @@ class MicroDopplerDALLE2(nn.Module):
         colorize: bool = True,
     ) -> torch.Tensor:
         """Frames between sample 0 of two users given by contiguous index (labels: see
-        `generation.write_interpolation`): the embeddings move along the great circle between
+        `generation.samples.write_interpolation`): the embeddings move along the great circle between
         the two users' sampled embeddings and the decoder's starting noise along the great
         circle between the two samples' noises, so frame 0 equals
         `sample([user_index_a], seed=seed)` and the last frame `sample([user_index_b], seed=seed)`.

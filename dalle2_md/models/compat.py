@@ -5,7 +5,7 @@ and `VQGanVAE` and on x-clip's `CLIP`. The classes are public (importable from t
 top level); what is not is everything below: private modules, attributes the classes set in
 their constructors, methods their README does not document, and one workaround. The rest of the
 package goes through the functions here, so a dependency upgrade that moves one of them breaks
-one file, and `check_dependency_surface()` (run by tests/test_compat.py) names what moved.
+one file, and `check_dependency_surface()` (run by tests/models/test_compat.py) names what moved.
 
 Checked against dalle2-pytorch 1.15.6 and x-clip 0.14.4 (`CHECKED_AGAINST`).
 
@@ -61,7 +61,7 @@ x-clip:
   (clip.py), re-exported here.
 
 accelerate and torch schedulers (training.py): the block at the end of this file, checked by
-tests/test_compat_accelerate.py.
+tests/models/test_compat_accelerate.py.
 """
 
 from __future__ import annotations
@@ -420,7 +420,7 @@ def check_dependency_surface() -> list[str]:
 # --- accelerate ---
 # accelerate keeps its settings in process-wide singletons and wraps optimizers; training.py needs
 # to see through both. Every attribute used below is listed in ACCELERATE_ATTRIBUTES, which
-# tests/test_compat_accelerate.py checks against the installed version.
+# tests/models/test_compat_accelerate.py checks against the installed version.
 
 ACCELERATE_ATTRIBUTES = (
     # (where, attribute, why)

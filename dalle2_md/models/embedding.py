@@ -54,7 +54,7 @@ class ClipConfig:
         text_enc_depth, text_heads, text_dim_head: size of x-clip's text transformer.
         use_visual_ssl: add visual self-supervision on the image latent.
         ssl_type: "instance" (SimCLR-style instance discrimination, x-clip's NT-Xent loss;
-            keeps within-user spread, see tests/test_clip.py) or "simsiam" (x-clip's
+            keeps within-user spread, see tests/models/test_clip.py) or "simsiam" (x-clip's
             SimSiam; measured to keep little spread, as it does not push images apart).
         ssl_weight: weight of the SSL loss; the contrastive loss gets 1 - ssl_weight.
         ssl_dim, ssl_hidden: projector sizes of the SimSiam head.

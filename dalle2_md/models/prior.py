@@ -7,34 +7,11 @@ the plain-function samplers of `sampling` (DDIM, DPM-Solver++(2M)). Both classes
 dalle2-pytorch 1.15.6's `DiffusionPriorNetwork` / `DiffusionPrior`; the causal transformer,
 noise schedule and loss are theirs (reached through `compat`).
 
-Why the stock prior trains slowly (measured on the 2-core CPU, dim 64, depth 4, heads 4,
-dim_head 16, batch 64, forward+backward+Adam, median of 8 steps):
-
-    stock, condition_on_text_encodings=False (max_text_len=256)     1.64 s / step
-    stock, condition_on_text_encodings=True, 4 text encodings       1.44 s / step
-    stock, rotary embedding off (still 256 pad tokens)              1.38 s / step
-    same network, max_text_len=0                                     0.027 s / step
-
-`DiffusionPriorNetwork.forward` always pads the text encodings up to `max_text_len` (default
-256) with learned null tokens, even when none are passed, so the causal transformer runs over
-256 + 4 = 260 tokens instead of 4. Every per-token op (linears, layer norms, SwiGLU) grows 65x
-and every attention op (the (B, h, 260, 261) similarity, mask fill, softmax and their
-backward) ~4000x; torch.profiler puts the time in aten::mul / bmm / mm / copy_ / cat /
-masked_fill_ / softmax(+backward) over those big tensors. Rotary embeddings, RelPosBias (built
-once per forward) and the other options are minor (<20%). The fix here: `max_text_len=0` and
-the user tokens enter as the network's "text embed" tokens, so a step sees
-num_user_tokens + 3 tokens. benchmarks/bench_prior.py (one run, 1 torch thread, batch 64):
-stock 4.98 s vs this prior 0.051 s per step at dim 64 / depth 4 (x98), and 49.1 s vs 0.66 s at
-the seed size dim 512 / depth 6 / 8 heads (x74); the stock net with max_text_len=0 alone
-matches this prior's speed, so the padding is the whole story.
-
-On the shared 2-core box, two torch threads per process thrash: the tiny test prior measured
-0.44 s per step with 2 threads vs 0.021 s with 1 while other jobs ran.
-
-A second trap in the stock code: its `image_cond_drop_prob` replaces the *noised* image
-embedding (the diffusion input x_t) with a learned null, and its guidance drops it too, so the
-"unconditional" branch of classifier-free guidance never sees x_t. Here only the user tokens
-are dropped; the diffusion input is always kept.
+Two changes to the stock network, both explained in docs/design.md: it pads text encodings to
+`max_text_len` (256) null tokens even when none are given, so the causal transformer ran over
+260 tokens instead of 4 (here `max_text_len=0` and the user tokens are the "text embed" tokens;
+measured by `experiments/bench_prior.py`, see docs/results.md); and its conditioning dropout
+also replaced the noised input x_t with a learned null, so here only the user tokens are dropped.
 """
 
 from __future__ import annotations

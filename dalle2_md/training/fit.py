@@ -2,7 +2,9 @@
 
 Owns: the embedding model's and the prior's configs for a data set (`clip_config_for`,
 `prior_config_for`); one function per trained part (`fit_clip`, `fit_decoder`, `fit_prior`),
-each building a fresh model from a seed and running it through `training.train`; and
+each building a fresh model from a seed and running it through the one training loop
+(`training.loop.train`); `train_clip`, `train_vqgan` and `train_baseline` for the parts trained
+alone; and
 `train_two_stage` (embedding -> decoder -> prior on exactly the given tensors, returning
 `TwoStageModels`), whose prior stage `fit_prior_for_clip` also runs alone (a new prior for a
 trained embedding model). The training commands (`stages.py`), the demo, the augmentation harness and
@@ -451,10 +453,9 @@ def unwrap_decoder(module):
 
 def channels_last_unet(decoder: nn.Module) -> nn.Module:
     """Store a latent decoder's denoising network 4-d weights channels-last (NHWC) for training:
-    its convolutions then pick NHWC kernels, 1.06-1.10x faster per CPU step on the 128 px profile's
-    16 x 32 x 32 latent, while the 32 px pixel decoder gains nothing (0.97-1.00x,
-    benchmarks/bench_memory_format.py), so pixel decoders are left as they are. Bundles save
-    contiguous copies: files are unchanged."""
+    its convolutions then pick NHWC kernels, faster on the latent decoders only (chosen by
+    `experiments/bench_memory_format.py`, see docs/results.md), so pixel decoders are left as they
+    are. Bundles save contiguous copies: files are unchanged."""
     from dalle2_md.models.compat import decoder_unet
 
     if decoder.config.use_vqgan:

@@ -57,9 +57,8 @@ class TrainConfig:
     ema_start_step: int = 0
     mixed_precision: str = "no"  # no | fp16 | bf16
     # torch.compile the forward and backward (inductor). The first step pays the compilation
-    # (85-207 s for the quality protocol's decoders on one CPU core, 11-15 s from torch's on-disk
-    # cache), then a step costs 0.70-0.93x (benchmarks/bench_memory_format.py); a failed
-    # compilation trains on without it, with one line saying so
+    # (minutes on a CPU), so it pays only for long runs (experiments/bench_memory_format.py); a
+    # failed compilation trains on without it, with one line saying so
     compile: bool = False
     gradient_accumulation_steps: int = 1
     seed: int = 0
@@ -299,8 +298,7 @@ class _Trainer:
             _load_weights(model, ckpt)
         model.train()
         # the fused kernel: one pass over all weights instead of a loop of small ops per tensor
-        # (2.0 against 8.4 ms a step for the 128 px latent decoder on one CPU core, measured by
-        # benchmarks/bench_memory_format.py; the same update, tests/test_training.py)
+        # (experiments/bench_memory_format.py; the same update: tests/training/test_training.py)
         optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay,
                                       fused=all(p.is_floating_point() for p in model.parameters()))
         self.model, self.optimizer = self.accelerator.prepare(model, optimizer)

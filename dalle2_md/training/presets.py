@@ -58,7 +58,7 @@ class GeneratorBudget:
             judged at its final weights, which a constant step keeps moving).
         vqgan_train_steps: > 0: train a VQGAN for this many steps (batch `decoder_batch_size`, lr
             `vqgan_lr`) and let the decoder diffuse over its latent; 0: a pixel decoder.
-        vqgan: `VQGanConfig` size fields (default `vqgan.cpu_vqgan_sizes()`, f = 4).
+        vqgan: `VQGanConfig` size fields (default `cpu_vqgan_sizes()`, f = 4).
         decoder_seconds: a wall-clock budget for the two-stage image model, the VQGAN (when
             trained) and the decoder together: the decoder stops at `decoder_train_steps` or when the
             time is up, whichever comes first (equal-compute comparisons of pixel and latent

@@ -1,6 +1,6 @@
-"""Training stages: options -> data set -> `core` -> bundles.
+"""Training stages: options -> data set -> `training.fit` -> bundles.
 
-Owns the bundle layer over the in-memory core (`core.py`): the per-stage `train_*_stage`
+Owns the bundle layer over the in-memory core (`training/fit.py`): the per-stage `train_*_stage`
 functions that wrap one core part with overwrite checks (`check_can_write`), progress samples
 and a bundle (`final_path`, `save_two_stage`); the embedding cache of a data set
 (`embed_dataset`); and the `run_train_*` functions behind the training commands. The data

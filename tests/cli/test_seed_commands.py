@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 # appended to the README's training commands so that they finish in seconds
 TINY_DECODER = ("--image_size 16 --max_steps 2 --dim 16 --dim_mults 1 2 --attn_heads 2 --attn_dim_head 8 "

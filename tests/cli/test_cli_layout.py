@@ -17,7 +17,7 @@ from dalle2_md.cli import main
 from dalle2_md.cli.options import int_tuple, join_variadic
 from dalle2_md.defaults import SAMPLE_TIMESTEPS
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 CLI_DIR = REPO / "dalle2_md" / "cli"
 COMMANDS = {"synth", "inspect-data", "train-clip", "train-decoder", "train-prior", "generate", "generate-dataset",
             "variations", "interpolate", "evaluate", "augment-eval", "demo", "check"}

@@ -328,7 +328,7 @@ def _train_noisy_mlp(tmp: Path, **kw):
 
 def test_compiled_training_captures_graphs_and_is_the_same_run(tmp_path, monkeypatch):
     # a backend that runs the captured graph as it is: the loop's compiled path without the
-    # minutes inductor spends generating code (benchmarks/bench_memory_format.py times inductor)
+    # minutes inductor spends generating code (experiments/bench_memory_format.py times inductor)
     captured = []
 
     def run_as_captured(graph_module, example_inputs):

@@ -4,7 +4,7 @@ batch.
 
 `accelerate launch --cpu --num_processes 2` starts a single process in accelerate 1.x; the
 torchrun-based `--multi_gpu` launcher with ACCELERATE_USE_CPU=true and no visible GPU gives two
-gloo processes on CPU. (tests/test_training.py checks the generic loop the same way; this is the
+gloo processes on CPU. (tests/training/test_training.py checks the generic loop the same way; this is the
 workflow on top of it: data loading, embedding cache, bundles and logs on every rank.)
 
 Each process draws its own diffusion noise and timesteps (seed + rank), so the losses of the two
@@ -25,7 +25,7 @@ from dalle2_md.cli.main import cli
 from dalle2_md.cli.options import join_variadic
 from dalle2_md.training.checkpoints import load_checkpoint
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 STEPS, GLOBAL_BATCH = 4, 64
 # --dim 16: the prior as wide as the embedding (the per-step tolerance below was measured so; the
 # seed's default width 512 adds projections whose larger updates widen the per-step spread)
