@@ -1,1 +1,12 @@
-"""models"""
+"""The networks, built on dalle2-pytorch and x-clip, and their self-describing files.
+
+- embedding: the x-clip embedding model trained on spectrogram <-> user ID (`MicroDopplerClip`)
+- prior: `UserConditionedDiffusionPrior`, image embeddings sampled for a user
+- decoder: `MicroDopplerDecoder`, a U-Net (or `dit` transformer) from embedding to spectrogram,
+  in pixels or over a `vqgan` latent; `guidance`: its classifier-free guidance
+- chain: `MicroDopplerDALLE2`, user -> prior -> decoder -> spectrogram
+- single_stage: the label-conditioned decoder the chain is judged against
+- bundle: weights files of plain types (loaded with `weights_only=True`)
+- compat: every reach into dalle2-pytorch's, x-clip's and accelerate's internals
+Imports only `dalle2_md.data`, `sampling`, `defaults` and `utils`; training lives in `training`.
+"""
