@@ -21,9 +21,6 @@ import numpy as np
 from dalle2_md.utils import UserError
 
 SPEED_OF_LIGHT = 299_792_458.0
-# folder layouts the simulator (and curate) write: "kaggle" is hierarchical with ID_<n+1>
-# folders; the layouts a data root is read in are labels.DATA_LAYOUTS
-WRITE_LAYOUTS = ("hierarchical", "kaggle", "flat")
 
 # Winter's segment lengths as fractions of body height H.
 HIP_HEIGHT = 0.53

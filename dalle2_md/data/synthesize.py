@@ -13,40 +13,13 @@ import numpy as np
 from PIL import Image
 
 from dalle2_md.data.display import colourise, tile_grid
+from dalle2_md.data.simulator import (RadarConfig, SimProfile, UserGait, get_profile, make_users,
+                                      simulate_spectrogram)
 from dalle2_md.utils import UserError
 
-SPEED_OF_LIGHT = 299_792_458.0
 # folder layouts the simulator (and curate) write: "kaggle" is hierarchical with ID_<n+1>
 # folders; the layouts a data root is read in are labels.DATA_LAYOUTS
 WRITE_LAYOUTS = ("hierarchical", "kaggle", "flat")
-
-# Winter's segment lengths as fractions of body height H.
-HIP_HEIGHT = 0.53
-SHOULDER_HEIGHT = 0.818
-HEAD_HEIGHT = 0.93
-UPPER_ARM = 0.186
-FOREARM = 0.254
-THIGH = 0.245
-SHANK = 0.246
-FOOT = 0.152
-HIP_HALF_WIDTH = 0.055
-SHOULDER_HALF_WIDTH = 0.12
-
-# sqrt(RCS) of each scatterer relative to the torso.
-AMPLITUDES = {
-    "head": 0.3,
-    "torso": 1.0,
-    "upper_arm": 0.15,
-    "forearm": 0.1,
-    "thigh": 0.3,
-    "shank": 0.2,
-    "foot": 0.1,
-}
-# order of the 12 scatterers in the signal sum; paired segments are (right, left)
-SCATTERERS = ("head", "torso") + tuple(
-    f"{seg}_{side}" for seg in ("upper_arm", "forearm", "thigh", "shank", "foot") for side in "RL"
-)
-from dalle2_md.data.simulator import RadarConfig, SimProfile, UserGait, get_profile, make_users, simulate_spectrogram
 
 
 def sample_rng(seed: int, user_id: int, index: int) -> np.random.Generator:

@@ -31,8 +31,7 @@ import torch
 
 from dalle2_md.defaults import DEFAULTS, SamplingConfig
 from dalle2_md.evaluation.recogniser import RecogniserTrainConfig
-from dalle2_md.data.simulator import WRITE_LAYOUTS
-from dalle2_md.data.synthesize import layout_relpath
+from dalle2_md.data.synthesize import WRITE_LAYOUTS, layout_relpath
 from dalle2_md.generation.filters import FilterFn, build_filter
 from dalle2_md.utils import UserError, atomic_write, exists, plain_json, say, to_signed
 
