@@ -420,6 +420,7 @@ def script_runs(base):
     return cases, done, cwd
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", ["decoder_missing_root", "prior_truncated_clip", "generate_text_as_decoder",
                                   "smoke_test_escaping_metadata"])
 def test_seed_scripts_answer_bad_input_without_traceback(script_runs, case):

@@ -10,6 +10,8 @@ from test_seed_commands import DECODER, GENERATE, NUM_USERS, PRIOR, ok, run
 
 from dalle2_md.models.prior import PriorConfig, UserConditionedDiffusionPrior
 
+pytestmark = pytest.mark.slow  # end-to-end runs of whole commands or scripts
+
 DATA = {"/path/to/your/data": "data", "--num_users 31": f"--num_users {NUM_USERS}"}
 # size flags only; the prior gets no --image_size and no --colormap. Three U-Net stages: the
 # middle attention then runs at 32 x 32 for 128 px images, not at 64 x 64 (16x cheaper)

@@ -14,6 +14,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+pytestmark = pytest.mark.slow  # end-to-end runs of whole commands or scripts
+
 REPO = Path(__file__).resolve().parents[2]
 
 # appended to the README's training commands so that they finish in seconds

@@ -314,6 +314,7 @@ def test_flat_structure_is_required_when_asked(tmp_path, work):
     assert done.final.is_file() and train.layout == "flat"
 
 
+@pytest.mark.slow
 def test_quick_demo_writes_report(tmp_path):
     result = invoke("demo", "--quick", "--output_dir", tmp_path / "demo", "--no-progress")
     report = (tmp_path / "demo" / "report.md").read_text()

@@ -130,6 +130,7 @@ def latest_step(run_stage: Path) -> int:
     return json.loads(pointer.read_text())["step"] if pointer.is_file() else 0
 
 
+@pytest.mark.slow
 def test_sigkill_mid_training_and_mid_checkpoint_write_then_resume(setup, monkeypatch):
     run = setup / "runs" / "prior"
     stage = run / "prior"

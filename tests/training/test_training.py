@@ -235,6 +235,7 @@ torch.save(out, Path({run!r}) / f"rank{{rank}}.pt")
 """
 
 
+@pytest.mark.slow
 def test_same_loop_under_accelerate_launch_two_cpu_processes(tmp_path):
     script = tmp_path / "multi.py"
     run_dir = tmp_path / "run"

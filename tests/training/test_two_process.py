@@ -25,6 +25,8 @@ from dalle2_md.cli.main import cli
 from dalle2_md.cli.options import join_variadic
 from dalle2_md.training.checkpoints import load_checkpoint
 
+pytestmark = pytest.mark.slow  # end-to-end runs of whole commands or scripts
+
 REPO = Path(__file__).resolve().parents[2]
 STEPS, GLOBAL_BATCH = 4, 64
 # --dim 16: the prior as wide as the embedding (the per-step tolerance below was measured so; the
