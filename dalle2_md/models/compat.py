@@ -51,16 +51,16 @@ dalle2-pytorch (module `dalle2_pytorch.dalle2_pytorch` unless named):
 x-clip:
 
 - `CLIP.visual_transformer`, `.to_visual_latent`, `.text_transformer(tokens, mask)`,
-  `.to_text_latent`, `.temperature` (clip.py): our loss is supervised-contrastive over user
+  `.to_text_latent`, `.temperature` (embedding.py): our loss is supervised-contrastive over user
   tokens, not CLIP's diagonal, so it needs the towers' latents (`image_latent`, `text_latent`,
   `logit_scale`, `image_tower`).
-- `CLIP.visual_ssl` set after construction (clip.py): the SSL head acts on the image latent,
+- `CLIP.visual_ssl` set after construction (embedding.py): the SSL head acts on the image latent,
   whose projection CLIP creates in its constructor; the attribute name keeps the bundles'
   weight keys `clip.visual_ssl.*` (`attach_visual_ssl`).
 - module `x_clip.visual_ssl`: `SimSiam` and `nt_xent_loss(queries, keys, temperature)`
-  (clip.py), re-exported here.
+  (embedding.py), re-exported here.
 
-accelerate and torch schedulers (training.py): the block at the end of this file, checked by
+accelerate and torch schedulers (training/loop.py): the block at the end of this file, checked by
 tests/models/test_compat_accelerate.py.
 """
 
