@@ -103,16 +103,6 @@ def default_source(generator: str) -> str:
     return AugmentRecipe.source if generator == "two_stage" else "prior"
 
 
-def _confidence(recogniser, images, user_indices, batch_size: int = 256):
-    """Softmax probability of each image's intended user, (N,)."""
-    import torch
-
-    recogniser.eval()
-    with torch.no_grad():
-        probs = [recogniser(images[i : i + batch_size]).softmax(-1) for i in range(0, len(images), batch_size)]
-    return torch.cat(probs).gather(1, user_indices[:, None]).squeeze(1)
-
-
 def recipe_sampling(recipe: AugmentRecipe, budget) -> SamplingConfig:
     """The budget's sampling with the recipe's guidance, eta and guidance interval (the budget's
     interval where the recipe sets none)."""
@@ -221,6 +211,8 @@ def draw_synthetic(model, recipe: AugmentRecipe, budget, shot, *, seed: int, fil
     """
     import torch
 
+    from dalle2_md.generation.filters import user_probabilities
+
     users = sorted(torch.unique(shot[1]).tolist())
     k = min(int((shot[1] == u).sum()) for u in users)
     wanted, needed = recipe.num_per_user(k), candidates_needed(recipe, k)
@@ -236,7 +228,7 @@ def draw_synthetic(model, recipe: AugmentRecipe, budget, shot, *, seed: int, fil
     images, ids = images[looked], ids[looked]
     keep = torch.ones(len(ids), dtype=torch.bool)
     if recipe.filter == "recogniser":
-        keep = _confidence(filter_recogniser, images, ids) >= recipe.min_confidence
+        keep = user_probabilities(filter_recogniser, images).gather(1, ids[:, None]).squeeze(1) >= recipe.min_confidence
     kept_images, kept_ids, acceptance = [], [], {}
     for u in users:
         mine = torch.nonzero((ids == u) & keep).flatten()[:wanted]

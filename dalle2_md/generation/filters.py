@@ -20,6 +20,14 @@ FILTERS = ("none", "recogniser", "kinematic", "both")
 FilterFn = Callable[[torch.Tensor, int], tuple[dict, np.ndarray]]
 
 
+@torch.no_grad()
+def user_probabilities(recogniser: torch.nn.Module, images: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
+    """(N, num_users) softmax of the recogniser over users for each image, in batches: what both
+    the curated sets' filter and the augmentation recipes' filter keep samples by."""
+    recogniser.eval()
+    return torch.cat([recogniser(images[i:i + batch_size].float()).softmax(-1) for i in range(0, len(images), batch_size)])
+
+
 @dataclass(frozen=True)
 class RecogniserFilter:
     """Keeps a sample when the recogniser gives its intended user probability >= min_confidence."""
@@ -27,10 +35,8 @@ class RecogniserFilter:
     recogniser: torch.nn.Module
     min_confidence: float = 0.5
 
-    @torch.no_grad()
     def __call__(self, images: torch.Tensor, user_index: int) -> tuple[dict, np.ndarray]:
-        self.recogniser.eval()
-        probs = torch.softmax(self.recogniser(images.float()), dim=-1)
+        probs = user_probabilities(self.recogniser, images)
         confidence = probs[:, user_index].numpy().astype(np.float64)
         predicted = probs.argmax(-1).numpy()
         scores = {"confidence": confidence.tolist(), "predicted_index": predicted.tolist()}
