@@ -18,6 +18,7 @@ recorded per seed in the result.
 from __future__ import annotations
 
 import math
+import shutil
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -31,14 +32,15 @@ from dalle2_md.training.presets import GeneratorBudget
 from dalle2_md.utils import UserError, atomic_write, claimed, content_digest, exists, say
 
 GENERATORS = ("two_stage", "baseline")
+GENERATOR_CHOICES = GENERATORS + ("none",)  # `augmentation_gain`'s: "none" runs generator-free recipes
 
 
 @dataclass
 class TrainedGenerator:
     """A generator trained by `train_generator` and what it cost."""
 
-    kind: str  # "two_stage" | "baseline"
-    model: torch.nn.Module  # MicroDopplerDALLE2 | SingleStageBaseline, eval mode, EMA weights
+    kind: str  # "two_stage" | "baseline" | "none"
+    model: torch.nn.Module | None  # MicroDopplerDALLE2 | SingleStageBaseline, eval mode, EMA weights; None for "none"
     seconds: dict[str, float]  # per stage
     num_train_images: int
     final_losses: dict[str, float]  # mean loss over the last tenth of each stage's steps
@@ -128,8 +130,6 @@ def _with_new_prior(model, images, user_indices, *, budget: GeneratorBudget, see
 
 
 def _link_or_copy(source: Path, target: Path) -> None:
-    import shutil
-
     try:
         target.hardlink_to(source)
     except OSError:
@@ -264,14 +264,19 @@ def _check_split_files(train_files, test_files, num_train: int) -> None:
 
 def _resolved_recipes(recipes: Sequence, *, m: int | None, k: int, generator: str = "two_stage") -> list:
     """The recipes to run (default: the default recipe, from the prior for the baseline), each
-    drawing `m` per user when given."""
-    from dalle2_md.augmentation.recipe import AugmentRecipe, default_source
+    drawing `m` per user when given; generator "none" runs only generator-free recipes."""
+    from dalle2_md.augmentation.recipe import GENERATOR_FREE_SOURCES, AugmentRecipe, default_source
 
+    if generator not in GENERATOR_CHOICES:
+        raise UserError(f"unknown generator {generator!r}; use one of {', '.join(GENERATOR_CHOICES)}")
     recipes = list(recipes) or [AugmentRecipe(source=default_source(generator))]
     if exists(m):
         recipes = [replace(r, m_per_k=m / k) for r in recipes]
     if len({r.name for r in recipes}) != len(recipes):
         raise UserError("recipe names must be unique")
+    needy = [r.name for r in recipes if r.source not in GENERATOR_FREE_SOURCES]
+    if generator == "none" and needy:
+        raise UserError(f"recipe(s) {', '.join(needy)} need a generator; 'none' runs only {', '.join(GENERATOR_FREE_SOURCES)}")
     return recipes
 
 
@@ -310,7 +315,7 @@ def augmentation_gain(
         k: real images per user.
         m: generated images per user for every recipe (default: each recipe's m_per_k x K).
         seeds: one repetition per seed (K-shot pick, generator, sampling and recognisers).
-        generator: "two_stage" or "baseline".
+        generator: "two_stage", "baseline", or "none" (none trained: generator-free recipes only).
         budget: the generator's sizes and steps.
         recipes: `recipe.AugmentRecipe`s run on each seed's one trained generator (default: the
             default recipe); the first one's figures also appear at the top level.
@@ -338,7 +343,7 @@ def augmentation_gain(
         raise UserError("give at least one seed")
     recipes = _resolved_recipes(recipes, m=m, k=k, generator=generator)
     started = time.perf_counter()
-    settings = [k, generator, budget.to_dict(), [r.to_dict() for r in recipes], asdict(recogniser_train),
+    settings = [k, generator, budget.to_dict(), [r.to_dict() for r in recipes], recogniser_train.key_dict(),
                 recogniser_shape, num_users]
 
     def run_seed(seed: int) -> dict:
@@ -450,9 +455,11 @@ def kshot_generator(images, user_indices, *, k: int, seed: int, kind: str, budge
                     progress: bool = False):
     """One augmentation repetition's K-shot pick and its generator (from `generator_cache` when
     an earlier call, in this process or another, trained it); returns (indices, shot, generator).
-    The generator gets copies of the K-shot tensors and nothing else."""
+    The generator gets copies of the K-shot tensors and nothing else (kind "none": no model)."""
     idx = kshot_indices(user_indices, k, seed)
     shot = (images[idx].clone(), user_indices[idx].clone())
+    if kind == "none":
+        return idx, shot, TrainedGenerator(kind="none", model=None, seconds={}, num_train_images=len(idx), final_losses={})
     gen = cached_generator(*shot, cache_dir=generator_cache, num_users=num_users, kind=kind, budget=budget, seed=seed,
                            run_dir=Path(work_dir) / f"seed_{seed}", label_map=label_map, colormap=colormap,
                            progress=progress)

@@ -26,7 +26,8 @@ from dalle2_md.utils import UserError
 
 # torch is imported inside the functions: the command line reads AugmentRecipe's defaults for --help
 
-SOURCES = ("prior", "variations", "sdedit")
+SOURCES = ("prior", "variations", "sdedit", "respeckle")
+GENERATOR_FREE_SOURCES = ("respeckle",)  # sources that draw from the K real images alone
 CONDITIONS = ("own", "partner", "prior")
 MIXING = ("separate", "concat", "pretrain")
 RECIPE_FILTERS = ("none", "recogniser")
@@ -42,7 +43,10 @@ class AugmentRecipe:
             K-shot images, decoded from fresh noise: DALL-E 2's image variations) or "sdedit"
             (each K-shot image noised `strength` of the way into the schedule and denoised with
             its own embedding: the real image's coarse layout, new detail). "sdedit" at strength
-            0.5: chosen by `benchmarks/augment_ablation.py`, see docs/results.md.
+            0.5: chosen by `benchmarks/augment_ablation.py`, see docs/results.md. Or "respeckle"
+            (no generator: copies of the K-shot images with their background speckle redrawn,
+            `evaluation.augmentations.respeckle`; the control for SDEdit, which mostly changes
+            speckle).
         strength: SDEdit noise level in (0, 1]; read only by source "sdedit".
         condition: what an SDEdit output is conditioned on (read only by source "sdedit"):
             "own" (the source image's own embedding), "partner" (the source image's embedding
@@ -99,8 +103,9 @@ class AugmentRecipe:
 
 def default_source(generator: str) -> str:
     """The default recipe's source for a generator kind: the single-stage baseline has no
-    embeddings to start variations or SDEdit from, so it draws from its prior path."""
-    return AugmentRecipe.source if generator == "two_stage" else "prior"
+    embeddings to start variations or SDEdit from, so it draws from its prior path; without a
+    generator ("none") the K-shot images are re-speckled."""
+    return {"two_stage": AugmentRecipe.source, "none": "respeckle"}.get(generator, "prior")
 
 
 def recipe_sampling(recipe: AugmentRecipe, budget) -> SamplingConfig:
@@ -115,6 +120,8 @@ def _candidates(model, recipe: AugmentRecipe, budget, user_indices, shot, count:
     """`count` samples per user: (images in [-1, 1], user indices), user-major."""
     from dalle2_md.generation.samples import sample_tensors
 
+    if recipe.source == "respeckle":
+        return _respeckled_copies(user_indices, shot, count, seed)
     sampling = recipe_sampling(recipe, budget)
     if recipe.source == "prior":
         return sample_tensors(model, user_indices, count, seed=seed, sampling=sampling)
@@ -141,6 +148,24 @@ def _real_image_candidates(model, recipe: AugmentRecipe, sampling, user_indices,
         else:
             x = variations_of(model, own, user_indices=users, **common)[:count]
         images.append(x.cpu())  # both return model space, [-1, 1]
+        ids.append(torch.full((len(x),), u, dtype=torch.long))
+    return torch.cat(images), torch.cat(ids)
+
+
+def _respeckled_copies(user_indices, shot, count: int, seed: int):
+    """`_candidates` of source "respeckle": each user's K-shot images re-speckled, copy-major
+    (sample j is a copy of image j mod K), from the user's own seed, so sample j of user u
+    depends only on the seed, u and j."""
+    import torch
+
+    from dalle2_md.evaluation.augmentations import respeckle
+
+    images, ids = [], []
+    for u in user_indices:
+        own = shot[0][shot[1] == u]
+        g = torch.Generator().manual_seed(seed + 7919 * u)
+        x = torch.cat([respeckle(own, g) for _ in range(math.ceil(count / len(own)))])[:count]
+        images.append(x)
         ids.append(torch.full((len(x),), u, dtype=torch.long))
     return torch.cat(images), torch.cat(ids)
 
@@ -172,6 +197,8 @@ def _sdedit_conditions(model, recipe: AugmentRecipe, own, user_index: int, per_i
 def sampling_key(recipe: AugmentRecipe) -> tuple:
     """Recipes with the same key draw the same candidates (sample j of user u depends only on
     the seed, u and j), so one draw of the largest count serves them all."""
+    if recipe.source in GENERATOR_FREE_SOURCES:  # guidance and eta do not apply
+        return (recipe.source,)
     strength = recipe.strength if recipe.source == "sdedit" else None
     condition = recipe.condition if recipe.source == "sdedit" else None
     interval = tuple(recipe.guidance_interval) if recipe.guidance_interval is not None else None
@@ -197,7 +224,8 @@ def draw_synthetic(model, recipe: AugmentRecipe, budget, shot, *, seed: int, fil
     """Synthetic training images for every user of the K-shot set.
 
     Args:
-        model: the trained generator (a `MicroDopplerDALLE2`, or the baseline for source "prior").
+        model: the trained generator (a `MicroDopplerDALLE2`, or the baseline for source "prior";
+            None for a source of `GENERATOR_FREE_SOURCES`).
         recipe: how to draw and filter.
         budget: the generator's `GeneratorBudget` (sampling steps, sampler).
         shot: the K-shot (images (N, C, H, W) in [-1, 1], user indices) the generator was trained on.

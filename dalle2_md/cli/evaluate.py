@@ -9,7 +9,7 @@ from pathlib import Path
 
 import click
 
-from dalle2_md.augmentation.recipe import CONDITIONS, MIXING, RECIPE_FILTERS, SOURCES, AugmentRecipe
+from dalle2_md.augmentation.recipe import CONDITIONS, GENERATOR_FREE_SOURCES, MIXING, RECIPE_FILTERS, SOURCES, AugmentRecipe
 from dalle2_md.cli.options import SPLIT_SEED, opt, progress_option
 from dalle2_md.defaults import DEFAULT_SAMPLER, DEFAULTS, GENERATOR_DECODER_TRAIN_STEPS, SAMPLE_TIMESTEPS, SAMPLERS
 from dalle2_md.training.options import DEFAULT_COLORMAP, DEFAULT_IMAGE_SIZE
@@ -192,7 +192,8 @@ def _seed_list(seeds: str) -> list[int]:
 @opt("m_per_k", type=float, default=RECIPE.m_per_k, help="Generated images per real one (M/K).")
 @opt("source", type=click.Choice(SOURCES), default=None,
      help="Generated images from the prior (user -> embedding), as variations of the K real images, or "
-          "SDEdit of the K real images (noised --strength of the way, denoised with their own embedding) "
+          "SDEdit of the K real images (noised --strength of the way, denoised with their own embedding); or "
+          "respeckle: the K real images with their background speckle redrawn (no generator is trained) "
           f"[default: {RECIPE.source}; prior with --generator baseline, which has no embeddings].")
 @opt("strength", type=float, default=RECIPE.strength, help="SDEdit noise level of --source sdedit (0..1].")
 @opt("condition", type=click.Choice(CONDITIONS), default=RECIPE.condition,
@@ -239,11 +240,13 @@ def augment_eval_cmd(data_root, split_file, split_seed, image_size, colormap, k,
     from dalle2_md.training.presets import GeneratorBudget
 
     source = source or default_source(generator)
+    if source in GENERATOR_FREE_SOURCES:
+        generator = "none"
     interval = check_guidance_interval(guidance_interval) if guidance_interval else None
     recipe = AugmentRecipe(name="cli", source=source, strength=strength, condition=condition, m_per_k=m_per_k,
                            cond_scale=cond_scale, prior_cond_scale=prior_cond_scale, guidance_interval=interval, eta=eta,
                            filter=filter_, min_confidence=min_confidence, mixing=mixing, synthetic_weight=synthetic_weight)
-    if source != "prior" and generator != "two_stage":
+    if source != "prior" and generator == "baseline":
         raise UserError(f"--source {source} needs --generator two_stage (it decodes embeddings of the real images).")
     seed_list = _seed_list(seeds)
     sets = load_splits(data_root, image_size=image_size, colormap=colormap, split_file=split_file, split_seed=split_seed)

@@ -1,6 +1,8 @@
 """Judging spectrograms, real or generated, by who they belong to and how they move.
 
 - recogniser: the identity CNN every identity measure uses, its training and cache
+- augmentations: the recogniser's physics-aware augmentations (Doppler scale and flip, time
+  stretch, noise floor, re-speckle)
 - metrics: identity accuracy, domain FID, diversity, memorisation, kinematic fidelity
 - kinematics: torso velocity, limb envelopes and cadence read back from a spectrogram
 - stages: identity stage by stage (embedding, prior, decoder)

@@ -1,9 +1,10 @@
 """The identity recogniser: the small CNN every identity measure is judged by.
 
 Owns its shape (`RecogniserConfig`, `Recogniser`, saved as a "recogniser" bundle), how it is
-trained (`RecogniserTrainConfig`, `LEGACY_RECOGNISER_TRAIN`, the label-preserving augmentations
-and mixup, `train_recogniser` through the shared loop of `training.py`), how it is applied (`predict`, `extract_features`), and the cache
-that reuses a trained one when its training set and settings are unchanged (`cached_recogniser`).
+trained (`RecogniserTrainConfig`, `LEGACY_RECOGNISER_TRAIN`, the label-preserving augmentations,
+the physics ones from `augmentations.py`, and mixup, `train_recogniser` through the shared loop of
+`training.py`), how it is applied (`predict`, `extract_features`), and the cache that reuses a
+trained one when its training set and settings are unchanged (`cached_recogniser`).
 The measures built on it live in `metrics.py`; the written evaluation in `report.py`.
 
 Images everywhere are model-space tensors (N, C, H, W) in [-1, 1] with user class indices (N,),
@@ -24,11 +25,14 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
+from dalle2_md.evaluation.augmentations import physics_augment
 from dalle2_md.models.bundle import load_bundle, save_bundle
 from dalle2_md.utils import BundleError, UserError, checked_fields, exists, say
 
 
 CACHE_KEY_VERSION = 1
+# `RecogniserTrainConfig` fields of the physics augmentations (augmentations.py), 0 = off
+PHYSICS_AUGMENTATIONS = ("doppler_scale", "time_stretch", "doppler_flip", "snr_jitter_db", "respeckle")
 SYNTHETIC_STREAM_OFFSET = 0x5F17  # seed offset of the synthetic-batch RNG stream
 
 
@@ -162,10 +166,12 @@ class RecogniserTrainConfig:
         weight_decay: AdamW weight decay.
         seed: seeds weights, batches and augmentation.
         augment: apply the augmentations below (all leave a walker's identity, i.e. speed, limb
-            swing and cadence, unchanged): random circular time shifts of up to `max_shift` of
+            swing and cadence, unchanged, or change them only within the walker's own
+            recording-to-recording range): random circular time shifts of up to `max_shift` of
             the width, Gaussian pixel noise of std `noise_std` (in [-1, 1] units), SpecAugment
-            time and frequency masks (Park et al. 2019, "SpecAugment"), and mixup (Zhang et al.
-            2018, "mixup: Beyond Empirical Risk Minimization").
+            time and frequency masks (Park et al. 2019, "SpecAugment"), mixup (Zhang et al.
+            2018, "mixup: Beyond Empirical Risk Minimization"), and the physics augmentations
+            of `augmentations.py` (each off by default).
         max_shift: largest time shift, as a fraction of the image width.
         noise_std: pixel noise std.
         time_masks: number of time masks per image: each fills a band of columns, up to
@@ -175,6 +181,17 @@ class RecogniserTrainConfig:
             `freq_mask_width` of the height, with the image's mean (a hidden velocity band, so no
             single limb's flash can carry the decision).
         freq_mask_width: largest Doppler mask, as a fraction of the height.
+        doppler_scale: > 0: every radial velocity scaled about zero Doppler by a factor uniform
+            in [1 - s, 1 + s] (walking direction, cos 0-25 deg = 0.91-1, and speed, +-6 %, scale
+            them all); 0.05-0.1 spans gait31's walk-to-walk range. 0: off.
+        time_stretch: > 0: the time axis stretched about its centre by a factor uniform in
+            [1 - s, 1 + s] (cadence, +-2 % between a walker's recordings); 0.02-0.05. 0: off.
+        doppler_flip: probability of flipping the Doppler axis about zero Doppler (walking away
+            instead of towards the radar: gait31 draws either half the time); 0: off.
+        snr_jitter_db: > 0: the noise floor moved by a shift uniform in [-d, d] dB, the walker
+            kept (range changes the SNR; gait31 spans about +-12 dB); 3-6 dB. 0: off.
+        respeckle: probability of redrawing an image's background speckle from its own
+            background pixels, the walker kept (speckle is a fresh draw every recording); 0: off.
         mixup_alpha: > 0: each batch is blended with a shuffled copy of itself, weight
             lam ~ Beta(alpha, alpha), and the loss mixes both labels by lam; 0: off.
         synthetic_weight: loss weight of the synthetic batch (only with `synthetic` data).
@@ -199,10 +216,26 @@ class RecogniserTrainConfig:
     time_mask_width: float = 0.1
     freq_masks: int = 1
     freq_mask_width: float = 0.06
+    doppler_scale: float = 0.0
+    time_stretch: float = 0.0
+    doppler_flip: float = 0.0
+    snr_jitter_db: float = 0.0
+    respeckle: float = 0.0
     mixup_alpha: float = 0.2
     synthetic_weight: float = 1.0
     synthetic_batch_size: int = 0
     eval_every: int = 0
+
+    def __post_init__(self):
+        if not (0 <= self.doppler_scale < 1 and 0 <= self.time_stretch < 1 and self.snr_jitter_db >= 0
+                and 0 <= self.doppler_flip <= 1 and 0 <= self.respeckle <= 1):
+            raise UserError("doppler_scale and time_stretch must lie in [0, 1), doppler_flip and respeckle in "
+                            f"[0, 1], snr_jitter_db >= 0; got {self}")
+
+    def key_dict(self) -> dict:
+        """`asdict` without the physics augmentations that are off: what names a trained
+        recogniser (cache keys, kept results), so settings from before they existed keep their names."""
+        return {k: v for k, v in asdict(self).items() if not (k in PHYSICS_AUGMENTATIONS and v == 0)}
 
 
 # the recogniser settings before SpecAugment masks and mixup (for comparisons and old results)
@@ -225,8 +258,10 @@ def _band_masks(n: int, size: int, count: int, max_frac: float, g: torch.Generat
 
 
 def _augment(x: torch.Tensor, cfg: RecogniserTrainConfig, g: torch.Generator) -> torch.Tensor:
-    """Label-preserving augmentations of a (N, C, H, W) batch; the RNG is drawn only for the
-    augmentations that are switched on, so settings without masks reproduce older runs."""
+    """Label-preserving augmentations of a (N, C, H, W) batch: the physics ones
+    (`augmentations.physics_augment`), then time shift, noise and masks. The RNG is drawn only for
+    the augmentations that are switched on, so settings without them reproduce older runs."""
+    x = physics_augment(x, cfg, g)
     n, _, h, w = x.shape
     limit = int(round(cfg.max_shift * w))
     if limit > 0:
@@ -486,7 +521,8 @@ def recogniser_cache_key(
     """Hash naming a trained recogniser: its training images and labels (their bytes, so any
     change of files, image size or colormap changes it), its config and training settings."""
     h = hashlib.sha256()
-    meta = {"v": CACHE_KEY_VERSION, "config": asdict(config), "train": asdict(train), "extra": extra, "shape": list(images.shape)}
+    meta = {"v": CACHE_KEY_VERSION, "config": asdict(config), "train": train.key_dict(), "extra": extra,
+            "shape": list(images.shape)}
     h.update(json.dumps(meta, sort_keys=True, default=str).encode())
     h.update(images.float().contiguous().numpy().tobytes())
     h.update(user_indices.long().contiguous().numpy().tobytes())

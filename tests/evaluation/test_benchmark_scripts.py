@@ -138,3 +138,18 @@ def test_quality_with_two_workers_trains_nothing_twice(tmp_path):
     assert len(list(cache.glob("two_stage_seed0_image_model_*.pt"))) == 2
     assert len(list((cache / "vqgan").glob("vqgan_*.pt"))) == 2
     assert not list(work.rglob("*.lock"))
+
+
+def test_search_augment_smoke_selects_on_validation(tmp_path):
+    out = tmp_path / "search.json"
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks/search_augment.py"), "--smoke", "--out", str(out)],
+                          capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(out.read_text())
+    names = [r["setting"] for r in result["rows"]]
+    # the default first, each physics augmentation alone at two ranges, then combinations of the best
+    assert names[0] == "default" and len([n for n in names[1:] if "+" not in n]) == 10
+    assert any("+" in n for n in names) and result["selected_on"] == "val"
+    assert result["best"]["mean"] == max(r["mean"] for r in result["rows"])
+    assert all(set(r["per_k"]) == {"2", "all"} for r in result["rows"])
+    assert "**best**" in out.with_suffix(".md").read_text()

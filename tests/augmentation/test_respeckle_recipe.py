@@ -1,0 +1,100 @@
+"""The generator-free control recipe: the K real images re-speckled, drawn per user from the
+user's own seed, run by the harness and the command line without training a generator."""
+
+import json
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+from dalle2_md.augmentation import harness
+from dalle2_md.augmentation.harness import augmentation_gain
+from dalle2_md.augmentation.recipe import AugmentRecipe, default_source, draw_candidates, draw_synthetic, sampling_key
+from dalle2_md.cli.main import cli
+from dalle2_md.data.simulator import get_profile
+from dalle2_md.data.synthesize import synthesize_dataset
+from dalle2_md.evaluation.augmentations import bright_mask
+from dalle2_md.evaluation.protocol import simulate
+from dalle2_md.evaluation.recogniser import RecogniserTrainConfig
+from dalle2_md.utils import UserError
+
+K = 4
+RESPECKLE = AugmentRecipe(name="respeckle", source="respeckle", m_per_k=2.0)
+TINY_RECOGNISER = dict(recogniser_train=RecogniserTrainConfig(steps=3, batch_size=4),
+                       recogniser_shape=dict(widths=(4, 8), feature_dim=8))
+
+
+@pytest.fixture(scope="module")
+def walks():
+    """(images, user indices): 3 gait31 users, 8 walks each, 16 px."""
+    return simulate(3, 8, 16, 0, get_profile("gait31"))
+
+
+def _shot(walks, users=(0, 1, 2)):
+    images, ids = walks
+    keep = torch.cat([torch.nonzero(ids == u).flatten()[:K] for u in users])
+    return images[keep], ids[keep]
+
+
+def test_respeckled_copies_keep_each_source_walker_and_need_no_generator(walks):
+    shot = _shot(walks)
+    drawn = draw_synthetic(None, RESPECKLE, None, shot, seed=0)
+    assert drawn["images"].shape == (3 * 2 * K, 1, 16, 16) and drawn["num_drawn"] == 3 * 2 * K
+    for u in range(3):
+        own, mine = shot[0][shot[1] == u], drawn["images"][drawn["user_indices"] == u]
+        for j, x in enumerate(mine):  # copy-major: sample j is a copy of image j mod K
+            source = own[j % K]
+            bright = bright_mask(source[None])[0]
+            assert torch.equal(x[bright], source[bright])
+            if source[~bright].std() > 0.05:  # a background clipped all over has nothing to redraw
+                assert not torch.equal(x, source)
+
+
+def test_respeckle_draws_are_per_user_and_prefix_stable(walks):
+    shot = _shot(walks)
+    small, _ = draw_candidates(None, RESPECKLE, None, shot, 5, seed=3)
+    large, ids = draw_candidates(None, RESPECKLE, None, shot, 9, seed=3)
+    for u in range(3):  # a larger draw holds the smaller one as its prefix, user by user
+        assert torch.equal(large[ids == u][:5], small[5 * u : 5 * u + 5])
+    # one user's draws depend only on its own seed, not on which other users are there
+    alone, _ = draw_candidates(None, RESPECKLE, None, _shot(walks, users=(1,)), 9, seed=3)
+    assert torch.equal(alone, large[ids == 1])
+    other, _ = draw_candidates(None, RESPECKLE, None, shot, 9, seed=4)
+    assert not torch.equal(other, large)
+    # guidance and eta do not apply: every respeckle recipe shares one draw
+    assert sampling_key(RESPECKLE) == sampling_key(AugmentRecipe(source="respeckle", cond_scale=1.0, eta=1.0))
+
+
+def test_harness_runs_generator_free_recipes_without_training_a_generator(walks, tmp_path, monkeypatch):
+    def refuse(*args, **kwargs):
+        raise AssertionError("a generator was trained")
+
+    monkeypatch.setattr(harness, "train_generator", refuse)
+    monkeypatch.setattr(harness, "cached_generator", refuse)
+    images, ids = walks
+    is_train = torch.arange(len(ids)) % 8 < 6  # six walks per user train, two test
+    train, test = (images[is_train], ids[is_train]), (images[~is_train], ids[~is_train])
+    result = augmentation_gain(train, test, num_users=3, work_dir=tmp_path, k=2, seeds=(0,), generator="none",
+                               recipes=[RESPECKLE], **TINY_RECOGNISER)
+    row = result["per_seed"][0]
+    assert result["generator"] == "none" and row["generator_seconds"] == {}
+    assert row["recipes"]["respeckle"]["num_generated"] == 3 * 4
+    assert default_source("none") == "respeckle"
+    with pytest.raises(UserError, match="need a generator"):
+        augmentation_gain(train, test, num_users=3, work_dir=tmp_path, k=2, seeds=(0,), generator="none",
+                          recipes=[AugmentRecipe(name="sd", source="sdedit")], **TINY_RECOGNISER)
+    with pytest.raises(UserError, match="unknown generator"):
+        augmentation_gain(train, test, num_users=3, work_dir=tmp_path, k=2, seeds=(0,), generator="bogus", **TINY_RECOGNISER)
+
+
+def test_augment_eval_cli_respeckle_trains_no_generator(tmp_path, monkeypatch):
+    monkeypatch.setattr(harness, "train_generator", lambda *a, **kw: pytest.fail("a generator was trained"))
+    root = tmp_path / "data"
+    synthesize_dataset(root, num_users=3, images_per_user=12, image_size=16, seed=0, progress=False)
+    out = tmp_path / "aug"
+    result = CliRunner().invoke(cli, [
+        "augment-eval", "--data_root", str(root), "--image_size", "16", "--k", "2", "--seeds", "0",
+        "--source", "respeckle", "--recogniser_steps", "2", "--output_dir", str(out), "--no-progress"])
+    assert result.exit_code == 0, result.output
+    saved = json.loads((out / "augment.json").read_text())
+    assert saved["generator"] == "none" and saved["recipes"]["cli"]["recipe"]["source"] == "respeckle"
