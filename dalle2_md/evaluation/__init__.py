@@ -1,7 +1,7 @@
 """Judging spectrograms, real or generated, by who they belong to and how they move.
 
 - recogniser: the identity CNN every identity measure uses, its training and cache
-- metrics: identity accuracy, domain FID, diversity, memorisation, kinematic fidelity
+- metrics: identity accuracy, CAS, domain FID and KID, diversity, memorisation, background defects, kinematic fidelity
 - kinematics: torso velocity, limb envelopes and cadence read back from a spectrogram
 - stages: identity stage by stage (embedding, prior, decoder)
 - report: `evaluate_samples`, the written evaluation (metrics.json, report.md, plots)
