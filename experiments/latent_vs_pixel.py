@@ -104,7 +104,7 @@ def run_arm(arm: Arm, p: Profile, data: dict, recogniser, rows: dict, work: Path
     sample_seconds = time.perf_counter() - start
     m = evaluate_samples(data["sets"]["train"], data["sets"]["test"], fake, recogniser=recogniser,
                          out_dir=eval_dir / _slug(arm.name),
-                         label_map=data["label_map"], colormap="jet", grid_per_user=4)
+                         label_map=data["label_map"], colormap="jet", grid_per_user=4, cas=False)  # arms compared by A_gen, FID
     image_seconds = gen.seconds["decoder"] + gen.seconds.get("vqgan", 0.0)
     row = {
         "arm": arm.name, "budget": budget.to_dict(), "seconds": gen.seconds, "steps": gen.steps,

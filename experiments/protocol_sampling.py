@@ -179,7 +179,7 @@ def main(argv=None) -> dict:
         seconds = time.perf_counter() - start
         m = evaluate_samples(data["sets"]["train"], data["sets"]["test"], (images, ids), recogniser=recogniser,
                              out_dir=args.eval_dir / setting_name(s), label_map=data["label_map"], colormap="jet",
-                             grid_per_user=4)
+                             grid_per_user=4, cas=False)  # a sweep of sampling settings: A_gen and FID, no CAS
         worst, errs, floors, _ = kinematic_ratios(m)
         fid, floor, matched = m["fid"]["gen_vs_test"], m["fid"]["train_vs_test"], m["fid"]["train_vs_test_matched"]
         rows.append({"setting": s, "name": setting_name(s), "A_gen": m["identity"]["A_gen"],

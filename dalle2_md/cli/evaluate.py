@@ -1,5 +1,6 @@
 """Evaluation commands: `evaluate` (generated spectrograms against the real held-out split:
-identity, domain FID, diversity, memorisation, kinematics, identity stage by stage) and
+identity, CAS, domain FID and KID, diversity, memorisation, background defects, kinematics,
+identity stage by stage) and
 `augment-eval` (the augmentation gain of a recipe). Defaults come from `defaults.DEFAULTS` and
 `AugmentRecipe` (the recipe that won the ablation)."""
 
@@ -67,6 +68,22 @@ def _stage_identity_of(model, recogniser, sets, scales, *, num_samples_per_user,
                                      max_decoded=num_samples_per_user * num_users, **sampling)
 
 
+def _draw_for_evaluation(model, num_samples_per_user: int, train_ids, num_users: int, *, seed: int, sampling):
+    """(the `num_samples_per_user` per user every measure judges, the draw CAS trains on: per user
+    as many as real train has, or more when `num_samples_per_user` is larger). Sample j of a user
+    is the same image in both (keyed noise), so the first set is the start of the second."""
+    import torch
+
+    from dalle2_md.generation.samples import sample_tensors
+
+    counts = torch.bincount(train_ids, minlength=num_users).tolist()
+    drawn = [sample_tensors(model, [u], max(num_samples_per_user, c), seed=seed, sampling=sampling) for u, c in enumerate(counts)]
+    images, ids = torch.cat([x for x, _ in drawn]), torch.cat([i for _, i in drawn])
+    rank = torch.cat([torch.arange(len(i)) for _, i in drawn])
+    keep = rank < num_samples_per_user
+    return (images[keep], ids[keep]), (images, ids)
+
+
 def _reading_of(model, model_path, decoder_path, generated_dir, image_size, colormap, split_file):
     """(image_size, colormap, split_file) the real data is read with: the model's own (and the
     split.json beside it), or for a folder of PNGs the first PNG's side."""
@@ -91,6 +108,14 @@ def _say_evaluation(m: dict, stages: dict | None, split_file, split_seed, out: P
     ident, fid = m["identity"], m["fid"]
     say(f"split: {split_file or f'recomputed (seed {split_seed})'}")
     say(f"A_real {ident['A_real']:.3f}  A_gen {ident['A_gen']:.3f}  FID {fid['gen_vs_test']}  floor {fid['train_vs_test']}")
+    kid, cas, bg = m["kid"], m.get("cas", {}), m["background"]
+    ratio = lambda v: "n/a" if v is None else f"{v:.3f}"  # noqa: E731
+    if "CAS" in cas:
+        say(f"CAS {cas['CAS']:.3f} (trained on {cas['num_train_images']} generated)  CAS / A_real {ratio(cas['CAS_over_A_real'])}")
+    if kid["gen_vs_test"] is not None:
+        say(f"KID {kid['gen_vs_test']['mean']:.4g} ± {kid['gen_vs_test']['std']:.2g}  "
+            f"floor {kid['train_vs_test_matched']['mean']:.4g}  KID / floor {ratio(kid['ratio'])}")
+    say(f"background defects: generated {bg['gen']['rate']:.3f}  real test {bg['real_test']['rate']:.3f}")
     if stages is not None and "embedding" in stages:
         prior = "  ".join(f"g{g:g} {a:.3f}" for g, a in stages["prior"].items())
         decoder = "  ".join(f"g{g:g} {a:.3f}" for g, a in stages["decoder"].items())
@@ -132,13 +157,14 @@ def _say_evaluation(m: dict, stages: dict | None, split_file, split_seed, out: P
 def evaluate_cmd(data_root, split_file, split_seed, model_path, decoder_path, prior_path, clip_path, generated_dir, output_dir,
                  image_size, colormap, num_samples_per_user, sample_steps, prior_steps, cond_scale, prior_cond_scale,
                  sampler, eta, seed, recogniser_steps, stage_guidance):
-    """Judge generated spectrograms against the real held-out split: identity accuracy, domain
-    FID, diversity, memorisation, kinematic fidelity (metrics.json, report.md, plots); with a
-    model also identity stage by stage: prior samples and decoded true embeddings, per
-    --stage_guidance scale."""
+    """Judge generated spectrograms against the real held-out split: identity accuracy, CAS
+    (a recogniser trained on generated images only), domain FID and KID, diversity,
+    memorisation, background defects, kinematic fidelity (metrics.json, report.md, plots); with
+    a model also identity stage by stage: prior samples and decoded true embeddings, per
+    --stage_guidance scale. With a model, CAS trains on as many samples per user as real train
+    has (drawn beyond --num_samples_per_user when needed)."""
     from dalle2_md.augmentation.harness import load_splits
     from dalle2_md.defaults import SamplingConfig
-    from dalle2_md.generation.samples import sample_tensors
     from dalle2_md.evaluation.recogniser import RecogniserTrainConfig, cached_recogniser
     from dalle2_md.evaluation.report import evaluate_samples, load_generated_folder
 
@@ -161,15 +187,16 @@ def evaluate_cmd(data_root, split_file, split_seed, model_path, decoder_path, pr
     if model is not None:
         sampling = SamplingConfig(decoder_steps=sample_steps, prior_steps=prior_steps, cond_scale=cond_scale,
                                   prior_cond_scale=prior_cond_scale, sampler=sampler, eta=eta)
-        generated = sample_tensors(model, list(range(len(lm))), num_samples_per_user, seed=seed, sampling=sampling)
+        generated, cas_generated = _draw_for_evaluation(model, num_samples_per_user, sets["train"].tensors()[1], len(lm),
+                                                        seed=seed, sampling=sampling)
     else:
-        generated = load_generated_folder(generated_dir, lm, image_size, colormap)[:2]
+        generated = cas_generated = load_generated_folder(generated_dir, lm, image_size, colormap)[:2]
     stages = None
     if model is not None and stage_scales:
         stages = _stage_identity_of(model, recogniser, sets, stage_scales, num_samples_per_user=num_samples_per_user,
                                     decoder_steps=sample_steps, prior_steps=prior_steps, seed=seed, sampler=sampler, eta=eta)
     m = evaluate_samples(sets["train"].tensors(), sets["test"].tensors(), generated, recogniser=recogniser,
-                         out_dir=out, label_map=lm, colormap=colormap, stages=stages)
+                         out_dir=out, label_map=lm, colormap=colormap, stages=stages, cas_generated=cas_generated)
     _say_evaluation(m, stages, split_file, split_seed, out)
 
 

@@ -3,7 +3,8 @@
 - recogniser: the identity CNN every identity measure uses, its training and cache
 - augmentations: the recogniser's physics-aware augmentations (Doppler scale and flip, time
   stretch, noise floor, re-speckle)
-- metrics: identity accuracy, domain FID, diversity, memorisation, kinematic fidelity
+- metrics: identity accuracy, CAS, domain FID and KID, diversity, memorisation, background
+  defects, kinematic fidelity
 - kinematics: torso velocity, limb envelopes and cadence read back from a spectrogram
 - stages: identity stage by stage (embedding, prior, decoder)
 - report: `evaluate_samples`, the written evaluation (metrics.json, report.md, plots)

@@ -1,6 +1,7 @@
 """Measures of generated spectrograms against real ones (the evaluation protocol: docs/guide/evaluation.md).
 
-Owns identity accuracy, background level, domain FID in recogniser-feature space, within-user diversity,
+Owns identity accuracy, background level and its defect rate, domain FID and KID in recogniser-feature space,
+the classification accuracy score (CAS: a recogniser trained on generated images only), within-user diversity,
 per-user precision and recall (coverage of the real images), memorisation (nearest-training-neighbour distances) and kinematic fidelity (via
 `kinematics.read_kinematics`, with `to_scalar_images` to get scalar images back from model
 space). Every measure takes a trained `recogniser.Recogniser` or plain tensors and returns
@@ -11,11 +12,20 @@ Images everywhere are model-space tensors (N, C, H, W) in [-1, 1] with user clas
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import torch
 from torch import nn
 
-from dalle2_md.evaluation.recogniser import Recogniser
+from dalle2_md.evaluation.recogniser import (
+    Recogniser,
+    RecogniserConfig,
+    RecogniserTrainConfig,
+    _check_labelled,
+    accuracy,
+    train_recogniser,
+)
 from dalle2_md.utils import UserError
 
 KINEMATIC_FIELDS = {
@@ -48,6 +58,33 @@ def background_levels(images: torch.Tensor) -> torch.Tensor:
     (the radar's noise floor, or a digit's blank paper), which a decoder can draw too light."""
     values = ((images + 1) / 2).flatten(1).sort(1).values
     return values[:, : values.shape[1] // 2].mean(1)
+
+
+def background_range(images: torch.Tensor, quantiles: tuple[float, float] = (0.01, 0.99)) -> tuple[float, float]:
+    """(low, high): the `quantiles` of the images' background levels (`background_levels`), the
+    range real images' noise floors span; real train images give the reference."""
+    lo, hi = quantiles
+    if not 0 <= lo < hi <= 1:
+        raise ValueError(f"quantiles must satisfy 0 <= low < high <= 1, got {quantiles}")
+    if len(images) == 0:
+        raise UserError("the background range needs at least one reference image")
+    levels = background_levels(images.float()).double()
+    return float(torch.quantile(levels, lo)), float(torch.quantile(levels, hi))
+
+
+def background_defects(images: torch.Tensor, bounds: tuple[float, float]) -> dict:
+    """Share of images whose background level lies outside `bounds` (`background_range`): a
+    washed-out (too light) or crushed (too dark) noise floor. Real images of the reference's own
+    distribution score about 1 - (high - low quantile), 2 % for the 1-99 % range.
+
+    Returns:
+        {"rate", "too_light", "too_dark" (shares of the images), "num_images"}.
+    """
+    if len(images) == 0:
+        raise UserError("the background-defect rate needs at least one image")
+    levels = background_levels(images.float()).double()
+    too_dark, too_light = float((levels < bounds[0]).double().mean()), float((levels > bounds[1]).double().mean())
+    return {"rate": too_dark + too_light, "too_light": too_light, "too_dark": too_dark, "num_images": len(images)}
 
 
 def min_fid_samples(recogniser: Recogniser) -> int:
@@ -90,6 +127,57 @@ def domain_fid(recogniser: Recogniser, real_images: torch.Tensor, fake_images: t
             for i in range(0, len(imgs), batch_size):
                 metric.update(imgs[i : i + batch_size].float(), real=real)
         return max(0.0, float(metric.compute()))
+
+
+KID_MAX_SUBSET = 1000  # Binkowski et al.'s subset size
+
+
+def kid_subset_size(num_smaller: int) -> int:
+    """Default KID subset size for sets whose smaller one has `num_smaller` samples: half of it
+    (so subsets differ and their spread means something), at most 1000 and at least 2."""
+    return max(2, min(KID_MAX_SUBSET, num_smaller // 2))
+
+
+def _mmd2_unbiased(x: torch.Tensor, y: torch.Tensor) -> float:
+    """Unbiased MMD^2 of two (m, d) samples under the cubic kernel k(a, b) = (a.b / d + 1)^3."""
+    m, n, d = len(x), len(y), x.shape[1]
+    k_xx, k_yy, k_xy = ((a @ b.T / d + 1) ** 3 for a, b in ((x, x), (y, y), (x, y)))
+    within_x = (k_xx.sum() - k_xx.diagonal().sum()) / (m * (m - 1))  # i != j only: this removes the bias
+    within_y = (k_yy.sum() - k_yy.diagonal().sum()) / (n * (n - 1))
+    return float(within_x + within_y - 2 * k_xy.mean())
+
+
+def kernel_distance(x: torch.Tensor, y: torch.Tensor, *, num_subsets: int = 100, subset_size: int | None = None,
+                    seed: int = 0) -> dict:
+    """Kernel Inception Distance in any feature space (Binkowski et al. 2018, "Demystifying MMD
+    GANs"): the unbiased MMD^2 estimate with the cubic polynomial kernel (x.y / d + 1)^3, averaged
+    over `num_subsets` seeded subsets of `subset_size` from each set (without replacement within a
+    subset). Unbiased, so it does not fall as sets grow as FID does, and it can be slightly
+    negative for two samples of one distribution.
+
+    Args:
+        x, y: (N, d) and (M, d) features (e.g. `extract_features` of real and generated images).
+        num_subsets: subsets averaged.
+        subset_size: samples per subset from each set (default `kid_subset_size(min(N, M))`;
+            at most min(N, M)).
+        seed: seeds the subset draws.
+    Returns:
+        {"mean", "std" (over subsets), "subset_size", "num_subsets"}.
+    """
+    x, y = torch.as_tensor(x).double().flatten(1), torch.as_tensor(y).double().flatten(1)
+    n = min(len(x), len(y))
+    if n < 2 or x.shape[1] != y.shape[1]:
+        raise UserError(f"KID needs at least 2 samples per set of the same dimension, got {tuple(x.shape)} and {tuple(y.shape)}")
+    if num_subsets < 1:
+        raise UserError(f"KID needs at least one subset, got num_subsets={num_subsets}")
+    m = min(n, subset_size or kid_subset_size(n))
+    if m < 2:
+        raise UserError(f"KID subsets need at least 2 samples, got subset_size={subset_size}")
+    g = torch.Generator().manual_seed(seed)
+    values = torch.tensor([_mmd2_unbiased(x[torch.randperm(len(x), generator=g)[:m]], y[torch.randperm(len(y), generator=g)[:m]])
+                           for _ in range(num_subsets)], dtype=torch.float64)
+    std = float(values.std()) if num_subsets > 1 else 0.0
+    return {"mean": float(values.mean()), "std": std, "subset_size": m, "num_subsets": num_subsets}
 
 
 def diversity(features: torch.Tensor, user_indices: torch.Tensor) -> dict:
@@ -142,6 +230,65 @@ def precision_recall(real_features: torch.Tensor, real_indices: torch.Tensor, fa
         raise UserError(f"precision / recall need more than k = {k} real and generated features for some user")
     return {"precision": float(np.mean([p for p, _ in per_user.values()])),
             "recall": float(np.mean([r for _, r in per_user.values()])), "per_user": per_user}
+
+
+def _first_per_user(user_indices: torch.Tensor, counts) -> torch.Tensor:
+    """Row indices, in their order, of the first counts[u] rows of each user u (all if fewer)."""
+    keep = torch.zeros(len(user_indices), dtype=torch.bool)
+    for u, c in enumerate(counts):
+        keep[torch.nonzero(user_indices == u).flatten()[: int(c)]] = True
+    return torch.nonzero(keep).flatten()
+
+
+def classification_accuracy_score(
+    generated: tuple[torch.Tensor, torch.Tensor],
+    test: tuple[torch.Tensor, torch.Tensor],
+    *,
+    num_users: int,
+    config: RecogniserConfig | None = None,
+    train_config: RecogniserTrainConfig = RecogniserTrainConfig(),
+    seed: int | None = None,
+    per_user_counts=None,
+) -> dict:
+    """Classification Accuracy Score (Ravuri & Vinyals 2019, "Classification Accuracy Score for
+    Conditional Generative Models"): the accuracy on real test images of a recogniser trained on
+    generated images only, labelled with the user each was drawn for. Samples that look right but
+    miss a user's variety score low here while A_gen stays high.
+
+    Args:
+        generated: (images (N, C, H, W) in [-1, 1], user indices).
+        test: real (images, user indices) it is tested on.
+        num_users: recogniser classes.
+        config: recogniser shape (default: one matching the images); give the real-only
+            reference's so that CAS compares with its accuracy.
+        train_config: training settings, the reference's likewise.
+        seed: training seed (default `train_config.seed`).
+        per_user_counts: train on at most the first counts[u] generated images of user u (the
+            real train split's counts); default all.
+    Returns:
+        {"CAS", "per_user" (test accuracy per user), "num_train_images", "per_user_train" (images
+        trained on per user), "short_users" (users with fewer than asked), "seed", "steps"}.
+    """
+    images, ids = _check_labelled(*generated, "CAS generated images")
+    wanted = None
+    if per_user_counts is not None:
+        wanted = [int(c) for c in per_user_counts]
+        rows = _first_per_user(ids, wanted)
+        images, ids = images[rows], ids[rows]
+        if len(rows) == 0:
+            raise UserError("CAS: no generated image of a user the real train split has")
+    if config is None:
+        config = RecogniserConfig(num_users=num_users, channels=images.shape[1], image_size=images.shape[-1])
+    if config.num_users != num_users:
+        raise UserError(f"CAS: the recogniser config has {config.num_users} classes, not num_users={num_users}")
+    train = replace(train_config, seed=train_config.seed if seed is None else int(seed))
+    recogniser = train_recogniser(images, ids, config=config, train=train)
+    cas, per_user = accuracy(recogniser, *test)
+    counts = torch.bincount(ids, minlength=num_users).tolist()
+    short = [] if wanted is None else [u for u, c in enumerate(wanted) if counts[u] < c]
+    return {"CAS": cas, "per_user": per_user, "num_train_images": len(ids),
+            "per_user_train": {u: c for u, c in enumerate(counts) if c}, "short_users": short,
+            "seed": train.seed, "steps": train.steps}
 
 
 def _nearest_distances(queries: torch.Tensor, reference: torch.Tensor, chunk: int = 1024) -> torch.Tensor:

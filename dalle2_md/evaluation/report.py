@@ -1,8 +1,9 @@
 """The written evaluation of one set of generated spectrograms.
 
 Owns `evaluate_samples` (every measure of `metrics.py` on real train, real test and generated
-images -> metrics.json, report.md and the plots accuracy_per_user.png, kinematics.png,
-samples_grid.png), the optional stage-by-stage identity rows (see `stage_identity.py`), and
+images, with the real floor or reference each is read against -> metrics.json, report.md and the
+plots accuracy_per_user.png, kinematics.png, samples_grid.png), the optional stage-by-stage
+identity rows (see `stages.py`), and
 `load_generated_folder`, which reads generated PNGs named `<label>_<nnn>.png` back from disk.
 
 Images everywhere are model-space tensors (N, C, H, W) in [-1, 1] with user class indices (N,).
@@ -20,10 +21,24 @@ import numpy as np
 import torch
 
 from dalle2_md.data.display import colourise, tile_grid
-from dalle2_md.evaluation.metrics import KINEMATIC_FIELDS, diversity, domain_fid, kinematic_fidelity, memorisation, to_scalar_images
-from dalle2_md.evaluation.recogniser import accuracy
-from dalle2_md.evaluation.recogniser import Recogniser, _check_labelled, extract_features
-from dalle2_md.utils import DataError, UserError, atomic_write, plain_json
+from dalle2_md.evaluation.metrics import (
+    KINEMATIC_FIELDS,
+    background_defects,
+    background_range,
+    classification_accuracy_score,
+    diversity,
+    domain_fid,
+    kernel_distance,
+    kid_subset_size,
+    kinematic_fidelity,
+    memorisation,
+    to_scalar_images,
+)
+from dalle2_md.evaluation.recogniser import Recogniser, RecogniserTrainConfig, _check_labelled, accuracy, extract_features
+from dalle2_md.utils import DataError, UserError, atomic_write, checked_fields, plain_json
+
+BACKGROUND_QUANTILES = (0.01, 0.99)  # the real train images' range of background levels
+KID_SUBSETS = 100
 
 
 # --------------------------------------------------------------------------------------------
@@ -205,20 +220,27 @@ def _fid_or_note(recogniser, a, b, notes: list[str], what: str) -> float | None:
         return None
 
 
+def _matched_train_rows(train_ids: torch.Tensor, gen_ids: torch.Tensor, seed: int) -> torch.Tensor:
+    """Rows of a seeded draw of real train images, per user as many as the generated set has (at
+    most all of the user's): real data at the generated set's size and user balance."""
+    counts = torch.bincount(gen_ids.long().cpu(), minlength=int(train_ids.max()) + 1)
+    g = torch.Generator().manual_seed(seed)
+    rows = []
+    for u, n in enumerate(counts.tolist()):
+        own = torch.nonzero(train_ids.cpu() == u).flatten()
+        rows.append(own[torch.randperm(len(own), generator=g)[:n]])
+    return torch.cat(rows)
+
+
 def _matched_fid_floor(recogniser, tr, te, gen, notes: list[str], draws: int = 3) -> float | None:
     """FID of real train images vs real test as many per user as the generated set has (at most
     all of a user's), mean over `draws` seeded draws: what real data scores at the generated set's
     size and user balance. FID falls as a set grows, so a floor on every train image (usually
     several times the generated set) is out of reach of real data drawn at that size."""
-    counts = torch.bincount(gen[1].long().cpu(), minlength=int(tr[1].max()) + 1)
     values = []
     for seed in range(draws):
-        g = torch.Generator().manual_seed(seed)
-        rows = []
-        for u, n in enumerate(counts.tolist()):
-            own = torch.nonzero(tr[1].cpu() == u).flatten()
-            rows.append(own[torch.randperm(len(own), generator=g)[:n]])
-        value = _fid_or_note(recogniser, tr[0][torch.cat(rows)], te[0], notes,
+        rows = _matched_train_rows(tr[1], gen[1], seed)
+        value = _fid_or_note(recogniser, tr[0][rows], te[0], notes,
                              "FID size-matched real train vs real test")
         if value is None:
             return None
@@ -230,6 +252,33 @@ def _fmt(v, digits: int = 3) -> str:
     if v is None or (isinstance(v, float) and not math.isfinite(v)):
         return "n/a"
     return f"{v:.{digits}f}" if isinstance(v, float) else str(v)
+
+
+def _fmt_kid(k: dict | None) -> str:
+    return "n/a" if k is None else f"{k['mean']:.4g} ± {k['std']:.2g}"
+
+
+def _cas_row(m: dict) -> list[str]:
+    cas = m.get("cas")
+    if cas is None:
+        return []
+    if "CAS" not in cas:
+        return [f"| CAS (recogniser trained on generated only, real test) | n/a | {cas.get('note', 'not computed')} |"]
+    return [f"| CAS (recogniser trained on {cas['num_train_images']} generated only, real test) | {_fmt(cas['CAS'])} | "
+            f"A_real {_fmt(m['identity']['A_real'])}; CAS / A_real {_fmt(cas['CAS_over_A_real'])} (chance {_fmt(m['identity']['chance'])}) |"]
+
+
+def _kid_row(kid: dict) -> list[str]:
+    ratio = _fmt(kid["ratio"]) if kid["ratio"] is not None else "n/a (floor <= 0)"
+    return [f"| domain KID gen vs real test (subsets of {kid.get('subset_size', 'n/a')}) | {_fmt_kid(kid['gen_vs_test'])} | "
+            f"size-matched floor (real train vs test) {_fmt_kid(kid['train_vs_test_matched'])}; KID / floor {ratio} |"]
+
+
+def _background_row(bg: dict) -> list[str]:
+    lo, hi = (f"{100 * q:g}" for q in bg["quantiles"])
+    return [f"| background defects gen (level outside real train's {lo}-{hi} % range) | {_fmt(bg['gen']['rate'])} | "
+            f"real test {_fmt(bg['real_test']['rate'])}, real train {_fmt(bg['real_train']['rate'])} "
+            f"(gen too light {_fmt(bg['gen']['too_light'])}, too dark {_fmt(bg['gen']['too_dark'])}) |"]
 
 
 def _stage_rows(stages: dict | None, a_real: float) -> list[str]:
@@ -262,14 +311,17 @@ def _write_report(path: Path, m: dict, names: list[str]) -> None:
         "|---|---|---|",
         f"| identity accuracy A_gen | {_fmt(id_['A_gen'])} | A_real {_fmt(id_['A_real'])} (chance {_fmt(id_['chance'])}) |",
         f"| A_gen / A_real | {_fmt(id_['A_gen_over_A_real'])} | 1.0 = as recognisable as real |",
+        *_cas_row(m),
         *_stage_rows(m.get("stages"), id_["A_real"]),
         f"| domain FID gen vs real test | {_fmt(fid['gen_vs_test'])} | floor (real train vs test) {_fmt(fid['train_vs_test'])}; "
         f"size-matched {_fmt(fid.get('train_vs_test_matched'))} |",
+        *_kid_row(m["kid"]),
         f"| diversity (features) gen | {_fmt(m['diversity']['features']['gen_mean'])} | real test {_fmt(m['diversity']['features']['real_mean'])} |",
         f"| diversity (pixels) gen | {_fmt(m['diversity']['pixels']['gen_mean'])} | real test {_fmt(m['diversity']['pixels']['real_mean'])} |",
         f"| likely copies (pixels) | {_fmt(m['memorisation']['pixels']['copy_fraction'])} | ~{m['memorisation']['pixels']['quantile']} for fresh data |",
         f"| likely copies (features) | {_fmt(m['memorisation']['features']['copy_fraction'])} | ~{m['memorisation']['features']['quantile']} for fresh data |",
         f"| NN-distance ratio (pixels) | {_fmt(m['memorisation']['pixels']['nn_ratio'])} | ~1 for fresh data, << 1 = copying |",
+        *_background_row(m["background"]),
     ]
     for k in KINEMATIC_FIELDS:
         lines.append(
@@ -294,7 +346,12 @@ def _write_report(path: Path, m: dict, names: list[str]) -> None:
         "classified by the nearest real-train user centroid in embedding space; the decoder is given the true "
         "embeddings of real test images and its images are judged by the recogniser, so a low value there is the "
         "decoder's, not the prior's.",
-        "- FID is computed on recogniser features; compare it with the floor (two real sets), not with Inception FIDs.",
+        "- CAS: a second recogniser, same shape and settings as the first, trained on generated images only (per user "
+        "at most as many as real train has) and tested on real test; it keeps its final weights, no real image is seen.",
+        "- FID and KID are computed on recogniser features; compare them with their floors (two real sets), not with "
+        "Inception values. KID (unbiased, cubic kernel) is mean ± std over subsets and can dip below 0 for equal sets.",
+        "- A background defect is an image whose background level (mean of its darker half) lies outside the real "
+        "train images' 1-99 % range; real images score about 0.02.",
         f"- A generated image counts as a likely copy when its nearest training image is closer than the "
         f"{m['memorisation']['pixels']['quantile']:.0%} quantile of real-test-to-train nearest distances.",
         "- Kinematics are read in pixel units (torso line, 95th-percentile upper envelope, step rate of the envelope) "
@@ -322,6 +379,8 @@ def evaluate_samples(
     grid_max_users: int = 16,
     axes: dict | None = None,
     stages: dict | None = None,
+    cas: bool = True,
+    cas_generated: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> dict:
     """Judge generated images against real ones and write metrics.json, report.md and plots.
 
@@ -338,9 +397,13 @@ def evaluate_samples(
         grid_per_user: real and generated images shown per user in the grid.
         grid_max_users: users shown in the grid (the first ones).
         axes: optional physical image axes for `read_kinematics`.
-        stages: optional result of `stage_identity.stage_identity` (the model's embedding,
+        stages: optional result of `stages.stage_identity_accuracies` (the model's embedding,
             prior and decoder accuracies per guidance scale), written under "stages" and into
             the report's summary beside A_gen; {"note": why} when it could not be computed.
+        cas: train the CAS recogniser (`classification_accuracy_score`, with the recogniser's own
+            shape and training settings) on generated images, per user as many as real train has.
+        cas_generated: (images, user indices) CAS draws from (default `generated`), for a caller
+            that drew more samples than the other measures use.
     Returns:
         The metrics dict written to metrics.json (user keys are class indices).
     """
@@ -362,7 +425,9 @@ def evaluate_samples(
         "users": users,
         "user_names": {u: names[u] for u in users},
         "identity": identity,
+        **({"cas": _cas_metrics(recogniser, tr, te, cas_generated or gen, identity["A_real"], notes)} if cas else {}),
         **features,
+        "background": _background_metrics(tr, te, gen),
         "kinematics": kinematics,
         "recogniser": {"config": asdict(recogniser.config), "train_key": recogniser.meta.get("train_key")},
         "notes": notes,
@@ -372,14 +437,22 @@ def evaluate_samples(
         if "note" in stages:
             notes.append(f"stage-by-stage identity: {stages['note']}")
 
-    _plot_accuracy(out / "accuracy_per_user.png", names, users, identity["per_user_real"], identity["per_user_gen"],
-                   identity["A_real"], identity["A_gen"], identity["chance"])
+    _write_files(out, metrics, names, kin_gen, (tr, gen, users[:grid_max_users], grid_per_user, colormap))
+    return metrics
+
+
+def _write_files(out: Path, metrics: dict, names: list[str], kin_gen: dict, grid: tuple) -> None:
+    """The plots, report.md and metrics.json of `evaluate_samples`; `grid` is `_plot_grid`'s
+    (real, generated, users, per_user, colormap)."""
+    identity = metrics["identity"]
+    _plot_accuracy(out / "accuracy_per_user.png", names, metrics["users"], identity["per_user_real"],
+                   identity["per_user_gen"], identity["A_real"], identity["A_gen"], identity["chance"])
     _plot_kinematics(out / "kinematics.png", kin_gen, names)
-    _plot_grid(out / "samples_grid.png", tr, gen, names, users[:grid_max_users], grid_per_user, colormap)
+    real, gen, users, per_user, colormap = grid
+    _plot_grid(out / "samples_grid.png", real, gen, names, users, per_user, colormap)
     _write_report(out / "report.md", metrics, names)
     with atomic_write(out / "metrics.json", "w") as f:
         json.dump(plain_json(metrics), f, indent=1)
-    return metrics
 
 
 def _checked_sets(recogniser: Recogniser, real_train, real_test, generated):
@@ -422,6 +495,7 @@ def _feature_metrics(recogniser: Recogniser, tr, te, gen, quantile: float, notes
     return {
         "fid": {"gen_vs_test": fid_gen, "train_vs_test": fid_floor, "train_vs_test_matched": fid_matched,
                 "feature_dim": recogniser.num_features},
+        "kid": _kid_metrics(f_tr, f_te, f_gen, tr[1], gen[1], notes),
         "diversity": {
             "features": {"gen_mean": div_f_gen["mean"], "real_mean": div_f_real["mean"], "gen_per_user": div_f_gen["per_user"], "real_per_user": div_f_real["per_user"]},
             "pixels": {"gen_mean": div_p_gen["mean"], "real_mean": div_p_real["mean"], "gen_per_user": div_p_gen["per_user"], "real_per_user": div_p_real["per_user"]},
@@ -444,3 +518,61 @@ def _kinematic_metrics(tr, te, gen, colormap: str | None, axes: dict | None) -> 
         "gen": {k: kin_gen[k] for k in ("per_user", "mean_rel_error", "missing_users")},
         "floor": {k: kin_floor[k] for k in ("per_user", "mean_rel_error", "missing_users")},
     }, kin_gen
+
+
+def _kid_metrics(f_tr, f_te, f_gen, train_ids, gen_ids, notes: list[str]) -> dict:
+    """KID of generated vs real test features, and its size-matched floor: real train features drawn
+    like `_matched_fid_floor`'s vs real test, over subsets of the same size and seed; their ratio
+    only when the floor is > 0 (an unbiased KID of two real sets can be 0 or below)."""
+    rows = _matched_train_rows(train_ids, gen_ids, seed=0)
+    n = min(len(f_te), len(f_gen), len(rows))
+    if n < 2:
+        notes.append(f"KID: not computed (needs at least 2 images in each set, the smallest has {n})")
+        return {"gen_vs_test": None, "train_vs_test_matched": None, "ratio": None}
+    size = kid_subset_size(n)
+    gen_vs_test = kernel_distance(f_te, f_gen, num_subsets=KID_SUBSETS, subset_size=size, seed=0)
+    floor = kernel_distance(f_te, f_tr[rows], num_subsets=KID_SUBSETS, subset_size=size, seed=0)
+    ratio = gen_vs_test["mean"] / floor["mean"] if floor["mean"] > 0 else None
+    if ratio is None:
+        notes.append(f"KID / floor: not computed, the size-matched real floor is {floor['mean']:.3g} <= 0 "
+                     "(real train and real test are indistinguishable at this size); compare the raw values")
+    return {"gen_vs_test": gen_vs_test, "train_vs_test_matched": floor, "ratio": ratio, "subset_size": size,
+            "num_subsets": KID_SUBSETS}
+
+
+def _reference_training(recogniser: Recogniser) -> RecogniserTrainConfig | None:
+    """The training settings the recogniser was trained with (stored in its meta), if known."""
+    stored = recogniser.meta.get("train")
+    try:
+        return RecogniserTrainConfig(**checked_fields(RecogniserTrainConfig, stored, what="the recogniser's training settings"))
+    except UserError:
+        return None
+
+
+def _cas_metrics(recogniser: Recogniser, tr, te, cas_generated, a_real: float, notes: list[str]) -> dict:
+    """`classification_accuracy_score` with the reference recogniser's shape and settings, per user
+    as many generated images as real train has, and CAS / A_real; {"note"} when it cannot run."""
+    train = _reference_training(recogniser)
+    if train is None:
+        notes.append("CAS: not computed (the recogniser does not record its training settings; retrain it)")
+        return {"note": "not computed: the recogniser's training settings are unknown"}
+    images, ids = _check_labelled(*cas_generated, "CAS generated")
+    recogniser.check_images(images, "CAS generated images")
+    num_users = recogniser.config.num_users
+    wanted = torch.bincount(tr[1].cpu(), minlength=num_users).tolist()
+    result = classification_accuracy_score((images, ids), te, num_users=num_users, config=recogniser.config,
+                                           train_config=train, per_user_counts=wanted)
+    result["CAS_over_A_real"] = result["CAS"] / a_real if a_real > 0 else None
+    result["wanted_per_user"] = {u: c for u, c in enumerate(wanted) if c}
+    if result["short_users"]:
+        notes.append(f"CAS: fewer generated than real train images for {len(result['short_users'])} user(s); trained "
+                     f"on all {result['num_train_images']} generated (real train has {sum(wanted)})")
+    return result
+
+
+def _background_metrics(tr, te, gen) -> dict:
+    """Background-defect rates of generated, real test and real train images against the real
+    train images' `BACKGROUND_QUANTILES` range of background levels."""
+    low, high = background_range(tr[0], BACKGROUND_QUANTILES)
+    return {"reference": "real_train", "quantiles": list(BACKGROUND_QUANTILES), "low": low, "high": high,
+            **{what: background_defects(x[0], (low, high)) for what, x in (("gen", gen), ("real_test", te), ("real_train", tr))}}

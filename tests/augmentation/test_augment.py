@@ -143,6 +143,11 @@ def test_evaluate_cli_on_a_generated_folder(data_root, tmp_path):
     # 40 steps, measured on data seeds 0-2: A_real >= 0.89, A_gen of the unseen draws >= 0.83
     assert identity["A_real"] >= 2 / USERS and identity["A_gen"] >= 2 / USERS
     assert {"torso", "max_envelope", "cadence"} == set(metrics["kinematics"]["gen"]["mean_rel_error"])
+    # CAS trains on all 4 images per user of the folder (fewer than real train has) and says so; KID subsets
+    # hold half of the 9 real test images
+    assert metrics["cas"]["num_train_images"] == 4 * USERS and len(metrics["cas"]["short_users"]) == USERS
+    assert metrics["kid"]["gen_vs_test"]["subset_size"] == 4 and 0 <= metrics["background"]["gen"]["rate"] <= 1
+    assert "CAS " in result.output and "background defects" in result.output
     for name in ("report.md", "samples_grid.png", "accuracy_per_user.png", "kinematics.png", "recogniser.pt"):
         assert (out / name).is_file()
     # the same draws, named as the next user's samples, are judged wrong (the recogniser is reused)
@@ -188,6 +193,26 @@ def test_evaluate_cli_samples_a_baseline_bundle(data_root, tmp_path):
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["counts"]["generated"] == 2 * USERS
     assert sorted(metrics["identity"]["per_user_gen"]) == [str(u) for u in range(USERS)]
+    # CAS draws beyond --num_samples_per_user: as many per user as real train has
+    train_counts = torch.bincount(load_splits(data_root, image_size=SIZE)["train"].tensors()[1]).tolist()
+    assert metrics["cas"]["per_user_train"] == {str(u): n for u, n in enumerate(train_counts)}
+    assert metrics["cas"]["short_users"] == []
+
+
+def test_evaluate_judges_the_first_samples_of_the_draw_cas_trains_on():
+    """Keyed noise: sample j of a user is the same image in a draw of 2 and of 5."""
+    from dalle2_md.cli.evaluate import _draw_for_evaluation
+    from dalle2_md.generation.samples import sample_tensors
+    from dalle2_md.models.decoder import DecoderConfig
+    from dalle2_md.models.single_stage import SingleStageBaseline
+
+    model = SingleStageBaseline(num_users=USERS, config=DecoderConfig(image_size=SIZE, channels=1, image_embed_dim=8, **TINY.decoder))
+    sampling = SamplingConfig(decoder_steps=1)
+    judged, for_cas = _draw_for_evaluation(model, 2, torch.tensor([0] * 5 + [1] * 1 + [2] * 3), USERS, seed=3, sampling=sampling)
+    alone = sample_tensors(model, list(range(USERS)), 2, seed=3, sampling=sampling)
+    assert torch.equal(judged[1], alone[1]) and torch.allclose(judged[0], alone[0], atol=1e-5)
+    assert torch.bincount(for_cas[1]).tolist() == [5, 2, 3]
+    assert torch.allclose(for_cas[0][:2], alone[0][:2], atol=1e-5)
 
 
 def test_real_only_arm_is_a_plain_recogniser_run_and_filters_see_only_kshot(data_root, tmp_path, monkeypatch):
