@@ -35,6 +35,16 @@ dalle2-pytorch (module `dalle2_pytorch.dalle2_pytorch` unless named):
 - `ResnetBlock.cross_attn` and `CrossAttention(dim, context_dim, heads, dim_head, cosine_sim)`
   (decoder.py): the cross-attentions are rebuilt at the U-Net's attention shape instead of the
   fixed 8 x 64 (`resize_cross_attention`).
+- `Attention` (the U-Net's self-attention and the prior's causal transformer) and
+  `CrossAttention` (the U-Net's conditioning): their `forward` builds the whole tokens x tokens
+  matrix (4096 x 4096 per head at a 64 x 64 feature map). `use_sdpa_attention` swaps each
+  instance's class for a subclass (`SDPAAttention`, `SDPACrossAttention`) whose forward is the
+  parent's with the two einsums and the softmax replaced by one
+  `torch.nn.functional.scaled_dot_product_attention` call, whose flash kernels (CPU and CUDA)
+  never hold the matrix when there is no float mask (the U-Net's case); it reads the attributes the parent's `__init__` sets (`heads`, `scale`, `cosine_sim`,
+  `causal`, `null_kv`, `rotary_emb`, `norm`, `to_q`, `to_kv`, `to_out`, `dropout`,
+  `norm_context`). The decoder and the prior apply it when they are built (bundles included).
+  `check_dependency_surface` also checks that both still give the parent's outputs.
 - `Unet.image_to_tokens`, `.null_image_embed`, `.to_image_hiddens`, `.null_image_hiddens`
   (decoder.py): classifier-free guidance in one batch of 2B nulls the outputs of these
   projections for the second half (`unet_conditioning_nulls`).
@@ -73,8 +83,10 @@ from typing import Callable
 
 import torch
 from dalle2_pytorch import Decoder, DiffusionPrior, DiffusionPriorNetwork, Unet, VQGanVAE
-from dalle2_pytorch.dalle2_pytorch import CrossAttention, NoiseScheduler, ResnetBlock
+from dalle2_pytorch.dalle2_pytorch import Attention, CausalTransformer, CrossAttention, NoiseScheduler, ResnetBlock
+from einops import rearrange, repeat
 from torch import nn
+from torch.nn import functional as F
 from x_clip import CLIP
 from x_clip.visual_ssl import SimSiam, nt_xent_loss
 
@@ -83,7 +95,8 @@ __all__ = [
     "replace_text_embed_projection", "null_text_tokens", "prior_p_losses",
     "noise_scheduler_of", "random_times", "x_start_from_noise", "x_start_from_v", "alphas_cumprod",
     "decoder_unet", "set_decoder_unet", "decoder_vae", "decoder_p_losses",
-    "resize_cross_attention", "unet_conditioning_nulls", "unet_cond_dim", "vqgan_loss_terms",
+    "resize_cross_attention", "SDPAAttention", "SDPACrossAttention", "use_sdpa_attention", "sdpa_attention_counts",
+    "unet_conditioning_nulls", "unet_cond_dim", "vqgan_loss_terms",
     "VQGanAutoencoder",
     "image_tower", "image_latent", "text_latent", "logit_scale", "attach_visual_ssl",
     "check_dependency_surface", "installed_version",
@@ -204,6 +217,129 @@ def unet_cond_dim(cond_dim: int, image_embed_dim: int) -> int:
     return cond_dim + 8 if cond_dim == image_embed_dim else cond_dim
 
 
+# --- dalle2-pytorch: attention through scaled_dot_product_attention --------------------------
+#
+# dalle2-pytorch's `Attention.forward` (self-attention of the U-Net, causal attention of the
+# prior) and `CrossAttention.forward` compute `sim = einsum(q, k)`, mask it, softmax it in fp32
+# and `einsum(attn, v)`: the whole tokens x tokens matrix, twice (sim and its softmax), per head.
+# The subclasses below are those forwards line for line up to `sim`, then one
+# `F.scaled_dot_product_attention` call, which computes the same softmax(q k^T * scale + mask) v
+# in blocks (flash / memory-efficient kernels on CPU and CUDA; with the prior's float bias it may
+# take the plain kernel, over a few tokens). What is kept exactly:
+#
+# - the learned null key / value, concatenated before the call (never masked, as in the parent);
+# - Attention's scaling: q * scale before the rotary embedding, then q and k * sqrt(scale) each,
+#   so q.k is multiplied by scale^2 without cosine-sim (1 / dim_head: the parent's double
+#   scaling, kept) and by scale = 16 on l2-normalised q, k with it. q * scale stays where the
+#   parent has it; SDPA's `scale=` gives the remaining sqrt(scale)^2. CrossAttention scales once;
+# - rotary embeddings on q (all heads) and k (one shared head: `Attention` is multi-query), the
+#   k / v head expanded (a view) to the query heads;
+# - the prior's T5 relative-position bias, passed as a float `attn_mask` (h, i, j);
+# - the key mask (padded True for the null key) and the causal mask, which the parent aligns to
+#   the bottom right (`triu(j - i + 1)`: query r sees the null key and keys 1..r+1); SDPA's
+#   `is_causal` aligns top left, so the mask is built explicitly. With a bias the masked entries
+#   get -finfo.max, the parent's fill; without one a boolean mask (-inf), same softmax as the
+#   null key keeps every row non-empty;
+# - CrossAttention's dropout, which its forward never applies (nor does this one).
+#
+# Falls back to the parent's forward: `Attention` in training mode with dropout > 0 (only the
+# prior, with `PriorConfig.attn_dropout` > 0): SDPA's `dropout_p` draws its mask from the RNG
+# differently, so a seeded training run would not repeat the einsum path's. Everything else is
+# exact to float rounding (tests/test_sdpa.py; `check_dependency_surface` re-checks it against
+# the installed dalle2-pytorch).
+
+
+class SDPAAttention(Attention):
+    """dalle2-pytorch's `Attention` computed by `F.scaled_dot_product_attention` (same weights,
+    same outputs to float rounding; see the notes above)."""
+
+    def forward(self, x, mask=None, attn_bias=None):
+        if self.training and self.dropout.p > 0:
+            return super().forward(x, mask=mask, attn_bias=attn_bias)  # the parent's dropout RNG stream
+        b = x.shape[0]
+        x = self.norm(x)
+        q, k, v = (self.to_q(x), *self.to_kv(x).chunk(2, dim=-1))
+        q = rearrange(q, "b n (h d) -> b h n d", h=self.heads)
+        q = q * self.scale
+        if self.rotary_emb is not None:
+            q, k = map(self.rotary_emb.rotate_queries_or_keys, (q, k))
+        nk, nv = map(lambda t: repeat(t, "d -> b 1 d", b=b), self.null_kv.unbind(dim=-2))
+        k = torch.cat((nk, k), dim=-2)
+        v = torch.cat((nv, v), dim=-2)
+        if self.cosine_sim:
+            q, k = F.normalize(q, dim=-1), F.normalize(k, dim=-1)  # dalle2-pytorch's l2norm
+        i, j = q.shape[-2], k.shape[-2]
+        k, v = (t.to(q.dtype)[:, None].expand(-1, self.heads, -1, -1) for t in (k, v))  # one k / v head
+        attn_mask = _attention_mask(q, j, mask=mask, attn_bias=attn_bias, causal=self.causal)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, scale=self.scale)
+        out = rearrange(out, "b h n d -> b n (h d)")
+        return self.to_out(out)
+
+
+class SDPACrossAttention(CrossAttention):
+    """dalle2-pytorch's `CrossAttention` computed by `F.scaled_dot_product_attention`."""
+
+    def forward(self, x, context, mask=None):
+        b = x.shape[0]
+        x = self.norm(x)
+        context = self.norm_context(context)
+        q, k, v = (self.to_q(x), *self.to_kv(context).chunk(2, dim=-1))
+        q, k, v = (rearrange(t, "b n (h d) -> b h n d", h=self.heads) for t in (q, k, v))
+        nk, nv = map(lambda t: repeat(t, "d -> b h 1 d", h=self.heads, b=b), self.null_kv.unbind(dim=-2))
+        k = torch.cat((nk, k), dim=-2)
+        v = torch.cat((nv, v), dim=-2)
+        if self.cosine_sim:
+            q, k = F.normalize(q, dim=-1), F.normalize(k, dim=-1)
+        k, v = k.to(q.dtype), v.to(q.dtype)
+        attn_mask = _attention_mask(q, k.shape[-2], mask=mask, attn_bias=None, causal=False)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, scale=self.scale)
+        out = rearrange(out, "b h n d -> b n (h d)")
+        return self.to_out(out)
+
+
+def _attention_mask(q: torch.Tensor, j: int, *, mask, attn_bias, causal: bool) -> torch.Tensor | None:
+    """SDPA's `attn_mask` for queries q (b, h, i, d) over j keys (the null key first): None,
+    a boolean keep-mask, or the float bias with the parent's -finfo.max where it masks."""
+    i = q.shape[-2]
+    drop = None  # True where the parent masks
+    if mask is not None:
+        drop = ~rearrange(F.pad(mask, (1, 0), value=True), "b j -> b 1 1 j")
+    if causal:
+        future = torch.ones((i, j), dtype=torch.bool, device=q.device).triu(j - i + 1)
+        drop = future if drop is None else drop | future
+    if attn_bias is None:
+        return None if drop is None else ~drop
+    bias = attn_bias.to(q.dtype)
+    return bias if drop is None else bias.masked_fill(drop, -torch.finfo(q.dtype).max)
+
+
+_SDPA_CLASSES = {Attention: SDPAAttention, CrossAttention: SDPACrossAttention}
+
+
+def use_sdpa_attention(model: nn.Module, enabled: bool = True) -> int:
+    """Make every dalle2-pytorch `Attention` / `CrossAttention` in `model` run through
+    `F.scaled_dot_product_attention` (`enabled=False`: back to the parent's einsum forward).
+
+    The instances keep their weights, state-dict keys and `isinstance` checks; only their class
+    becomes the subclass above, so copies (EMA, deepcopy) and pickles keep it. Idempotent.
+    Subclasses of the two (anyone else's) are left alone. Returns how many instances changed.
+    """
+    swap = _SDPA_CLASSES if enabled else {new: old for old, new in _SDPA_CLASSES.items()}
+    changed = 0
+    for module in model.modules():
+        target = swap.get(type(module))
+        if target is not None:
+            module.__class__ = target
+            changed += 1
+    return changed
+
+
+def sdpa_attention_counts(model: nn.Module) -> dict[str, int]:
+    """{"sdpa": n, "einsum": m}: dalle2-pytorch attention instances in `model` by forward."""
+    sdpa = sum(type(m) in _SDPA_CLASSES.values() for m in model.modules())
+    return {"sdpa": sdpa, "einsum": sum(type(m) in _SDPA_CLASSES for m in model.modules())}
+
+
 # --- dalle2-pytorch: VQGAN ------------------------------------------------------------------
 
 
@@ -292,6 +428,11 @@ _CALLABLES = [
     ("dalle2-pytorch", "dalle2_pytorch.dalle2_pytorch", "CrossAttention.__init__",
      {"dim", "context_dim", "heads", "dim_head", "cosine_sim"}),
     ("dalle2-pytorch", "dalle2_pytorch.dalle2_pytorch", "ResnetBlock", None),
+    ("dalle2-pytorch", "dalle2_pytorch.dalle2_pytorch", "Attention.__init__",
+     {"dim", "dim_head", "heads", "dropout", "causal", "rotary_emb", "cosine_sim", "cosine_sim_scale"}),
+    ("dalle2-pytorch", "dalle2_pytorch.dalle2_pytorch", "Attention.forward", {"x", "mask", "attn_bias"}),
+    ("dalle2-pytorch", "dalle2_pytorch.dalle2_pytorch", "CrossAttention.forward", {"x", "context", "mask"}),
+    ("dalle2-pytorch", "dalle2_pytorch.dalle2_pytorch", "CausalTransformer.__init__", {"dim", "depth", "dim_head", "heads"}),
     ("dalle2-pytorch", "dalle2_pytorch", "VQGanVAE.decode", {"fmap", "return_indices_and_loss"}),
     ("x-clip", "x_clip.visual_ssl", "nt_xent_loss", {"queries", "keys", "temperature"}),
     ("x-clip", "x_clip.visual_ssl", "SimSiam.__init__",
@@ -338,6 +479,8 @@ def _tiny_instances() -> dict[str, Callable[[], nn.Module]]:
         "VQGanVAE": lambda: VQGanVAE(dim=8, image_size=8, channels=1, layers=1, use_vgg_and_gan=False,
                                      vq_codebook_size=4, vq_codebook_dim=4, encdec_resnet_groups=8,
                                      vq_heads=2, vq_separate_codebook_per_head=True),
+        "Attention": lambda: CausalTransformer(dim=8, depth=1, dim_head=4, heads=2).layers[0][0],
+        "CrossAttention": lambda: CrossAttention(dim=8, context_dim=6, heads=2, dim_head=4),
         "CLIP": lambda: CLIP(dim_text=8, dim_image=8, dim_latent=8, num_text_tokens=4, text_enc_depth=1,
                              text_seq_len=2, text_heads=1, text_dim_head=4, visual_enc_depth=1, visual_image_size=8,
                              visual_patch_size=4, visual_heads=1, visual_dim_head=4, channels=1),
@@ -354,6 +497,11 @@ _ATTRIBUTES = {
         "unets.0", "vaes", "noise_schedulers.0", "unets.0.image_to_tokens", "unets.0.null_image_embed",
         "unets.0.to_image_hiddens", "unets.0.null_image_hiddens", "unets.0.self_cond"]),
     "VQGanVAE": ("dalle2-pytorch", ["recon_loss_fn", "enc_dec", "vq.heads"]),
+    # what SDPAAttention / SDPACrossAttention read (the prior's layer: causal, rotary)
+    "Attention": ("dalle2-pytorch", [
+        "heads", "scale", "cosine_sim", "causal", "null_kv", "rotary_emb", "norm", "to_q", "to_kv", "to_out", "dropout.p"]),
+    "CrossAttention": ("dalle2-pytorch", [
+        "heads", "scale", "cosine_sim", "null_kv", "norm", "norm_context", "to_q", "to_kv", "to_out"]),
     "CLIP": ("x-clip", ["visual_transformer", "to_visual_latent", "text_transformer", "to_text_latent", "temperature"]),
 }
 
@@ -380,6 +528,46 @@ def _decode_returns_three(vqgan: VQGanVAE) -> bool:
     return isinstance(out, tuple) and len(out) == 3
 
 
+def _sdpa_mismatch(module: nn.Module) -> str | None:
+    """How the SDPA forward of a tiny Attention / CrossAttention differs from the parent's
+    (None: same outputs to float tolerance), over the variants the parent's forward has."""
+    import copy
+
+    heads = module.heads
+    if isinstance(module, CrossAttention):
+        dim, context_dim = module.to_q.in_features, module.to_kv.in_features
+        calls = [dict(x=torch.randn(2, 5, dim), context=torch.randn(2, 3, context_dim)),
+                 dict(x=torch.randn(2, 5, dim), context=torch.randn(2, 3, context_dim),
+                      mask=torch.tensor([[True, False, True], [False, False, False]]))]
+    else:
+        dim = module.to_q.in_features
+        calls = [dict(x=torch.randn(2, 5, dim)),
+                 dict(x=torch.randn(2, 5, dim), mask=torch.tensor([[True] * 5, [True, False, True, False, False]])),
+                 dict(x=torch.randn(2, 5, dim), attn_bias=torch.randn(heads, 5, 6)),
+                 dict(x=torch.randn(2, 5, dim), attn_bias=torch.randn(heads, 5, 6),
+                      mask=torch.tensor([[True] * 5, [False, True, True, False, True]]))]
+    worst = 0.0
+    for cosine_sim in (module.cosine_sim, not module.cosine_sim):
+        einsum_module = copy.deepcopy(module).eval()
+        einsum_module.cosine_sim = cosine_sim
+        if cosine_sim != module.cosine_sim:  # the other variant, as the parent's __init__ scales it
+            einsum_module.scale = 16 if cosine_sim else (module.to_q.out_features // heads) ** -0.5
+        sdpa_module = copy.deepcopy(einsum_module)
+        use_sdpa_attention(sdpa_module)
+        with torch.no_grad():
+            for kwargs in calls:
+                try:
+                    expected, got = einsum_module(**kwargs), sdpa_module(**kwargs)
+                except Exception as e:  # a changed signature or shape contract is the same finding
+                    return f"cannot be called as dalle2-pytorch {CHECKED_AGAINST['dalle2-pytorch']} calls it ({type(e).__name__}: {str(e)[:100]})"
+                if expected.shape != got.shape:
+                    return f"gives {tuple(expected.shape)}, compat.py's {tuple(got.shape)}"
+                worst = max(worst, (expected - got).abs().max().item())
+    if worst > 1e-4:
+        return f"no longer matches compat.py's SDPA forward (largest difference {worst:.2g})"
+    return None
+
+
 def _check_instances() -> list[tuple[str, str, str]]:
     problems = []
     for cls, build in _tiny_instances().items():
@@ -394,6 +582,16 @@ def _check_instances() -> list[tuple[str, str, str]]:
             if cls == "Decoder" and not any(isinstance(m, ResnetBlock) and isinstance(m.cross_attn, CrossAttention)
                                             for m in obj.modules()):
                 missing.append((package, "ResnetBlock.cross_attn", "holds no CrossAttention in a conditioned Unet"))
+            if cls in ("Decoder", "DiffusionPrior") and not any(type(m) is Attention for m in obj.modules()):
+                where = "Unet" if cls == "Decoder" else "DiffusionPriorNetwork"
+                missing.append((package, f"{where}'s self-attention",
+                                "is no longer an Attention (use_sdpa_attention would leave it on its einsum forward)"))
+            if cls in ("Attention", "CrossAttention") and not missing:
+                if cls == "Attention" and not (obj.causal and obj.rotary_emb is not None):
+                    missing.append((package, "CausalTransformer's Attention", "is no longer causal with rotary embeddings"))
+                mismatch = _sdpa_mismatch(obj)
+                if mismatch:
+                    missing.append((package, f"{cls}.forward", mismatch))
             if cls == "VQGanVAE" and not missing and not _decode_returns_three(obj):
                 missing.append((package, "VQGanVAE.decode(fmap, return_indices_and_loss=True)",
                                 "no longer returns (fmap, indices, commit_loss)"))

@@ -37,7 +37,7 @@ from torch import nn
 
 from .bundle import load_bundle, save_bundle
 from .compat import (alphas_cumprod, decoder_p_losses, decoder_unet, decoder_vae, noise_scheduler_of,
-                     resize_cross_attention, set_decoder_unet, unet_conditioning_nulls,
+                     resize_cross_attention, set_decoder_unet, unet_conditioning_nulls, use_sdpa_attention,
                      x_start_from_noise, x_start_from_v)
 from .compat import unet_cond_dim as widened_cond_dim
 from .sampling import Generators, ddim_timesteps, randn, run_sampler
@@ -357,6 +357,9 @@ class MicroDopplerDecoder(nn.Module):
         )
         # after Decoder(): it rebuilds its U-Nets from their constructor arguments
         resize_cross_attention(decoder_unet(self.decoder), heads=config.attn_heads, dim_head=config.attn_dim_head)
+        # self- and cross-attention without the tokens x tokens matrix (same weights and outputs);
+        # here, so trained and loaded decoders alike get it
+        use_sdpa_attention(self.decoder)
         if config.backbone == "dit":
             # the transformer takes the U-Net's place; Decoder's loss and our sampler call it the same way
             from .dit import DiT
