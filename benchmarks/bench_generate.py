@@ -14,6 +14,21 @@ peak RSS is that child's alone. Rows:
     python benchmarks/bench_generate.py --threads 1
     python benchmarks/bench_generate.py --skip_rss        # throughput only
     python benchmarks/bench_generate.py --skip_throughput --rss_paths new   # one RSS row
+
+`--attention` measures instead what `compat.use_sdpa_attention` changes: the same model with
+dalle2-pytorch's einsum attention (before) and through F.scaled_dot_product_attention (after,
+what every model the package builds now uses), at 64, 128 and 256 px. Untrained CPU-size
+models (U-Net dim 16, dim_mults 1 2 4: self-attention at the middle, size / 4, so 4096 tokens at
+256 px; cross-attention at size / 2 and size / 4), the default guidance (3: the U-Net sees
+twice the batch) and sampler, 2 users x 2 images in one batch, 4 steps per stage; each in a
+fresh child process, so its peak RSS is its own. Then, per `--rss_batch_sizes` (default 64,
+generation's default, and 32), one child at 256 px over 31 users x 8 images (the most the grid
+keeps per user), 1 step per stage, SDPA only: generation's memory is one batch plus the grid,
+so this is the peak of 31 x 200 images at that batch size.
+Writes JSON and a Markdown table (`--out`, default benchmarks/results/bench_generate_sdpa.json):
+
+    python benchmarks/bench_generate.py --attention --threads 1
+    python benchmarks/bench_generate.py --attention --sizes 64 --skip_rss   # a smoke run
 """
 
 import argparse
@@ -36,12 +51,15 @@ try:
 except ImportError:  # a checkout from before the subpackages (dalle2_md/generation.py)
     from dalle2_md.generation import load_generator, write_samples
 model = load_generator(model_path=spec["bundle"], device="cpu")
+if spec.get("attention"):  # "einsum": dalle2-pytorch's own forward; "sdpa": the package's default
+    from dalle2_md.compat import use_sdpa_attention
+    use_sdpa_attention(model, enabled=spec["attention"] == "sdpa")
 extra = {"sampler": spec["sampler"]} if spec.get("sampler") else {}
 write_samples(model, spec["out"] + "_warm", user_labels=spec["users"][:1], num_samples_per_user=1, sample_steps=2, prior_steps=2)
 start = time.perf_counter()
 write_samples(model, spec["out"], user_labels=spec["users"], num_samples_per_user=spec["n"], sample_steps=spec["steps"],
-              prior_steps=spec["prior_steps"], seed=0, batch_size=spec["batch_size"], cond_scale=1.0,
-              prior_cond_scale=1.0, **extra)
+              prior_steps=spec["prior_steps"], seed=0, batch_size=spec["batch_size"],
+              cond_scale=spec.get("cond_scale", 1.0), prior_cond_scale=1.0, **extra)
 seconds = time.perf_counter() - start
 print("RESULT " + json.dumps({"seconds": seconds, "images": len(spec["users"]) * spec["n"],
                               "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
@@ -60,7 +78,9 @@ def build_bundle(path: Path, image_size: int, num_users: int, tiny: bool = False
     dim = CPU_CLIP_SIZES["dim_latent"]
     sizes = dict(CPU_DECODER_SIZES, dim=8, dim_mults=(1, 2)) if tiny else CPU_DECODER_SIZES
     prior = UserConditionedDiffusionPrior(PriorConfig(num_users=num_users, dim=dim, **CPU_PRIOR_SIZES))
-    decoder = MicroDopplerDecoder(config=DecoderConfig(image_size=image_size, channels=1, image_embed_dim=dim, **sizes))
+    # num_users: the CPU sizes' decoder also reads a user token (user_conditioning)
+    decoder = MicroDopplerDecoder(config=DecoderConfig(image_size=image_size, channels=1, image_embed_dim=dim,
+                                                       num_users=num_users, **sizes))
     return MicroDopplerDALLE2(prior=prior, decoder=decoder).save(path)
 
 
@@ -73,17 +93,89 @@ def run_child(code_root: Path, spec: dict) -> dict:
     return json.loads(lines[-1][len("RESULT "):])
 
 
+def attention_benchmark(args) -> None:
+    """--attention: einsum (before) vs SDPA (after) attention, peak RSS and images/s per size."""
+    from dalle2_md.defaults import DEFAULTS
+
+    sizes = [int(s) for s in (args.sizes or "64,128,256").split(",")]
+    rows, rss = [], []
+    with tempfile.TemporaryDirectory(prefix="bench-sdpa-") as tmp:
+        tmp = Path(tmp)
+        for size in sizes:
+            bundle = build_bundle(tmp / f"chain{size}.pt", size, num_users=31)
+            spec = dict(bundle=str(bundle), users=["0", "1"], n=2, threads=args.threads, batch_size=4,
+                        steps=args.attention_steps, prior_steps=args.attention_steps, cond_scale=DEFAULTS.cond_scale)
+            for attention in ("einsum", "sdpa"):
+                r = run_child(REPO, dict(spec, attention=attention, out=str(tmp / f"{attention}{size}")))
+                row = {"size": size, "attention": attention, "images": r["images"], "batch_size": spec["batch_size"],
+                       "steps": spec["steps"], "prior_steps": spec["prior_steps"], "cond_scale": spec["cond_scale"],
+                       "seconds": r["seconds"], "images_per_s": r["images"] / r["seconds"],
+                       "peak_rss_mib": r["peak_rss_mib"]}
+                rows.append(row)
+                print(f"{size:4d} px {attention:6s}: {row['images_per_s']:.3f} images/s ({r['images']} images, "
+                      f"{r['seconds']:.1f}s), peak RSS {r['peak_rss_mib']:.0f} MiB", flush=True)
+            before, after = rows[-2], rows[-1]
+            print(f"{size:4d} px sdpa / einsum: {after['images_per_s'] / before['images_per_s']:.2f}x images/s, "
+                  f"{after['peak_rss_mib'] / before['peak_rss_mib']:.2f}x peak RSS", flush=True)
+        if not args.skip_rss:
+            size = 256
+            bundle = build_bundle(tmp / f"rss{size}.pt", size, num_users=31)
+            for batch_size in [int(b) for b in args.rss_batch_sizes.split(",")]:
+                spec = dict(bundle=str(bundle), users=[str(u) for u in range(31)], n=8, threads=args.threads,
+                            batch_size=batch_size, steps=1, prior_steps=1, cond_scale=DEFAULTS.cond_scale,
+                            attention="sdpa", out=str(tmp / f"rss{batch_size}"))
+                r = run_child(REPO, spec)
+                rss.append({"size": size, "attention": "sdpa", "users": 31, "per_user": spec["n"],
+                            "batch_size": batch_size, "steps": 1, "prior_steps": 1, "cond_scale": spec["cond_scale"], **r})
+                print(f"31 x 8 at {size} px, batches of {batch_size}, sdpa: peak RSS {r['peak_rss_mib']:.0f} MiB "
+                      f"({r['seconds']:.0f}s)", flush=True)
+
+    lines = ["| size | attention | images/s | peak RSS MiB | images/s after / before | peak RSS after / before |",
+             "|---:|---|---:|---:|---:|---:|"]
+    for before, after in zip(rows[::2], rows[1::2]):
+        lines.append(f"| {before['size']} | einsum (before) | {before['images_per_s']:.3f} | "
+                     f"{before['peak_rss_mib']:.0f} | | |")
+        lines.append(f"| {after['size']} | sdpa (after) | {after['images_per_s']:.3f} | {after['peak_rss_mib']:.0f} | "
+                     f"{after['images_per_s'] / before['images_per_s']:.2f}x | "
+                     f"{after['peak_rss_mib'] / before['peak_rss_mib']:.2f}x |")
+    if rss:
+        lines += ["", "| 31 users x 8 images, 256 px, guidance 3, 1 step per stage | attention | peak RSS MiB | seconds |",
+                  "|---|---|---:|---:|"]
+        lines += [f"| batches of {r['batch_size']} | {r['attention']} | {r['peak_rss_mib']:.0f} | {r['seconds']:.0f} |"
+                  for r in rss]
+    print()
+    print("\n".join(lines))
+    import torch
+
+    out = Path(args.out or "benchmarks/results/bench_generate_sdpa.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({
+        "threads": args.threads, "torch": torch.__version__, "untrained_models": True,
+        "decoder": "CPU_DECODER_SIZES (dim 16, dim_mults 1 2 4, 2 heads x 16, mid self-attention at size / 4)",
+        "sampler": DEFAULTS.sampler, "throughput": rows, "rss_31_users_256px": rss}, indent=1))
+    out.with_suffix(".md").write_text("\n".join(lines) + "\n")
+    print(f"wrote {out} and {out.with_suffix('.md')}")
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--old", default="/work/main", help="checkout of the old code")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--dpm_steps", type=int, default=10, help="steps of the new-dpm row (both stages)")
-    ap.add_argument("--sizes", default="32,64,128")
+    ap.add_argument("--sizes", default=None, help="default 32,64,128 (64,128,256 with --attention)")
     ap.add_argument("--skip_rss", action="store_true")
     ap.add_argument("--skip_throughput", action="store_true")
     ap.add_argument("--rss_paths", default="old,new", help="which paths get the 31 x 200 RSS run")
-    ap.add_argument("--out", default="benchmarks/results/bench_generate.json")
+    ap.add_argument("--attention", action="store_true", help="einsum vs SDPA attention instead (see above)")
+    ap.add_argument("--attention_steps", type=int, default=4, help="steps per stage of the --attention rows")
+    ap.add_argument("--rss_batch_sizes", default="64,32", help="--attention: batch sizes of the 256 px RSS runs")
+    ap.add_argument("--out", default=None,
+                    help="default benchmarks/results/bench_generate.json (bench_generate_sdpa.json with --attention)")
     args = ap.parse_args()
+    if args.attention:
+        return attention_benchmark(args)
+    args.sizes = args.sizes or "32,64,128"
+    args.out = args.out or "benchmarks/results/bench_generate.json"
     old_root, new_root = Path(args.old), REPO
     # images per size: enough batches to time, few enough for a busy 2-core machine
     plan = {32: (8, 4), 64: (4, 4), 128: (2, 2)}

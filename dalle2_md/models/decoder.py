@@ -21,7 +21,8 @@ from torch import nn
 
 from dalle2_md.models.bundle import load_bundle, save_bundle
 from dalle2_md.models.compat import (alphas_cumprod, decoder_p_losses, decoder_unet, decoder_vae, noise_scheduler_of,
-                     resize_cross_attention, set_decoder_unet, x_start_from_noise, x_start_from_v)
+                     resize_cross_attention, set_decoder_unet, use_sdpa_attention, x_start_from_noise,
+                     x_start_from_v)
 from dalle2_md.models.compat import unet_cond_dim as widened_cond_dim
 from dalle2_md.sampling import Generators, ddim_timesteps, randn, run_sampler
 from dalle2_md.models.guidance import check_guidance_interval, guided_unet_forward
@@ -253,6 +254,9 @@ class MicroDopplerDecoder(nn.Module):
         )
         # after Decoder(): it rebuilds its U-Nets from their constructor arguments
         resize_cross_attention(decoder_unet(self.decoder), heads=config.attn_heads, dim_head=config.attn_dim_head)
+        # self- and cross-attention without the tokens x tokens matrix (same weights and outputs);
+        # here, so trained and loaded decoders alike get it
+        use_sdpa_attention(self.decoder)
         if config.backbone == "dit":
             # the transformer takes the U-Net's place; Decoder's loss and our sampler call it the same way
             from dalle2_md.models.dit import DiT

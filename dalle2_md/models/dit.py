@@ -70,7 +70,7 @@ class DiT(nn.Module):
         patch_size: side of the square patches that become tokens.
     """
 
-    self_cond = False  # read by dalle2-pytorch's Decoder.p_losses (see compat.py): no self-conditioning here
+    self_cond = False  # read by dalle2-pytorch's Decoder.p_losses (see models/compat/): no self-conditioning here
     guides_in_one_batch = True  # read by decoder.guided_unet_forward: use forward_with_cond_scale
 
     def __init__(self, *, channels: int, size: int, image_embed_dim: int, dim: int = 128, depth: int = 4,

@@ -28,7 +28,7 @@ from torch import nn
 
 from dalle2_md.models.bundle import load_bundle, save_bundle
 from dalle2_md.models.compat import (alphas_cumprod, noise_scheduler_of, null_text_tokens, prior_p_losses, random_times,
-                     replace_text_embed_projection, x_start_from_noise, x_start_from_v)
+                     replace_text_embed_projection, use_sdpa_attention, x_start_from_noise, x_start_from_v)
 from dalle2_md.sampling import Generators, randn, run_sampler
 from dalle2_md.utils import BundleError, UserError, checked_fields, exists
 
@@ -275,6 +275,9 @@ class UserConditionedDiffusionPrior(DiffusionPrior):
             sampling_final_clamp_l2norm=config.sampling_final_clamp_l2norm,
             image_embed_scale=config.image_embed_scale,
         )
+        # the causal transformer's attention through F.scaled_dot_product_attention (same weights
+        # and outputs; with attn_dropout > 0 it keeps the einsum path while training, see models/compat/attention.py)
+        use_sdpa_attention(self.net)
         self.config = config
         # the parent requires both drop probs > 0; guidance here needs only the user dropout
         self.can_classifier_guidance = config.cond_drop_prob > 0

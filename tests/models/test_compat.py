@@ -1,4 +1,4 @@
-"""dalle2_md/compat.py: the installed dalle2-pytorch / x-clip still have every internal we use, a
+"""dalle2_md/models/compat/: the installed dalle2-pytorch / x-clip still have every internal we use, a
 moved one is named clearly, and the workarounds there are still needed and still work."""
 
 import torch

@@ -1,4 +1,4 @@
-"""The accelerate (and torch LR-scheduler) internals behind dalle2_md/compat.py still exist on the
+"""The accelerate (and torch LR-scheduler) internals behind dalle2_md/models/compat/ still exist on the
 installed versions; a failure names the attribute and the version, so an upgrade that moves one is
 found here, not as a stage failing deep inside training."""
 
@@ -35,7 +35,7 @@ def test_each_accelerate_attribute_exists(where, attribute, why):
     owner = _owner(where, _instances())
     assert hasattr(owner, attribute), (
         f"{where}.{attribute} ({why}) is gone in accelerate {compat.accelerate_version()}; "
-        "update the accelerate block of dalle2_md/compat.py or pin accelerate below this version.")
+        "update the accelerate block of dalle2_md/models/compat/ or pin accelerate below this version.")
 
 
 def test_unwrap_optimizer_reaches_the_torch_optimizer():
