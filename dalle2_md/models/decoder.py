@@ -225,17 +225,10 @@ class MicroDopplerDecoder(nn.Module):
         self.config = config
         if config.use_vqgan:
             vqgan = vqgan if exists(vqgan) else build_vqgan(config.vqgan)
-        unet = Unet(
-            dim=config.dim,
-            image_embed_dim=config.condition_dim,
-            cond_dim=config.unet_cond_dim,
-            num_image_tokens=config.num_image_tokens,
-            channels=config.channels,
-            dim_mults=config.dim_mults,
-            num_resnet_blocks=config.num_resnet_blocks,
-            attn_heads=config.attn_heads,
-            attn_dim_head=config.attn_dim_head,
-        )
+        unet = Unet(dim=config.dim, image_embed_dim=config.condition_dim, cond_dim=config.unet_cond_dim,
+                    num_image_tokens=config.num_image_tokens, channels=config.channels, dim_mults=config.dim_mults,
+                    num_resnet_blocks=config.num_resnet_blocks, attn_heads=config.attn_heads,
+                    attn_dim_head=config.attn_dim_head)
         self.decoder = Decoder(
             unet=unet,
             image_size=config.image_size,
@@ -254,8 +247,7 @@ class MicroDopplerDecoder(nn.Module):
         )
         # after Decoder(): it rebuilds its U-Nets from their constructor arguments
         resize_cross_attention(decoder_unet(self.decoder), heads=config.attn_heads, dim_head=config.attn_dim_head)
-        # self- and cross-attention without the tokens x tokens matrix (same weights and outputs);
-        # here, so trained and loaded decoders alike get it
+        # attention without the tokens x tokens matrix (same weights and outputs), for trained and loaded alike
         use_sdpa_attention(self.decoder)
         if config.backbone == "dit":
             # the transformer takes the U-Net's place; Decoder's loss and our sampler call it the same way
