@@ -32,8 +32,14 @@ dalle2-pytorch (module `dalle2_pytorch.dalle2_pytorch` unless named):
   is_latent_diffusion, predict_v)` (decoder.py): called directly so latent training runs on cached latents
   instead of re-encoding every batch (`decoder_p_losses`). It reads `unet.self_cond`, which
   dit.DiT therefore defines.
+- `Decoder.unets[i]`, `.noise_schedulers[i]`, `.lowres_conds[i].noise_scheduler`, the module
+  function `resize_image_to` and `NoiseScheduler.q_sample` (upsampler.py): the upsampler trains
+  through `Decoder.forward(images, unet_number=2)`, but samples with our keyed-noise samplers, so
+  it reads its U-Net, schedule and low-res noise schedule and prepares the low-res input as the
+  Decoder does (`cascade_unet`, `cascade_noise_scheduler`, `lowres_noise_scheduler`,
+  `nearest_resize`, `q_sample`).
 - `ResnetBlock.cross_attn` and `CrossAttention(dim, context_dim, heads, dim_head, cosine_sim)`
-  (decoder.py): the cross-attentions are rebuilt at the U-Net's attention shape instead of the
+  (decoder.py, upsampler.py): the cross-attentions are rebuilt at the U-Net's attention shape instead of the
   fixed 8 x 64 (`resize_cross_attention`).
 - `Unet.image_to_tokens`, `.null_image_embed`, `.to_image_hiddens`, `.null_image_hiddens`
   (decoder.py): classifier-free guidance in one batch of 2B nulls the outputs of these
@@ -73,7 +79,7 @@ from typing import Callable
 
 import torch
 from dalle2_pytorch import Decoder, DiffusionPrior, DiffusionPriorNetwork, Unet, VQGanVAE
-from dalle2_pytorch.dalle2_pytorch import CrossAttention, NoiseScheduler, ResnetBlock
+from dalle2_pytorch.dalle2_pytorch import CrossAttention, NoiseScheduler, ResnetBlock, resize_image_to
 from torch import nn
 from x_clip import CLIP
 from x_clip.visual_ssl import SimSiam, nt_xent_loss
@@ -84,6 +90,7 @@ __all__ = [
     "noise_scheduler_of", "random_times", "x_start_from_noise", "x_start_from_v", "alphas_cumprod",
     "decoder_unet", "set_decoder_unet", "decoder_vae", "decoder_p_losses",
     "resize_cross_attention", "unet_conditioning_nulls", "unet_cond_dim", "vqgan_loss_terms",
+    "cascade_unet", "cascade_noise_scheduler", "lowres_noise_scheduler", "nearest_resize", "q_sample",
     "VQGanAutoencoder",
     "image_tower", "image_latent", "text_latent", "logit_scale", "attach_visual_ssl",
     "check_dependency_surface", "installed_version",
@@ -204,6 +211,36 @@ def unet_cond_dim(cond_dim: int, image_embed_dim: int) -> int:
     return cond_dim + 8 if cond_dim == image_embed_dim else cond_dim
 
 
+# --- dalle2-pytorch: the cascade (upsampler) ------------------------------------------------
+
+
+def cascade_unet(decoder: Decoder, number: int) -> nn.Module:
+    """U-Net `number` of a cascade, counted from 1 as `Decoder.forward(unet_number=)` does."""
+    return decoder.unets[number - 1]
+
+
+def cascade_noise_scheduler(decoder: Decoder, number: int) -> NoiseScheduler:
+    """The diffusion schedule of U-Net `number` of a cascade."""
+    return decoder.noise_schedulers[number - 1]
+
+
+def lowres_noise_scheduler(decoder: Decoder, number: int) -> NoiseScheduler | None:
+    """The schedule of the Gaussian noise that augments U-Net `number`'s low-res input in
+    training (Imagen's noise conditioning); None when that U-Net trains without it."""
+    return decoder.lowres_conds[number - 1].noise_scheduler
+
+
+def nearest_resize(images: torch.Tensor, size: int) -> torch.Tensor:
+    """Images in [-1, 1] resized to `size` by nearest neighbour and clamped: how the Decoder
+    shrinks a full-size image to the low-res size and enlarges a low-res image for an upsampler."""
+    return resize_image_to(images, size, clamp_range=(-1.0, 1.0), nearest=True)
+
+
+def q_sample(scheduler: NoiseScheduler, x_start: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+    """x_t of x_0 at times t (B,) with the given Gaussian noise, on `scheduler`'s schedule."""
+    return scheduler.q_sample(x_start=x_start, t=t, noise=noise)
+
+
 # --- dalle2-pytorch: VQGAN ------------------------------------------------------------------
 
 
@@ -293,6 +330,12 @@ _CALLABLES = [
      {"dim", "context_dim", "heads", "dim_head", "cosine_sim"}),
     ("dalle2-pytorch", "dalle2_pytorch.dalle2_pytorch", "ResnetBlock", None),
     ("dalle2-pytorch", "dalle2_pytorch", "VQGanVAE.decode", {"fmap", "return_indices_and_loss"}),
+    ("dalle2-pytorch", "dalle2_pytorch", "Decoder.forward", {"image", "unet_number"}),
+    ("dalle2-pytorch", "dalle2_pytorch", "Unet.forward", {"x", "time", "image_embed", "lowres_cond_img",
+                                                          "lowres_noise_level"}),
+    ("dalle2-pytorch", "dalle2_pytorch.dalle2_pytorch", "resize_image_to",
+     {"image", "target_image_size", "clamp_range", "nearest"}),
+    ("dalle2-pytorch", "dalle2_pytorch.dalle2_pytorch", "NoiseScheduler.q_sample", {"x_start", "t", "noise"}),
     ("x-clip", "x_clip.visual_ssl", "nt_xent_loss", {"queries", "keys", "temperature"}),
     ("x-clip", "x_clip.visual_ssl", "SimSiam.__init__",
      {"net", "image_size", "channels", "hidden_layer", "projection_size", "projection_hidden_size", "augment_fn"}),
@@ -335,6 +378,12 @@ def _tiny_instances() -> dict[str, Callable[[], nn.Module]]:
             unet=Unet(dim=8, image_embed_dim=8, cond_dim=16, channels=1, dim_mults=(1, 2), attn_dim_head=4,
                       attn_heads=1),
             image_size=8, channels=1, timesteps=4),
+        "CascadeDecoder": lambda: Decoder(
+            unet=(Unet(dim=8, channels=1, dim_mults=(1,), attn_dim_head=4, attn_heads=1),
+                  Unet(dim=8, channels=1, dim_mults=(1, 2), attn_dim_head=4, attn_heads=1, lowres_cond=True,
+                       lowres_noise_cond=True)),
+            image_sizes=(8, 16), channels=1, timesteps=4, unconditional=True, use_noise_for_lowres_cond=True,
+            random_crop_sizes=(None, 8)),
         "VQGanVAE": lambda: VQGanVAE(dim=8, image_size=8, channels=1, layers=1, use_vgg_and_gan=False,
                                      vq_codebook_size=4, vq_codebook_dim=4, encdec_resnet_groups=8,
                                      vq_heads=2, vq_separate_codebook_per_head=True),
@@ -353,6 +402,9 @@ _ATTRIBUTES = {
     "Decoder": ("dalle2-pytorch", [
         "unets.0", "vaes", "noise_schedulers.0", "unets.0.image_to_tokens", "unets.0.null_image_embed",
         "unets.0.to_image_hiddens", "unets.0.null_image_hiddens", "unets.0.self_cond"]),
+    "CascadeDecoder": ("dalle2-pytorch", [
+        "unets.1", "noise_schedulers.1", "noise_schedulers.1.alphas_cumprod", "lowres_conds.1.noise_scheduler",
+        "unets.1.lowres_cond", "unets.1.lowres_noise_cond"]),
     "VQGanVAE": ("dalle2-pytorch", ["recon_loss_fn", "enc_dec", "vq.heads"]),
     "CLIP": ("x-clip", ["visual_transformer", "to_visual_latent", "text_transformer", "to_text_latent", "temperature"]),
 }
