@@ -287,3 +287,12 @@ def to_output_size(images: torch.Tensor, *, upsampler: MicroDopplerUpsampler | N
     if exists(upsampler):
         images = upsampler.sample(images, generator=generator)
     return images if output_size is None else resize_images(images, output_size)
+
+
+def check_upsampler_fits(decoder, upsampler: MicroDopplerUpsampler) -> None:
+    """Refuse an upsampler that does not take the base decoder's image size and channels."""
+    d, u = decoder.config, upsampler.config
+    if (u.lowres_size, u.channels) != (d.image_size, d.channels):
+        raise BundleError(f"the upsampler takes {u.channels}-channel {u.lowres_size} px images but the decoder makes "
+                          f"{d.channels}-channel {d.image_size} px ones; train an upsampler for this decoder "
+                          "(dalle2-md train-upsampler --decoder_path ...).")
