@@ -184,7 +184,8 @@ def data_options_for(image_size_help: str = IMAGE_SIZE_HELP):
             help="Expected number of users, checked against the data (default: as found)."),
         opt("image_size", type=int, default=None, help=image_size_help),
         opt("colormap", type=click.Choice(COLORMAPS), default=None,
-            help="Invert this colormap into one channel; 'none' trains on RGB [default: as for --image_size, else jet]."),
+            help="Invert this colormap into one channel; 'none' trains on RGB "
+                 "[default: as for --image_size, else jet]."),
         opt("flat_structure", is_flag=True, default=False, help="Require the flat layout (images/ + metadata.json)."),
         opt("split_seed", type=int, default=SPLIT_SEED, help="Seed of the per-user train/val/test split (80/10/10)."),
         opt("cache_dir", type=click.Path(path_type=str), default=None,

@@ -150,7 +150,7 @@ class MicroDopplerUpsampler(nn.Module):
     `MicroDopplerDecoder.sample` returns them.
     """
 
-    def __init__(self, config: UpsamplerConfig):
+    def __init__(self, *, config: UpsamplerConfig):
         super().__init__()
         from dalle2_pytorch import Decoder, Unet
 
@@ -253,7 +253,7 @@ class MicroDopplerUpsampler(nn.Module):
     def load(cls, path: str | Path) -> "MicroDopplerUpsampler":
         """Rebuild an upsampler from its bundle alone (eval mode); its meta is in `.meta`."""
         payload = load_bundle(path, kind="upsampler")
-        model = cls(UpsamplerConfig.from_dict(payload["config"], what=f"{path}: upsampler config"))
+        model = cls(config=UpsamplerConfig.from_dict(payload["config"], what=f"{path}: upsampler config"))
         try:
             model.load_state_dict(payload["state_dict"])
         except RuntimeError as e:

@@ -146,7 +146,7 @@ def fit_upsampler(images: torch.Tensor, config, schedule: TrainConfig, run_dir: 
     from dalle2_md.models.upsampler import MicroDopplerUpsampler
 
     torch.manual_seed(schedule.seed)
-    upsampler = MicroDopplerUpsampler(config)
+    upsampler = MicroDopplerUpsampler(config=config)
     result = run_loop(upsampler, torch.utils.data.TensorDataset(images), schedule, Path(run_dir), "upsampler",
                       resume=resume, sample_fn=sample_fn, model_config=config.to_dict(), progress=progress)
     return result.ema_model.eval(), result

@@ -159,7 +159,8 @@ def _mirrors():
         table["train-prior", field] = (PriorConfig, field)
     for command in ("train-decoder", "train-upsampler"):
         for option, field in (("upsampler_dim", "dim"), ("upsampler_dim_mults", "dim_mults"),
-                              ("upsampler_num_resnet_blocks", "num_resnet_blocks"), ("upsampler_timesteps", "timesteps"),
+                              ("upsampler_num_resnet_blocks", "num_resnet_blocks"),
+                              ("upsampler_timesteps", "timesteps"),
                               ("upsampler_sample_timesteps", "sample_timesteps"), ("crop_size", "crop_size"),
                               ("lowres_noise", "lowres_noise"), ("lowres_noise_level", "lowres_noise_level"),
                               ("blur", "blur")):

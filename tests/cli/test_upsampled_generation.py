@@ -4,6 +4,7 @@ base decoder at 16 px with `--upsample_to 32`, the prior, then `generate` writes
 decoder's size, `--output_size` resizes; variations and curated sets are written at 32 px; and
 `train-upsampler` trains one for an existing decoder, into its run folder."""
 
+import json
 import shutil
 
 import pytest
@@ -99,6 +100,10 @@ def test_train_upsampler_for_an_existing_decoder_writes_into_its_run_folder(site
            "--max_steps", 2, *TINY_UPSAMPLER.split(), "--crop_size", 8, "--no-progress")
     upsampler = MicroDopplerUpsampler.load(tmp_path / "upsampler_final.pt")  # 16 px from the decoder, 32 from the data
     assert (upsampler.config.lowres_size, upsampler.config.output_size, upsampler.config.crop) == (16, 32, 8)
+    # resumable through the training loop's checkpoints
+    invoke("train-upsampler", "--data_root", cwd / "data", "--decoder_path", tmp_path / "decoder_final.pt",
+           "--max_steps", 3, *TINY_UPSAMPLER.split(), "--crop_size", 8, "--resume", "latest", "--no-progress")
+    assert json.loads((tmp_path / "upsampler" / "checkpoints" / "latest.json").read_text())["step"] == 3
     result = CliRunner().invoke(cli, join_variadic([str(a) for a in (
         "train-upsampler", "--data_root", cwd / "data", "--lowres_size", 16, "--upsample_to", 16,
         "--output_dir", tmp_path, "--max_steps", 1, "--no-progress")]))

@@ -109,7 +109,7 @@ def test_upsampler_sampling_prepares_the_lowres_image_as_the_decoder_trains_on_i
     # LowresConditioner feeds the U-Net in training (nearest down, nearest up, then noised)
     from dalle2_md.models.upsampler import MicroDopplerUpsampler, UpsamplerConfig
 
-    model = MicroDopplerUpsampler(UpsamplerConfig(lowres_size=8, output_size=16, dim=8, dim_mults=(1, 2),
+    model = MicroDopplerUpsampler(config=UpsamplerConfig(lowres_size=8, output_size=16, dim=8, dim_mults=(1, 2),
                                                   attn_heads=1, attn_dim_head=4, timesteps=10, sample_timesteps=2))
     conditioner = model.decoder.lowres_conds[1]
     images = torch.rand(2, 1, 16, 16) * 2 - 1

@@ -30,7 +30,7 @@ def trained():
     images = toy_images()
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
-        model = MicroDopplerUpsampler(TINY)
+        model = MicroDopplerUpsampler(config=TINY)
         opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=2e-3)
         losses = []
         for _ in range(60):
@@ -70,7 +70,7 @@ def test_loss_is_finite_and_falls_on_a_toy_set(trained):
 
 
 def test_only_the_upsampler_unet_trains():
-    model = MicroDopplerUpsampler(TINY)
+    model = MicroDopplerUpsampler(config=TINY)
     frozen = {n for n, p in model.named_parameters() if not p.requires_grad}
     assert frozen and all(n.startswith("decoder.unets.0.") for n in frozen)
     assert sum(model.state_dict()[n].numel() for n in frozen) < 20_000  # the placeholder stays small
