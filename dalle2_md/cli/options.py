@@ -248,7 +248,7 @@ def clip_sizes(kw: dict) -> dict:
 # the upsampler's sizes (train-decoder --upsample_to, train-upsampler); defaults mirror UpsamplerConfig
 upsampler_options = all_of(
     opt("upsampler_dim", type=int, default=32, help="Upsampler U-Net base width."),
-    opt("upsampler_dim_mults", default=tuple_text((1, 2, 4)), callback=int_tuple,
+    opt("upsampler_dim_mults", default=tuple_text((1, 2, 4, 8)), callback=int_tuple,
         help="Upsampler U-Net width multipliers; self-attention only at the last (lowest) resolution."),
     opt("upsampler_num_resnet_blocks", type=int, default=1, help="Upsampler residual blocks per U-Net stage."),
     opt("upsampler_timesteps", type=int, default=1000, help="Upsampler diffusion timesteps in training."),
