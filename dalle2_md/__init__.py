@@ -2,7 +2,7 @@
 
 Stages live one per module: `synth` (gait simulator), `labels`, `scanning`, `splits`, `dataset`
 (the data layer; `data` re-exports it), `display` (colourising, grids),
-`colormap`, `kinematics`, `clip` (embedding), `prior`, `decoder`, `model` (the chain),
+`colormap`, `kinematics`, `clip` (embedding), `prior`, `decoder`, `upsampler`, `model` (the chain),
 `training`, `recogniser`, `metrics`, `report` (the evaluation), `cli`.
 
 The public classes are importable from here (`from dalle2_md import MicroDopplerDALLE2`) but
@@ -22,6 +22,8 @@ _LAZY = {
     "PriorConfig": "models.prior",
     "MicroDopplerDecoder": "models.decoder",
     "DecoderConfig": "models.decoder",
+    "MicroDopplerUpsampler": "models.upsampler",
+    "UpsamplerConfig": "models.upsampler",
     "MicroDopplerClip": "models.embedding",
     "ClipConfig": "models.embedding",
 }

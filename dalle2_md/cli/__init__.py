@@ -8,7 +8,7 @@ anywhere prints one `Error:` line on stderr and exits 2, never a traceback.
 
 Modules: main (the click group, `main`, `run_command`), options (option spelling, shared option
 groups, `field_default`), data (synth, inspect-data), train (train-clip, train-decoder,
-train-prior), generate (generate, generate-dataset, interpolate, variations), evaluate
+train-upsampler, train-prior), generate (generate, generate-dataset, interpolate, variations), evaluate
 (evaluate, augment-eval), demo (demo; runs demo_run), check (check; runs selfcheck).
 """
 

@@ -13,6 +13,15 @@ from dalle2_md.cli.options import COLORMAPS, SPLIT_SEED, USER_LABELS_HELP, all_o
 from dalle2_md.defaults import DEFAULT_SAMPLER, DEFAULTS, SAMPLERS
 from dalle2_md.utils import UserError, say
 
+upsampling_options = (
+    opt("upsampler_path", type=click.Path(path_type=str), default=None,
+        help="An upsampler (upsampler_final.pt) applied after the decoder [default: the one beside --decoder_path "
+             "if present]; 'none' writes the decoder's own size."),
+    opt("output_size", type=click.IntRange(min=1), default=None,
+        help="Side of the images written; the final image is resized (bicubic) when it differs [default: the "
+             "upsampler's output size, else the decoder's image size]."),
+)
+
 model_options = all_of(
     opt("decoder_path", type=click.Path(path_type=str), default=None, help="decoder_final.pt of a decoder run."),
     opt("prior_path", type=click.Path(path_type=str), default=None, help="prior_final.pt of a prior run."),
@@ -34,6 +43,7 @@ model_options = all_of(
     opt("colormap", type=click.Choice(COLORMAPS), default=None,
         help="Colour of the PNGs: 'jet', or 'none' for grey [default: the training data's own, as recorded "
              "in the decoder: grey for greyscale data, jet for jet images]."),
+    *upsampling_options,
 )
 
 
@@ -42,7 +52,8 @@ def load_model(kw):
     from dalle2_md.generation.samples import load_generator
 
     model = load_generator(model_path=kw.pop("model_path"), prior_path=kw.pop("prior_path"),
-                           decoder_path=kw.pop("decoder_path"), clip_path=kw.pop("clip_path"), device=kw.pop("device"))
+                           decoder_path=kw.pop("decoder_path"), clip_path=kw.pop("clip_path"), device=kw.pop("device"),
+                           upsampler_path=kw.pop("upsampler_path"), output_size=kw.pop("output_size"))
     colormap = kw.pop("colormap")
     if colormap is not None:
         model.colormap = colormap  # only re-colours scalar models; RGB models are shown as they are
@@ -97,6 +108,10 @@ def write_dataset(kw, batch_size):
                               sampler=kw["sampler"], decoder_steps=kw["sample_steps"], prior_steps=kw["prior_steps"])
     model_id = {**{k: str(Path(v).resolve()) for k, v in paths.items() if v},
                 "clip_fingerprint": (getattr(model.decoder, "meta", None) or {}).get("clip_fingerprint")}
+    if model.image_size != model.decoder.config.image_size or model.upsampler_path is not None:
+        # older curated sets, at the decoder's size without an upsampler, keep their settings
+        model_id |= {"upsampler_path": str(Path(model.upsampler_path).resolve()) if model.upsampler_path else None,
+                     "image_size": model.image_size}
     done = generate_dataset(
         model, kw["output_dir"], user_labels=kw["user_labels"], num_samples_per_user=kw["num_samples_per_user"],
         filter=kw["filter"] or "none", data_root=kw["data_root"], split_file=split_file, split_seed=kw["split_seed"],
@@ -194,14 +209,16 @@ def generate_cmd(**kw):
 @opt("seed", type=int, default=0, help="Same seed, same images.")
 @opt("resize", is_flag=True, default=False, help="Resize images of another size to the model's, as training data is.")
 @opt("device", default="auto", help="cpu, cuda, cuda:N, or auto.")
+@all_of(*upsampling_options)
 def variations_cmd(image_paths, n, strength, model_path, decoder_path, clip_path, output_dir, cond_scale, sample_steps,
-                   sampler, eta, seed, resize, device):
+                   sampler, eta, seed, resize, device, upsampler_path, output_size):
     """Variations of real spectrograms (DALL-E 2's feature): embed each image with the embedding
     model and decode that embedding from --n noises; with --strength, SDEdit from the noised image.
     Writes <stem>_variation_NNN.png (or _sdedit_) and <stem>_grid.png (input first)."""
     from dalle2_md.generation.variations import load_embedding_decoder, write_variations
 
-    model = load_embedding_decoder(model_path=model_path, decoder_path=decoder_path, clip_path=clip_path, device=device)
+    model = load_embedding_decoder(model_path=model_path, decoder_path=decoder_path, clip_path=clip_path, device=device,
+                                   upsampler_path=upsampler_path, output_size=output_size)
     made = write_variations(model, image_paths, output_dir, n=n, seed=seed, strength=strength, cond_scale=cond_scale,
                             steps=sample_steps, eta=eta, sampler=sampler, resize=resize)
     say(f"wrote {len(made['images'])} images and {', '.join(str(g) for g in made['grids'])}")

@@ -4,14 +4,14 @@ Owns: `opt` and `flag_pair`, the one way a command declares an option (the seed'
 spelling `--data_root`, shown in --help; the hyphen spelling `--data-root` still parses but is
 not shown); `join_variadic` (argparse-style `--user_ids 0 1 2`); `field_default` (an option's
 default read from the dataclass it fills, never restated); and the option groups of the
-train-* commands (`data_options`, `train_options`, `clip_options`) with `pop_run_args`, which
-turns their values into `DataOptions` + `TrainConfig`.
+train-* commands (`data_options`, `train_options`, `clip_options`, `upsampler_options`) with
+`pop_run_args`, which turns their values into `DataOptions` + `TrainConfig`.
 
 No torch here: `dalle2-md --help` imports this module, and only torch-free dataclasses
 (`defaults.SamplingDefaults`, `DataOptions`, `AugmentRecipe`) can give defaults at import
 time. The defaults that mirror torch-bound dataclasses (`TrainConfig`, `DecoderConfig`,
-`PriorConfig`, `ClipConfig`, `GeneratorBudget`) are literals, pinned to those dataclasses by
-tests/cli/test_cli_layout.py.
+`PriorConfig`, `ClipConfig`, `UpsamplerConfig`, `GeneratorBudget`) are literals, pinned to those
+dataclasses by tests/cli/test_cli_layout.py.
 """
 
 from __future__ import annotations
@@ -24,7 +24,8 @@ import click
 from dalle2_md.training.options import DEFAULT_COLORMAP, DataOptions
 
 # argparse-style list flags (`--user_ids 0 1 2`) are joined into one value before click parses
-VARIADIC_FLAGS = ("--user_ids", "--user-ids", "--dim_mults", "--dim-mults", "--clip_widths", "--clip-widths")
+VARIADIC_FLAGS = ("--user_ids", "--user-ids", "--dim_mults", "--dim-mults", "--clip_widths", "--clip-widths",
+                  "--upsampler_dim_mults", "--upsampler-dim-mults")
 
 # `--user_ids` (the seed's flag) takes original labels; the commands call them `user_labels`
 USER_LABELS_HELP = ("Users by original label as on disk (ID_5, user_5 or 5; not the 0..N-1 index), "
@@ -170,29 +171,41 @@ def tuple_text(values) -> str:
 # ------------------------------------------------------------------------------------------
 # the train-* commands' shared options
 
-data_options = all_of(
-    opt("data_root", required=True, type=click.Path(path_type=str),
-        help="Folder of user folders (user_0/, ID_1/, ...) or images/ + metadata.json."),
-    opt("num_users", type=int, default=None, help="Expected number of users, checked against the data (default: as found)."),
-    opt("image_size", type=int, default=None,
-        help="Side of the square images the models see (data is resized) [default: as recorded in the "
-             "embedding model the run builds on (--clip_path, or this run's on --resume), else 64]."),
-    opt("colormap", type=click.Choice(COLORMAPS), default=None,
-        help="Invert this colormap into one channel; 'none' trains on RGB [default: as for --image_size, else jet]."),
-    opt("flat_structure", is_flag=True, default=False, help="Require the flat layout (images/ + metadata.json)."),
-    opt("split_seed", type=int, default=SPLIT_SEED, help="Seed of the per-user train/val/test split (80/10/10)."),
-    opt("cache_dir", type=click.Path(path_type=str), default=None,
-        help="Cache of decoded images and embeddings [default: <output_dir>/.cache]."),
-)
+IMAGE_SIZE_HELP = ("Side of the square images the models see (data is resized) [default: as recorded in the "
+                   "embedding model the run builds on (--clip_path, or this run's on --resume), else 64].")
 
 
-def train_options(*, output_dir: str, experiment_name: str, batch_size: int):
-    """The run and `TrainConfig` options of a train-* command (its own folder names and batch).
-    Defaults mirror `TrainConfig`'s except --epochs, --checkpoint_every and --sample_every, the
-    command line's own."""
+def data_options_for(image_size_help: str = IMAGE_SIZE_HELP):
+    """The data options of a train-* command, with its own words for what --image_size is."""
     return all_of(
-        opt("output_dir", type=click.Path(path_type=str), default=output_dir, help="Parent folder of the run folder."),
-        opt("experiment_name", default=experiment_name, help="Run folder name: outputs go to <output_dir>/<experiment_name>/."),
+        opt("data_root", required=True, type=click.Path(path_type=str),
+            help="Folder of user folders (user_0/, ID_1/, ...) or images/ + metadata.json."),
+        opt("num_users", type=int, default=None,
+            help="Expected number of users, checked against the data (default: as found)."),
+        opt("image_size", type=int, default=None, help=image_size_help),
+        opt("colormap", type=click.Choice(COLORMAPS), default=None,
+            help="Invert this colormap into one channel; 'none' trains on RGB "
+                 "[default: as for --image_size, else jet]."),
+        opt("flat_structure", is_flag=True, default=False, help="Require the flat layout (images/ + metadata.json)."),
+        opt("split_seed", type=int, default=SPLIT_SEED, help="Seed of the per-user train/val/test split (80/10/10)."),
+        opt("cache_dir", type=click.Path(path_type=str), default=None,
+            help="Cache of decoded images and embeddings [default: <output_dir>/.cache]."),
+    )
+
+
+data_options = data_options_for()
+
+
+def train_options(*, output_dir: str | None, experiment_name: str | None, batch_size: int, folder_note: str = ""):
+    """The run and `TrainConfig` options of a train-* command (its own folder names and batch;
+    `folder_note` ends the two folder options' help when the command fills them itself). Defaults
+    mirror `TrainConfig`'s except --epochs, --checkpoint_every and --sample_every, the command
+    line's own."""
+    return all_of(
+        opt("output_dir", type=click.Path(path_type=str), default=output_dir,
+            help="Parent folder of the run folder." + folder_note),
+        opt("experiment_name", default=experiment_name,
+            help="Run folder name: outputs go to <output_dir>/<experiment_name>/." + folder_note),
         opt("batch_size", type=int, default=batch_size, help="Samples per process and micro-step."),
         opt("epochs", type=int, default=100, help="Passes over the training split."),
         opt("max_steps", type=int, default=None, help="Optimizer steps; overrides --epochs."),
@@ -230,6 +243,34 @@ def clip_sizes(kw: dict) -> dict:
     """Pop the `clip_options` values as `ClipConfig` keywords."""
     widths, dim, dim_image = kw.pop("clip_widths"), kw.pop("clip_dim"), kw.pop("clip_dim_image")
     return dict(dim_latent=dim, dim_text=dim, dim_image=dim_image, encoder_widths=widths)
+
+
+# the upsampler's sizes (train-decoder --upsample_to, train-upsampler); defaults mirror UpsamplerConfig
+upsampler_options = all_of(
+    opt("upsampler_dim", type=int, default=32, help="Upsampler U-Net base width."),
+    opt("upsampler_dim_mults", default=tuple_text((1, 2, 4, 8)), callback=int_tuple,
+        help="Upsampler U-Net width multipliers; self-attention only at the last (lowest) resolution."),
+    opt("upsampler_num_resnet_blocks", type=int, default=1, help="Upsampler residual blocks per U-Net stage."),
+    opt("upsampler_timesteps", type=int, default=1000, help="Upsampler diffusion timesteps in training."),
+    opt("upsampler_sample_timesteps", type=int, default=8, help="Upsampler network evaluations when sampling."),
+    opt("crop_size", type=int, default=None,
+        help="Side of the random crops the upsampler trains on [default: the base decoder's image size]."),
+    flag_pair("lowres_noise", default=True,
+              help="Noise the upsampler's low-res input at a random level in training and at --lowres_noise_level "
+                   "when sampling (Imagen's noise conditioning)."),
+    opt("lowres_noise_level", type=float, default=0.2, help="That sampling noise level, a fraction of its schedule."),
+    flag_pair("blur", default=True, help="Blur the upsampler's low-res input half of the time in training."),
+)
+
+_UPSAMPLER_FIELDS = {"upsampler_dim": "dim", "upsampler_dim_mults": "dim_mults",
+                     "upsampler_num_resnet_blocks": "num_resnet_blocks", "upsampler_timesteps": "timesteps",
+                     "upsampler_sample_timesteps": "sample_timesteps", "crop_size": "crop_size",
+                     "lowres_noise": "lowres_noise", "lowres_noise_level": "lowres_noise_level", "blur": "blur"}
+
+
+def upsampler_sizes(kw: dict) -> dict:
+    """Pop the `upsampler_options` values as `UpsamplerConfig` keywords."""
+    return {field: kw.pop(option) for option, field in _UPSAMPLER_FIELDS.items()}
 
 
 def pop_run_args(kw: dict) -> dict:

@@ -1,6 +1,7 @@
 """Training commands: `train-clip` (the embedding model alone), `train-decoder` (stage 1:
-embedding model, optional VQGAN, decoder) and `train-prior` (stage 2). Each turns its options
-into sizes + `DataOptions` + `TrainConfig` and calls `training.stages.run_train_*`.
+embedding model, optional VQGAN, decoder, optional upsampler), `train-upsampler` (the upsampler
+for an existing decoder) and `train-prior` (stage 2). Each turns its options into sizes +
+`DataOptions` + `TrainConfig` and calls `training.stages.run_train_*`.
 
 Size defaults mirror `DecoderConfig` / `PriorConfig` (pinned by tests/cli/test_cli_layout.py), except
 --sample_timesteps (`defaults.DEFAULTS`), --user_conditioning (on here, off in `DecoderConfig`)
@@ -11,7 +12,8 @@ from __future__ import annotations
 
 import click
 
-from dalle2_md.cli.options import clip_options, clip_sizes, data_options, flag_pair, int_tuple, opt, pop_run_args, train_options, tuple_text
+from dalle2_md.cli.options import (clip_options, clip_sizes, data_options, data_options_for, flag_pair, int_tuple, opt,
+                                   pop_run_args, train_options, tuple_text, upsampler_options, upsampler_sizes)
 from dalle2_md.defaults import SAMPLE_TIMESTEPS
 from dalle2_md.utils import say
 
@@ -72,9 +74,15 @@ DECODER_SIZES = ("dim", "dim_mults", "num_resnet_blocks", "attn_heads", "attn_di
 @opt("clip_epochs", type=int, default=20, help="Embedding-model epochs (--max_steps applies to it too).")
 @opt("clip_max_steps", type=int, default=None, help="Embedding-model steps; overrides the other lengths.")
 @clip_options
+@opt("upsample_to", type=int, default=None,
+     help="Then train an upsampler from --image_size to this size (e.g. 256, the data's own) on random crops of the "
+          "full-size images; generation then writes images of this size.")
+@opt("upsampler_max_steps", type=int, default=None, help="Upsampler training steps [default: as long as the decoder].")
+@upsampler_options
 def train_decoder_cmd(**kw):
-    """Stage 1: train the embedding model (unless --clip_path), the VQGAN (with --use_vqgan) and
-    the decoder; writes clip_final.pt and decoder_final.pt in <output_dir>/<experiment_name>/."""
+    """Stage 1: train the embedding model (unless --clip_path), the VQGAN (with --use_vqgan), the
+    decoder and (with --upsample_to) the upsampler; writes clip_final.pt, decoder_final.pt [and
+    upsampler_final.pt] in <output_dir>/<experiment_name>/."""
     from dalle2_md.training.presets import cpu_vqgan_sizes
     from dalle2_md.training.stages import run_train_decoder
 
@@ -88,10 +96,39 @@ def train_decoder_cmd(**kw):
         sizes=sizes, clip_path=kw.pop("clip_path"), clip_sizes=clip, clip_max_steps=kw.pop("clip_max_steps"),
         clip_epochs=kw.pop("clip_epochs"), use_vqgan=kw.pop("use_vqgan"), vqgan_path=kw.pop("vqgan_path"),
         vqgan_sizes=vqgan_sizes, vqgan_max_steps=kw.pop("vqgan_max_steps"), vqgan_epochs=kw.pop("vqgan_epochs"),
-        vqgan_lr=kw.pop("vqgan_lr"), **pop_run_args(kw),
+        vqgan_lr=kw.pop("vqgan_lr"), upsample_to=kw.pop("upsample_to"), upsampler_sizes=upsampler_sizes(kw),
+        upsampler_max_steps=kw.pop("upsampler_max_steps"), **pop_run_args(kw),
     )
     for name, path in paths.items():
         say(f"{name}: {path}")
+
+
+@click.command("train-upsampler")
+@data_options_for("The same as --upsample_to: the upsampler reads the data at the size it makes.")
+@train_options(output_dir=None, experiment_name=None, batch_size=16,
+               folder_note=" [default: that of --decoder_path's run folder, else ./outputs/upsampler/upsampler_v1]")
+@opt("decoder_path", type=click.Path(path_type=str), default=None,
+     help="The base decoder (decoder_final.pt): the upsampler starts from its image size and colormap, and is "
+          "written into its run folder, where generation finds it.")
+@opt("lowres_size", type=int, default=None, help="The base image size, instead of --decoder_path.")
+@opt("upsample_to", type=int, default=None, help="Side of the images it makes [default: the data's own size on disk].")
+@upsampler_options
+def train_upsampler_cmd(**kw):
+    """Train an upsampler (a diffusion U-Net conditioned on the low-res image alone) from the base
+    decoder's size to the data's own; writes upsampler_final.pt, which generation applies after
+    the decoder beside it."""
+    from pathlib import Path
+
+    from dalle2_md.training.stages import run_train_upsampler
+
+    decoder_path = kw.pop("decoder_path")
+    if kw["output_dir"] is None and kw["experiment_name"] is None and decoder_path is not None:
+        kw["output_dir"], kw["experiment_name"] = str(Path(decoder_path).parent.parent), Path(decoder_path).parent.name
+    kw["output_dir"] = kw["output_dir"] or "./outputs/upsampler"
+    kw["experiment_name"] = kw["experiment_name"] or "upsampler_v1"
+    done = run_train_upsampler(decoder_path=decoder_path, lowres_size=kw.pop("lowres_size"),
+                               upsample_to=kw.pop("upsample_to"), sizes=upsampler_sizes(kw), **pop_run_args(kw))
+    say(f"upsampler: {done['upsampler']}")
 
 
 @click.command("train-prior")
@@ -117,4 +154,4 @@ def train_prior_cmd(**kw):
     say(f"prior: {paths['prior']}")
 
 
-COMMANDS = (train_clip_cmd, train_decoder_cmd, train_prior_cmd)
+COMMANDS = (train_clip_cmd, train_decoder_cmd, train_upsampler_cmd, train_prior_cmd)

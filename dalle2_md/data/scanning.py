@@ -236,3 +236,20 @@ def scan_data_root(data_root: str | Path, *, num_users: int | None = None, label
     if dead:
         raise DataError(f"every image of user(s) {short_list(dead)} in {root} is unreadable; fix or remove them")
     return DataIndex(root=root, layout=layout, files=kept, user_indices=user_indices, label_map=lm, skipped=skipped)
+
+
+def source_image_size(data_root: str | Path, *, sample: int = 64) -> int:
+    """The side the data's images have on disk (the larger side, most common among the first
+    `sample` files): the size an upsampler trained on this data writes.
+
+    Args:
+        data_root: as for `scan_data_root`.
+        sample: how many image headers to read.
+    """
+    from collections import Counter
+
+    sides = Counter()
+    for path in scan_data_root(data_root).files[:sample]:
+        with Image.open(path) as im:
+            sides[max(im.size)] += 1
+    return sides.most_common(1)[0][0]

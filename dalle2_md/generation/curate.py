@@ -10,6 +10,8 @@ behind `dalle2-md generate --filter/--layout` and `dalle2-md generate-dataset`.
 
 Leakage: every filter is fitted from image tensors handed in explicitly (the caller passes the
 train split the generator saw); nothing here reads a data root, so test images cannot reach it.
+The filters are fitted at the decoder's size; the samples of an upsampled chain are written at
+its `image_size` and judged shrunk to the decoder's (`judged_at`).
 
 Output folder: the kept PNGs (`ID_5/image_004.png`, named by sample index), `metadata.json` in
 the flat layout, `manifest.jsonl` (a journal: one line of settings, then one line per finished
@@ -373,6 +375,14 @@ def train_split_tensors(data_root, *, image_size: int, colormap: str | None, lab
     return ds.tensors()
 
 
+def judged_at(filter_fn: FilterFn, size: int) -> FilterFn:
+    """`filter_fn` judging images resized to `size` first: the filters are fitted on the train
+    split at the decoder's size, while an upsampled chain draws at the data's own size."""
+    from dalle2_md.models.upsampler import resize_images
+
+    return lambda images, user: filter_fn(to_signed(resize_images((images + 1) / 2, size)), user)
+
+
 def remove_curated_set(output_dir: str | Path) -> None:
     """Delete a curated set's own files (those its journal names) and its manifests."""
     out = Path(output_dir)
@@ -444,6 +454,8 @@ def generate_dataset(
                                        recogniser_train=RecogniserTrainConfig(steps=recogniser_steps),
                                        recogniser_cache=Path(output_dir) / CACHE_DIR / "recogniser.pt", label_map=lm.to_dict())
         info["split_file"] = str(split_file) if exists(split_file) else f"recomputed (seed {split_seed})"
+        if model.image_size != model.decoder.config.image_size:
+            filter_fn = judged_at(filter_fn, model.decoder.config.image_size)
     settings = {**asdict(sampling), "model": model_id or {}}
     return curate_dataset(chain_sampler(model, sampling), output_dir, label_map=lm, user_indices=indices,
                           num_samples_per_user=num_samples_per_user, seed=seed, filter_fn=filter_fn, filter_info=info,

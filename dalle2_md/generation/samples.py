@@ -1,5 +1,6 @@
 """Generation from trained bundles: `load_generator` (a chained bundle, or a prior + decoder pair
-checked against each other), `write_samples` (PNGs named by user label plus a grid) and
+checked against each other, with the upsampler beside the decoder: `find_upsampler`),
+`write_samples` (PNGs named by user label plus a grid, at the chain's `image_size`) and
 `write_interpolation` (a strip and frames between two users). Users are given by their original
 labels ("ID_5", `user_labels`); the model turns them into contiguous indices. `sample_tensors`
 draws N per user in model space from either generator kind, for the evaluation and recipes.
@@ -20,15 +21,20 @@ from dalle2_md.utils import UserError, exists, say, to_signed
 if TYPE_CHECKING:
     from dalle2_md.generation.fastpath import FastPaths
 
-def load_generator(*, model_path=None, prior_path=None, decoder_path=None, clip_path=None, device: str = "cpu"):
+def load_generator(*, model_path=None, prior_path=None, decoder_path=None, clip_path=None, device: str = "cpu",
+                   upsampler_path=None, output_size: int | None = None):
     """A `MicroDopplerDALLE2` from a chained bundle or from a prior + decoder pair (refused when
-    they were trained on different embedding models).
+    they were trained on different embedding models), with its upsampler when there is one.
 
     Args:
         model_path: a "dalle2" bundle (exclusive with the part paths).
         prior_path, decoder_path: prior_final.pt and decoder_final.pt.
         clip_path: optional embedding model, checked against both.
         device: "cpu", "cuda", "cuda:1", or "auto".
+        upsampler_path: an "upsampler" bundle applied after the decoder; None: the
+            upsampler_final.pt beside `decoder_path` if there is one; "none": no upsampler.
+        output_size: side of the images written (bicubic resize of the final image); None: the
+            upsampler's output size, else the decoder's image size.
     """
     from dalle2_md.models.chain import MicroDopplerDALLE2
 
@@ -41,6 +47,12 @@ def load_generator(*, model_path=None, prior_path=None, decoder_path=None, clip_
         if missing:
             raise UserError(f"generation needs {' and '.join(missing)} (decoder_final.pt / prior_final.pt of your runs).")
         model = MicroDopplerDALLE2.from_parts(prior_path=prior_path, decoder_path=decoder_path, clip_path=clip_path)
+    model.upsampler_path = find_upsampler(upsampler_path, decoder_path)
+    if exists(model.upsampler_path):
+        from dalle2_md.models.upsampler import MicroDopplerUpsampler
+
+        model.attach_upsampler(MicroDopplerUpsampler.load(model.upsampler_path))
+    model.output_size = output_size
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     try:
@@ -51,6 +63,20 @@ def load_generator(*, model_path=None, prior_path=None, decoder_path=None, clip_
         raise UserError(f"--device {device}: no such CUDA GPU here ({torch.cuda.device_count()} visible); "
                         "use --device cpu or auto.")
     return model.to(where).eval()
+
+
+def find_upsampler(upsampler_path, decoder_path) -> Path | None:
+    """The upsampler bundle to apply: `upsampler_path`, or else upsampler_final.pt beside
+    `decoder_path` when present (said on stderr); None for "none" or when there is none."""
+    if isinstance(upsampler_path, str) and upsampler_path.lower() == "none":
+        return None
+    if exists(upsampler_path):
+        return Path(upsampler_path)
+    beside = Path(decoder_path).parent / "upsampler_final.pt" if exists(decoder_path) else None
+    if exists(beside) and beside.is_file():
+        say(f"upsampler: {beside} (beside the decoder; --upsampler_path none leaves it out)")
+        return beside
+    return None
 
 
 def _label_map(model):

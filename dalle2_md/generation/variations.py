@@ -32,6 +32,8 @@ class EmbeddingDecoder:
     decoder: torch.nn.Module
     clip: torch.nn.Module
     colormap: str = "jet"
+    upsampler: torch.nn.Module | None = None  # applied to what is written, as in the chain
+    output_size: int | None = None
 
     @property
     def device(self) -> torch.device:
@@ -230,16 +232,19 @@ def read_image(path: str | Path, *, image_size: int, colormap: str | None, resiz
     return torch.from_numpy(array)[None].float() * 2.0 - 1.0  # (1, C, H, W)
 
 
-def load_embedding_decoder(*, model_path=None, decoder_path=None, clip_path=None, prior_path=None, device: str = "cpu"):
-    """A chained bundle, or a decoder with its embedding model (a prior is not needed)."""
+def load_embedding_decoder(*, model_path=None, decoder_path=None, clip_path=None, prior_path=None, device: str = "cpu",
+                           upsampler_path=None, output_size: int | None = None):
+    """A chained bundle, or a decoder with its embedding model (a prior is not needed), with the
+    upsampler and output size of `samples.load_generator`."""
     from dalle2_md.models.embedding import MicroDopplerClip
     from dalle2_md.models.decoder import MicroDopplerDecoder
     from dalle2_md.models.chain import check_same_embedding
-    from dalle2_md.generation.samples import load_generator
+    from dalle2_md.models.upsampler import MicroDopplerUpsampler, check_upsampler_fits
+    from dalle2_md.generation.samples import find_upsampler, load_generator
 
     if exists(model_path) or exists(prior_path):
         model = load_generator(model_path=model_path, prior_path=prior_path, decoder_path=decoder_path, clip_path=clip_path,
-                               device=device)
+                               device=device, upsampler_path=upsampler_path, output_size=output_size)
         if not exists(model.clip):
             raise UserError("variations need the embedding model: pass --clip_path <decoder run>/clip_final.pt "
                             "(this bundle or pair does not carry it).")
@@ -254,35 +259,49 @@ def load_embedding_decoder(*, model_path=None, decoder_path=None, clip_path=None
         raise BundleError(f"{decoder_path} + {clip_path}: {e}") from None
     colormap = (getattr(decoder, "meta", None) or {}).get("colormap") or ("jet" if decoder.config.channels == 1 else "none")
     where = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else ("cpu" if device == "auto" else device))
-    return EmbeddingDecoder(decoder=decoder.to(where).eval(), clip=clip.to(where).eval(), colormap=colormap)
+    upsampler = find_upsampler(upsampler_path, decoder_path)
+    if exists(upsampler):
+        upsampler = MicroDopplerUpsampler.load(upsampler)
+        check_upsampler_fits(decoder, upsampler)
+        upsampler = upsampler.to(where)
+    return EmbeddingDecoder(decoder=decoder.to(where).eval(), clip=clip.to(where).eval(), colormap=colormap,
+                            upsampler=upsampler, output_size=output_size)
 
 
 def write_variations(model, image_paths: Sequence[str | Path], output_dir: str | Path, *, n: int = 8, seed: int = 0,
                      strength: float | None = None, cond_scale: float = DEFAULTS.cond_scale, steps: int | None = None,
                      eta: float = DEFAULTS.eta, sampler: str | None = None, resize: bool = False) -> dict:
     """For each image: `<stem>_variation_000.png ...` (or `<stem>_sdedit_000.png` with a
-    strength) and `<stem>_grid.png`, the input first, then its n outputs.
+    strength) and `<stem>_grid.png`, the input first, then its n outputs; upsampled and resized
+    as the model's `upsampler` and `output_size` say (`upsampler.to_output_size`), the input
+    shown at that size too.
 
     Returns:
         {"images": [paths], "grids": [paths]}
     """
     from dalle2_md.data.display import GRID_MIN_TILE, colourise, save_grid, write_png
+    from dalle2_md.models.upsampler import UPSAMPLER_STREAM, resize_images, to_output_size
 
     c = model.decoder.config
     out = Path(output_dir)
     written, grids = [], []
-    for path in image_paths:
+    for i, path in enumerate(image_paths):
         real = read_image(path, image_size=c.image_size, colormap=model.colormap, resize=resize)
         if exists(strength):
             made, kind = sdedit(model, real, strength, seed, n=n, cond_scale=cond_scale, steps=steps, eta=eta), "sdedit"
         else:
             made = variations_of(model, real, n, seed, cond_scale=cond_scale, steps=steps, eta=eta, sampler=sampler)
             kind = "variation"
+        upsampler = getattr(model, "upsampler", None)
+        gens = keyed_generators(seed, UPSAMPLER_STREAM, [(kind, i, j) for j in range(n)]) if exists(upsampler) else None
+        made = to_output_size(((made + 1) / 2).to(model.device), upsampler=upsampler,  # [-1, 1] -> [0, 1]
+                              output_size=getattr(model, "output_size", None), generator=gens).cpu()
         stem = Path(path).stem
-        for j, rgb in enumerate(colourise((made + 1) / 2, model.colormap)):  # [-1, 1] -> [0, 1]
+        for j, rgb in enumerate(colourise(made, model.colormap)):
             target = out / f"{stem}_{kind}_{j:03d}.png"
             write_png(rgb, target)
             written.append(target)
-        grids.append(save_grid((torch.cat([real, made]) + 1) / 2, out / f"{stem}_grid.png", nrow=n + 1,
+        shown = resize_images((real + 1) / 2, made.shape[-1])
+        grids.append(save_grid(torch.cat([shown, made]), out / f"{stem}_grid.png", nrow=n + 1,
                                colormap=model.colormap, min_tile=GRID_MIN_TILE))
     return {"images": written, "grids": grids}

@@ -4,7 +4,9 @@
 - prior: `UserConditionedDiffusionPrior`, image embeddings sampled for a user
 - decoder: `MicroDopplerDecoder`, a U-Net (or `dit` transformer) from embedding to spectrogram,
   in pixels or over a `vqgan` latent; `guidance`: its classifier-free guidance
-- chain: `MicroDopplerDALLE2`, user -> prior -> decoder -> spectrogram
+- upsampler: `MicroDopplerUpsampler`, the decoder's low-res spectrogram -> the data's own size
+  (cascaded diffusion on a two-U-Net dalle2-pytorch `Decoder`)
+- chain: `MicroDopplerDALLE2`, user -> prior -> decoder [-> upsampler] -> spectrogram
 - single_stage: the label-conditioned decoder the chain is judged against
 - bundle: weights files of plain types (loaded with `weights_only=True`)
 - compat: every reach into dalle2-pytorch's, x-clip's and accelerate's internals

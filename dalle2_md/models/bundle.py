@@ -1,7 +1,8 @@
 """Self-describing model files ("bundles").
 
-Every trained part (embedding, prior, decoder, VQGAN, chained model) is one `.pt` file holding
-plain types only, so `torch.load(weights_only=True)` reads it and nothing in it can run code:
+Every trained part (embedding, prior, decoder, upsampler, VQGAN, chained model) is one `.pt`
+file holding plain types only, so `torch.load(weights_only=True)` reads it and nothing in it can
+run code:
 
     {"format": "dalle2-md", "format_version": 1, "kind": "decoder",
      "config": {...constructor arguments...}, "state_dict": {...tensors...},
@@ -23,7 +24,7 @@ from dalle2_md.utils import BundleError, atomic_write, package_versions, plain_j
 
 FORMAT = "dalle2-md"
 FORMAT_VERSION = 1
-KINDS = ("clip", "prior", "decoder", "vqgan", "dalle2", "checkpoint", "recogniser", "baseline")
+KINDS = ("clip", "prior", "decoder", "upsampler", "vqgan", "dalle2", "checkpoint", "recogniser", "baseline")
 
 
 def save_bundle(

@@ -1,4 +1,5 @@
-"""`MicroDopplerDALLE2`: the chain user index -> prior -> image embedding -> decoder -> spectrogram.
+"""`MicroDopplerDALLE2`: the chain user index -> prior -> image embedding -> decoder ->
+[upsampler ->] spectrogram.
 
 Users are named two ways: `user_labels` are the original labels as on disk ("ID_5"; they key the
 noise, see below), `user_indices` the contiguous 0..N-1 the networks see (`user_index(label)`
@@ -8,9 +9,12 @@ Owns sampling with exact counts, sampler, guidance scales, eta and step counts p
 the noise convention: the prior and the decoder noise of a sample (its start and, with eta > 0,
 every step) come from a generator keyed by (seed, stream, user label, sample index), so samples
 of one user are independent of each other and of every other user's, and a user's samples do
-not change with the other users in the batch or with the batch size. Also user-to-user
-interpolation (`interpolation_frames`), re-colouring scalar spectrograms, and the chained bundle (kind "dalle2") or
-loading from the prior and decoder files the seed's scripts write.
+not change with the other users in the batch or with the batch size (the upsampler's noise too,
+on its own stream). `finish` is the one place where a base sample becomes the image handed out:
+upsampled when an upsampler is attached, resized to `output_size` when that is set. Also
+user-to-user interpolation (`interpolation_frames`), re-colouring scalar spectrograms, and the
+chained bundle (kind "dalle2", without the upsampler, which stays its own file) or loading from
+the prior and decoder files the seed's scripts write.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ from dalle2_md.models.bundle import load_bundle, save_bundle
 from dalle2_md.models.embedding import ClipConfig, MicroDopplerClip
 from dalle2_md.models.decoder import DecoderConfig, MicroDopplerDecoder
 from dalle2_md.models.prior import PriorConfig, UserConditionedDiffusionPrior
+from dalle2_md.models.upsampler import UPSAMPLER_STREAM, MicroDopplerUpsampler, check_upsampler_fits, to_output_size
 from dalle2_md.defaults import DEFAULTS, SamplingConfig
 from dalle2_md.sampling import keyed_generators, randn
 from dalle2_md.utils import BundleError, UserError, exists
@@ -110,6 +115,10 @@ class MicroDopplerDALLE2(nn.Module):
             chained bundle can embed real spectrograms too).
         label_map: the data set's label map as a dict (`LabelMap.to_dict()`); default the prior's.
         colormap: the colormap the data set was drawn with ("jet"), or "none" for RGB models.
+        upsampler: a `MicroDopplerUpsampler` from the decoder's image size to the data's, applied
+            after the decoder (see `finish`).
+        output_size: side of the images handed out, resized (bicubic) when it differs; None: the
+            upsampler's output size, else the decoder's image size.
     """
 
     def __init__(
@@ -120,15 +129,21 @@ class MicroDopplerDALLE2(nn.Module):
         clip: MicroDopplerClip | None = None,
         label_map: dict | None = None,
         colormap: str | None = None,
+        upsampler: MicroDopplerUpsampler | None = None,
+        output_size: int | None = None,
     ):
         super().__init__()
         check_same_embedding(prior, decoder, clip)
+        if exists(upsampler):
+            check_upsampler_fits(decoder, upsampler)
         if prior.image_embed_dim != decoder.config.image_embed_dim:
             raise BundleError(
                 f"the prior makes {prior.image_embed_dim}-d embeddings but the decoder takes "
                 f"{decoder.config.image_embed_dim}-d ones; train both on the same embedding model."
             )
-        self.prior, self.decoder, self.clip = prior, decoder, clip
+        self.prior, self.decoder, self.clip, self.upsampler = prior, decoder, clip, upsampler
+        self.output_size = output_size
+        self.upsampler_path: Path | None = None  # the upsampler's file, when generation loaded it from one
         self.label_map = label_map if exists(label_map) else getattr(prior, "label_map", None)
         decoder_meta = getattr(decoder, "meta", None) or {}
         # shown in the data's own colour: grey for greyscale data even though it was read under jet
@@ -142,6 +157,29 @@ class MicroDopplerDALLE2(nn.Module):
     @property
     def device(self) -> torch.device:
         return next(self.decoder.parameters()).device
+
+    @property
+    def image_size(self) -> int:
+        """Side of the images the chain hands out (see `output_size`)."""
+        if exists(self.output_size):
+            return self.output_size
+        return self.upsampler.config.output_size if exists(self.upsampler) else self.decoder.config.image_size
+
+    def attach_upsampler(self, upsampler: MicroDopplerUpsampler | None) -> "MicroDopplerDALLE2":
+        """Apply `upsampler` after the decoder from now on (None: none); refused when it does not
+        take the decoder's image size and channels."""
+        if exists(upsampler):
+            check_upsampler_fits(self.decoder, upsampler)
+            upsampler = upsampler.to(self.device).eval()
+        self.upsampler = upsampler
+        return self
+
+    def finish(self, images: torch.Tensor, keys: Sequence, *, seed: int = 0) -> torch.Tensor:
+        """Base decoder samples (B, C, H, W) in [0, 1] -> the images the chain hands out, in
+        [0, 1]: upsampled when an upsampler is attached (row i's noise keyed by (seed, keys[i])),
+        then resized to `output_size` when that is set and differs."""
+        generators = keyed_generators(seed, UPSAMPLER_STREAM, keys) if exists(self.upsampler) else None
+        return to_output_size(images, upsampler=self.upsampler, output_size=self.output_size, generator=generators)
 
     def user_index(self, label) -> int:
         """Contiguous index of a user given by its original label ("ID_5", "5", 5) when a label
@@ -214,12 +252,14 @@ class MicroDopplerDALLE2(nn.Module):
                decoder_steps: int | None = DEFAULTS.decoder_steps, seed: int = 0, keys: Sequence | None = None,
                eta: float = DEFAULTS.eta, sampler: str | None = None, colorize: bool = True,
                user_indices: Sequence[int] | None = None) -> torch.Tensor:
-        """Decode embeddings to images in [0, 1]; row i starts from the decoder noise keyed by
-        (seed, keys[i]) (default keys: the row numbers, so every row gets its own noise).
-        `user_indices`: each row's user, which a user-conditioned decoder needs."""
+        """Decode embeddings to images in [0, 1] at `image_size` (through `finish`); row i starts
+        from the decoder noise keyed by (seed, keys[i]) (default keys: the row numbers, so every
+        row gets its own noise). `user_indices`: each row's user, which a user-conditioned
+        decoder needs."""
         keys = list(keys) if exists(keys) else [("row", i) for i in range(image_embeds.shape[0])]
         images = decode_with_keyed_noise(self.decoder, image_embeds, keys, seed=seed, cond_scale=cond_scale,
                                          steps=decoder_steps, eta=eta, sampler=sampler, user_indices=user_indices)
+        images = self.finish(images, keys, seed=seed)
         return self.colorize(images) if colorize else images
 
     @torch.no_grad()
@@ -256,8 +296,9 @@ class MicroDopplerDALLE2(nn.Module):
                 `sample_indices=[5, 6, 0]` gives exactly those rows of the full sets).
             colorize: re-apply the data set's colormap to scalar models (RGB output).
         Returns:
-            (len(user_indices) * num_samples_per_user, C, H, W) in [0, 1], user-major (all
-            samples of user_indices[0] first); C = 3 when colorized, else the model's channels.
+            (len(user_indices) * num_samples_per_user, C, image_size, image_size) in [0, 1],
+            user-major (all samples of user_indices[0] first); C = 3 when colorized, else the
+            model's channels.
         """
         rows, keys = self._pairs(user_indices, num_samples_per_user, sample_indices)
         embeds = self.sample_image_embeds(rows, sample_indices=[j for _, j in keys], prior_cond_scale=prior_cond_scale,
@@ -303,7 +344,7 @@ class MicroDopplerDALLE2(nn.Module):
         Deterministic (eta = 0): per-step noise has no path between the two samples.
 
         Returns:
-            (steps, C, H, W) in [0, 1].
+            (steps, C, image_size, image_size) in [0, 1].
         """
         if steps < 2:
             raise UserError(f"interpolation needs at least 2 steps, got {steps}.")
@@ -321,6 +362,9 @@ class MicroDopplerDALLE2(nn.Module):
             users = torch.stack([(1 - t) * ends_onehot[0] + t * ends_onehot[1] for t in positions])
         images = self.decoder.sample(embeds, user_indices=users, cond_scale=cond_scale, timesteps=decoder_steps,
                                      noise=noise, eta=0.0, sampler=sampler)
+        # the ends keep their samples' upsampler noise; the frames between get their own
+        frame_keys = [keys[0], *[("interpolation", *keys, i) for i in range(1, steps - 1)], keys[1]]
+        images = self.finish(images, frame_keys, seed=seed)
         return self.colorize(images) if colorize else images
 
     def colorize(self, images: torch.Tensor) -> torch.Tensor:

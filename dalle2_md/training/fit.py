@@ -1,15 +1,15 @@
 """The in-memory two-stage training core: tensors in, trained models out.
 
 Owns: the embedding model's and the prior's configs for a data set (`clip_config_for`,
-`prior_config_for`); one function per trained part (`fit_clip`, `fit_decoder`, `fit_prior`),
-each building a fresh model from a seed and running it through the one training loop
-(`training.loop.train`); `train_clip`, `train_vqgan` and `train_baseline` for the parts trained
-alone; and
-`train_two_stage` (embedding -> decoder -> prior on exactly the given tensors, returning
-`TwoStageModels`), whose prior stage `fit_prior_for_clip` also runs alone (a new prior for a
-trained embedding model). The training commands (`stages.py`), the demo, the augmentation harness and
-the quality benchmark all train through these parts. Nothing here reads data or writes bundles:
-the only files are the training loop's own run folders (checkpoints, logs, sample grids).
+`prior_config_for`); one function per trained part (`fit_clip`, `fit_decoder`, `fit_upsampler`,
+`fit_prior`), each building a fresh model from a seed and running it through the one training
+loop (`training.loop.train`); `train_clip`, `train_vqgan` and `train_baseline` for the parts
+trained alone; and `train_two_stage` (embedding -> decoder -> prior on exactly the given
+tensors, returning `TwoStageModels`), whose prior stage `fit_prior_for_clip` also runs alone (a
+new prior for a trained embedding model). The training commands (`stages.py`), the demo, the
+augmentation harness and the quality benchmark all train through these parts. Nothing here reads
+data or writes bundles: the only files are the training loop's own run folders (checkpoints,
+logs, sample grids).
 """
 
 from __future__ import annotations
@@ -136,6 +136,20 @@ def fit_decoder(images: torch.Tensor, embeds: torch.Tensor, dec_config, schedule
     result = run_loop(model, data, schedule, Path(run_dir), "decoder", resume=resume, sample_fn=sample_fn,
                   model_config=decoder.config.to_dict(), progress=progress)
     return unwrap_decoder(result.ema_model).eval(), result
+
+
+def fit_upsampler(images: torch.Tensor, config, schedule: TrainConfig, run_dir: Path, *, sample_fn=None,
+                  resume: str | None = None, progress: bool = False):
+    """Train a fresh upsampler on full-size images (N, C, output_size, output_size) in [-1, 1]
+    (its low-res inputs and random crops are made from them at every step); returns (EMA
+    upsampler, record). Args: as for `fit_decoder`; `config` is an `UpsamplerConfig`."""
+    from dalle2_md.models.upsampler import MicroDopplerUpsampler
+
+    torch.manual_seed(schedule.seed)
+    upsampler = MicroDopplerUpsampler(config=config)
+    result = run_loop(upsampler, torch.utils.data.TensorDataset(images), schedule, Path(run_dir), "upsampler",
+                      resume=resume, sample_fn=sample_fn, model_config=config.to_dict(), progress=progress)
+    return result.ema_model.eval(), result
 
 
 def fit_prior(embeds: torch.Tensor, user_indices: torch.Tensor, prior_config, schedule: TrainConfig, run_dir: Path,

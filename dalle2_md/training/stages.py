@@ -9,13 +9,15 @@ options live in `options.py`.
 A training run lives in one folder, `<output_dir>/<experiment_name>/`:
 
     label_map.json  split.json                      the users and the per-user split trained on
-    clip/  vqgan/  decoder/  prior/                  per stage: checkpoints/ tensorboard/ samples/
-    clip_final.pt  vqgan_final.pt  decoder_final.pt  prior_final.pt     the bundles (EMA weights)
+    clip/  vqgan/  decoder/  upsampler/  prior/      per stage: checkpoints/ tensorboard/ samples/
+    clip_final.pt  vqgan_final.pt  decoder_final.pt  upsampler_final.pt  prior_final.pt
+                                                    the bundles (EMA weights)
 
 Every stage trains on the train split only. The embedding model is trained first (by the decoder
 run, or `train-clip`); the prior and decoder train on its image embeddings, computed once and
 cached under the cache folder, and both bundles record its weight fingerprint so generation can
-refuse a pair trained on different embedding models.
+refuse a pair trained on different embedding models. The upsampler trains on the same train split
+read at the output size; it sees images only, so it needs no embedding model.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ import torch
 from torch import nn
 
 from dalle2_md.training.fit import TwoStageModels, clip_config_for, fit_clip, fit_decoder, fit_prior, fit_vqgan, prior_config_for, user_table_size
-from dalle2_md.training.fit import unwrap_decoder
+from dalle2_md.training.fit import fit_upsampler, unwrap_decoder
 from dalle2_md.data.display import as_image_tensor, colourise
 from dalle2_md.training.options import (DEFAULT_COLORMAP, DEFAULT_IMAGE_SIZE, DataOptions, display_colormap,  # noqa: F401
                       load_train_data, recorded_data_settings, skipped_summary, with_defaults, with_settings_from)
@@ -35,7 +37,7 @@ from dalle2_md.models.chain import decoder_users
 from dalle2_md.training.loop import TrainConfig, TrainResult
 from dalle2_md.utils import UserError, exists, say
 
-STAGES = ("clip", "vqgan", "decoder", "prior")
+STAGES = ("clip", "vqgan", "decoder", "upsampler", "prior")
 log = say  # the old name of the one message channel (utils.say); kept for callers outside the package
 
 
@@ -258,6 +260,58 @@ def train_decoder_stage(run_dir, ds, clip, config: TrainConfig, *, sizes: dict |
     return StageResult(final=final, model=ema, train=result)
 
 
+def upsampler_config_for(*, lowres_size: int, output_size: int, channels: int, sizes: dict | None):
+    """The `UpsamplerConfig` from `lowres_size` to `output_size` px: `sizes` over the data's channels."""
+    from dalle2_md.models.upsampler import UpsamplerConfig
+
+    return UpsamplerConfig(**{**(sizes or {}), "lowres_size": lowres_size, "output_size": output_size,
+                              "channels": channels})
+
+
+def _upsampler_sample_fn(images, user_ids, colormap, lowres_size):
+    import torch.nn.functional as F
+
+    pick = _first_per_user(user_ids)
+    real = (images[pick] + 1) / 2
+    lowres = F.interpolate(real, size=lowres_size, mode="area")  # shrunk as the data loader shrinks
+
+    def sample_fn(ema_model, step):
+        fake = ema_model.sample(lowres.to(next(ema_model.parameters()).device), seed=0).cpu()
+        shown = F.interpolate(lowres, size=real.shape[-1], mode="nearest")
+        # one picture: each user's low-res input on top, its upsampled version, then the real image
+        rows = [torch.cat(list(as_image_tensor(colourise(x, colormap))), dim=-1) for x in (shown, fake, real)]
+        return torch.cat(rows, dim=-2).unsqueeze(0)
+
+    return sample_fn
+
+
+def train_upsampler_stage(run_dir, ds, config: TrainConfig, *, lowres_size: int, sizes: dict | None = None,
+                          resume: str | None = None, overwrite: bool = False, progress: bool = True) -> StageResult:
+    """Train the upsampler from `lowres_size` px to the data set's image size on its full-size
+    images (random crops, low-res inputs made from them); writes upsampler_final.pt.
+
+    Args:
+        run_dir: the run folder.
+        ds: training data set, read at the output size.
+        config: training settings.
+        lowres_size: side of the base decoder's images.
+        sizes: `UpsamplerConfig` fields (dim, dim_mults, crop_size, ...).
+        resume, overwrite, progress: as for `train_clip_stage`.
+    """
+    run_dir, final = Path(run_dir), final_path(run_dir, "upsampler")
+    check_can_write(final, overwrite=overwrite, resume=resume)
+    up_config = upsampler_config_for(lowres_size=lowres_size, output_size=ds.image_size, channels=ds.channels,
+                                     sizes=sizes)
+    images, user_ids = ds.tensors()
+    sample_fn = _upsampler_sample_fn(images, user_ids, display_colormap(ds), lowres_size)
+    ema, result = fit_upsampler(images, up_config, config, run_dir, sample_fn=sample_fn, resume=resume,
+                                progress=progress)
+    if _is_main():
+        ema.save(final, meta=_meta(ds))
+    say(f"[upsampler] {lowres_size} -> {ds.image_size} px; wrote {final}")
+    return StageResult(final=final, model=ema, train=result)
+
+
 def train_prior_stage(run_dir, ds, clip, config: TrainConfig, *, sizes: dict | None = None,
                       cache_dir: str | Path, resume: str | None = None, overwrite: bool = False,
                       progress: bool = True) -> StageResult:
@@ -330,12 +384,17 @@ def run_train_decoder(*, data: DataOptions, run_dir, config: TrainConfig, sizes:
                       clip_path: str | None = None, clip_sizes: dict | None = None, clip_max_steps: int | None = None,
                       clip_epochs: int | None = 20, use_vqgan: bool = False, vqgan_path: str | None = None,
                       vqgan_sizes: dict | None = None, vqgan_max_steps: int | None = None,
-                      vqgan_epochs: int | None = 20, vqgan_lr: float | None = None, resume: str | None = None,
-                      overwrite: bool = False, progress: bool = True) -> dict:
+                      vqgan_epochs: int | None = 20, vqgan_lr: float | None = None, upsample_to: int | None = None,
+                      upsampler_sizes: dict | None = None, upsampler_max_steps: int | None = None,
+                      resume: str | None = None, overwrite: bool = False, progress: bool = True) -> dict:
     """`train_micro_doppler_decoder.py`: data -> embedding model (unless `clip_path`) -> VQGAN
-    (with `use_vqgan`, unless `vqgan_path`) -> decoder. Returns the written bundle paths."""
+    (with `use_vqgan`, unless `vqgan_path`) -> decoder -> upsampler to `upsample_to` px (when
+    given; `upsampler_sizes`, and `upsampler_max_steps` or the run's length). Returns the
+    written bundle paths."""
     run_dir = Path(run_dir)
     check_can_write(final_path(run_dir, "decoder"), overwrite=overwrite, resume=resume)
+    if exists(upsample_to):
+        check_can_write(final_path(run_dir, "upsampler"), overwrite=overwrite, resume=resume)
     if exists(resume) and str(resume) != "latest":
         from dalle2_md.training.checkpoints import load_checkpoint
 
@@ -345,6 +404,9 @@ def run_train_decoder(*, data: DataOptions, run_dir, config: TrainConfig, sizes:
                               (own_clip if exists(resume) and own_clip.is_file() else None))
     ds = load_train_data(data, run_dir)
     _check_decoder_sizes(ds, sizes, use_vqgan=use_vqgan, vqgan_path=vqgan_path, vqgan_sizes=vqgan_sizes)
+    if exists(upsample_to):  # its size rules too, before anything trains
+        upsampler_config_for(lowres_size=ds.image_size, output_size=upsample_to, channels=ds.channels,
+                             sizes=upsampler_sizes)
     cache = _cache_dir(data, run_dir)
     out = {}
     if exists(clip_path):
@@ -370,7 +432,48 @@ def run_train_decoder(*, data: DataOptions, run_dir, config: TrainConfig, sizes:
     done = train_decoder_stage(run_dir, ds, clip, config, sizes=sizes, vqgan_path=vqgan_path, cache_dir=cache,
                                resume=resume, overwrite=overwrite, progress=progress)
     out["decoder"] = done.final
+    if exists(upsample_to):
+        schedule = sub_schedule(config, max_steps=upsampler_max_steps, epochs=None)
+        _reuse_or_train("upsampler", run_dir, resume, overwrite, lambda: train_upsampler_stage(
+            run_dir, load_train_data(replace(data, image_size=upsample_to), run_dir), schedule,
+            lowres_size=ds.image_size, sizes=upsampler_sizes, resume=_sub_resume(resume), overwrite=overwrite,
+            progress=progress))
+        out["upsampler"] = final_path(run_dir, "upsampler")
     return out
+
+
+def run_train_upsampler(*, data: DataOptions, run_dir, config: TrainConfig, decoder_path: str | None = None,
+                        lowres_size: int | None = None, upsample_to: int | None = None, sizes: dict | None = None,
+                        resume: str | None = None, overwrite: bool = False, progress: bool = True) -> dict:
+    """`dalle2-md train-upsampler`: an upsampler from the base decoder's size (read from
+    `decoder_path`, or `lowres_size`) to `upsample_to` px (default: `data.image_size` if given,
+    else the data's own size on disk), trained on the train split at that size. The colormap
+    follows the decoder's when not given. Returns the written bundle's path."""
+    from dalle2_md.data.scanning import source_image_size
+    from dalle2_md.models.bundle import load_bundle
+
+    run_dir = Path(run_dir)
+    check_can_write(final_path(run_dir, "upsampler"), overwrite=overwrite, resume=resume)
+    if exists(decoder_path) == exists(lowres_size):
+        raise UserError("give the base decoder (--decoder_path decoder_final.pt), or its image size (--lowres_size), "
+                        "not both.")
+    channels = None
+    if exists(decoder_path):
+        payload = load_bundle(decoder_path, kind="decoder")
+        lowres_size, channels = payload["config"]["image_size"], payload["config"].get("channels", 1)
+        if data.colormap is None and (payload.get("meta") or {}).get("colormap"):
+            data = replace(data, colormap=payload["meta"]["colormap"])
+    if exists(upsample_to) and exists(data.image_size) and upsample_to != data.image_size:
+        raise UserError(f"--upsample_to {upsample_to} and --image_size {data.image_size} disagree; give one of them.")
+    size = upsample_to or data.image_size or source_image_size(data.data_root)
+    upsampler_config_for(lowres_size=lowres_size, output_size=size, channels=channels or 1, sizes=sizes)
+    ds = load_train_data(replace(data, image_size=size), run_dir)
+    if exists(channels) and channels != ds.channels:
+        raise UserError(f"{decoder_path} makes {channels}-channel images but the data is read with {ds.channels} "
+                        f"(--colormap {ds.colormap or 'none'}); leave --colormap out to follow the decoder.")
+    done = train_upsampler_stage(run_dir, ds, config, lowres_size=lowres_size, sizes=sizes, resume=resume,
+                                 overwrite=overwrite, progress=progress)
+    return {"upsampler": done.final, "result": done.train}
 
 
 def _check_decoder_sizes(ds, sizes, *, use_vqgan, vqgan_path, vqgan_sizes) -> None:

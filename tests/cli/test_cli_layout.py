@@ -19,7 +19,8 @@ from dalle2_md.defaults import SAMPLE_TIMESTEPS
 
 REPO = Path(__file__).resolve().parents[2]
 CLI_DIR = REPO / "dalle2_md" / "cli"
-COMMANDS = {"synth", "inspect-data", "train-clip", "train-decoder", "train-prior", "generate", "generate-dataset",
+COMMANDS = {"synth", "inspect-data", "train-clip", "train-decoder", "train-upsampler", "train-prior", "generate",
+            "generate-dataset",
             "variations", "interpolate", "evaluate", "augment-eval", "demo", "check"}
 
 
@@ -137,12 +138,13 @@ def _mirrors():
     from dalle2_md.models.decoder import DecoderConfig
     from dalle2_md.models.embedding import ClipConfig
     from dalle2_md.models.prior import PriorConfig
+    from dalle2_md.models.upsampler import UpsamplerConfig
     from dalle2_md.training.loop import TrainConfig
     from dalle2_md.training.options import DataOptions
     from dalle2_md.training.presets import GeneratorBudget
 
     table = {}
-    for command in ("train-clip", "train-decoder", "train-prior"):
+    for command in ("train-clip", "train-decoder", "train-upsampler", "train-prior"):
         for field in ("lr", "warmup_steps", "max_grad_norm", "ema_decay", "mixed_precision", "compile",
                       "gradient_accumulation_steps", "seed", "log_every", "keep_last", "num_workers"):
             table[command, field] = (TrainConfig, field)
@@ -155,6 +157,14 @@ def _mirrors():
         table["train-decoder", field] = (DecoderConfig, field)
     for field in ("dim", "depth", "heads", "dim_head", "timesteps", "cond_drop_prob"):
         table["train-prior", field] = (PriorConfig, field)
+    for command in ("train-decoder", "train-upsampler"):
+        for option, field in (("upsampler_dim", "dim"), ("upsampler_dim_mults", "dim_mults"),
+                              ("upsampler_num_resnet_blocks", "num_resnet_blocks"),
+                              ("upsampler_timesteps", "timesteps"),
+                              ("upsampler_sample_timesteps", "sample_timesteps"), ("crop_size", "crop_size"),
+                              ("lowres_noise", "lowres_noise"), ("lowres_noise_level", "lowres_noise_level"),
+                              ("blur", "blur")):
+            table[command, option] = (UpsamplerConfig, field)
     for field in ("clip_train_steps", "decoder_train_steps", "prior_train_steps"):
         table["augment-eval", field] = (GeneratorBudget, field)
     for option, field in (("m_per_k", "m_per_k"), ("strength", "strength"), ("condition", "condition"),

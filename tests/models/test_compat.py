@@ -89,3 +89,40 @@ def test_vqgan_forward_still_drops_the_commitment_loss():
     assert commit_loss > 0
     # why vqgan_loss_terms exists: the library's own loss is the reconstruction term alone
     torch.testing.assert_close(vqgan(images, return_loss=True), recon_loss)
+
+
+def test_a_moved_cascade_attribute_is_named(monkeypatch):
+    build = Decoder.__init__
+
+    def without_lowres_conds(self, *args, **kwargs):
+        build(self, *args, **kwargs)
+        del self.lowres_conds
+
+    monkeypatch.setattr(Decoder, "__init__", without_lowres_conds)
+    problems = compat.check_dependency_surface()
+    assert len(problems) == 1, problems
+    assert "CascadeDecoder().lowres_conds.1.noise_scheduler is missing" in problems[0]
+
+
+def test_upsampler_sampling_prepares_the_lowres_image_as_the_decoder_trains_on_it():
+    # the upsampler samples with our own loop: its low-res input must be what the Decoder's
+    # LowresConditioner feeds the U-Net in training (nearest down, nearest up, then noised)
+    from dalle2_md.models.upsampler import MicroDopplerUpsampler, UpsamplerConfig
+
+    model = MicroDopplerUpsampler(config=UpsamplerConfig(lowres_size=8, output_size=16, dim=8, dim_mults=(1, 2),
+                                                  attn_heads=1, attn_dim_head=4, timesteps=10, sample_timesteps=2))
+    conditioner = model.decoder.lowres_conds[1]
+    images = torch.rand(2, 1, 16, 16) * 2 - 1
+    ours = compat.nearest_resize(compat.nearest_resize(images, 8), 16)
+    conditioner.use_noise = False  # the noise is compared below, on its own
+    theirs, _ = conditioner(images, target_image_size=16, downsample_image_size=8, should_blur=False)
+    assert torch.equal(ours, theirs)
+    levels = torch.tensor([200, 700])
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        noised, _ = conditioner.noise_image(ours, levels)
+        torch.manual_seed(0)
+        again = compat.q_sample(compat.lowres_noise_scheduler(model.decoder, 2), ours, levels, torch.randn_like(ours))
+    assert torch.equal(noised, again)
+    assert compat.cascade_unet(model.decoder, 2) is model.unet and model.unet.lowres_cond
+    assert compat.cascade_noise_scheduler(model.decoder, 2) is model.decoder.noise_schedulers[1]

@@ -32,8 +32,14 @@ dalle2-pytorch (module `dalle2_pytorch.dalle2_pytorch` unless named):
   is_latent_diffusion, predict_v)` (decoder.py): called directly so latent training runs on cached latents
   instead of re-encoding every batch (`decoder_p_losses`). It reads `unet.self_cond`, which
   dit.DiT therefore defines.
+- `Decoder.unets[i]`, `.noise_schedulers[i]`, `.lowres_conds[i].noise_scheduler`, the module
+  function `resize_image_to` and `NoiseScheduler.q_sample` (upsampler.py): the upsampler trains
+  through `Decoder.forward(images, unet_number=2)`, but samples with our keyed-noise samplers, so
+  it reads its U-Net, schedule and low-res noise schedule and prepares the low-res input as the
+  Decoder does (`cascade_unet`, `cascade_noise_scheduler`, `lowres_noise_scheduler`,
+  `nearest_resize`, `q_sample`).
 - `ResnetBlock.cross_attn` and `CrossAttention(dim, context_dim, heads, dim_head, cosine_sim)`
-  (decoder.py): the cross-attentions are rebuilt at the U-Net's attention shape instead of the
+  (decoder.py, upsampler.py): the cross-attentions are rebuilt at the U-Net's attention shape instead of the
   fixed 8 x 64 (`resize_cross_attention`).
 - `Attention` (the U-Net's self-attention and the prior's causal transformer) and
   `CrossAttention` (the U-Net's conditioning): their `forward` builds the whole tokens x tokens
@@ -77,6 +83,7 @@ tests/models/test_compat_accelerate.py.
 from __future__ import annotations
 
 from dalle2_md.models.compat.dalle2 import (  # noqa: F401
+    cascade_unet, cascade_noise_scheduler, lowres_noise_scheduler, nearest_resize, q_sample,
     CHECKED_AGAINST, NoiseScheduler, VQGanAutoencoder, alphas_cumprod, decoder_p_losses,
     decoder_unet, decoder_vae, noise_scheduler_of, null_text_tokens, prior_p_losses, random_times,
     replace_text_embed_projection, resize_cross_attention, set_decoder_unet, unet_cond_dim,
@@ -97,6 +104,7 @@ from dalle2_md.models.compat.accelerate_internals import (  # noqa: F401
 )
 
 __all__ = [
+    'cascade_unet', 'cascade_noise_scheduler', 'lowres_noise_scheduler', 'nearest_resize', 'q_sample',
     'ACCELERATE_ATTRIBUTES', 'CHECKED_AGAINST', 'NoiseScheduler', 'SDPAAttention',
     'SDPACrossAttention', 'SimSiam', 'VQGanAutoencoder', 'accelerate_version',
     'allow_mixed_precision', 'alphas_cumprod', 'attach_visual_ssl', 'check_dependency_surface',

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import torch
 from dalle2_pytorch import Decoder, DiffusionPrior, DiffusionPriorNetwork, Unet, VQGanVAE
-from dalle2_pytorch.dalle2_pytorch import CrossAttention, NoiseScheduler, ResnetBlock
+from dalle2_pytorch.dalle2_pytorch import CrossAttention, NoiseScheduler, ResnetBlock, resize_image_to
 from torch import nn
 
 # the versions every function here was read against and tested with
@@ -122,6 +122,36 @@ def unet_cond_dim(cond_dim: int, image_embed_dim: int) -> int:
     When they are equal `Unet.image_to_tokens` is an Identity: `forward` then crashes, or, when
     the batch equals num_image_tokens, silently mixes samples. 8 more keeps the projection."""
     return cond_dim + 8 if cond_dim == image_embed_dim else cond_dim
+
+
+# --- dalle2-pytorch: the cascade (upsampler) ------------------------------------------------
+
+
+def cascade_unet(decoder: Decoder, number: int) -> nn.Module:
+    """U-Net `number` of a cascade, counted from 1 as `Decoder.forward(unet_number=)` does."""
+    return decoder.unets[number - 1]
+
+
+def cascade_noise_scheduler(decoder: Decoder, number: int) -> NoiseScheduler:
+    """The diffusion schedule of U-Net `number` of a cascade."""
+    return decoder.noise_schedulers[number - 1]
+
+
+def lowres_noise_scheduler(decoder: Decoder, number: int) -> NoiseScheduler | None:
+    """The schedule of the Gaussian noise that augments U-Net `number`'s low-res input in
+    training (Imagen's noise conditioning); None when that U-Net trains without it."""
+    return decoder.lowres_conds[number - 1].noise_scheduler
+
+
+def nearest_resize(images: torch.Tensor, size: int) -> torch.Tensor:
+    """Images in [-1, 1] resized to `size` by nearest neighbour and clamped: how the Decoder
+    shrinks a full-size image to the low-res size and enlarges a low-res image for an upsampler."""
+    return resize_image_to(images, size, clamp_range=(-1.0, 1.0), nearest=True)
+
+
+def q_sample(scheduler: NoiseScheduler, x_start: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+    """x_t of x_0 at times t (B,) with the given Gaussian noise, on `scheduler`'s schedule."""
+    return scheduler.q_sample(x_start=x_start, t=t, noise=noise)
 
 
 # --- dalle2-pytorch: VQGAN ------------------------------------------------------------------

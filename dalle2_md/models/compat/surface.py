@@ -50,6 +50,12 @@ _CALLABLES = [
     ("dalle2-pytorch", "dalle2_pytorch.dalle2_pytorch", "CrossAttention.forward", {"x", "context", "mask"}),
     ("dalle2-pytorch", "dalle2_pytorch.dalle2_pytorch", "CausalTransformer.__init__", {"dim", "depth", "dim_head", "heads"}),
     ("dalle2-pytorch", "dalle2_pytorch", "VQGanVAE.decode", {"fmap", "return_indices_and_loss"}),
+    ("dalle2-pytorch", "dalle2_pytorch", "Decoder.forward", {"image", "unet_number"}),
+    ("dalle2-pytorch", "dalle2_pytorch", "Unet.forward", {"x", "time", "image_embed", "lowres_cond_img",
+                                                          "lowres_noise_level"}),
+    ("dalle2-pytorch", "dalle2_pytorch.dalle2_pytorch", "resize_image_to",
+     {"image", "target_image_size", "clamp_range", "nearest"}),
+    ("dalle2-pytorch", "dalle2_pytorch.dalle2_pytorch", "NoiseScheduler.q_sample", {"x_start", "t", "noise"}),
     ("x-clip", "x_clip.visual_ssl", "nt_xent_loss", {"queries", "keys", "temperature"}),
     ("x-clip", "x_clip.visual_ssl", "SimSiam.__init__",
      {"net", "image_size", "channels", "hidden_layer", "projection_size", "projection_hidden_size", "augment_fn"}),
@@ -92,6 +98,12 @@ def _tiny_instances() -> dict[str, Callable[[], nn.Module]]:
             unet=Unet(dim=8, image_embed_dim=8, cond_dim=16, channels=1, dim_mults=(1, 2), attn_dim_head=4,
                       attn_heads=1),
             image_size=8, channels=1, timesteps=4),
+        "CascadeDecoder": lambda: Decoder(
+            unet=(Unet(dim=8, channels=1, dim_mults=(1,), attn_dim_head=4, attn_heads=1),
+                  Unet(dim=8, channels=1, dim_mults=(1, 2), attn_dim_head=4, attn_heads=1, lowres_cond=True,
+                       lowres_noise_cond=True)),
+            image_sizes=(8, 16), channels=1, timesteps=4, unconditional=True, use_noise_for_lowres_cond=True,
+            random_crop_sizes=(None, 8)),
         "VQGanVAE": lambda: VQGanVAE(dim=8, image_size=8, channels=1, layers=1, use_vgg_and_gan=False,
                                      vq_codebook_size=4, vq_codebook_dim=4, encdec_resnet_groups=8,
                                      vq_heads=2, vq_separate_codebook_per_head=True),
@@ -112,6 +124,9 @@ _ATTRIBUTES = {
     "Decoder": ("dalle2-pytorch", [
         "unets.0", "vaes", "noise_schedulers.0", "unets.0.image_to_tokens", "unets.0.null_image_embed",
         "unets.0.to_image_hiddens", "unets.0.null_image_hiddens", "unets.0.self_cond"]),
+    "CascadeDecoder": ("dalle2-pytorch", [
+        "unets.1", "noise_schedulers.1", "noise_schedulers.1.alphas_cumprod", "lowres_conds.1.noise_scheduler",
+        "unets.1.lowres_cond", "unets.1.lowres_noise_cond"]),
     "VQGanVAE": ("dalle2-pytorch", ["recon_loss_fn", "enc_dec", "vq.heads"]),
     # what SDPAAttention / SDPACrossAttention read (the prior's layer: causal, rotary)
     "Attention": ("dalle2-pytorch", [
