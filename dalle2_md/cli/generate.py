@@ -147,7 +147,8 @@ def generate_dataset_cmd(**kw):
 @model_options
 @opt("user_ids", dest="user_labels", default=None, callback=str_list, help=USER_LABELS_HELP)
 @opt("num_samples_per_user", type=int, default=4, help="Images per user.")
-@opt("batch_size", type=int, default=64, help="Most images sampled at once (users and samples mixed; bounds memory).")
+@opt("batch_size", type=int, default=None,
+     help="Most images sampled at once (users and samples mixed; bounds memory) [default: 64 up to 128 px, 32 at 256].")
 @opt("eta", type=float, default=DEFAULTS.eta, help="DDIM eta of both stages (0 = deterministic; > 0 uses --sampler ddim).")
 @opt("bf16", is_flag=True, default=False, help="bf16 autocast while sampling (CUDA; falls back to fp32 elsewhere).")
 @opt("channels_last", is_flag=True, default=False, help="channels_last U-Net (CUDA; ignored elsewhere).")
@@ -170,7 +171,7 @@ def generate_cmd(**kw):
     if kw["filter"] is not None or kw["layout"] is not None:
         if kw["interpolate"] or kw["save_npy"]:
             raise UserError("--filter/--layout write a data set; leave out --interpolate and --save_npy there.")
-        return write_dataset(kw, kw["batch_size"])
+        return write_dataset(kw, kw["batch_size"] or 32)
     for k in ("filter", "layout", "data_root", "split_file", "split_seed", "min_confidence", "kinematic_margin",
               "recogniser_steps", "max_draws_per_user", "overwrite"):
         kw.pop(k)

@@ -109,10 +109,16 @@ def _sampling_kwargs(*, cond_scale, prior_cond_scale, sample_steps, prior_steps,
                 prior_steps=prior_steps, seed=seed, eta=eta, sampler=sampler)
 
 
+def default_batch_size(image_size: int) -> int:
+    """Images sampled at once when none is given: 64 up to 128 px, halved for each doubling above,
+    so 31 x 200 images at 256 px stay within 4 GB (`benchmarks/bench_generate.py --attention`)."""
+    return max(8, 64 * 128 // max(128, image_size))
+
+
 def write_samples(model, output_dir, *, user_labels: Sequence[str] | None = None, num_samples_per_user: int = 4,
                   cond_scale: float = DEFAULTS.cond_scale, prior_cond_scale: float = DEFAULTS.prior_cond_scale,
                   sample_steps: int | None = DEFAULTS.decoder_steps, prior_steps: int | None = DEFAULTS.prior_steps,
-                  seed: int = 0, batch_size: int = 64, save_npy: bool = False, eta: float = DEFAULTS.eta,
+                  seed: int = 0, batch_size: int | None = None, save_npy: bool = False, eta: float = DEFAULTS.eta,
                   sampler: str | None = None, fast: "FastPaths | None" = None, progress: bool = False) -> dict:
     """Sample spectrograms for users and write them as PNGs named with the original labels
     (`ID_5_000.png`) as each batch finishes, plus `grid.png` with one row per user (its first
@@ -130,7 +136,7 @@ def write_samples(model, output_dir, *, user_labels: Sequence[str] | None = None
             model's `sample_timesteps`).
         seed: same seed, same images; an image depends only on (seed, user label, sample index)
             and the settings, never on the other users asked for or on `batch_size`.
-        batch_size: most images sampled at once.
+        batch_size: most images sampled at once (None: `default_batch_size` of the output size).
         save_npy: also save each scalar spectrogram (H, W) in [0, 1] as .npy.
         eta: DDIM eta (> 0 selects the ddim sampler).
         sampler: "ddim" or "dpmpp_2m" (default `sampling.DEFAULT_SAMPLER`).
@@ -144,6 +150,7 @@ def write_samples(model, output_dir, *, user_labels: Sequence[str] | None = None
 
     from dalle2_md.generation.fastpath import FastPaths, apply_fast_paths
 
+    batch_size = batch_size or default_batch_size(model.image_size)
     if num_samples_per_user < 1 or batch_size < 1:
         raise UserError(f"--num_samples_per_user and --batch_size must be at least 1 (got {num_samples_per_user} "
                         f"and {batch_size}).")

@@ -106,3 +106,9 @@ def test_cli_guidance_interval(model, tmp_path, monkeypatch):
     assert 3.0 in scales and 1.0 in scales and len(scales) == 5
     bad = run("--guidance_interval", "0.9,0.1")
     assert bad.exit_code == 2 and "--guidance_interval 0.9,0.1" in bad.output and "Traceback" not in bad.output
+
+
+def test_default_batch_shrinks_with_the_image_size_to_bound_memory():
+    from dalle2_md.generation.samples import default_batch_size
+
+    assert [default_batch_size(s) for s in (32, 64, 128, 256, 512, 4096)] == [64, 64, 64, 32, 16, 8]
