@@ -59,6 +59,8 @@ RECIPES = {
     "variations_nf": replace(DEFAULT, name="variations_nf", source="variations", filter="none"),
     "sdedit_nf": replace(DEFAULT, name="sdedit_nf", source="sdedit", strength=0.5, filter="none"),
     "sdedit07_nf": replace(DEFAULT, name="sdedit07_nf", source="sdedit", strength=0.7, filter="none"),
+    # the generator-free control of sdedit_nf: the same M, mixing and weight, the K images re-speckled
+    "respeckle": replace(DEFAULT, name="respeckle", source="respeckle", filter="none"),
     "eta1_nf": replace(DEFAULT, name="eta1_nf", eta=1.0, filter="none"),
     "mk10_nf": replace(DEFAULT, name="mk10_nf", m_per_k=10.0, filter="none"),
     # decoder guidance only at middle noise levels (DecoderConfig.guidance_interval)
@@ -204,8 +206,9 @@ def main():
     ap.add_argument("--recogniser_steps", type=int, default=None)
     ap.add_argument("--time_pool", type=int, default=None,
                     help="recogniser time pooling [default: image_size / 16, the K-shot benchmark's 64 px / 4]")
-    ap.add_argument("--generator", choices=("two_stage", "baseline"), default="two_stage",
-                    help="the DALLE2-style chain, or the single-stage label-conditioned decoder (prior-source recipes only)")
+    ap.add_argument("--generator", choices=("two_stage", "baseline", "none"), default="two_stage",
+                    help="the DALLE2-style chain, the single-stage label-conditioned decoder (prior-source recipes "
+                         "only), or none (generator-free recipes only: respeckle)")
     ap.add_argument("--generator_cache", default=None,
                     help="folder of trained generators reused by later runs with the same K-shot pick, seed and budget")
     ap.add_argument("--out", default=None)
