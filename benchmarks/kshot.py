@@ -39,7 +39,8 @@ from dalle2_md.data.simulator import get_profile  # noqa: E402
 from dalle2_md.evaluation.protocol import KSHOT_RECOGNISER, RECOGNISER_ARMS, simulate, split  # noqa: E402
 from dalle2_md.evaluation.recogniser import RecogniserConfig, RecogniserTrainConfig, accuracy, train_recogniser  # noqa: E402
 
-ARM_NAMES = {"strong": "strong (defaults)", "legacy": "earlier settings (shift + noise, 300 steps)"}
+ARM_NAMES = {"strong": "strong (defaults)", "legacy": "earlier settings (shift + noise, 300 steps)",
+             "physics": "strong + Doppler flip 0.5 (best on validation)"}
 
 
 def run_arm(name, train_cfg, rec_cfg, images, ids, parts, ks, seeds, pool):
@@ -98,7 +99,7 @@ def main():
     ap.add_argument("--per_user", type=int, default=120, help="recordings per user (test 20, val 10, rest train)")
     ap.add_argument("--num_test", type=int, default=20)
     ap.add_argument("--num_val", type=int, default=10)
-    ap.add_argument("--arms", nargs="+", choices=["strong", "legacy"], default=["strong", "legacy"])
+    ap.add_argument("--arms", nargs="+", choices=["strong", "legacy", "physics"], default=["strong", "legacy", "physics"])
     ap.add_argument("--merge", nargs="+", default=None, help="combine result JSONs of split runs into --out")
     ap.add_argument("--out", default="benchmarks/results/kshot.json")
     args = ap.parse_args()

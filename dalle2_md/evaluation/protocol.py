@@ -44,6 +44,7 @@ from dalle2_md.training.presets import QUICK_BUDGET, GeneratorBudget, cpu_vqgan_
 __all__ = [
     "KSHOT_RECOGNISER",
     "RECOGNISER_ARMS",
+    "BEST_AUGMENTATION",
     "simulate",
     "split",
     "PROTOCOL_BUDGET",
@@ -66,8 +67,12 @@ __all__ = [
 KSHOT_RECOGNISER = dict(widths=(8, 16, 32), feature_dim=64, pool_rows=4, time_pool=4)
 
 # the real-only recogniser's training arms of the K-shot curve: the strong defaults (SpecAugment
-# masks, mixup, 2500 steps) and the earlier settings (time shift and noise only, 300 steps)
-RECOGNISER_ARMS = {"strong": RecogniserTrainConfig(), "legacy": LEGACY_RECOGNISER_TRAIN}
+# masks, mixup, 2500 steps), the earlier settings (time shift and noise only, 300 steps) and the
+# strong ones plus what validated best among the physics-aware augmentations
+# (`benchmarks/search_augment.py`, see docs/results.md)
+BEST_AUGMENTATION = dict(doppler_flip=0.5)
+RECOGNISER_ARMS = {"strong": RecogniserTrainConfig(), "legacy": LEGACY_RECOGNISER_TRAIN,
+                   "physics": RecogniserTrainConfig(**BEST_AUGMENTATION)}
 
 
 def simulate(num_users: int, per_user: int, image_size: int, seed: int, profile) -> tuple[torch.Tensor, torch.Tensor]:
