@@ -33,8 +33,7 @@ import torch  # noqa: E402
 from dalle2_md.augmentation.harness import mean_std, augmentation_gain, summarise_seeds  # noqa: E402
 from dalle2_md.augmentation.recipe import AugmentRecipe  # noqa: E402
 from dalle2_md.data.simulator import get_profile  # noqa: E402
-from dalle2_md.evaluation.protocol import KSHOT_RECOGNISER, simulate, split  # noqa: E402
-from dalle2_md.evaluation.recogniser import RecogniserTrainConfig  # noqa: E402
+from dalle2_md.evaluation.protocol import KSHOT_RECOGNISER, RECOGNISER_ARMS, simulate, split  # noqa: E402
 from dalle2_md.defaults import SamplingConfig  # noqa: E402
 from dalle2_md.utils import plain_json  # noqa: E402
 from dalle2_md.training.presets import GeneratorBudget  # noqa: E402
@@ -204,6 +203,8 @@ def main():
     ap.add_argument("--decoder_config", default=None, type=json.loads,
                     help='DecoderConfig fields over the CPU sizes, as JSON (e.g. \'{"embed_noise_std": 0.6}\')')
     ap.add_argument("--recogniser_steps", type=int, default=None)
+    ap.add_argument("--baseline", choices=sorted(RECOGNISER_ARMS), default="strong",
+                    help="the real-only recogniser's training (and the augmented one's): protocol.RECOGNISER_ARMS")
     ap.add_argument("--time_pool", type=int, default=None,
                     help="recogniser time pooling [default: image_size / 16, the K-shot benchmark's 64 px / 4]")
     ap.add_argument("--generator", choices=("two_stage", "baseline", "none"), default="two_stage",
@@ -234,7 +235,7 @@ def main():
                              sampling=SamplingConfig(decoder_steps=args.sample_steps, prior_steps=args.sample_steps))
     if args.decoder_config:
         budget = replace(budget, decoder={**budget.decoder, **args.decoder_config})
-    rec_train = RecogniserTrainConfig()
+    rec_train = RECOGNISER_ARMS[args.baseline]
     if args.recogniser_steps:
         rec_train = replace(rec_train, steps=args.recogniser_steps)
     print(f"gait31 {args.image_size} px: {num_users} users, train {len(train[0])}, test {len(test[0])}; K={args.k}; "
