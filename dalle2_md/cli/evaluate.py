@@ -246,13 +246,16 @@ def _seed_list(seeds: str) -> list[int]:
 @opt("sampler", type=click.Choice(SAMPLERS), default=None, help=f"Sampler [default: {DEFAULT_SAMPLER}; ddim when --eta > 0].")
 @opt("eta", type=float, default=RECIPE.eta, help="DDIM eta when generating (0 = deterministic).")
 @opt("recogniser_steps", type=int, default=None, help="Steps of each recogniser [default: the strong baseline's].")
+@opt("baseline", type=click.Choice(["physics", "strong"]), default="physics",
+     help="The real-only recogniser: the strong defaults plus the physics-aware augmentation that validated best "
+          "(benchmarks/search_augment.py), or the strong defaults alone.")
 @opt("output_dir", type=click.Path(path_type=str), default="./augment_eval",
      help="Folder for augment.json, augment.md and the generators' runs.")
 @progress_option()
 def augment_eval_cmd(data_root, split_file, split_seed, image_size, colormap, k, m, m_per_k, source, strength, condition, filter_,
                      min_confidence, mixing, synthetic_weight, cond_scale, prior_cond_scale, guidance_interval, seeds,
                      generator, clip_train_steps, decoder_train_steps, prior_train_steps, sample_steps, sampler, eta, recogniser_steps,
-                     output_dir, progress):
+                     baseline, output_dir, progress):
     """Augmentation gain: recognisers trained on K real images per user vs K real + M generated
     (generator trained on those K only), both tested on real test; mean ± std over seeds.
     The defaults are the recipe that won the ablation in docs/results.md."""
@@ -261,7 +264,7 @@ def augment_eval_cmd(data_root, split_file, split_seed, image_size, colormap, k,
 
     from dalle2_md.augmentation.harness import augmentation_gain, load_splits, write_augment_report
     from dalle2_md.augmentation.recipe import default_source
-    from dalle2_md.evaluation.recogniser import RecogniserTrainConfig
+    from dalle2_md.evaluation.protocol import RECOGNISER_ARMS
     from dalle2_md.utils import plain_json
     from dalle2_md.models.guidance import check_guidance_interval
     from dalle2_md.training.presets import GeneratorBudget
@@ -285,7 +288,7 @@ def augment_eval_cmd(data_root, split_file, split_seed, image_size, colormap, k,
     result = augmentation_gain(
         train.tensors(), test.tensors(), num_users=len(train.label_map), work_dir=out / "runs", k=k, m=m,
         seeds=seed_list, generator=generator, budget=budget, recipes=[recipe],
-        recogniser_train=replace(RecogniserTrainConfig(), **({"steps": recogniser_steps} if recogniser_steps else {})),
+        recogniser_train=replace(RECOGNISER_ARMS[baseline], **({"steps": recogniser_steps} if recogniser_steps else {})),
         train_files=[train.index.relpath(f) for f in train.files], test_files=[test.index.relpath(f) for f in test.files],
         label_map=train.label_map.to_dict(), colormap=train.colormap or "none", log=say, progress=progress)
     out.mkdir(parents=True, exist_ok=True)

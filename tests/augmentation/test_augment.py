@@ -177,6 +177,8 @@ def test_augment_eval_cli_writes_its_result(data_root, tmp_path):
     assert saved["k"] == 2 and saved["seeds"] == [0, 1] and len(saved["per_seed"]) == 2
     assert all(len(r["kshot_files"]) == 2 * USERS for r in saved["per_seed"])
     assert "gain (points)" in (out / "augment.md").read_text()
+    # the real-only baseline is the best validated one by default: the strong defaults plus Doppler flips
+    assert saved["recogniser_train"]["doppler_flip"] == 0.5 and saved["recogniser_train"]["steps"] == 2
 
 
 def test_evaluate_cli_samples_a_baseline_bundle(data_root, tmp_path):
