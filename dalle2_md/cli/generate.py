@@ -171,7 +171,7 @@ def generate_cmd(**kw):
     if kw["filter"] is not None or kw["layout"] is not None:
         if kw["interpolate"] or kw["save_npy"]:
             raise UserError("--filter/--layout write a data set; leave out --interpolate and --save_npy there.")
-        return write_dataset(kw, kw["batch_size"] or 32)
+        return write_dataset(kw, 32 if kw["batch_size"] is None else kw["batch_size"])
     for k in ("filter", "layout", "data_root", "split_file", "split_seed", "min_confidence", "kinematic_margin",
               "recogniser_steps", "max_draws_per_user", "overwrite"):
         kw.pop(k)

@@ -150,7 +150,7 @@ def write_samples(model, output_dir, *, user_labels: Sequence[str] | None = None
 
     from dalle2_md.generation.fastpath import FastPaths, apply_fast_paths
 
-    batch_size = batch_size or default_batch_size(model.image_size)
+    batch_size = default_batch_size(model.image_size) if batch_size is None else batch_size
     if num_samples_per_user < 1 or batch_size < 1:
         raise UserError(f"--num_samples_per_user and --batch_size must be at least 1 (got {num_samples_per_user} "
                         f"and {batch_size}).")
