@@ -352,12 +352,11 @@ def test_generator_cache_trains_only_the_prior_when_only_its_budget_changed(tmp_
                          cache_dir=tmp_path / "cache", **common)
 
 
-def test_recipe_guidance_interval_applies_to_its_draw_only(monkeypatch):
-    """A recipe's guidance interval is the decoder's while that recipe draws, and the decoder's
-    own is back afterwards; recipes that differ only in it do not share candidates."""
+def _chain_recording_its_guidance_interval():
+    """A chain whose `sample` records the decoder's guidance interval at each draw, behind the real
+    `MicroDopplerDALLE2.sample_users`: (model, its decoder, the recorded intervals)."""
     from types import SimpleNamespace
 
-    from dalle2_md.augmentation.recipe import draw_candidates, sampling_key
     from dalle2_md.models.chain import MicroDopplerDALLE2
     from dalle2_md.models.decoder import DecoderConfig, MicroDopplerDecoder
 
@@ -371,6 +370,15 @@ def test_recipe_guidance_interval_applies_to_its_draw_only(monkeypatch):
 
     model = SimpleNamespace(decoder=decoder, sample=fake_sample)
     model.sample_users = lambda *a, **k: MicroDopplerDALLE2.sample_users(model, *a, **k)
+    return model, decoder, seen
+
+
+def test_recipe_guidance_interval_applies_to_its_draw_only(monkeypatch):
+    """A recipe's guidance interval is the decoder's while that recipe draws, and the decoder's
+    own is back afterwards; recipes that differ only in it do not share candidates."""
+    from dalle2_md.augmentation.recipe import draw_candidates, sampling_key
+
+    model, decoder, seen = _chain_recording_its_guidance_interval()
     shot = (torch.zeros(2, 1, 4, 4), torch.tensor([0, 1]))
     narrow = AugmentRecipe(source="prior", guidance_interval=(0.15, 0.7))
     draw_candidates(model, narrow, TINY, shot, 2, seed=0)
@@ -459,23 +467,11 @@ def test_decoder_lr_schedule_decays_only_the_decoders_and_names_its_own_cache_en
 def test_sampling_guidance_interval_is_the_decoders_while_the_chain_draws():
     """`SamplingConfig.guidance_interval` reaches the decoder for the draw only; None leaves the
     decoder's own (guidance at every step)."""
-    from types import SimpleNamespace
 
     from dalle2_md.defaults import SamplingConfig
     from dalle2_md.generation.samples import sample_tensors
-    from dalle2_md.models.chain import MicroDopplerDALLE2
-    from dalle2_md.models.decoder import DecoderConfig, MicroDopplerDecoder
 
-    decoder = MicroDopplerDecoder(config=DecoderConfig(image_size=16, image_embed_dim=8, dim=8, dim_mults=(1, 2),
-                                                       attn_heads=1, attn_dim_head=8, num_resnet_blocks=1))
-    seen = []
-
-    def fake_sample(users, *, num_samples_per_user, **kwargs):
-        seen.append(decoder.config.guidance_interval)
-        return torch.zeros(num_samples_per_user * len(users), 1, 4, 4)
-
-    model = SimpleNamespace(decoder=decoder, sample=fake_sample)
-    model.sample_users = lambda *a, **k: MicroDopplerDALLE2.sample_users(model, *a, **k)
+    model, decoder, seen = _chain_recording_its_guidance_interval()
     images, ids = sample_tensors(model, [0, 2], 3, sampling=SamplingConfig(guidance_interval=(0.15, 0.7)))
     sample_tensors(model, [1], 1, sampling=TINY.sampling)
     assert seen == [(0.15, 0.7), (0.15, 0.7), (0.0, 1.0)] and decoder.config.guidance_interval == (0.0, 1.0)
