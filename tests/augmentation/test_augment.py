@@ -467,7 +467,6 @@ def test_decoder_lr_schedule_decays_only_the_decoders_and_names_its_own_cache_en
 def test_sampling_guidance_interval_is_the_decoders_while_the_chain_draws():
     """`SamplingConfig.guidance_interval` reaches the decoder for the draw only; None leaves the
     decoder's own (guidance at every step)."""
-
     from dalle2_md.defaults import SamplingConfig
     from dalle2_md.generation.samples import sample_tensors
 
