@@ -570,7 +570,6 @@ def load_splits(
 
 def write_augment_report(result: dict, path: str | Path) -> Path:
     """A short markdown table of an `augmentation_gain` result."""
-    from dalle2_md.utils import atomic_write
 
     def ms(d, scale=1.0, digits=3):
         std = d["std"]

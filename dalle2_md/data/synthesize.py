@@ -56,7 +56,7 @@ def contact_sheet(rows: list[list[np.ndarray]], labels: list[str], *, tile: int)
     """Grid of RGB tiles (display.tile_grid), one row per user with its label on the left.
 
     Height is len(rows) * (tile + CONTACT_PAD) + CONTACT_PAD pixels."""
-    from PIL import Image, ImageDraw
+    from PIL import ImageDraw
 
     def fit(rgb: np.ndarray) -> np.ndarray:
         im = Image.fromarray(rgb)
@@ -162,7 +162,6 @@ def _write_sample(out: Path, layout: str, user: UserGait, index: int, *, seed: i
                   radar: RadarConfig, profile: SimProfile) -> tuple[np.ndarray, dict]:
     """Simulate and write image `index` of `user` as a jet PNG; returns its RGB (H, W, 3) uint8
     and its ground-truth record (relative path, label and `simulate_spectrogram`'s truth)."""
-    from PIL import Image
 
     rng = sample_rng(seed, user.user_id, index)
     img, truth = simulate_spectrogram(user, rng, image_size=image_size, radar=radar, variation=profile.variation)

@@ -49,7 +49,6 @@ def clip_config_for(*, num_users: int, channels: int, image_size: int, sizes: di
     images downsampled to at most CLIP_MAX_IMAGE_SIZE unless `sizes` say otherwise: identity
     lives in coarse structure (torso line, cadence, swing height), and its strided convs cost
     16x less at 64 px than at 256 px."""
-    from dalle2_md.models.embedding import ClipConfig
 
     return ClipConfig(**{"image_size": min(image_size, CLIP_MAX_IMAGE_SIZE), **(sizes or {}),
                          "num_users": num_users, "channels": channels})
@@ -77,7 +76,6 @@ def fit_clip(data, clip_config, schedule: TrainConfig, run_dir: Path, *, resume:
         resume: None, "latest" or a checkpoint path.
         progress: show a progress bar.
     """
-    from dalle2_md.models.embedding import MicroDopplerClip
 
     torch.manual_seed(schedule.seed)
     model = MicroDopplerClip(clip_config)
@@ -93,7 +91,6 @@ def fit_vqgan(images: torch.Tensor, vq_config, schedule: TrainConfig, run_dir: P
     The raw weights, not the EMA copy: the codebook is itself a moving average of the online
     encoder's outputs, and an averaged encoder would no longer match it. Args: as for `fit_clip`.
     """
-    from dalle2_md.models.vqgan import VQGanLoss, build_vqgan
 
     torch.manual_seed(schedule.seed)
     wrapper = VQGanLoss(build_vqgan(vq_config))
@@ -205,7 +202,6 @@ def train_two_stage(images: torch.Tensor, user_indices: torch.Tensor, *, num_use
         vqgan_cache: folder where `fit_budget_vqgan` finds (or leaves) the VQGAN.
     """
     from dalle2_md.models.embedding import compute_image_embeds
-    from dalle2_md.models.decoder import DecoderConfig
 
     work_dir = Path(work_dir)
     _, channels, size, _ = images.shape
@@ -245,7 +241,6 @@ def train_two_stage(images: torch.Tensor, user_indices: torch.Tensor, *, num_use
 def latent_decoder_config(dec_config, budget: GeneratorBudget):
     """`dec_config` over the latent of the budget's VQGAN when `budget.vqgan_train_steps` > 0 (else as
     it is): the two-stage decoder and the single-stage baseline build theirs the same way."""
-    from dalle2_md.models.vqgan import VQGanConfig
     from dalle2_md.training.presets import cpu_vqgan_sizes
 
     if not budget.vqgan_train_steps:
@@ -335,7 +330,6 @@ def train_clip(
         seed: seeds model init, batch order and augmentations.
         progress: show a tqdm bar with the loss.
     """
-    from dalle2_md.training.loop import TrainConfig, train
 
     if len(images) < 2:
         raise UserError(f"need at least 2 images to train the embedding model, got {len(images)}.")
@@ -380,7 +374,6 @@ def train_vqgan(
         (vqgan in eval mode, list of per-step losses). Like the stage, the raw weights, not an
         EMA copy: the codebook is itself a moving average of the online encoder's outputs.
     """
-    from dalle2_md.training.loop import TrainConfig, train
     from dalle2_md.training.checkpoints import kept_global_rng
 
     _check_images(images, config)
