@@ -30,7 +30,7 @@ SOURCES = ("prior", "variations", "sdedit", "respeckle")
 GENERATOR_FREE_SOURCES = ("respeckle",)  # sources that draw from the K real images alone
 CONDITIONS = ("own", "partner", "prior")
 MIXING = ("separate", "concat", "pretrain")
-RECIPE_FILTERS = ("none", "recogniser")
+RECIPE_FILTERS = ("none", "recogniser", "kinematic", "both")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -48,6 +48,9 @@ class AugmentRecipe:
             `evaluation.augmentations.respeckle`; the control for SDEdit, which mostly changes
             speckle).
         strength: SDEdit noise level in (0, 1]; read only by source "sdedit".
+        strengths: several SDEdit noise levels instead of `strength`, an equal share of the M
+            images each (copy j of a real image at strengths[j % len]): the spread from near-copies
+            to new walks that DisCL (Liang et al. 2025) trains on; () = `strength` alone.
         condition: what an SDEdit output is conditioned on (read only by source "sdedit"):
             "own" (the source image's own embedding), "partner" (the source image's embedding
             moved a uniform random fraction of the way towards another K-shot image of the same
@@ -59,9 +62,13 @@ class AugmentRecipe:
             `DecoderConfig.guidance_interval`); None = as stored in the generator.
         eta: DDIM eta (0 deterministic; 1 ancestral).
         filter: "none", or "recogniser": keep a sample when a recogniser trained on the K real
-            images gives its intended user at least `min_confidence`. "none": chosen by
+            images gives its intended user at least `min_confidence`; "kinematic": when its
+            torso velocity, limb envelope and cadence lie in its user's range on the K real images
+            (widened by `kinematic_margin` of each quantity's spread: `generation.filters`, the
+            kinematic sifting of Erol, Gurbuz & Amin 2020); "both". "none": chosen by
             `benchmarks/augment_ablation.py`, see docs/results.md.
         min_confidence: softmax threshold of the recogniser filter.
+        kinematic_margin: widening of each user's kinematic range (as `dalle2-md curate`'s).
         oversample: candidates drawn per kept image when filtering (the first passing ones by
             sample index are kept; fewer are kept when too few pass).
         mixing: "separate", "concat" or "pretrain" (see the module docstring); "separate":
@@ -72,6 +79,7 @@ class AugmentRecipe:
     name: str = "default"
     source: str = "sdedit"
     strength: float = 0.5
+    strengths: tuple[float, ...] = ()
     condition: str = "own"
     m_per_k: float = 3.0
     cond_scale: float = 3.0
@@ -80,6 +88,7 @@ class AugmentRecipe:
     eta: float = 0.0
     filter: str = "none"
     min_confidence: float = 0.5
+    kinematic_margin: float = 0.1
     oversample: float = 2.0
     mixing: str = "separate"
     synthetic_weight: float = 0.5
@@ -89,8 +98,11 @@ class AugmentRecipe:
                                      (self.filter, RECIPE_FILTERS, "filter"), (self.condition, CONDITIONS, "condition")):
             if value not in allowed:
                 raise UserError(f"recipe {what} {value!r} is not one of {', '.join(allowed)}")
-        if not 0.0 < self.strength <= 1.0:
-            raise UserError(f"recipe {self.name}: strength must lie in (0, 1], got {self.strength}")
+        for strength in (self.strength, *self.strengths):
+            if not 0.0 < strength <= 1.0:
+                raise UserError(f"recipe {self.name}: strength must lie in (0, 1], got {strength}")
+        if self.strengths and (self.source != "sdedit" or self.condition != "own"):
+            raise UserError(f"recipe {self.name}: strengths apply to source 'sdedit' with condition 'own' only")
         if self.m_per_k <= 0 or self.oversample < 1:
             raise UserError(f"recipe {self.name}: m_per_k must be > 0 and oversample >= 1")
 
@@ -144,12 +156,34 @@ def _real_image_candidates(model, recipe: AugmentRecipe, sampling, user_indices,
                       eta=sampling.eta)
         if recipe.source == "sdedit":
             embeds = _sdedit_conditions(model, recipe, own, u, per_image, seed + 7919 * u)
-            x = sdedit(model, own, strength=recipe.strength, image_embeds=embeds, user_indices=users, **common)[:count]
+            x = _sdedit_copies(model, recipe, own, embeds, users, common)[:count]
         else:
             x = variations_of(model, own, user_indices=users, **common)[:count]
         images.append(x.cpu())  # both return model space, [-1, 1]
         ids.append(torch.full((len(x),), u, dtype=torch.long))
     return torch.cat(images), torch.cat(ids)
+
+
+def _sdedit_copies(model, recipe: AugmentRecipe, own, embeds, users, common: dict):
+    """`common["n"]` SDEdit outputs of each of `own`'s images, image-major; with `strengths`,
+    copy j of an image at strengths[j % len(strengths)] (each strength its own noise stream)."""
+    import torch
+
+    from dalle2_md.generation.variations import sdedit
+
+    strengths = recipe.strengths or (recipe.strength,)
+    if len(strengths) == 1:
+        return sdedit(model, own, strength=strengths[0], image_embeds=embeds, user_indices=users, **common)
+    n = common["n"]
+    each = math.ceil(n / len(strengths))
+    parts = []
+    for i, strength in enumerate(strengths):  # (len(own), each, C, H, W) per strength
+        part = sdedit(model, own, strength=strength, image_embeds=None, user_indices=users,
+                      **{**common, "n": each, "seed": common["seed"] + 104729 * i})
+        parts.append(part.view(len(own), each, *part.shape[1:]))
+    # copy j of image r is parts[j % S][r, j // S]
+    copies = torch.stack([parts[j % len(strengths)][:, j // len(strengths)] for j in range(n)], dim=1)
+    return copies.reshape(len(own) * n, *copies.shape[2:])
 
 
 def _respeckled_copies(user_indices, shot, count: int, seed: int):
@@ -199,7 +233,7 @@ def sampling_key(recipe: AugmentRecipe) -> tuple:
     the seed, u and j), so one draw of the largest count serves them all."""
     if recipe.source in GENERATOR_FREE_SOURCES:  # guidance and eta do not apply
         return (recipe.source,)
-    strength = recipe.strength if recipe.source == "sdedit" else None
+    strength = (tuple(recipe.strengths) or recipe.strength) if recipe.source == "sdedit" else None
     condition = recipe.condition if recipe.source == "sdedit" else None
     interval = tuple(recipe.guidance_interval) if recipe.guidance_interval is not None else None
     return (recipe.source, strength, condition, recipe.cond_scale, recipe.prior_cond_scale, interval, recipe.eta)
@@ -244,7 +278,7 @@ def draw_synthetic(model, recipe: AugmentRecipe, budget, shot, *, seed: int, fil
     users = sorted(torch.unique(shot[1]).tolist())
     k = min(int((shot[1] == u).sum()) for u in users)
     wanted, needed = recipe.num_per_user(k), candidates_needed(recipe, k)
-    if recipe.filter != "none" and filter_recogniser is None:
+    if recipe.filter in ("recogniser", "both") and filter_recogniser is None:
         raise UserError("the recogniser filter needs a recogniser trained on the generator's own real images")
     images, ids = candidates if candidates is not None else draw_candidates(model, recipe, budget, shot, needed, seed=seed)
     # the first `needed` candidates of each user (a larger shared draw holds them as its prefix)
@@ -255,8 +289,10 @@ def draw_synthetic(model, recipe: AugmentRecipe, budget, shot, *, seed: int, fil
     looked = rank < needed
     images, ids = images[looked], ids[looked]
     keep = torch.ones(len(ids), dtype=torch.bool)
-    if recipe.filter == "recogniser":
-        keep = user_probabilities(filter_recogniser, images).gather(1, ids[:, None]).squeeze(1) >= recipe.min_confidence
+    if recipe.filter in ("recogniser", "both"):
+        keep &= user_probabilities(filter_recogniser, images).gather(1, ids[:, None]).squeeze(1) >= recipe.min_confidence
+    if recipe.filter in ("kinematic", "both"):
+        keep &= _kinematically_plausible(recipe, shot, images, ids, users)
     kept_images, kept_ids, acceptance = [], [], {}
     for u in users:
         mine = torch.nonzero((ids == u) & keep).flatten()[:wanted]
@@ -265,6 +301,23 @@ def draw_synthetic(model, recipe: AugmentRecipe, budget, shot, *, seed: int, fil
         kept_ids.append(ids[mine])
     return {"images": torch.cat(kept_images), "user_indices": torch.cat(kept_ids), "acceptance": acceptance,
             "num_drawn": len(images)}
+
+
+def _kinematically_plausible(recipe: AugmentRecipe, shot, images, ids, users):
+    """(N,) bool: each sample's kinematics inside its user's range on the K-shot images."""
+    import torch
+
+    from dalle2_md.generation.filters import KinematicFilter, kinematic_ranges
+
+    colormap = "jet" if images.shape[1] == 3 else None  # scalar images are read as they are
+    ranges = kinematic_ranges(*shot, num_users=max(users) + 1, colormap=colormap)
+    sift = KinematicFilter(ranges, margin=recipe.kinematic_margin, colormap=colormap)
+    keep = torch.zeros(len(ids), dtype=torch.bool)
+    for u in users:
+        mine = torch.nonzero(ids == u).flatten()
+        if len(mine):
+            keep[mine] = torch.as_tensor(sift(images[mine], u)[1], dtype=torch.bool)
+    return keep
 
 
 def train_augmented(recipe: AugmentRecipe, real, synthetic, *, num_users: int, train_config, config=None):
