@@ -41,7 +41,7 @@ setup(
     ],
     extras_require={
         "test": ["pytest>=7.4"],
-        # the held-out second data set of benchmarks/identity_stages.py (scikit-learn's bundled digits)
+        # the held-out second data set (scikit-learn's bundled digits: evaluation.protocol.digits)
         "bench": ["scikit-learn>=1.3"],
     },
     entry_points={"console_scripts": ["dalle2-md = dalle2_md.cli:main"]},

@@ -1,4 +1,4 @@
-"""K-shot curve of the real-only recogniser on the gait31 simulator profile.
+"""K-shot curve of the real-only recogniser on the gait31 simulator profile (or the held-out digits).
 
 Simulates gait31 in memory and splits it per user (`dalle2_md.evaluation.protocol.simulate` and
 `split`: the last `--num_test` recordings test, the `--num_val` before them validation), then
@@ -9,6 +9,7 @@ training images per user, over several seeds, once per training arm of `protocol
 benchmarks/results/kshot.json and kshot.md. One torch thread.
 
     python benchmarks/kshot.py [--ks 5 10 20 50 0] [--seeds 0 1 2] [--data_seed 1] [--arms strong legacy]
+    python benchmarks/kshot.py --data digits --out benchmarks/results/kshot_digits.json   # held out (32 px, 10 classes)
 
 The recogniser's defaults were picked on data seed 0's validation split, so the table uses data
 seed 1. The work can be split over processes and merged (a run's log stands in for its JSON when
@@ -36,7 +37,7 @@ import torch  # noqa: E402
 
 from dalle2_md.augmentation.harness import kshot_indices  # noqa: E402
 from dalle2_md.data.simulator import get_profile  # noqa: E402
-from dalle2_md.evaluation.protocol import KSHOT_RECOGNISER, RECOGNISER_ARMS, simulate, split  # noqa: E402
+from dalle2_md.evaluation.protocol import KSHOT_RECOGNISER, RECOGNISER_ARMS, digits, simulate, split  # noqa: E402
 from dalle2_md.evaluation.recogniser import RecogniserConfig, RecogniserTrainConfig, accuracy, train_recogniser  # noqa: E402
 
 ARM_NAMES = {"strong": "strong (defaults)", "legacy": "earlier settings (shift + noise, 300 steps)",
@@ -79,7 +80,7 @@ def markdown(rows: list[dict], meta: dict) -> str:
             cells.append(f"{r['mean']:.3f} ± {r['std']:.3f}" + ("" if n >= 3 else f" (n={n})"))
         lines.append(f"| {arm} | " + " | ".join(cells) + " |")
     lines.append("")
-    lines.append(f"Real-only test accuracy (mean ± std over seeds {meta['seeds']}), gait31 profile, "
+    lines.append(f"Real-only test accuracy (mean ± std over seeds {meta['seeds']}), {meta['profile']}, "
                  f"{meta['num_users']} users, {meta['image_size']} px, {meta['num_test_per_user']} test images per user "
                  f"(chance {1 / meta['num_users']:.3f}); recogniser widths {meta['recogniser']['widths']}, time pool {meta['recogniser'].get('time_pool', 1)}; "
                  f"{meta['train_configs'].get(ARM_NAMES['strong'], {}).get('steps', '?')} steps for the strong arm; "
@@ -95,8 +96,11 @@ def main():
     ap.add_argument("--ks", type=int, nargs="+", default=[5, 10, 20, 50, 0], help="images per user; 0 = all (default: 5 10 20 50 0)")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="K-shot pick and training seeds")
     ap.add_argument("--data_seed", type=int, default=1, help="simulator seed (default 1; 0 was used to pick the defaults)")
-    ap.add_argument("--image_size", type=int, default=64)
-    ap.add_argument("--per_user", type=int, default=120, help="recordings per user (test 20, val 10, rest train)")
+    ap.add_argument("--data", choices=["gait31", "digits"], default="gait31",
+                    help="gait31 (simulated) or digits (held out: scikit-learn's digits, never tuned on)")
+    ap.add_argument("--image_size", type=int, default=None, help="default 64 (gait31) or 32 (digits)")
+    ap.add_argument("--per_user", type=int, default=None,
+                    help="recordings (digits: images) per user; default 120 (gait31), 170 (digits); test 20, val 10, rest train")
     ap.add_argument("--num_test", type=int, default=20)
     ap.add_argument("--num_val", type=int, default=10)
     ap.add_argument("--arms", nargs="+", choices=["strong", "legacy", "physics"], default=["strong", "legacy", "physics"])
@@ -108,19 +112,26 @@ def main():
     torch.set_num_threads(1)
     started = time.perf_counter()
 
-    profile = get_profile("gait31")
-    images, ids = simulate(profile.num_users, args.per_user, args.image_size, args.data_seed, profile)
+    if args.data == "digits":
+        args.image_size, args.per_user = args.image_size or 32, args.per_user or 170
+        images, ids = digits(args.per_user, args.image_size, args.data_seed)
+        data_name, num_users = "digits", 10
+    else:
+        args.image_size, args.per_user = args.image_size or 64, args.per_user or 120
+        profile = get_profile("gait31")
+        images, ids = simulate(profile.num_users, args.per_user, args.image_size, args.data_seed, profile)
+        data_name, num_users = profile.name, profile.num_users
     parts = split(ids, args.per_user, args.num_test, args.num_val)
     pool = args.per_user - args.num_test - args.num_val
     print(f"simulated {len(images)} images in {time.perf_counter() - started:.0f}s; train pool {pool} per user")
     ks = [k if 0 < k < pool else pool for k in args.ks]
-    rec_cfg = RecogniserConfig(num_users=profile.num_users, channels=1, image_size=args.image_size, **KSHOT_RECOGNISER)
+    rec_cfg = RecogniserConfig(num_users=num_users, channels=1, image_size=args.image_size, **KSHOT_RECOGNISER)
     arms = [(ARM_NAMES[a], cfg) for a, cfg in RECOGNISER_ARMS.items() if a in args.arms]
     rows = []
     for name, cfg in arms:
         rows += run_arm(name, cfg, rec_cfg, images, ids, parts, ks, args.seeds, pool)
 
-    meta = {"benchmark": "kshot", "profile": profile.name, "num_users": profile.num_users, "image_size": args.image_size,
+    meta = {"benchmark": "kshot", "profile": data_name, "num_users": num_users, "image_size": args.image_size,
             "data_seed": args.data_seed, "seeds": args.seeds, "per_user": args.per_user, "num_test_per_user": args.num_test,
             "num_val_per_user": args.num_val, "train_pool_per_user": pool, "recogniser": asdict(rec_cfg),
             "train_configs": {name: asdict(cfg) for name, cfg in arms}, "threads": 1, "python": platform.python_version(),

@@ -27,12 +27,14 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from dalle2_md.data.colormap import rgb_to_scalar, scalar_to_rgb
 from dalle2_md.data.labels import LabelMap
 from dalle2_md.defaults import SamplingConfig
 from dalle2_md.data.simulator import get_profile, make_users, simulate_spectrogram
 from dalle2_md.data.synthesize import sample_rng
+from dalle2_md.utils import UserError
 from dalle2_md.evaluation.recogniser import (
     LEGACY_RECOGNISER_TRAIN,
     RecogniserConfig,
@@ -46,6 +48,7 @@ __all__ = [
     "RECOGNISER_ARMS",
     "BEST_AUGMENTATION",
     "simulate",
+    "digits",
     "split",
     "PROTOCOL_BUDGET",
     "ALL_DATA_BUDGET",
@@ -98,6 +101,30 @@ def simulate(num_users: int, per_user: int, image_size: int, seed: int, profile)
             ids.append(u.user_id)
     x = torch.from_numpy(np.stack(images)).float()[:, None] * 2 - 1
     return x, torch.tensor(ids)
+
+
+def digits(per_class: int, image_size: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The held-out second data set: scikit-learn's bundled 8 x 8 handwritten digits (10 classes,
+    nothing downloaded; needs the `bench` extra), `per_class` images of each class drawn by
+    `seed`, enlarged to `image_size` (bilinear), in [-1, 1] and ordered as `simulate`'s, so that
+    `split` applies. Never used to tune anything: it shows whether a setting picked on gait31
+    carries over to other data.
+    """
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    x = torch.tensor(d.images, dtype=torch.float32)[:, None] / 16.0
+    labels = torch.tensor(d.target, dtype=torch.long)
+    g = torch.Generator().manual_seed(seed)
+    order = []
+    for c in range(10):
+        idx = torch.nonzero(labels == c).reshape(-1)
+        if len(idx) < per_class:
+            raise UserError(f"digit {c} has {len(idx)} images; ask for at most that many per class.")
+        order.append(idx[torch.randperm(len(idx), generator=g)[:per_class]])
+    order = torch.cat(order)
+    x = F.interpolate(x[order], size=(image_size, image_size), mode="bilinear", align_corners=False)
+    return x * 2 - 1, labels[order]
 
 
 def split(user_indices: torch.Tensor, per_user: int, num_test: int, num_val: int) -> dict:

@@ -45,6 +45,22 @@ def test_protocol_profiles_and_split():
     assert parts["test"][:2].tolist() == [8, 9] and parts["val"][:3].tolist() == [5, 6, 7]
 
 
+def test_digits_are_ordered_by_class_in_equal_counts_and_repeat_under_a_seed():
+    pytest.importorskip("sklearn")
+    from dalle2_md.evaluation.protocol import digits, split
+    from dalle2_md.utils import UserError
+
+    images, labels = digits(30, 16, seed=0)
+    assert images.shape == (300, 1, 16, 16) and -1 <= images.min() < images.max() <= 1
+    assert torch.equal(labels, torch.arange(10).repeat_interleave(30))  # the order `split` expects
+    again, _ = digits(30, 16, seed=0)
+    other, _ = digits(30, 16, seed=1)
+    assert torch.equal(images, again) and not torch.equal(images, other)
+    assert labels[split(labels, 30, 5, 5)["test"]].bincount().tolist() == [5] * 10
+    with pytest.raises(UserError, match="at most"):
+        digits(500, 16, seed=0)
+
+
 def test_latent_vs_pixel_smoke_trains_every_arm_within_the_pixel_arms_time(tmp_path):
     out = tmp_path / "lvp.json"
     proc = subprocess.run([sys.executable, str(ROOT / "experiments/latent_vs_pixel.py"), "--smoke",
