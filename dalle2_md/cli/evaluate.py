@@ -11,7 +11,7 @@ from pathlib import Path
 import click
 
 from dalle2_md.augmentation.recipe import CONDITIONS, GENERATOR_FREE_SOURCES, MIXING, RECIPE_FILTERS, SOURCES, AugmentRecipe
-from dalle2_md.cli.options import SPLIT_SEED, opt, progress_option
+from dalle2_md.cli.options import SPLIT_SEED, float_tuple, opt, progress_option
 from dalle2_md.defaults import DEFAULT_SAMPLER, DEFAULTS, GENERATOR_DECODER_TRAIN_STEPS, SAMPLE_TIMESTEPS, SAMPLERS
 from dalle2_md.training.options import DEFAULT_COLORMAP, DEFAULT_IMAGE_SIZE
 from dalle2_md.utils import UserError, say
@@ -223,12 +223,17 @@ def _seed_list(seeds: str) -> list[int]:
           "respeckle: the K real images with their background speckle redrawn (no generator is trained) "
           f"[default: {RECIPE.source}; prior with --generator baseline, which has no embeddings].")
 @opt("strength", type=float, default=RECIPE.strength, help="SDEdit noise level of --source sdedit (0..1].")
+@opt("strengths", default=None, callback=float_tuple,
+     help="Several SDEdit noise levels instead of --strength, an equal share of the images each (e.g. 0.3,0.5,0.7).")
 @opt("condition", type=click.Choice(CONDITIONS), default=RECIPE.condition,
      help="What --source sdedit conditions on: each image's own embedding, its embedding moved part of the way "
           "towards another of the user's K images, or a prior sample for the user.")
 @opt("filter", dest="filter_", type=click.Choice(RECIPE_FILTERS), default=RECIPE.filter,
-     help="Keep samples that a recogniser trained on the same K real images gives their user.")
+     help="Keep samples that a recogniser trained on the same K real images gives their user (recogniser), whose "
+          "torso speed, limb envelope and cadence lie in their user's range on those images (kinematic), or both.")
 @opt("min_confidence", type=float, default=RECIPE.min_confidence, help="Confidence threshold of --filter recogniser.")
+@opt("kinematic_margin", type=float, default=RECIPE.kinematic_margin,
+     help="Widening of each user's kinematic range for --filter kinematic, a fraction of each quantity's spread.")
 @opt("mixing", type=click.Choice(MIXING), default=RECIPE.mixing,
      help="Real and synthetic batches apart (weighted), pooled, or synthetic pre-training then real fine-tuning.")
 @opt("synthetic_weight", type=float, default=RECIPE.synthetic_weight,
@@ -252,10 +257,10 @@ def _seed_list(seeds: str) -> list[int]:
 @opt("output_dir", type=click.Path(path_type=str), default="./augment_eval",
      help="Folder for augment.json, augment.md and the generators' runs.")
 @progress_option()
-def augment_eval_cmd(data_root, split_file, split_seed, image_size, colormap, k, m, m_per_k, source, strength, condition, filter_,
-                     min_confidence, mixing, synthetic_weight, cond_scale, prior_cond_scale, guidance_interval, seeds,
-                     generator, clip_train_steps, decoder_train_steps, prior_train_steps, sample_steps, sampler, eta, recogniser_steps,
-                     baseline, output_dir, progress):
+def augment_eval_cmd(data_root, split_file, split_seed, image_size, colormap, k, m, m_per_k, source, strength, strengths,
+                     condition, filter_, min_confidence, kinematic_margin, mixing, synthetic_weight, cond_scale,
+                     prior_cond_scale, guidance_interval, seeds, generator, clip_train_steps, decoder_train_steps,
+                     prior_train_steps, sample_steps, sampler, eta, recogniser_steps, baseline, output_dir, progress):
     """Augmentation gain: recognisers trained on K real images per user vs K real + M generated
     (generator trained on those K only), both tested on real test; mean ± std over seeds.
     The defaults are the recipe that won the ablation in docs/results.md."""
@@ -273,9 +278,10 @@ def augment_eval_cmd(data_root, split_file, split_seed, image_size, colormap, k,
     if source in GENERATOR_FREE_SOURCES:
         generator = "none"
     interval = check_guidance_interval(guidance_interval) if guidance_interval else None
-    recipe = AugmentRecipe(name="cli", source=source, strength=strength, condition=condition, m_per_k=m_per_k,
-                           cond_scale=cond_scale, prior_cond_scale=prior_cond_scale, guidance_interval=interval, eta=eta,
-                           filter=filter_, min_confidence=min_confidence, mixing=mixing, synthetic_weight=synthetic_weight)
+    recipe = AugmentRecipe(name="cli", source=source, strength=strength, strengths=strengths, condition=condition,
+                           m_per_k=m_per_k, cond_scale=cond_scale, prior_cond_scale=prior_cond_scale,
+                           guidance_interval=interval, eta=eta, filter=filter_, min_confidence=min_confidence,
+                           kinematic_margin=kinematic_margin, mixing=mixing, synthetic_weight=synthetic_weight)
     if source != "prior" and generator == "baseline":
         raise UserError(f"--source {source} needs --generator two_stage (it decodes embeddings of the real images).")
     seed_list = _seed_list(seeds)

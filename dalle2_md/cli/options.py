@@ -156,6 +156,16 @@ def int_tuple(ctx, param, value):
         raise click.BadParameter(f"expected integers such as '1 2 4 8' or 1,2,4,8, got {value!r}") from None
 
 
+def float_tuple(ctx, param, value):
+    """click callback: '0.3 0.5' or '0.3,0.5' -> (0.3, 0.5); empty -> ()."""
+    if value is None:
+        return ()
+    try:
+        return tuple(float(v) for v in str(value).replace(",", " ").split())
+    except ValueError:
+        raise click.BadParameter(f"expected numbers such as 0.3,0.5,0.7, got {value!r}") from None
+
+
 def str_list(ctx, param, value):
     """click callback: '0 1 2' or '0,1,2' -> ['0', '1', '2']."""
     if value is None:
@@ -260,6 +270,9 @@ upsampler_options = all_of(
                    "when sampling (Imagen's noise conditioning)."),
     opt("lowres_noise_level", type=float, default=0.2, help="That sampling noise level, a fraction of its schedule."),
     flag_pair("blur", default=True, help="Blur the upsampler's low-res input half of the time in training."),
+    flag_pair("upsampler_residual", default=True,
+              help="Diffuse only the detail bicubic enlargement misses (image minus bicubic), with v-prediction; "
+                   "--no_upsampler_residual diffuses the image itself (eps)."),
 )
 
 _UPSAMPLER_FIELDS = {"upsampler_dim": "dim", "upsampler_dim_mults": "dim_mults",
@@ -270,7 +283,10 @@ _UPSAMPLER_FIELDS = {"upsampler_dim": "dim", "upsampler_dim_mults": "dim_mults",
 
 def upsampler_sizes(kw: dict) -> dict:
     """Pop the `upsampler_options` values as `UpsamplerConfig` keywords."""
-    return {field: kw.pop(option) for option, field in _UPSAMPLER_FIELDS.items()}
+    sizes = {field: kw.pop(option) for option, field in _UPSAMPLER_FIELDS.items()}
+    residual = kw.pop("upsampler_residual")
+    return {**sizes, "residual": residual, "prediction": "v" if residual else "eps"}
+
 
 
 def pop_run_args(kw: dict) -> dict:

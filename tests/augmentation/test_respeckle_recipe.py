@@ -94,7 +94,20 @@ def test_augment_eval_cli_respeckle_trains_no_generator(tmp_path, monkeypatch):
     out = tmp_path / "aug"
     result = CliRunner().invoke(cli, [
         "augment-eval", "--data_root", str(root), "--image_size", "16", "--k", "2", "--seeds", "0",
-        "--source", "respeckle", "--recogniser_steps", "2", "--output_dir", str(out), "--no-progress"])
+        "--source", "respeckle", "--recogniser_steps", "2", "--output_dir", str(out), "--no-progress",
+        "--filter", "kinematic", "--kinematic_margin", "0.2"])
     assert result.exit_code == 0, result.output
     saved = json.loads((out / "augment.json").read_text())
-    assert saved["generator"] == "none" and saved["recipes"]["cli"]["recipe"]["source"] == "respeckle"
+    recipe = saved["recipes"]["cli"]["recipe"]
+    assert saved["generator"] == "none" and recipe["source"] == "respeckle"
+    assert (recipe["filter"], recipe["kinematic_margin"], recipe["strengths"]) == ("kinematic", 0.2, [])
+
+
+def test_augment_eval_cli_refuses_strengths_without_sdedit(tmp_path):
+    root = tmp_path / "data"
+    synthesize_dataset(root, num_users=2, images_per_user=6, image_size=16, seed=0, progress=False)
+    result = CliRunner().invoke(cli, [
+        "augment-eval", "--data_root", str(root), "--image_size", "16", "--k", "2", "--seeds", "0",
+        "--source", "respeckle", "--strengths", "0.3,0.7", "--output_dir", str(tmp_path / "aug")])
+    assert result.exit_code != 0 and "strengths apply to source 'sdedit'" in result.output
+    assert "Traceback" not in result.output
