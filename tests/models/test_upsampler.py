@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from dalle2_md.models.bundle import save_bundle
-from dalle2_md.models.upsampler import (MicroDopplerUpsampler, UpsamplerConfig, resize_images, to_output_size)
+from dalle2_md.models.upsampler import (MicroDopplerUpsampler, UpsamplerConfig, enlarge, gaussian_blur, random_crops,
+                                       resize_images, to_output_size)
 from dalle2_md.sampling import keyed_generators
 from dalle2_md.utils import BundleError, UserError, plain_json
 
@@ -134,3 +135,64 @@ def test_to_output_size_upsamples_then_resizes(trained):
     assert up.shape == (2, 1, 32, 32) and torch.equal(up, model.sample(base))
     assert to_output_size(base, upsampler=model, output_size=64).shape == (2, 1, 64, 64)
     assert resize_images(torch.ones(1, 1, 8, 8), 4).eq(1).all()
+
+
+@pytest.mark.parametrize("fields, message", [
+    (dict(prediction="x0"), "prediction must be one of"),
+    (dict(residual=False, prediction="v"), "predicts eps"),
+    (dict(residual_scale=0.0), "residual_scale must be positive"),
+    (dict(lowres_noise_max=0.0), "lowres_noise_max"),
+])
+def test_config_refuses_bad_residual_settings(fields, message):
+    with pytest.raises(UserError, match=message):
+        UpsamplerConfig(**{**TINY.to_dict(), **fields})
+
+
+def test_a_config_from_before_the_residual_fields_loads_as_the_image_space_upsampler():
+    old = {k: v for k, v in TINY.to_dict().items() if k not in ("residual", "residual_scale", "prediction",
+                                                                   "lowres_noise_max")}
+    config = UpsamplerConfig.from_dict(old)
+    assert (config.residual, config.prediction, config.lowres_noise_max) == (False, "eps", 1.0)
+    torch.manual_seed(0)
+    model = MicroDopplerUpsampler(config=config)
+    assert torch.isfinite(model(toy_images(4)))  # the Decoder's own image-space loss
+    out = model.eval().sample(torch.rand(2, 1, 16, 16), seed=0)
+    assert out.shape == (2, 1, 32, 32) and 0 <= out.min() and out.max() <= 1
+
+
+def test_a_residual_upsampler_that_predicts_no_detail_returns_the_bicubic_image(monkeypatch):
+    """With a U-Net whose every x_0 estimate is a zero residual, the sample is exactly the
+    low-res image enlarged by bicubic: the residual is added to that image, in image space."""
+    from dalle2_md.models.compat import alphas_cumprod, cascade_noise_scheduler
+
+    model = MicroDopplerUpsampler(config=TINY).eval()
+    a_bar = alphas_cumprod(cascade_noise_scheduler(model.decoder, 2))
+
+    def no_detail(x, t, **_):  # the v whose x_0 = sqrt(a) x_t - sqrt(1 - a) v is zero
+        a = a_bar[t].view(-1, 1, 1, 1)
+        return a.sqrt() * x / (1 - a).sqrt()
+
+    monkeypatch.setattr(MicroDopplerUpsampler, "unet", property(lambda self: no_detail))
+    lowres = torch.rand(3, 1, 16, 16)
+    expected = (enlarge(lowres * 2 - 1, 32) + 1) / 2
+    torch.testing.assert_close(model.sample(lowres, seed=0), expected, atol=1e-5, rtol=0)
+
+
+def test_gaussian_blur_keeps_flat_images_and_spreads_a_point():
+    flat = torch.full((2, 3, 8, 8), 0.3)
+    torch.testing.assert_close(gaussian_blur(flat, 0.6, 3), flat)
+    point = torch.zeros(1, 1, 9, 9)
+    point[0, 0, 4, 4] = 1.0
+    blurred = gaussian_blur(point, 0.6, 3)
+    assert blurred.sum().item() == pytest.approx(1.0) and 0 < blurred[0, 0, 4, 4] < 1
+    assert blurred[0, 0, 4, 3] == blurred[0, 0, 3, 4] > 0 and blurred[0, 0, 4, 6] == 0
+
+
+def test_random_crops_cut_the_same_window_from_every_tensor():
+    a = torch.arange(2 * 16 * 16, dtype=torch.float).view(2, 1, 16, 16)
+    torch.manual_seed(0)
+    ca, cb = random_crops((a, -a), 8)
+    assert ca.shape == (2, 1, 8, 8) and torch.equal(cb, -ca)
+    for i in range(2):  # each crop is a contiguous window of its own row
+        top, left = divmod(int(ca[i, 0, 0, 0].item()) - i * 256, 16)
+        assert torch.equal(ca[i], a[i, :, top:top + 8, left:left + 8])
