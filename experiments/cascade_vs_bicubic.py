@@ -23,7 +23,7 @@ envelope, cadence, torso; walks away from the radar read flipped, so that the en
 walker's), beside the real spread (another recording of the same user), PSNR against the real
 image, and the mean background level.
 
-    python experiments/cascade_vs_bicubic.py            # 8 users x 40 recordings at 256 px (~20 min, one core)
+    python experiments/cascade_vs_bicubic.py            # 8 users x 40 recordings at 256 px (~25 min, one core)
     python experiments/cascade_vs_bicubic.py --smoke    # 3 users x 6 recordings, 16 -> 32 px: proves it runs
 
 Writes benchmarks/results/cascade_vs_bicubic.json, .md and .png (the grid: rows are test images,
@@ -63,7 +63,7 @@ DEFAULT_OUT = ROOT / "benchmarks/results/cascade_vs_bicubic"
 METHODS = ("bicubic", "cascade", "nearest")
 DIAGNOSTIC = "cascade, nearest input"
 KINEMATICS = ("max_envelope", "cadence", "torso")
-# 900 steps of the dim-16 upsampler at batch 16: 0.9 s a step on one busy CPU thread, 14 min
+# 900 steps of the dim-16 upsampler at batch 16: about 1 s a step on one busy CPU thread, 16 min
 DEFAULT_STEPS = 900
 
 
