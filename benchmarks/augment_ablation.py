@@ -8,6 +8,8 @@ and mixing); the real-only arm is the strong recogniser (`RecogniserTrainConfig`
     # one seed per process on a multi-core machine, then merged:
     python benchmarks/augment_ablation.py --k 10 --seeds 0 --out /tmp/s0.json & ...
     python benchmarks/augment_ablation.py --merge /tmp/s0.json /tmp/s1.json /tmp/s2.json
+    # the cascade: a 32 px generator, its samples enlarged to 64 px by a K-shot upsampler (or bicubic)
+    python benchmarks/augment_ablation.py --k 10 --image_size 64 --base_size 32 --enlarge upsampler --baseline physics
 
 Prints one line per (seed, recipe) and a table; writes benchmarks/results/augment_ablation_k<K>.json
 and .md. One torch thread per process. Data: gait31 (data seed 1, the seed the recogniser's
@@ -30,12 +32,15 @@ from pathlib import Path  # noqa: E402
 
 import torch  # noqa: E402
 
+from dalle2_md.augmentation.cascade import Enlargement  # noqa: E402
 from dalle2_md.augmentation.harness import mean_std, augmentation_gain, summarise_seeds  # noqa: E402
 from dalle2_md.augmentation.recipe import AugmentRecipe  # noqa: E402
 from dalle2_md.data.simulator import get_profile  # noqa: E402
 from dalle2_md.evaluation.protocol import KSHOT_RECOGNISER, RECOGNISER_ARMS, simulate, split  # noqa: E402
 from dalle2_md.defaults import SamplingConfig  # noqa: E402
 from dalle2_md.utils import plain_json  # noqa: E402
+from dalle2_md.models.upsampler import UpsamplerConfig  # noqa: E402
+from dalle2_md.training.loop import TrainConfig  # noqa: E402
 from dalle2_md.training.presets import GeneratorBudget  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -99,7 +104,9 @@ RECIPES = {
 
 def markdown(result: dict, args) -> str:
     lines = [
-        f"K = {result['k']} real images per user, gait31 at {args.image_size} px, seeds {result['seeds']}; "
+        f"K = {result['k']} real images per user, gait31 at {args.image_size} px"
+        + (f" (generator at {args.base_size} px, samples enlarged by {args.enlarge})" if args.base_size else "")
+        + f", seeds {result['seeds']}; "
         f"real-only ({args.baseline} recogniser): {100 * result['acc_real']['mean']:.1f} ± {100 * result['acc_real']['std']:.1f} %.",
         "",
         "| recipe | source | guidance | eta | filter | M/K | mixing | kept / drawn | A_gen (K-shot recogniser) | real + synthetic (%) | gain (points) |",
@@ -219,6 +226,13 @@ def main():
     ap.add_argument("--generator", choices=("two_stage", "baseline", "none"), default="two_stage",
                     help="the DALLE2-style chain, the single-stage label-conditioned decoder (prior-source recipes "
                          "only), or none (generator-free recipes only: respeckle)")
+    ap.add_argument("--base_size", type=int, default=None,
+                    help="train the K-shot generator at this smaller size and enlarge its samples to --image_size "
+                         "(augmentation/cascade.py) by --enlarge")
+    ap.add_argument("--enlarge", choices=("upsampler", "bicubic"), default="upsampler",
+                    help="with --base_size: a diffusion upsampler trained on the K real images, or bicubic")
+    ap.add_argument("--upsampler_train_steps", type=int, default=900)
+    ap.add_argument("--upsampler_dim", type=int, default=16)
     ap.add_argument("--generator_cache", default=None,
                     help="folder of trained generators reused by later runs with the same K-shot pick, seed and budget")
     ap.add_argument("--out", default=None)
@@ -249,12 +263,20 @@ def main():
         rec_train = replace(rec_train, steps=args.recogniser_steps)
     print(f"gait31 {args.image_size} px: {num_users} users, train {len(train[0])}, test {len(test[0])}; K={args.k}; "
           f"recipes {[r.name for r in recipes]}", flush=True)
+    enlargement = None
+    if args.base_size:
+        ups = None if args.enlarge == "bicubic" else UpsamplerConfig(
+            lowres_size=args.base_size, output_size=args.image_size, dim=args.upsampler_dim,
+            dim_mults=(1, 2, 4) if args.image_size <= 64 else (1, 2, 4, 8))
+        enlargement = Enlargement(base_size=args.base_size, upsampler=ups, upsampler_train=TrainConfig(
+            max_steps=args.upsampler_train_steps, batch_size=16, lr=1e-3, warmup_steps=50, log_every=100))
     started = time.time()
     work = Path(f"/tmp/augment_ablation_k{args.k}_{os.getpid()}")
     result = augmentation_gain(train, test, num_users=num_users, work_dir=work, k=args.k, seeds=args.seeds,
                                generator=args.generator, budget=budget, recipes=recipes, recogniser_train=rec_train, colormap="jet",
                                recogniser_shape={**KSHOT_RECOGNISER, "time_pool": args.time_pool},
-                               log=lambda line: print(line, flush=True), generator_cache=args.generator_cache)
+                               log=lambda line: print(line, flush=True), generator_cache=args.generator_cache,
+                               enlargement=enlargement)
     result["args"] = vars(args)
     result["wall_seconds"] = time.time() - started
     write(result, args, args.out)

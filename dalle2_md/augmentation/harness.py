@@ -21,6 +21,7 @@ import math
 import shutil
 import time
 from dataclasses import asdict, dataclass, field, replace
+from functools import partial
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -303,6 +304,7 @@ def augmentation_gain(
     generator_cache: str | Path | None = None,
     seed_results: str | Path | None = None,
     skip_busy_seeds: bool = False,
+    enlargement=None,
 ) -> dict | None:
     """Recogniser accuracy on real test when trained on K real images per user vs on those K plus
     M generated per user, the generator trained on the same K only; mean ± std over seeds.
@@ -329,13 +331,13 @@ def augmentation_gain(
             tensors and settings, not the code) and found again, by a later call or a process
             running the same seeds at once; `skip_busy_seeds` leaves out the seeds another
             process is running instead of waiting (returns None when it ran none).
+        enlargement: a `cascade.Enlargement` (the generator at a smaller size, its samples
+            enlarged to the data's), or None (the generator at the data's size).
     Returns:
         {"per_seed", "acc_real", "acc_aug", "gain_points" (each {"mean", "std", "values"}; the first
          recipe's), "recipes" ({name: the same}), "k", "m", "generator", "budget", "seconds"}.
     """
-    from dalle2_md.evaluation.recogniser import RecogniserTrainConfig
-
-    recogniser_train = recogniser_train or RecogniserTrainConfig()
+    recogniser_train = recogniser_train or _default_recogniser_train()
     images, user_indices = torch.as_tensor(train[0]).float(), torch.as_tensor(train[1]).long()
     test_images, test_ids = torch.as_tensor(test[0]).float(), torch.as_tensor(test[1]).long()
     _check_split_files(train_files, test_files, len(images))
@@ -344,22 +346,36 @@ def augmentation_gain(
     recipes = _resolved_recipes(recipes, m=m, k=k, generator=generator)
     started = time.perf_counter()
     settings = [k, generator, budget.to_dict(), [r.to_dict() for r in recipes], recogniser_train.key_dict(),
-                recogniser_shape, num_users]
-
-    def run_seed(seed: int) -> dict:
-        return _one_seed(images, user_indices, (test_images, test_ids), seed=seed, k=k, recipes=recipes,
-                         num_users=num_users, generator=generator, budget=budget, recogniser_train=recogniser_train,
-                         recogniser_shape=recogniser_shape, work_dir=Path(work_dir), label_map=label_map,
-                         colormap=colormap, progress=progress, log=log, generator_cache=generator_cache)
-
+                recogniser_shape, num_users] + _enlargement_settings(enlargement, images)
+    one_seed = partial(_one_seed, images, user_indices, (test_images, test_ids), k=k, recipes=recipes,
+                       num_users=num_users, generator=generator, budget=budget, recogniser_train=recogniser_train,
+                       recogniser_shape=recogniser_shape, work_dir=Path(work_dir), label_map=label_map, colormap=colormap,
+                       progress=progress, log=log, generator_cache=generator_cache, enlargement=enlargement)
     kept = None if not exists(seed_results) else \
         lambda seed: seed_result_path(seed_results, (images, user_indices, test_images, test_ids), settings, seed)
-    per_seed = _seed_rows(seeds, run_seed, kept, wait=not skip_busy_seeds, train_files=train_files)
+    per_seed = _seed_rows(seeds, lambda seed: one_seed(seed=seed), kept, wait=not skip_busy_seeds,
+                          train_files=train_files)
     if not per_seed:
         return None
     result = summarise_seeds(per_seed, recipes, num_users=num_users)
-    return {**result, "k": k, "m": recipes[0].num_per_user(k), "generator": generator, "num_test": len(test_images), "budget": budget.to_dict(),
-            "recogniser_train": asdict(recogniser_train), "seconds": time.perf_counter() - started}
+    return {**result, "k": k, "m": recipes[0].num_per_user(k), "generator": generator, "num_test": len(test_images),
+            "budget": budget.to_dict(), "recogniser_train": asdict(recogniser_train), "seconds": time.perf_counter() - started,
+            "enlargement": (_enlargement_settings(enlargement, images) or [None])[0]}
+
+
+def _default_recogniser_train():
+    from dalle2_md.evaluation.recogniser import RecogniserTrainConfig
+
+    return RecogniserTrainConfig()
+
+
+def _enlargement_settings(enlargement, images: torch.Tensor) -> list:
+    """The enlargement's part of a repetition's key, checked against the data; [] without one,
+    so that settings without one keep their keys."""
+    if enlargement is None:
+        return []
+    enlargement.check(images.shape[-1], images.shape[1])
+    return [enlargement.key_dict()]
 
 
 def _seed_rows(seeds, run_seed, kept_path, *, wait: bool, train_files) -> list[dict]:
@@ -467,16 +483,25 @@ def kshot_generator(images, user_indices, *, k: int, seed: int, kind: str, budge
 
 
 def _one_seed(images, user_indices, test, *, seed, k, recipes, num_users, generator, budget, recogniser_train,
-              recogniser_shape, work_dir, label_map, colormap, progress, log, generator_cache=None) -> dict:
-    """One repetition: K-shot pick, one generator, the real-only recogniser, then every recipe."""
+              recogniser_shape, work_dir, label_map, colormap, progress, log, generator_cache=None,
+              enlargement=None) -> dict:
+    """One repetition: K-shot pick, one generator (at the base size of `enlargement`, with the
+    K-shot upsampler), the real-only recogniser, then every recipe."""
     from dalle2_md.evaluation.recogniser import accuracy
     from dalle2_md.evaluation.recogniser import RecogniserConfig, train_recogniser
-    from dalle2_md.augmentation.recipe import candidates_needed, draw_candidates, draw_synthetic, sampling_key, train_augmented
+    from dalle2_md.augmentation.recipe import (GENERATOR_FREE_SOURCES, candidates_needed, draw_candidates, draw_synthetic,
+                                               sampling_key, train_augmented)
+
+    from dalle2_md.augmentation.cascade import enlarge_samples, fit_kshot_upsampler, shrink
 
     t0 = time.perf_counter()
-    idx, shot, gen = kshot_generator(images, user_indices, k=k, seed=seed, kind=generator, budget=budget,
-                                     num_users=num_users, work_dir=work_dir, generator_cache=generator_cache,
-                                     label_map=label_map, colormap=colormap, progress=progress)
+    base = images if enlargement is None else shrink(images, enlargement.base_size)
+    idx, shot_base, gen = kshot_generator(base, user_indices, k=k, seed=seed, kind=generator, budget=budget,
+                                          num_users=num_users, work_dir=work_dir, generator_cache=generator_cache,
+                                          label_map=label_map, colormap=colormap, progress=progress)
+    shot = (images[idx].clone(), user_indices[idx].clone())
+    upsampler = None if enlargement is None else \
+        fit_kshot_upsampler(shot[0], enlargement, seed=seed, run_dir=work_dir / f"seed_{seed}" / "upsampler")
     t_gen = time.perf_counter()
     rec_cfg = replace(recogniser_train, seed=seed)
     shape = RecogniserConfig(num_users=num_users, channels=images.shape[1], image_size=images.shape[-1],
@@ -495,8 +520,11 @@ def _one_seed(images, user_indices, test, *, seed, k, recipes, num_users, genera
     for recipe in recipes:
         t1 = time.perf_counter()
         key = sampling_key(recipe)
-        if key not in pools:
+        if key not in pools and (enlargement is None or recipe.source in GENERATOR_FREE_SOURCES):
             pools[key] = draw_candidates(gen.model, recipe, budget, shot, counts[key], seed=seed)
+        elif key not in pools:  # drawn at the base size, then enlarged to the data's
+            drawn_base, drawn_ids = draw_candidates(gen.model, recipe, budget, shot_base, counts[key], seed=seed)
+            pools[key] = (enlarge_samples(drawn_base, images.shape[-1], upsampler, seed=seed), drawn_ids)
         drawn = draw_synthetic(gen.model, recipe, budget, shot, seed=seed, filter_recogniser=rec_real,
                                candidates=pools[key])
         fake = (drawn["images"], drawn["user_indices"])
@@ -523,49 +551,6 @@ def _one_seed(images, user_indices, test, *, seed, k, recipes, num_users, genera
                a_gen_kshot_recogniser=first["a_gen_kshot_recogniser"], num_generated=first["num_generated"])
     row["seconds"]["total"] = time.perf_counter() - t0
     return row
-
-
-def load_splits(
-    data_root: str | Path,
-    *,
-    image_size: int,
-    colormap: str | None = "jet",
-    split_file: str | Path | None = None,
-    split_seed: int = 0,
-    label_map: dict | None = None,
-    must_exist: bool = False,
-) -> dict:
-    """The train / val / test data sets of a data root under one split (used by the
-    `evaluate` and `augment-eval` commands).
-
-    Args:
-        data_root: folder of user folders, or images/ + metadata.json.
-        image_size: side the images are decoded to.
-        colormap: colormap inverted into one channel, or "none".
-        split_file: a saved split (a training run's split.json); None recomputes the default
-            split from `split_seed` (the same one training computes for the same files).
-        split_seed: seed of a recomputed split.
-        label_map: a trained model's label map, so class indices match the model's.
-        must_exist: refuse a `split_file` that does not exist (instead of creating it).
-    Returns:
-        {"train", "val", "test": MicroDopplerDataset}
-    """
-    from dalle2_md.data.dataset import MicroDopplerDataset
-
-    if exists(split_file) and must_exist and not Path(split_file).is_file():
-        raise UserError(f"split file {split_file} does not exist; pass the split.json of the training run "
-                        "(it lies in the run folder) or leave out --split_file to recompute the default split")
-    out = {}
-    for split in ("train", "val", "test"):
-        try:
-            out[split] = MicroDopplerDataset(data_root, image_size=image_size, colormap=colormap, split=split,
-                                             split_file=split_file, split_seed=split_seed, label_map=label_map)
-        except UserError as e:
-            if split == "val" and "no readable images" in str(e):
-                out[split] = None  # tiny data sets may have no validation images; the recogniser then keeps its last weights
-                continue
-            raise
-    return out
 
 
 def write_augment_report(result: dict, path: str | Path) -> Path:

@@ -145,7 +145,7 @@ def _real_image_candidates(model, recipe: AugmentRecipe, sampling, user_indices,
     """`_candidates` of the sources that start from each user's K-shot images."""
     import torch
 
-    from dalle2_md.generation.variations import sdedit, variations_of
+    from dalle2_md.generation.variations import variations_of
 
     images, ids = [], []
     for u in user_indices:

@@ -11,7 +11,7 @@ from pathlib import Path
 import click
 
 from dalle2_md.augmentation.recipe import CONDITIONS, GENERATOR_FREE_SOURCES, MIXING, RECIPE_FILTERS, SOURCES, AugmentRecipe
-from dalle2_md.cli.options import SPLIT_SEED, float_tuple, opt, progress_option
+from dalle2_md.cli.options import SPLIT_SEED, float_tuple, opt, progress_option, upsampler_options, upsampler_sizes
 from dalle2_md.defaults import DEFAULT_SAMPLER, DEFAULTS, GENERATOR_DECODER_TRAIN_STEPS, SAMPLE_TIMESTEPS, SAMPLERS
 from dalle2_md.training.options import DEFAULT_COLORMAP, DEFAULT_IMAGE_SIZE
 from dalle2_md.utils import UserError, say
@@ -163,7 +163,7 @@ def evaluate_cmd(data_root, split_file, split_seed, model_path, decoder_path, pr
     a model also identity stage by stage: prior samples and decoded true embeddings, per
     --stage_guidance scale. With a model, CAS trains on as many samples per user as real train
     has (drawn beyond --num_samples_per_user when needed)."""
-    from dalle2_md.augmentation.harness import load_splits
+    from dalle2_md.data.dataset import load_splits
     from dalle2_md.defaults import SamplingConfig
     from dalle2_md.evaluation.recogniser import RecogniserTrainConfig, cached_recogniser
     from dalle2_md.evaluation.report import evaluate_samples, load_generated_folder
@@ -254,20 +254,29 @@ def _seed_list(seeds: str) -> list[int]:
 @opt("baseline", type=click.Choice(["physics", "strong"]), default="physics",
      help="The real-only recogniser: the strong defaults plus the physics-aware augmentation that validated best "
           "(benchmarks/search_augment.py), or the strong defaults alone.")
+@opt("base_size", type=int, default=None,
+     help="Train the generator at this smaller size (e.g. 64 for 256 px data) and enlarge its samples to --image_size "
+          "by --enlarge; the recognisers work at --image_size [default: the generator works at --image_size].")
+@opt("enlarge", type=click.Choice(["upsampler", "bicubic"]), default="upsampler",
+     help="With --base_size: a diffusion upsampler trained on the same K real images (random crops), or bicubic.")
+@opt("upsampler_train_steps", type=int, default=900, help="Steps of that upsampler.")
+@upsampler_options
 @opt("output_dir", type=click.Path(path_type=str), default="./augment_eval",
      help="Folder for augment.json, augment.md and the generators' runs.")
 @progress_option()
 def augment_eval_cmd(data_root, split_file, split_seed, image_size, colormap, k, m, m_per_k, source, strength, strengths,
                      condition, filter_, min_confidence, kinematic_margin, mixing, synthetic_weight, cond_scale,
                      prior_cond_scale, guidance_interval, seeds, generator, clip_train_steps, decoder_train_steps,
-                     prior_train_steps, sample_steps, sampler, eta, recogniser_steps, baseline, output_dir, progress):
+                     prior_train_steps, sample_steps, sampler, eta, recogniser_steps, baseline, base_size, enlarge,
+                     upsampler_train_steps, output_dir, progress, **upsampler_kw):
     """Augmentation gain: recognisers trained on K real images per user vs K real + M generated
     (generator trained on those K only), both tested on real test; mean ± std over seeds.
     The defaults are the recipe that won the ablation in docs/results.md."""
     import json
     from dataclasses import replace
 
-    from dalle2_md.augmentation.harness import augmentation_gain, load_splits, write_augment_report
+    from dalle2_md.augmentation.harness import augmentation_gain, write_augment_report
+    from dalle2_md.data.dataset import load_splits
     from dalle2_md.augmentation.recipe import default_source
     from dalle2_md.evaluation.protocol import RECOGNISER_ARMS
     from dalle2_md.utils import plain_json
@@ -291,17 +300,36 @@ def augment_eval_cmd(data_root, split_file, split_seed, image_size, colormap, k,
                              prior_train_steps=prior_train_steps)
     budget = replace(budget, sampling=replace(budget.sampling, decoder_steps=sample_steps, sampler=sampler, eta=eta))
     out = Path(output_dir)
+    enlargement = _enlargement(base_size, image_size, train.tensors()[0].shape[1], enlarge, upsampler_train_steps,
+                               upsampler_sizes(upsampler_kw))
     result = augmentation_gain(
         train.tensors(), test.tensors(), num_users=len(train.label_map), work_dir=out / "runs", k=k, m=m,
         seeds=seed_list, generator=generator, budget=budget, recipes=[recipe],
         recogniser_train=replace(RECOGNISER_ARMS[baseline], **({"steps": recogniser_steps} if recogniser_steps else {})),
         train_files=[train.index.relpath(f) for f in train.files], test_files=[test.index.relpath(f) for f in test.files],
-        label_map=train.label_map.to_dict(), colormap=train.colormap or "none", log=say, progress=progress)
+        label_map=train.label_map.to_dict(), colormap=train.colormap or "none", log=say, progress=progress,
+        enlargement=enlargement)
     out.mkdir(parents=True, exist_ok=True)
     (out / "augment.json").write_text(json.dumps(plain_json(result), indent=1))
     report = write_augment_report(result, out / "augment.md")
     g = result["gain_points"]
     say(f"gain {g['mean']:+.1f} ± {g['std']:.1f} points at K={k}, M={result['m']}; wrote {out / 'augment.json'} and {report}")
+
+
+def _enlargement(base_size, image_size, channels, enlarge, steps, sizes):
+    """augment-eval's `cascade.Enlargement` (None without --base_size)."""
+    from dalle2_md.augmentation.cascade import Enlargement
+    from dalle2_md.models.upsampler import UpsamplerConfig
+    from dalle2_md.training.loop import TrainConfig
+
+    if base_size is None:
+        return None
+    if not 1 <= base_size < image_size:
+        raise UserError(f"--base_size {base_size} must be below --image_size {image_size} (the data's size).")
+    upsampler = None if enlarge == "bicubic" else UpsamplerConfig(
+        lowres_size=base_size, output_size=image_size, channels=channels, **sizes)
+    train = TrainConfig(max_steps=steps, batch_size=16, lr=1e-3, warmup_steps=min(50, steps // 10), log_every=100)
+    return Enlargement(base_size=base_size, upsampler=upsampler, upsampler_train=train)
 
 
 COMMANDS = (evaluate_cmd, augment_eval_cmd)

@@ -288,7 +288,6 @@ def upsampler_sizes(kw: dict) -> dict:
     return {**sizes, "residual": residual, "prediction": "v" if residual else "eps"}
 
 
-
 def pop_run_args(kw: dict) -> dict:
     """Pop the `data_options` and `train_options` values as the keywords every
     `training.stages.run_train_*` takes: data, run_dir, config, resume, overwrite, progress."""

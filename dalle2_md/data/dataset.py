@@ -1,5 +1,6 @@
 """The in-memory data set: every image of a data root (or of one split of it) decoded once to
-model space, (C, H, W) float in [-1, 1], with an optional on-disk cache of the decoded tensors.
+model space, (C, H, W) float in [-1, 1], with an optional on-disk cache of the decoded tensors;
+`load_splits` gives the train / val / test sets of one split.
 
 Decoding: colour images are inverted through the colormap (colormap.rgb_to_scalar) at their
 own resolution, greyscale images are used directly, then every channel is resized in float
@@ -24,7 +25,7 @@ from dalle2_md.data.colormap import rgb_to_scalar
 from dalle2_md.data.labels import LabelMap
 from dalle2_md.data.scanning import DataWarning, scan_data_root
 from dalle2_md.data.splits import SPLITS, resolve_split
-from dalle2_md.utils import DataError, atomic_write, say
+from dalle2_md.utils import DataError, UserError, atomic_write, exists, say
 
 
 CACHE_FORMAT_VERSION = 1
@@ -272,3 +273,44 @@ class MicroDopplerDataset(Dataset):
             f"MicroDopplerDataset({len(self)} images, {len(self.label_map)} users, {self.layout}, "
             f"split={self.split}, {self.channels}x{self.image_size}x{self.image_size}, colormap={self.colormap})"
         )
+
+
+def load_splits(
+    data_root: str | Path,
+    *,
+    image_size: int,
+    colormap: str | None = "jet",
+    split_file: str | Path | None = None,
+    split_seed: int = 0,
+    label_map: dict | None = None,
+    must_exist: bool = False,
+) -> dict:
+    """The train / val / test data sets of a data root under one split (used by the
+    `evaluate` and `augment-eval` commands).
+
+    Args:
+        data_root: folder of user folders, or images/ + metadata.json.
+        image_size: side the images are decoded to.
+        colormap: colormap inverted into one channel, or "none".
+        split_file: a saved split (a training run's split.json); None recomputes the default
+            split from `split_seed` (the same one training computes for the same files).
+        split_seed: seed of a recomputed split.
+        label_map: a trained model's label map, so class indices match the model's.
+        must_exist: refuse a `split_file` that does not exist (instead of creating it).
+    Returns:
+        {"train", "val", "test": MicroDopplerDataset}
+    """
+    if exists(split_file) and must_exist and not Path(split_file).is_file():
+        raise UserError(f"split file {split_file} does not exist; pass the split.json of the training run "
+                        "(it lies in the run folder) or leave out --split_file to recompute the default split")
+    out = {}
+    for split in ("train", "val", "test"):
+        try:
+            out[split] = MicroDopplerDataset(data_root, image_size=image_size, colormap=colormap, split=split,
+                                             split_file=split_file, split_seed=split_seed, label_map=label_map)
+        except UserError as e:
+            if split == "val" and "no readable images" in str(e):
+                out[split] = None  # tiny data sets may have no validation images; the recogniser then keeps its last weights
+                continue
+            raise
+    return out

@@ -14,7 +14,8 @@ from dalle2_md.augmentation import harness as augment
 from dalle2_md.training import fit as core
 from dalle2_md.defaults import SamplingConfig
 from dalle2_md.training.presets import GeneratorBudget
-from dalle2_md.augmentation.harness import augmentation_gain, kshot_indices, load_splits
+from dalle2_md.augmentation.harness import augmentation_gain, kshot_indices
+from dalle2_md.data.dataset import load_splits
 from dalle2_md.cli.main import cli
 from dalle2_md.evaluation.recogniser import accuracy
 from dalle2_md.evaluation.recogniser import RecogniserTrainConfig, train_recogniser

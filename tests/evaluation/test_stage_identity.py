@@ -84,7 +84,7 @@ def chain_run(tmp_path_factory):
 
 
 def test_prior_stage_is_nearest_train_centroid_of_the_prior_samples(chain_run):
-    from dalle2_md.augmentation.harness import load_splits
+    from dalle2_md.data.dataset import load_splits
     from dalle2_md.models.chain import MicroDopplerDALLE2
     from dalle2_md.evaluation.recogniser import RecogniserTrainConfig, train_recogniser
     from dalle2_md.evaluation.stages import stage_identity_accuracies
