@@ -23,7 +23,8 @@ import torch
 from dalle2_md.defaults import SamplingConfig
 from dalle2_md.generation import curate
 from dalle2_md.training.presets import GeneratorBudget
-from dalle2_md.augmentation.harness import load_splits, train_generator
+from dalle2_md.augmentation.harness import train_generator
+from dalle2_md.data.dataset import load_splits
 from dalle2_md.data.display import save_grid
 from dalle2_md.evaluation.recogniser import RecogniserTrainConfig, train_recogniser
 from dalle2_md.evaluation.recogniser import accuracy
