@@ -8,6 +8,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 SAMPLERS = ("ddim", "dpmpp_2m")
+# what the decoder's network predicts, and how its loss is weighted over noise levels (DecoderConfig)
+PREDICTIONS = ("eps", "v")
+LOSS_WEIGHTINGS = ("p2", "min_snr")
 # the deterministic sampler runs when none is named and eta == 0 (`sampling.resolve_sampler`)
 DEFAULT_SAMPLER = "dpmpp_2m"
 # network evaluations per stage that newly trained models store as their `sample_timesteps`:

@@ -20,7 +20,8 @@ A setting is comma-separated: g=<decoder guidance>, iv=<lo>:<hi> (guidance inter
 eta>, st=<fraction of the schedule where sampling from noise starts: DecoderConfig.sample_start,
 default the decoder's>, var (decode the K-shot images' own embeddings instead of prior samples), sd=<strength>
 (SDEdit of the K-shot images, `--sdedit_per_image` each: the augmentation recipe's source). Prints
-a table, writes benchmarks/results/sample_defects.json.
+a table, writes benchmarks/results/sample_defects.json; with --grid_dir also one PNG grid of the
+first 64 images per variant and setting (and of the real K-shot images).
 """
 
 import os
@@ -47,6 +48,7 @@ from dalle2_md.evaluation.recogniser import RecogniserConfig, RecogniserTrainCon
 from dalle2_md.data.simulator import get_profile  # noqa: E402
 from dalle2_md.evaluation.protocol import KSHOT_RECOGNISER, simulate, split  # noqa: E402
 from dalle2_md.generation.variations import sdedit, variations_of  # noqa: E402
+from dalle2_md.data.display import save_grid  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 VARIANTS = {  # decoder fields on top of CPU_DECODER_SIZES
@@ -54,6 +56,8 @@ VARIANTS = {  # decoder fields on top of CPU_DECODER_SIZES
     "v": {"prediction": "v"},
     "v_no_p2": {"prediction": "v", "p2_loss_weight_gamma": 0.0},
     "eps_offset": {"offset_noise": 0.1},
+    # Lin et al. 2024 (zero terminal SNR, v, sampling from the last step) with min-SNR-5 weights (Hang et al. 2023)
+    "v_zsnr_minsnr": {"prediction": "v", "zero_terminal_snr": True, "loss_weighting": "min_snr", "min_snr_gamma": 5.0},
 }
 BRIGHT = 0.4
 
@@ -109,6 +113,7 @@ def main():
     ap.add_argument("--decoder_train_steps", "--decoder_steps", type=int, default=GeneratorBudget.decoder_train_steps)
     ap.add_argument("--generator_cache", default=None)
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "sample_defects.json"))
+    ap.add_argument("--grid_dir", default=None, help="also save a grid per variant and setting here")
     args = ap.parse_args()
     torch.set_num_threads(1)
 
@@ -127,6 +132,12 @@ def main():
                                            "test_accuracy_kshot": accuracy(kshot, *test)[0]}, "rows": []}
     print(f"real K-shot {result['real']['kshot']}, test accuracy: all-train recogniser "
           f"{result['real']['test_accuracy_all_train']:.3f}, K-shot {result['real']['test_accuracy_kshot']:.3f}", flush=True)
+
+    def grid(x: torch.Tensor, name: str) -> None:
+        if args.grid_dir:
+            save_grid((x[:64] + 1) / 2, Path(args.grid_dir) / f"{name}_s{args.seed}.png")
+
+    grid(shot[0], "real_kshot")
     for variant in args.variants.split(","):
         budget = GeneratorBudget(decoder_train_steps=args.decoder_train_steps,
                                  decoder=dict(CPU_DECODER_SIZES) if not VARIANTS[variant] else {**CPU_DECODER_SIZES, **VARIANTS[variant]})
@@ -141,6 +152,7 @@ def main():
                    "a_gen_all_train": accuracy(all_train, *fake)[0], "a_gen_kshot": accuracy(kshot, *fake)[0],
                    **fidelity(all_train, train, test, fake, args.seed), "seconds": time.perf_counter() - started}
             result["rows"].append(row)
+            grid(fake[0], f"{variant}_{setting.replace(',', '_').replace('=', '')}")
             kin = " ".join(f"{k} {row['kinematic_error'][k]:.3f} (floor {row['kinematic_error_floor'][k]:.3f})"
                            for k in KINEMATIC_FIELDS)
             print(f"{variant:8s} {setting:22s} background {row['background']:.3f} bright {row['bright_share']:.2f} | "

@@ -14,7 +14,7 @@ import click
 
 from dalle2_md.cli.options import (clip_options, clip_sizes, data_options, data_options_for, flag_pair, int_tuple, opt,
                                    pop_run_args, train_options, tuple_text, upsampler_options, upsampler_sizes)
-from dalle2_md.defaults import SAMPLE_TIMESTEPS
+from dalle2_md.defaults import LOSS_WEIGHTINGS, PREDICTIONS, SAMPLE_TIMESTEPS
 from dalle2_md.utils import say
 
 
@@ -33,7 +33,8 @@ def train_clip_cmd(**kw):
 
 
 DECODER_SIZES = ("dim", "dim_mults", "num_resnet_blocks", "attn_heads", "attn_dim_head", "timesteps", "sample_timesteps",
-                 "cond_drop_prob", "backbone", "dit_depth", "dit_patch_size", "user_conditioning")
+                 "cond_drop_prob", "backbone", "dit_depth", "dit_patch_size", "user_conditioning", "prediction",
+                 "zero_terminal_snr", "loss_weighting", "min_snr_gamma", "p2_loss_weight_gamma")
 
 
 @click.command("train-decoder")
@@ -55,6 +56,14 @@ DECODER_SIZES = ("dim", "dim_mults", "num_resnet_blocks", "attn_heads", "attn_di
      help="Denoising network: the U-Net, or a DiT (patch transformer; width --dim, heads --attn_heads), meant for latents.")
 @opt("dit_depth", type=int, default=4, help="DiT transformer blocks (with --backbone dit).")
 @opt("dit_patch_size", type=int, default=2, help="DiT patch side (with --backbone dit).")
+@opt("prediction", type=click.Choice(PREDICTIONS), default="eps", help="What the decoder predicts: the noise or v.")
+@flag_pair("zero_terminal_snr", default=False,
+           help="Rescale the noise schedule to zero terminal SNR and sample from its last step (Lin et al. 2024); "
+                "needs --prediction v.")
+@opt("loss_weighting", type=click.Choice(LOSS_WEIGHTINGS), default="p2",
+     help="Loss weights over noise levels: P2 (--p2_loss_weight_gamma) or min-SNR (--min_snr_gamma, Hang et al. 2023).")
+@opt("min_snr_gamma", type=float, default=5.0, help="SNR cap of --loss_weighting min_snr.")
+@opt("p2_loss_weight_gamma", type=float, default=1.0, help="P2 loss weighting exponent (0 = uniform).")
 @opt("use_vqgan", is_flag=True, default=False, help="Diffuse over a VQGAN latent (trains the VQGAN first unless --vqgan_path).")
 @opt("vqgan_path", type=click.Path(path_type=str), default=None, help="A trained vqgan_final.pt to use with --use_vqgan.")
 @opt("vqgan_factor", type=int, default=4,

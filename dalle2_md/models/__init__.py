@@ -3,7 +3,8 @@
 - embedding: the x-clip embedding model trained on spectrogram <-> user ID (`MicroDopplerClip`)
 - prior: `UserConditionedDiffusionPrior`, image embeddings sampled for a user
 - decoder: `MicroDopplerDecoder`, a U-Net (or `dit` transformer) from embedding to spectrogram,
-  in pixels or over a `vqgan` latent; `guidance`: its classifier-free guidance
+  in pixels or over a `vqgan` latent; `guidance`: its classifier-free guidance; `schedules`: its
+  prediction target, noise schedule end point and loss weighting
 - upsampler: `MicroDopplerUpsampler`, the decoder's low-res spectrogram -> the data's own size
   (cascaded diffusion on a two-U-Net dalle2-pytorch `Decoder`)
 - chain: `MicroDopplerDALLE2`, user -> prior -> decoder [-> upsampler] -> spectrogram

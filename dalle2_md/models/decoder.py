@@ -21,18 +21,14 @@ from torch import nn
 
 from dalle2_md.models.bundle import load_bundle, save_bundle
 from dalle2_md.models.compat import (alphas_cumprod, decoder_p_losses, decoder_unet, decoder_vae, noise_scheduler_of,
-                     resize_cross_attention, set_decoder_unet, use_sdpa_attention, x_start_from_noise,
-                     x_start_from_v)
+                     resize_cross_attention, set_decoder_unet, use_sdpa_attention)
 from dalle2_md.models.compat import unet_cond_dim as widened_cond_dim
-from dalle2_md.sampling import Generators, ddim_timesteps, randn, run_sampler
+from dalle2_md.models.schedules import (SAMPLE_START, apply_formulation, check_formulation, sampling_times,
+                                        x_start_estimate)
+from dalle2_md.sampling import Generators, randn, run_sampler
 from dalle2_md.models.guidance import check_guidance_interval, guided_unet_forward
 from dalle2_md.utils import BundleError, UserError, checked_fields, exists
 from dalle2_md.models.vqgan import VQGanConfig, build_vqgan, encode_latents, load_vqgan, nearby_multiples
-
-
-PREDICTIONS = ("eps", "v")
-# where sampling from pure noise starts (fraction of the schedule); see DecoderConfig.sample_start
-SAMPLE_START = 0.96
 
 
 @dataclass(frozen=True)
@@ -68,7 +64,13 @@ class DecoderConfig:
             schedule. Below 1 because at t = T - 1 the cosine schedule keeps almost none of the
             image, so an eps network's first x_0 estimate (which sets the image's level) is
             magnified noise. 0.96: chosen by `experiments/sample_defects.py`, see
-            docs/results.md. Applies to every bundle; SDEdit is unaffected.
+            docs/results.md. Applies to every bundle; SDEdit is unaffected. Ignored (start at T - 1)
+            with `zero_terminal_snr`, whose last step is pure noise.
+        zero_terminal_snr: rescale the schedule so its last step is pure noise (Lin et al. 2024):
+            training then sees the noise sampling starts from; needs prediction "v".
+        loss_weighting: "p2" (`p2_loss_weight_gamma`) or "min_snr": min(SNR, min_snr_gamma) /
+            (SNR + 1) for v (Hang et al. 2023), which caps the weight of the easy low-noise steps.
+        min_snr_gamma: the SNR cap of "min_snr" weighting (5 in Hang et al. 2023).
         offset_noise: in training, one more Gaussian per image and channel, of this standard
             deviation, shared by all its pixels (offset noise). 0 = plain noise, the default:
             chosen by `experiments/sample_defects.py`, see docs/results.md.
@@ -115,6 +117,9 @@ class DecoderConfig:
     sample_start: float = SAMPLE_START
     offset_noise: float = 0.0
     prediction: str = "eps"
+    zero_terminal_snr: bool = False
+    loss_weighting: str = "p2"
+    min_snr_gamma: float = 5.0
     user_conditioning: bool = False
     num_users: int = 0
     embed_noise_std: float = 0.3
@@ -136,12 +141,9 @@ class DecoderConfig:
         if not 0.0 <= self.cond_drop_prob < 1.0:
             raise UserError(f"cond_drop_prob must be in [0, 1), got {self.cond_drop_prob}.")
         check_guidance_interval(self.guidance_interval)
-        if not 0.0 < self.sample_start <= 1.0:
-            raise UserError(f"sample_start must be in (0, 1] (a fraction of the schedule), got {self.sample_start}.")
+        check_formulation(self)
         if self.user_conditioning and self.num_users < 1:
             raise UserError("user_conditioning needs num_users >= 1 (the size of the user table).")
-        if self.prediction not in PREDICTIONS:
-            raise UserError(f"--prediction must be one of {', '.join(PREDICTIONS)}, got {self.prediction!r}.")
         if self.use_vqgan and self.vqgan is not None:
             if (self.vqgan.image_size, self.vqgan.channels) != (self.image_size, self.channels):
                 raise UserError(
@@ -245,6 +247,7 @@ class MicroDopplerDecoder(nn.Module):
             auto_normalize_img=False,
             p2_loss_weight_gamma=config.p2_loss_weight_gamma,
         )
+        apply_formulation(noise_scheduler_of(self.decoder), config)  # zero terminal SNR, min-SNR weights
         # after Decoder(): it rebuilds its U-Nets from their constructor arguments
         resize_cross_attention(decoder_unet(self.decoder), heads=config.attn_heads, dim_head=config.attn_dim_head)
         # attention without the tokens x tokens matrix (same weights and outputs), for trained and loaded alike
@@ -503,13 +506,13 @@ class MicroDopplerDecoder(nn.Module):
             guided = lo <= float(t[0]) / (c.timesteps - 1) <= hi
             out = guided_unet_forward(unet, x, t, condition, cond_scale if guided else 1.0)
             pred = out[:, : x.shape[1]]  # drop the variance half when learned_variance
-            x_start = (x_start_from_v if c.prediction == "v" else x_start_from_noise)(scheduler, x, t, pred)
+            x_start = x_start_estimate(scheduler, c, x, t, pred)
             # pixels live in [-1, 1]; latents are unbounded
             return x_start if c.use_vqgan else x_start.clamp(-1.0, 1.0)
 
         steps = timesteps if exists(timesteps) else c.sample_timesteps
         if isinstance(steps, int):  # from pure noise: see DecoderConfig.sample_start
-            steps = ddim_timesteps(c.timesteps, steps, start=round(c.sample_start * (c.timesteps - 1)))
+            steps = sampling_times(c, steps)
         out = run_sampler(
             sampler,
             model_fn,

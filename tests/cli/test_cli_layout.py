@@ -153,7 +153,8 @@ def _mirrors():
         table.update({(command, "clip_dim"): (ClipConfig, "dim_latent"), (command, "clip_widths"): (ClipConfig, "encoder_widths"),
                       (command, "clip_dim_image"): (ClipConfig, "dim_image")})
     for field in ("dim", "dim_mults", "num_resnet_blocks", "attn_heads", "attn_dim_head", "timesteps", "cond_drop_prob",
-                  "backbone", "dit_depth", "dit_patch_size"):
+                  "backbone", "dit_depth", "dit_patch_size", "prediction", "zero_terminal_snr", "loss_weighting",
+                  "min_snr_gamma", "p2_loss_weight_gamma"):
         table["train-decoder", field] = (DecoderConfig, field)
     for field in ("dim", "depth", "heads", "dim_head", "timesteps", "cond_drop_prob"):
         table["train-prior", field] = (PriorConfig, field)

@@ -25,6 +25,12 @@ dalle2-pytorch (module `dalle2_pytorch.dalle2_pytorch` unless named):
 - `NoiseScheduler.sample_random_times`, `.predict_start_from_noise`, `.predict_start_from_v`,
   `.alphas_cumprod` (prior.py, decoder.py, variations.py): our own samplers run on the
   library's schedule (`random_times`, `x_start_from_noise`, `x_start_from_v`, `alphas_cumprod`).
+- every buffer `NoiseScheduler.__init__` registers (`betas`, `alphas_cumprod`, ...,
+  `posterior_mean_coef2`, `p2_loss_weight`) and its `has_p2_loss_reweighting` flag, read by its
+  `q_sample`, `predict_start_from_v`, `q_posterior` and `p2_reweigh_loss` (decoder.py): the
+  schedule is rescaled to zero terminal SNR by recomputing them all from new betas
+  (`rescale_to_zero_terminal_snr`, `schedule_buffers`, `set_schedule_betas`), and min-SNR
+  weights take the P2 weights' place (`set_loss_weight`, `min_snr_loss_weights`).
 - `Decoder.unets[0]`, `.vaes[0]`, `.noise_schedulers[0]` (decoder.py): one U-Net, one VQGAN;
   the DiT backbone replaces the U-Net in place (`decoder_unet`, `set_decoder_unet`,
   `decoder_vae`, `noise_scheduler_of`).
@@ -88,6 +94,8 @@ from dalle2_md.models.compat.dalle2 import (  # noqa: F401
     decoder_unet, decoder_vae, noise_scheduler_of, null_text_tokens, prior_p_losses, random_times,
     replace_text_embed_projection, resize_cross_attention, set_decoder_unet, unet_cond_dim,
     unet_conditioning_nulls, vqgan_loss_terms, x_start_from_noise, x_start_from_v,
+    min_snr_loss_weights, p2_loss_weights, rescale_to_zero_terminal_snr, schedule_buffers, set_loss_weight,
+    set_schedule_betas, snr, zero_terminal_snr_betas,
 )
 from dalle2_md.models.compat.attention import (  # noqa: F401
     SDPAAttention, SDPACrossAttention, sdpa_attention_counts, use_sdpa_attention,
@@ -114,4 +122,6 @@ __all__ = [
     'sdpa_attention_counts', 'set_base_lr', 'set_decoder_unet', 'text_latent', 'unet_cond_dim',
     'unet_conditioning_nulls', 'unwrap_optimizer', 'use_sdpa_attention', 'vqgan_loss_terms',
     'x_start_from_noise', 'x_start_from_v',
+    'min_snr_loss_weights', 'p2_loss_weights', 'rescale_to_zero_terminal_snr', 'schedule_buffers',
+    'set_loss_weight', 'set_schedule_betas', 'snr', 'zero_terminal_snr_betas',
 ]

@@ -61,6 +61,84 @@ def alphas_cumprod(scheduler: NoiseScheduler) -> torch.Tensor:
     return scheduler.alphas_cumprod
 
 
+def schedule_buffers(betas: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Every schedule buffer `NoiseScheduler.__init__` registers except `p2_loss_weight`,
+    recomputed (float64, then float32 as it stores them) from betas (T,).
+
+    With a last beta of 1 (zero terminal SNR) alpha_bar ends at 0 and 1 / alpha_bar is computed
+    from float32's smallest normal number there: the reciprocal buffers end in ~1e19, not inf, so
+    the model's state_dict stays finite (training's divergence check reads every buffer); only
+    noise predictions read them, and zero terminal SNR refuses those."""
+    betas = betas.detach().to(torch.float64)
+    alphas = 1.0 - betas
+    abar = torch.cumprod(alphas, dim=0)
+    recip = 1.0 / abar.clamp(min=torch.finfo(torch.float32).tiny)
+    abar_prev = torch.cat((abar.new_ones(1), abar[:-1]))
+    posterior_variance = betas * (1.0 - abar_prev) / (1.0 - abar)
+    buffers = {
+        "betas": betas, "alphas_cumprod": abar, "alphas_cumprod_prev": abar_prev,
+        "sqrt_alphas_cumprod": abar.sqrt(), "sqrt_one_minus_alphas_cumprod": (1.0 - abar).sqrt(),
+        "log_one_minus_alphas_cumprod": torch.log(1.0 - abar), "sqrt_recip_alphas_cumprod": recip.sqrt(),
+        "sqrt_recipm1_alphas_cumprod": (recip - 1.0).sqrt(), "posterior_variance": posterior_variance,
+        "posterior_log_variance_clipped": torch.log(posterior_variance.clamp(min=1e-20)),
+        "posterior_mean_coef1": betas * abar_prev.sqrt() / (1.0 - abar),
+        "posterior_mean_coef2": (1.0 - abar_prev) * alphas.sqrt() / (1.0 - abar),
+    }
+    return {name: value.to(torch.float32) for name, value in buffers.items()}
+
+
+def set_schedule_betas(scheduler: NoiseScheduler, betas: torch.Tensor) -> None:
+    """Replace the scheduler's betas and every buffer derived from them (`schedule_buffers`) in
+    place, on its device; `p2_loss_weight` is left to `set_loss_weight`."""
+    device = scheduler.betas.device
+    for name, value in schedule_buffers(betas).items():
+        setattr(scheduler, name, value.to(device))  # an nn.Module replaces the registered buffer
+
+
+def zero_terminal_snr_betas(betas: torch.Tensor) -> torch.Tensor:
+    """Betas rescaled to zero terminal SNR (Lin, Liu, Li & Yang 2024, "Common Diffusion Noise
+    Schedules and Sample Steps are Flawed", Algorithm 1): sqrt(alpha_bar) is shifted so its last
+    value is 0 and scaled so its first is unchanged; the last beta becomes 1."""
+    root = torch.cumprod(1.0 - betas.detach().to(torch.float64), dim=0).sqrt()
+    first, last = root[0].clone(), root[-1].clone()
+    root = (root - last) * first / (first - last)
+    abar = root**2
+    return 1.0 - torch.cat((abar[:1], abar[1:] / abar[:-1]))
+
+
+def rescale_to_zero_terminal_snr(scheduler: NoiseScheduler) -> None:
+    """Rescale the scheduler's schedule in place to zero terminal SNR (`zero_terminal_snr_betas`)."""
+    set_schedule_betas(scheduler, zero_terminal_snr_betas(scheduler.betas))
+
+
+def snr(scheduler: NoiseScheduler) -> torch.Tensor:
+    """(T,) signal-to-noise ratio alpha_bar / (1 - alpha_bar) of the scheduler's schedule (float64)."""
+    abar = scheduler.alphas_cumprod.detach().to(torch.float64)
+    return abar / (1.0 - abar)
+
+
+def p2_loss_weights(scheduler: NoiseScheduler, gamma: float, k: float = 1.0) -> torch.Tensor:
+    """(T,) P2 weights (k + SNR)^-gamma (Choi et al. 2022), as `NoiseScheduler.__init__` makes them."""
+    return ((k + snr(scheduler)) ** -gamma).to(torch.float32)
+
+
+def min_snr_loss_weights(scheduler: NoiseScheduler, gamma: float, *, predict_v: bool) -> torch.Tensor:
+    """(T,) min-SNR-gamma weights (Hang et al. 2023, "Efficient Diffusion Training via Min-SNR
+    Weighting Strategy") of the per-sample loss: min(SNR, gamma) / (SNR + 1) for a v target,
+    min(SNR, gamma) / SNR for a noise target (1 where SNR is 0 there)."""
+    ratio = snr(scheduler)
+    denominator = ratio + 1.0 if predict_v else ratio
+    weights = torch.minimum(ratio, torch.full_like(ratio, gamma)) / denominator
+    return torch.where(denominator > 0, weights, torch.ones_like(weights)).to(torch.float32)
+
+
+def set_loss_weight(scheduler: NoiseScheduler, weights: torch.Tensor) -> None:
+    """Make `weights` (T,) what `NoiseScheduler.p2_reweigh_loss` multiplies into each sample's
+    loss at its time: replaces the `p2_loss_weight` buffer and turns `has_p2_loss_reweighting` on."""
+    scheduler.p2_loss_weight = weights.to(scheduler.p2_loss_weight.device, torch.float32)
+    scheduler.has_p2_loss_reweighting = True
+
+
 # --- dalle2-pytorch: decoder ----------------------------------------------------------------
 
 

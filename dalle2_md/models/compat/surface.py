@@ -15,7 +15,7 @@ from torch import nn
 from x_clip import CLIP
 
 from dalle2_md.models.compat.attention import use_sdpa_attention
-from dalle2_md.models.compat.dalle2 import CHECKED_AGAINST
+from dalle2_md.models.compat.dalle2 import CHECKED_AGAINST, schedule_buffers
 
 # --- the surface check ----------------------------------------------------------------------
 
@@ -56,6 +56,7 @@ _CALLABLES = [
     ("dalle2-pytorch", "dalle2_pytorch.dalle2_pytorch", "resize_image_to",
      {"image", "target_image_size", "clamp_range", "nearest"}),
     ("dalle2-pytorch", "dalle2_pytorch.dalle2_pytorch", "NoiseScheduler.q_sample", {"x_start", "t", "noise"}),
+    ("dalle2-pytorch", "dalle2_pytorch.dalle2_pytorch", "NoiseScheduler.p2_reweigh_loss", {"loss", "times"}),
     ("x-clip", "x_clip.visual_ssl", "nt_xent_loss", {"queries", "keys", "temperature"}),
     ("x-clip", "x_clip.visual_ssl", "SimSiam.__init__",
      {"net", "image_size", "channels", "hidden_layer", "projection_size", "projection_hidden_size", "augment_fn"}),
@@ -123,7 +124,8 @@ _ATTRIBUTES = {
         "sampling_clamp_l2norm", "sampling_final_clamp_l2norm", "can_classifier_guidance"]),
     "Decoder": ("dalle2-pytorch", [
         "unets.0", "vaes", "noise_schedulers.0", "unets.0.image_to_tokens", "unets.0.null_image_embed",
-        "unets.0.to_image_hiddens", "unets.0.null_image_hiddens", "unets.0.self_cond"]),
+        "unets.0.to_image_hiddens", "unets.0.null_image_hiddens", "unets.0.self_cond",
+        "noise_schedulers.0.p2_loss_weight", "noise_schedulers.0.has_p2_loss_reweighting"]),
     "CascadeDecoder": ("dalle2-pytorch", [
         "unets.1", "noise_schedulers.1", "noise_schedulers.1.alphas_cumprod", "lowres_conds.1.noise_scheduler",
         "unets.1.lowres_cond", "unets.1.lowres_noise_cond"]),
@@ -199,6 +201,17 @@ def _sdpa_mismatch(module: nn.Module) -> str | None:
     return None
 
 
+def _schedule_mismatch(scheduler: nn.Module) -> str | None:
+    """How the scheduler's buffers differ from what `schedule_buffers` recomputes from its betas
+    (None: the same names, and values to float32 rounding): a rescaled schedule must leave none stale."""
+    have = {name for name, _ in scheduler.named_buffers()} - {"p2_loss_weight"}
+    ours = schedule_buffers(scheduler.betas)
+    if have != set(ours):
+        return f"registers {sorted(have ^ set(ours))} where compat's schedule_buffers does not (or the reverse)"
+    off = [name for name, value in ours.items() if not torch.allclose(value, getattr(scheduler, name), rtol=1e-3)]
+    return f"computes {off} differently from compat's schedule_buffers" if off else None
+
+
 def _check_instances() -> list[tuple[str, str, str]]:
     problems = []
     for cls, build in _tiny_instances().items():
@@ -213,6 +226,10 @@ def _check_instances() -> list[tuple[str, str, str]]:
             if cls == "Decoder" and not any(isinstance(m, ResnetBlock) and isinstance(m.cross_attn, CrossAttention)
                                             for m in obj.modules()):
                 missing.append((package, "ResnetBlock.cross_attn", "holds no CrossAttention in a conditioned Unet"))
+            if cls == "Decoder" and not missing:
+                mismatch = _schedule_mismatch(obj.noise_schedulers[0])
+                if mismatch:
+                    missing.append((package, "NoiseScheduler", mismatch))
             if cls in ("Decoder", "DiffusionPrior") and not any(type(m) is Attention for m in obj.modules()):
                 where = "Unet" if cls == "Decoder" else "DiffusionPriorNetwork"
                 missing.append((package, f"{where}'s self-attention",
