@@ -11,7 +11,6 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 from dalle2_md.models.upsampler import MicroDopplerUpsampler, UpsamplerConfig, enlarge
 from dalle2_md.sampling import keyed_generators
@@ -22,9 +21,10 @@ from dalle2_md.utils import UserError, exists
 CASCADE_STREAM = 11
 
 
-def _default_upsampler_train() -> TrainConfig:
-    # 900 steps: what beat bicubic at 64 -> 256 px (experiments/cascade_vs_bicubic.py, docs/results.md)
-    return TrainConfig(max_steps=900, batch_size=16, lr=1e-3, warmup_steps=50, log_every=100)
+def upsampler_schedule(steps: int = 900) -> TrainConfig:
+    """The K-shot upsampler's training: batch 16 at lr 1e-3, warm-up over min(50, steps / 10).
+    900 steps: what beat bicubic at 64 -> 256 px (experiments/cascade_vs_bicubic.py, docs/results.md)."""
+    return TrainConfig(max_steps=steps, batch_size=16, lr=1e-3, warmup_steps=min(50, steps // 10), log_every=100)
 
 
 @dataclass(frozen=True)
@@ -40,7 +40,7 @@ class Enlargement:
 
     base_size: int
     upsampler: UpsamplerConfig | None = None
-    upsampler_train: TrainConfig = field(default_factory=_default_upsampler_train)
+    upsampler_train: TrainConfig = field(default_factory=upsampler_schedule)
 
     def check(self, image_size: int, channels: int) -> None:
         if not 1 <= self.base_size < image_size:
@@ -58,11 +58,6 @@ class Enlargement:
     @property
     def name(self) -> str:
         return "diffusion upsampler" if exists(self.upsampler) else "bicubic"
-
-
-def shrink(images: torch.Tensor, size: int) -> torch.Tensor:
-    """Images (N, C, H, W) in [-1, 1] shrunk to `size` by area averaging (as the data loader shrinks)."""
-    return F.interpolate(images.float(), size=(size, size), mode="area")
 
 
 def fit_kshot_upsampler(shot_images: torch.Tensor, enlargement: Enlargement, *, seed: int,

@@ -487,7 +487,8 @@ def _one_seed(images, user_indices, test, *, seed, k, recipes, num_users, genera
               enlargement=None) -> dict:
     """One repetition: K-shot pick, one generator (at the base size of `enlargement`, with the
     K-shot upsampler), the real-only recogniser, then every recipe."""
-    from dalle2_md.augmentation.cascade import enlarge_samples, fit_kshot_upsampler, shrink
+    from dalle2_md.augmentation.cascade import enlarge_samples, fit_kshot_upsampler
+    from dalle2_md.models.upsampler import shrink
     from dalle2_md.augmentation.recipe import (GENERATOR_FREE_SOURCES, candidates_needed, draw_candidates, draw_synthetic,
                                                sampling_key, train_augmented)
     from dalle2_md.evaluation.recogniser import RecogniserConfig, accuracy, train_recogniser

@@ -38,10 +38,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from dalle2_md.defaults import PREDICTIONS
 from dalle2_md.models.bundle import load_bundle, save_bundle
 from dalle2_md.models.compat import (alphas_cumprod, cascade_noise_scheduler, cascade_unet, lowres_noise_scheduler,
-                                     nearest_resize, q_sample, resize_cross_attention, use_sdpa_attention,
-                                     x_start_from_noise, x_start_from_v)
+                                     nearest_resize, q_sample, resize_cross_attention, use_sdpa_attention)
+from dalle2_md.models.schedules import x_start_estimate
 from dalle2_md.sampling import Generators, ddim_timesteps, keyed_generators, randn, run_sampler
 from dalle2_md.utils import BundleError, UserError, checked_fields, exists
 
@@ -49,7 +50,6 @@ from dalle2_md.utils import BundleError, UserError, checked_fields, exists
 UPSAMPLER_STREAM = 3
 # levels of the Decoder's low-res noise schedule (`LowresConditioner` builds it with 1000 steps)
 LOWRES_NOISE_LEVELS = 1000
-PREDICTIONS = ("eps", "v")
 # what bundles written before these fields existed were: image-space eps through the Decoder's forward
 LEGACY_FIELDS = dict(residual=False, prediction="eps", lowres_noise_max=1.0)
 
@@ -226,7 +226,7 @@ class MicroDopplerUpsampler(nn.Module):
 
     def _residual_loss(self, images: torch.Tensor) -> torch.Tensor:
         c, batch = self.config, len(images)
-        lowres = F.interpolate(images, size=c.lowres_size, mode="area")
+        lowres = shrink(images, c.lowres_size)
         if c.blur:  # a softer low-res image than the real one, as a base decoder's may be
             blurred = gaussian_blur(lowres, c.blur_sigma, c.blur_kernel_size)
             lowres = torch.where(torch.rand(batch, 1, 1, 1, device=images.device) < c.blur_prob, blurred, lowres)
@@ -304,11 +304,10 @@ class MicroDopplerUpsampler(nn.Module):
         cond, level = base, None
         if c.lowres_noise:  # as in training, at the fixed sampling level the U-Net is told
             cond, level = self._noised_condition(base, randn(base.shape, generators, device), training=False)
-        x_start_from = x_start_from_v if c.prediction == "v" else x_start_from_noise
 
         def model_fn(x, t):
-            x_start = x_start_from(scheduler, x, t, unet(x, t, image_embed=None, lowres_cond_img=cond,
-                                                         lowres_noise_level=level))
+            x_start = x_start_estimate(scheduler, c, x, t, unet(x, t, image_embed=None, lowres_cond_img=cond,
+                                                                lowres_noise_level=level))
             if not c.residual:
                 return x_start.clamp(-1.0, 1.0)
             # clamp where it matters, in image space: base + residual stays in [-1, 1]
@@ -343,6 +342,12 @@ class MicroDopplerUpsampler(nn.Module):
                               "the file is damaged.") from None
         model.meta = payload.get("meta", {})
         return model.eval()
+
+
+def shrink(images: torch.Tensor, size: int) -> torch.Tensor:
+    """Images (N, C, H, W) shrunk to `size` by area averaging, as the data loader shrinks images
+    (its box filter equals area averaging at an integer factor): the upsampler's low-res input."""
+    return F.interpolate(images.float(), size=(size, size), mode="area")
 
 
 def enlarge(images: torch.Tensor, size: int) -> torch.Tensor:

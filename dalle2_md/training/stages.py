@@ -271,9 +271,11 @@ def upsampler_config_for(*, lowres_size: int, output_size: int, channels: int, s
 def _upsampler_sample_fn(images, user_ids, colormap, lowres_size):
     import torch.nn.functional as F
 
+    from dalle2_md.models.upsampler import shrink
+
     pick = _first_per_user(user_ids)
     real = (images[pick] + 1) / 2
-    lowres = F.interpolate(real, size=lowres_size, mode="area")  # shrunk as the data loader shrinks
+    lowres = shrink(real, lowres_size)
 
     def sample_fn(ema_model, step):
         fake = ema_model.sample(lowres.to(next(ema_model.parameters()).device), seed=0).cpu()

@@ -7,13 +7,13 @@ import torch
 from test_augment import TINY
 
 from dalle2_md.augmentation import harness
-from dalle2_md.augmentation.cascade import Enlargement, enlarge_samples, shrink
+from dalle2_md.augmentation.cascade import Enlargement, enlarge_samples
 from dalle2_md.augmentation.harness import augmentation_gain
 from dalle2_md.augmentation.recipe import AugmentRecipe
 from dalle2_md.data.simulator import get_profile
 from dalle2_md.evaluation.protocol import simulate, split
 from dalle2_md.evaluation.recogniser import RecogniserTrainConfig
-from dalle2_md.models.upsampler import UpsamplerConfig, enlarge
+from dalle2_md.models.upsampler import UpsamplerConfig, enlarge, shrink
 from dalle2_md.training import fit
 from dalle2_md.training.loop import TrainConfig
 from dalle2_md.utils import UserError
