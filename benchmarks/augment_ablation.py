@@ -32,7 +32,7 @@ from pathlib import Path  # noqa: E402
 
 import torch  # noqa: E402
 
-from dalle2_md.augmentation.cascade import Enlargement  # noqa: E402
+from dalle2_md.augmentation.cascade import Enlargement, upsampler_schedule  # noqa: E402
 from dalle2_md.augmentation.harness import mean_std, augmentation_gain, summarise_seeds  # noqa: E402
 from dalle2_md.augmentation.recipe import AugmentRecipe  # noqa: E402
 from dalle2_md.data.simulator import get_profile  # noqa: E402
@@ -40,7 +40,6 @@ from dalle2_md.evaluation.protocol import KSHOT_RECOGNISER, RECOGNISER_ARMS, sim
 from dalle2_md.defaults import SamplingConfig  # noqa: E402
 from dalle2_md.utils import plain_json  # noqa: E402
 from dalle2_md.models.upsampler import UpsamplerConfig  # noqa: E402
-from dalle2_md.training.loop import TrainConfig  # noqa: E402
 from dalle2_md.training.presets import GeneratorBudget  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -268,8 +267,8 @@ def main():
         ups = None if args.enlarge == "bicubic" else UpsamplerConfig(
             lowres_size=args.base_size, output_size=args.image_size, dim=args.upsampler_dim,
             dim_mults=(1, 2, 4) if args.image_size <= 64 else (1, 2, 4, 8))
-        enlargement = Enlargement(base_size=args.base_size, upsampler=ups, upsampler_train=TrainConfig(
-            max_steps=args.upsampler_train_steps, batch_size=16, lr=1e-3, warmup_steps=50, log_every=100))
+        enlargement = Enlargement(base_size=args.base_size, upsampler=ups,
+                                  upsampler_train=upsampler_schedule(args.upsampler_train_steps))
     started = time.time()
     work = Path(f"/tmp/augment_ablation_k{args.k}_{os.getpid()}")
     result = augmentation_gain(train, test, num_users=num_users, work_dir=work, k=args.k, seeds=args.seeds,

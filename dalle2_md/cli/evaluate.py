@@ -318,9 +318,8 @@ def augment_eval_cmd(data_root, split_file, split_seed, image_size, colormap, k,
 
 def _enlargement(base_size, image_size, channels, enlarge, steps, sizes):
     """augment-eval's `cascade.Enlargement` (None without --base_size)."""
-    from dalle2_md.augmentation.cascade import Enlargement
+    from dalle2_md.augmentation.cascade import Enlargement, upsampler_schedule
     from dalle2_md.models.upsampler import UpsamplerConfig
-    from dalle2_md.training.loop import TrainConfig
 
     if base_size is None:
         return None
@@ -328,8 +327,7 @@ def _enlargement(base_size, image_size, channels, enlarge, steps, sizes):
         raise UserError(f"--base_size {base_size} must be below --image_size {image_size} (the data's size).")
     upsampler = None if enlarge == "bicubic" else UpsamplerConfig(
         lowres_size=base_size, output_size=image_size, channels=channels, **sizes)
-    train = TrainConfig(max_steps=steps, batch_size=16, lr=1e-3, warmup_steps=min(50, steps // 10), log_every=100)
-    return Enlargement(base_size=base_size, upsampler=upsampler, upsampler_train=train)
+    return Enlargement(base_size=base_size, upsampler=upsampler, upsampler_train=upsampler_schedule(steps))
 
 
 COMMANDS = (evaluate_cmd, augment_eval_cmd)
