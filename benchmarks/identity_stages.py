@@ -30,12 +30,11 @@ from dataclasses import replace  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
 
 from dalle2_md.generation.samples import sample_tensors
 from dalle2_md.augmentation.harness import train_generator
 from dalle2_md.evaluation.metrics import background_levels  # noqa: E402
-from dalle2_md.evaluation.protocol import KSHOT_RECOGNISER  # noqa: E402
+from dalle2_md.evaluation.protocol import KSHOT_RECOGNISER, all_digits  # noqa: E402
 from dalle2_md.evaluation.recogniser import RecogniserConfig, RecogniserTrainConfig, accuracy, train_recogniser  # noqa: E402
 from dalle2_md.evaluation.stages import stage_identity_accuracies  # noqa: E402
 from dalle2_md.training.presets import GeneratorBudget  # noqa: E402
@@ -66,15 +65,6 @@ def split_per_user(images, labels, test_fraction=0.25, seed=0):
         train_idx += idx[n_test:].tolist()
     tr, te = torch.tensor(train_idx), torch.tensor(test_idx)
     return (images[tr], labels[tr]), (images[te], labels[te])
-
-
-def load_digits(size: int):
-    from sklearn.datasets import load_digits as sk_digits
-
-    d = sk_digits()
-    x = torch.tensor(d.images, dtype=torch.float32)[:, None] / 16.0  # (N, 1, 8, 8) in [0, 1]
-    x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
-    return x * 2 - 1, torch.tensor(d.target, dtype=torch.long)
 
 
 def load_sim(size: int, num_users: int, per_user: int, profile: str, seed: int = 0):
@@ -143,7 +133,7 @@ def main():
     torch.set_num_threads(args.threads)
 
     if args.data == "digits":
-        images, labels = load_digits(args.image_size)
+        images, labels = all_digits(args.image_size)
         colormap = "none"
     else:
         images, labels = load_sim(args.image_size, args.num_users, args.images_per_user, args.profile)

@@ -48,6 +48,7 @@ __all__ = [
     "RECOGNISER_ARMS",
     "BEST_AUGMENTATION",
     "simulate",
+    "all_digits",
     "digits",
     "split",
     "PROTOCOL_BUDGET",
@@ -103,18 +104,24 @@ def simulate(num_users: int, per_user: int, image_size: int, seed: int, profile)
     return x, torch.tensor(ids)
 
 
-def digits(per_class: int, image_size: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """The held-out second data set: scikit-learn's bundled 8 x 8 handwritten digits (10 classes,
-    nothing downloaded; needs the `bench` extra), `per_class` images of each class drawn by
-    `seed`, enlarged to `image_size` (bilinear), in [-1, 1] and ordered as `simulate`'s, so that
-    `split` applies. Never used to tune anything: it shows whether a setting picked on gait31
-    carries over to other data.
-    """
+def all_digits(image_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Every image of scikit-learn's bundled 8 x 8 handwritten digits (10 classes, nothing
+    downloaded; needs the `bench` extra) enlarged to `image_size` (bilinear), in [-1, 1], and
+    its digit: the held-out second data set."""
     from sklearn.datasets import load_digits
 
     d = load_digits()
-    x = torch.tensor(d.images, dtype=torch.float32)[:, None] / 16.0
-    labels = torch.tensor(d.target, dtype=torch.long)
+    x = torch.tensor(d.images, dtype=torch.float32)[:, None] / 16.0  # (N, 1, 8, 8) in [0, 1]
+    x = F.interpolate(x, size=(image_size, image_size), mode="bilinear", align_corners=False)
+    return x * 2 - 1, torch.tensor(d.target, dtype=torch.long)
+
+
+def digits(per_class: int, image_size: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """`per_class` images of each digit of `all_digits`, drawn by `seed` and ordered as
+    `simulate`'s, so that `split` applies. Never used to tune anything: it shows whether a
+    setting picked on gait31 carries over to other data.
+    """
+    x, labels = all_digits(image_size)
     g = torch.Generator().manual_seed(seed)
     order = []
     for c in range(10):
@@ -123,8 +130,7 @@ def digits(per_class: int, image_size: int, seed: int) -> tuple[torch.Tensor, to
             raise UserError(f"digit {c} has {len(idx)} images; ask for at most that many per class.")
         order.append(idx[torch.randperm(len(idx), generator=g)[:per_class]])
     order = torch.cat(order)
-    x = F.interpolate(x[order], size=(image_size, image_size), mode="bilinear", align_corners=False)
-    return x * 2 - 1, labels[order]
+    return x[order], labels[order]
 
 
 def split(user_indices: torch.Tensor, per_user: int, num_test: int, num_val: int) -> dict:
