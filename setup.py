@@ -40,7 +40,8 @@ setup(
         "tqdm>=4.60",
     ],
     extras_require={
-        "test": ["pytest>=7.4"],
+        # scikit-learn: the held-out digits set (evaluation.protocol.digits) has its own tests
+        "test": ["pytest>=7.4", "scikit-learn>=1.3"],
         # the held-out second data set (scikit-learn's bundled digits: evaluation.protocol.digits)
         "bench": ["scikit-learn>=1.3"],
     },

@@ -46,7 +46,6 @@ def test_protocol_profiles_and_split():
 
 
 def test_digits_are_ordered_by_class_in_equal_counts_and_repeat_under_a_seed():
-    pytest.importorskip("sklearn")
     from dalle2_md.evaluation.protocol import digits, split
     from dalle2_md.utils import UserError
 
