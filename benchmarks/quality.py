@@ -13,7 +13,9 @@ gain is the ablation's default row, and `--generator_cache` reuses the ablation'
     python benchmarks/quality.py --generator_cache DIR   # the same, reusing cached K-shot generators
     python benchmarks/quality.py --smoke       # tiny end-to-end check (a few minutes, writes under /tmp)
     python benchmarks/quality.py --profile full128 --workers 2   # 128 px through the latent path (CPU), both cores
-    python benchmarks/quality.py --profile gpu256    # 256 px through the latent path (a GPU)
+    python benchmarks/quality.py --profile cascade256   # 256 px: cascade vs bicubic vs latent (2 CPU cores)
+    python benchmarks/quality.py --profile gpu256       # the same at GPU sizes
+    python benchmarks/quality.py --profile gpu256_latent   # the protocol at 256 px through the latent path (a GPU)
     python benchmarks/quality.py --gpu         # 256 px in pixels (a GPU)
 
 One function per phase: data, recogniser, generators, samples, evaluation, augmentation, report.
@@ -48,6 +50,7 @@ import torch  # noqa: E402
 from dalle2_md.augmentation.harness import augmentation_gain, cached_generator, kshot_generator
 from dalle2_md.generation.samples import sample_tensors
 from dalle2_md.evaluation.protocol import (  # noqa: E402
+    CASCADE_PROFILE_NAMES,
     PROFILE_NAMES,
     Profile,
     kinematic_ratios,
@@ -524,7 +527,7 @@ def main():
     group = ap.add_mutually_exclusive_group()
     group.add_argument("--smoke", action="store_const", const="smoke", dest="profile", help="tiny end-to-end check")
     group.add_argument("--gpu", action="store_const", const="gpu", dest="profile", help="256 x 256 profile for a GPU")
-    group.add_argument("--profile", choices=PROFILE_NAMES, dest="profile")
+    group.add_argument("--profile", choices=PROFILE_NAMES + CASCADE_PROFILE_NAMES, dest="profile")
     ap.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1: the machine is shared)")
     ap.add_argument("--work_dir", default=None, help="scratch folder (data, runs, recogniser cache)")
     ap.add_argument("--out", default=None, help="JSON results file")
@@ -541,8 +544,8 @@ def main():
     ap.add_argument("--kshot_seeds", type=int, nargs="+", default=None,
                     help="with --train_only kshot: the augmentation seeds to train generators for (default the "
                          "profile's), in this order")
-    ap.add_argument("--workers", type=int, default=1,
-                    help="processes to run the protocol in (default 1); with 2 on a 2-core machine a helper trains "
+    ap.add_argument("--workers", type=int, default=None,
+                    help="processes to run the protocol in (default 1; 2 for the cascade profiles); with 2 on a 2-core machine a helper trains "
                          "the single-stage generator and K-shot repetitions beside the main process "
                          "(the generator cache defaults to WORK_DIR/generator_cache)")
     ap.add_argument("--lane", type=int, default=None, help=argparse.SUPPRESS)  # a helper process of --workers
@@ -554,6 +557,13 @@ def main():
                          '\'{"decoder_lr_schedule": "cosine"}\' (the K-shot generators keep theirs)')
     args = ap.parse_args()
     name = args.profile or "full"
+    if name in CASCADE_PROFILE_NAMES:  # the 256 px cascade comparison has its own runner
+        import subprocess
+
+        extra = [f for flag, v in (("--work_dir", args.work_dir), ("--out", args.out)) if v for f in (flag, str(v))]
+        cmd = [sys.executable, str(ROOT / "benchmarks/cascade256.py"), "--profile", name, "--workers",
+               str(args.workers or 2), *extra]
+        raise SystemExit(subprocess.run(cmd).returncode)
     p = profiles()[name]
     if args.budget:
         p = replace(p, budget=replace(p.budget, **args.budget))
@@ -562,8 +572,8 @@ def main():
         # docs/results.md quotes this page's figures; it is not overwritten
         defaults = (ROOT / "benchmarks/results/quality.json", ROOT / "benchmarks/results/quality.md",
                     ROOT / "benchmarks/results/quality")
-    elif name in ("full128", "gpu", "gpu256"):
-        suffix = {"full128": "128", "gpu": "gpu", "gpu256": "gpu256"}[name]
+    elif name in ("full128", "gpu", "gpu256_latent"):
+        suffix = {"full128": "128", "gpu": "gpu", "gpu256_latent": "gpu256_latent"}[name]
         defaults = (ROOT / f"benchmarks/results/quality_{suffix}.json", ROOT / f"benchmarks/results/quality_{suffix}.md",
                     ROOT / f"benchmarks/results/quality_{suffix}")
     else:  # the smoke profile proves the script runs; it must not overwrite real results
@@ -604,6 +614,7 @@ def main():
         return
     if args.lane:
         return lane(p, work, args.generator_cache, args.seed_results, args.lane)
+    args.workers = args.workers or 1
     if args.workers < 1:
         raise SystemExit(f"--workers {args.workers}: give 1 or more processes.")
     if args.workers > 1 and args.reuse_augmentation:

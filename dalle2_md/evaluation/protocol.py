@@ -9,8 +9,9 @@ Owns what every protocol benchmark must agree on so that their numbers compare:
   (`RECOGNISER_ARMS`: the strong defaults of `RecogniserTrainConfig`, and the earlier settings
   `LEGACY_RECOGNISER_TRAIN`);
 - the quality protocol's profiles (`Profile`, `profiles()`: smoke, smoke_latent, full, full128,
-  gpu, gpu256) with their generator budgets (`PROTOCOL_BUDGET`, `ALL_DATA_BUDGET`,
-  `LATENT128_BUDGET`, `LATENT128_KSHOT_BUDGET`), the profile's data (`protocol_data`), its
+  gpu, gpu256_latent) with their generator budgets (`PROTOCOL_BUDGET`, `ALL_DATA_BUDGET`,
+  `LATENT128_BUDGET`, `LATENT128_KSHOT_BUDGET`), the 256 px cascade comparison's profiles
+  (`CascadeProfile`, `cascade_profiles()`: smoke, cascade256, gpu256), the profile's data (`protocol_data`), its
   reference recogniser (`recogniser_config`, `reference_recogniser`) and the kinematic goal's
   measure (`kinematic_ratios`).
 
@@ -58,6 +59,9 @@ __all__ = [
     "Profile",
     "profiles",
     "PROFILE_NAMES",
+    "CascadeProfile",
+    "cascade_profiles",
+    "CASCADE_PROFILE_NAMES",
     "protocol_data",
     "recogniser_config",
     "reference_recogniser",
@@ -199,7 +203,7 @@ def profiles() -> dict[str, Profile]:
     """The quality protocol's profiles by name.
 
     full: gait31 at 32 px (the CPU protocol); full128: 128 px through the VQGAN latent (CPU);
-    gpu256: 256 px through the latent (a GPU); gpu: 256 px in pixels (a GPU); smoke and
+    gpu256_latent: 256 px through the latent (a GPU); gpu: 256 px in pixels (a GPU); smoke and
     smoke_latent: tiny runs of the same phases that prove the pixel and latent paths run.
     """
     # the quick demo's sizes, with its own step counts
@@ -231,8 +235,8 @@ def profiles() -> dict[str, Profile]:
             budget=replace(smoke_budget, vqgan_train_steps=3, vqgan=tiny_vqgan), recogniser=dict(widths=(8, 16), feature_dim=16),
             recogniser_train=RecogniserTrainConfig(steps=20, batch_size=8), k=4, m=4, aug_seeds=(0,),
             baseline_aug_seeds=(0,), aug_budget=replace(smoke_budget, vqgan_train_steps=3, vqgan=tiny_vqgan)),
-        "gpu256": Profile(
-            name="gpu256", image_size=256, per_user=200, num_test=40, samples_per_user=64,
+        "gpu256_latent": Profile(
+            name="gpu256_latent", image_size=256, per_user=200, num_test=40, samples_per_user=64,
             budget=replace(gpu_budget, vqgan_train_steps=5000, vqgan=gpu_vqgan),
             recogniser=dict(KSHOT_RECOGNISER), recogniser_train=RecogniserTrainConfig(steps=3000, batch_size=32),
             aug_budget=replace(gpu_budget, clip_train_steps=1000, decoder_train_steps=4000, prior_train_steps=3000,
@@ -249,7 +253,78 @@ def profiles() -> dict[str, Profile]:
     }
 
 
-PROFILE_NAMES = ("full", "full128", "smoke", "smoke_latent", "gpu", "gpu256")
+PROFILE_NAMES = ("full", "full128", "smoke", "smoke_latent", "gpu", "gpu256_latent")
+
+
+@dataclass(frozen=True)
+class CascadeProfile:
+    """Every setting of one run of the 256 px cascade comparison (written into its JSON).
+
+    base_budget: the base chain (pixels, at `base_size`); latent_budget: the chain at full size
+    through a VQGAN latent, None to leave the latent set out; upsampler: `UpsamplerConfig` size
+    fields; samples_per_user: per set, as many as each user's test images (the FID/KID sets match).
+    """
+
+    name: str
+    num_users: int = 8
+    per_user: int = 40
+    num_test: int = 10
+    size: int = 256
+    base_size: int = 64
+    data_seed: int = 1
+    seed: int = 0
+    sample_seed: int = 1234
+    samples_per_user: int = 10
+    base_budget: GeneratorBudget = PROTOCOL_BUDGET
+    latent_budget: GeneratorBudget | None = None
+    upsampler: dict = field(default_factory=lambda: dict(dim=16))
+    upsampler_train_steps: int = 900
+    upsampler_batch_size: int = 16
+    recogniser: dict = field(default_factory=lambda: dict(KSHOT_RECOGNISER))
+    recogniser_train: RecogniserTrainConfig = RecogniserTrainConfig(steps=800)
+    cas: bool = True
+    device_note: str = "2 CPU cores"
+    expected: str = ""
+
+
+def cascade_profiles() -> dict[str, CascadeProfile]:
+    """The 256 px cascade comparison's profiles (benchmarks/cascade256.py): smoke (16 -> 32 px,
+    seconds), cascade256 (2 CPU cores) and gpu256 (31 users, a GPU)."""
+    # 256 px through a VQGAN at f = 8 (32 x 32 latent: what a 128 px decoder at f = 4 costs a step)
+    latent_cpu = replace(PROTOCOL_BUDGET, vqgan_train_steps=1000, vqgan=cpu_vqgan_sizes(8))
+    gpu_base = GeneratorBudget(
+        clip_train_steps=3000, decoder_train_steps=20000, prior_train_steps=10000, batch_size=64, decoder_batch_size=32,
+        lr=3e-4, warmup_steps=500,
+        clip=dict(dim_latent=128, dim_image=256, dim_text=128, encoder_widths=(32, 64, 128, 256), token_grid=4),
+        decoder=dict(dim=64, dim_mults=(1, 2, 4, 8), num_resnet_blocks=2, attn_heads=4, attn_dim_head=32,
+                     timesteps=1000, sample_timesteps=50, num_image_tokens=4),
+        prior=dict(depth=6, heads=8, dim_head=32, timesteps=1000, sample_timesteps=64),
+        sampling=SamplingConfig(decoder_steps=50, prior_steps=64))
+    tiny = replace(QUICK_BUDGET, prior_train_steps=20, decoder_batch_size=8, warmup_steps=2)
+    return {
+        "smoke": CascadeProfile(
+            name="smoke", num_users=3, per_user=8, num_test=2, size=32, base_size=16, samples_per_user=2,
+            base_budget=tiny, latent_budget=replace(tiny, vqgan_train_steps=3, vqgan=dict(
+                dim=8, num_resnet_blocks=1, resnet_groups=4, codebook_size=16, codebook_dim=4, layers=1,
+                layer_mults=(1,), quantize=False)),
+            upsampler=dict(dim=8, dim_mults=(1, 2), attn_heads=1, attn_dim_head=8), upsampler_train_steps=3,
+            upsampler_batch_size=4, recogniser=dict(widths=(4, 8), feature_dim=4),
+            recogniser_train=RecogniserTrainConfig(steps=10, batch_size=8), device_note="smoke (any machine)"),
+        "cascade256": CascadeProfile(name="cascade256", latent_budget=latent_cpu,
+                                     expected="measured: see docs/results.md"),
+        "gpu256": CascadeProfile(
+            name="gpu256", num_users=31, per_user=200, num_test=40, samples_per_user=40, base_budget=gpu_base,
+            latent_budget=replace(gpu_base, vqgan_train_steps=5000, vqgan=cpu_vqgan_sizes(4)),
+            upsampler=dict(dim=32), upsampler_train_steps=20000, upsampler_batch_size=32,
+            recogniser_train=RecogniserTrainConfig(steps=3000, batch_size=32),
+            device_note="one GPU (not yet run on one)",
+            expected="an estimate until a GPU run measures it: about 3-4 h on one H100 (upsampler 20k steps, "
+                     "two chains of 20k decoder steps)"),
+    }
+
+
+# the cascade comparison's profiles that benchmarks/quality.py --profile hands to benchmarks/cascade256.py
+CASCADE_PROFILE_NAMES = ("cascade256", "gpu256")
 
 
 def protocol_data(p: Profile) -> dict:
