@@ -25,6 +25,8 @@ image, and the mean background level.
 
     python experiments/cascade_vs_bicubic.py            # 8 users x 40 recordings at 256 px (~25 min, one core)
     python experiments/cascade_vs_bicubic.py --smoke    # 3 users x 6 recordings, 16 -> 32 px: proves it runs
+    python experiments/cascade_vs_bicubic.py --upsampler /tmp/cascade_cascade256/upsampler.pt \
+        --lowres_noise_levels 0 0.1   # the cascade256 profile's upsampler, sampled at other input noise levels
 
 Writes benchmarks/results/cascade_vs_bicubic.json, .md and .png (the grid: rows are test images,
 columns real | bicubic | cascade | the 64 px input enlarged by nearest neighbour).
@@ -40,6 +42,7 @@ import json  # noqa: E402
 import math  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
+from dataclasses import replace  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import numpy as np  # noqa: E402
@@ -54,7 +57,7 @@ from dalle2_md.evaluation.kinematics import read_kinematics  # noqa: E402
 from dalle2_md.evaluation.protocol import KSHOT_RECOGNISER, simulate, split  # noqa: E402
 from dalle2_md.evaluation.recogniser import (RecogniserConfig, RecogniserTrainConfig, accuracy,  # noqa: E402
                                              extract_features, train_recogniser)
-from dalle2_md.models.upsampler import UpsamplerConfig  # noqa: E402
+from dalle2_md.models.upsampler import MicroDopplerUpsampler, UpsamplerConfig  # noqa: E402
 from dalle2_md.training.fit import fit_upsampler  # noqa: E402
 from dalle2_md.training.loop import TrainConfig  # noqa: E402
 
@@ -90,6 +93,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--grid_rows", type=int, default=4)
     ap.add_argument("--nearest_input", action="store_true",
                     help=f"also judge '{DIAGNOSTIC}': the upsampler fed nearest-shrunk inputs, as its training shrinks them")
+    ap.add_argument("--lowres_noise_levels", type=float, nargs="+", default=None,
+                    help="also judge the cascade sampled with its low-res input noised at these levels (fractions of "
+                         "the low-res schedule) instead of the config's, one row each ('cascade, input noise L')")
+    ap.add_argument("--upsampler", type=Path, default=None,
+                    help="judge this trained upsampler bundle (same data and sizes) instead of training one")
     ap.add_argument("--out", type=Path, default=DEFAULT_OUT, help="path prefix of the .json, .md and .png")
     ap.add_argument("--work_dir", type=Path, default=None, help="the upsampler's run folder (default: a temp dir)")
     args = ap.parse_args(argv)
@@ -137,14 +145,19 @@ def upsampled_sets(ups, real01: torch.Tensor, args) -> tuple[dict, dict, torch.T
     out, seconds = {}, {}
     out["bicubic"] = F.interpolate(low, size=args.size, mode="bicubic", align_corners=False).clamp(0, 1)
     out["nearest"] = F.interpolate(low, size=args.size, mode="nearest")
-    inputs = (("cascade", low), (DIAGNOSTIC, low_nearest)) if args.nearest_input else (("cascade", low),)
-    for name, lowres in inputs:
+    config = ups.config
+    inputs = [("cascade", low, config)] + ([(DIAGNOSTIC, low_nearest, config)] if args.nearest_input else [])
+    inputs += [(f"cascade, input noise {level:g}", low, replace(config, lowres_noise_level=level))
+               for level in args.lowres_noise_levels or ()]
+    for name, lowres, sampling_config in inputs:
         start = time.perf_counter()
+        ups.config = sampling_config  # the sampling level is read from the config; the weights are the same
         out[name] = ups.sample(lowres, seed=args.sample_seed)
         seconds[name] = time.perf_counter() - start
         log(f"{name}: {len(lowres)} images in {seconds[name]:.0f}s")
-    order = ("bicubic", "cascade", "nearest", DIAGNOSTIC)[:4 if args.nearest_input else 3]
-    return {k: out[k] for k in order}, seconds, low
+    ups.config = config
+    first = ("bicubic", "cascade", "nearest")
+    return {k: out[k] for k in first + tuple(k for k in out if k not in first)}, seconds, low
 
 
 def psnr(x01: torch.Tensor, real01: torch.Tensor) -> float:
@@ -234,6 +247,14 @@ def _fmt(v, digits=3) -> str:
     return f"{v:.{digits}g}" if abs(v) < 1000 else f"{v:.0f}"
 
 
+def upsampler_line(result: dict) -> str:
+    s, u = result["settings"], result["upsampler"]
+    if "from" in u:
+        return f"{result['upsampler_config']['dim']} wide, {u['params']:,} weights, loaded from `{u['from']}`"
+    return (f"dim {s['dim']}, {u['params']:,} weights, {s['steps']} steps at batch {s['batch_size']} on {s['lowres']} "
+            f"px crops, {u['step_seconds']:.2f} s a step, {u['seconds'] / 60:.1f} min")
+
+
 def markdown(result: dict) -> str:
     s, j = result["settings"], result["judged"]
     lines = [
@@ -241,10 +262,7 @@ def markdown(result: dict) -> str:
         f"{s['lowres']} px\n",
         f"gait31, {s['num_users']} users x {s['per_user']} recordings at {s['size']} px (data seed {s['data_seed']}), "
         f"the last {s['num_test']} of each user test ({result['num_test_images']} images), the rest train "
-        f"({result['num_train_images']}). Upsampler: dim {s['dim']}, {result['upsampler']['params']:,} weights, "
-        f"{s['steps']} steps at batch {s['batch_size']} on {s['lowres']} px crops, "
-        f"{result['upsampler']['step_seconds']:.2f} s a step, {result['upsampler']['seconds'] / 60:.1f} min; "
-        f"sampled with {result['sample_timesteps']} network evaluations. Recogniser: "
+        f"({result['num_train_images']}). Upsampler: {upsampler_line(result)}; sampled with {result['sample_timesteps']} network evaluations. Recogniser: "
         f"{s['recogniser_steps']} steps on the real train images, A_real {j['a_real']:.3f}. "
         f"Wall time {result['wall_seconds'] / 60:.1f} min.\n",
         "| set | KID | KID / floor | FID | FID / floor | A_gen / A_real | envelope err | cadence err "
@@ -276,9 +294,14 @@ def main(argv=None) -> dict:
     train_x, train_ids = data["train"]
     test_x, test_ids = data["test"]
     log(f"data: {len(train_x)} train, {len(test_x)} test images at {args.size} px")
-    with tempfile.TemporaryDirectory() as tmp:
-        ups, up_info = train_upsampler(args, train_x, args.work_dir or Path(tmp))
-    if args.work_dir:  # kept for a second look (`MicroDopplerUpsampler.load`)
+    if args.upsampler:
+        ups = MicroDopplerUpsampler.load(args.upsampler)
+        up_info = {"seconds": 0.0, "step_seconds": 0.0, "final_loss": float("nan"), "from": str(args.upsampler),
+                   "params": sum(p.numel() for p in ups.unet.parameters())}
+    else:
+        with tempfile.TemporaryDirectory() as tmp:
+            ups, up_info = train_upsampler(args, train_x, args.work_dir or Path(tmp))
+    if args.work_dir and not args.upsampler:  # kept for a second look (`MicroDopplerUpsampler.load`)
         ups.save(Path(args.work_dir) / "upsampler_final.pt", meta={"script": "cascade_vs_bicubic.py"})
     log(f"upsampler: {args.steps} steps in {up_info['seconds']:.0f}s ({up_info['step_seconds']:.3f} s a step), "
         f"last loss {up_info['final_loss']:.4f}")
