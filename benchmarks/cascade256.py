@@ -34,7 +34,7 @@ import json  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
-from dataclasses import asdict  # noqa: E402
+from dataclasses import asdict, replace  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import torch  # noqa: E402
@@ -172,12 +172,12 @@ def markdown(result: dict) -> str:
              f"the last {p['num_test']} of each user test; base {p['base_size']} px; {p['samples_per_user']} samples "
              f"per user per set. {result['device']}. Wall time {result['wall_seconds'] / 60:.1f} min "
              f"(times in s: {', '.join(f'{k} {v:.0f}' for k, v in t.items())}).\n",
-             "| set | A_gen / A_real | CAS / A_real | FID / floor | KID / floor (KID) | background defects (real test) "
+             "| set | A_gen / A_real | CAS / A_real | FID / floor | KID (real floor) | background defects (real test) "
              "| envelope / cadence / torso error (real floor) |",
              "|---|---|---|---|---|---|---|"]
     for name, s in result["sets"].items():
         lines.append(f"| {name} | {_fmt(s['A_gen_over_A_real'])} | {_fmt(s['CAS_over_A_real'])} | "
-                     f"{_fmt(s['fid_over_floor'])} | {_fmt(s['kid_over_floor'])} ({_fmt(s['kid'])}) | "
+                     f"{_fmt(s['fid_over_floor'])} | {_fmt(s['kid'])} ({_fmt(s['kid_floor'])}) | "
                      f"{_fmt(s['defects'])} ({_fmt(s['defects_real_test'])}) | {_fmt(s['kinematic_error'])} "
                      f"({_fmt(s['kinematic_floor'])}) |")
     lines.append(f"\nA_real {_fmt(next(iter(result['sets'].values()))['A_real'])}. Grid: `{result['grid']}` "
@@ -214,7 +214,7 @@ def run(p: CascadeProfile, work: Path, out: Path, workers: int = 2) -> dict:
     if p.latent_budget is not None:
         sets["latent"] = torch.load(work / "latent_samples.pt")
     rec = recogniser(p, data, work)
-    eval_dir = out.parent / f"{out.name}_eval"
+    eval_dir = work / "eval" / out.name  # the per-set reports and plots stay beside the models
     judged = {}
     for name, s in sets.items():
         start = time.perf_counter()
@@ -242,10 +242,15 @@ def main(argv=None) -> dict | None:
     ap.add_argument("--work_dir", type=Path, default=None, help="models and caches (default: /tmp/cascade_<profile>)")
     ap.add_argument("--out", type=Path, default=None, help="path prefix of the .json / .md / _grid.png")
     ap.add_argument("--workers", type=int, default=2, choices=(1, 2), help="processes (one thread each)")
+    ap.add_argument("--decoder_config", type=json.loads, default=None,
+                    help='JSON of DecoderConfig fields for the base chain\'s decoder, e.g. \'{"prediction": "v", '
+                         '"zero_terminal_snr": true, "loss_weighting": "min_snr"}\' (the other models are shared)')
     ap.add_argument("--lane", choices=("helper",), default=None, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
     p = cascade_profiles()[args.profile]
+    if args.decoder_config:
+        p = replace(p, base_budget=replace(p.base_budget, decoder={**p.base_budget.decoder, **args.decoder_config}))
     work = args.work_dir or Path(f"/tmp/cascade_{p.name}")
     if args.lane == "helper":
         helper_lane(p, work)
