@@ -318,7 +318,7 @@ def cascade_profiles() -> dict[str, CascadeProfile]:
             upsampler=dict(dim=32), upsampler_train_steps=20000, upsampler_batch_size=32,
             recogniser_train=RecogniserTrainConfig(steps=3000, batch_size=32),
             device_note="one GPU (not yet run on one)",
-            expected="an estimate until a GPU run measures it: about 3-4 h on one H100 (upsampler 20k steps, "
+            expected="an estimate until a GPU run measures it: about 2-4 h on one H100 (upsampler 20k steps, "
                      "two chains of 20k decoder steps)"),
     }
 
