@@ -91,10 +91,20 @@ def upsampler(p: CascadeProfile, data: dict, work: Path) -> tuple[MicroDopplerUp
     return ups, seconds
 
 
-def chain(p: CascadeProfile, images, ids, budget: GeneratorBudget, work: Path, name: str):
-    """A two-stage chain on exactly these images (cached under work/cache)."""
-    return cached_generator(images, ids, cache_dir=work / "cache", num_users=p.num_users, kind="two_stage",
-                            budget=budget, seed=p.seed, run_dir=work / "runs" / name, colormap="jet")
+def chain_samples(p: CascadeProfile, images, ids, budget: GeneratorBudget, work: Path, name: str,
+                  times: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    """A two-stage chain on exactly these images (cached under work/cache) and its
+    `samples_per_user` samples per user; its training and sampling seconds go into `times`."""
+    start = time.perf_counter()
+    gen = cached_generator(images, ids, cache_dir=work / "cache", num_users=p.num_users, kind="two_stage",
+                           budget=budget, seed=p.seed, run_dir=work / "runs" / name, colormap="jet")
+    times[f"{name}_train"] = time.perf_counter() - start
+    log(f"{name} chain ({images.shape[-1]} px) in {times[f'{name}_train']:.0f}s ({gen.seconds})")
+    start = time.perf_counter()
+    out = sample_tensors(gen.model, list(range(p.num_users)), p.samples_per_user, seed=p.sample_seed,
+                         sampling=budget.sampling)
+    times[f"{name}_sample"] = time.perf_counter() - start
+    return out
 
 
 def helper_lane(p: CascadeProfile, work: Path) -> None:
@@ -108,16 +118,8 @@ def helper_lane(p: CascadeProfile, work: Path) -> None:
     _, times["upsampler"] = upsampler(p, data, work)
     log(f"helper: upsampler in {times['upsampler']:.0f}s")
     if p.latent_budget is not None:
-        start = time.perf_counter()
-        gen = chain(p, *data["train"], p.latent_budget, work, "latent")
-        times["latent_train"] = time.perf_counter() - start
-        log(f"helper: latent chain in {times['latent_train']:.0f}s ({gen.seconds})")
-        start = time.perf_counter()
-        images, ids = sample_tensors(gen.model, list(range(p.num_users)), p.samples_per_user, seed=p.sample_seed,
-                                     sampling=p.latent_budget.sampling)
-        times["latent_sample"] = time.perf_counter() - start
+        images, ids = chain_samples(p, *data["train"], p.latent_budget, work, "latent", times)
         torch.save({"images": images, "ids": ids}, work / "latent_samples.pt")
-        log(f"helper: {len(images)} latent samples in {times['latent_sample']:.0f}s")
     (work / "helper_times.json").write_text(json.dumps(times, indent=2) + "\n")
 
 
@@ -192,14 +194,8 @@ def run(p: CascadeProfile, work: Path, out: Path, workers: int = 2) -> dict:
     log(f"{p.name}: {len(data['train'][0])} train / {len(data['test'][0])} test images at {p.size} px")
     helper = start_helper(p, work) if workers > 1 else None
     times = {}
-    start = time.perf_counter()
-    base = chain(p, shrink(data["train"][0], p.base_size), data["train"][1], p.base_budget, work, "base")
-    times["base_train"] = time.perf_counter() - start
-    log(f"base chain ({p.base_size} px) in {times['base_train']:.0f}s ({base.seconds})")
-    start = time.perf_counter()
-    low, ids = sample_tensors(base.model, list(range(p.num_users)), p.samples_per_user, seed=p.sample_seed,
-                              sampling=p.base_budget.sampling)
-    times["base_sample"] = time.perf_counter() - start
+    low, ids = chain_samples(p, shrink(data["train"][0], p.base_size), data["train"][1], p.base_budget, work, "base",
+                             times)
     if helper is None:
         helper_lane(p, work)
     elif helper[0].wait() != 0:
