@@ -4,7 +4,7 @@ every set judged at the data's own size.
 Three ways to a 256 px sample of a user, all from generators trained on the same real train images:
 
 - cascade: the two-stage chain at the base size (64 px, pixels, trained on the train images
-  shrunk by area) and the diffusion upsampler (64 -> 256, trained on random crops of the full-size
+  shrunk by area; its decoder v-prediction on a zero-terminal-SNR schedule, `protocol.V_ZSNR_DECODER`) and the diffusion upsampler (64 -> 256, trained on random crops of the full-size
   train images), sampled with its 8 network evaluations;
 - bicubic: the same base samples enlarged by bicubic interpolation;
 - latent: the two-stage chain at 256 px through a VQGAN latent (f = 8 on CPU, a 32 x 32 latent).
@@ -239,8 +239,9 @@ def main(argv=None) -> dict | None:
     ap.add_argument("--out", type=Path, default=None, help="path prefix of the .json / .md / _grid.png")
     ap.add_argument("--workers", type=int, default=2, choices=(1, 2), help="processes (one thread each)")
     ap.add_argument("--decoder_config", type=json.loads, default=None,
-                    help='JSON of DecoderConfig fields for the base chain\'s decoder, e.g. \'{"prediction": "v", '
-                         '"zero_terminal_snr": true, "loss_weighting": "min_snr"}\' (the other models are shared)')
+                    help='JSON of DecoderConfig fields that replace the base chain decoder\'s (the profiles\' is v + '
+                         'zero terminal SNR + min-SNR-5), e.g. \'{"prediction": "eps", "zero_terminal_snr": false, '
+                         '"loss_weighting": "p2"}\' for the library default; the other models are shared')
     ap.add_argument("--lane", choices=("helper",), default=None, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     torch.set_num_threads(1)

@@ -275,7 +275,7 @@ class CascadeProfile:
     seed: int = 0
     sample_seed: int = 1234
     samples_per_user: int = 10
-    base_budget: GeneratorBudget = PROTOCOL_BUDGET
+    base_budget: GeneratorBudget = field(default_factory=lambda: V_ZSNR_BUDGET)
     latent_budget: GeneratorBudget | None = None
     upsampler: dict = field(default_factory=lambda: dict(dim=16))
     upsampler_train_steps: int = 900
@@ -285,6 +285,13 @@ class CascadeProfile:
     cas: bool = True
     device_note: str = "2 CPU cores"
     expected: str = ""
+
+
+# the cascade's base decoder: v-prediction on a zero-terminal-SNR schedule with min-SNR-5 weights
+# (Lin et al. 2024, Hang et al. 2023); the eps + P2 base washes out 0.93 of its backgrounds at 64 px
+# (`quality.py --profile cascade256`, docs/results.md)
+V_ZSNR_DECODER = dict(prediction="v", zero_terminal_snr=True, loss_weighting="min_snr", min_snr_gamma=5.0)
+V_ZSNR_BUDGET = replace(PROTOCOL_BUDGET, decoder={**PROTOCOL_BUDGET.decoder, **V_ZSNR_DECODER})
 
 
 def cascade_profiles() -> dict[str, CascadeProfile]:
@@ -297,7 +304,7 @@ def cascade_profiles() -> dict[str, CascadeProfile]:
         lr=3e-4, warmup_steps=500,
         clip=dict(dim_latent=128, dim_image=256, dim_text=128, encoder_widths=(32, 64, 128, 256), token_grid=4),
         decoder=dict(dim=64, dim_mults=(1, 2, 4, 8), num_resnet_blocks=2, attn_heads=4, attn_dim_head=32,
-                     timesteps=1000, sample_timesteps=50, num_image_tokens=4),
+                     timesteps=1000, sample_timesteps=50, num_image_tokens=4, **V_ZSNR_DECODER),
         prior=dict(depth=6, heads=8, dim_head=32, timesteps=1000, sample_timesteps=64),
         sampling=SamplingConfig(decoder_steps=50, prior_steps=64))
     tiny = replace(QUICK_BUDGET, prior_train_steps=20, decoder_batch_size=8, warmup_steps=2)

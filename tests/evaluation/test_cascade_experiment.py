@@ -73,4 +73,6 @@ def test_the_cascade_profiles_are_256_px_from_a_64_px_base():
         p = profiles[name]
         assert p.size == 256 and p.base_size == 64 and p.latent_budget is not None
         assert p.upsampler_train_steps > 0 and p.samples_per_user == p.num_test  # FID / KID sets match test
+        # the base decoder the cascade256 run picked: the eps + P2 one washed out its backgrounds
+        assert p.base_budget.decoder["prediction"] == "v" and p.base_budget.decoder["zero_terminal_snr"]
     assert "an estimate" in profiles["gpu256"].expected
