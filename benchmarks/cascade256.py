@@ -39,17 +39,17 @@ from pathlib import Path  # noqa: E402
 
 import torch  # noqa: E402
 
-from dalle2_md.augmentation.cascade import enlarge_samples  # noqa: E402
+from dalle2_md.augmentation.cascade import enlarge_samples, upsampler_schedule  # noqa: E402
 from dalle2_md.augmentation.harness import cached_generator  # noqa: E402
 from dalle2_md.data.display import save_grid  # noqa: E402
 from dalle2_md.data.simulator import get_profile  # noqa: E402
-from dalle2_md.evaluation.protocol import CascadeProfile, cascade_profiles, simulate, split  # noqa: E402
-from dalle2_md.evaluation.recogniser import RecogniserConfig, cached_recogniser  # noqa: E402
+from dalle2_md.evaluation.protocol import (CascadeProfile, cascade_profiles, simulate, sized_recogniser_config,  # noqa: E402
+                                           split)
+from dalle2_md.evaluation.recogniser import cached_recogniser  # noqa: E402
 from dalle2_md.evaluation.report import evaluate_samples  # noqa: E402
 from dalle2_md.generation.samples import sample_tensors  # noqa: E402
 from dalle2_md.models.upsampler import MicroDopplerUpsampler, UpsamplerConfig, shrink  # noqa: E402
 from dalle2_md.training.fit import fit_upsampler  # noqa: E402
-from dalle2_md.training.loop import TrainConfig  # noqa: E402
 from dalle2_md.training.presets import GeneratorBudget  # noqa: E402
 from dalle2_md.utils import plain_json  # noqa: E402
 
@@ -68,26 +68,26 @@ def make_data(p: CascadeProfile) -> dict:
 
 def recogniser(p: CascadeProfile, data: dict, work: Path):
     """The reference recogniser at the data's size on the real train images (cached)."""
-    shape = dict(p.recogniser)
-    if "time_pool" in shape:
-        shape["time_pool"] = max(1, p.size // 16)
-    config = RecogniserConfig(num_users=p.num_users, channels=1, image_size=p.size, **shape)
+    config = sized_recogniser_config(p.recogniser, p.num_users, p.size)
     return cached_recogniser(work / "recogniser.pt", *data["train"], config=config, train=p.recogniser_train)
 
 
 def upsampler(p: CascadeProfile, data: dict, work: Path) -> tuple[MicroDopplerUpsampler, float]:
-    """The base -> full-size upsampler on the real train images (cached as work/upsampler.pt)."""
+    """The base -> full-size upsampler on the real train images (cached as work/upsampler.pt,
+    reused only while its config and training schedule are this profile's)."""
     path = work / "upsampler.pt"
-    if path.exists():
-        return MicroDopplerUpsampler.load(path), 0.0
     config = UpsamplerConfig(lowres_size=p.base_size, output_size=p.size, **p.upsampler)
-    schedule = TrainConfig(max_steps=p.upsampler_train_steps, batch_size=p.upsampler_batch_size, lr=1e-3, seed=p.seed,
-                           warmup_steps=min(50, p.upsampler_train_steps // 10),
-                           log_every=max(1, p.upsampler_train_steps // 10))
+    schedule = replace(upsampler_schedule(p.upsampler_train_steps, p.upsampler_batch_size), seed=p.seed,
+                       log_every=max(1, p.upsampler_train_steps // 10))
+    train_key = json.loads(json.dumps(asdict(schedule)))
+    if path.exists():
+        cached = MicroDopplerUpsampler.load(path)
+        if cached.config == config and cached.meta.get("train") == train_key:
+            return cached, 0.0
     start = time.perf_counter()
     ups, _ = fit_upsampler(data["train"][0], config, schedule, work / "runs" / "upsampler")
     seconds = time.perf_counter() - start
-    ups.save(path, meta={"script": "benchmarks/cascade256.py", "seconds": seconds})
+    ups.save(path, meta={"script": "benchmarks/cascade256.py", "seconds": seconds, "train": train_key})
     return ups, seconds
 
 

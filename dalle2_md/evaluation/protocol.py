@@ -64,6 +64,7 @@ __all__ = [
     "CASCADE_PROFILE_NAMES",
     "protocol_data",
     "recogniser_config",
+    "sized_recogniser_config",
     "reference_recogniser",
     "kinematic_ratios",
 ]
@@ -352,10 +353,16 @@ def protocol_data(p: Profile) -> dict:
 
 def recogniser_config(p: Profile) -> RecogniserConfig:
     """The profile's recogniser shape; the K-shot shape pools time by image_size / 16."""
-    shape = dict(p.recogniser)
-    if "time_pool" in shape or "pool_rows" in shape:  # the K-shot shape: pool time as augment_ablation.py does
-        shape["time_pool"] = max(1, p.image_size // 16)
-    return RecogniserConfig(num_users=p.num_users, channels=1, image_size=p.image_size, **shape)
+    return sized_recogniser_config(p.recogniser, p.num_users, p.image_size)
+
+
+def sized_recogniser_config(shape: dict, num_users: int, image_size: int) -> RecogniserConfig:
+    """A recogniser of this shape for 1-channel images of this size; the K-shot shape pools time by
+    image_size / 16, as augment_ablation.py does."""
+    shape = dict(shape)
+    if "time_pool" in shape or "pool_rows" in shape:
+        shape["time_pool"] = max(1, image_size // 16)
+    return RecogniserConfig(num_users=num_users, channels=1, image_size=image_size, **shape)
 
 
 def reference_recogniser(p: Profile, data: dict, work: Path):
