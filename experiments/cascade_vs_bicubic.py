@@ -42,7 +42,6 @@ import json  # noqa: E402
 import math  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
-from dataclasses import replace  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import numpy as np  # noqa: E402
@@ -145,17 +144,13 @@ def upsampled_sets(ups, real01: torch.Tensor, args) -> tuple[dict, dict, torch.T
     out, seconds = {}, {}
     out["bicubic"] = F.interpolate(low, size=args.size, mode="bicubic", align_corners=False).clamp(0, 1)
     out["nearest"] = F.interpolate(low, size=args.size, mode="nearest")
-    config = ups.config
-    inputs = [("cascade", low, config)] + ([(DIAGNOSTIC, low_nearest, config)] if args.nearest_input else [])
-    inputs += [(f"cascade, input noise {level:g}", low, replace(config, lowres_noise_level=level))
-               for level in args.lowres_noise_levels or ()]
-    for name, lowres, sampling_config in inputs:
+    inputs = [("cascade", low, None)] + ([(DIAGNOSTIC, low_nearest, None)] if args.nearest_input else [])
+    inputs += [(f"cascade, input noise {level:g}", low, level) for level in args.lowres_noise_levels or ()]
+    for name, lowres, level in inputs:
         start = time.perf_counter()
-        ups.config = sampling_config  # the sampling level is read from the config; the weights are the same
-        out[name] = ups.sample(lowres, seed=args.sample_seed)
+        out[name] = ups.sample(lowres, seed=args.sample_seed, lowres_noise_level=level)
         seconds[name] = time.perf_counter() - start
         log(f"{name}: {len(lowres)} images in {seconds[name]:.0f}s")
-    ups.config = config
     first = ("bicubic", "cascade", "nearest")
     return {k: out[k] for k in first + tuple(k for k in out if k not in first)}, seconds, low
 

@@ -247,9 +247,11 @@ class MicroDopplerUpsampler(nn.Module):
             target = noise
         return F.mse_loss(pred, target)
 
-    def _noised_condition(self, cond: torch.Tensor, noise: torch.Tensor, *, training: bool):
+    def _noised_condition(self, cond: torch.Tensor, noise: torch.Tensor, *, training: bool,
+                          sample_level: float | None = None):
         """The low-res input as the U-Net reads it, and its noise level (None without low-res
-        noise): random levels below `lowres_noise_max` in training, the fixed one in sampling."""
+        noise): random levels below `lowres_noise_max` in training; in sampling the fixed
+        `sample_level` (a fraction of the schedule; default the config's `lowres_noise_level`)."""
         c = self.config
         if not c.lowres_noise:
             return cond, None
@@ -257,7 +259,8 @@ class MicroDopplerUpsampler(nn.Module):
             level = torch.randint(0, max(1, int(c.lowres_noise_max * LOWRES_NOISE_LEVELS)), (len(cond),),
                                   device=cond.device)
         else:
-            level = torch.full((len(cond),), c.noise_level_index, dtype=torch.long, device=cond.device)
+            index = c.noise_level_index if sample_level is None else int(sample_level * LOWRES_NOISE_LEVELS)
+            level = torch.full((len(cond),), index, dtype=torch.long, device=cond.device)
         return q_sample(lowres_noise_scheduler(self.decoder, 2), cond, level, noise), level
 
     # --- sampling ----------------------------------------------------------------------
@@ -265,7 +268,7 @@ class MicroDopplerUpsampler(nn.Module):
     @torch.no_grad()
     def sample(self, lowres: torch.Tensor, *, seed: int | None = None, generator: Generators = None,
                timesteps: int | None = None, sampler: str | None = None, eta: float = 0.0,
-               batch_size: int = 16) -> torch.Tensor:
+               lowres_noise_level: float | None = None, batch_size: int = 16) -> torch.Tensor:
         """Upsample a batch.
 
         Args:
@@ -276,6 +279,9 @@ class MicroDopplerUpsampler(nn.Module):
             timesteps: network evaluations (default config.sample_timesteps).
             sampler: "ddim" or "dpmpp_2m" (default: `sampling.resolve_sampler`).
             eta: DDIM eta.
+            lowres_noise_level: the input's noise level, a fraction of the low-res schedule in
+                [0, 1) (default config.lowres_noise_level); needs an upsampler trained with
+                lowres_noise.
             batch_size: most rows run through the U-Net at once (memory); results do not depend on it.
 
         Returns:
@@ -288,14 +294,19 @@ class MicroDopplerUpsampler(nn.Module):
             generator = keyed_generators(0 if seed is None else seed, UPSAMPLER_STREAM, range(len(lowres)))
         if not isinstance(generator, (list, tuple)) or len(generator) != len(lowres):
             raise ValueError(f"give one generator per row ({len(lowres)})")
+        if exists(lowres_noise_level) and not (self.config.lowres_noise and 0.0 <= lowres_noise_level < 1.0):
+            raise ValueError("lowres_noise_level needs an upsampler trained with lowres_noise and a level in [0, 1), "
+                             f"got {lowres_noise_level} (lowres_noise={self.config.lowres_noise})")
         was_training = self.training
         self.eval()
-        out = [self._sample(lowres[s:s + batch_size] * 2 - 1, generator[s:s + batch_size], timesteps, sampler, eta)
+        out = [self._sample(lowres[s:s + batch_size] * 2 - 1, generator[s:s + batch_size], timesteps, sampler, eta,
+                            lowres_noise_level)
                for s in range(0, len(lowres), batch_size)]
         self.train(was_training)
         return ((torch.cat(out).clamp(-1, 1) + 1) / 2).contiguous()
 
-    def _sample(self, lowres: torch.Tensor, generators: Sequence[torch.Generator], timesteps, sampler, eta):
+    def _sample(self, lowres: torch.Tensor, generators: Sequence[torch.Generator], timesteps, sampler, eta,
+                lowres_noise_level):
         c, unet = self.config, self.unet
         scheduler = cascade_noise_scheduler(self.decoder, 2)
         batch, device = len(lowres), lowres.device
@@ -303,7 +314,8 @@ class MicroDopplerUpsampler(nn.Module):
         base = enlarge(lowres.float(), c.output_size) if c.residual else nearest_resize(lowres.float(), c.output_size)
         cond, level = base, None
         if c.lowres_noise:  # as in training, at the fixed sampling level the U-Net is told
-            cond, level = self._noised_condition(base, randn(base.shape, generators, device), training=False)
+            cond, level = self._noised_condition(base, randn(base.shape, generators, device), training=False,
+                                                 sample_level=lowres_noise_level)
 
         def model_fn(x, t):
             x_start = x_start_estimate(scheduler, c, x, t, unet(x, t, image_embed=None, lowres_cond_img=cond,

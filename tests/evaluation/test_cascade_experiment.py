@@ -15,13 +15,15 @@ ROOT = Path(__file__).resolve().parents[2]
 @pytest.mark.slow
 def test_cascade_vs_bicubic_smoke_judges_every_method(tmp_path):
     out = tmp_path / "cvb"
-    proc = subprocess.run([sys.executable, str(ROOT / "experiments/cascade_vs_bicubic.py"), "--smoke", "--out", str(out)],
+    proc = subprocess.run([sys.executable, str(ROOT / "experiments/cascade_vs_bicubic.py"), "--smoke", "--out", str(out),
+                           "--lowres_noise_levels", "0.1"],
                           capture_output=True, text=True, timeout=300, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(out.with_suffix(".json").read_text())
     rows = result["judged"]["rows"]
-    assert {"bicubic", "cascade", "nearest"} <= set(rows)
-    for name in ("bicubic", "cascade", "nearest"):
+    assert {"bicubic", "cascade", "nearest", "cascade, input noise 0.1"} <= set(rows)
+    assert rows["cascade, input noise 0.1"]["kid"] != rows["cascade"]["kid"]  # another level, other samples
+    for name in ("bicubic", "cascade", "nearest", "cascade, input noise 0.1"):
         row = rows[name]
         numbers = [row["kid"], row["fid"], row["a_gen"], row["psnr"], row["background"],
                    row["kinematic_rel_error"]["max_envelope"]]

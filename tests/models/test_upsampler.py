@@ -196,3 +196,15 @@ def test_random_crops_cut_the_same_window_from_every_tensor():
     for i in range(2):  # each crop is a contiguous window of its own row
         top, left = divmod(int(ca[i, 0, 0, 0].item()) - i * 256, 16)
         assert torch.equal(ca[i], a[i, :, top:top + 8, left:left + 8])
+
+
+def test_the_sampling_input_noise_level_is_an_argument(trained):
+    model, _ = trained
+    lowres = (toy_images(3)[:, :, ::2, ::2] + 1) / 2
+    default = model.sample(lowres, seed=5)
+    # the config's own level given explicitly is the default; another level changes what the U-Net reads
+    assert torch.equal(model.sample(lowres, seed=5, lowres_noise_level=model.config.lowres_noise_level), default)
+    assert not torch.equal(model.sample(lowres, seed=5, lowres_noise_level=0.0), default)
+    assert model.config.lowres_noise_level == TINY.lowres_noise_level  # the model's config is left alone
+    with pytest.raises(ValueError, match=r"level in \[0, 1\)"):
+        model.sample(lowres, seed=5, lowres_noise_level=1.0)
