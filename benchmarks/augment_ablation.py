@@ -36,7 +36,7 @@ from dalle2_md.augmentation.cascade import Enlargement, upsampler_schedule  # no
 from dalle2_md.augmentation.harness import mean_std, augmentation_gain, summarise_seeds  # noqa: E402
 from dalle2_md.augmentation.recipe import AugmentRecipe  # noqa: E402
 from dalle2_md.data.simulator import get_profile  # noqa: E402
-from dalle2_md.evaluation.protocol import KSHOT_RECOGNISER, RECOGNISER_ARMS, simulate, split  # noqa: E402
+from dalle2_md.evaluation.protocol import KSHOT_RECOGNISER, RECOGNISER_ARMS, simulated_sets  # noqa: E402
 from dalle2_md.defaults import SamplingConfig  # noqa: E402
 from dalle2_md.utils import plain_json  # noqa: E402
 from dalle2_md.models.upsampler import UpsamplerConfig  # noqa: E402
@@ -248,9 +248,8 @@ def main():
 
     profile = get_profile("gait31")
     num_users = profile.num_users
-    images, ids = simulate(num_users, args.per_user, args.image_size, args.data_seed, profile)
-    parts = split(ids, args.per_user, args.num_test, 0)
-    train, test = (images[parts["train"]], ids[parts["train"]]), (images[parts["test"]], ids[parts["test"]])
+    sets = simulated_sets(num_users, args.per_user, args.image_size, args.data_seed, args.num_test)
+    train, test = sets["train"], sets["test"]
     recipes = [RECIPES[name] for name in args.recipes.split(",")]
     budget = GeneratorBudget(clip_train_steps=args.clip_train_steps, decoder_train_steps=args.decoder_train_steps,
                              prior_train_steps=args.prior_train_steps,

@@ -42,9 +42,8 @@ import torch  # noqa: E402
 from dalle2_md.augmentation.cascade import enlarge_samples, upsampler_schedule  # noqa: E402
 from dalle2_md.augmentation.harness import cached_generator  # noqa: E402
 from dalle2_md.data.display import save_grid  # noqa: E402
-from dalle2_md.data.simulator import get_profile  # noqa: E402
-from dalle2_md.evaluation.protocol import (CascadeProfile, cascade_profiles, simulate, sized_recogniser_config,  # noqa: E402
-                                           split)
+from dalle2_md.evaluation.protocol import (CascadeProfile, cascade_profiles, simulated_sets,  # noqa: E402
+                                           sized_recogniser_config)
 from dalle2_md.evaluation.recogniser import cached_recogniser  # noqa: E402
 from dalle2_md.evaluation.report import evaluate_samples  # noqa: E402
 from dalle2_md.generation.samples import sample_tensors  # noqa: E402
@@ -61,9 +60,7 @@ def log(message: str) -> None:
 
 
 def make_data(p: CascadeProfile) -> dict:
-    images, ids = simulate(p.num_users, p.per_user, p.size, p.data_seed, get_profile("gait31"))
-    parts = split(ids, p.per_user, p.num_test, 0)
-    return {name: (images[parts[name]], ids[parts[name]]) for name in ("train", "test")}
+    return simulated_sets(p.num_users, p.per_user, p.size, p.data_seed, p.num_test)
 
 
 def recogniser(p: CascadeProfile, data: dict, work: Path):

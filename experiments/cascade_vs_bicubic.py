@@ -49,11 +49,10 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 from dalle2_md.data.display import save_grid  # noqa: E402
-from dalle2_md.data.simulator import get_profile  # noqa: E402
 from dalle2_md.evaluation.metrics import (background_levels, domain_fid, kernel_distance,  # noqa: E402
                                           read_kinematics_batch)
 from dalle2_md.evaluation.kinematics import read_kinematics  # noqa: E402
-from dalle2_md.evaluation.protocol import KSHOT_RECOGNISER, simulate, split  # noqa: E402
+from dalle2_md.evaluation.protocol import KSHOT_RECOGNISER, simulated_sets  # noqa: E402
 from dalle2_md.evaluation.recogniser import (RecogniserConfig, RecogniserTrainConfig, accuracy,  # noqa: E402
                                              extract_features, train_recogniser)
 from dalle2_md.models.upsampler import MicroDopplerUpsampler, UpsamplerConfig  # noqa: E402
@@ -121,10 +120,7 @@ def recogniser_config(args, num_users: int) -> RecogniserConfig:
 
 
 def make_data(args) -> dict:
-    images, ids = simulate(args.num_users, args.per_user, args.size, args.data_seed, get_profile("gait31"))
-    ids = torch.unique(ids, return_inverse=True)[1]
-    parts = split(ids, args.per_user, args.num_test, 0)
-    return {name: (images[parts[name]], ids[parts[name]]) for name in ("train", "test")}
+    return simulated_sets(args.num_users, args.per_user, args.size, args.data_seed, args.num_test)
 
 
 def train_upsampler(args, train_images: torch.Tensor, work: Path):

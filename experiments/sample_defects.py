@@ -46,7 +46,7 @@ from dalle2_md.evaluation.recogniser import accuracy
 from dalle2_md.training.presets import CPU_DECODER_SIZES  # noqa: E402
 from dalle2_md.evaluation.recogniser import RecogniserConfig, RecogniserTrainConfig, train_recogniser  # noqa: E402
 from dalle2_md.data.simulator import get_profile  # noqa: E402
-from dalle2_md.evaluation.protocol import KSHOT_RECOGNISER, simulate, split  # noqa: E402
+from dalle2_md.evaluation.protocol import KSHOT_RECOGNISER, simulated_sets  # noqa: E402
 from dalle2_md.generation.variations import sdedit, variations_of  # noqa: E402
 from dalle2_md.data.display import save_grid  # noqa: E402
 
@@ -118,9 +118,8 @@ def main():
     torch.set_num_threads(1)
 
     profile = get_profile("gait31")
-    images, ids = simulate(profile.num_users, 100, 32, 1, profile)
-    parts = split(ids, 100, 20, 0)
-    train, test = (images[parts["train"]], ids[parts["train"]]), (images[parts["test"]], ids[parts["test"]])
+    sets = simulated_sets(profile.num_users, 100, 32, 1, 20)
+    train, test = sets["train"], sets["test"]
     pick = kshot_indices(train[1], args.k, args.seed)
     shot = (train[0][pick].clone(), train[1][pick].clone())
     shape = RecogniserConfig(num_users=profile.num_users, channels=1, image_size=32, **{**KSHOT_RECOGNISER, "time_pool": 2})

@@ -40,7 +40,7 @@ from dalle2_md.augmentation.recipe import AugmentRecipe, draw_candidates  # noqa
 from dalle2_md.evaluation.recogniser import RecogniserConfig, RecogniserTrainConfig, train_recogniser  # noqa: E402
 from dalle2_md.evaluation.stages import nearest_centroid_accuracy, user_centroids, within_user_spread  # noqa: E402
 from dalle2_md.data.simulator import get_profile  # noqa: E402
-from dalle2_md.evaluation.protocol import KSHOT_RECOGNISER, simulate, split  # noqa: E402
+from dalle2_md.evaluation.protocol import KSHOT_RECOGNISER, simulated_sets  # noqa: E402
 from dalle2_md.generation.variations import embed  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -101,9 +101,8 @@ def main():
 
     profile = get_profile("gait31")
     num_users = profile.num_users
-    images, ids = simulate(num_users, 100, 32, 1, profile)
-    parts = split(ids, 100, 20, 0)
-    train, test = (images[parts["train"]], ids[parts["train"]]), (images[parts["test"]], ids[parts["test"]])
+    sets = simulated_sets(num_users, 100, 32, 1, 20)
+    train, test = sets["train"], sets["test"]
     pick = kshot_indices(train[1], args.k, args.seed)
     shot = (train[0][pick].clone(), train[1][pick].clone())
     budget = GeneratorBudget(decoder_train_steps=args.decoder_train_steps, prior_train_steps=1000,

@@ -335,6 +335,15 @@ def cascade_profiles() -> dict[str, CascadeProfile]:
 CASCADE_PROFILE_NAMES = ("cascade256", "gpu256")
 
 
+def simulated_sets(num_users: int, per_user: int, image_size: int, data_seed: int, num_test: int,
+                   simulator: str = "gait31") -> dict:
+    """Simulated users split by recording: {"train": (images, ids), "test": (images, ids)}, each
+    user's last `num_test` recordings the test set (`simulate`, then `split`)."""
+    images, ids = simulate(num_users, per_user, image_size, data_seed, get_profile(simulator))
+    parts = split(ids, per_user, num_test, 0)
+    return {name: (images[parts[name]], ids[parts[name]]) for name in ("train", "test")}
+
+
 def protocol_data(p: Profile) -> dict:
     """A profile's data: its users simulated in memory (through the colormap round trip the data
     loader does) and each user's last `num_test` recordings held out as test.
@@ -343,9 +352,7 @@ def protocol_data(p: Profile) -> dict:
         {"sets": {"train": (images, ids), "test": (images, ids)}, "label_map": the LabelMap as a
         dict (users named ID_1, ID_2, ...)}.
     """
-    images, ids = simulate(p.num_users, p.per_user, p.image_size, p.data_seed, get_profile(p.simulator))
-    parts = split(ids, p.per_user, p.num_test, 0)
-    sets = {name: (images[parts[name]], ids[parts[name]]) for name in ("train", "test")}
+    sets = simulated_sets(p.num_users, p.per_user, p.image_size, p.data_seed, p.num_test, p.simulator)
     label_map = LabelMap(names=tuple(f"ID_{u + 1}" for u in range(p.num_users)), ids=tuple(range(1, p.num_users + 1)),
                          layout="hierarchical")
     return {"sets": sets, "label_map": label_map.to_dict()}
