@@ -118,12 +118,14 @@ def run_demo(out_dir: str | Path = "outputs/demo", config: DemoConfig | None = N
 
 
 def demo_metrics(model, train_ds, data: DataOptions, run_dir: Path, config: DemoConfig, seed: int) -> dict:
-    """Identity accuracy and domain FID of the demo's own samples: a small recogniser trained on
-    the real train split judges real test images (A_real) and fresh samples (A_gen), and its
-    features give the FID of samples vs real test and the floor of real train vs real test."""
+    """Identity accuracy, domain FID and background defects of the demo's own samples: a small
+    recogniser trained on the real train split judges real test images (A_real) and fresh samples
+    (A_gen), and its features give the FID of samples vs real test and the floor of real train vs
+    real test; the defect rate is the share of images whose background lies outside the real train
+    images' 1-99 % range, for the samples and for the real test images."""
     from dalle2_md.data.dataset import MicroDopplerDataset
     from dalle2_md.evaluation.recogniser import accuracy
-    from dalle2_md.evaluation.metrics import domain_fid, min_fid_samples
+    from dalle2_md.evaluation.metrics import background_defects, background_range, domain_fid, min_fid_samples
     from dalle2_md.evaluation.recogniser import RecogniserConfig, RecogniserTrainConfig, train_recogniser
 
     test = MicroDopplerDataset(data.data_root, image_size=data.image_size, colormap=data.colormap, split="test",
@@ -146,6 +148,9 @@ def demo_metrics(model, train_ds, data: DataOptions, run_dir: Path, config: Demo
     a_gen, _ = accuracy(recogniser, fake, fake_ids)
     metrics = {"a_real": a_real, "a_gen": a_gen, "chance": 1 / num_users, "test_images": len(test_ids),
                "generated_images": len(fake_ids), "fid": None, "fid_floor": None}
+    bounds = background_range(train_images)
+    metrics["background_defects"] = background_defects(fake, bounds)["rate"]
+    metrics["real_background_defects"] = background_defects(test_images, bounds)["rate"]
     if min(len(test_ids), len(fake_ids)) >= min_fid_samples(recogniser):
         metrics["fid"] = domain_fid(recogniser, test_images, fake)
         metrics["fid_floor"] = domain_fid(recogniser, test_images, train_images)
@@ -182,6 +187,10 @@ def _write_demo_report(out: Path, config: DemoConfig, timings: dict, rss: float,
         (f"Domain FID on its features, generated vs real test: {metrics['fid']:.2f} (floor, real train vs real "
          f"test: {metrics['fid_floor']:.2f})." if metrics["fid"] is not None else
          "Domain FID: too few test images for the recogniser's feature size."),
+        "",
+        f"Background defects (a noise floor outside the real train images' 1-99 % range): "
+        f"{metrics['background_defects']:.2f} of the generated images, {metrics['real_background_defects']:.2f} "
+        "of the real test images.",
         "",
         "## Timings",
         "",

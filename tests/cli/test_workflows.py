@@ -339,17 +339,19 @@ def test_quick_demo_over_a_vqgan_latent(tmp_path):
 class _ReplayGenerator:
     """Stands in for a trained model in `demo_metrics`: its "samples" of user u are unseen
     simulator draws of user (u + shift) mod N, so A_gen must be high at shift 0 and low
-    otherwise if it judges whose images they are."""
+    otherwise if it judges whose images they are; `lift` raises every pixel towards white by that
+    fraction (a washed-out background)."""
 
-    def __init__(self, images: torch.Tensor, user_ids: torch.Tensor, shift: int):
-        self.images, self.user_ids, self.shift = images, user_ids, shift
+    def __init__(self, images: torch.Tensor, user_ids: torch.Tensor, shift: int, lift: float = 0.0):
+        self.images, self.user_ids, self.shift, self.lift = images, user_ids, shift, lift
 
     def sample(self, users, *, num_samples_per_user, colorize, **_):
         assert not colorize  # the recogniser judges the model's own channels
         shown = [(u + self.shift) % int(self.user_ids.max() + 1) for u in users]
         picks = [self.images[self.user_ids == u][:num_samples_per_user] for u in shown]
         assert all(len(p) == num_samples_per_user for p in picks)
-        return (torch.cat(picks) + 1) / 2  # the model's [0, 1]
+        images01 = (torch.cat(picks) + 1) / 2  # the model's [0, 1]
+        return images01 + self.lift * (1 - images01)
 
 
 def test_demo_metrics_judge_real_and_generated_images(trained, tmp_path):
@@ -389,9 +391,14 @@ def test_demo_metrics_judge_real_and_generated_images(trained, tmp_path):
     assert correct == pytest.approx(round(correct), abs=1e-4)
 
     replay = {shift: demo_metrics(_ReplayGenerator(*fresh.tensors(), shift), ds, data, tmp_path / "run", config,
-                                  seed=0)["a_gen"] for shift in (0, 1)}
-    assert replay[0] >= 2 * metrics["chance"]  # unseen draws of the right users are recognised
-    assert replay[1] < metrics["chance"]  # the same draws, asked for as the next user, are not
+                                  seed=0) for shift in (0, 1)}
+    assert replay[0]["a_gen"] >= 2 * metrics["chance"]  # unseen draws of the right users are recognised
+    assert replay[1]["a_gen"] < metrics["chance"]  # the same draws, asked for as the next user, are not
+    # background defects: unseen real draws mostly inside the train images' 1-99 % range, as the
+    # real test images are; the same draws washed out all outside it
+    assert replay[0]["background_defects"] <= 0.25 and metrics["real_background_defects"] <= 0.25
+    washed = demo_metrics(_ReplayGenerator(*fresh.tensors(), 0, lift=0.4), ds, data, tmp_path / "run", config, seed=0)
+    assert washed["background_defects"] == 1.0
 
 
 def _truncate(path: Path) -> None:
