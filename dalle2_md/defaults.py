@@ -8,8 +8,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 SAMPLERS = ("ddim", "dpmpp_2m")
-# what the decoder's network predicts, and how its loss is weighted over noise levels (DecoderConfig)
+# what a diffusion network predicts (the upsampler: eps or v), and how its loss is weighted over
+# noise levels (DecoderConfig); a decoder may also use the EDM formulation (models/edm.py)
 PREDICTIONS = ("eps", "v")
+DECODER_PREDICTIONS = PREDICTIONS + ("edm",)
 LOSS_WEIGHTINGS = ("p2", "min_snr")
 # the deterministic sampler runs when none is named and eta == 0 (`sampling.resolve_sampler`)
 DEFAULT_SAMPLER = "dpmpp_2m"

@@ -2,7 +2,7 @@
 
 A sampler gets a `model_fn(x_t, t) -> x_0 estimate`, the starting noise and the training
 schedule's cumulative alphas; it knows nothing about users, embeddings or images. Owns: DDIM,
-DPM-Solver++(2M), the sampler registry, per-sample noise generators keyed by (seed, stream,
+DPM-Solver++(2M), EDM's Heun sampler (over noise levels, for EDM decoders), the sampler registry, per-sample noise generators keyed by (seed, stream,
 key); the defaults themselves are in `defaults` (no torch import, for the CLI).
 """
 
@@ -193,6 +193,42 @@ def sample_dpmpp_2m(
             prev_x0, prev_h = x0, h
         if exists(callback):
             callback({"i": i, "steps": len(times), "t": t, "x": x, "x_start": x0})
+    return x
+
+
+def sample_heun(
+    denoise: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    noise: torch.Tensor,
+    sigmas: torch.Tensor,
+    *,
+    callback: Callable[[dict], None] | None = None,
+) -> torch.Tensor:
+    """EDM's deterministic second-order sampler (Karras et al. 2022): Euler steps of the
+    probability-flow ODE dx / dsigma = (x - D(x; sigma)) / sigma, each corrected by the slope
+    at its end (Heun), except the last step to sigma = 0.
+
+    Args:
+        denoise: D(x, sigma) -> x_0 estimate, x = x_0 + sigma n, sigma (B,).
+        noise: (B, ...) standard Gaussian; sampling starts at sigmas[0] * noise.
+        sigmas: decreasing levels ending in 0 (`models.edm.karras_sigmas`).
+        callback: called with {"i", "steps", "sigma", "x", "x_start"} after each step.
+
+    Returns:
+        the sample at sigma = 0.
+    """
+    levels = [float(s) for s in sigmas]
+    x = noise * levels[0]
+    batch = noise.shape[0]
+    for i, (s, s_next) in enumerate(zip(levels[:-1], levels[1:])):
+        x_start = denoise(x, torch.full((batch,), s, device=x.device))
+        slope = (x - x_start) / s
+        x_next = x + (s_next - s) * slope
+        if s_next > 0:
+            slope_next = (x_next - denoise(x_next, torch.full((batch,), s_next, device=x.device))) / s_next
+            x_next = x + (s_next - s) * (slope + slope_next) / 2
+        x = x_next
+        if exists(callback):
+            callback({"i": i, "steps": len(levels) - 1, "sigma": s, "x": x, "x_start": x_start})
     return x
 
 

@@ -14,7 +14,7 @@ import click
 
 from dalle2_md.cli.options import (clip_options, clip_sizes, data_options, data_options_for, flag_pair, int_tuple, opt,
                                    pop_run_args, train_options, tuple_text, upsampler_options, upsampler_sizes)
-from dalle2_md.defaults import LOSS_WEIGHTINGS, PREDICTIONS, SAMPLE_TIMESTEPS
+from dalle2_md.defaults import DECODER_PREDICTIONS, LOSS_WEIGHTINGS, SAMPLE_TIMESTEPS
 from dalle2_md.utils import say
 
 
@@ -56,7 +56,9 @@ DECODER_SIZES = ("dim", "dim_mults", "num_resnet_blocks", "attn_heads", "attn_di
      help="Denoising network: the U-Net, or a DiT (patch transformer; width --dim, heads --attn_heads), meant for latents.")
 @opt("dit_depth", type=int, default=4, help="DiT transformer blocks (with --backbone dit).")
 @opt("dit_patch_size", type=int, default=2, help="DiT patch side (with --backbone dit).")
-@opt("prediction", type=click.Choice(PREDICTIONS), default="eps", help="What the decoder predicts: the noise or v.")
+@opt("prediction", type=click.Choice(DECODER_PREDICTIONS), default="eps",
+     help="What the decoder predicts: the noise, v, or edm (the EDM formulation: preconditioning, log-normal noise "
+          "levels, its loss weights and Heun sampler; Karras et al. 2022).")
 @flag_pair("zero_terminal_snr", default=False,
            help="Rescale the noise schedule to zero terminal SNR and sample from its last step (Lin et al. 2024); "
                 "needs --prediction v.")

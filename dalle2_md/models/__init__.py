@@ -4,7 +4,7 @@
 - prior: `UserConditionedDiffusionPrior`, image embeddings sampled for a user
 - decoder: `MicroDopplerDecoder`, a U-Net (or `dit` transformer) from embedding to spectrogram,
   in pixels or over a `vqgan` latent; `guidance`: its classifier-free guidance; `schedules`: its
-  prediction target, noise schedule end point and loss weighting
+  prediction target, noise schedule end point and loss weighting; `edm`: the EDM formulation
 - upsampler: `MicroDopplerUpsampler`, the decoder's low-res spectrogram -> the data's own size
   (cascaded diffusion on a two-U-Net dalle2-pytorch `Decoder`)
 - chain: `MicroDopplerDALLE2`, user -> prior -> decoder [-> upsampler] -> spectrogram

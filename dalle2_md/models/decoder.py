@@ -6,13 +6,15 @@ stay in [-1, 1] (`auto_normalize_img=False`; [0, 1] only at the end of `sample`)
 calls `p_losses` on latents cached once and scaled to unit variance; `cond_dim` is widened so
 the embedding-to-tokens projection is always built (`compat.unet_cond_dim`); sampling runs the
 shared samplers of `dalle2_md.sampling` with keyed noise, and guidance as one batched forward
-(`guidance.guided_unet_forward`). Why each of these: docs/design.md.
+(`guidance.guided_unet_forward`); an EDM decoder's loss and denoiser are `edm`'s, around the same
+U-Net. Why each of these: docs/design.md.
 """
 
 from __future__ import annotations
 
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, replace
+from functools import partial
 from pathlib import Path
 from typing import Callable
 
@@ -21,11 +23,12 @@ from torch import nn
 
 from dalle2_md.models.bundle import load_bundle, save_bundle
 from dalle2_md.models.compat import (alphas_cumprod, decoder_p_losses, decoder_unet, decoder_vae, noise_scheduler_of,
-                     resize_cross_attention, set_decoder_unet, use_sdpa_attention)
-from dalle2_md.models.compat import unet_cond_dim as widened_cond_dim
+                                     resize_cross_attention, set_decoder_unet, unet_cond_dim as widened_cond_dim,
+                                     use_sdpa_attention)
 from dalle2_md.models.schedules import (SAMPLE_START, apply_formulation, check_formulation, sampling_times,
                                         x_start_estimate)
-from dalle2_md.sampling import Generators, randn, run_sampler
+from dalle2_md.models.edm import edm_loss, edm_denoise, sampling_levels, schedule_sigmas, vp_model_fn
+from dalle2_md.sampling import Generators, randn, run_sampler, sample_heun
 from dalle2_md.models.guidance import check_guidance_interval, guided_unet_forward
 from dalle2_md.utils import BundleError, UserError, checked_fields, exists
 from dalle2_md.models.vqgan import VQGanConfig, build_vqgan, encode_latents, load_vqgan, nearby_multiples
@@ -58,7 +61,9 @@ class DecoderConfig:
             lo <= t / (timesteps - 1) <= hi, the conditional branch alone elsewhere
             (Kynkaanniemi et al. 2024); (0, 1) = everywhere, the default (a narrower interval
             lowered the augmentation gain, docs/results.md). `sample` can override it.
-        prediction: what the network predicts: "eps" (the noise) or "v" (Salimans & Ho 2022).
+        prediction: what the network predicts: "eps" (the noise), "v" (Salimans & Ho 2022), or
+            "edm": the EDM formulation (Karras et al. 2022; models/edm.py: preconditioning,
+            log-normal noise levels, its loss weights, Heun sampling when no sampler is named).
             "eps": chosen by `experiments/sample_defects.py`, see docs/results.md.
         sample_start: where sampling from pure noise starts, as a fraction t / (T - 1) of the
             schedule. Below 1 because at t = T - 1 the cosine schedule keeps almost none of the
@@ -152,7 +157,9 @@ class DecoderConfig:
                     "train a VQGAN on the decoder's image size and channels."
                 )
         if self.backbone != "unet":
-            self._check_dit()
+            from dalle2_md.models.dit import check_dit_config
+
+            check_dit_config(self)
             return
         factor = 2 ** (len(self.dim_mults) - 1)
         if self.use_vqgan and self.vqgan is not None:
@@ -170,18 +177,6 @@ class DecoderConfig:
                 f"for dim_mults {self.dim_mults}; use image_size {nearby_multiples(self.image_size, factor)} "
                 "or fewer dim_mults."
             )
-
-    def _check_dit(self) -> None:
-        if self.backbone != "dit":
-            raise UserError(f"--backbone must be 'unet' or 'dit', got {self.backbone!r}.")
-        if self.learned_variance:
-            raise UserError("--backbone dit predicts the noise only; learned_variance needs the U-Net.")
-        if self.dim % self.attn_heads:
-            raise UserError(f"--backbone dit: --dim {self.dim} must be divisible by --attn_heads {self.attn_heads}.")
-        size = self.vqgan.latent_size if self.use_vqgan and self.vqgan is not None else self.image_size
-        if size % self.dit_patch_size:
-            raise UserError(f"--backbone dit: the diffused size {size} px is not divisible by --dit_patch_size "
-                            f"{self.dit_patch_size}; pick a patch size that divides it.")
 
     @property
     def condition_dim(self) -> int:
@@ -384,6 +379,10 @@ class MicroDopplerDecoder(nn.Module):
         noise = torch.randn_like(x_start)
         if self.config.offset_noise:
             noise = noise + self.config.offset_noise * torch.randn(*x_start.shape[:2], 1, 1, device=x_start.device)
+        if self.config.prediction == "edm":  # the U-Net called as Decoder.p_losses calls it, with its dropout
+            return edm_loss(partial(self.unet, image_embed=condition, image_cond_drop_prob=self.config.cond_drop_prob,
+                                    text_cond_drop_prob=0.0),
+                            x_start, schedule_sigmas(alphas_cumprod(self.noise_scheduler)), noise)
         return decoder_p_losses(self.decoder, x_start, times, image_embed=condition, noise=noise,
                                 learned_variance=self.config.learned_variance, is_latent_diffusion=self.config.use_vqgan,
                                 predict_v=self.config.prediction == "v")
@@ -457,7 +456,7 @@ class MicroDopplerDecoder(nn.Module):
             noise: explicit starting noise of shape (B, *diffused_shape); overrides seed for x_T.
             eta: DDIM eta (default config.ddim_eta).
             callback: per-step hook, see `sampling.sample_ddim`.
-            sampler: "ddim" or "dpmpp_2m" (default: `sampling.resolve_sampler`).
+            sampler: "ddim" or "dpmpp_2m" (default: `sampling.resolve_sampler`; EDM: `sampling.sample_heun`).
             generator: one generator per image (or one for all) for the starting and per-step
                 noise; exclusive with `seed`.
             guidance_interval: where guidance applies (default config.guidance_interval).
@@ -502,27 +501,30 @@ class MicroDopplerDecoder(nn.Module):
         scheduler = self.noise_scheduler
         lo, hi = check_guidance_interval(guidance_interval if exists(guidance_interval) else c.guidance_interval)
 
-        def model_fn(x, t):
+        def network(x, t):  # guided where t (fractional for EDM) lies inside the interval
             guided = lo <= float(t[0]) / (c.timesteps - 1) <= hi
-            out = guided_unet_forward(unet, x, t, condition, cond_scale if guided else 1.0)
-            pred = out[:, : x.shape[1]]  # drop the variance half when learned_variance
-            x_start = x_start_estimate(scheduler, c, x, t, pred)
+            return guided_unet_forward(unet, x, t, condition, cond_scale if guided else 1.0)
+
+        sigmas = schedule_sigmas(alphas_cumprod(scheduler))
+        edm = (lambda x, sigma: edm_denoise(network, x, sigma, sigmas)) if c.prediction == "edm" else None
+
+        def model_fn(x, t):
+            if exists(edm):
+                x_start = vp_model_fn(edm, alphas_cumprod(scheduler))(x, t)
+            else:  # drop the variance half when learned_variance
+                x_start = x_start_estimate(scheduler, c, x, t, network(x, t)[:, : x.shape[1]])
             # pixels live in [-1, 1]; latents are unbounded
             return x_start if c.use_vqgan else x_start.clamp(-1.0, 1.0)
 
         steps = timesteps if exists(timesteps) else c.sample_timesteps
-        if isinstance(steps, int):  # from pure noise: see DecoderConfig.sample_start
-            steps = sampling_times(c, steps)
-        out = run_sampler(
-            sampler,
-            model_fn,
-            noise,
-            alphas_cumprod(scheduler),
-            steps,
-            eta=c.ddim_eta if eta is None else eta,
-            generator=generator,
-            callback=callback,
-        )
+        eta = c.ddim_eta if eta is None else eta
+        if exists(edm) and sampler is None and not eta and isinstance(steps, int):
+            out = sample_heun(edm, noise, sampling_levels(sigmas, steps), callback=callback)
+        else:
+            if isinstance(steps, int):  # from pure noise: see DecoderConfig.sample_start
+                steps = sampling_times(c, steps)
+            out = run_sampler(sampler, model_fn, noise, alphas_cumprod(scheduler), steps, eta=eta, generator=generator,
+                              callback=callback)
         if c.use_vqgan:
             out = self.vqgan.decode(out / self.latent_scale)
         self.train(was_training)

@@ -1,12 +1,13 @@
 """A diffusion transformer (DiT) backbone for the decoder, an alternative to dalle2-pytorch's
 U-Net selected with `--backbone dit` (meant for VQGAN latents, whose small grids make few tokens).
 
-Owns `DiT`: the input is cut into p x p patches, each a token; a stack of transformer blocks
-whose layer norms are modulated by one conditioning vector (adaLN-Zero, Peebles & Xie, "Scalable
-Diffusion Models with Transformers", 2023) made from the timestep and the image embedding; a
-modulated linear head puts the patches back. It speaks the U-Net's calling convention
-(`forward(x, t, image_embed=..., image_cond_drop_prob=...)`, `forward_with_cond_scale`,
-`self_cond`), so `MicroDopplerDecoder`'s training loss, sampler and bundles use it unchanged.
+Owns `DiT` and `check_dit_config` (a DecoderConfig's DiT checks). The input is cut into p x p
+patches, each a token; a stack of transformer blocks whose layer norms are modulated by one
+conditioning vector (adaLN-Zero, Peebles & Xie, "Scalable Diffusion Models with Transformers",
+2023) made from the timestep and the image embedding; a modulated linear head puts the patches
+back. It speaks the U-Net's calling convention (`forward(x, t, image_embed=...,
+image_cond_drop_prob=...)`, `forward_with_cond_scale`, `self_cond`), so `MicroDopplerDecoder`'s
+training loss, sampler and bundles use it unchanged.
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ import torch
 import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
+
+from dalle2_md.utils import UserError
 
 
 def timestep_features(t: torch.Tensor, dim: int) -> torch.Tensor:
@@ -121,3 +124,17 @@ class DiT(nn.Module):
                             image_embed=torch.cat((image_embed, self.null_image_embed.expand_as(image_embed))))
         cond, null = both.chunk(2)
         return null + (cond - null) * cond_scale
+
+
+def check_dit_config(config) -> None:
+    """UserError naming the flag when a `DecoderConfig` with a non-U-Net backbone cannot build a DiT."""
+    if config.backbone != "dit":
+        raise UserError(f"--backbone must be 'unet' or 'dit', got {config.backbone!r}.")
+    if config.learned_variance:
+        raise UserError("--backbone dit predicts the noise only; learned_variance needs the U-Net.")
+    if config.dim % config.attn_heads:
+        raise UserError(f"--backbone dit: --dim {config.dim} must be divisible by --attn_heads {config.attn_heads}.")
+    size = config.vqgan.latent_size if config.use_vqgan and config.vqgan is not None else config.image_size
+    if size % config.dit_patch_size:
+        raise UserError(f"--backbone dit: the diffused size {size} px is not divisible by --dit_patch_size "
+                        f"{config.dit_patch_size}; pick a patch size that divides it.")

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import torch
 
-from dalle2_md.defaults import LOSS_WEIGHTINGS, PREDICTIONS
+from dalle2_md.defaults import DECODER_PREDICTIONS, LOSS_WEIGHTINGS
 from dalle2_md.models.compat import (min_snr_loss_weights, p2_loss_weights, rescale_to_zero_terminal_snr,
                                      set_loss_weight, x_start_from_noise, x_start_from_v)
 from dalle2_md.sampling import ddim_timesteps
@@ -21,8 +21,13 @@ def check_formulation(config) -> None:
     """UserError naming the flag for a bad prediction / schedule / weighting / sample_start field."""
     if not 0.0 < config.sample_start <= 1.0:
         raise UserError(f"sample_start must be in (0, 1] (a fraction of the schedule), got {config.sample_start}.")
-    if config.prediction not in PREDICTIONS:
-        raise UserError(f"--prediction must be one of {', '.join(PREDICTIONS)}, got {config.prediction!r}.")
+    if config.prediction not in DECODER_PREDICTIONS:
+        raise UserError(f"--prediction must be one of {', '.join(DECODER_PREDICTIONS)}, got {config.prediction!r}.")
+    if config.prediction == "edm" and (config.zero_terminal_snr or config.learned_variance
+                                       or config.loss_weighting != "p2" or config.loss_type != "l2"):
+        raise UserError("--prediction edm brings its own noise levels and loss weights (models/edm.py): it does not "
+                        "take --zero_terminal_snr, learned variance, --loss_weighting min_snr or a --loss_type "
+                        "other than l2.")
     if config.loss_weighting not in LOSS_WEIGHTINGS:
         raise UserError(f"--loss_weighting must be one of {', '.join(LOSS_WEIGHTINGS)}, got {config.loss_weighting!r}.")
     if config.min_snr_gamma <= 0:

@@ -126,3 +126,19 @@ def test_upsampler_sampling_prepares_the_lowres_image_as_the_decoder_trains_on_i
     assert torch.equal(noised, again)
     assert compat.cascade_unet(model.decoder, 2) is model.unet and model.unet.lowres_cond
     assert compat.cascade_noise_scheduler(model.decoder, 2) is model.decoder.noise_schedulers[1]
+
+
+def test_the_unet_reads_fractional_times():
+    """models/edm.py gives the U-Net a noise level as a fractional training time: dalle2-pytorch's
+    Unet must embed float times (its SinusoidalPosEmb), integer ones as their float values."""
+    unet = tiny_unet(cond_dim=8).eval()
+    with torch.no_grad():  # its output layer starts at zero: random weights make every input count
+        for p in unet.parameters():
+            p.normal_(0, 0.05)
+    x, e = torch.randn(2, 1, 8, 8), torch.randn(2, 16)
+    with torch.no_grad():
+        whole = unet(x, torch.tensor([10, 40]), image_embed=e)
+        as_float = unet(x, torch.tensor([10.0, 40.0]), image_embed=e)
+        between = unet(x, torch.tensor([10.5, 40.5]), image_embed=e)
+    torch.testing.assert_close(as_float, whole)
+    assert not torch.allclose(between, whole)
