@@ -13,6 +13,12 @@ SAMPLERS = ("ddim", "dpmpp_2m")
 PREDICTIONS = ("eps", "v")
 DECODER_PREDICTIONS = PREDICTIONS + ("edm",)
 LOSS_WEIGHTINGS = ("p2", "min_snr")
+# what a newly trained decoder gets from `train-decoder` and `demo`: v-prediction on a zero-terminal-
+# SNR schedule with min-SNR-5 weights (chosen by experiments/demo_formulation.py and
+# benchmarks/cascade256.py, see docs/results.md). DecoderConfig's own defaults stay eps + P2, what
+# bundles written before these fields were trained with and what the K-shot and protocol
+# generators of docs/results.md were measured with.
+DECODER_FORMULATION = dict(prediction="v", zero_terminal_snr=True, loss_weighting="min_snr")
 # the deterministic sampler runs when none is named and eta == 0 (`sampling.resolve_sampler`)
 DEFAULT_SAMPLER = "dpmpp_2m"
 # network evaluations per stage that newly trained models store as their `sample_timesteps`:

@@ -58,6 +58,7 @@ VARIANTS = {  # decoder fields on top of CPU_DECODER_SIZES
     "eps_offset": {"offset_noise": 0.1},
     # Lin et al. 2024 (zero terminal SNR, v, sampling from the last step) with min-SNR-5 weights (Hang et al. 2023)
     "v_zsnr_minsnr": {"prediction": "v", "zero_terminal_snr": True, "loss_weighting": "min_snr", "min_snr_gamma": 5.0},
+    "edm": {"prediction": "edm"},  # Karras et al. 2022 (models/edm.py)
 }
 BRIGHT = 0.4
 

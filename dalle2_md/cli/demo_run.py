@@ -13,7 +13,7 @@ import json
 import resource
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -21,7 +21,8 @@ import torch
 from dalle2_md.training.fit import train_two_stage
 from dalle2_md.generation.samples import load_generator, write_interpolation, write_samples
 from dalle2_md.training.options import DataOptions, load_train_data
-from dalle2_md.training.presets import QUICK_BUDGET, GeneratorBudget
+from dalle2_md.defaults import DECODER_FORMULATION
+from dalle2_md.training.presets import CPU_DECODER_SIZES, QUICK_BUDGET, GeneratorBudget
 from dalle2_md.training.stages import final_path, save_two_stage
 from dalle2_md.utils import say
 
@@ -29,7 +30,8 @@ from dalle2_md.utils import say
 @dataclass(frozen=True, kw_only=True)
 class DemoConfig(GeneratorBudget):
     """Every size of `dalle2-md demo` in one place (`quick()` is the CI smoke-test variant): the
-    generator's `GeneratorBudget` fields (sizes, steps, sampling) plus these.
+    generator's `GeneratorBudget` fields (sizes, steps, sampling) plus these. Its decoder is
+    trained as `train-decoder` trains one (`defaults.DECODER_FORMULATION`).
 
     Args:
         num_users, images_per_user, image_size: the simulated data set.
@@ -39,6 +41,7 @@ class DemoConfig(GeneratorBudget):
         interp_steps: frames of the interpolation strip.
     """
 
+    decoder: dict = field(default_factory=lambda: {**CPU_DECODER_SIZES, **DECODER_FORMULATION})
     num_users: int = 6
     images_per_user: int = 30
     # 64 px over the continuous f = 4 VQGAN latent (16 x 16 x 16): cheaper than the 32 px pixel demo
@@ -53,8 +56,9 @@ class DemoConfig(GeneratorBudget):
     @classmethod
     def quick(cls) -> "DemoConfig":
         """A few minutes of CPU at most: proves the pipeline runs, not that it learns."""
-        return cls(**QUICK_BUDGET.budget_fields(), num_users=3, images_per_user=8, image_size=16, samples_per_user=3,
-                   interp_steps=5, eval_samples_per_user=6, recogniser_steps=30)
+        return cls(**{**QUICK_BUDGET.budget_fields(), "decoder": {**QUICK_BUDGET.decoder, **DECODER_FORMULATION}},
+                   num_users=3, images_per_user=8, image_size=16, samples_per_user=3, interp_steps=5,
+                   eval_samples_per_user=6, recogniser_steps=30)
 
 
 def peak_rss_mb() -> float:

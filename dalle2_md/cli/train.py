@@ -56,14 +56,15 @@ DECODER_SIZES = ("dim", "dim_mults", "num_resnet_blocks", "attn_heads", "attn_di
      help="Denoising network: the U-Net, or a DiT (patch transformer; width --dim, heads --attn_heads), meant for latents.")
 @opt("dit_depth", type=int, default=4, help="DiT transformer blocks (with --backbone dit).")
 @opt("dit_patch_size", type=int, default=2, help="DiT patch side (with --backbone dit).")
-@opt("prediction", type=click.Choice(DECODER_PREDICTIONS), default="eps",
-     help="What the decoder predicts: the noise, v, or edm (the EDM formulation: preconditioning, log-normal noise "
-          "levels, its loss weights and Heun sampler; Karras et al. 2022).")
-@flag_pair("zero_terminal_snr", default=False,
+@opt("prediction", type=click.Choice(DECODER_PREDICTIONS), default=None,
+     help="What the decoder predicts: the noise (eps), v, or edm (the EDM formulation: preconditioning, log-normal "
+          "noise levels, its loss weights and Heun sampler; Karras et al. 2022) [default: v].")
+@flag_pair("zero_terminal_snr", default=None,
            help="Rescale the noise schedule to zero terminal SNR and sample from its last step (Lin et al. 2024); "
-                "needs --prediction v.")
-@opt("loss_weighting", type=click.Choice(LOSS_WEIGHTINGS), default="p2",
-     help="Loss weights over noise levels: P2 (--p2_loss_weight_gamma) or min-SNR (--min_snr_gamma, Hang et al. 2023).")
+                "needs --prediction v [default: on with v, off otherwise].")
+@opt("loss_weighting", type=click.Choice(LOSS_WEIGHTINGS), default=None,
+     help="Loss weights over noise levels: P2 (--p2_loss_weight_gamma) or min-SNR (--min_snr_gamma, Hang et al. 2023) "
+          "[default: min_snr with v, p2 otherwise].")
 @opt("min_snr_gamma", type=float, default=5.0, help="SNR cap of --loss_weighting min_snr.")
 @opt("p2_loss_weight_gamma", type=float, default=1.0, help="P2 loss weighting exponent (0 = uniform).")
 @opt("use_vqgan", is_flag=True, default=False, help="Diffuse over a VQGAN latent (trains the VQGAN first unless --vqgan_path).")
@@ -94,11 +95,13 @@ def train_decoder_cmd(**kw):
     """Stage 1: train the embedding model (unless --clip_path), the VQGAN (with --use_vqgan), the
     decoder and (with --upsample_to) the upsampler; writes clip_final.pt, decoder_final.pt [and
     upsampler_final.pt] in <output_dir>/<experiment_name>/."""
+    from dalle2_md.models.schedules import formulation_fields
     from dalle2_md.training.presets import cpu_vqgan_sizes
     from dalle2_md.training.stages import run_train_decoder
 
     clip = clip_sizes(kw)
     sizes = {k: kw.pop(k) for k in DECODER_SIZES}
+    sizes.update(formulation_fields(sizes["prediction"], sizes["zero_terminal_snr"], sizes["loss_weighting"]))
     factor, layers, dim = kw.pop("vqgan_factor"), kw.pop("vqgan_layers"), kw.pop("vqgan_dim")
     vqgan_sizes = cpu_vqgan_sizes(2**layers if layers is not None else factor, dim=dim,
                                   codebook_size=kw.pop("vqgan_codebook_size"), resnet_groups=8 if dim % 8 == 0 else 1,

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import torch
 
-from dalle2_md.defaults import DECODER_PREDICTIONS, LOSS_WEIGHTINGS
+from dalle2_md.defaults import DECODER_FORMULATION, DECODER_PREDICTIONS, LOSS_WEIGHTINGS
 from dalle2_md.models.compat import (min_snr_loss_weights, p2_loss_weights, rescale_to_zero_terminal_snr,
                                      set_loss_weight, x_start_from_noise, x_start_from_v)
 from dalle2_md.sampling import ddim_timesteps
@@ -15,6 +15,19 @@ from dalle2_md.utils import UserError
 
 # where sampling from pure noise starts (fraction of the schedule); see DecoderConfig.sample_start
 SAMPLE_START = 0.96
+
+
+def formulation_fields(prediction: str | None = None, zero_terminal_snr: bool | None = None,
+                       loss_weighting: str | None = None) -> dict:
+    """The formulation fields of a new decoder from what the user named: `DECODER_FORMULATION`
+    when nothing; a named prediction brings its own schedule end and weighting unless those are
+    named too (v: zero terminal SNR and min-SNR, like the default; eps and edm: neither, so
+    `--prediction eps` alone is the earlier eps + P2 decoder)."""
+    prediction = prediction or DECODER_FORMULATION["prediction"]
+    with_v = prediction == "v"
+    return dict(prediction=prediction,
+                zero_terminal_snr=with_v if zero_terminal_snr is None else zero_terminal_snr,
+                loss_weighting=loss_weighting or ("min_snr" if with_v else "p2"))
 
 
 def check_formulation(config) -> None:

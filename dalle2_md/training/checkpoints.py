@@ -28,7 +28,7 @@ import torch
 from torch import nn
 
 from dalle2_md.models.bundle import load_bundle
-from dalle2_md.utils import BundleError, exists, say
+from dalle2_md.utils import BundleError, UserError, exists, say
 
 CHECKPOINT_DIR = "checkpoints"
 LATEST = "latest.json"
@@ -154,6 +154,27 @@ def _read_resume(resume, run_dir: Path, stage: str, config, accelerator) -> dict
     ckpt["_path"] = path
     _warn_config_change(ckpt["train_config"], config, path, stacklevel=4)
     return ckpt
+
+
+# model fields that leave the weights loadable but change what they mean, and the values a
+# checkpoint written before a field existed was trained with
+FORMULATION_LEGACY = {"prediction": "eps", "zero_terminal_snr": False, "loss_weighting": "p2"}
+
+
+def check_same_formulation(ckpt: dict | None, model_config: dict | None) -> None:
+    """UserError when a run would resume weights trained under another diffusion formulation
+    (e.g. an eps decoder resumed after the default became v): they would load and silently
+    train towards another target."""
+    if ckpt is None or not model_config:
+        return
+    old = ckpt.get("config") or {}
+    changed = {k: old.get(k, legacy) for k, legacy in FORMULATION_LEGACY.items()
+               if k in model_config and old.get(k, legacy) != model_config[k]}
+    if changed:
+        flags = " ".join(f"--{k} {v}" if not isinstance(v, bool) else f"--{'' if v else 'no_'}{k}"
+                         for k, v in changed.items())
+        raise UserError(f"{ckpt['_path']} was trained with {flags}, not what this run asks for; resume with "
+                        f"{flags}, or start a new run (without --resume).")
 
 
 def _load_weights(model: nn.Module, ckpt: dict) -> None:

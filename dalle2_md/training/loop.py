@@ -30,7 +30,8 @@ from dalle2_md.models.compat import allow_mixed_precision, grad_scaler, set_base
 from dalle2_md.data.display import image_grid, write_png
 from dalle2_md.training.batches import StreamBatchSampler
 from dalle2_md.training.checkpoints import (LATEST, _list_checkpoints, _load_weights, _read_resume, _rng_state,
-                                            _set_rng_state, checkpoint_dir, kept_global_rng, latest_checkpoint)
+                                            _set_rng_state, check_same_formulation, checkpoint_dir, kept_global_rng,
+                                            latest_checkpoint)
 from dalle2_md.utils import UserError, atomic_write, checked_fields, exists, package_versions, say, seed_everything
 
 _MIXED = ("no", "fp16", "bf16")
@@ -238,6 +239,7 @@ def train(
     if trainer.n is None and exists(resume):
         raise UserError(f"the {stage} stage draws its own batches; it trains in one go and cannot be resumed.")
     ckpt = _read_resume(resume, trainer.run_dir, stage, config, trainer.accelerator)
+    check_same_formulation(ckpt, model_config)
     trainer.build(model, ckpt)
     batches = trainer.batches()
     if ckpt is not None:

@@ -153,8 +153,7 @@ def _mirrors():
         table.update({(command, "clip_dim"): (ClipConfig, "dim_latent"), (command, "clip_widths"): (ClipConfig, "encoder_widths"),
                       (command, "clip_dim_image"): (ClipConfig, "dim_image")})
     for field in ("dim", "dim_mults", "num_resnet_blocks", "attn_heads", "attn_dim_head", "timesteps", "cond_drop_prob",
-                  "backbone", "dit_depth", "dit_patch_size", "prediction", "zero_terminal_snr", "loss_weighting",
-                  "min_snr_gamma", "p2_loss_weight_gamma"):
+                  "backbone", "dit_depth", "dit_patch_size", "min_snr_gamma", "p2_loss_weight_gamma"):
         table["train-decoder", field] = (DecoderConfig, field)
     for field in ("dim", "depth", "heads", "dim_head", "timesteps", "cond_drop_prob"):
         table["train-prior", field] = (PriorConfig, field)
@@ -186,10 +185,14 @@ def test_option_defaults_agree_with_the_dataclasses():
 
 def test_where_the_command_line_differs_from_the_dataclasses_on_purpose():
     """Kept apart on purpose: --user_conditioning is on for new decoders (DecoderConfig keeps False
-    for older bundles), --sample_timesteps is the benchmarked DEFAULTS value, and the command line
+    for older bundles), so is v + zero terminal SNR + min-SNR (the formulation flags default to
+    None, resolved by `formulation_fields`; DecoderConfig keeps eps + P2), --sample_timesteps is the benchmarked DEFAULTS value, and the command line
     checkpoints and samples every 1000 steps where TrainConfig's 0 means only at the end."""
     from dalle2_md.models.decoder import DecoderConfig
 
     assert _default("train-decoder", "user_conditioning") is True and DecoderConfig().user_conditioning is False
+    named = ("prediction", "zero_terminal_snr", "loss_weighting")
+    assert all(_default("train-decoder", f) is None for f in named)
+    assert [getattr(DecoderConfig(), f) for f in named] == ["eps", False, "p2"]
     assert _default("train-decoder", "sample_timesteps") == _default("train-prior", "sample_timesteps") == SAMPLE_TIMESTEPS
     assert _default("train-decoder", "checkpoint_every") == _default("train-decoder", "sample_every") == 1000

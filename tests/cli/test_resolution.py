@@ -104,6 +104,17 @@ def test_decoder_resume_latest_at_128px(jet128):
     assert "image_size 128" in resumed.stdout and "reusing" in resumed.stdout and "step 3" in resumed.stdout
 
 
+def test_decoder_resume_under_another_formulation_is_one_clear_error(jet128):
+    # the run trained with the default formulation (v, zero terminal SNR, min-SNR); asking for eps on
+    # resume would load its weights and silently train them towards another target
+    cwd = jet128[0]
+    result = run(DECODER, cwd, f"{TINY_DECODER.replace('--max_steps 2', '--max_steps 4')} --resume latest "
+                 "--prediction eps", **DATA)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "--prediction v --zero_terminal_snr --loss_weighting min_snr" in result.stderr
+    assert "start a new run" in result.stderr
+
+
 def test_colormap_that_cannot_work_is_one_clear_error(jet128):
     cwd = jet128[0]
     result = run(PRIOR, cwd, f"{TINY_PRIOR} {CLIP} --colormap none --experiment_name rgb", **DATA)

@@ -138,6 +138,9 @@ def test_decoder_command_writes_the_readme_files(site, decoder_run):
     names = [f"user_{u}" for u in range(NUM_USERS)]
     assert clip["label_map"]["names"] == json.loads((run_dir / "label_map.json").read_text())["names"] == names
     assert decoder["meta"]["image_size"] == 16 and decoder["meta"]["layout"] == "hierarchical"
+    # a new decoder's formulation: v on a zero-terminal-SNR schedule with min-SNR weights
+    formulation = {k: decoder["config"][k] for k in ("prediction", "zero_terminal_snr", "loss_weighting")}
+    assert formulation == {"prediction": "v", "zero_terminal_snr": True, "loss_weighting": "min_snr"}
     split = json.loads((run_dir / "split.json").read_text())
     parts = [set(split[name]) for name in ("train", "val", "test")]
     assert sum(map(len, parts)) == len(set().union(*parts)) == NUM_USERS * 5  # disjoint, every image once

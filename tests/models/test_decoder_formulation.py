@@ -125,3 +125,22 @@ def test_a_tiny_zero_terminal_snr_decoder_trains_samples_and_reloads(tmp_path):
     assert loaded.config == m.config and loaded.noise_scheduler.alphas_cumprod[-1] == 0
     assert torch.equal(loaded.noise_scheduler.p2_loss_weight, m.noise_scheduler.p2_loss_weight)
     assert torch.equal(loaded.sample(e, user_indices=users, seed=7, sampler="dpmpp_2m", cond_scale=3.0), a)
+
+
+def test_a_new_decoders_formulation_follows_what_the_user_named():
+    """train-decoder's rule (schedules.formulation_fields): nothing named gives v + zero terminal
+    SNR + min-SNR; a named prediction brings its own schedule end and weighting, so `--prediction
+    eps` alone is the earlier eps + P2 decoder; what is named explicitly is kept."""
+    from dalle2_md.defaults import DECODER_FORMULATION
+    from dalle2_md.models.schedules import formulation_fields
+
+    assert formulation_fields() == DECODER_FORMULATION == dict(prediction="v", zero_terminal_snr=True,
+                                                              loss_weighting="min_snr")
+    assert formulation_fields("eps") == dict(prediction="eps", zero_terminal_snr=False, loss_weighting="p2")
+    assert formulation_fields("edm") == dict(prediction="edm", zero_terminal_snr=False, loss_weighting="p2")
+    assert formulation_fields("v", zero_terminal_snr=False) == dict(prediction="v", zero_terminal_snr=False,
+                                                                    loss_weighting="min_snr")
+    assert formulation_fields(None, None, "p2")["loss_weighting"] == "p2"
+    for named in (dict(), dict(prediction="eps"), dict(prediction="edm")):  # every rule's result builds
+        DecoderConfig(image_size=16, image_embed_dim=D, dim=16, dim_mults=(1, 2), **formulation_fields(**named))
+
