@@ -258,15 +258,17 @@ def test_prediction_field_round_trips_and_old_configs_read_as_eps(tmp_path):
         tiny(prediction="x0")
 
 
-def test_v_prediction_learns_two_users(two_users):
-    """A tiny v-prediction decoder, trained as the eps one in conftest, also draws each user's
-    band, and its background stays at the real images' level."""
+@pytest.mark.parametrize("prediction", ["v", "edm"])
+def test_v_and_edm_decoders_learn_two_users(two_users, prediction):
+    """Tiny v-prediction and EDM decoders (models/edm.py, Heun sampling), trained as the eps one in
+    conftest, also draw each user's band, and their background stays at the real images' level."""
     x, y, centres, g = (two_users[k] for k in ("x", "y", "centres", "generator"))
     e = centres[y] + 0.05 * torch.randn(len(y), D, generator=g)
     m = MicroDopplerDecoder(config=DecoderConfig(
         image_size=16, channels=1, image_embed_dim=D, dim=16, dim_mults=(1, 2), attn_heads=2, attn_dim_head=8,
-        num_resnet_blocks=1, timesteps=100, sample_timesteps=10, prediction="v"))
+        num_resnet_blocks=1, timesteps=100, sample_timesteps=10, prediction=prediction))
     opt = torch.optim.Adam(m.parameters(), lr=2e-3)
+    losses = []
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
         for _ in range(100):
@@ -275,6 +277,8 @@ def test_v_prediction_learns_two_users(two_users):
             opt.zero_grad()
             loss.backward()
             opt.step()
+            losses.append(loss.item())
+    assert sum(losses[-10:]) < 0.5 * sum(losses[:10])
     q = torch.arange(2).repeat_interleave(8)
     generated = m.sample(centres[q] + 0.05 * torch.randn(16, D, generator=g), seed=3) * 2 - 1
     real_centroids = torch.stack([x[y == k].mean(0).flatten() for k in (0, 1)])

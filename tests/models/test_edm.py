@@ -1,6 +1,7 @@
 """The EDM formulation (models/edm.py) and EDM's Heun sampler (sampling.sample_heun): the level
 <-> time map of the schedule, the preconditioning, the sampler on data whose exact denoiser is
-known, the decoder's checks, its bundle, and that a tiny EDM decoder learns two users."""
+known, the decoder's checks and its bundle (that a tiny EDM decoder learns two users:
+test_decoder.test_v_and_edm_decoders_learn_two_users)."""
 
 import pytest
 import torch
@@ -123,29 +124,3 @@ def test_an_edm_bundle_round_trips_and_samples_alike(tmp_path):
     for sampler in ("ddim", "dpmpp_2m"):
         out = m.sample(e, seed=1, sampler=sampler, timesteps=4)
         assert out.shape == (2, 1, 16, 16) and torch.isfinite(out).all()
-
-
-def test_edm_decoder_learns_two_users(two_users):
-    """A tiny EDM decoder, trained as the v one in test_decoder, draws each user's band from its
-    embedding with the Heun sampler, and keeps the background at the real images' level."""
-    x, y, centres, g = (two_users[k] for k in ("x", "y", "centres", "generator"))
-    e = centres[y] + 0.05 * torch.randn(len(y), D, generator=g)
-    m = tiny_edm()
-    opt = torch.optim.Adam(m.parameters(), lr=2e-3)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)
-        losses = []
-        for _ in range(100):
-            idx = torch.randint(0, len(y), (16,))
-            loss = m(x[idx], e[idx])
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            losses.append(loss.item())
-    assert sum(losses[-10:]) < 0.5 * sum(losses[:10])
-    q = torch.arange(2).repeat_interleave(8)
-    generated = m.sample(centres[q] + 0.05 * torch.randn(16, D, generator=g), seed=3) * 2 - 1
-    real_centroids = torch.stack([x[y == k].mean(0).flatten() for k in (0, 1)])
-    assert (torch.cdist(generated.flatten(1), real_centroids).argmin(1) == q).float().mean() >= 0.8
-    middle_rows = generated[:, :, 6:10]
-    assert abs(middle_rows.mean().item() - x[:, :, 6:10].mean().item()) < 0.25
