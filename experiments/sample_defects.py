@@ -18,9 +18,11 @@ train images) beside theirs (real test against real train).
 
 A setting is comma-separated: g=<decoder guidance>, iv=<lo>:<hi> (guidance interval), eta=<DDIM
 eta>, st=<fraction of the schedule where sampling from noise starts: DecoderConfig.sample_start,
-default the decoder's>, var (decode the K-shot images' own embeddings instead of prior samples), sd=<strength>
-(SDEdit of the K-shot images, `--sdedit_per_image` each: the augmentation recipe's source). Prints
-a table, writes benchmarks/results/sample_defects.json; with --grid_dir also one PNG grid of the
+default the decoder's>, sm=<sampler of both stages, ddim or dpmpp_2m; default the decoder's, an
+EDM decoder's is Heun>, n=<network evaluations per stage, default --sample_steps>, var (decode the
+K-shot images' own embeddings instead of prior samples), sd=<strength> (SDEdit of the K-shot
+images, `--sdedit_per_image` each: the augmentation recipe's source). Prints a table, writes
+benchmarks/results/sample_defects.json; with --grid_dir also one PNG grid of the
 first 64 images per variant and setting (and of the real K-shot images).
 """
 
@@ -74,10 +76,12 @@ def parse(setting: str) -> dict:
     interval = tuple(float(v) for v in fields.get("iv", "0:1").split(":"))
     return {"cond_scale": float(fields.get("g", 3)), "guidance_interval": interval, "variations": "var" in fields,
             "eta": float(fields.get("eta", 0)), "sample_start": float(fields["st"]) if "st" in fields else None,
-            "sdedit": float(fields["sd"]) if "sd" in fields else None}
+            "sdedit": float(fields["sd"]) if "sd" in fields else None, "sampler": fields.get("sm"),
+            "steps": int(fields["n"]) if "n" in fields else None}
 
 
 def draw(model, setting: dict, shot, n: int, seed: int, steps: int, sdedit_per_image: int) -> tuple[torch.Tensor, torch.Tensor]:
+    steps = setting["steps"] or steps
     common = dict(cond_scale=setting["cond_scale"], steps=steps, eta=setting["eta"])
     with model.decoder.sampling_config_for(guidance_interval=setting["guidance_interval"],
                                            sample_start=setting["sample_start"]):
@@ -87,7 +91,7 @@ def draw(model, setting: dict, shot, n: int, seed: int, steps: int, sdedit_per_i
         if setting["variations"]:
             return variations_of(model, shot[0], 1, seed, user_indices=shot[1], **common), shot[1].clone()
         sampling = SamplingConfig(decoder_steps=steps, prior_steps=steps, cond_scale=setting["cond_scale"],
-                                  eta=setting["eta"])
+                                  eta=setting["eta"], sampler=setting["sampler"])
         return sample_tensors(model, sorted(set(shot[1].tolist())), n, seed=seed, sampling=sampling)
 
 
