@@ -58,7 +58,7 @@ DECODER_SIZES = ("dim", "dim_mults", "num_resnet_blocks", "attn_heads", "attn_di
 @opt("dit_patch_size", type=int, default=2, help="DiT patch side (with --backbone dit).")
 @opt("prediction", type=click.Choice(DECODER_PREDICTIONS), default=None,
      help="What the decoder predicts: the noise (eps), v, or edm (the EDM formulation: preconditioning, log-normal "
-          "noise levels, its loss weights and Heun sampler; Karras et al. 2022) [default: v].")
+          "noise levels, its loss weights; Karras et al. 2022) [default: v].")
 @flag_pair("zero_terminal_snr", default=None,
            help="Rescale the noise schedule to zero terminal SNR and sample from its last step (Lin et al. 2024); "
                 "needs --prediction v [default: on with v, off otherwise].")

@@ -62,8 +62,8 @@ class DecoderConfig:
             (Kynkaanniemi et al. 2024); (0, 1) = everywhere, the default (a narrower interval
             lowered the augmentation gain, docs/results.md). `sample` can override it.
         prediction: what the network predicts: "eps" (the noise), "v" (Salimans & Ho 2022), or
-            "edm": the EDM formulation (Karras et al. 2022; models/edm.py: preconditioning,
-            log-normal noise levels, its loss weights, Heun sampling when no sampler is named).
+            "edm": the EDM formulation (Karras et al. 2022; models/edm.py), sampled by DPM-Solver++
+            like the others, which beat EDM's Heun: `experiments/sample_defects.py`, docs/results.md.
             "eps": chosen by `experiments/sample_defects.py`, see docs/results.md.
         sample_start: where sampling from pure noise starts, as a fraction t / (T - 1) of the
             schedule. Below 1 because at t = T - 1 the cosine schedule keeps almost none of the
@@ -456,7 +456,7 @@ class MicroDopplerDecoder(nn.Module):
             noise: explicit starting noise of shape (B, *diffused_shape); overrides seed for x_T.
             eta: DDIM eta (default config.ddim_eta).
             callback: per-step hook, see `sampling.sample_ddim`.
-            sampler: "ddim" or "dpmpp_2m" (default: `sampling.resolve_sampler`; EDM: `sampling.sample_heun`).
+            sampler: "ddim" or "dpmpp_2m" (default: `sampling.resolve_sampler`); EDM decoders also "heun".
             generator: one generator per image (or one for all) for the starting and per-step
                 noise; exclusive with `seed`.
             guidance_interval: where guidance applies (default config.guidance_interval).
@@ -518,7 +518,7 @@ class MicroDopplerDecoder(nn.Module):
 
         steps = timesteps if exists(timesteps) else c.sample_timesteps
         eta = c.ddim_eta if eta is None else eta
-        if exists(edm) and sampler is None and not eta and isinstance(steps, int):
+        if exists(edm) and sampler == "heun" and isinstance(steps, int):
             out = sample_heun(edm, noise, sampling_levels(sigmas, steps), callback=callback)
         else:
             if isinstance(steps, int):  # from pure noise: see DecoderConfig.sample_start

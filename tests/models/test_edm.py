@@ -120,7 +120,9 @@ def test_an_edm_bundle_round_trips_and_samples_alike(tmp_path):
     assert loaded.config.prediction == "edm"
     e = torch.randn(2, D)
     assert torch.equal(loaded.sample(e, seed=1), m.sample(e, seed=1))
-    # the DDIM / DPM-Solver samplers take an EDM decoder too
-    for sampler in ("ddim", "dpmpp_2m"):
+    # the default is the shared DPM-Solver++ (through the VP view); Heun and DDIM when named
+    assert torch.equal(m.sample(e, seed=1), m.sample(e, seed=1, sampler="dpmpp_2m"))
+    assert not torch.equal(m.sample(e, seed=1, sampler="heun"), m.sample(e, seed=1))
+    for sampler in ("ddim", "dpmpp_2m", "heun"):
         out = m.sample(e, seed=1, sampler=sampler, timesteps=4)
         assert out.shape == (2, 1, 16, 16) and torch.isfinite(out).all()
