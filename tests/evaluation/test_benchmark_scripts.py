@@ -76,6 +76,23 @@ def test_latent_vs_pixel_smoke_trains_every_arm_within_the_pixel_arms_time(tmp_p
         assert 0 <= row["a_gen_over_a_real"]
 
 
+def test_demo_formulation_smoke_trains_each_formulation_as_asked(tmp_path):
+    """experiments/demo_formulation.py --quick: one demo per formulation, each decoder bundle
+    trained under the formulation its row names, every measure in the table."""
+    out = tmp_path / "df.json"
+    proc = subprocess.run([sys.executable, str(ROOT / "experiments/demo_formulation.py"), "--quick",
+                           "--work_dir", str(tmp_path / "work"), "--out", str(out)],
+                          capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = {r["formulation"]: r for r in json.loads(out.read_text())["rows"]}
+    assert set(rows) == {"eps_p2", "v_zsnr_minsnr5"}
+    for name, prediction in (("eps_p2", "eps"), ("v_zsnr_minsnr5", "v")):
+        config = torch.load(tmp_path / "work" / f"{name}_seed0" / "run" / "decoder_final.pt", weights_only=True)["config"]
+        assert (config["prediction"], config["zero_terminal_snr"]) == (prediction, prediction == "v")
+        assert 0 <= rows[name]["a_gen"] <= 1 and 0 <= rows[name]["background_defects"] <= 1
+    assert out.with_suffix(".md").is_file()
+
+
 def test_quality_latent_profile_runs_and_finds_kshot_generators_another_process_trained(tmp_path):
     """The 128 px profile's path at smoke size: both all-data generators over a VQGAN latent, and
     `--train_only kshot` (the second process of a 2-core run) fills the cache the augmentation
