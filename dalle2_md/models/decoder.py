@@ -505,15 +505,15 @@ class MicroDopplerDecoder(nn.Module):
             guided = lo <= float(t[0]) / (c.timesteps - 1) <= hi
             return guided_unet_forward(unet, x, t, condition, cond_scale if guided else 1.0)
 
-        sigmas = schedule_sigmas(alphas_cumprod(scheduler))
-        edm = (lambda x, sigma: edm_denoise(network, x, sigma, sigmas)) if c.prediction == "edm" else None
+        if c.prediction == "edm":
+            sigmas = schedule_sigmas(alphas_cumprod(scheduler))
+            edm = partial(edm_denoise, network, sigmas=sigmas)
+            estimate = vp_model_fn(edm, alphas_cumprod(scheduler))
+        else:  # drop the variance half when learned_variance
+            edm, estimate = None, lambda x, t: x_start_estimate(scheduler, c, x, t, network(x, t)[:, : x.shape[1]])
 
-        def model_fn(x, t):
-            if exists(edm):
-                x_start = vp_model_fn(edm, alphas_cumprod(scheduler))(x, t)
-            else:  # drop the variance half when learned_variance
-                x_start = x_start_estimate(scheduler, c, x, t, network(x, t)[:, : x.shape[1]])
-            # pixels live in [-1, 1]; latents are unbounded
+        def model_fn(x, t):  # pixels live in [-1, 1]; latents are unbounded
+            x_start = estimate(x, t)
             return x_start if c.use_vqgan else x_start.clamp(-1.0, 1.0)
 
         steps = timesteps if exists(timesteps) else c.sample_timesteps

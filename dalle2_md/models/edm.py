@@ -69,28 +69,26 @@ def edm_denoise(network: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], x
 def edm_loss(network: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], x_start: torch.Tensor,
              sigmas: torch.Tensor, noise: torch.Tensor | None = None, sigma_data: float = SIGMA_DATA) -> torch.Tensor:
     """The EDM training loss of one batch: levels log-normal (P_MEAN, P_STD) inside the
-    schedule's range, weight (sigma^2 + sigma_data^2) / (sigma sigma_data)^2 on the x_0 error,
-    which is the plain squared error of F against its target."""
+    schedule's range, weight 1 / c_out^2 = (sigma^2 + sigma_data^2) / (sigma sigma_data)^2 on the
+    x_0 error of `edm_denoise`, i.e. the plain squared error of F against its target."""
     batch = x_start.shape[0]
     log_sigma = P_MEAN + P_STD * torch.randn(batch, device=x_start.device, dtype=torch.float64)
     sigma = log_sigma.exp().clamp(float(sigmas[0]), float(sigmas[-1]))
     noise = torch.randn_like(x_start) if noise is None else noise
-    sigma_b = sigma.float().view(-1, 1, 1, 1)
-    x = x_start + sigma_b * noise
-    c_skip, c_out, c_in = preconditioning(sigma, sigma_data)
-    out = network(c_in * x, sigma_to_time(sigma, sigmas).to(x.device))[:, : x.shape[1]]
-    target = (x_start - c_skip * x) / c_out
-    return torch.mean((out - target) ** 2)
+    x = x_start + sigma.float().view(-1, 1, 1, 1) * noise
+    _, c_out, _ = preconditioning(sigma, sigma_data)
+    return torch.mean(((edm_denoise(network, x, sigma, sigmas, sigma_data) - x_start) / c_out) ** 2)
 
 
 def vp_model_fn(denoise: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
                 alphas_cumprod: torch.Tensor) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
     """The `model_fn(x_t, t) -> x_0` the DDIM / DPM-Solver samplers call, for an EDM denoiser:
-    x_t = sqrt(a) (x_0 + sigma n) at integer time t."""
+    x_t = sqrt(a) (x_0 + sigma n) = (x_0 + sigma n) / sqrt(1 + sigma^2) at integer time t."""
+    sigmas = schedule_sigmas(alphas_cumprod)
+
     def model_fn(x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        a = alphas_cumprod.to(x_t.device)[t.long()].float()
-        sigma = ((1 - a) / a).sqrt()
-        return denoise(x_t / a.sqrt().view(-1, 1, 1, 1), sigma)
+        sigma = sigmas.to(x_t.device)[t.long()]
+        return denoise(x_t * (1 + sigma ** 2).sqrt().float().view(-1, 1, 1, 1), sigma.float())
     return model_fn
 
 

@@ -148,11 +148,6 @@ class UpsamplerConfig:
         """The side of the training crops (`crop_size`, or the low-res size)."""
         return self.crop_size if exists(self.crop_size) else self.lowres_size
 
-    @property
-    def noise_level_index(self) -> int:
-        """`lowres_noise_level` as a level of the low-res noise schedule."""
-        return int(self.lowres_noise_level * LOWRES_NOISE_LEVELS)
-
     def to_dict(self) -> dict:
         return asdict(self)
 
@@ -259,8 +254,8 @@ class MicroDopplerUpsampler(nn.Module):
             level = torch.randint(0, max(1, int(c.lowres_noise_max * LOWRES_NOISE_LEVELS)), (len(cond),),
                                   device=cond.device)
         else:
-            index = c.noise_level_index if sample_level is None else int(sample_level * LOWRES_NOISE_LEVELS)
-            level = torch.full((len(cond),), index, dtype=torch.long, device=cond.device)
+            fraction = c.lowres_noise_level if sample_level is None else sample_level
+            level = torch.full((len(cond),), int(fraction * LOWRES_NOISE_LEVELS), dtype=torch.long, device=cond.device)
         return q_sample(lowres_noise_scheduler(self.decoder, 2), cond, level, noise), level
 
     # --- sampling ----------------------------------------------------------------------
