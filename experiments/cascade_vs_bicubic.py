@@ -42,22 +42,23 @@ import json  # noqa: E402
 import math  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
+from dataclasses import replace  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
+from dalle2_md.augmentation.cascade import upsampler_schedule  # noqa: E402
 from dalle2_md.data.display import save_grid  # noqa: E402
 from dalle2_md.evaluation.metrics import (background_levels, domain_fid, kernel_distance,  # noqa: E402
                                           read_kinematics_batch)
 from dalle2_md.evaluation.kinematics import read_kinematics  # noqa: E402
-from dalle2_md.evaluation.protocol import KSHOT_RECOGNISER, simulated_sets  # noqa: E402
+from dalle2_md.evaluation.protocol import KSHOT_RECOGNISER, simulated_sets, sized_recogniser_config  # noqa: E402
 from dalle2_md.evaluation.recogniser import (RecogniserConfig, RecogniserTrainConfig, accuracy,  # noqa: E402
                                              extract_features, train_recogniser)
 from dalle2_md.models.upsampler import MicroDopplerUpsampler, UpsamplerConfig  # noqa: E402
 from dalle2_md.training.fit import fit_upsampler  # noqa: E402
-from dalle2_md.training.loop import TrainConfig  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_OUT = ROOT / "benchmarks/results/cascade_vs_bicubic"
@@ -113,10 +114,10 @@ def upsampler_config(args) -> UpsamplerConfig:
 
 
 def recogniser_config(args, num_users: int) -> RecogniserConfig:
-    shape = dict(KSHOT_RECOGNISER, time_pool=max(1, args.size // 16))
+    shape = dict(KSHOT_RECOGNISER)
     if args.smoke:  # FID needs more images per set than features: 6 test images, 4 features
         shape.update(widths=(4, 8), feature_dim=4)
-    return RecogniserConfig(num_users=num_users, channels=1, image_size=args.size, **shape)
+    return sized_recogniser_config(shape, num_users, args.size)
 
 
 def make_data(args) -> dict:
@@ -124,8 +125,8 @@ def make_data(args) -> dict:
 
 
 def train_upsampler(args, train_images: torch.Tensor, work: Path):
-    schedule = TrainConfig(max_steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
-                           warmup_steps=min(50, args.steps // 10), log_every=max(1, args.steps // 10))
+    schedule = replace(upsampler_schedule(args.steps, args.batch_size), lr=args.lr, seed=args.seed,
+                       log_every=max(1, args.steps // 10))
     start = time.perf_counter()
     ups, record = fit_upsampler(train_images, upsampler_config(args), schedule, work)
     seconds = time.perf_counter() - start
