@@ -2,8 +2,9 @@
 
 A sampler gets a `model_fn(x_t, t) -> x_0 estimate`, the starting noise and the training
 schedule's cumulative alphas; it knows nothing about users, embeddings or images. Owns: DDIM,
-DPM-Solver++(2M), EDM's Heun sampler (over noise levels, for EDM decoders), the sampler registry, per-sample noise generators keyed by (seed, stream,
-key); the defaults themselves are in `defaults` (no torch import, for the CLI).
+DPM-Solver++(2M), EDM's Heun sampler (over noise levels, for EDM decoders), the sampler
+registry, per-sample noise generators keyed by (seed, stream, key); the defaults themselves are
+in `defaults` (no torch import, for the CLI).
 """
 
 from __future__ import annotations

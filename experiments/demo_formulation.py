@@ -1,7 +1,8 @@
-"""The README's demo (64 px over the VQGAN latent) under two decoder formulations: eps + P2 (the
-default until this experiment) and v-prediction on a zero-terminal-SNR schedule with min-SNR-5
-weights (`protocol.V_ZSNR_DECODER`, the cascade profiles' base). Same data, seeds and steps; one
-demo per formulation and seed, each in its own folder with its grid and report.
+"""The README's demo (64 px over the VQGAN latent) under two decoder formulations: eps + P2
+(`--prediction eps`, what bundles without the formulation fields are) and v-prediction on a
+zero-terminal-SNR schedule with min-SNR-5 weights (`protocol.V_ZSNR_DECODER`, the cascade
+profiles' base). Same data, seeds and steps; one demo per formulation and seed, each in its own
+folder with its grid and report.
 
     python experiments/demo_formulation.py --seeds 0 --out benchmarks/results/demo_formulation.json
 
