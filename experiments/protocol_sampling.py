@@ -18,6 +18,11 @@ within-user spread over that of the real train embeddings (`prior_spread_ratio`)
 A two-stage setting's "prior_steps": N swaps in a prior retrained for N steps on the same
 embeddings (the protocol's prior budget otherwise; cached as `prior_<N>.pt` in the work folder),
 so a longer-trained prior is judged with the same embedding model and decoder.
+
+A setting's "cas": true also trains `evaluate`'s CAS recogniser on as many draws per user as real
+train has (the other measures keep the profile's samples per user, the first ones of that draw).
+Every row reports KID and the background-defect rate beside FID. Only the generators the settings
+name need to be in the work folder (`quality.py --train_only KIND` leaves one).
 """
 
 import os
@@ -32,7 +37,7 @@ from pathlib import Path  # noqa: E402
 
 import torch  # noqa: E402
 
-from dalle2_md.generation.samples import sample_tensors
+from dalle2_md.generation.samples import sample_tensors  # noqa: E402
 from dalle2_md.evaluation.protocol import kinematic_ratios, profiles, protocol_data, reference_recogniser  # noqa: E402
 from dalle2_md.evaluation.report import evaluate_samples  # noqa: E402
 from dalle2_md.utils import plain_json  # noqa: E402
@@ -63,6 +68,10 @@ DEFAULT_SETTINGS = [
 ]
 
 
+# the work-folder file each setting kind samples from
+GENERATOR_FILES = {"two_stage": "two_stage.pt", "true_embeds": "two_stage.pt", "baseline": "baseline.pt"}
+
+
 def setting_name(s: dict) -> str:
     parts = [s["kind"], f"g{s.get('cond_scale', 3.0):g}"]
     if s.get("sampler"):
@@ -75,6 +84,8 @@ def setting_name(s: dict) -> str:
         parts.append(f"prior{s['prior_steps']}")
     if s.get("sample_start"):
         parts.append(f"start{s['sample_start']:g}")
+    if s.get("cas"):
+        parts.append("cas")
     return "_".join(parts)
 
 
@@ -104,9 +115,10 @@ def real_embeds_per_user(embeds: torch.Tensor, ids: torch.Tensor, num_users: int
     return embeds[torch.cat(rows)]
 
 
-def draw(model, budget, s: dict, p, real_embeds) -> tuple[torch.Tensor, torch.Tensor, float | None]:
-    """(images in [-1, 1], user indices, prior spread over real spread or None) for one setting."""
-    users, n = list(range(p.num_users)), p.samples_per_user
+def draw(model, budget, s: dict, p, real_embeds, n: int) -> tuple[torch.Tensor, torch.Tensor, float | None]:
+    """(images in [-1, 1], user indices, prior spread over real spread or None) for one setting,
+    `n` per user."""
+    users = list(range(p.num_users))
     ids = torch.tensor([u for u in users for _ in range(n)], dtype=torch.long)
     if s["kind"] == "true_embeds":
         embeds = real_embeds_per_user(*real_embeds, p.num_users, n, p.sample_seed)
@@ -133,7 +145,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--profile", default="full", help="the quality.py profile that filled it")
     ap.add_argument("--settings", type=json.loads, default=DEFAULT_SETTINGS,
                     help="JSON list of {kind (two_stage, baseline, true_embeds), cond_scale, sampler, eta, steps, "
-                         "guidance_interval, prior_steps, sample_start}")
+                         "guidance_interval, prior_steps, sample_start, cas}")
     ap.add_argument("--sample_seed", type=int, default=None,
                     help="sampling seed (default the profile's): other draws of the same settings, for FID's own noise")
     ap.add_argument("--eval_dir", type=Path, default=Path("/tmp/dalle2md_protocol_sampling"))
@@ -143,17 +155,23 @@ def main(argv=None) -> dict:
     p = profiles()[args.profile]
     if args.sample_seed is not None:
         p = replace(p, sample_seed=args.sample_seed)
-    missing = [f for f in ("two_stage.pt", "baseline.pt", "recogniser.pt") if not (args.work_dir / f).exists()]
+    unknown = sorted({str(s.get("kind")) for s in args.settings} - set(GENERATOR_FILES))
+    if unknown:
+        raise SystemExit(f"--settings: unknown kind(s) {unknown}; choose from {sorted(GENERATOR_FILES)}")
+    files = sorted({GENERATOR_FILES[s["kind"]] for s in args.settings})
+    missing = [f for f in files if not (args.work_dir / f).exists()]
     if missing:
         raise SystemExit(f"{args.work_dir}: no {', '.join(missing)}; run benchmarks/quality.py --profile {args.profile} "
-                         f"--work_dir {args.work_dir} first.")
+                         f"--work_dir {args.work_dir} first (or --train_only two_stage / baseline).")
     data = protocol_data(p)
     recogniser = reference_recogniser(p, data, args.work_dir)
-    models = {"two_stage": MicroDopplerDALLE2.load(args.work_dir / "two_stage.pt").eval(),
-              "baseline": SingleStageBaseline.load(args.work_dir / "baseline.pt").eval()}
-    models["true_embeds"] = models["two_stage"]
+    loaders = {"two_stage.pt": MicroDopplerDALLE2.load, "baseline.pt": SingleStageBaseline.load}
+    loaded = {f: loaders[f](args.work_dir / f).eval() for f in files}
+    models = {kind: loaded[f] for kind, f in GENERATOR_FILES.items() if f in loaded}
     train_images, train_ids = data["sets"]["train"]
-    real_embeds = (compute_image_embeds(models["two_stage"].clip, train_images), train_ids)
+    real_embeds = ((compute_image_embeds(models["two_stage"].clip, train_images), train_ids)
+                   if "two_stage" in models else None)
+    cas_per_user = int(torch.bincount(train_ids).max())
     rows = []
     for s in args.settings:
         own = p.budget.sampling  # a setting's missing fields are the protocol's own
@@ -172,26 +190,40 @@ def main(argv=None) -> dict:
         try:
             with model.decoder.sampling_config_for(guidance_interval=budget.sampling.guidance_interval,
                                                    sample_start=s.get("sample_start")):  # true_embeds decodes directly
-                images, ids, spread_ratio = draw(model, budget, s, p, real_embeds)
+                n = max(p.samples_per_user, cas_per_user) if s.get("cas") else p.samples_per_user
+                images, ids, spread_ratio = draw(model, budget, s, p, real_embeds, n)
         finally:
             if stored_prior is not None:
                 model.prior = stored_prior
         seconds = time.perf_counter() - start
-        m = evaluate_samples(data["sets"]["train"], data["sets"]["test"], (images, ids), recogniser=recogniser,
-                             out_dir=args.eval_dir / setting_name(s), label_map=data["label_map"], colormap="jet",
-                             grid_per_user=4, cas=False)  # a sweep of sampling settings: A_gen and FID, no CAS
+        # the profile's samples per user (the first of each user's draws) for every measure but CAS
+        judged = torch.cat([torch.nonzero(ids == u).flatten()[:p.samples_per_user] for u in range(p.num_users)])
+        m = evaluate_samples(data["sets"]["train"], data["sets"]["test"], (images[judged], ids[judged]),
+                             recogniser=recogniser, out_dir=args.eval_dir / setting_name(s), label_map=data["label_map"],
+                             colormap="jet", grid_per_user=4, cas=bool(s.get("cas")), cas_generated=(images, ids))
         worst, errs, floors, _ = kinematic_ratios(m)
         fid, floor, matched = m["fid"]["gen_vs_test"], m["fid"]["train_vs_test"], m["fid"]["train_vs_test_matched"]
+        cas = m.get("cas", {})
         rows.append({"setting": s, "name": setting_name(s), "A_gen": m["identity"]["A_gen"],
                      "A_real": m["identity"]["A_real"], "A_gen_over_A_real": m["identity"]["A_gen_over_A_real"],
                      "fid": fid, "fid_floor": floor, "fid_over_floor": fid / floor if floor else None,
                      "fid_floor_matched": matched, "fid_over_matched_floor": fid / matched if matched else None,
                      "kinematic_errors": errs, "kinematic_floors": floors, "worst_kinematic_ratio": worst,
+                     "kid": m["kid"]["gen_vs_test"], "kid_floor_matched": m["kid"]["train_vs_test_matched"],
+                     "kid_over_matched_floor": m["kid"]["ratio"],
+                     "background_defects": m["background"]["gen"]["rate"],
+                     "real_test_background_defects": m["background"]["real_test"]["rate"],
+                     "CAS": cas.get("CAS"), "CAS_over_A_real": cas.get("CAS_over_A_real"),
+                     "cas_train_images": cas.get("num_train_images"),
                      "prior_spread_ratio": spread_ratio, "sample_seconds": seconds})
         r = rows[-1]
         log(f"{r['name']}: A_gen/A_real {r['A_gen_over_A_real']:.3f}, FID {fid:.2f} ({r['fid_over_floor']:.1f}x floor, "
             f"{r['fid_over_matched_floor']:.1f}x the size-matched one), "
-            f"worst kinematic ratio {worst:.2f}, {seconds:.0f}s"
+            f"worst kinematic ratio {worst:.2f}, "
+            + (f"KID {r['kid']['mean']:.3g} (floor {r['kid_floor_matched']['mean']:.3g}), " if r["kid"] else "")
+            + f"background defects {r['background_defects']:.3f} "
+            f"(real test {r['real_test_background_defects']:.3f}), {seconds:.0f}s"
+            + (f", CAS {r['CAS']:.3f} ({r['CAS_over_A_real']:.3f} of A_real)" if r["CAS"] is not None else "")
             + (f", prior spread {spread_ratio:.2f} of the real one" if spread_ratio is not None else ""))
         args.out.parent.mkdir(parents=True, exist_ok=True)  # after every setting: a stopped run keeps what it measured
         args.out.write_text(json.dumps(plain_json({"profile": args.profile, "work_dir": str(args.work_dir),

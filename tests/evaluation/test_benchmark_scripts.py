@@ -146,6 +146,26 @@ def test_quality_latent_profile_runs_and_finds_kshot_generators_another_process_
     # a prior retrained with the protocol's own budget (40 steps here) and seed is the protocol's prior
     assert (work / "prior_40.pt").exists()
     assert rows[3]["A_gen"] == rows[0]["A_gen"] and rows[3]["prior_spread_ratio"] == rows[0]["prior_spread_ratio"]
+    # every row has KID and the background-defect rate; CAS only where a setting asks for it
+    assert all(r["kid"] is not None and 0 <= r["background_defects"] <= 1 for r in rows)
+    assert all(r["CAS"] is None for r in rows)
+    # a folder holding only the single-stage generator judges it, and CAS trains on as many draws
+    # per user as real train has (the other measures keep the profile's samples per user)
+    cas_sweep = tmp_path / "ps_cas.json"
+    proc = subprocess.run([sys.executable, str(ROOT / "experiments/protocol_sampling.py"), "--profile", "smoke_latent",
+                           "--work_dir", str(other), "--settings", json.dumps([{"kind": "baseline", "cas": True}]),
+                           "--out", str(cas_sweep), "--eval_dir", str(tmp_path / "ps_cas_eval")],
+                          capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    row, = json.loads(cas_sweep.read_text())["rows"]
+    metrics = json.loads((tmp_path / "ps_cas_eval" / row["name"] / "metrics.json").read_text())
+    assert row["name"].endswith("_cas") and 0 <= row["CAS"] <= 1
+    assert row["cas_train_images"] == metrics["counts"]["real_train"] > metrics["counts"]["generated"]
+    # a setting that names a generator the folder lacks is refused before anything runs
+    proc = subprocess.run([sys.executable, str(ROOT / "experiments/protocol_sampling.py"), "--profile", "smoke_latent",
+                           "--work_dir", str(other), "--settings", json.dumps([{"kind": "two_stage"}]),
+                           "--out", str(tmp_path / "none.json")], capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert proc.returncode != 0 and "two_stage.pt" in proc.stderr and "Traceback" not in proc.stderr
 
 
 def test_quality_with_two_workers_trains_nothing_twice(tmp_path):
