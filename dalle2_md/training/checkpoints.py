@@ -171,8 +171,11 @@ def check_same_formulation(ckpt: dict | None, model_config: dict | None) -> None
     changed = {k: old.get(k, legacy) for k, legacy in FORMULATION_LEGACY.items()
                if k in model_config and old.get(k, legacy) != model_config[k]}
     if changed:
-        flags = " ".join(f"--{k} {v}" if not isinstance(v, bool) else f"--{'' if v else 'no_'}{k}"
-                         for k, v in changed.items())
+        if "residual" in model_config:  # an upsampler: one CLI flag sets its residual mode and prediction
+            flags = "--upsampler_residual" if old.get("residual", True) else "--no_upsampler_residual"
+        else:
+            flags = " ".join(f"--{k} {v}" if not isinstance(v, bool) else f"--{'' if v else 'no_'}{k}"
+                             for k, v in changed.items())
         raise UserError(f"{ckpt['_path']} was trained with {flags}, not what this run asks for; resume with "
                         f"{flags}, or start a new run (without --resume).")
 

@@ -23,7 +23,8 @@ from click.testing import CliRunner
 
 from dalle2_md.cli.main import cli
 from dalle2_md.cli.options import join_variadic
-from dalle2_md.training.checkpoints import latest_checkpoint, load_checkpoint
+from dalle2_md.training.checkpoints import check_same_formulation, latest_checkpoint, load_checkpoint
+from dalle2_md.utils import UserError
 
 TINY_CLIP = ["--clip_dim", "16", "--clip_widths", "8,16", "--clip_dim_image", "32"]
 TINY_PRIOR = ["--depth", "1", "--heads", "2", "--dim_head", "8", "--timesteps", "50", "--sample_timesteps", "4"]
@@ -244,3 +245,19 @@ def test_nan_loss_stops_at_its_step_keeps_the_last_checkpoint_and_resumes_with_l
     # the lower --lr reached the resumed optimizer (it is not taken from the checkpoint)
     assert last["optimizer"]["param_groups"][0]["lr"] == pytest.approx(1e-4)
     assert (setup / "runs" / "nan" / "prior_final.pt").is_file()
+
+
+@pytest.mark.parametrize("old, asked, flag", [
+    ({"prediction": "v", "zero_terminal_snr": True, "loss_weighting": "min_snr"},
+     {"prediction": "eps", "zero_terminal_snr": False, "loss_weighting": "p2"},
+     "--prediction v --zero_terminal_snr --loss_weighting min_snr"),
+    ({}, {"prediction": "v", "zero_terminal_snr": False, "loss_weighting": "p2"}, "--prediction eps"),  # pre-field decoder
+    ({"residual": True, "prediction": "v"}, {"residual": False, "prediction": "eps"}, "--upsampler_residual"),
+    ({"residual": False, "prediction": "eps"}, {"residual": True, "prediction": "v"}, "--no_upsampler_residual"),
+])
+def test_resume_under_another_formulation_names_the_flags_that_resume_it(old, asked, flag):
+    ckpt = {"_path": "run/step_000004.pt", "config": old}
+    with pytest.raises(UserError, match="step_000004.pt") as err:
+        check_same_formulation(ckpt, asked)
+    assert f"resume with {flag}," in str(err.value)
+    check_same_formulation({"_path": "x", "config": asked}, asked)  # the same formulation resumes
