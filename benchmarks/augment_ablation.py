@@ -15,6 +15,8 @@ Prints one line per (seed, recipe) and a table; writes benchmarks/results/augmen
 and .md. One torch thread per process. Data: gait31 (data seed 1, the seed the recogniser's
 defaults were not picked on), the last `--num_test` recordings of each user held out as test
 (`dalle2_md.evaluation.protocol.simulate` and `split`); recogniser shape `protocol.KSHOT_RECOGNISER`.
+`--data digits` runs the same on the held-out second data set (scikit-learn's digits, 10 classes,
+never tuned on; needs the `bench` extra), with the recipes that need no spectrogram kinematics.
 """
 
 import os
@@ -36,7 +38,7 @@ from dalle2_md.augmentation.cascade import Enlargement, upsampler_schedule  # no
 from dalle2_md.augmentation.harness import mean_std, augmentation_gain, summarise_seeds  # noqa: E402
 from dalle2_md.augmentation.recipe import AugmentRecipe  # noqa: E402
 from dalle2_md.data.simulator import get_profile  # noqa: E402
-from dalle2_md.evaluation.protocol import KSHOT_RECOGNISER, RECOGNISER_ARMS, simulated_sets  # noqa: E402
+from dalle2_md.evaluation.protocol import KSHOT_RECOGNISER, RECOGNISER_ARMS, digits, simulated_sets, split  # noqa: E402
 from dalle2_md.defaults import SamplingConfig  # noqa: E402
 from dalle2_md.utils import plain_json  # noqa: E402
 from dalle2_md.models.upsampler import UpsamplerConfig  # noqa: E402
@@ -101,9 +103,23 @@ RECIPES = {
 }
 
 
+# users of each data set this script runs on
+NUM_USERS = {"gait31": get_profile("gait31").num_users, "digits": 10}
+
+
+def labelled_sets(data: str, per_user: int, image_size: int, data_seed: int, num_test: int) -> tuple[dict, int]:
+    """({"train": (images, ids), "test": (images, ids)}, number of users) of gait31 or the held-out
+    digits, each user's last `num_test` images the test set."""
+    if data == "digits":
+        images, ids = digits(per_user, image_size, data_seed)
+        parts = split(ids, per_user, num_test, 0)
+        return {name: (images[parts[name]], ids[parts[name]]) for name in ("train", "test")}, 10
+    return simulated_sets(NUM_USERS[data], per_user, image_size, data_seed, num_test), NUM_USERS[data]
+
+
 def markdown(result: dict, args) -> str:
     lines = [
-        f"K = {result['k']} real images per user, gait31 at {args.image_size} px"
+        f"K = {result['k']} real images per user, {getattr(args, 'data', 'gait31')} at {args.image_size} px"
         + (f" (generator at {args.base_size} px, samples enlarged by {args.enlarge})" if args.base_size else "")
         + f", seeds {result['seeds']}; "
         f"real-only ({args.baseline} recogniser): {100 * result['acc_real']['mean']:.1f} ± {100 * result['acc_real']['std']:.1f} %.",
@@ -158,7 +174,8 @@ def merge(paths: list[str], out: str | None) -> None:
         print(f"left out (not run for every seed): {', '.join(dropped)}")
     recipes = [AugmentRecipe(**defs[name]) for name in common]
     per_seed = [by_seed[seed] for seed in sorted(by_seed)]
-    result = {**first, **summarise_seeds(per_seed, recipes, num_users=get_profile("gait31").num_users)}
+    num_users = NUM_USERS[first["args"].get("data", "gait31")]
+    result = {**first, **summarise_seeds(per_seed, recipes, num_users=num_users)}
     result["wall_seconds"] = max(part["wall_seconds"] for part in parts)
     result["merged_from"] = [str(p) for p in paths]
     write(result, argparse.Namespace(**first["args"]), out)
@@ -207,6 +224,8 @@ def main():
     ap.add_argument("--k", type=int, default=10)
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--recipes", default=",".join(RECIPES))
+    ap.add_argument("--data", choices=sorted(NUM_USERS), default="gait31",
+                    help="gait31 (simulated) or digits (held out: scikit-learn's digits, never tuned on)")
     ap.add_argument("--image_size", type=int, default=32)
     ap.add_argument("--per_user", type=int, default=100)
     ap.add_argument("--num_test", type=int, default=20)
@@ -246,11 +265,14 @@ def main():
         return from_logs(args.from_logs, args.k, args.image_size, args.out)
     args.time_pool = args.time_pool or max(1, args.image_size // 16)
 
-    profile = get_profile("gait31")
-    num_users = profile.num_users
-    sets = simulated_sets(num_users, args.per_user, args.image_size, args.data_seed, args.num_test)
-    train, test = sets["train"], sets["test"]
+    unknown = [name for name in args.recipes.split(",") if name not in RECIPES]
+    if unknown:
+        sys.exit(f"--recipes: unknown {', '.join(unknown)}; choose from {', '.join(RECIPES)}")
     recipes = [RECIPES[name] for name in args.recipes.split(",")]
+    if args.data != "gait31" and (kin := [r.name for r in recipes if r.filter == "kinematic"]):
+        sys.exit(f"--data {args.data}: {', '.join(kin)} filter by spectrogram kinematics, which these images lack")
+    sets, num_users = labelled_sets(args.data, args.per_user, args.image_size, args.data_seed, args.num_test)
+    train, test = sets["train"], sets["test"]
     budget = GeneratorBudget(clip_train_steps=args.clip_train_steps, decoder_train_steps=args.decoder_train_steps,
                              prior_train_steps=args.prior_train_steps,
                              sampling=SamplingConfig(decoder_steps=args.sample_steps, prior_steps=args.sample_steps))
@@ -259,7 +281,7 @@ def main():
     rec_train = RECOGNISER_ARMS[args.baseline]
     if args.recogniser_steps:
         rec_train = replace(rec_train, steps=args.recogniser_steps)
-    print(f"gait31 {args.image_size} px: {num_users} users, train {len(train[0])}, test {len(test[0])}; K={args.k}; "
+    print(f"{args.data} {args.image_size} px: {num_users} users, train {len(train[0])}, test {len(test[0])}; K={args.k}; "
           f"recipes {[r.name for r in recipes]}", flush=True)
     enlargement = None
     if args.base_size:

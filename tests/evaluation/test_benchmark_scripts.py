@@ -205,3 +205,46 @@ def test_search_augment_smoke_selects_on_validation(tmp_path):
     assert result["best"]["mean"] == max(r["mean"] for r in result["rows"])
     assert all(set(r["per_k"]) == {"2", "all"} for r in result["rows"])
     assert "**best**" in out.with_suffix(".md").read_text()
+
+
+AUGMENT_SMOKE = ["--k", "2", "--image_size", "16", "--per_user", "12", "--num_test", "2", "--clip_train_steps", "2",
+                 "--decoder_train_steps", "2", "--prior_train_steps", "2", "--sample_steps", "2", "--recogniser_steps", "3"]
+
+
+def _augment_ablation(*args):
+    return subprocess.run([sys.executable, str(ROOT / "benchmarks/augment_ablation.py"), *AUGMENT_SMOKE, *map(str, args)],
+                          capture_output=True, text=True, timeout=600, cwd=ROOT)
+
+
+def test_augment_ablation_runs_on_both_data_sets_and_merges_single_seed_runs(tmp_path):
+    """benchmarks/augment_ablation.py (most gain rows of docs/results.md) at smoke size: gait31, and the
+    held-out digits one seed per process, merged into one table of both seeds."""
+    proc = _augment_ablation("--seeds", 0, "--recipes", "sdedit_nf,sdedit_kin,respeckle", "--out", tmp_path / "g.json")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    gait = json.loads((tmp_path / "g.json").read_text())
+    assert set(gait["recipes"]) == {"sdedit_nf", "sdedit_kin", "respeckle"}
+    assert "gait31 at 16 px" in (tmp_path / "g.md").read_text()
+    for seed in (0, 1):
+        proc = _augment_ablation("--data", "digits", "--seeds", seed, "--recipes", "sdedit_nf,no_filter",
+                                 "--out", tmp_path / f"d{seed}.json")
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        assert "digits 16 px: 10 users, train 100, test 20" in proc.stdout
+    merged = tmp_path / "d.json"
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks/augment_ablation.py"), "--merge", tmp_path / "d0.json",
+                           tmp_path / "d1.json", "--out", merged], capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(merged.read_text())
+    assert result["seeds"] == [0, 1] and set(result["recipes"]) == {"sdedit_nf", "no_filter"}
+    for name, r in result["recipes"].items():
+        per_seed = [row["recipes"][name]["gain_points"] for row in result["per_seed"]]
+        assert r["gain_points"]["mean"] == pytest.approx(sum(per_seed) / 2)
+    assert "digits at 16 px, seeds [0, 1]" in merged.with_suffix(".md").read_text()
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--data", "digits", "--recipes", "sdedit_kin"], "sdedit_kin filter by spectrogram kinematics"),
+    (["--recipes", "sdedit_nf,nonsense"], "unknown nonsense"),
+])
+def test_augment_ablation_refuses_what_cannot_run_in_one_line(tmp_path, args, message):
+    proc = _augment_ablation(*args, "--out", tmp_path / "x.json")
+    assert proc.returncode != 0 and message in proc.stderr and "Traceback" not in proc.stderr
