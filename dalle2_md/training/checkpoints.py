@@ -28,6 +28,7 @@ import torch
 from torch import nn
 
 from dalle2_md.models.bundle import load_bundle
+from dalle2_md.models.schedules import formulation_fields
 from dalle2_md.utils import BundleError, UserError, exists, say
 
 CHECKPOINT_DIR = "checkpoints"
@@ -157,8 +158,8 @@ def _read_resume(resume, run_dir: Path, stage: str, config, accelerator) -> dict
 
 
 # model fields that leave the weights loadable but change what they mean, and the values a
-# checkpoint written before a field existed was trained with
-FORMULATION_LEGACY = {"prediction": "eps", "zero_terminal_snr": False, "loss_weighting": "p2"}
+# checkpoint written before a field existed was trained with (eps + P2, the first decoders')
+FORMULATION_LEGACY = formulation_fields("eps")
 
 
 def check_same_formulation(ckpt: dict | None, model_config: dict | None) -> None:
