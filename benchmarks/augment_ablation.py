@@ -113,7 +113,7 @@ def labelled_sets(data: str, per_user: int, image_size: int, data_seed: int, num
     if data == "digits":
         images, ids = digits(per_user, image_size, data_seed)
         parts = split(ids, per_user, num_test, 0)
-        return {name: (images[parts[name]], ids[parts[name]]) for name in ("train", "test")}, 10
+        return {name: (images[parts[name]], ids[parts[name]]) for name in ("train", "test")}, NUM_USERS[data]
     return simulated_sets(NUM_USERS[data], per_user, image_size, data_seed, num_test), NUM_USERS[data]
 
 
