@@ -100,6 +100,11 @@ RECIPES = {
     "sdedit_kin": replace(DEFAULT, name="sdedit_kin", source="sdedit", strength=0.5, filter="kinematic"),
     "sdedit_mix_kin": replace(DEFAULT, name="sdedit_mix_kin", source="sdedit", strengths=(0.3, 0.5, 0.7),
                               filter="kinematic"),
+    # what the generator adds to the best generator-free control: its samples on top of the
+    # re-speckled copies, against as many re-speckled copies alone
+    "sdedit_rs": replace(DEFAULT, name="sdedit_rs", source="sdedit", strength=0.5, filter="none", respeckle_per_k=3.0),
+    "prior_rs": replace(DEFAULT, name="prior_rs", filter="none", respeckle_per_k=3.0),
+    "respeckle_mk6": replace(DEFAULT, name="respeckle_mk6", source="respeckle", filter="none", m_per_k=6.0),
 }
 
 
@@ -138,8 +143,10 @@ def markdown(result: dict, args) -> str:
             condition = rc.get("condition", "own")
             strengths = rc.get("strengths") or [rc.get("strength", 0.5)]
             source += " " + "/".join(f"{v:g}" for v in strengths) + ("" if condition == "own" else f", {condition} embedding")
+        extra = rc.get("respeckle_per_k", 0.0)  # absent from results written before the field
+        respeckled = f" + {extra:g} re-speckled" if extra else ""
         lines.append(
-            f"| {name} | {source} | {guidance} | {rc['eta']:g} | {rc['filter']} | {rc['m_per_k']:g} | "
+            f"| {name} | {source} | {guidance} | {rc['eta']:g} | {rc['filter']} | {rc['m_per_k']:g}{respeckled} | "
             f"{mixing} | "
             f"{r['acceptance']['mean']:.2f} | {r['a_gen_kshot_recogniser']['mean']:.3f} | "
             f"{100 * acc['mean']:.1f} ± {100 * acc['std']:.1f} | {gain['mean']:+.1f} ± {gain['std']:.1f} |")

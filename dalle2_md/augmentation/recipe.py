@@ -74,6 +74,10 @@ class AugmentRecipe:
         mixing: "separate", "concat" or "pretrain" (see the module docstring); "separate":
             chosen by the same ablation.
         synthetic_weight: loss weight of the synthetic batch under "separate".
+        respeckle_per_k: re-speckled copies of the K real images added per real image to the
+            kept samples (user by user, after them): the generator-free control (source
+            "respeckle") inside the recipe, so its gain over that control alone is what the
+            generated images add.
     """
 
     name: str = "default"
@@ -92,6 +96,7 @@ class AugmentRecipe:
     oversample: float = 2.0
     mixing: str = "separate"
     synthetic_weight: float = 0.5
+    respeckle_per_k: float = 0.0
 
     def __post_init__(self):
         for value, allowed, what in ((self.source, SOURCES, "source"), (self.mixing, MIXING, "mixing"),
@@ -103,8 +108,8 @@ class AugmentRecipe:
                 raise UserError(f"recipe {self.name}: strength must lie in (0, 1], got {strength}")
         if self.strengths and (self.source != "sdedit" or self.condition != "own"):
             raise UserError(f"recipe {self.name}: strengths apply to source 'sdedit' with condition 'own' only")
-        if self.m_per_k <= 0 or self.oversample < 1:
-            raise UserError(f"recipe {self.name}: m_per_k must be > 0 and oversample >= 1")
+        if self.m_per_k <= 0 or self.oversample < 1 or self.respeckle_per_k < 0:
+            raise UserError(f"recipe {self.name}: m_per_k must be > 0, oversample >= 1 and respeckle_per_k >= 0")
 
     def num_per_user(self, k: int) -> int:
         return max(1, int(round(self.m_per_k * k)))
@@ -269,7 +274,8 @@ def draw_synthetic(model, recipe: AugmentRecipe, budget, shot, *, seed: int, fil
             `candidates_needed(recipe, K)` per user, drawn with the same sampling key and seed
             (default: drawn here).
     Returns:
-        {"images", "user_indices", "acceptance" (kept / looked at, per user index), "num_drawn"}.
+        {"images", "user_indices" (the recipe's `respeckle_per_k` copies after each user's kept
+        samples), "acceptance" (kept / looked at, per user index), "num_drawn"}.
     """
     import torch
 
@@ -293,12 +299,18 @@ def draw_synthetic(model, recipe: AugmentRecipe, budget, shot, *, seed: int, fil
         keep &= user_probabilities(filter_recogniser, images).gather(1, ids[:, None]).squeeze(1) >= recipe.min_confidence
     if recipe.filter in ("kinematic", "both"):
         keep &= _kinematically_plausible(recipe, shot, images, ids, users)
+    extra = round(recipe.respeckle_per_k * k)
+    # the copies' own seed stream, so they are the same whichever generated samples they join
+    copies = _respeckled_copies(users, shot, extra, seed + 15485863) if extra else None
     kept_images, kept_ids, acceptance = [], [], {}
     for u in users:
         mine = torch.nonzero((ids == u) & keep).flatten()[:wanted]
         acceptance[u] = float(((ids == u) & keep).sum()) / max(1, int((ids == u).sum()))
         kept_images.append(images[mine])
         kept_ids.append(ids[mine])
+        if copies is not None:
+            kept_images.append(copies[0][copies[1] == u].to(images))
+            kept_ids.append(copies[1][copies[1] == u])
     return {"images": torch.cat(kept_images), "user_indices": torch.cat(kept_ids), "acceptance": acceptance,
             "num_drawn": len(images)}
 

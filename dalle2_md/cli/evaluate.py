@@ -238,6 +238,9 @@ def _seed_list(seeds: str) -> list[int]:
      help="Real and synthetic batches apart (weighted), pooled, or synthetic pre-training then real fine-tuning.")
 @opt("synthetic_weight", type=float, default=RECIPE.synthetic_weight,
      help="Loss weight of the synthetic batch with --mixing separate.")
+@opt("respeckle_per_k", type=float, default=RECIPE.respeckle_per_k,
+     help="Also add this many re-speckled copies of each real image to the synthetic set (the generator-free "
+          "control inside the recipe).")
 @opt("cond_scale", type=float, default=RECIPE.cond_scale, help="Decoder guidance when generating.")
 @opt("prior_cond_scale", type=float, default=RECIPE.prior_cond_scale, help="Prior guidance when generating.")
 @opt("guidance_interval", default=None,
@@ -265,8 +268,8 @@ def _seed_list(seeds: str) -> list[int]:
      help="Folder for augment.json, augment.md and the generators' runs.")
 @progress_option()
 def augment_eval_cmd(data_root, split_file, split_seed, image_size, colormap, k, m, m_per_k, source, strength, strengths,
-                     condition, filter_, min_confidence, kinematic_margin, mixing, synthetic_weight, cond_scale,
-                     prior_cond_scale, guidance_interval, seeds, generator, clip_train_steps, decoder_train_steps,
+                     condition, filter_, min_confidence, kinematic_margin, mixing, synthetic_weight, respeckle_per_k,
+                     cond_scale, prior_cond_scale, guidance_interval, seeds, generator, clip_train_steps, decoder_train_steps,
                      prior_train_steps, sample_steps, sampler, eta, recogniser_steps, baseline, base_size, enlarge,
                      upsampler_train_steps, output_dir, progress, **upsampler_kw):
     """Augmentation gain: recognisers trained on K real images per user vs K real + M generated
@@ -290,7 +293,8 @@ def augment_eval_cmd(data_root, split_file, split_seed, image_size, colormap, k,
     recipe = AugmentRecipe(name="cli", source=source, strength=strength, strengths=strengths, condition=condition,
                            m_per_k=m_per_k, cond_scale=cond_scale, prior_cond_scale=prior_cond_scale,
                            guidance_interval=interval, eta=eta, filter=filter_, min_confidence=min_confidence,
-                           kinematic_margin=kinematic_margin, mixing=mixing, synthetic_weight=synthetic_weight)
+                           kinematic_margin=kinematic_margin, mixing=mixing, synthetic_weight=synthetic_weight,
+                           respeckle_per_k=respeckle_per_k)
     if source != "prior" and generator == "baseline":
         raise UserError(f"--source {source} needs --generator two_stage (it decodes embeddings of the real images).")
     seed_list = _seed_list(seeds)

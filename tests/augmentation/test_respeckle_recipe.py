@@ -101,6 +101,15 @@ def test_augment_eval_cli_respeckle_trains_no_generator(tmp_path, monkeypatch):
     recipe = saved["recipes"]["cli"]["recipe"]
     assert saved["generator"] == "none" and recipe["source"] == "respeckle"
     assert (recipe["filter"], recipe["kinematic_margin"], recipe["strengths"]) == ("kinematic", 0.2, [])
+    result = CliRunner().invoke(cli, [
+        "augment-eval", "--data_root", str(root), "--image_size", "16", "--k", "2", "--seeds", "0",
+        "--source", "respeckle", "--recogniser_steps", "2", "--output_dir", str(out), "--no-progress",
+        "--respeckle_per_k", "1"])
+    assert result.exit_code == 0, result.output
+    saved = json.loads((out / "augment.json").read_text())
+    assert saved["recipes"]["cli"]["recipe"]["respeckle_per_k"] == 1.0
+    # M = 3 K, then K more re-speckled copies, for each of the 3 users
+    assert saved["per_seed"][0]["recipes"]["cli"]["num_generated"] == 3 * (6 + 2)
 
 
 def test_augment_eval_cli_refuses_strengths_without_sdedit(tmp_path):
@@ -111,3 +120,28 @@ def test_augment_eval_cli_refuses_strengths_without_sdedit(tmp_path):
         "--source", "respeckle", "--strengths", "0.3,0.7", "--output_dir", str(tmp_path / "aug")])
     assert result.exit_code != 0 and "strengths apply to source 'sdedit'" in result.output
     assert "Traceback" not in result.output
+
+
+def test_respeckle_per_k_adds_the_control_after_each_users_generated_samples(walks):
+    shot = _shot(walks)
+    users = torch.arange(3).repeat_interleave(K)
+    generated = (torch.full((3 * K, 1, 16, 16), -1.0), users)  # stand-ins for a generator's draws
+    both = AugmentRecipe(name="prior_rs", source="prior", m_per_k=1.0, respeckle_per_k=2.0)
+    drawn = draw_synthetic(None, both, None, shot, seed=0, candidates=generated)
+    assert drawn["images"].shape == (3 * 3 * K, 1, 16, 16) and drawn["num_drawn"] == 3 * K
+    alone = draw_synthetic(None, RESPECKLE, None, shot, seed=0)
+    for u in range(3):
+        mine = drawn["images"][drawn["user_indices"] == u]
+        assert torch.equal(mine[:K], generated[0][:K])  # the kept samples first
+        copies, own = mine[K:], shot[0][shot[1] == u]
+        for j, x in enumerate(copies):  # then 2 K re-speckled copies of the user's own images
+            bright = bright_mask(own[j % K][None])[0]
+            assert torch.equal(x[bright], own[j % K][bright])
+        # from their own seed stream: not the control recipe's copies at the same seed
+        assert not torch.equal(copies, alone["images"][alone["user_indices"] == u])
+    # the copies do not depend on which generated samples they join
+    other = draw_synthetic(None, both, None, shot, seed=0, candidates=(generated[0] + 0.5, users))
+    for u in range(3):
+        assert torch.equal(other["images"][other["user_indices"] == u][K:], drawn["images"][drawn["user_indices"] == u][K:])
+    with pytest.raises(UserError, match="respeckle_per_k"):
+        AugmentRecipe(respeckle_per_k=-1.0)

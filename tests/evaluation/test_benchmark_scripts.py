@@ -219,11 +219,14 @@ def _augment_ablation(*args):
 def test_augment_ablation_runs_on_both_data_sets_and_merges_single_seed_runs(tmp_path):
     """benchmarks/augment_ablation.py (most gain rows of docs/results.md) at smoke size: gait31, and the
     held-out digits one seed per process, merged into one table of both seeds."""
-    proc = _augment_ablation("--seeds", 0, "--recipes", "sdedit_nf,sdedit_kin,respeckle", "--out", tmp_path / "g.json")
+    proc = _augment_ablation("--seeds", 0, "--recipes", "sdedit_nf,sdedit_kin,respeckle,prior_rs", "--out", tmp_path / "g.json")
     assert proc.returncode == 0, proc.stderr[-3000:]
     gait = json.loads((tmp_path / "g.json").read_text())
-    assert set(gait["recipes"]) == {"sdedit_nf", "sdedit_kin", "respeckle"}
-    assert "gait31 at 16 px" in (tmp_path / "g.md").read_text()
+    assert set(gait["recipes"]) == {"sdedit_nf", "sdedit_kin", "respeckle", "prior_rs"}
+    # 3 K prior samples and 3 K re-speckled copies per user, K = 2, 31 users
+    assert gait["per_seed"][0]["recipes"]["prior_rs"]["num_generated"] == 31 * 12
+    table = (tmp_path / "g.md").read_text()
+    assert "gait31 at 16 px" in table and "| prior_rs | prior | 3 | 0 | none | 3 + 3 re-speckled |" in table
     for seed in (0, 1):
         proc = _augment_ablation("--data", "digits", "--seeds", seed, "--recipes", "sdedit_nf,no_filter",
                                  "--out", tmp_path / f"d{seed}.json")
