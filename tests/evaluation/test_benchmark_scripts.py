@@ -4,6 +4,7 @@ installed package only (no sys.path edits, no imports from tests/ or from anothe
 
 import ast
 import json
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -251,3 +252,30 @@ def test_augment_ablation_runs_on_both_data_sets_and_merges_single_seed_runs(tmp
 def test_augment_ablation_refuses_what_cannot_run_in_one_line(tmp_path, args, message):
     proc = _augment_ablation(*args, "--out", tmp_path / "x.json")
     assert proc.returncode != 0 and message in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_latent_washout_diagnoses_a_latent_demo_and_refuses_a_pixel_one(tmp_path):
+    """experiments/latent_washout.py on a quick latent demo: every rate a share, one z-score per
+    latent channel; a pixel demo is refused in one line."""
+    from click.testing import CliRunner
+
+    from dalle2_md.cli.main import cli
+
+    for name, extra in (("latent", ["--vqgan_steps", "3"]), ("pixel", [])):
+        result = CliRunner().invoke(cli, ["demo", "--quick", "--image_size", "32", *extra, "--output_dir",
+                                          str(tmp_path / name), "--no-progress"])
+        assert result.exit_code == 0, result.output
+    out = tmp_path / "w.json"
+    proc = subprocess.run([sys.executable, str(ROOT / "experiments/latent_washout.py"), "--demo", str(tmp_path / "latent"),
+                           "--per_user", "2", "--out", str(out)], capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(out.read_text())
+    for key in ("real_test", "vqgan_reconstruction_train", "vqgan_reconstruction_test", "sample_defects"):
+        assert 0 <= result[key] <= 1
+    assert result["samples"] == 2 * 3
+    for z in (result["z_others_abs"], result["z_washed_out"]):  # one per channel of the latent, None for no sample
+        assert z is None or (len(z) == result["latent_channels"] > 0 and all(map(math.isfinite, z)))
+    assert result["z_others_abs"] is not None or result["z_washed_out"] is not None
+    proc = subprocess.run([sys.executable, str(ROOT / "experiments/latent_washout.py"), "--demo", str(tmp_path / "pixel")],
+                          capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert proc.returncode != 0 and "pixel decoder" in proc.stderr and "Traceback" not in proc.stderr
