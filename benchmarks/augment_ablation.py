@@ -129,9 +129,13 @@ def markdown(result: dict, args) -> str:
         + f", seeds {result['seeds']}; "
         f"real-only ({args.baseline} recogniser): {100 * result['acc_real']['mean']:.1f} ± {100 * result['acc_real']['std']:.1f} %.",
         "",
-        "| recipe | source | guidance | eta | filter | M/K | mixing | kept / drawn | A_gen (K-shot recogniser) | real + synthetic (%) | gain (points) |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| recipe | source | guidance | eta | filter | M/K | mixing | kept / drawn | A_gen (K-shot recogniser) | real + synthetic (%) | gain (points) | background defects |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
+    if "real_test_background_defects" in result:  # absent from results written before the measure
+        lines.insert(1, f"Background defects: share of a recipe's drawn images (not its added re-speckled copies) whose "
+                        f"noise floor lies outside the K real images' 1-99 % range; real test images: "
+                        f"{result['real_test_background_defects']['mean']:.3f}.")
     for name, r in result["recipes"].items():
         rc = r["recipe"]
         interval = rc.get("guidance_interval")
@@ -145,11 +149,12 @@ def markdown(result: dict, args) -> str:
             source += " " + "/".join(f"{v:g}" for v in strengths) + ("" if condition == "own" else f", {condition} embedding")
         extra = rc.get("respeckle_per_k", 0.0)  # absent from results written before the field
         respeckled = f" + {extra:g} re-speckled" if extra else ""
+        defects = f"{r['background_defects']['mean']:.3f}" if "background_defects" in r else ""
         lines.append(
             f"| {name} | {source} | {guidance} | {rc['eta']:g} | {rc['filter']} | {rc['m_per_k']:g}{respeckled} | "
             f"{mixing} | "
             f"{r['acceptance']['mean']:.2f} | {r['a_gen_kshot_recogniser']['mean']:.3f} | "
-            f"{100 * acc['mean']:.1f} ± {100 * acc['std']:.1f} | {gain['mean']:+.1f} ± {gain['std']:.1f} |")
+            f"{100 * acc['mean']:.1f} ± {100 * acc['std']:.1f} | {gain['mean']:+.1f} ± {gain['std']:.1f} | {defects} |")
     return "\n".join(lines) + "\n"
 
 

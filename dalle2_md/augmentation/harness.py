@@ -435,11 +435,16 @@ def summarise_seeds(per_seed: list[dict], recipes: Sequence, *, num_users: int) 
             "num_generated_per_user": mean_std([x["num_generated"] / num_users for x in rows]),
             "acceptance": mean_std([x["mean_acceptance"] for x in rows]),
         }
+        defects = [x.get("background_defects") for x in rows]  # absent from rows written before the measure
+        if all(d is not None for d in defects):
+            by_recipe[r.name]["background_defects"] = mean_std(defects)
     first = by_recipe[recipes[0].name]
     return {
         "seeds": [int(s_["seed"]) for s_ in per_seed],
         "per_seed": per_seed,
         "acc_real": mean_std([r["acc_real"] for r in per_seed]),
+        **({"real_test_background_defects": mean_std([r["real_test_background_defects"] for r in per_seed])}
+           if all("real_test_background_defects" in r for r in per_seed) else {}),
         "acc_aug": first["acc_aug"],
         "gain_points": first["gain_points"],
         "a_gen_kshot_recogniser": first["a_gen_kshot_recogniser"],
@@ -491,6 +496,7 @@ def _one_seed(images, user_indices, test, *, seed, k, recipes, num_users, genera
     from dalle2_md.models.upsampler import shrink
     from dalle2_md.augmentation.recipe import (GENERATOR_FREE_SOURCES, candidates_needed, draw_candidates, draw_synthetic,
                                                sampling_key, train_augmented)
+    from dalle2_md.evaluation.metrics import background_defects, background_range
     from dalle2_md.evaluation.recogniser import RecogniserConfig, accuracy, train_recogniser
 
     t0 = time.perf_counter()
@@ -508,7 +514,9 @@ def _one_seed(images, user_indices, test, *, seed, k, recipes, num_users, genera
     # trained on the K-shot images only: the real-only arm, and the filter of every recipe
     rec_real = train_recogniser(*shot, num_users=num_users, config=shape, train=rec_cfg)
     acc_real, per_real = accuracy(rec_real, *test)
+    bounds = background_range(shot[0])  # the noise floors the user's K real images span
     row = {"seed": seed, "acc_real": acc_real, "per_user_real": per_real, "num_kshot": len(idx),
+           "real_test_background_defects": background_defects(test[0], bounds)["rate"],
            "kshot_indices": idx.tolist(), "generator_seconds": gen.seconds, "generator_final_losses": gen.final_losses,
            "seconds": {"generator": t_gen - t0}, "recipes": {}}
     # one draw per sampling setting, as large as the hungriest recipe that shares it
@@ -533,10 +541,13 @@ def _one_seed(images, user_indices, test, *, seed, k, recipes, num_users, genera
         acc_aug, per_aug = accuracy(rec_aug, *test)
         # how recognisable the kept samples are to the recogniser that saw only the K real images
         a_gen = accuracy(rec_real, *fake)[0] if len(fake[0]) else float("nan")
+        drawn_images = fake[0][~drawn["is_copy"]]  # what the recipe's source drew, without added copies
+        defects = background_defects(drawn_images, bounds)["rate"] if len(drawn_images) else None
         acceptance = list(drawn["acceptance"].values())
         row["recipes"][recipe.name] = {
             "acc_aug": acc_aug, "gain_points": 100.0 * (acc_aug - acc_real), "per_user_aug": per_aug,
             "a_gen_kshot_recogniser": a_gen, "num_generated": len(fake[0]), "num_drawn": drawn["num_drawn"],
+            "background_defects": defects,
             "mean_acceptance": float(np.mean(acceptance)), "min_acceptance": float(np.min(acceptance)),
             "seconds": {"sample": t2 - t1, "recogniser": time.perf_counter() - t2},
         }

@@ -275,7 +275,8 @@ def draw_synthetic(model, recipe: AugmentRecipe, budget, shot, *, seed: int, fil
             (default: drawn here).
     Returns:
         {"images", "user_indices" (the recipe's `respeckle_per_k` copies after each user's kept
-        samples), "acceptance" (kept / looked at, per user index), "num_drawn"}.
+        samples), "is_copy" ((N,) bool: those copies), "acceptance" (kept / looked at, per user
+        index), "num_drawn"}.
     """
     import torch
 
@@ -302,17 +303,19 @@ def draw_synthetic(model, recipe: AugmentRecipe, budget, shot, *, seed: int, fil
     extra = round(recipe.respeckle_per_k * k)
     # the copies' own seed stream, so they are the same whichever generated samples they join
     copies = _respeckled_copies(users, shot, extra, seed + 15485863) if extra else None
-    kept_images, kept_ids, acceptance = [], [], {}
+    kept_images, kept_ids, is_copy, acceptance = [], [], [], {}
     for u in users:
         mine = torch.nonzero((ids == u) & keep).flatten()[:wanted]
         acceptance[u] = float(((ids == u) & keep).sum()) / max(1, int((ids == u).sum()))
         kept_images.append(images[mine])
         kept_ids.append(ids[mine])
+        is_copy.append(torch.zeros(len(mine), dtype=torch.bool))
         if copies is not None:
             kept_images.append(copies[0][copies[1] == u].to(images))
             kept_ids.append(copies[1][copies[1] == u])
-    return {"images": torch.cat(kept_images), "user_indices": torch.cat(kept_ids), "acceptance": acceptance,
-            "num_drawn": len(images)}
+            is_copy.append(torch.ones(len(kept_ids[-1]), dtype=torch.bool))
+    return {"images": torch.cat(kept_images), "user_indices": torch.cat(kept_ids), "is_copy": torch.cat(is_copy),
+            "acceptance": acceptance, "num_drawn": len(images)}
 
 
 def _kinematically_plausible(recipe: AugmentRecipe, shot, images, ids, users):

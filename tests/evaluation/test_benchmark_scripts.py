@@ -228,6 +228,9 @@ def test_augment_ablation_runs_on_both_data_sets_and_merges_single_seed_runs(tmp
     assert gait["per_seed"][0]["recipes"]["prior_rs"]["num_generated"] == 31 * 12
     table = (tmp_path / "g.md").read_text()
     assert "gait31 at 16 px" in table and "| prior_rs | prior | 3 | 0 | none | 3 + 3 re-speckled |" in table
+    for name, r in gait["recipes"].items():  # a share of each recipe's own drawn images, and of the real test images
+        assert 0 <= r["background_defects"]["mean"] <= 1, name
+    assert 0 <= gait["real_test_background_defects"]["mean"] <= 1 and "real test images: " in table
     for seed in (0, 1):
         proc = _augment_ablation("--data", "digits", "--seeds", seed, "--recipes", "sdedit_nf,no_filter",
                                  "--out", tmp_path / f"d{seed}.json")
