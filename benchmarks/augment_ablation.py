@@ -129,8 +129,8 @@ def markdown(result: dict, args) -> str:
         + f", seeds {result['seeds']}; "
         f"real-only ({args.baseline} recogniser): {100 * result['acc_real']['mean']:.1f} ± {100 * result['acc_real']['std']:.1f} %.",
         "",
-        "| recipe | source | guidance | eta | filter | M/K | mixing | kept / drawn | A_gen (K-shot recogniser) | real + synthetic (%) | gain (points) | background defects |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| recipe | source | guidance | eta | filter | M/K | mixing | kept / drawn | A_gen (K-shot recogniser) | real + synthetic (%) | gain (points) | background defects | CAS / real-only |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     if "real_test_background_defects" in result:  # absent from results written before the measure
         lines.insert(1, f"Background defects: share of a recipe's drawn images (not its added re-speckled copies) whose "
@@ -150,11 +150,12 @@ def markdown(result: dict, args) -> str:
         extra = rc.get("respeckle_per_k", 0.0)  # absent from results written before the field
         respeckled = f" + {extra:g} re-speckled" if extra else ""
         defects = f"{r['background_defects']['mean']:.3f}" if "background_defects" in r else ""
+        cas = f"{100 * r['cas']['mean']:.1f} % / {r['cas']['mean'] / result['acc_real']['mean']:.3f}" if "cas" in r else ""
         lines.append(
             f"| {name} | {source} | {guidance} | {rc['eta']:g} | {rc['filter']} | {rc['m_per_k']:g}{respeckled} | "
             f"{mixing} | "
             f"{r['acceptance']['mean']:.2f} | {r['a_gen_kshot_recogniser']['mean']:.3f} | "
-            f"{100 * acc['mean']:.1f} ± {100 * acc['std']:.1f} | {gain['mean']:+.1f} ± {gain['std']:.1f} | {defects} |")
+            f"{100 * acc['mean']:.1f} ± {100 * acc['std']:.1f} | {gain['mean']:+.1f} ± {gain['std']:.1f} | {defects} | {cas} |")
     return "\n".join(lines) + "\n"
 
 
@@ -263,6 +264,8 @@ def main():
                     help="with --base_size: a diffusion upsampler trained on the K real images, or bicubic")
     ap.add_argument("--upsampler_train_steps", type=int, default=900)
     ap.add_argument("--upsampler_dim", type=int, default=16)
+    ap.add_argument("--cas", action="store_true",
+                    help="also the CAS of each generator recipe: a recogniser trained on K of its images per user alone")
     ap.add_argument("--generator_cache", default=None,
                     help="folder of trained generators reused by later runs with the same K-shot pick, seed and budget")
     ap.add_argument("--out", default=None)
@@ -308,7 +311,7 @@ def main():
                                generator=args.generator, budget=budget, recipes=recipes, recogniser_train=rec_train, colormap="jet",
                                recogniser_shape={**KSHOT_RECOGNISER, "time_pool": args.time_pool},
                                log=lambda line: print(line, flush=True), generator_cache=args.generator_cache,
-                               enlargement=enlargement)
+                               enlargement=enlargement, cas=args.cas)
     result["args"] = vars(args)
     result["wall_seconds"] = time.time() - started
     write(result, args, args.out)

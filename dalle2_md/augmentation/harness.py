@@ -287,9 +287,7 @@ def augmentation_gain(
     *,
     num_users: int,
     work_dir: str | Path,
-    k: int = 10,
-    m: int | None = None,
-    seeds: Sequence[int] = (0, 1, 2),
+    k: int = 10, m: int | None = None, seeds: Sequence[int] = (0, 1, 2),
     generator: str = "two_stage",
     budget: GeneratorBudget = GeneratorBudget(),
     recipes: Sequence = (),
@@ -305,6 +303,7 @@ def augmentation_gain(
     seed_results: str | Path | None = None,
     skip_busy_seeds: bool = False,
     enlargement=None,
+    cas: bool = False,
 ) -> dict | None:
     """Recogniser accuracy on real test when trained on K real images per user vs on those K plus
     M generated per user, the generator trained on the same K only; mean ± std over seeds.
@@ -333,6 +332,7 @@ def augmentation_gain(
             process is running instead of waiting (returns None when it ran none).
         enlargement: a `cascade.Enlargement` (the generator at a smaller size, its samples
             enlarged to the data's), or None (the generator at the data's size).
+        cas: also the CAS of each generator recipe (`recipe.score_recipe`).
     Returns:
         {"per_seed", "acc_real", "acc_aug", "gain_points" (each {"mean", "std", "values"}; the first
          recipe's), "recipes" ({name: the same}), "k", "m", "generator", "budget", "seconds"}.
@@ -346,11 +346,11 @@ def augmentation_gain(
     recipes = _resolved_recipes(recipes, m=m, k=k, generator=generator)
     started = time.perf_counter()
     settings = [k, generator, budget.to_dict(), [r.to_dict() for r in recipes], recogniser_train.key_dict(),
-                recogniser_shape, num_users] + _enlargement_settings(enlargement, images)
+                recogniser_shape, num_users] + _enlargement_settings(enlargement, images) + (["cas"] if cas else [])
     one_seed = partial(_one_seed, images, user_indices, (test_images, test_ids), k=k, recipes=recipes,
                        num_users=num_users, generator=generator, budget=budget, recogniser_train=recogniser_train,
                        recogniser_shape=recogniser_shape, work_dir=Path(work_dir), label_map=label_map, colormap=colormap,
-                       progress=progress, log=log, generator_cache=generator_cache, enlargement=enlargement)
+                       progress=progress, log=log, generator_cache=generator_cache, enlargement=enlargement, cas=cas)
     kept = None if not exists(seed_results) else \
         lambda seed: seed_result_path(seed_results, (images, user_indices, test_images, test_ids), settings, seed)
     per_seed = _seed_rows(seeds, lambda seed: one_seed(seed=seed), kept, wait=not skip_busy_seeds,
@@ -435,9 +435,10 @@ def summarise_seeds(per_seed: list[dict], recipes: Sequence, *, num_users: int) 
             "num_generated_per_user": mean_std([x["num_generated"] / num_users for x in rows]),
             "acceptance": mean_std([x["mean_acceptance"] for x in rows]),
         }
-        defects = [x.get("background_defects") for x in rows]  # absent from rows written before the measure
-        if all(d is not None for d in defects):
-            by_recipe[r.name]["background_defects"] = mean_std(defects)
+        for measure in ("background_defects", "cas"):  # absent from rows written before the measure, or without --cas
+            values = [x.get(measure) for x in rows]
+            if all(v is not None for v in values):
+                by_recipe[r.name][measure] = mean_std(values)
     first = by_recipe[recipes[0].name]
     return {
         "seeds": [int(s_["seed"]) for s_ in per_seed],
@@ -489,13 +490,13 @@ def kshot_generator(images, user_indices, *, k: int, seed: int, kind: str, budge
 
 def _one_seed(images, user_indices, test, *, seed, k, recipes, num_users, generator, budget, recogniser_train,
               recogniser_shape, work_dir, label_map, colormap, progress, log, generator_cache=None,
-              enlargement=None) -> dict:
+              enlargement=None, cas: bool = False) -> dict:
     """One repetition: K-shot pick, one generator (at the base size of `enlargement`, with the
     K-shot upsampler), the real-only recogniser, then every recipe."""
     from dalle2_md.augmentation.cascade import enlarge_samples, fit_kshot_upsampler
     from dalle2_md.models.upsampler import shrink
-    from dalle2_md.augmentation.recipe import (GENERATOR_FREE_SOURCES, candidates_needed, draw_candidates, draw_synthetic,
-                                               sampling_key, train_augmented)
+    from dalle2_md.augmentation.recipe import (GENERATOR_FREE_SOURCES, candidates_needed, draw_candidates, sampling_key,
+                                               score_recipe)
     from dalle2_md.evaluation.metrics import background_defects, background_range
     from dalle2_md.evaluation.recogniser import RecogniserConfig, accuracy, train_recogniser
 
@@ -532,29 +533,14 @@ def _one_seed(images, user_indices, test, *, seed, k, recipes, num_users, genera
         elif key not in pools:  # drawn at the base size, then enlarged to the data's
             drawn_base, drawn_ids = draw_candidates(gen.model, recipe, budget, shot_base, counts[key], seed=seed)
             pools[key] = (enlarge_samples(drawn_base, images.shape[-1], upsampler, seed=seed), drawn_ids)
-        drawn = draw_synthetic(gen.model, recipe, budget, shot, seed=seed, filter_recogniser=rec_real,
-                               candidates=pools[key])
-        fake = (drawn["images"], drawn["user_indices"])
+        scored, fake = score_recipe(recipe, gen.model, budget, shot, test, pools[key], seed=seed, rec_real=rec_real,
+                                    rec_cfg=rec_cfg, shape=shape, num_users=num_users, bounds=bounds, cas=cas)
         _save_recipe_grid(shot, fake, work_dir / f"seed_{seed}" / f"grid_{recipe.name}.png", colormap=colormap)
-        t2 = time.perf_counter()
-        rec_aug = train_augmented(recipe, shot, fake, num_users=num_users, train_config=rec_cfg, config=shape)
-        acc_aug, per_aug = accuracy(rec_aug, *test)
-        # how recognisable the kept samples are to the recogniser that saw only the K real images
-        a_gen = accuracy(rec_real, *fake)[0] if len(fake[0]) else float("nan")
-        drawn_images = fake[0][~drawn["is_copy"]]  # what the recipe's source drew, without added copies
-        defects = background_defects(drawn_images, bounds)["rate"] if len(drawn_images) else None
-        acceptance = list(drawn["acceptance"].values())
-        row["recipes"][recipe.name] = {
-            "acc_aug": acc_aug, "gain_points": 100.0 * (acc_aug - acc_real), "per_user_aug": per_aug,
-            "a_gen_kshot_recogniser": a_gen, "num_generated": len(fake[0]), "num_drawn": drawn["num_drawn"],
-            "background_defects": defects,
-            "mean_acceptance": float(np.mean(acceptance)), "min_acceptance": float(np.min(acceptance)),
-            "seconds": {"sample": t2 - t1, "recogniser": time.perf_counter() - t2},
-        }
+        row["recipes"][recipe.name] = {**scored, "gain_points": 100.0 * (scored["acc_aug"] - acc_real)}
         if log:
-            log(f"[augment] seed {seed} {recipe.name}: K real {acc_real:.3f}, + generated {acc_aug:.3f} "
-                f"(gain {100 * (acc_aug - acc_real):+.1f} points, kept {len(fake[0])}/{drawn['num_drawn']}), "
-                f"{time.perf_counter() - t1:.0f}s")
+            log(f"[augment] seed {seed} {recipe.name}: K real {acc_real:.3f}, + generated {scored['acc_aug']:.3f} "
+                f"(gain {100 * (scored['acc_aug'] - acc_real):+.1f} points, kept {scored['num_generated']}/"
+                f"{scored['num_drawn']}), {time.perf_counter() - t1:.0f}s")
     # the first recipe's figures at the top level, as before recipes existed
     first = row["recipes"][recipes[0].name]
     row.update(acc_aug=first["acc_aug"], gain_points=first["gain_points"],
@@ -571,6 +557,7 @@ def write_augment_report(result: dict, path: str | Path) -> Path:
         return f"{scale * d['mean']:.{digits}f} ± {scale * std:.{digits}f}" if std is not None and math.isfinite(std) \
             else f"{scale * d['mean']:.{digits}f}"
 
+    first = next(iter(result["recipes"].values()))
     lines = [
         f"# Augmentation gain (K={result['k']} real + M={result['m']} generated per user, {result['generator']})",
         "",
@@ -581,6 +568,7 @@ def write_augment_report(result: dict, path: str | Path) -> Path:
         f"| K real | {ms(result['acc_real'])} |",
         f"| K real + M generated | {ms(result['acc_aug'])} |",
         f"| gain (points) | {ms(result['gain_points'], digits=1)} |",
+        *([f"| K generated alone per user (CAS) | {ms(first['cas'])} |"] if "cas" in first else []),
         "",
         "| seed | K real | K real + M generated | gain (points) | generator s |",
         "|---|---|---|---|---|",

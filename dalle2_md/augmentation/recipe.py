@@ -4,8 +4,9 @@ ones to train a recogniser.
 Owns `AugmentRecipe` (one row of the ablation: source, guidance, eta, filter, synthetic-to-real
 ratio, mixing), `draw_synthetic` (samples for every user, optionally drawn in excess and filtered
 by a recogniser trained on the generator's own real images) and `train_augmented` (the
-recogniser trained on real + synthetic by the recipe's mixing rule). `harness.augmentation_gain`
-runs one trained generator per seed through several recipes.
+recogniser trained on real + synthetic by the recipe's mixing rule) and `score_recipe` (both,
+scored: the augmented accuracy, A_gen, background defects, optionally CAS).
+`harness.augmentation_gain` runs one trained generator per seed through several recipes.
 
 Mixing rules (the real batches are the same in every rule, see `recogniser.train_recogniser`):
 - "separate": each step one real batch and one synthetic batch, the synthetic loss weighted by
@@ -19,6 +20,7 @@ Mixing rules (the real batches are the same in every rule, see `recogniser.train
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import asdict, dataclass, replace
 
 from dalle2_md.defaults import SamplingConfig
@@ -356,3 +358,54 @@ def train_augmented(recipe: AugmentRecipe, real, synthetic, *, num_users: int, t
                                 **common)
     pretrained = train_recogniser(*synthetic, train=train_config, **common)
     return train_recogniser(*real, train=train_config, init=pretrained, **common)
+
+
+def score_recipe(recipe: AugmentRecipe, model, budget, shot, test, candidates, *, seed: int, rec_real, rec_cfg, shape,
+                 num_users: int, bounds, cas: bool = False) -> tuple[dict, tuple]:
+    """One recipe of one augmentation repetition (`harness.augmentation_gain`): its synthetic set
+    from `candidates` (`draw_candidates`), the recogniser trained on the K-shot `shot` plus that set
+    (shape `shape`, training `rec_cfg`), and what the set's own images are worth: A_gen by the
+    real-only recogniser `rec_real`, the share outside the background range `bounds`, and with
+    `cas` (generator sources only) the CAS of a recogniser trained on K of them per user alone, as
+    many as the real-only arm's real images. Returns (the row, the synthetic (images, user indices))."""
+    import numpy as np
+    import torch
+
+    from dalle2_md.evaluation.metrics import background_defects, classification_accuracy_score
+    from dalle2_md.evaluation.recogniser import accuracy
+
+    t1 = time.perf_counter()
+    drawn = draw_synthetic(model, recipe, budget, shot, seed=seed, filter_recogniser=rec_real, candidates=candidates)
+    fake = (drawn["images"], drawn["user_indices"])
+    t2 = time.perf_counter()
+    rec_aug = train_augmented(recipe, shot, fake, num_users=num_users, train_config=rec_cfg, config=shape)
+    acc_aug, per_aug = accuracy(rec_aug, *test)
+    # how recognisable the kept samples are to the recogniser that saw only the K real images
+    a_gen = accuracy(rec_real, *fake)[0] if len(fake[0]) else float("nan")
+    own = (fake[0][~drawn["is_copy"]], fake[1][~drawn["is_copy"]])  # what the source drew, without added copies
+    acceptance = list(drawn["acceptance"].values())
+    out = {"acc_aug": acc_aug, "per_user_aug": per_aug, "a_gen_kshot_recogniser": a_gen, "num_generated": len(fake[0]),
+           "num_drawn": drawn["num_drawn"], "mean_acceptance": float(np.mean(acceptance)),
+           "min_acceptance": float(np.min(acceptance)),
+           "background_defects": background_defects(own[0], bounds)["rate"] if len(own[0]) else None,
+           "seconds": {"sample": t2 - t1, "recogniser": time.perf_counter() - t2}}
+    if cas and recipe.source not in GENERATOR_FREE_SOURCES and len(own[0]):
+        t3 = time.perf_counter()
+        rows = _evenly_spread(own[1], torch.bincount(shot[1], minlength=num_users).tolist())
+        out["cas"] = classification_accuracy_score((own[0][rows], own[1][rows]), test, num_users=num_users, config=shape,
+                                                   train_config=rec_cfg)["CAS"]
+        out["seconds"]["cas"] = time.perf_counter() - t3
+    return out, fake
+
+
+def _evenly_spread(user_indices, counts):
+    """Row indices of counts[u] rows of each user u spread evenly over its rows (all if fewer):
+    SDEdit draws are image-major, so the first K rows of a user would be copies of a few images."""
+    import torch
+
+    picked = []
+    for u, count in enumerate(counts):
+        mine = torch.nonzero(user_indices == u).flatten()
+        if len(mine) and count:
+            picked.append(mine[torch.linspace(0, len(mine) - 1, min(int(count), len(mine))).round().long()])
+    return torch.cat(picked) if picked else torch.zeros(0, dtype=torch.long)

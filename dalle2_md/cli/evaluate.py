@@ -264,6 +264,8 @@ def _seed_list(seeds: str) -> list[int]:
      help="With --base_size: a diffusion upsampler trained on the same K real images (random crops), or bicubic.")
 @opt("upsampler_train_steps", type=int, default=900, help="Steps of that upsampler.")
 @upsampler_options
+@opt("cas", is_flag=True, default=False,
+     help="Also the Classification Accuracy Score: a recogniser trained on K generated images per user alone.")
 @opt("output_dir", type=click.Path(path_type=str), default="./augment_eval",
      help="Folder for augment.json, augment.md and the generators' runs.")
 @progress_option()
@@ -271,7 +273,7 @@ def augment_eval_cmd(data_root, split_file, split_seed, image_size, colormap, k,
                      condition, filter_, min_confidence, kinematic_margin, mixing, synthetic_weight, respeckle_per_k,
                      cond_scale, prior_cond_scale, guidance_interval, seeds, generator, clip_train_steps, decoder_train_steps,
                      prior_train_steps, sample_steps, sampler, eta, recogniser_steps, baseline, base_size, enlarge,
-                     upsampler_train_steps, output_dir, progress, **upsampler_kw):
+                     upsampler_train_steps, cas, output_dir, progress, **upsampler_kw):
     """Augmentation gain: recognisers trained on K real images per user vs K real + M generated
     (generator trained on those K only), both tested on real test; mean ± std over seeds.
     The defaults are the recipe that won the ablation in docs/results.md."""
@@ -312,7 +314,7 @@ def augment_eval_cmd(data_root, split_file, split_seed, image_size, colormap, k,
         recogniser_train=replace(RECOGNISER_ARMS[baseline], **({"steps": recogniser_steps} if recogniser_steps else {})),
         train_files=[train.index.relpath(f) for f in train.files], test_files=[test.index.relpath(f) for f in test.files],
         label_map=train.label_map.to_dict(), colormap=train.colormap or "none", log=say, progress=progress,
-        enlargement=enlargement)
+        enlargement=enlargement, cas=cas)
     out.mkdir(parents=True, exist_ok=True)
     (out / "augment.json").write_text(json.dumps(plain_json(result), indent=1))
     report = write_augment_report(result, out / "augment.md")

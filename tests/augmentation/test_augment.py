@@ -172,12 +172,14 @@ def test_augment_eval_cli_writes_its_result(data_root, tmp_path):
     result = CliRunner().invoke(cli, [
         "augment-eval", "--data_root", str(data_root), "--image_size", str(SIZE), "--k", "2", "--m", "1",
         "--seeds", "0,1", "--clip_train_steps", "2", "--decoder_train_steps", "1", "--prior_train_steps", "2", "--sample_steps", "1",
-        "--recogniser_steps", "2", "--output_dir", str(out), "--no-progress"])
+        "--recogniser_steps", "2", "--cas", "--output_dir", str(out), "--no-progress"])
     assert result.exit_code == 0, result.output
     saved = json.loads((out / "augment.json").read_text())
     assert saved["k"] == 2 and saved["seeds"] == [0, 1] and len(saved["per_seed"]) == 2
     assert all(len(r["kshot_files"]) == 2 * USERS for r in saved["per_seed"])
-    assert "gain (points)" in (out / "augment.md").read_text()
+    report = (out / "augment.md").read_text()
+    assert "gain (points)" in report and "(CAS)" in report
+    assert len(saved["recipes"]["cli"]["cas"]["values"]) == 2 and 0 <= saved["recipes"]["cli"]["cas"]["mean"] <= 1
     # the real-only baseline is the best validated one by default: the strong defaults plus Doppler flips
     assert saved["recogniser_train"]["doppler_flip"] == 0.5 and saved["recogniser_train"]["steps"] == 2
 

@@ -9,7 +9,8 @@ from click.testing import CliRunner
 
 from dalle2_md.augmentation import harness
 from dalle2_md.augmentation.harness import augmentation_gain
-from dalle2_md.augmentation.recipe import AugmentRecipe, default_source, draw_candidates, draw_synthetic, sampling_key
+from dalle2_md.augmentation.recipe import (AugmentRecipe, default_source, draw_candidates, draw_synthetic, sampling_key,
+                                           score_recipe)
 from dalle2_md.cli.main import cli
 from dalle2_md.data.simulator import get_profile
 from dalle2_md.data.synthesize import synthesize_dataset
@@ -145,3 +146,35 @@ def test_respeckle_per_k_adds_the_control_after_each_users_generated_samples(wal
         assert torch.equal(other["images"][other["user_indices"] == u][K:], drawn["images"][drawn["user_indices"] == u][K:])
     with pytest.raises(UserError, match="respeckle_per_k"):
         AugmentRecipe(respeckle_per_k=-1.0)
+
+
+def test_score_recipe_cas_trains_on_k_drawn_images_per_user_spread_evenly_and_never_on_copies(walks, monkeypatch):
+    from dalle2_md.evaluation import metrics
+    from dalle2_md.evaluation.recogniser import RecogniserConfig, train_recogniser
+
+    seen = {}
+
+    def fake_cas(generated, test, **kwargs):
+        seen["images"], seen["ids"] = generated
+        return {"CAS": 0.25}
+
+    monkeypatch.setattr(metrics, "classification_accuracy_score", fake_cas)
+    shot = _shot(walks)
+    m = 3 * K
+    # stand-ins for an image-major draw: sample j of every user is filled with the value j / 100
+    users = torch.arange(3).repeat_interleave(m)
+    index = torch.arange(m).repeat(3).float()
+    candidates = (index.view(-1, 1, 1, 1).expand(-1, 1, 16, 16) / 100, users)
+    shape = RecogniserConfig(num_users=3, channels=1, image_size=16, widths=(4, 8), feature_dim=8)
+    train = RecogniserTrainConfig(steps=2, batch_size=4)
+    rec_real = train_recogniser(*shot, num_users=3, config=shape, train=train)
+    common = dict(seed=0, rec_real=rec_real, rec_cfg=train, shape=shape, num_users=3, bounds=(0.0, 1.0), cas=True)
+    recipe = AugmentRecipe(name="prior_rs", source="prior", respeckle_per_k=1.0)
+    row, fake = score_recipe(recipe, None, None, shot, walks, candidates, **common)
+    assert row["cas"] == 0.25 and len(fake[0]) == 3 * (m + K)
+    assert torch.equal(seen["ids"], torch.arange(3).repeat_interleave(K))  # as many per user as the K real images
+    spread = torch.linspace(0, m - 1, K).round()  # evenly over the draw, none of the re-speckled copies
+    assert torch.equal(seen["images"][:, 0, 0, 0], (spread / 100).repeat(3))
+    assert 0 <= row["background_defects"] <= 1 and 0 <= row["acc_aug"] <= 1
+    row, _ = score_recipe(RESPECKLE, None, None, shot, walks, None, **common)
+    assert "cas" not in row  # re-speckled copies are no generated data

@@ -220,7 +220,8 @@ def _augment_ablation(*args):
 def test_augment_ablation_runs_on_both_data_sets_and_merges_single_seed_runs(tmp_path):
     """benchmarks/augment_ablation.py (most gain rows of docs/results.md) at smoke size: gait31, and the
     held-out digits one seed per process, merged into one table of both seeds."""
-    proc = _augment_ablation("--seeds", 0, "--recipes", "sdedit_nf,sdedit_kin,respeckle,prior_rs", "--out", tmp_path / "g.json")
+    proc = _augment_ablation("--seeds", 0, "--recipes", "sdedit_nf,sdedit_kin,respeckle,prior_rs", "--cas",
+                             "--out", tmp_path / "g.json")
     assert proc.returncode == 0, proc.stderr[-3000:]
     gait = json.loads((tmp_path / "g.json").read_text())
     assert set(gait["recipes"]) == {"sdedit_nf", "sdedit_kin", "respeckle", "prior_rs"}
@@ -231,6 +232,9 @@ def test_augment_ablation_runs_on_both_data_sets_and_merges_single_seed_runs(tmp
     for name, r in gait["recipes"].items():  # a share of each recipe's own drawn images, and of the real test images
         assert 0 <= r["background_defects"]["mean"] <= 1, name
     assert 0 <= gait["real_test_background_defects"]["mean"] <= 1 and "real test images: " in table
+    # CAS for the generator's recipes only: the re-speckled copies are no generated data
+    assert {name for name, r in gait["recipes"].items() if 0 <= r.get("cas", {}).get("mean", -1) <= 1} == \
+        {"sdedit_nf", "sdedit_kin", "prior_rs"}
     for seed in (0, 1):
         proc = _augment_ablation("--data", "digits", "--seeds", seed, "--recipes", "sdedit_nf,no_filter",
                                  "--out", tmp_path / f"d{seed}.json")
