@@ -180,8 +180,28 @@ def test_augment_eval_cli_writes_its_result(data_root, tmp_path):
     report = (out / "augment.md").read_text()
     assert "gain (points)" in report and "(CAS)" in report
     assert len(saved["recipes"]["cli"]["cas"]["values"]) == 2 and 0 <= saved["recipes"]["cli"]["cas"]["mean"] <= 1
+    # the K-shot decoder is trained as train-decoder trains one: v on a zero-terminal-SNR schedule, min-SNR weights
+    decoder = saved["budget"]["decoder"]
+    assert (decoder["prediction"], decoder["zero_terminal_snr"], decoder["loss_weighting"]) == ("v", True, "min_snr")
     # the real-only baseline is the best validated one by default: the strong defaults plus Doppler flips
     assert saved["recogniser_train"]["doppler_flip"] == 0.5 and saved["recogniser_train"]["steps"] == 2
+
+
+def test_augment_eval_prediction_eps_trains_the_earlier_eps_p2_kshot_decoder(data_root, tmp_path, monkeypatch):
+    from dalle2_md.augmentation import harness
+
+    seen = {}
+
+    def stop(*args, budget, **kwargs):
+        seen["decoder"] = budget.decoder
+        raise UserError("stopped after the budget")
+
+    monkeypatch.setattr(harness, "augmentation_gain", stop)
+    result = CliRunner().invoke(cli, ["augment-eval", "--data_root", str(data_root), "--image_size", str(SIZE),
+                                      "--prediction", "eps", "--output_dir", str(tmp_path / "aug")])
+    assert "stopped after the budget" in result.output
+    assert (seen["decoder"]["prediction"], seen["decoder"]["zero_terminal_snr"], seen["decoder"]["loss_weighting"]) == \
+        ("eps", False, "p2")
 
 
 def test_evaluate_cli_samples_a_baseline_bundle(data_root, tmp_path):
