@@ -65,8 +65,8 @@ def diagnose(demo: Path, per_user: int, seed: int) -> dict:
     for name, images in (("train", train), ("test", test)):
         result[f"vqgan_reconstruction_{name}"] = background_defects(reconstruct(decoder.vqgan, images), bounds)["rate"]
     images, ids, latents = sampled_latents(model, per_user, seed)
-    washed = background_levels(images) > bounds[1]
-    result.update(samples=len(images), sample_defects=float(washed.float().mean()))
+    washed = background_levels(images) > bounds[1]  # the too-light share of the rate below
+    result.update(samples=len(images), sample_defects=background_defects(images, bounds)["rate"])
     real_means = decoder.encode_latents(train).mean((2, 3))  # (N, channels) per-image spatial means
     centre, spread = real_means.mean(0), real_means.std(0)
     z = (latents.mean((2, 3)) - centre) / spread
